@@ -1,0 +1,11 @@
+//! landfall-agent: the in-image installer.
+//!
+//! `main.rs` only parses arguments; everything else lives here so it can be
+//! tested. The install order is decided in one place: [`pipeline`].
+
+pub mod cmd;
+pub mod cmdline;
+pub mod hw;
+pub mod pipeline;
+pub mod report;
+pub mod retry;

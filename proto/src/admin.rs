@@ -1,0 +1,38 @@
+//! The admin API, used by the `landfall` CLI and the dashboard.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Event, Inventory, MachineState};
+
+/// One row of `GET /api/v1/machines`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineSummary {
+    pub mac: String,
+    pub hostname: Option<String>,
+    pub role: Option<String>,
+    pub state: MachineState,
+    /// The step and error when `state` is failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    pub last_event: Option<Event>,
+    /// RFC 3339 time of the last state change or event.
+    pub updated_at: String,
+}
+
+/// `GET /api/v1/machines/{mac}`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineDetail {
+    #[serde(flatten)]
+    pub summary: MachineSummary,
+    pub inventory: Option<Inventory>,
+    pub attempts: Vec<AttemptDetail>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptDetail {
+    pub attempt_id: String,
+    pub started_at: String,
+    /// Highest seq stored without a gap.
+    pub acked_seq: u64,
+    pub events: Vec<Event>,
+}
