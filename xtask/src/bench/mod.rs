@@ -1,0 +1,3 @@
+//! Benchmarks: commands that print ratios against a baseline measured in the same run.
+
+pub mod detect;
