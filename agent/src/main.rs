@@ -1,1 +1,136 @@
-fn main(){}
+//! landfall-agent: thin CLI over the library. Prints the whole error chain and
+//! exits non-zero on failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use landfall_agent::cmdline::{AgentConfig, ConsoleMode, FinalAction, Overrides};
+use landfall_agent::{hw, pipeline, report::Console};
+
+#[derive(Parser)]
+#[command(name = "landfall-agent", version, about = "landfall installer agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the hardware inventory.
+    Detect {
+        /// Print JSON (the `Inventory` type of the protocol).
+        #[arg(long)]
+        json: bool,
+        /// Read sysfs/procfs from this directory instead of `/` (captured trees).
+        #[arg(long, default_value = "/")]
+        sysroot: PathBuf,
+    },
+    /// Install this machine: what the installer image's service runs.
+    Run {
+        /// Server URL (default: `landfall.server=` from the kernel command line).
+        #[arg(long)]
+        server: Option<String>,
+        /// Boot token (default: `landfall.token=` from the kernel command line).
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, value_enum)]
+        final_action: Option<FinalAction>,
+        #[arg(long, value_enum)]
+        console: Option<ConsoleMode>,
+        #[arg(long, default_value = "/proc/cmdline")]
+        cmdline: PathBuf,
+        /// Optional file with `landfall.KEY=VALUE` words baked into the image.
+        #[arg(long, default_value = "/etc/landfall/agent.conf")]
+        config: PathBuf,
+        #[arg(long, default_value = "/")]
+        sysroot: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Run { .. }));
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("landfall-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Detect { json, sysroot } => {
+            let _ = json; // JSON is the only output format so far.
+            println!("{}", serde_json::to_string_pretty(&hw::detect(&sysroot)?)?);
+            Ok(())
+        }
+        Command::Run {
+            server,
+            token,
+            final_action,
+            console,
+            cmdline,
+            config,
+            sysroot,
+        } => {
+            let cfg = AgentConfig::load(
+                &config,
+                &cmdline,
+                Overrides {
+                    server,
+                    token,
+                    final_action,
+                    console,
+                },
+            )?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let opts = pipeline::RunOptions {
+                sysroot,
+                ..Default::default()
+            };
+            let console = Console::stdout(cfg.console, pipeline::STEPS);
+            let outcome = rt.block_on(pipeline::run(&cfg, &opts, console))?;
+            tracing::info!(
+                attempt = %outcome.attempt_id,
+                "installed {} ({} events acknowledged)",
+                outcome.hostname,
+                outcome.last_seq
+            );
+            pipeline::final_action(cfg.final_action)
+        }
+    }
+}
+
+/// journald when present, else stderr. `run` keeps stderr to warnings because
+/// the console already shows every step; LANDFALL_LOG overrides the filter.
+fn init_logging(run: bool) {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::EnvFilter;
+    let default = if run { "warn" } else { "info" };
+    let filter =
+        EnvFilter::try_from_env("LANDFALL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    if std::path::Path::new("/run/systemd/journal/socket").exists() {
+        if let Ok(layer) = tracing_journald::layer() {
+            let filter =
+                EnvFilter::try_from_env("LANDFALL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+            tracing_subscriber::registry()
+                .with(layer.with_filter(filter))
+                .init();
+            return;
+        }
+    }
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .init();
+}

@@ -1,0 +1,237 @@
+//! Where the agent learns its server and boot token: the kernel command line
+//! (`landfall.server=URL landfall.token=TOKEN ...`), an optional config file
+//! baked into the image (same `key=value` words, one or more per line, `#`
+//! comments), and command-line flags. Flags win over the kernel command line,
+//! which wins over the file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+/// What to do after a successful install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FinalAction {
+    #[default]
+    Reboot,
+    Poweroff,
+    /// Exit and leave the machine running (tests, debugging).
+    None,
+}
+
+/// How progress is drawn for the technician.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ConsoleMode {
+    /// Redraw a panel when stdout is a terminal, one line per event otherwise.
+    #[default]
+    Auto,
+    /// Always one line per event (serial consoles captured to files, journald).
+    Lines,
+    /// Always redraw.
+    Redraw,
+}
+
+/// The settings `landfall-agent run` works from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Base URL of the landfall server, e.g. `http://10.0.2.2:8080`.
+    pub server: String,
+    /// One-time boot token minted by the server for this boot.
+    pub token: String,
+    pub final_action: FinalAction,
+    pub console: ConsoleMode,
+}
+
+/// Values given as flags; `None` means "not given".
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub server: Option<String>,
+    pub token: Option<String>,
+    pub final_action: Option<FinalAction>,
+    pub console: Option<ConsoleMode>,
+}
+
+/// Split a kernel command line into words the way the kernel does: spaces
+/// separate, double quotes group (`a="b c"` is one word `a=b c`).
+pub fn split_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut in_word = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+/// The `landfall.*` parameters of a command line or config file, keyed without
+/// the `landfall.` prefix. Later words win, as for the kernel.
+pub fn landfall_params(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(split_words)
+        .filter_map(|w| {
+            let rest = w.strip_prefix("landfall.")?;
+            let (k, v) = rest.split_once('=').unwrap_or((rest, ""));
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+impl AgentConfig {
+    /// Build the config from (lowest precedence first) an optional config file,
+    /// the kernel command line text, and flags.
+    pub fn resolve(file: Option<&str>, cmdline: &str, flags: Overrides) -> Result<Self> {
+        let mut params = file.map(landfall_params).unwrap_or_default();
+        params.extend(landfall_params(cmdline));
+
+        let server = flags.server.or_else(|| params.remove("server"));
+        let token = flags.token.or_else(|| params.remove("token"));
+        let Some(server) = server.filter(|s| !s.is_empty()) else {
+            bail!(
+                "no landfall server given: boot with `landfall.server=http://HOST:PORT` on the \
+                 kernel command line (the server's boot.ipxe adds it) or pass --server"
+            );
+        };
+        let Some(token) = token.filter(|s| !s.is_empty()) else {
+            bail!(
+                "no boot token given: boot through the server's boot.ipxe (it adds \
+                 `landfall.token=...`) or pass --token"
+            );
+        };
+        let server = server.trim_end_matches('/').to_owned();
+        if !(server.starts_with("http://") || server.starts_with("https://")) {
+            bail!("landfall.server={server:?} must start with http:// or https://");
+        }
+        let final_action = match flags.final_action {
+            Some(f) => f,
+            None => parse_enum("final", params.get("final"))?.unwrap_or_default(),
+        };
+        let console = match flags.console {
+            Some(c) => c,
+            None => parse_enum("console", params.get("console"))?.unwrap_or_default(),
+        };
+        Ok(Self {
+            server,
+            token,
+            final_action,
+            console,
+        })
+    }
+
+    /// Read the config file (if present) and the kernel command line from disk.
+    pub fn load(config_file: &Path, cmdline_file: &Path, flags: Overrides) -> Result<Self> {
+        let file = match std::fs::read_to_string(config_file) {
+            Ok(s) => Some(s),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", config_file.display())),
+        };
+        let cmdline = std::fs::read_to_string(cmdline_file)
+            .with_context(|| format!("reading {}", cmdline_file.display()))?;
+        Self::resolve(file.as_deref(), &cmdline, flags)
+    }
+}
+
+fn parse_enum<T: clap::ValueEnum>(key: &str, value: Option<&String>) -> Result<Option<T>> {
+    let Some(v) = value else { return Ok(None) };
+    T::from_str(v, true).map(Some).map_err(|_| {
+        let allowed: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
+            .collect();
+        anyhow::anyhow!(
+            "landfall.{key}={v:?} is not valid: use one of {}",
+            allowed.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = "vmlinuz initrd=initrd landfall.server=http://10.0.2.2:8080/ \
+                        landfall.token=abc123 console=ttyS0 quiet\n";
+
+    #[test]
+    fn words_and_quotes() {
+        assert_eq!(
+            split_words(r#"a b="c d" e"#),
+            vec!["a".to_string(), "b=c d".into(), "e".into()]
+        );
+        assert!(split_words("   ").is_empty());
+    }
+
+    #[test]
+    fn resolves_from_cmdline() {
+        let c = AgentConfig::resolve(None, LINE, Overrides::default()).unwrap();
+        assert_eq!(c.server, "http://10.0.2.2:8080");
+        assert_eq!(c.token, "abc123");
+        assert_eq!(c.final_action, FinalAction::Reboot);
+    }
+
+    #[test]
+    fn precedence_file_then_cmdline_then_flags() {
+        let file =
+            "# baked into the image\nlandfall.server=http://file:1 landfall.final=poweroff\n";
+        let c = AgentConfig::resolve(Some(file), LINE, Overrides::default()).unwrap();
+        assert_eq!(c.server, "http://10.0.2.2:8080");
+        assert_eq!(c.final_action, FinalAction::Poweroff);
+        let c = AgentConfig::resolve(
+            Some(file),
+            LINE,
+            Overrides {
+                server: Some("https://flag".into()),
+                final_action: Some(FinalAction::None),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.server, "https://flag");
+        assert_eq!(c.final_action, FinalAction::None);
+    }
+
+    #[test]
+    fn missing_and_bad_values_name_the_parameter() {
+        let e = AgentConfig::resolve(None, "landfall.token=x", Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("landfall.server="), "{e}");
+        let e = AgentConfig::resolve(None, "landfall.server=http://a", Overrides::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("landfall.token="), "{e}");
+        let e = AgentConfig::resolve(
+            None,
+            "landfall.server=ftp://a landfall.token=t",
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
+        let e = AgentConfig::resolve(
+            None,
+            "landfall.server=http://a landfall.token=t landfall.final=explode",
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("landfall.final") && e.to_string().contains("poweroff"),
+            "{e}"
+        );
+    }
+}

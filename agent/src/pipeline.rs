@@ -1,0 +1,265 @@
+//! The install pipeline: the ordered list of typed steps. Nothing else
+//! decides order. Each step's result is handed to the next as a value.
+//!
+//! Now: detect -> register -> done. Later issues add disks, secrets,
+//! configure, install and finish between register and done.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use landfall_proto::{EventKind, HelloRequest, HelloResponse, Inventory, Step, PROTOCOL_VERSION};
+
+use crate::cmdline::{AgentConfig, FinalAction};
+use crate::report::{Client, Console, Outbox, Reporter};
+use crate::retry::{Attempt, Retry, RetryError};
+
+/// The steps this agent runs, with what the console shows for each.
+pub const STEPS: &[(Step, &str)] = &[
+    (Step::Detect, "Detect hardware"),
+    (Step::Register, "Register with the server"),
+    (Step::Done, "Report the result"),
+];
+
+/// How long the terminal event may wait for the server's ack.
+const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub struct RunOptions {
+    /// Root of the machine to inventory ("/" in the installer image).
+    pub sysroot: PathBuf,
+    /// Retry policy for `hello` while the server is unreachable.
+    pub hello_retry: Retry,
+    pub final_ack_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            sysroot: PathBuf::from("/"),
+            hello_retry: Retry {
+                initial: Duration::from_millis(500),
+                cap: Duration::from_secs(10),
+                max_tries: Some(40),
+            },
+            final_ack_timeout: FINAL_ACK_TIMEOUT,
+        }
+    }
+}
+
+/// What a finished run did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub attempt_id: String,
+    pub hostname: String,
+    pub last_seq: u64,
+}
+
+/// Run the whole pipeline. On a step's failure the failure is reported (when
+/// the server knows the attempt) and returned.
+pub async fn run(cfg: &AgentConfig, opts: &RunOptions, console: Console) -> Result<Outcome> {
+    let client = Client::new(&cfg.server)?;
+    let reporter = Reporter::new(Outbox::new(), console);
+    reporter.console().set_server(&cfg.server);
+    let ticker = spawn_ticker(reporter.clone());
+
+    let result = steps(cfg, opts, &client, &reporter).await;
+    let outcome = match result {
+        Ok(outcome) => {
+            reporter.emit(
+                Step::Done,
+                EventKind::Finished,
+                "install finished",
+                Some(1.0),
+                None,
+            );
+            reporter
+                .console()
+                .note("waiting for the server to acknowledge every event");
+            reporter.outbox.flush(opts.final_ack_timeout).await?;
+            Ok(Outcome {
+                last_seq: reporter.outbox.last_seq(),
+                ..outcome
+            })
+        }
+        Err(StepFailure { step, error }) => {
+            let message = format!("{error:#}");
+            if reporter.outbox.is_bound() {
+                reporter.emit(
+                    Step::Done,
+                    EventKind::Failed,
+                    format!("{step} failed: {message}"),
+                    None,
+                    Some(serde_json::json!({ "step": step, "error": message })),
+                );
+                if let Err(e) = reporter.outbox.flush(opts.final_ack_timeout).await {
+                    tracing::warn!("{e:#}");
+                }
+            }
+            Err(error.context(format!("step {step} failed")))
+        }
+    };
+    ticker.abort();
+    outcome
+}
+
+struct StepFailure {
+    step: Step,
+    error: anyhow::Error,
+}
+
+/// Run one step: `started`, then `finished` with the step's summary, or `failed`.
+async fn step<T>(
+    reporter: &Reporter,
+    step: Step,
+    start_message: &str,
+    work: impl std::future::Future<Output = Result<(T, String)>>,
+) -> Result<T, StepFailure> {
+    reporter.emit(step, EventKind::Started, start_message, Some(0.0), None);
+    match work.await {
+        Ok((value, summary)) => {
+            reporter.emit(step, EventKind::Finished, summary, Some(1.0), None);
+            Ok(value)
+        }
+        Err(error) => {
+            reporter.emit(step, EventKind::Failed, format!("{error:#}"), None, None);
+            Err(StepFailure { step, error })
+        }
+    }
+}
+
+async fn steps(
+    cfg: &AgentConfig,
+    opts: &RunOptions,
+    client: &Client,
+    reporter: &Reporter,
+) -> Result<Outcome, StepFailure> {
+    let inventory = step(reporter, Step::Detect, "detecting hardware", detect(opts)).await?;
+    reporter.console().set_ip(primary_ip(&inventory));
+
+    let hello = step(
+        reporter,
+        Step::Register,
+        &format!("registering with {}", cfg.server),
+        register(cfg, opts, client, reporter, inventory),
+    )
+    .await?;
+
+    Ok(Outcome {
+        attempt_id: hello.attempt_id,
+        hostname: hello.assignment.hostname,
+        last_seq: 0,
+    })
+}
+
+async fn detect(opts: &RunOptions) -> Result<(Inventory, String)> {
+    let sysroot = opts.sysroot.clone();
+    let inv = tokio::task::spawn_blocking(move || crate::hw::detect(&sysroot))
+        .await
+        .context("the detect task panicked")??;
+    let summary =
+        format!(
+        "{} disk(s), {} NIC(s), {} CPU thread(s), {} MiB memory, {:?} firmware, virtualization {}",
+        inv.disks.len(),
+        inv.nics.len(),
+        inv.cpu.threads,
+        inv.memory.total_bytes >> 20,
+        inv.firmware.mode,
+        if inv.virtualization.is_empty() { "none" } else { &inv.virtualization }
+    );
+    Ok((inv, summary))
+}
+
+async fn register(
+    cfg: &AgentConfig,
+    opts: &RunOptions,
+    client: &Client,
+    reporter: &Reporter,
+    inventory: Inventory,
+) -> Result<(HelloResponse, String)> {
+    let req = HelloRequest {
+        boot_token: cfg.token.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol: PROTOCOL_VERSION,
+        inventory,
+    };
+    let hello = opts
+        .hello_retry
+        .run(
+            |_| async {
+                match client.hello(&req).await {
+                    Ok(r) => Attempt::Done(r),
+                    Err(e) if e.retryable() => Attempt::Retry(e),
+                    Err(e) => Attempt::Fatal(e),
+                }
+            },
+            |e, n, d| {
+                reporter.console().note(&format!(
+                    "server not reachable (try {n}), retrying in {d:?}: {e}"
+                ))
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            RetryError::Fatal(e) => anyhow::Error::new(e).context(
+                "the server refused this boot's token: boot the machine again through the \
+                 landfall server's boot.ipxe to get a fresh one",
+            ),
+            e => anyhow::Error::new(e).context("registering with the server"),
+        })?;
+    let a = &hello.assignment;
+    let summary = format!(
+        "attempt {}: hostname {}, role {}, layout {}, wipe {:?}",
+        hello.attempt_id,
+        a.hostname,
+        a.role,
+        a.layout.as_deref().unwrap_or("-"),
+        a.wipe
+    );
+    reporter.console().set_hostname(&a.hostname);
+    reporter.outbox.bind(
+        client.clone(),
+        hello.attempt_id.clone(),
+        hello.agent_token.clone(),
+    );
+    Ok((hello, summary))
+}
+
+fn primary_ip(inv: &Inventory) -> Option<String> {
+    inv.nics
+        .iter()
+        .flat_map(|n| &n.addresses)
+        .find(|a| a.contains('.') && !a.starts_with("127."))
+        .or_else(|| {
+            inv.nics
+                .iter()
+                .flat_map(|n| &n.addresses)
+                .find(|a| !a.starts_with("fe80"))
+        })
+        .cloned()
+}
+
+fn spawn_ticker(reporter: Reporter) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut iv = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            iv.tick().await;
+            reporter.console().tick();
+        }
+    })
+}
+
+/// After success: sync, then reboot / power off / return, as configured.
+pub fn final_action(action: FinalAction) -> Result<()> {
+    use nix::sys::reboot::{reboot, RebootMode};
+    if action == FinalAction::None {
+        return Ok(());
+    }
+    nix::unistd::sync();
+    let mode = match action {
+        FinalAction::Reboot => RebootMode::RB_AUTOBOOT,
+        FinalAction::Poweroff => RebootMode::RB_POWER_OFF,
+        FinalAction::None => unreachable!(),
+    };
+    reboot(mode).with_context(|| format!("{action:?} failed"))?;
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! The technician's view on the machine's console: the step list with state,
+//! a progress bar, server, IP, hostname and elapsed time. On a terminal the
+//! panel is redrawn in place; otherwise (serial captured to a file, journald)
+//! each event is one line, and progress at most one line a second per step.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use landfall_proto::{Event, EventKind, Step};
+
+use crate::cmdline::ConsoleMode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+pub struct Console {
+    out: Box<dyn Write + Send>,
+    redraw: bool,
+    drawn_lines: usize,
+    steps: Vec<(Step, &'static str, StepState)>,
+    started: Instant,
+    server: String,
+    ip: Option<String>,
+    hostname: Option<String>,
+    progress: Option<(Step, f32)>,
+    last_message: String,
+    last_progress_line: Option<(Step, Instant)>,
+}
+
+impl Console {
+    /// `steps` are the pipeline's steps with a short description, in order.
+    pub fn new(
+        out: Box<dyn Write + Send>,
+        is_tty: bool,
+        mode: ConsoleMode,
+        steps: &[(Step, &'static str)],
+    ) -> Self {
+        let redraw = match mode {
+            ConsoleMode::Auto => is_tty && std::env::var("TERM").map_or(true, |t| t != "dumb"),
+            ConsoleMode::Lines => false,
+            ConsoleMode::Redraw => true,
+        };
+        Self {
+            out,
+            redraw,
+            drawn_lines: 0,
+            steps: steps
+                .iter()
+                .map(|&(s, d)| (s, d, StepState::Pending))
+                .collect(),
+            started: Instant::now(),
+            server: String::new(),
+            ip: None,
+            hostname: None,
+            progress: None,
+            last_message: String::new(),
+            last_progress_line: None,
+        }
+    }
+
+    /// The console on stdout, redrawing when stdout is a terminal.
+    pub fn stdout(mode: ConsoleMode, steps: &[(Step, &'static str)]) -> Self {
+        use std::io::IsTerminal;
+        let tty = std::io::stdout().is_terminal();
+        Self::new(Box::new(std::io::stdout()), tty, mode, steps)
+    }
+
+    pub fn set_server(&mut self, server: &str) {
+        self.server = server.to_owned();
+        self.draw_panel();
+    }
+
+    pub fn set_ip(&mut self, ip: Option<String>) {
+        self.ip = ip;
+        self.draw_panel();
+    }
+
+    pub fn set_hostname(&mut self, hostname: &str) {
+        self.hostname = Some(hostname.to_owned());
+        if !self.redraw {
+            self.line(&format!("hostname {hostname}"));
+        }
+        self.draw_panel();
+    }
+
+    /// Show a message that is not an event (e.g. waiting for the server).
+    pub fn note(&mut self, message: &str) {
+        self.last_message = message.to_owned();
+        if self.redraw {
+            self.draw_panel();
+        } else {
+            self.line(message);
+        }
+    }
+
+    pub fn event(&mut self, ev: &Event) {
+        let state = match ev.kind {
+            EventKind::Started | EventKind::Progress | EventKind::Log => StepState::Running,
+            EventKind::Finished => StepState::Done,
+            EventKind::Failed => StepState::Failed,
+            EventKind::Unknown => return,
+        };
+        if let Some(s) = self.steps.iter_mut().find(|(s, _, _)| *s == ev.step) {
+            s.2 = state;
+        }
+        self.progress = match (ev.kind, ev.progress) {
+            (EventKind::Finished, _) => Some((ev.step, 1.0)),
+            (_, Some(p)) => Some((ev.step, p.clamp(0.0, 1.0))),
+            (EventKind::Started, None) => Some((ev.step, 0.0)),
+            _ => self.progress,
+        };
+        if !ev.message.is_empty() {
+            self.last_message = ev.message.clone();
+        }
+        if self.redraw {
+            self.draw_panel();
+            return;
+        }
+        if ev.kind == EventKind::Progress {
+            let now = Instant::now();
+            if matches!(self.last_progress_line, Some((s, t)) if s == ev.step && now - t < Duration::from_secs(1))
+            {
+                return;
+            }
+            self.last_progress_line = Some((ev.step, now));
+        }
+        let pct = ev
+            .progress
+            .map(|p| format!(" {:3.0}%", p * 100.0))
+            .unwrap_or_default();
+        self.line(&format!(
+            "{:<9} {:<8}{pct} {}",
+            ev.step.as_str(),
+            ev.kind.as_str(),
+            ev.message
+        ));
+    }
+
+    /// Called about once a second so the elapsed time moves on a terminal.
+    pub fn tick(&mut self) {
+        if self.redraw {
+            self.draw_panel();
+        }
+    }
+
+    fn elapsed(&self) -> String {
+        let s = self.started.elapsed().as_secs();
+        format!("{:02}:{:02}", s / 60, s % 60)
+    }
+
+    fn line(&mut self, text: &str) {
+        let _ = writeln!(self.out, "[landfall {}] {text}", self.elapsed());
+        let _ = self.out.flush();
+    }
+
+    /// The panel as text lines (also used by tests).
+    pub fn render(&self) -> Vec<String> {
+        let mut lines = vec![format!(
+            "landfall-agent {}  server {}  ip {}  host {}  {}",
+            env!("CARGO_PKG_VERSION"),
+            if self.server.is_empty() {
+                "-"
+            } else {
+                &self.server
+            },
+            self.ip.as_deref().unwrap_or("-"),
+            self.hostname.as_deref().unwrap_or("-"),
+            self.elapsed()
+        )];
+        for (step, desc, state) in &self.steps {
+            let mark = match state {
+                StepState::Pending => "[    ]",
+                StepState::Running => "[ >> ]",
+                StepState::Done => "[ ok ]",
+                StepState::Failed => "[FAIL]",
+            };
+            lines.push(format!("  {mark} {:<9} {desc}", step.as_str()));
+        }
+        let (step, p) = self.progress.unwrap_or((Step::Unknown, 0.0));
+        const WIDTH: usize = 30;
+        let filled = (p * WIDTH as f32).round() as usize;
+        lines.push(format!(
+            "  [{}{}] {:3.0}% {}",
+            "#".repeat(filled),
+            ".".repeat(WIDTH - filled),
+            p * 100.0,
+            if step == Step::Unknown {
+                ""
+            } else {
+                step.as_str()
+            }
+        ));
+        let msg: String = self.last_message.chars().take(200).collect();
+        lines.push(format!("  {msg}"));
+        lines
+    }
+
+    fn draw_panel(&mut self) {
+        if !self.redraw {
+            return;
+        }
+        let lines = self.render();
+        let mut buf = String::new();
+        if self.drawn_lines > 0 {
+            // Up to the panel's first line, then clear to the end of the screen.
+            buf.push_str(&format!("\x1b[{}F\x1b[J", self.drawn_lines));
+        }
+        for l in &lines {
+            buf.push_str(l);
+            buf.push_str("\x1b[K\n");
+        }
+        self.drawn_lines = lines.len();
+        let _ = self.out.write_all(buf.as_bytes());
+        let _ = self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn ev(seq: u64, step: Step, kind: EventKind, progress: Option<f32>, msg: &str) -> Event {
+        Event {
+            seq,
+            time: String::new(),
+            step,
+            kind,
+            progress,
+            message: msg.into(),
+            data: None,
+        }
+    }
+
+    const STEPS: &[(Step, &str)] = &[
+        (Step::Detect, "Detect hardware"),
+        (Step::Register, "Register"),
+    ];
+
+    #[test]
+    fn line_mode_prints_one_line_per_event_and_throttles_progress() {
+        let buf = Buf::default();
+        let mut c = Console::new(Box::new(buf.clone()), false, ConsoleMode::Auto, STEPS);
+        c.event(&ev(1, Step::Detect, EventKind::Started, None, "detecting"));
+        for i in 0..50 {
+            c.event(&ev(
+                2 + i,
+                Step::Detect,
+                EventKind::Progress,
+                Some(i as f32 / 50.0),
+                "p",
+            ));
+        }
+        c.event(&ev(60, Step::Detect, EventKind::Finished, None, "2 disks"));
+        let text = buf.text();
+        assert!(!text.contains('\x1b'), "no escapes in line mode: {text:?}");
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(
+            text.lines()
+                .last()
+                .unwrap()
+                .contains("detect    finished 2 disks"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn redraw_mode_rewrites_the_panel_in_place() {
+        let buf = Buf::default();
+        let mut c = Console::new(Box::new(buf.clone()), true, ConsoleMode::Redraw, STEPS);
+        c.set_server("http://s");
+        c.event(&ev(1, Step::Detect, EventKind::Finished, None, "done"));
+        c.event(&ev(
+            2,
+            Step::Register,
+            EventKind::Progress,
+            Some(0.5),
+            "half",
+        ));
+        let panel = c.render();
+        assert!(panel[1].contains("[ ok ] detect"), "{panel:?}");
+        assert!(panel[2].contains("[ >> ] register"), "{panel:?}");
+        assert!(panel[3].contains(" 50% register"), "{panel:?}");
+        assert!(panel[3].contains(&format!("[{}{}]", "#".repeat(15), ".".repeat(15))));
+        // Second and later draws move the cursor back over the previous panel.
+        assert_eq!(buf.text().matches("\x1b[5F\x1b[J").count(), 2);
+    }
+}
