@@ -1,11 +1,22 @@
-//! Developer commands: `./x demo`, `./x test`, `./x bench`.
+//! Developer commands behind `./x`: `demo`, `test`, `bench`.
 
 mod bench;
+mod build;
+mod test;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["bench", "detect"] => bench::detect::run(),
-        _ => anyhow::bail!("usage: xtask (demo | test | bench [detect])"),
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match argv.as_slice() {
+        ["test"] => test::run_all(),
+        ["bench"] | ["bench", "detect"] => bench::detect::run(),
+        _ => Err(anyhow::anyhow!("usage: ./x (demo | test | bench [detect])")),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

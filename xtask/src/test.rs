@@ -1,0 +1,28 @@
+//! `./x test`: formatting, lints, then every test (unit, API, fixtures,
+//! privileged and VM tests: CI runs as root, nothing is skipped).
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::build::{run, static_agent};
+
+pub fn run_all() -> Result<()> {
+    eprintln!("xtask: cargo fmt --check");
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    eprintln!("xtask: cargo clippy -D warnings");
+    run(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let agent = static_agent()?;
+    eprintln!("xtask: cargo test (VM tests use {})", agent.display());
+    run(Command::new("cargo")
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .env("LANDFALL_TEST_AGENT", &agent))?;
+    Ok(())
+}
