@@ -1,0 +1,133 @@
+//! `POST /api/v1/agent/hello` and `POST /api/v1/agent/events`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use landfall_proto::{
+    EventsRequest, EventsResponse, HelloRequest, HelloResponse, PROTOCOL_VERSION,
+};
+
+use super::{new_token, random_hex, token_hash, AgentAuth, ApiError, AppState, Json};
+use crate::store::{now, HelloInput, HelloOutcome};
+
+/// Most events accepted in one request.
+pub const MAX_EVENTS: usize = 1000;
+
+/// Exchange the one-time boot token for an attempt and an agent token.
+pub async fn hello(
+    State(app): State<AppState>,
+    Json(req): Json<HelloRequest>,
+) -> Result<Json<HelloResponse>, ApiError> {
+    let agent_token = new_token()?;
+    let new_attempt_id = random_hex(16)?;
+    let outcome = app.store.hello(&HelloInput {
+        boot_token_hash: &token_hash(req.boot_token.trim()),
+        agent_token_hash: &token_hash(&agent_token),
+        new_attempt_id: &new_attempt_id,
+        agent_version: &req.agent_version,
+        protocol: req.protocol,
+        inventory: &req.inventory,
+        now: now(),
+    })?;
+    match outcome {
+        HelloOutcome::BadToken => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "boot token unknown or expired; PXE-boot the machine again to get a fresh one",
+        )),
+        HelloOutcome::MacMismatch { token_mac } => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this boot token was issued to MAC {token_mac}, which is not among the NICs in the inventory"
+            ),
+        )),
+        HelloOutcome::NoAssignment { mac } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("machine {mac} has no hostname and role; list it in [[machines]] of landfall.toml"),
+        )),
+        HelloOutcome::Ok {
+            attempt_id,
+            mac,
+            assignment,
+            retried,
+        } => {
+            if req.protocol > PROTOCOL_VERSION {
+                tracing::warn!(
+                    %mac,
+                    protocol = req.protocol,
+                    "agent speaks a newer protocol than this server ({PROTOCOL_VERSION}); answering in v{PROTOCOL_VERSION}"
+                );
+            }
+            tracing::info!(
+                %mac,
+                attempt = %attempt_id,
+                hostname = %assignment.hostname,
+                role = %assignment.role,
+                agent_version = %req.agent_version,
+                retried,
+                "agent hello"
+            );
+            Ok(Json(HelloResponse {
+                attempt_id,
+                agent_token,
+                assignment,
+            }))
+        }
+    }
+}
+
+/// Store a batch of events; answer the highest gap-free seq.
+pub async fn events(
+    State(app): State<AppState>,
+    AgentAuth(attempt): AgentAuth,
+    Json(req): Json<EventsRequest>,
+) -> Result<Json<EventsResponse>, ApiError> {
+    if req.attempt_id != attempt.id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this agent token belongs to attempt {}, not {:?}",
+                attempt.id, req.attempt_id
+            ),
+        ));
+    }
+    if req.events.len() > MAX_EVENTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} events in one request; send at most {MAX_EVENTS}",
+                req.events.len()
+            ),
+        ));
+    }
+    if let Some((i, _)) = req.events.iter().enumerate().find(|(_, e)| e.seq == 0) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("events[{i}].seq is 0; seq starts at 1"),
+        ));
+    }
+    if let Some((i, _)) = req
+        .events
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.seq > i64::MAX as u64)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("events[{i}].seq is too large"),
+        ));
+    }
+    let stored = app.store.store_events(&attempt, &req.events, now())?;
+    if let Some(state) = stored.new_state {
+        tracing::info!(mac = %attempt.mac, attempt = %attempt.id, %state, "install attempt ended");
+    }
+    tracing::debug!(
+        mac = %attempt.mac,
+        attempt = %attempt.id,
+        received = req.events.len(),
+        inserted = stored.inserted,
+        acked_seq = stored.acked_seq,
+        "events"
+    );
+    Ok(Json(EventsResponse {
+        acked_seq: stored.acked_seq,
+    }))
+}

@@ -1,0 +1,267 @@
+//! The HTTP surface: router, shared state, JSON errors, auth extractors.
+
+pub mod admin;
+pub mod agent;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use landfall_proto::agent::ErrorBody;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::config::Settings;
+use crate::store::{AttemptRow, Store};
+
+/// Largest request body accepted (an events batch or a hello with its inventory).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Shared state of every handler.
+pub struct App {
+    pub store: Store,
+    pub settings: Settings,
+    pub artifacts: PathBuf,
+    /// SHA-256 of the admin token.
+    pub admin_token_hash: String,
+}
+
+pub type AppState = Arc<App>;
+
+impl App {
+    /// The base URL machines reach us at: `server.public_url`, else `http://` + Host.
+    pub fn base_url(&self, headers: &HeaderMap) -> Option<String> {
+        if let Some(u) = &self.settings.public_url {
+            return Some(u.clone());
+        }
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(crate::boot::base_from_host)
+    }
+}
+
+pub fn router(app: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/boot.ipxe", get(crate::boot::boot_ipxe))
+        .route("/chain.ipxe", get(crate::boot::chain_ipxe))
+        .route("/artifacts/{name}", get(artifact))
+        .route("/api/v1/agent/hello", post(agent::hello))
+        .route("/api/v1/agent/events", post(agent::events))
+        .route("/api/v1/machines", get(admin::list))
+        .route("/api/v1/machines/{key}", get(admin::detail))
+        .route("/api/v1/machines/{key}/reinstall", post(admin::reinstall))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        concat!(
+            "landfall ",
+            env!("CARGO_PKG_VERSION"),
+            ": zero-touch NixOS provisioning server\n\n",
+            "GET  /boot.ipxe?mac=..&arch=..&platform=..  iPXE script for a machine\n",
+            "GET  /chain.ipxe                           generic script to embed in iPXE\n",
+            "GET  /artifacts/{name}                     boot files (Range supported)\n",
+            "POST /api/v1/agent/hello, /api/v1/agent/events   installer agent API\n",
+            "GET  /api/v1/machines                      admin API (Bearer admin token)\n",
+        ),
+    )
+}
+
+async fn artifact(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(name) = path.map_err(ApiError::from_rejection)?;
+    crate::artifacts::serve_file(&app.artifacts, &name, &method, &headers).await
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Every error answer: a status and `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// A 500 whose detail is logged, not sent.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!("internal error: {detail:#}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal server error (details are in the server log)",
+        )
+    }
+
+    pub fn from_rejection<R: IntoResponse + std::fmt::Display>(rej: R) -> Self {
+        let message = rej.to_string();
+        let status = rej.into_response().status();
+        Self::new(status, message)
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            axum::Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}
+
+/// `axum::Json` whose rejections are JSON `ErrorBody`s with axum's 4xx status.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rej) => Err(ApiError::new(rej.status(), rej.body_text())),
+        }
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// SHA-256 of a token, lower-case hex: what the database stores.
+pub fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// A new random token: 32 bytes, hex.
+pub fn new_token() -> anyhow::Result<String> {
+    random_hex(32)
+}
+
+pub fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::getrandom(&mut buf).map_err(|e| anyhow::anyhow!("reading random bytes: {e}"))?;
+    Ok(hex(&buf))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Compare two equal-length strings without an early exit.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The request carries the admin token.
+pub struct AdminAuth;
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        match bearer(parts) {
+            Some(t) if same(&token_hash(t), &app.admin_token_hash) => Ok(AdminAuth),
+            Some(_) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "wrong admin token; use the token in the server's DATA/admin.token",
+            )),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing admin token: send Authorization: Bearer <token from DATA/admin.token>",
+            )),
+        }
+    }
+}
+
+/// The request carries a live agent token; holds its attempt.
+pub struct AgentAuth(pub AttemptRow);
+
+impl FromRequestParts<AppState> for AgentAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let Some(t) = bearer(parts) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing agent token: send Authorization: Bearer <agent_token from hello>",
+            ));
+        };
+        match app.store.attempt_by_agent_token(&token_hash(t))? {
+            Some(a) => Ok(AgentAuth(a)),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "agent token unknown or revoked; say hello again with the boot token",
+            )),
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! `GET|HEAD /artifacts/{name}`: boot files with single-range support.
+
+use std::path::Path;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use crate::api::ApiError;
+
+/// A file name, not a path: no `/`, `\`, `..`, leading dot or control characters.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(|c| c.is_control())
+}
+
+/// The byte range a `Range` header asks for, inclusive.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeReq {
+    /// No (usable) Range header: the whole file.
+    Full,
+    Partial(u64, u64),
+    Unsatisfiable,
+}
+
+/// Parse `bytes=a-b`, `bytes=a-`, `bytes=-n` against a file of `len` bytes.
+/// Syntax errors and multiple ranges are ignored (whole file), as RFC 9110 allows.
+pub fn parse_range(value: &str, len: u64) -> RangeReq {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeReq::Full;
+    };
+    if spec.contains(',') {
+        return RangeReq::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeReq::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        // Suffix: the last n bytes.
+        let Ok(n) = b.parse::<u64>() else {
+            return RangeReq::Full;
+        };
+        if n == 0 || len == 0 {
+            return RangeReq::Unsatisfiable;
+        }
+        return RangeReq::Partial(len.saturating_sub(n), len - 1);
+    }
+    let Ok(start) = a.parse::<u64>() else {
+        return RangeReq::Full;
+    };
+    let end = if b.is_empty() {
+        len.saturating_sub(1)
+    } else {
+        match b.parse::<u64>() {
+            Ok(e) if e >= start => e.min(len.saturating_sub(1)),
+            _ => return RangeReq::Full,
+        }
+    };
+    if start >= len {
+        return RangeReq::Unsatisfiable;
+    }
+    RangeReq::Partial(start, end)
+}
+
+pub async fn serve_file(
+    dir: &Path,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if !valid_name(name) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("artifact name {name:?} is not a plain file name"),
+        ));
+    }
+    let path = dir.join(name);
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no artifact named {name:?}"));
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+        Err(e) => {
+            return Err(ApiError::internal(format!(
+                "opening {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::internal(format!("stat {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(not_found());
+    }
+    let len = meta.len();
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| parse_range(v, len))
+        .unwrap_or(RangeReq::Full);
+
+    let (status, start, count) = match range {
+        RangeReq::Full => (StatusCode::OK, 0, len),
+        RangeReq::Partial(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        RangeReq::Unsatisfiable => {
+            let mut r = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("range not satisfiable for {name:?} ({len} bytes)"),
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
+            );
+            return Ok(r);
+        }
+    };
+
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, count);
+    if status == StatusCode::PARTIAL_CONTENT {
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{len}", start + count - 1),
+        );
+    }
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(|e| ApiError::internal(format!("seeking {}: {e}", path.display())))?;
+        }
+        Body::from_stream(ReaderStream::with_capacity(file.take(count), 64 * 1024))
+    };
+    builder
+        .body(body)
+        .map_err(|e| ApiError::internal(format!("building response: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("vmlinuz"));
+        assert!(valid_name("initrd"));
+        assert!(valid_name("nixos-25.05.iso"));
+        for bad in ["", ".hidden", "..", "a/b", "../etc", "a..b", "a\\b", "a\nb"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        use RangeReq::*;
+        assert_eq!(parse_range("bytes=0-9", 100), Partial(0, 9));
+        assert_eq!(parse_range("bytes=90-", 100), Partial(90, 99));
+        assert_eq!(parse_range("bytes=-10", 100), Partial(90, 99));
+        assert_eq!(parse_range("bytes=-1000", 100), Partial(0, 99));
+        assert_eq!(parse_range("bytes=50-1000", 100), Partial(50, 99));
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), Full);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Full);
+        assert_eq!(parse_range("items=0-1", 100), Full);
+        assert_eq!(parse_range("bytes=x-", 100), Full);
+    }
+}

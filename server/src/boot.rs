@@ -1,0 +1,330 @@
+//! The boot decision (install | local | hold) and the iPXE scripts.
+//!
+//! Everything interpolated into a script is validated first: hostnames are
+//! RFC 1123, roles `[a-z0-9-]`, the base URL comes from the validated config or
+//! a checked Host header, kernel args were checked for control characters at
+//! config load, tokens are hex.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use landfall_proto::names::{check_hostname, check_simple_name, normalize_mac};
+use landfall_proto::{Assignment, BootAction, MachineState};
+
+use crate::api::{new_token, token_hash, App, AppState};
+
+/// The iPXE loop back to this server, with iPXE's own variables for the machine.
+const CHAIN_QUERY: &str = "boot.ipxe?mac=${net0/mac}&arch=${buildarch}&platform=${platform}";
+
+/// Seconds a held machine waits before asking again.
+pub const HOLD_SLEEP: u32 = 30;
+
+/// What a machine in `state` boots.
+pub fn decide(state: MachineState) -> BootAction {
+    match state {
+        MachineState::Assigned | MachineState::ReinstallRequested | MachineState::Installing => {
+            BootAction::Install
+        }
+        MachineState::Installed | MachineState::Ready | MachineState::Degraded => BootAction::Local,
+        MachineState::Discovered
+        | MachineState::Failed
+        | MachineState::Compromised
+        | MachineState::Unknown => BootAction::Hold,
+    }
+}
+
+/// `http://` + a Host header, if the header is a plain host[:port].
+pub fn base_from_host(host: &str) -> Option<String> {
+    let ok = !host.is_empty()
+        && host.len() <= 261
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    ok.then(|| format!("http://{host}"))
+}
+
+/// The install script, or why a value failed validation (the caller holds instead).
+pub fn install_script(
+    base: &str,
+    a: &Assignment,
+    token: &str,
+    kernel_args: &str,
+) -> Result<String, String> {
+    check_hostname(&a.hostname).map_err(|e| e.to_string())?;
+    check_simple_name("role", &a.role).map_err(|e| e.to_string())?;
+    if !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("boot token is not alphanumeric".into());
+    }
+    let mut kernel = format!(
+        "kernel {base}/artifacts/vmlinuz initrd=initrd landfall.server={base} landfall.token={token}"
+    );
+    if !kernel_args.is_empty() {
+        kernel.push(' ');
+        kernel.push_str(kernel_args);
+    }
+    Ok(format!(
+        "#!ipxe\n\
+         echo landfall: installing {host} (role {role})\n\
+         {kernel}\n\
+         initrd {base}/artifacts/initrd\n\
+         boot\n",
+        host = a.hostname,
+        role = a.role,
+    ))
+}
+
+/// Boot from the local disk: `exit` hands back to the firmware's next boot device.
+pub fn local_script(hostname: Option<&str>) -> String {
+    let name = hostname
+        .filter(|h| check_hostname(h).is_ok())
+        .unwrap_or("this machine");
+    format!("#!ipxe\necho landfall: {name} is installed, booting from local disk\nexit\n")
+}
+
+/// Print why, wait, ask again.
+pub fn hold_script(base: &str, why: &str) -> String {
+    let why = sanitize(why);
+    format!(
+        "#!ipxe\n\
+         echo landfall: holding: {why}\n\
+         echo landfall: asking again in {HOLD_SLEEP} seconds\n\
+         sleep {HOLD_SLEEP}\n\
+         chain {base}/{CHAIN_QUERY}\n"
+    )
+}
+
+/// A hold script when there is no base URL to chain to: print why and stop.
+pub fn stop_script(why: &str) -> String {
+    format!("#!ipxe\necho landfall: {}\nexit 1\n", sanitize(why))
+}
+
+/// The generic script to embed in an iPXE build: DHCP, then chain here.
+pub fn chain_script(base: &str) -> String {
+    format!("#!ipxe\ndhcp\nchain {base}/{CHAIN_QUERY}\n")
+}
+
+/// Keep a message to one line of harmless characters (iPXE expands `${...}`).
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " .,:;-_()/'=@+".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(200)
+        .collect()
+}
+
+/// `GET /boot.ipxe?mac=..&arch=..&platform=..`: always an iPXE script, never a 5xx.
+pub async fn boot_ipxe(
+    State(app): State<AppState>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(base) = app.base_url(&headers) else {
+        return script(
+            StatusCode::BAD_REQUEST,
+            stop_script("the Host header is missing or invalid and server.public_url is not set"),
+        );
+    };
+    let q = query.map(|Query(q)| q).unwrap_or_default();
+    let raw_mac = q.get("mac").map(String::as_str).unwrap_or("");
+    let Some(mac) = normalize_mac(raw_mac) else {
+        tracing::warn!(mac = %raw_mac, "boot.ipxe without a valid MAC");
+        return script(
+            StatusCode::OK,
+            hold_script(
+                &base,
+                "no valid MAC address in the request (mac=aa:bb:cc:dd:ee:ff)",
+            ),
+        );
+    };
+    let arch = q.get("arch").map(String::as_str).filter(|v| plain(v));
+    let platform = q.get("platform").map(String::as_str).filter(|v| plain(v));
+    match decide_and_render(&app, &base, &mac, arch, platform) {
+        Ok(s) => script(StatusCode::OK, s),
+        Err(e) => {
+            tracing::error!(%mac, "boot.ipxe: {e:#}");
+            script(
+                StatusCode::OK,
+                hold_script(&base, "server error, see the landfall server log"),
+            )
+        }
+    }
+}
+
+fn decide_and_render(
+    app: &App,
+    base: &str,
+    mac: &str,
+    arch: Option<&str>,
+    platform: Option<&str>,
+) -> anyhow::Result<String> {
+    let settings = &app.settings;
+    let assignment = if settings.machines.contains_key(mac) {
+        settings.assignment_for(mac)
+    } else {
+        // Known from an earlier auto-enrolment (keeps its hostname), else the enrol policy.
+        app.store
+            .machine(mac)?
+            .and_then(|r| Some((r.hostname?, r.role?)))
+            .and_then(|(h, r)| settings.role_assignment_checked(&r, &h))
+            .or_else(|| settings.assignment_for(mac))
+    };
+    let now = crate::store::now();
+    let row = app
+        .store
+        .record_boot(mac, assignment.as_ref(), arch, platform, now)?;
+    let action = decide(row.state);
+    tracing::info!(%mac, hostname = row.hostname.as_deref().unwrap_or("-"), state = %row.state, ?action, "boot.ipxe");
+    Ok(match action {
+        BootAction::Install => {
+            let Some(a) = row.assignment() else {
+                return Ok(hold_script(
+                    base,
+                    &format!(
+                        "{mac} has no hostname and role; list it in [[machines]] of landfall.toml"
+                    ),
+                ));
+            };
+            let token = new_token()?;
+            let s = match install_script(base, &a, &token, &settings.kernel_args) {
+                Ok(s) => s,
+                Err(e) => return Ok(hold_script(base, &format!("{mac}: {e}"))),
+            };
+            app.store
+                .add_boot_token(mac, &token_hash(&token), now, settings.boot_token_ttl)?;
+            s
+        }
+        BootAction::Local => local_script(row.hostname.as_deref()),
+        BootAction::Hold | BootAction::Unknown => {
+            let why = match row.state {
+                MachineState::Discovered => {
+                    format!("unknown machine {mac}; add it to [[machines]] in landfall.toml")
+                }
+                MachineState::Failed => format!(
+                    "install of {mac} failed: {}; fix it, then run: landfall reinstall {mac}",
+                    row.error.as_deref().unwrap_or("no error recorded")
+                ),
+                MachineState::Compromised => format!(
+                    "security alarm on {mac}; investigate, then run: landfall reinstall {mac}"
+                ),
+                s => format!("{mac} is in state {s}"),
+            };
+            hold_script(base, &why)
+        }
+    })
+}
+
+/// `GET /chain.ipxe`: the generic script to embed in an iPXE build.
+pub async fn chain_ipxe(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    match app.base_url(&headers) {
+        Some(base) => script(StatusCode::OK, chain_script(&base)),
+        None => script(
+            StatusCode::BAD_REQUEST,
+            stop_script("the Host header is missing or invalid and server.public_url is not set"),
+        ),
+    }
+}
+
+fn script(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// An iPXE `${buildarch}` / `${platform}` value: short and plain.
+fn plain(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 32
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use landfall_proto::WipePolicy;
+
+    fn assignment(host: &str, role: &str) -> Assignment {
+        Assignment {
+            hostname: host.into(),
+            role: role.into(),
+            layout: None,
+            wipe: WipePolicy::Never,
+        }
+    }
+
+    #[test]
+    fn decisions_per_state() {
+        use MachineState::*;
+        for s in [Assigned, ReinstallRequested, Installing] {
+            assert_eq!(decide(s), BootAction::Install, "{s}");
+        }
+        for s in [Installed, Ready, Degraded] {
+            assert_eq!(decide(s), BootAction::Local, "{s}");
+        }
+        for s in [Discovered, Failed, Compromised, Unknown] {
+            assert_eq!(decide(s), BootAction::Hold, "{s}");
+        }
+    }
+
+    #[test]
+    fn install_script_has_the_exact_shape() {
+        let s = install_script(
+            "http://10.0.0.1:8080",
+            &assignment("ws-01", "workstation"),
+            "abc123",
+            "console=ttyS0,115200",
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            "#!ipxe\n\
+             echo landfall: installing ws-01 (role workstation)\n\
+             kernel http://10.0.0.1:8080/artifacts/vmlinuz initrd=initrd landfall.server=http://10.0.0.1:8080 landfall.token=abc123 console=ttyS0,115200\n\
+             initrd http://10.0.0.1:8080/artifacts/initrd\n\
+             boot\n"
+        );
+    }
+
+    #[test]
+    fn bad_names_never_reach_a_script() {
+        assert!(install_script("http://x", &assignment("a\nshell", "r"), "t", "").is_err());
+        assert!(install_script("http://x", &assignment("a", "r ${x}"), "t", "").is_err());
+        assert!(install_script("http://x", &assignment("a", "r"), "t\nx", "").is_err());
+        assert_eq!(
+            local_script(Some("x\nshell")),
+            "#!ipxe\necho landfall: this machine is installed, booting from local disk\nexit\n"
+        );
+        let h = hold_script("http://x", "mac ${evil}\nshell");
+        assert_eq!(h.lines().count(), 5, "{h}");
+        assert!(!h.contains("${evil}"));
+    }
+
+    #[test]
+    fn host_header_is_checked() {
+        assert_eq!(
+            base_from_host("10.0.0.1:8080").as_deref(),
+            Some("http://10.0.0.1:8080")
+        );
+        assert_eq!(
+            base_from_host("[::1]:80").as_deref(),
+            Some("http://[::1]:80")
+        );
+        assert!(base_from_host("x/y").is_none());
+        assert!(base_from_host("x y").is_none());
+        assert!(base_from_host("").is_none());
+    }
+}

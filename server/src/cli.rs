@@ -1,0 +1,425 @@
+//! Command line: `serve` and the admin commands (`machines`, `machine`, `reinstall`),
+//! which talk to a running server through the admin API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use landfall_proto::admin::{MachineDetail, MachineSummary};
+use landfall_proto::agent::ErrorBody;
+
+use crate::ServeOptions;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "landfall",
+    version,
+    about = "Zero-touch NixOS provisioning server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the provisioning server (iPXE scripts, artifacts, agent and admin API).
+    Serve(ServeArgs),
+    /// List the machines the server knows.
+    Machines {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one machine: inventory, attempts, events.
+    Machine {
+        /// MAC address or hostname.
+        machine: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reinstall a machine on its next PXE boot.
+    Reinstall {
+        /// MAC address or hostname.
+        machine: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// landfall.toml; without it every machine is installed with role `demo`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data directory (database, admin token, default artifacts).
+    #[arg(long, default_value = "./landfall-data")]
+    pub data: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Directory of boot artifacts (vmlinuz, initrd); overrides server.artifacts.
+    #[arg(long)]
+    pub artifacts: Option<PathBuf>,
+    /// Validate the configuration and exit (0 when valid, 1 otherwise).
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// URL of the landfall server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// File holding the admin token (LANDFALL_ADMIN_TOKEN, when set, wins).
+    #[arg(long, default_value = "./landfall-data/admin.token")]
+    pub token_file: PathBuf,
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(a) => serve(a).await,
+        Command::Machines { client, json } => {
+            let list: Vec<MachineSummary> = Client::new(&client)?.get("/api/v1/machines").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", machines_table(&list));
+            }
+            Ok(())
+        }
+        Command::Machine {
+            machine,
+            client,
+            json,
+        } => {
+            let d: MachineDetail = Client::new(&client)?
+                .get(&format!("/api/v1/machines/{}", path_segment(&machine)?))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print!("{}", machine_text(&d));
+            }
+            Ok(())
+        }
+        Command::Reinstall { machine, client } => {
+            let s: MachineSummary = Client::new(&client)?
+                .post(&format!(
+                    "/api/v1/machines/{}/reinstall",
+                    path_segment(&machine)?
+                ))
+                .await?;
+            println!(
+                "{} ({}): {}; it installs on its next PXE boot",
+                s.hostname.as_deref().unwrap_or("-"),
+                s.mac,
+                s.state
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    if a.check_config {
+        let s = crate::load_settings(a.config.as_deref())?;
+        println!(
+            "config OK: {} roles, {} machines, unknown machines: {:?}",
+            s.roles.len(),
+            s.machines.len(),
+            s.unknown
+        );
+        return Ok(());
+    }
+    let handle = crate::serve(ServeOptions {
+        config: a.config,
+        data: a.data,
+        listen: a.listen,
+        artifacts: a.artifacts,
+    })
+    .await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// A MAC or hostname is safe in a URL path as is; refuse anything else.
+fn path_segment(key: &str) -> Result<&str> {
+    if key.is_empty()
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+    {
+        bail!("{key:?} is neither a MAC address nor a hostname");
+    }
+    Ok(key)
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(a: &ClientArgs) -> Result<Self> {
+        let token = match std::env::var("LANDFALL_ADMIN_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+            _ => std::fs::read_to_string(&a.token_file)
+                .with_context(|| {
+                    format!(
+                        "reading the admin token from {} (or set LANDFALL_ADMIN_TOKEN)",
+                        a.token_file.display()
+                    )
+                })?
+                .trim()
+                .to_owned(),
+        };
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()?,
+            base: a.server.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let req = req.bearer_auth(&self.token).build()?;
+        let url = req.url().clone();
+        let resp = self
+            .http
+            .execute(req)
+            .await
+            .with_context(|| format!("requesting {url}"))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .with_context(|| format!("reading the answer of {url}"))?;
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            bail!("{url}: server answered {status}: {msg}");
+        }
+        serde_json::from_slice(&body).with_context(|| format!("parsing the answer of {url}"))
+    }
+}
+
+/// The `landfall machines` table.
+pub fn machines_table(list: &[MachineSummary]) -> String {
+    let mut rows = vec![[
+        "MAC".to_owned(),
+        "HOSTNAME".into(),
+        "ROLE".into(),
+        "STATE".into(),
+        "LAST EVENT".into(),
+        "UPDATED".into(),
+    ]];
+    for m in list {
+        let last = match (&m.last_event, &m.error) {
+            (Some(e), _) => format!(
+                "{} {} {}",
+                e.step,
+                e.kind.as_str(),
+                one_line(&e.message, 60)
+            ),
+            (None, Some(err)) => one_line(err, 60),
+            (None, None) => "-".into(),
+        };
+        rows.push([
+            m.mac.clone(),
+            m.hostname.clone().unwrap_or_else(|| "-".into()),
+            m.role.clone().unwrap_or_else(|| "-".into()),
+            m.state.to_string(),
+            last.trim_end().to_owned(),
+            m.updated_at.clone(),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, (c, w)) in r.iter().zip(widths).enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn machine_text(d: &MachineDetail) -> String {
+    let s = &d.summary;
+    let mut out = format!(
+        "{} {}\n  role:    {}\n  state:   {}\n  updated: {}\n",
+        s.hostname.as_deref().unwrap_or("-"),
+        s.mac,
+        s.role.as_deref().unwrap_or("-"),
+        s.state,
+        s.updated_at
+    );
+    if let Some(e) = &s.error {
+        out.push_str(&format!("  error:   {e}\n"));
+    }
+    if let Some(inv) = &d.inventory {
+        out.push_str(&format!(
+            "  hardware: {} {}, {} threads, {} MiB RAM, {} disks, {} NICs\n",
+            inv.dmi.vendor.as_deref().unwrap_or("?"),
+            inv.dmi.product.as_deref().unwrap_or("?"),
+            inv.cpu.threads,
+            inv.memory.total_bytes / (1024 * 1024),
+            inv.disks.len(),
+            inv.nics.len()
+        ));
+    }
+    for a in &d.attempts {
+        out.push_str(&format!(
+            "attempt {} started {} (acked up to seq {})\n",
+            a.attempt_id, a.started_at, a.acked_seq
+        ));
+        for e in &a.events {
+            out.push_str(&format!(
+                "  {:>4} {} {:<9} {:<8} {}\n",
+                e.seq,
+                e.time,
+                e.step,
+                e.kind.as_str(),
+                one_line(&e.message, 100)
+            ));
+        }
+    }
+    out
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.chars().count() > max {
+        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use landfall_proto::{Event, EventKind, MachineState, Step};
+
+    #[test]
+    fn table_has_the_columns_and_last_event() {
+        let list = vec![MachineSummary {
+            mac: "52:54:00:00:00:01".into(),
+            hostname: Some("ws-01".into()),
+            role: Some("workstation".into()),
+            state: MachineState::Installing,
+            error: None,
+            last_event: Some(Event {
+                seq: 4,
+                time: "2026-01-01T00:00:00Z".into(),
+                step: Step::Disks,
+                kind: EventKind::Progress,
+                progress: Some(0.5),
+                message: "writing GPT\non vda".into(),
+                data: None,
+            }),
+            updated_at: "2026-01-01T00:00:01Z".into(),
+        }];
+        let t = machines_table(&list);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("MAC"));
+        for col in ["HOSTNAME", "ROLE", "STATE", "LAST EVENT", "UPDATED"] {
+            assert!(lines[0].contains(col), "{t}");
+        }
+        assert!(
+            lines[1].contains("disks progress writing GPT on vda"),
+            "{t}"
+        );
+        assert!(lines[1].contains("installing"));
+    }
+
+    #[test]
+    fn cli_parses_documented_flags() {
+        let c = Cli::try_parse_from([
+            "landfall",
+            "serve",
+            "--config",
+            "x.toml",
+            "--data",
+            "/d",
+            "--listen",
+            "127.0.0.1:0",
+            "--artifacts",
+            "/a",
+            "--check-config",
+        ])
+        .unwrap();
+        let Command::Serve(a) = c.command else {
+            panic!("not serve")
+        };
+        assert!(a.check_config);
+        assert_eq!(a.listen.port(), 0);
+        let c = Cli::try_parse_from(["landfall", "machine", "ws-01", "--json"]).unwrap();
+        assert!(matches!(c.command, Command::Machine { json: true, .. }));
+        assert!(path_segment("../x").is_err());
+        assert!(path_segment("52:54:00:00:00:01").is_ok());
+    }
+}

@@ -1,0 +1,550 @@
+//! `landfall.toml`: server settings, enrolment policy, roles and machines.
+//!
+//! Parsing is strict (`deny_unknown_fields`) and [`Config::validate`] refuses
+//! anything that would later reach an iPXE script, a path or a Nix file
+//! unchecked. Every refusal names the field and says how to fix it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use landfall_proto::names::{check_hostname, check_simple_name, normalize_mac};
+use landfall_proto::{Assignment, WipePolicy};
+use serde::Deserialize;
+
+/// Default lifetime of a boot token, in seconds.
+pub const DEFAULT_BOOT_TOKEN_TTL: u64 = 3600;
+
+/// The file as written by the operator.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub enroll: EnrollSection,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleConfig>,
+    #[serde(default)]
+    pub machines: Vec<MachineConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Base URL machines use to reach this server, e.g. "http://10.0.0.1:8080".
+    /// Default: `http://` + the Host header of the boot.ipxe request.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Directory holding vmlinuz, initrd, ...; relative to the config file.
+    #[serde(default)]
+    pub artifacts: Option<PathBuf>,
+    /// Extra kernel arguments appended to the install kernel line.
+    #[serde(default)]
+    pub kernel_args: String,
+    /// Lifetime of a boot token in seconds.
+    #[serde(default = "default_ttl")]
+    pub boot_token_ttl: u64,
+}
+
+fn default_ttl() -> u64 {
+    DEFAULT_BOOT_TOKEN_TTL
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            artifacts: None,
+            kernel_args: String::new(),
+            boot_token_ttl: DEFAULT_BOOT_TOKEN_TTL,
+        }
+    }
+}
+
+/// What happens to a MAC that is not listed in `[[machines]]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unknown {
+    /// Record it as discovered and hold it until an operator lists it.
+    #[default]
+    Hold,
+    /// Give it `enroll.role` and a hostname `ROLE-XXXXXX` and install it.
+    Install,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollSection {
+    #[serde(default)]
+    pub unknown: Unknown,
+    /// Role of auto-enrolled machines; required when `unknown = "install"`.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// Wipe policy as written in the config (strict: no unknown values).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wipe {
+    #[default]
+    Never,
+    Always,
+}
+
+impl From<Wipe> for WipePolicy {
+    fn from(w: Wipe) -> Self {
+        match w {
+            Wipe::Never => WipePolicy::Never,
+            Wipe::Always => WipePolicy::Always,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub layout: Option<String>,
+    #[serde(default)]
+    pub wipe: Wipe,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    pub mac: String,
+    pub hostname: String,
+    pub role: String,
+    #[serde(default)]
+    pub layout: Option<String>,
+}
+
+/// A validated configuration, ready to answer "what is this MAC?".
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Base URL without a trailing slash, when configured.
+    pub public_url: Option<String>,
+    /// Artifacts directory from the config (already resolved against the config's directory).
+    pub artifacts: Option<PathBuf>,
+    pub kernel_args: String,
+    pub boot_token_ttl: u64,
+    pub unknown: Unknown,
+    pub enroll_role: Option<String>,
+    pub roles: BTreeMap<String, RoleConfig>,
+    /// Normalised MAC -> machine.
+    pub machines: HashMap<String, MachineConfig>,
+}
+
+impl Config {
+    /// The configuration used when `serve` gets no `--config`: every machine that
+    /// PXE-boots is installed with role `demo`.
+    pub fn demo() -> Self {
+        let mut roles = BTreeMap::new();
+        roles.insert(
+            "demo".to_owned(),
+            RoleConfig {
+                description: "demo install (no --config given)".into(),
+                layout: None,
+                wipe: Wipe::Never,
+            },
+        );
+        Self {
+            server: ServerSection::default(),
+            enroll: EnrollSection {
+                unknown: Unknown::Install,
+                role: Some("demo".into()),
+            },
+            roles,
+            machines: Vec::new(),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Read, parse and validate `path`. Relative paths in it are resolved against
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let cfg = Self::parse(&text)
+            .with_context(|| format!("parsing config file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.validate(base)
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Check every rule and build the lookup tables.
+    pub fn validate(self, base_dir: &Path) -> Result<Settings> {
+        let public_url = match &self.server.public_url {
+            None => None,
+            Some(u) => Some(check_public_url(u)?),
+        };
+        if let Some(c) = self.server.kernel_args.chars().find(|c| c.is_control()) {
+            bail!(
+                "server.kernel_args contains the control character {c:?}; \
+                 write the arguments on one line separated by spaces"
+            );
+        }
+        if self.server.boot_token_ttl == 0 {
+            bail!("server.boot_token_ttl must be at least 1 (seconds); the default is {DEFAULT_BOOT_TOKEN_TTL}");
+        }
+        for (name, role) in &self.roles {
+            check_simple_name("role", name).map_err(|e| {
+                anyhow::anyhow!("[roles.{name}]: {e}; rename the section, e.g. [roles.workstation]")
+            })?;
+            if let Some(l) = &role.layout {
+                check_simple_name("layout", l).map_err(|e| {
+                    anyhow::anyhow!(
+                        "roles.{name}.layout: {e}; use the layout's file name without .nix"
+                    )
+                })?;
+            }
+        }
+        let enroll_role = match (self.enroll.unknown, &self.enroll.role) {
+            (_, Some(r)) => {
+                if !self.roles.contains_key(r) {
+                    bail!(
+                        "enroll.role = {r:?} names no role; define [roles.{r}] or pick one of: {}",
+                        role_list(&self.roles)
+                    );
+                }
+                Some(r.clone())
+            }
+            (Unknown::Install, None) => bail!(
+                "enroll.unknown = \"install\" needs enroll.role: the role auto-enrolled machines get"
+            ),
+            (Unknown::Hold, None) => None,
+        };
+
+        let mut machines: HashMap<String, MachineConfig> = HashMap::new();
+        let mut hostnames: HashMap<String, String> = HashMap::new();
+        for (i, m) in self.machines.into_iter().enumerate() {
+            let at = format!("machines[{i}]");
+            let mac = normalize_mac(&m.mac).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{at}.mac = {:?} is not a MAC address; write it as aa:bb:cc:dd:ee:ff",
+                    m.mac
+                )
+            })?;
+            check_hostname(&m.hostname).map_err(|e| {
+                anyhow::anyhow!(
+                    "{at}.hostname: {e}; use a lower-case RFC 1123 name like \"web-01\""
+                )
+            })?;
+            check_simple_name("role", &m.role).map_err(|e| anyhow::anyhow!("{at}.role: {e}"))?;
+            if !self.roles.contains_key(&m.role) {
+                bail!(
+                    "{at}.role = {:?} names no role; define [roles.{}] or pick one of: {}",
+                    m.role,
+                    m.role,
+                    role_list(&self.roles)
+                );
+            }
+            if let Some(l) = &m.layout {
+                check_simple_name("layout", l).map_err(|e| {
+                    anyhow::anyhow!("{at}.layout: {e}; use the layout's file name without .nix")
+                })?;
+            }
+            if let Some(prev) = hostnames.insert(m.hostname.clone(), mac.clone()) {
+                bail!(
+                    "{at}.hostname = {:?} is already used by the machine with MAC {prev}; \
+                     give each machine its own hostname",
+                    m.hostname
+                );
+            }
+            if machines.contains_key(&mac) {
+                bail!(
+                    "{at}.mac = {:?}: MAC {mac} is listed twice; keep one [[machines]] entry per MAC",
+                    m.mac
+                );
+            }
+            machines.insert(mac, m);
+        }
+
+        Ok(Settings {
+            public_url,
+            artifacts: self.server.artifacts.map(|p| base_dir.join(p)),
+            kernel_args: self.server.kernel_args.trim().to_owned(),
+            boot_token_ttl: self.server.boot_token_ttl,
+            unknown: self.enroll.unknown,
+            enroll_role,
+            roles: self.roles,
+            machines,
+        })
+    }
+}
+
+fn role_list(roles: &BTreeMap<String, RoleConfig>) -> String {
+    if roles.is_empty() {
+        "(no roles defined)".to_owned()
+    } else {
+        roles.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// `http(s)://host[:port][/path]` with nothing that could break an iPXE script line.
+fn check_public_url(u: &str) -> Result<String> {
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"));
+    let ok = rest.is_some_and(|r| {
+        !r.is_empty()
+            && !r.starts_with('/')
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_~:/[]%@".contains(&b))
+    });
+    if !ok {
+        bail!(
+            "server.public_url = {u:?} is not a plain http(s) URL; write e.g. \"http://10.0.0.1:8080\" \
+             (letters, digits and . - _ ~ : / [ ] % @ only)"
+        );
+    }
+    Ok(u.trim_end_matches('/').to_owned())
+}
+
+impl Settings {
+    /// The assignment for a MAC (normalised), from `[[machines]]` or auto-enrolment.
+    /// `None` means: hold it as discovered.
+    pub fn assignment_for(&self, mac: &str) -> Option<Assignment> {
+        if let Some(m) = self.machines.get(mac) {
+            let role = self.roles.get(&m.role);
+            return Some(Assignment {
+                hostname: m.hostname.clone(),
+                role: m.role.clone(),
+                layout: m
+                    .layout
+                    .clone()
+                    .or_else(|| role.and_then(|r| r.layout.clone())),
+                wipe: role.map(|r| r.wipe.into()).unwrap_or_default(),
+            });
+        }
+        if self.unknown != Unknown::Install {
+            return None;
+        }
+        let role_name = self.enroll_role.as_ref()?;
+        Some(self.role_assignment(role_name, auto_hostname(role_name, mac)))
+    }
+
+    /// The assignment of a machine the database knows as `hostname`/`role`
+    /// (e.g. auto-enrolled earlier); `None` if that role no longer exists.
+    pub fn role_assignment_checked(&self, role: &str, hostname: &str) -> Option<Assignment> {
+        if !self.roles.contains_key(role) || check_hostname(hostname).is_err() {
+            return None;
+        }
+        Some(self.role_assignment(role, hostname.to_owned()))
+    }
+
+    fn role_assignment(&self, role_name: &str, hostname: String) -> Assignment {
+        let role = self.roles.get(role_name);
+        Assignment {
+            hostname,
+            role: role_name.to_owned(),
+            layout: role.and_then(|r| r.layout.clone()),
+            wipe: role.map(|r| r.wipe.into()).unwrap_or_default(),
+        }
+    }
+}
+
+/// `ROLE-XXXXXX` from the last three bytes of the MAC.
+pub fn auto_hostname(role: &str, mac: &str) -> String {
+    let tail: String = mac.split(':').skip(3).collect();
+    format!("{role}-{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Settings> {
+        Config::parse(text)?.validate(Path::new("/etc/landfall"))
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", check(text).unwrap_err())
+    }
+
+    const GOOD: &str = r#"
+[server]
+public_url = "http://10.0.0.1:8080/"
+artifacts = "artifacts"
+kernel_args = "console=ttyS0,115200"
+boot_token_ttl = 600
+
+[enroll]
+unknown = "hold"
+
+[roles.workstation]
+description = "desk"
+layout = "single-disk"
+wipe = "always"
+
+[roles.server]
+
+[[machines]]
+mac = "52-54-00-AB-CD-01"
+hostname = "ws-01"
+role = "workstation"
+
+[[machines]]
+mac = "52:54:00:ab:cd:02"
+hostname = "srv-01"
+role = "server"
+layout = "raid1"
+"#;
+
+    #[test]
+    fn good_config_is_accepted_and_resolved() {
+        let s = check(GOOD).unwrap();
+        assert_eq!(s.public_url.as_deref(), Some("http://10.0.0.1:8080"));
+        assert_eq!(s.artifacts, Some(PathBuf::from("/etc/landfall/artifacts")));
+        assert_eq!(s.boot_token_ttl, 600);
+        let a = s.assignment_for("52:54:00:ab:cd:01").unwrap();
+        assert_eq!(a.hostname, "ws-01");
+        assert_eq!(a.layout.as_deref(), Some("single-disk"));
+        assert_eq!(a.wipe, WipePolicy::Always);
+        let b = s.assignment_for("52:54:00:ab:cd:02").unwrap();
+        assert_eq!(b.layout.as_deref(), Some("raid1"));
+        assert_eq!(b.wipe, WipePolicy::Never);
+        assert!(s.assignment_for("52:54:00:00:00:09").is_none());
+    }
+
+    #[test]
+    fn demo_installs_everyone() {
+        let s = Config::demo().validate(Path::new(".")).unwrap();
+        let a = s.assignment_for("52:54:00:12:34:56").unwrap();
+        assert_eq!(a.hostname, "demo-123456");
+        assert_eq!(a.role, "demo");
+    }
+
+    #[test]
+    fn duplicate_mac_is_refused() {
+        let e = err(r#"
+[roles.r]
+[[machines]]
+mac = "52:54:00:00:00:01"
+hostname = "a"
+role = "r"
+[[machines]]
+mac = "52-54-00-00-00-01"
+hostname = "b"
+role = "r"
+"#);
+        assert!(
+            e.contains("machines[1].mac") && e.contains("listed twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_hostname_is_refused() {
+        let e = err(r#"
+[roles.r]
+[[machines]]
+mac = "52:54:00:00:00:01"
+hostname = "a"
+role = "r"
+[[machines]]
+mac = "52:54:00:00:00:02"
+hostname = "a"
+role = "r"
+"#);
+        assert!(
+            e.contains("machines[1].hostname") && e.contains("already used"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_hostname_is_refused() {
+        let e = err(r#"
+[roles.r]
+[[machines]]
+mac = "52:54:00:00:00:01"
+hostname = "Bad_Name;reboot"
+role = "r"
+"#);
+        assert!(e.contains("machines[0].hostname"), "{e}");
+    }
+
+    #[test]
+    fn bad_mac_is_refused() {
+        let e = err(r#"
+[roles.r]
+[[machines]]
+mac = "52:54:00:00:01"
+hostname = "a"
+role = "r"
+"#);
+        assert!(
+            e.contains("machines[0].mac") && e.contains("aa:bb:cc:dd:ee:ff"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_role_is_refused() {
+        let e = err(r#"
+[roles.r]
+[[machines]]
+mac = "52:54:00:00:00:01"
+hostname = "a"
+role = "nope"
+"#);
+        assert!(
+            e.contains("machines[0].role") && e.contains("[roles.nope]"),
+            "{e}"
+        );
+        let e = err("[enroll]\nunknown = \"install\"\nrole = \"ghost\"\n");
+        assert!(e.contains("enroll.role"), "{e}");
+        let e = err("[enroll]\nunknown = \"install\"\n");
+        assert!(e.contains("needs enroll.role"), "{e}");
+    }
+
+    #[test]
+    fn bad_role_name_is_refused() {
+        let e = err("[roles.\"Web Server\"]\n");
+        assert!(
+            e.contains("[roles.Web Server]") && e.contains("role name"),
+            "{e}"
+        );
+        let e = err("[roles.r]\nlayout = \"../etc/passwd\"\n");
+        assert!(e.contains("roles.r.layout"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        for (text, key) in [
+            ("[server]\npublic_ur = \"http://x\"\n", "public_ur"),
+            ("colour = 1\n", "colour"),
+            ("[roles.r]\nwipe_disks = true\n", "wipe_disks"),
+            (
+                "[roles.r]\n[[machines]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"a\"\nrole = \"r\"\nhost = \"x\"\n",
+                "host",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains("unknown field") && e.contains(key), "{e}");
+        }
+        let e = err("[enroll]\nunknown = \"maybe\"\n");
+        assert!(e.contains("unknown variant"), "{e}");
+        let e = err("[roles.r]\nwipe = \"sometimes\"\n");
+        assert!(e.contains("unknown variant"), "{e}");
+    }
+
+    #[test]
+    fn kernel_args_and_public_url_are_checked() {
+        let e = err("[server]\nkernel_args = \"quiet\\nchain http://evil\"\n");
+        assert!(e.contains("server.kernel_args"), "{e}");
+        let e = err("[server]\npublic_url = \"http://x y\"\n");
+        assert!(e.contains("server.public_url"), "{e}");
+        let e = err("[server]\npublic_url = \"ftp://x\"\n");
+        assert!(e.contains("server.public_url"), "{e}");
+        let e = err("[server]\nboot_token_ttl = 0\n");
+        assert!(e.contains("server.boot_token_ttl"), "{e}");
+    }
+}

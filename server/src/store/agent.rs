@@ -1,0 +1,265 @@
+//! Boot tokens, attempts and events: the agent side of the store.
+
+use anyhow::Result;
+use landfall_proto::{Assignment, Event, EventKind, Inventory, MachineState};
+use rusqlite::{params, OptionalExtension};
+
+use super::{machines, state_str, Store};
+
+/// What `hello` found for a boot token.
+#[derive(Debug)]
+pub enum HelloOutcome {
+    /// Unknown or expired token.
+    BadToken,
+    /// The inventory has no NIC with the MAC the token was minted for.
+    MacMismatch { token_mac: String },
+    /// The machine has no hostname/role (any more).
+    NoAssignment { mac: String },
+    Ok {
+        attempt_id: String,
+        mac: String,
+        assignment: Assignment,
+        /// True when this token was already exchanged (a retried hello).
+        retried: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub id: String,
+    pub mac: String,
+    pub acked_seq: u64,
+}
+
+/// Everything `hello` needs from the request, already hashed.
+pub struct HelloInput<'a> {
+    pub boot_token_hash: &'a str,
+    pub agent_token_hash: &'a str,
+    pub new_attempt_id: &'a str,
+    pub agent_version: &'a str,
+    pub protocol: u32,
+    pub inventory: &'a Inventory,
+    pub now: i64,
+}
+
+/// Result of storing a batch of events.
+#[derive(Debug)]
+pub struct StoredEvents {
+    pub acked_seq: u64,
+    pub inserted: usize,
+    /// The state the machine moved to because of a terminal event, if any.
+    pub new_state: Option<MachineState>,
+}
+
+impl Store {
+    /// Store a freshly minted boot token for `mac`. Unexchanged tokens minted
+    /// earlier for the same MAC are revoked (only the newest script boots), and
+    /// expired tokens of every machine are swept.
+    pub fn add_boot_token(&self, mac: &str, hash: &str, now: i64, ttl: u64) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM boot_tokens WHERE expires_at <= ?1", [now])?;
+        tx.execute(
+            "DELETE FROM boot_tokens WHERE mac = ?1 AND attempt_id IS NULL",
+            [mac],
+        )?;
+        tx.execute(
+            "INSERT INTO boot_tokens (hash, mac, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, mac, now, now.saturating_add(ttl as i64)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Exchange a boot token for an attempt. Idempotent within the token's TTL:
+    /// a token already exchanged returns its attempt again, with the agent token
+    /// replaced by the new one (the old one stops working).
+    pub fn hello(&self, h: &HelloInput<'_>) -> Result<HelloOutcome> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let token: Option<(String, Option<String>)> = tx
+            .query_row(
+                "SELECT mac, attempt_id FROM boot_tokens WHERE hash = ?1 AND expires_at > ?2",
+                params![h.boot_token_hash, h.now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((mac, exchanged)) = token else {
+            return Ok(HelloOutcome::BadToken);
+        };
+        if h.inventory.nic_by_mac(&mac).is_none() {
+            return Ok(HelloOutcome::MacMismatch { token_mac: mac });
+        }
+        let Some(machine) = machines::get(&tx, &mac)? else {
+            return Ok(HelloOutcome::NoAssignment { mac });
+        };
+        let Some(assignment) = machine.assignment() else {
+            return Ok(HelloOutcome::NoAssignment { mac });
+        };
+        let inventory = serde_json::to_string(h.inventory)?;
+
+        if let Some(attempt_id) = exchanged {
+            tx.execute(
+                "UPDATE attempts SET agent_token_hash = ?2 WHERE id = ?1",
+                params![attempt_id, h.agent_token_hash],
+            )?;
+            if machine.current_attempt.as_deref() == Some(&attempt_id) {
+                tx.execute(
+                    "UPDATE machines SET inventory = ?2 WHERE mac = ?1",
+                    params![mac, inventory],
+                )?;
+            }
+            tx.commit()?;
+            return Ok(HelloOutcome::Ok {
+                attempt_id,
+                mac,
+                assignment,
+                retried: true,
+            });
+        }
+
+        tx.execute(
+            "INSERT INTO attempts (id, mac, agent_token_hash, agent_version, protocol, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                h.new_attempt_id,
+                mac,
+                h.agent_token_hash,
+                h.agent_version,
+                h.protocol,
+                h.now
+            ],
+        )?;
+        tx.execute(
+            "UPDATE boot_tokens SET attempt_id = ?2 WHERE hash = ?1",
+            params![h.boot_token_hash, h.new_attempt_id],
+        )?;
+        tx.execute(
+            "UPDATE machines SET state = ?2, error = NULL, current_attempt = ?3, inventory = ?4,
+                    updated_at = ?5 WHERE mac = ?1",
+            params![
+                mac,
+                state_str(MachineState::Installing),
+                h.new_attempt_id,
+                inventory,
+                h.now
+            ],
+        )?;
+        tx.commit()?;
+        Ok(HelloOutcome::Ok {
+            attempt_id: h.new_attempt_id.to_owned(),
+            mac,
+            assignment,
+            retried: false,
+        })
+    }
+
+    pub fn attempt_by_agent_token(&self, hash: &str) -> Result<Option<AttemptRow>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, mac, acked_seq FROM attempts WHERE agent_token_hash = ?1",
+                [hash],
+                |r| {
+                    Ok(AttemptRow {
+                        id: r.get(0)?,
+                        mac: r.get(1)?,
+                        acked_seq: r.get::<_, i64>(2)?.max(0) as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Store each (attempt, seq) once (the first copy wins), advance the
+    /// attempt's gap-free acked_seq, and apply a terminal event to the machine
+    /// when the attempt is its current one and it is installing.
+    pub fn store_events(
+        &self,
+        attempt: &AttemptRow,
+        events: &[Event],
+        now: i64,
+    ) -> Result<StoredEvents> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut inserted = 0;
+        let mut terminal: Option<&Event> = None;
+        {
+            let mut ins = tx.prepare(
+                "INSERT OR IGNORE INTO events (attempt_id, seq, mac, body, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for e in events {
+                let body = serde_json::to_string(e)?;
+                let n = ins.execute(params![attempt.id, e.seq as i64, attempt.mac, body, now])?;
+                inserted += n;
+                if n == 1 && e.is_terminal() {
+                    terminal = Some(e);
+                }
+            }
+        }
+
+        let mut acked = attempt.acked_seq;
+        {
+            let mut q = tx.prepare(
+                "SELECT seq FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq",
+            )?;
+            let seqs = q.query_map(params![attempt.id, acked as i64], |r| r.get::<_, i64>(0))?;
+            for s in seqs {
+                if s? as u64 == acked + 1 {
+                    acked += 1;
+                } else {
+                    break;
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE attempts SET acked_seq = ?2 WHERE id = ?1 AND acked_seq < ?2",
+            params![attempt.id, acked as i64],
+        )?;
+
+        let mut new_state = None;
+        let machine = machines::get(&tx, &attempt.mac)?;
+        let current = machine
+            .as_ref()
+            .is_some_and(|m| m.current_attempt.as_deref() == Some(&attempt.id));
+        if current && inserted > 0 {
+            tx.execute(
+                "UPDATE machines SET updated_at = ?2 WHERE mac = ?1",
+                params![attempt.mac, now],
+            )?;
+        }
+        if let (Some(e), Some(m)) = (terminal, &machine) {
+            if current && m.state == MachineState::Installing {
+                let (state, error) = match e.kind {
+                    EventKind::Finished => (MachineState::Installed, None),
+                    _ => (MachineState::Failed, Some(failure_text(e))),
+                };
+                tx.execute(
+                    "UPDATE machines SET state = ?2, error = ?3, updated_at = ?4 WHERE mac = ?1",
+                    params![attempt.mac, state_str(state), error, now],
+                )?;
+                new_state = Some(state);
+            }
+        }
+        tx.commit()?;
+        Ok(StoredEvents {
+            acked_seq: acked,
+            inserted,
+            new_state,
+        })
+    }
+}
+
+/// "step disks: no disk matched" from a failed `done` event.
+fn failure_text(e: &Event) -> String {
+    let step = e
+        .data
+        .as_ref()
+        .and_then(|d| d.get("step"))
+        .and_then(|s| s.as_str());
+    match step {
+        Some(s) => format!("step {s}: {}", e.message),
+        None => e.message.clone(),
+    }
+}

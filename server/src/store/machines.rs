@@ -1,0 +1,248 @@
+//! Machines: recorded on every boot.ipxe hit, read by the admin API.
+
+use anyhow::Result;
+use landfall_proto::admin::{AttemptDetail, MachineDetail, MachineSummary};
+use landfall_proto::{Assignment, Event, Inventory, MachineState, WipePolicy};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{rfc3339, state_str, wipe_parse, wipe_str, Store};
+
+#[derive(Debug, Clone)]
+pub struct MachineRow {
+    pub mac: String,
+    pub hostname: Option<String>,
+    pub role: Option<String>,
+    pub layout: Option<String>,
+    pub wipe: WipePolicy,
+    pub state: MachineState,
+    pub error: Option<String>,
+    pub current_attempt: Option<String>,
+    pub updated_at: i64,
+    pub last_seen: i64,
+}
+
+impl MachineRow {
+    /// The stored assignment, when the machine has a hostname and a role.
+    pub fn assignment(&self) -> Option<Assignment> {
+        Some(Assignment {
+            hostname: self.hostname.clone()?,
+            role: self.role.clone()?,
+            layout: self.layout.clone(),
+            wipe: self.wipe,
+        })
+    }
+}
+
+const COLUMNS: &str =
+    "mac, hostname, role, layout, wipe, state, error, current_attempt, updated_at, last_seen";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<MachineRow> {
+    Ok(MachineRow {
+        mac: r.get(0)?,
+        hostname: r.get(1)?,
+        role: r.get(2)?,
+        layout: r.get(3)?,
+        wipe: wipe_parse(&r.get::<_, String>(4)?),
+        state: MachineState::parse(&r.get::<_, String>(5)?),
+        error: r.get(6)?,
+        current_attempt: r.get(7)?,
+        updated_at: r.get(8)?,
+        last_seen: r.get(9)?,
+    })
+}
+
+pub(super) fn get(conn: &Connection, mac: &str) -> rusqlite::Result<Option<MachineRow>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM machines WHERE mac = ?1"),
+        [mac],
+        from_row,
+    )
+    .optional()
+}
+
+impl Store {
+    pub fn machine(&self, mac: &str) -> Result<Option<MachineRow>> {
+        Ok(get(&self.lock(), mac)?)
+    }
+
+    /// Find a machine by MAC (any accepted spelling) or hostname.
+    pub fn find_machine(&self, key: &str) -> Result<Option<MachineRow>> {
+        if let Some(mac) = landfall_proto::names::normalize_mac(key) {
+            return self.machine(&mac);
+        }
+        let conn = self.lock();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM machines WHERE hostname = ?1 ORDER BY updated_at DESC LIMIT 1"),
+                [key],
+                from_row,
+            )
+            .optional()?)
+    }
+
+    /// Record a boot.ipxe hit: create the machine (assigned when an assignment is
+    /// known, else discovered), refresh last_seen, and apply the assignment.
+    pub fn record_boot(
+        &self,
+        mac: &str,
+        assignment: Option<&Assignment>,
+        arch: Option<&str>,
+        platform: Option<&str>,
+        now: i64,
+    ) -> Result<MachineRow> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        match get(&tx, mac)? {
+            None => {
+                let state = if assignment.is_some() {
+                    MachineState::Assigned
+                } else {
+                    MachineState::Discovered
+                };
+                tx.execute(
+                    "INSERT INTO machines (mac, hostname, role, layout, wipe, state, arch, platform,
+                                           created_at, updated_at, last_seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9)",
+                    params![
+                        mac,
+                        assignment.map(|a| &a.hostname),
+                        assignment.map(|a| &a.role),
+                        assignment.and_then(|a| a.layout.as_ref()),
+                        wipe_str(assignment.map(|a| a.wipe).unwrap_or_default()),
+                        state_str(state),
+                        arch,
+                        platform,
+                        now
+                    ],
+                )?;
+            }
+            Some(row) => {
+                tx.execute(
+                    "UPDATE machines SET last_seen = ?2, arch = COALESCE(?3, arch),
+                            platform = COALESCE(?4, platform) WHERE mac = ?1",
+                    params![mac, now, arch, platform],
+                )?;
+                if let Some(a) = assignment {
+                    let changed = row.hostname.as_deref() != Some(&a.hostname)
+                        || row.role.as_deref() != Some(&a.role)
+                        || row.layout != a.layout
+                        || row.wipe != a.wipe;
+                    if changed {
+                        tx.execute(
+                            "UPDATE machines SET hostname = ?2, role = ?3, layout = ?4, wipe = ?5,
+                                    updated_at = ?6 WHERE mac = ?1",
+                            params![mac, a.hostname, a.role, a.layout, wipe_str(a.wipe), now],
+                        )?;
+                    }
+                    if row.state == MachineState::Discovered {
+                        tx.execute(
+                            "UPDATE machines SET state = ?2, updated_at = ?3 WHERE mac = ?1",
+                            params![mac, state_str(MachineState::Assigned), now],
+                        )?;
+                    }
+                }
+            }
+        }
+        let row = get(&tx, mac)?.ok_or_else(|| anyhow::anyhow!("machine {mac} vanished"))?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// Ask for a reinstall: the next PXE boot installs again.
+    pub fn request_reinstall(&self, mac: &str, now: i64) -> Result<()> {
+        self.lock().execute(
+            "UPDATE machines SET state = ?2, error = NULL, updated_at = ?3 WHERE mac = ?1",
+            params![mac, state_str(MachineState::ReinstallRequested), now],
+        )?;
+        Ok(())
+    }
+
+    /// Set a machine's state directly (tests, future admin commands).
+    pub fn set_state(&self, mac: &str, state: MachineState, now: i64) -> Result<()> {
+        self.lock().execute(
+            "UPDATE machines SET state = ?2, updated_at = ?3 WHERE mac = ?1",
+            params![mac, state_str(state), now],
+        )?;
+        Ok(())
+    }
+
+    pub fn summaries(&self) -> Result<Vec<MachineSummary>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM machines ORDER BY hostname IS NULL, hostname, mac"
+        ))?;
+        let rows = stmt
+            .query_map([], from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.iter().map(|r| summary(&conn, r)).collect()
+    }
+
+    pub fn detail(&self, mac: &str) -> Result<Option<MachineDetail>> {
+        let conn = self.lock();
+        let Some(row) = get(&conn, mac)? else {
+            return Ok(None);
+        };
+        let summary = summary(&conn, &row)?;
+        let inventory: Option<String> = conn.query_row(
+            "SELECT inventory FROM machines WHERE mac = ?1",
+            [mac],
+            |r| r.get(0),
+        )?;
+        let inventory: Option<Inventory> = inventory.and_then(|s| serde_json::from_str(&s).ok());
+        let mut stmt = conn.prepare(
+            "SELECT id, started_at, acked_seq FROM attempts WHERE mac = ?1 ORDER BY started_at, rowid",
+        )?;
+        let attempts = stmt
+            .query_map([mac], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::new();
+        for (id, started, acked) in attempts {
+            let mut ev =
+                conn.prepare("SELECT body FROM events WHERE attempt_id = ?1 ORDER BY seq")?;
+            let events = ev
+                .query_map([&id], |r| r.get::<_, String>(0))?
+                .filter_map(|b| b.ok().and_then(|b| serde_json::from_str::<Event>(&b).ok()))
+                .collect();
+            out.push(AttemptDetail {
+                attempt_id: id,
+                started_at: rfc3339(started),
+                acked_seq: acked.max(0) as u64,
+                events,
+            });
+        }
+        Ok(Some(MachineDetail {
+            summary,
+            inventory,
+            attempts: out,
+        }))
+    }
+}
+
+fn summary(conn: &Connection, row: &MachineRow) -> Result<MachineSummary> {
+    let last_event = match &row.current_attempt {
+        None => None,
+        Some(a) => conn
+            .query_row(
+                "SELECT body FROM events WHERE attempt_id = ?1 ORDER BY seq DESC LIMIT 1",
+                [a],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .and_then(|b| serde_json::from_str::<Event>(&b).ok()),
+    };
+    Ok(MachineSummary {
+        mac: row.mac.clone(),
+        hostname: row.hostname.clone(),
+        role: row.role.clone(),
+        state: row.state,
+        error: row.error.clone(),
+        last_event,
+        updated_at: rfc3339(row.updated_at),
+    })
+}

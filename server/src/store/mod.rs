@@ -1,0 +1,176 @@
+//! The server's state in SQLite (rusqlite, bundled): machines, boot tokens,
+//! attempts and events. One connection behind a std `Mutex`, held briefly.
+//!
+//! Tokens are never stored, only their SHA-256 (hex). Times are unix seconds.
+
+mod agent;
+mod machines;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use landfall_proto::{MachineState, WipePolicy};
+use rusqlite::Connection;
+
+pub use agent::{AttemptRow, HelloInput, HelloOutcome, StoredEvents};
+pub use machines::MachineRow;
+
+/// Schema migrations; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE machines (
+        mac             TEXT PRIMARY KEY,
+        hostname        TEXT,
+        role            TEXT,
+        layout          TEXT,
+        wipe            TEXT NOT NULL DEFAULT 'never',
+        state           TEXT NOT NULL,
+        error           TEXT,
+        current_attempt TEXT,
+        inventory       TEXT,
+        arch            TEXT,
+        platform        TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        last_seen       INTEGER NOT NULL
+    );
+    CREATE INDEX machines_hostname ON machines(hostname);
+    CREATE TABLE boot_tokens (
+        hash        TEXT PRIMARY KEY,
+        mac         TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        attempt_id  TEXT
+    );
+    CREATE INDEX boot_tokens_mac ON boot_tokens(mac);
+    CREATE TABLE attempts (
+        id               TEXT PRIMARY KEY,
+        mac              TEXT NOT NULL,
+        agent_token_hash TEXT NOT NULL UNIQUE,
+        agent_version    TEXT NOT NULL,
+        protocol         INTEGER NOT NULL,
+        started_at       INTEGER NOT NULL,
+        acked_seq        INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX attempts_mac ON attempts(mac);
+    CREATE TABLE events (
+        attempt_id  TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        mac         TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (attempt_id, seq)
+    );
+    "#,
+];
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening database {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .context("enabling WAL mode")?;
+        tracing::debug!(journal_mode = %mode, "database opened");
+        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
+        migrate(&conn).with_context(|| format!("migrating database {}", path.display()))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (each
+        // change is a transaction), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        anyhow::bail!(
+            "database schema version {version} is newer than this landfall ({}); upgrade landfall",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("applying migration {}", i + 1))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "database schema migrated");
+    }
+    Ok(())
+}
+
+/// Current unix time in seconds.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC rendering of a unix time.
+pub fn rfc3339(t: i64) -> String {
+    let st = UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    humantime::format_rfc3339_seconds(st).to_string()
+}
+
+fn wipe_str(w: WipePolicy) -> &'static str {
+    match w {
+        WipePolicy::Always => "always",
+        _ => "never",
+    }
+}
+
+fn wipe_parse(s: &str) -> WipePolicy {
+    match s {
+        "always" => WipePolicy::Always,
+        _ => WipePolicy::Never,
+    }
+}
+
+fn state_str(s: MachineState) -> &'static str {
+    s.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_twice_migrates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("db.sqlite");
+        drop(Store::open(&p).unwrap());
+        let s = Store::open(&p).unwrap();
+        let v: i64 = s
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+        let mode: String = s
+            .lock()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn rfc3339_renders_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+}
