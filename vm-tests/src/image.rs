@@ -1,0 +1,357 @@
+//! The test boot image: the host's kernel and an initrd (busybox, kernel modules, the agent)
+//! whose /init does what the real image's systemd does before the agent starts.
+
+use std::fs;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+use crate::cpio::CpioWriter;
+
+/// Where the agent lives in the image, and how /init runs it by default (like its service).
+pub const AGENT_PATH: &str = "/bin/landfall-agent";
+pub const DEFAULT_AGENT_COMMAND: &str = "/bin/landfall-agent run";
+
+/// Printed by /init on the console; tests wait for these.
+pub const NETWORK_UP: &str = "landfall-test-image: network up";
+pub const AGENT_EXITED: &str = "landfall-test-image: agent exited with status";
+
+/// The modules the installer needs on a VM (disks, NICs, filesystems, LUKS). Missing or
+/// built-in ones are skipped with a note.
+pub const DEFAULT_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_scsi",
+    "sd_mod",
+    "e1000",
+    "e1000e",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "crc32c_generic",
+    "btrfs",
+    "xfs",
+    "dm_crypt",
+    "dm_mod",
+    "af_packet",
+];
+
+const BUSYBOX: &str = "/bin/busybox";
+
+pub struct ImageSpec {
+    /// The agent: a static binary (or a `#!/bin/sh` script), placed at [`AGENT_PATH`].
+    pub agent: PathBuf,
+    /// (host file, guest path, mode), placed as given.
+    pub extra_files: Vec<(PathBuf, String, u32)>,
+    /// Receives `vmlinuz` and `initrd`: serve it as the artifacts directory.
+    pub out_dir: PathBuf,
+    /// The shell command /init runs as the agent; its exit status is printed.
+    pub agent_command: String,
+    /// Module names to include with their dependencies, loaded in this order at boot.
+    pub modules: Vec<String>,
+    /// A kernel version under /boot and /lib/modules; `None`: the newest one that has both.
+    pub kernel_version: Option<String>,
+}
+
+impl ImageSpec {
+    pub fn new(agent: impl Into<PathBuf>, out_dir: impl Into<PathBuf>) -> Self {
+        ImageSpec {
+            agent: agent.into(),
+            extra_files: Vec::new(),
+            out_dir: out_dir.into(),
+            agent_command: DEFAULT_AGENT_COMMAND.to_string(),
+            modules: DEFAULT_MODULES.iter().map(|m| m.to_string()).collect(),
+            kernel_version: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub kernel_version: String,
+    /// Guest paths of the module files, in load order.
+    pub modules: Vec<String>,
+    /// Why requested modules are not in the image (built in, not found).
+    pub notes: Vec<String>,
+}
+
+impl Image {
+    pub fn build(spec: ImageSpec) -> Result<Image> {
+        let kver = match &spec.kernel_version {
+            Some(v) => v.clone(),
+            None => newest_kernel()?,
+        };
+        fs::create_dir_all(&spec.out_dir)
+            .with_context(|| format!("creating {}", spec.out_dir.display()))?;
+        let kernel = spec.out_dir.join("vmlinuz");
+        let src = Path::new("/boot").join(format!("vmlinuz-{kver}"));
+        fs::copy(&src, &kernel)
+            .with_context(|| format!("copying {} to {}", src.display(), kernel.display()))?;
+
+        let (module_files, notes) = resolve_modules(&kver, &spec.modules)?;
+        let initrd = spec.out_dir.join("initrd");
+        let out =
+            fs::File::create(&initrd).with_context(|| format!("creating {}", initrd.display()))?;
+        let mut w = CpioWriter::new(BufWriter::new(out));
+
+        for d in [
+            "proc", "sys", "dev", "run", "tmp", "sbin", "usr/bin", "usr/sbin", "etc", "mnt", "root",
+        ] {
+            w.dir(d, if d == "tmp" { 0o1777 } else { 0o755 })?;
+        }
+        // The kernel opens /dev/console for init's stdio before /init can mount devtmpfs.
+        w.char_dev("dev/console", 0o600, 5, 1)?;
+        w.file(BUSYBOX, 0o755, &read_static(Path::new(BUSYBOX))?)?;
+        w.symlink("bin/sh", "busybox")?;
+        w.file("init", 0o755, INIT.as_bytes())?;
+        w.file(
+            "etc/landfall-test/agent-command",
+            0o644,
+            format!("{}\n", spec.agent_command).as_bytes(),
+        )?;
+        w.file("etc/udhcpc.script", 0o755, UDHCPC_SCRIPT.as_bytes())?;
+
+        let mut guest_modules = Vec::new();
+        for host in &module_files {
+            let guest = guest_module_path(host)?;
+            w.file(&guest, 0o644, &read_module(host)?)?;
+            guest_modules.push(guest);
+        }
+        let list: String = guest_modules.iter().map(|m| format!("{m}\n")).collect();
+        w.file("etc/landfall-test/modules", 0o644, list.as_bytes())?;
+
+        w.file(AGENT_PATH, 0o755, &read_static(&spec.agent)?)?;
+        for (host, guest, mode) in &spec.extra_files {
+            let data = fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+            w.file(guest, *mode, &data)?;
+        }
+        w.finish()?;
+
+        Ok(Image {
+            kernel,
+            initrd,
+            kernel_version: kver,
+            modules: guest_modules,
+            notes,
+        })
+    }
+}
+
+/// The newest `/boot/vmlinuz-VER` that has a `/lib/modules/VER`.
+pub fn newest_kernel() -> Result<String> {
+    let mut versions: Vec<String> = fs::read_dir("/boot")
+        .context("reading /boot")?
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("vmlinuz-")
+                .map(str::to_string)
+        })
+        .filter(|v| Path::new("/lib/modules").join(v).is_dir())
+        .collect();
+    versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    versions
+        .pop()
+        .context("no /boot/vmlinuz-VER with a matching /lib/modules/VER (Debian: apt-get install linux-image-amd64)")
+}
+
+/// "6.1.0-56-amd64" -> [6, 1, 0, 56] so that 6.10 sorts after 6.9.
+fn version_key(v: &str) -> Vec<u64> {
+    v.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// The module files for `names` with their dependencies, each once, dependencies first.
+fn resolve_modules(kver: &str, names: &[String]) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut notes = Vec::new();
+    for name in names {
+        let mut c = Command::new("modprobe");
+        c.args(["-d", "/", "-S", kver, "--show-depends", name]);
+        let out = match cmd::run(&mut c) {
+            Ok(out) => out,
+            Err(e) => {
+                notes.push(format!("{name}: skipped ({e:#})"));
+                continue;
+            }
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("insmod"), Some(path)) => {
+                    let path = PathBuf::from(path.replace("//", "/"));
+                    if !files.contains(&path) {
+                        files.push(path);
+                    }
+                }
+                (Some("builtin"), Some(m)) => notes.push(format!("{m}: built into the kernel")),
+                _ => {}
+            }
+        }
+    }
+    Ok((files, notes))
+}
+
+/// `/lib/modules/V/kernel/fs/xfs/xfs.ko.xz` -> `lib/modules/V/kernel/fs/xfs/xfs.ko`: the image
+/// holds modules uncompressed because busybox insmod may not read .xz/.zst.
+fn guest_module_path(host: &Path) -> Result<String> {
+    let s = host
+        .to_str()
+        .with_context(|| format!("non-UTF-8 module path {}", host.display()))?;
+    let s = s.trim_start_matches('/');
+    Ok([".xz", ".zst", ".gz"]
+        .iter()
+        .find_map(|ext| s.strip_suffix(ext))
+        .unwrap_or(s)
+        .to_string())
+}
+
+fn read_module(host: &Path) -> Result<Vec<u8>> {
+    let tool = match host.extension().and_then(|e| e.to_str()) {
+        Some("xz") => "xz",
+        Some("zst") => "zstd",
+        Some("gz") => "gzip",
+        _ => return fs::read(host).with_context(|| format!("reading {}", host.display())),
+    };
+    let mut c = Command::new(tool);
+    c.arg("-dc").arg(host);
+    Ok(cmd::run(&mut c)?.stdout)
+}
+
+/// Reads an executable for the image; a dynamically linked ELF would not run there.
+fn read_static(path: &Path) -> Result<Vec<u8>> {
+    let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if elf_interpreter(&data) {
+        bail!(
+            "{} is dynamically linked; the test image has no libc (Debian: busybox-static)",
+            path.display()
+        );
+    }
+    Ok(data)
+}
+
+/// Whether a 64-bit little-endian ELF has a PT_INTERP program header (is dynamically linked).
+fn elf_interpreter(d: &[u8]) -> bool {
+    if d.len() < 64 || &d[..4] != b"\x7fELF" || d[4] != 2 || d[5] != 1 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([d[o], d[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(d[32..40].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    (0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        d.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) == 3)
+    })
+}
+
+/// busybox udhcpc calls this with $1 = deconfig | bound | renew | leasefail | nak.
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    for r in $router; do ip route add default via "$r" dev "$interface"; break; done
+    : > /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    ;;
+esac
+exit 0
+"#;
+
+/// PID 1 of the test image. Kernel parameter `landfall.test.shell=1`: a console shell after
+/// the agent exits, instead of powering off.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+say() { echo "landfall-test-image: $*"; }
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+exec </dev/console >/dev/console 2>&1
+# If init dies anyway, reboot at once (QEMU runs with -no-reboot, so it exits).
+echo -1 > /proc/sys/kernel/panic
+
+while read -r m; do
+    insmod "/$m" 2>/dev/null || say "insmod /$m failed (ignored)"
+done < /etc/landfall-test/modules
+
+ip link set lo up
+nic=
+for i in $(seq 1 50); do
+    for n in /sys/class/net/*; do
+        case "${n##*/}" in lo|'*') ;; *) nic=${n##*/}; break ;; esac
+    done
+    [ -n "$nic" ] && break
+    sleep 0.2
+done
+if [ -z "$nic" ]; then
+    say "no network interface"
+elif udhcpc -i "$nic" -q -n -t 10 -T 2 -s /etc/udhcpc.script >/dev/null 2>&1; then
+    say "network up $(ip -4 -o addr show dev "$nic" | awk '{print $4}') on $nic"
+else
+    say "DHCP failed on $nic"
+fi
+
+sh -c "$(cat /etc/landfall-test/agent-command)"
+say "agent exited with status $?"
+
+if grep -q 'landfall.test.shell=1' /proc/cmdline; then
+    say "landfall.test.shell=1: starting a shell; exit it to power off"
+    setsid cttyhack sh
+fi
+sync
+poweroff -f
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_order() {
+        let mut v = vec!["6.10.0-1-amd64", "6.9.12-amd64", "6.1.0-56-amd64"];
+        v.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+        assert_eq!(v, ["6.1.0-56-amd64", "6.9.12-amd64", "6.10.0-1-amd64"]);
+    }
+
+    #[test]
+    fn module_paths_are_decompressed_names() {
+        assert_eq!(
+            guest_module_path(Path::new("/lib/modules/v/x.ko.xz")).unwrap(),
+            "lib/modules/v/x.ko"
+        );
+        assert_eq!(
+            guest_module_path(Path::new("/lib/modules/v/x.ko")).unwrap(),
+            "lib/modules/v/x.ko"
+        );
+    }
+
+    #[test]
+    fn busybox_is_static_and_a_script_is_fine() {
+        if let Ok(bb) = fs::read(BUSYBOX) {
+            assert!(!elf_interpreter(&bb), "{BUSYBOX} should be busybox-static");
+        }
+        assert!(elf_interpreter(&fs::read("/bin/ls").unwrap()));
+        assert!(!elf_interpreter(b"#!/bin/sh\necho hi\n"));
+    }
+}
