@@ -1,0 +1,232 @@
+//! Shared helpers: a real server on 127.0.0.1:0 with SQLite in a tempdir.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use landfall::{serve, ServeOptions, ServerHandle};
+use landfall_proto::inventory::Nic;
+use landfall_proto::{Event, EventKind, HelloRequest, Inventory, Step};
+use serde_json::Value;
+
+pub const MAC1: &str = "52:54:00:00:00:01";
+pub const MAC2: &str = "52:54:00:00:00:02";
+
+/// A config with two listed machines and unknown machines held.
+pub const CONFIG: &str = r#"
+[server]
+kernel_args = "console=ttyS0,115200"
+
+[enroll]
+unknown = "hold"
+
+[roles.workstation]
+description = "desk"
+layout = "single-disk"
+wipe = "always"
+
+[[machines]]
+mac = "52:54:00:00:00:01"
+hostname = "ws-01"
+role = "workstation"
+
+[[machines]]
+mac = "52-54-00-00-00-02"
+hostname = "ws-02"
+role = "workstation"
+"#;
+
+pub struct Server {
+    pub handle: Option<ServerHandle>,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub config: Option<PathBuf>,
+}
+
+impl Server {
+    /// Start with `config` (None = demo mode) in a fresh data dir.
+    pub async fn start(config: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config.map(|c| {
+            let p = dir.path().join("landfall.toml");
+            std::fs::write(&p, c).unwrap();
+            p
+        });
+        let mut s = Self {
+            handle: None,
+            dir,
+            base: String::new(),
+            http: reqwest::Client::new(),
+            config,
+        };
+        s.restart().await;
+        s
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn artifacts(&self) -> PathBuf {
+        self.data().join("artifacts")
+    }
+
+    /// (Re)start on the same data dir.
+    pub async fn restart(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await.unwrap();
+        }
+        let h = serve(ServeOptions {
+            config: self.config.clone(),
+            data: self.data(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            artifacts: None,
+        })
+        .await
+        .unwrap();
+        self.base = format!("http://{}", h.local_addr());
+        self.handle = Some(h);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// GET /boot.ipxe for a MAC: (status, script).
+    pub async fn boot(&self, mac: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(self.url("/boot.ipxe"))
+            .query(&[("mac", mac), ("arch", "x86_64"), ("platform", "efi")])
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    }
+
+    /// Boot and return the token from an install script (panics if not install).
+    pub async fn boot_token(&self, mac: &str) -> String {
+        let (status, s) = self.boot(mac).await;
+        assert_eq!(status, 200);
+        token_in(&s).unwrap_or_else(|| panic!("not an install script:\n{s}"))
+    }
+
+    pub async fn hello(&self, token: &str, mac: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/v1/agent/hello"))
+            .json(&HelloRequest {
+                boot_token: token.into(),
+                agent_version: "0.1.0-test".into(),
+                protocol: 1,
+                inventory: inventory(mac),
+            })
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Boot + hello: (attempt_id, agent_token).
+    pub async fn start_attempt(&self, mac: &str) -> (String, String) {
+        let token = self.boot_token(mac).await;
+        let r = self.hello(&token, mac).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        (
+            v["attempt_id"].as_str().unwrap().to_owned(),
+            v["agent_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn events(
+        &self,
+        agent_token: &str,
+        attempt: &str,
+        events: &[Event],
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/v1/agent/events"))
+            .bearer_auth(agent_token)
+            .json(&serde_json::json!({ "attempt_id": attempt, "events": events }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POST events and return acked_seq (asserting 200).
+    pub async fn ack(&self, agent_token: &str, attempt: &str, events: &[Event]) -> u64 {
+        let r = self.events(agent_token, attempt, events).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let v: Value = r.json().await.unwrap();
+        v["acked_seq"].as_u64().unwrap()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.json().await.unwrap()
+    }
+
+    pub async fn state_of(&self, key: &str) -> String {
+        self.admin_get(&format!("/api/v1/machines/{key}")).await["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await.unwrap();
+        }
+    }
+}
+
+pub fn inventory(mac: &str) -> Inventory {
+    Inventory {
+        nics: vec![Nic {
+            name: "eth0".into(),
+            mac: mac.into(),
+            link_up: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+pub fn event(seq: u64, step: Step, kind: EventKind, message: &str) -> Event {
+    Event {
+        seq,
+        time: "2026-01-01T00:00:00Z".into(),
+        step,
+        kind,
+        progress: None,
+        message: message.into(),
+        data: None,
+    }
+}
+
+/// The `landfall.token=` value of an install script.
+pub fn token_in(script: &str) -> Option<String> {
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("landfall.token="))
+        .map(str::to_owned)
+}
+
+pub fn write(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
