@@ -1,0 +1,238 @@
+//! Persistence across restarts, the admin token file, and the `landfall` binary itself.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use landfall_proto::{EventKind, Step};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_landfall");
+
+#[tokio::test]
+async fn state_survives_a_restart_on_the_same_data_dir() {
+    let mut s = Server::start(Some(CONFIG)).await;
+    let token_before = s.admin_token();
+    let (attempt, agent) = s.start_attempt(MAC1).await;
+    let evs = [
+        event(1, Step::Detect, EventKind::Started, "a"),
+        event(2, Step::Detect, EventKind::Finished, "b"),
+    ];
+    assert_eq!(s.ack(&agent, &attempt, &evs).await, 2);
+    let _ = s.boot("52:54:00:aa:bb:cc").await;
+
+    s.restart().await;
+    assert_eq!(s.admin_token(), token_before, "admin token regenerated");
+    assert_eq!(s.state_of(MAC1).await, "installing");
+    assert_eq!(s.state_of("52:54:00:aa:bb:cc").await, "discovered");
+    // The agent token and the acked position survive.
+    assert_eq!(
+        s.ack(
+            &agent,
+            &attempt,
+            &[event(4, Step::Disks, EventKind::Started, "")]
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        s.ack(
+            &agent,
+            &attempt,
+            &[event(3, Step::Done, EventKind::Finished, "")]
+        )
+        .await,
+        4
+    );
+    s.restart().await;
+    assert_eq!(s.state_of(MAC1).await, "installed");
+    let (_, script) = s.boot(MAC1).await;
+    assert!(script.ends_with("exit\n"), "{script}");
+    let d = s.admin_get(&format!("/api/v1/machines/{MAC1}")).await;
+    assert_eq!(d["attempts"][0]["events"].as_array().unwrap().len(), 4);
+    s.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn admin_token_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::start(None).await;
+    let meta = std::fs::metadata(s.data().join("admin.token")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(s.admin_token().len(), 64);
+    s.stop().await;
+}
+
+async fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("LANDFALL_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn binary_serves_logs_its_address_and_the_admin_commands_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("LANDFALL_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            log.push_str(&line);
+            log.push('\n');
+            if let Some(rest) = line.split("landfall listening on http://").nth(1) {
+                return rest.trim().to_owned();
+            }
+        }
+        panic!("server exited:\n{log}")
+    })
+    .await
+    .expect("no listening line");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(port, 0);
+    let base = format!("http://{addr}");
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    assert!(log.contains("admin.token"), "{log}");
+    assert!(!log.contains(token.trim()), "the admin token was logged");
+
+    let http = reqwest::Client::new();
+    let t = http.get(&base).send().await.unwrap().text().await.unwrap();
+    assert!(t.starts_with("landfall "));
+    let s = http
+        .get(format!("{base}/boot.ipxe?mac=52:54:00:ab:cd:ef"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(s.contains("installing demo-abcdef (role demo)"), "{s}");
+
+    let token_file = data.join("admin.token");
+    let tf = token_file.to_str().unwrap();
+    let (code, out, err) = run(&["machines", "--server", &base, "--token-file", tf]).await;
+    assert_eq!(code, 0, "{err}");
+    let header = out.lines().next().unwrap();
+    for col in ["MAC", "HOSTNAME", "ROLE", "STATE", "LAST EVENT", "UPDATED"] {
+        assert!(header.contains(col), "{out}");
+    }
+    assert!(
+        out.contains("52:54:00:ab:cd:ef")
+            && out.contains("demo-abcdef")
+            && out.contains("assigned"),
+        "{out}"
+    );
+
+    let (code, out, err) =
+        run(&["machines", "--server", &base, "--token-file", tf, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["hostname"], "demo-abcdef");
+
+    let (code, out, err) = run(&[
+        "machine",
+        "demo-abcdef",
+        "--server",
+        &base,
+        "--token-file",
+        tf,
+        "--json",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["mac"], "52:54:00:ab:cd:ef");
+    assert!(v["attempts"].is_array());
+
+    let (code, out, err) = run(&[
+        "reinstall",
+        "52-54-00-AB-CD-EF",
+        "--server",
+        &base,
+        "--token-file",
+        tf,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("reinstall_requested"), "{out}");
+
+    // A wrong token: non-zero exit and the server's message.
+    let bad = dir.path().join("bad.token");
+    std::fs::write(&bad, "nope\n").unwrap();
+    let (code, _, err) = run(&[
+        "machines",
+        "--server",
+        &base,
+        "--token-file",
+        bad.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("401") && err.contains("wrong admin token"),
+        "{err}"
+    );
+
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_config_is_refused_at_start_with_the_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("landfall.toml");
+    std::fs::write(
+        &cfg,
+        "[roles.r]\n[[machines]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"a\"\nrole = \"r\"\n\
+         [[machines]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"b\"\nrole = \"r\"\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let (code, _, err) = run(&[
+        "serve",
+        "--config",
+        c,
+        "--data",
+        d,
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("machines[1].mac") && err.contains("listed twice"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["serve", "--config", c, "--check-config"]).await;
+    assert_eq!(code, 1, "{err}");
+
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let (code, out, err) = run(&["serve", "--config", c, "--check-config"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("config OK"), "{out}");
+    assert!(
+        !data.exists(),
+        "--check-config must not create the data dir"
+    );
+}
