@@ -157,7 +157,7 @@ pub fn newest_kernel() -> Result<String> {
         })
         .filter(|v| Path::new("/lib/modules").join(v).is_dir())
         .collect();
-    versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    versions.sort_by_key(|v| version_key(v));
     versions
         .pop()
         .context("no /boot/vmlinuz-VER with a matching /lib/modules/VER (Debian: apt-get install linux-image-amd64)")
@@ -330,7 +330,7 @@ mod tests {
     #[test]
     fn version_order() {
         let mut v = vec!["6.10.0-1-amd64", "6.9.12-amd64", "6.1.0-56-amd64"];
-        v.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+        v.sort_by_key(|v| version_key(v));
         assert_eq!(v, ["6.1.0-56-amd64", "6.9.12-amd64", "6.10.0-1-amd64"]);
     }
 

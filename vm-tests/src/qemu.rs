@@ -231,6 +231,11 @@ impl Vm {
         &self.command_line
     }
 
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn started(&self) -> Instant {
         self.started
     }
@@ -286,15 +291,16 @@ impl Vm {
         Ok(())
     }
 
-    fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+    /// QEMU's exit status if it has exited, without waiting.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         if self.status.is_none() {
             self.status = self.child.try_wait().context("waiting for QEMU")?;
         }
         Ok(self.status)
     }
 
-    /// An error carrying the command line, QEMU's stderr and the serial log tail.
-    fn failure(&self, what: &str) -> anyhow::Error {
+    /// An error saying `what`, with the command line, QEMU's stderr and the serial log tail.
+    pub fn failure(&self, what: &str) -> anyhow::Error {
         let stderr = fs::read_to_string(&self.stderr_log).unwrap_or_default();
         let serial = self.serial_log();
         anyhow::anyhow!(
