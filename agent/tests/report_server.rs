@@ -1,0 +1,287 @@
+//! The agent's pipeline and outbox against a real landfall server (in-process,
+//! SQLite in a tempdir): registration, acknowledged events, a server that is
+//! down at first, a server restart in the middle of reporting, a bad token.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use landfall::{serve, ServeOptions, ServerHandle};
+use landfall_agent::cmdline::{AgentConfig, ConsoleMode, FinalAction};
+use landfall_agent::pipeline::{self, RunOptions};
+use landfall_agent::report::{Client, Console, Outbox};
+use landfall_agent::retry::Retry;
+use landfall_proto::{EventKind, Step};
+use serde_json::Value;
+
+/// MAC of the NIC in the captured QEMU sysfs tree used as the agent's sysroot.
+const MAC: &str = "52:54:00:12:34:56";
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qemu-bios")
+}
+
+struct Server {
+    dir: tempfile::TempDir,
+    handle: Option<ServerHandle>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    async fn start_on(dir: tempfile::TempDir, listen: SocketAddr) -> Self {
+        let handle = serve(ServeOptions {
+            config: None,
+            data: dir.path().join("data"),
+            listen,
+            artifacts: None,
+        })
+        .await
+        .unwrap();
+        let addr = handle.local_addr();
+        Self {
+            dir,
+            handle: Some(handle),
+            addr,
+        }
+    }
+
+    async fn start() -> Self {
+        Self::start_on(tempfile::tempdir().unwrap(), "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await.unwrap();
+        }
+    }
+
+    /// Stop, then serve again from the same data dir on the same port.
+    async fn restart_after(mut self, pause: Duration) -> Self {
+        self.stop().await;
+        tokio::time::sleep(pause).await;
+        let addr = self.addr;
+        Self::start_on(self.dir, addr).await
+    }
+
+    async fn boot_token(&self) -> String {
+        let script = reqwest::get(format!("{}/boot.ipxe?mac={MAC}", self.base()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        script
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("landfall.token="))
+            .unwrap_or_else(|| panic!("not an install script:\n{script}"))
+            .to_owned()
+    }
+
+    async fn machine(&self) -> Value {
+        let token = std::fs::read_to_string(self.dir.path().join("data/admin.token")).unwrap();
+        reqwest::Client::new()
+            .get(format!("{}/api/v1/machines/{MAC}", self.base()))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn config(server: String, token: String) -> AgentConfig {
+    AgentConfig {
+        server,
+        token,
+        final_action: FinalAction::None,
+        console: ConsoleMode::Lines,
+    }
+}
+
+fn opts() -> RunOptions {
+    RunOptions {
+        sysroot: fixture(),
+        hello_retry: Retry {
+            initial: Duration::from_millis(100),
+            cap: Duration::from_millis(400),
+            max_tries: Some(50),
+        },
+        final_ack_timeout: Duration::from_secs(30),
+    }
+}
+
+fn console() -> Console {
+    Console::new(
+        Box::new(std::io::sink()),
+        false,
+        ConsoleMode::Lines,
+        pipeline::STEPS,
+    )
+}
+
+fn steps_and_kinds(events: &Value) -> Vec<(String, String)> {
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["step"].as_str().unwrap().to_owned(),
+                e["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_registers_and_every_event_is_acknowledged_in_order() {
+    let server = Server::start().await;
+    let token = server.boot_token().await;
+    let outcome = pipeline::run(&config(server.base(), token), &opts(), console())
+        .await
+        .unwrap();
+
+    let m = server.machine().await;
+    assert_eq!(m["state"], "installed", "{m:#}");
+    assert_eq!(outcome.hostname, "demo-123456");
+    assert_eq!(m["hostname"], "demo-123456");
+    // The inventory the server stored is the fixture's.
+    assert_eq!(m["inventory"]["nics"][0]["mac"], MAC);
+    assert_eq!(m["inventory"]["disks"][0]["serial"], "LFSERIAL01");
+
+    let attempt = &m["attempts"][0];
+    assert_eq!(attempt["attempt_id"], outcome.attempt_id.as_str());
+    assert_eq!(attempt["acked_seq"].as_u64(), Some(outcome.last_seq));
+    let seqs: Vec<u64> = attempt["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=outcome.last_seq).collect::<Vec<_>>());
+    let sk = steps_and_kinds(&attempt["events"]);
+    let expect = [
+        ("detect", "started"),
+        ("detect", "finished"),
+        ("register", "started"),
+        ("register", "finished"),
+        ("done", "finished"),
+    ];
+    assert_eq!(
+        sk,
+        expect
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_waits_for_a_server_that_is_down_at_first() {
+    let mut server = Server::start().await;
+    let token = server.boot_token().await;
+    let base = server.base();
+    server.stop().await;
+    let agent =
+        tokio::spawn(async move { pipeline::run(&config(base, token), &opts(), console()).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !agent.is_finished(),
+        "the agent gave up while the server was down"
+    );
+    let server = server.restart_after(Duration::ZERO).await;
+    agent.await.unwrap().unwrap();
+    assert_eq!(server.machine().await["state"], "installed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_loses_no_event() {
+    let server = Server::start().await;
+    let token = server.boot_token().await;
+    let hello = reqwest::Client::new()
+        .post(format!("{}/api/v1/agent/hello", server.base()))
+        .json(&landfall_proto::HelloRequest {
+            boot_token: token,
+            agent_version: "test".into(),
+            protocol: 1,
+            inventory: landfall_agent::hw::detect(&fixture()).unwrap(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hello.status(), 200);
+    let hello: landfall_proto::HelloResponse = hello.json().await.unwrap();
+
+    let outbox = Outbox::new();
+    let push = |i: u32| {
+        outbox.push(
+            Step::Detect,
+            EventKind::Log,
+            format!("line {i}"),
+            None,
+            None,
+        )
+    };
+    for i in 0..10 {
+        push(i);
+    }
+    outbox.bind(
+        Client::new(&server.base()).unwrap(),
+        hello.attempt_id.clone(),
+        hello.agent_token.clone(),
+    );
+    outbox.flush(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(outbox.acked_seq(), 10);
+
+    // The server goes away; the agent keeps recording.
+    let mut server = server;
+    server.stop().await;
+    for i in 10..40 {
+        push(i);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        outbox.acked_seq(),
+        10,
+        "nothing can be acked while the server is down"
+    );
+    let server = server.restart_after(Duration::from_millis(300)).await;
+    outbox.flush(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(outbox.acked_seq(), 40);
+
+    let m = server.machine().await;
+    let events = m["attempts"][0]["events"].as_array().unwrap().clone();
+    let msgs: Vec<&str> = events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    let expect: Vec<String> = (0..40).map(|i| format!("line {i}")).collect();
+    assert_eq!(msgs, expect, "each event stored exactly once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_fails_at_once_with_advice() {
+    let server = Server::start().await;
+    let started = std::time::Instant::now();
+    let err = pipeline::run(
+        &config(server.base(), "not-a-token".into()),
+        &opts(),
+        console(),
+    )
+    .await
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a 401 must not be retried"
+    );
+    assert!(msg.contains("step register failed"), "{msg}");
+    assert!(msg.contains("boot the machine again"), "{msg}");
+    assert!(msg.contains("401"), "{msg}");
+}
