@@ -152,7 +152,11 @@ impl Config {
             },
         );
         Self {
-            server: ServerSection::default(),
+            server: ServerSection {
+                // The installer's progress on the screen and on the first serial port.
+                kernel_args: "console=tty0 console=ttyS0,115200".into(),
+                ..ServerSection::default()
+            },
             enroll: EnrollSection {
                 unknown: Unknown::Install,
                 role: Some("demo".into()),
