@@ -15,6 +15,10 @@ use crate::cpio::CpioWriter;
 pub const AGENT_PATH: &str = "/bin/landfall-agent";
 pub const DEFAULT_AGENT_COMMAND: &str = "/bin/landfall-agent run";
 
+/// Kernel arguments the boot script should pass so the console (and /init's messages) reach
+/// the VM's serial log. Old iPXE under UEFI also needs `initrd=initrd` (the initrd's name).
+pub const CONSOLE_ARGS: &str = "console=ttyS0 loglevel=4";
+
 /// Printed by /init on the console; tests wait for these.
 pub const NETWORK_UP: &str = "landfall-test-image: network up";
 pub const AGENT_EXITED: &str = "landfall-test-image: agent exited with status";
@@ -292,7 +296,8 @@ exec </dev/console >/dev/console 2>&1
 echo -1 > /proc/sys/kernel/panic
 
 while read -r m; do
-    insmod "/$m" 2>/dev/null || say "insmod /$m failed (ignored)"
+    # Failures are expected for CPU-specific modules (crc32c-intel without SSE4.2 under TCG).
+    err=$(insmod "/$m" 2>&1) || say "insmod /$m failed (ignored): $err"
 done < /etc/landfall-test/modules
 
 ip link set lo up

@@ -8,6 +8,30 @@
 //!
 //! [`testsrv::TestServer`] is a tiny static HTTP server that records requests, for tests that
 //! do not need the real landfall server.
+//!
+//! Host requirements (Debian 12, as root: /boot/vmlinuz-* is 0600): qemu-system-x86,
+//! ipxe-qemu, ovmf (UEFI only), linux-image-amd64, busybox-static, kmod (modprobe); xz-utils or
+//! zstd only if the kernel's modules are compressed; util-linux (setpriv) is essential anyway.
+//! `cpio` is optional (a unit test cross-checks the archive with it). No `qemu-img`: new disks
+//! are sparse raw files.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use std::time::Duration;
+//! use landfall_vm_tests::{image, DiskSpec, Firmware, Image, ImageSpec, Vm, VmSpec};
+//!
+//! // Serve out_dir as the artifacts directory; the boot script must say
+//! // `kernel .../vmlinuz initrd=initrd console=ttyS0 ...` (see image::CONSOLE_ARGS).
+//! let image = Image::build(ImageSpec::new("target/release/landfall-agent", "/tmp/artifacts"))?;
+//! let mut spec = VmSpec::new(Firmware::Uefi, "52:54:00:12:34:56",
+//!                            "http://10.0.2.2:8080/boot.ipxe", "/tmp/vm1");
+//! spec.disks.push(DiskSpec { path: "/tmp/vm1/disk0.raw".into(), serial: "DISK0".into(),
+//!                            size_bytes: 8 << 30 });
+//! let mut vm = Vm::start(spec)?;
+//! vm.wait_for_serial(image::NETWORK_UP, Duration::from_secs(300))?;
+//! let status = vm.wait_exit(Duration::from_secs(1800))?; // the guest powered off
+//! # let _ = (image, status); Ok(()) }
+//! ```
 
 pub mod cmd;
 pub mod cpio;

@@ -153,11 +153,15 @@ impl Vm {
                 ]);
             }
             Firmware::Uefi => {
-                // OVMF's console is the serial port already. Code read-only, vars per VM.
+                // OVMF's console is the serial port already. Code read-only; the vars (NVRAM)
+                // are per VM and kept in work_dir, so a second start with the same work_dir
+                // (the installed machine's first boot) sees the boot entries the install wrote.
                 let (code, vars_template) = ovmf_files()?;
                 let vars = work_dir.join("OVMF_VARS.fd");
-                fs::copy(&vars_template, &vars)
-                    .with_context(|| format!("copying {}", vars_template.display()))?;
+                if !vars.exists() {
+                    fs::copy(&vars_template, &vars)
+                        .with_context(|| format!("copying {}", vars_template.display()))?;
+                }
                 push(&["-machine", "q35"]);
                 push(&[
                     "-drive",
@@ -173,7 +177,9 @@ impl Vm {
             }
         }
         // The NIC first in the firmware boot order (fw_cfg "bootorder", honoured by SeaBIOS and
-        // OVMF); QEMU loads efi-virtio.rom (legacy + EFI iPXE) as its option ROM.
+        // OVMF), then the disks in order: OVMF drops boot options for devices that have no
+        // bootindex when any device has one, and an installed disk must stay bootable after
+        // iPXE `exit`s. QEMU loads efi-virtio.rom (legacy + EFI iPXE) as the NIC's option ROM.
         push(&["-netdev", &format!("user,id=n0,bootfile={bootfile_url}")]);
         push(&[
             "-device",
@@ -187,7 +193,11 @@ impl Vm {
             ]);
             push(&[
                 "-device",
-                &format!("virtio-blk-pci,drive=d{i},serial={}", d.serial),
+                &format!(
+                    "virtio-blk-pci,drive=d{i},serial={},bootindex={}",
+                    d.serial,
+                    i + 2
+                ),
             ]);
         }
         args.extend(extra_args);
@@ -265,7 +275,7 @@ impl Vm {
             if Instant::now() > deadline {
                 return Err(self.failure(&format!("{pattern:?} did not appear within {timeout:?}")));
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -279,7 +289,7 @@ impl Vm {
             if Instant::now() > deadline {
                 return Err(self.failure(&format!("QEMU still running after {timeout:?}")));
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -400,7 +410,7 @@ fn probe_accel() -> (Accel, String) {
 
 /// Boots the host kernel (no initrd; it panics and, with -no-reboot, exits) and waits for its
 /// first console line.
-fn probe_kvm_boot() -> Result<Duration> {
+pub fn probe_kvm_boot() -> Result<Duration> {
     let kver = crate::image::newest_kernel()?;
     let dir = tempfile::tempdir()?;
     let mut spec = VmSpec::new(Firmware::Bios, "52:54:00:00:00:01", "none", dir.path());

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Result};
-use landfall_vm_tests::image::{AGENT_EXITED, NETWORK_UP};
+use landfall_vm_tests::image::{AGENT_EXITED, CONSOLE_ARGS, NETWORK_UP};
 use landfall_vm_tests::qemu::detect_accel;
 use landfall_vm_tests::testsrv::Request;
 use landfall_vm_tests::{DiskSpec, Firmware, Image, ImageSpec, TestServer, Vm, VmSpec};
@@ -75,7 +75,7 @@ fn boot(firmware: Firmware, mac: &str) -> Result<()> {
         "/boot2.ipxe",
         format!(
             "#!ipxe\necho landfall-test: stage 2\n\
-             kernel {base}/vmlinuz initrd=initrd console=ttyS0 loglevel=4 landfall.server={base} landfall.token={token}\n\
+             kernel {base}/vmlinuz initrd=initrd {CONSOLE_ARGS} landfall.server={base} landfall.token={token}\n\
              initrd {base}/initrd\nboot\n"
         ),
     );
@@ -176,6 +176,6 @@ fn wait_request(vm: &mut Vm, srv: &TestServer, path: &str) -> Result<Request> {
         if Instant::now() > deadline {
             bail!(vm.failure(&format!("no request for {path} within {BOOT_TIMEOUT:?}")));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -80,3 +80,20 @@ fn qemu_dies_with_its_thread_even_without_drop() -> Result<()> {
     );
     Ok(())
 }
+
+/// On machines whose /dev/kvm is broken (guests hang), detection must answer, not hang.
+#[test]
+fn kvm_probe_answers_in_bounded_time() {
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("no /dev/kvm; nothing to probe");
+        return;
+    }
+    let t = Instant::now();
+    let result = landfall_vm_tests::qemu::probe_kvm_boot().map_err(|e| format!("{e:#}"));
+    let summary = match &result {
+        Ok(d) => format!("KVM boots (kernel console after {d:.1?})"),
+        Err(e) => format!("KVM unusable: {}", e.lines().next().unwrap_or("")),
+    };
+    println!("KVM probe after {:.1?}: {summary}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
