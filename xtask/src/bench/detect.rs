@@ -221,8 +221,10 @@ fn collect_logical_names(node: &Json, out: &mut Vec<(String, String)>) {
 #[derive(Debug)]
 enum Json {
     Null,
-    Bool(bool),
-    Num(f64),
+    /// true/false: the value is not needed here.
+    Bool,
+    /// Validated, value not needed here.
+    Num,
     Str(String),
     Array(Vec<Json>),
     Object(Vec<(String, Json)>),
@@ -334,11 +336,11 @@ impl Parser<'_> {
             Some(b'"') => Ok(Json::Str(self.string()?)),
             Some(b't') if self.s[self.i..].starts_with(b"true") => {
                 self.i += 4;
-                Ok(Json::Bool(true))
+                Ok(Json::Bool)
             }
             Some(b'f') if self.s[self.i..].starts_with(b"false") => {
                 self.i += 5;
-                Ok(Json::Bool(false))
+                Ok(Json::Bool)
             }
             Some(b'n') if self.s[self.i..].starts_with(b"null") => {
                 self.i += 4;
