@@ -101,6 +101,11 @@ pub fn stop_script(why: &str) -> String {
     format!("#!ipxe\necho landfall: {}\nexit 1\n", sanitize(why))
 }
 
+/// Chain back here with the MAC, architecture and platform filled in by iPXE.
+pub fn redirect_script(base: &str) -> String {
+    format!("#!ipxe\nchain {base}/{CHAIN_QUERY}\n")
+}
+
 /// The generic script to embed in an iPXE build: DHCP, then chain here.
 pub fn chain_script(base: &str) -> String {
     format!("#!ipxe\ndhcp\nchain {base}/{CHAIN_QUERY}\n")
@@ -133,7 +138,12 @@ pub async fn boot_ipxe(
         );
     };
     let q = query.map(|Query(q)| q).unwrap_or_default();
-    let raw_mac = q.get("mac").map(String::as_str).unwrap_or("");
+    let Some(raw_mac) = q.get("mac").map(String::as_str) else {
+        // The plain bootfile a DHCP server hands out (`.../boot.ipxe`): ask again
+        // at once with iPXE's own MAC. An empty or bad `mac=` holds instead, so
+        // this can never loop without a pause.
+        return script(StatusCode::OK, redirect_script(&base));
+    };
     let Some(mac) = normalize_mac(raw_mac) else {
         tracing::warn!(mac = %raw_mac, "boot.ipxe without a valid MAC");
         return script(

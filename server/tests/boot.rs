@@ -58,8 +58,20 @@ async fn unknown_mac_with_enroll_hold_is_held_and_recorded() {
 #[tokio::test]
 async fn invalid_or_missing_mac_is_held_never_5xx() {
     let s = Server::start(Some(CONFIG)).await;
+    // The plain bootfile URL a DHCP server hands out: chain back at once with
+    // iPXE's MAC (no pause: the next request carries `mac=`, valid or not).
+    let t = s.http.get(s.url("/boot.ipxe")).send().await.unwrap();
+    assert_eq!(t.status(), 200);
+    let t = t.text().await.unwrap();
+    assert_eq!(
+        t,
+        format!(
+            "#!ipxe\nchain {}/boot.ipxe?mac=${{net0/mac}}&arch=${{buildarch}}&platform=${{platform}}\n",
+            s.base
+        )
+    );
     for q in [
-        "/boot.ipxe",
+        "/boot.ipxe?mac=",
         "/boot.ipxe?mac=zz",
         "/boot.ipxe?mac=%00%0a",
         "/boot.ipxe?mac=52:54:00:00:00:01:02",
