@@ -198,6 +198,8 @@ mod tests {
             kind: "ext4".into(),
             ..Default::default()
         };
-        assert!(serde_json::to_string(&s).unwrap().contains(r#""type":"ext4""#));
+        assert!(serde_json::to_string(&s)
+            .unwrap()
+            .contains(r#""type":"ext4""#));
     }
 }

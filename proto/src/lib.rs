@@ -10,7 +10,9 @@ pub mod event;
 pub mod inventory;
 pub mod names;
 
-pub use agent::{Assignment, EventsRequest, EventsResponse, HelloRequest, HelloResponse, WipePolicy};
+pub use agent::{
+    Assignment, EventsRequest, EventsResponse, HelloRequest, HelloResponse, WipePolicy,
+};
 pub use event::{Event, EventKind, Step};
 pub use inventory::Inventory;
 

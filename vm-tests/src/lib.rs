@@ -33,6 +33,7 @@
 //! # let _ = (image, status); Ok(()) }
 //! ```
 
+pub mod agent;
 pub mod cmd;
 pub mod cpio;
 pub mod image;

@@ -1,17 +1,12 @@
-//! Builds shared by the commands: the static agent.
+//! Builds and process helpers shared by the commands.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-pub const TARGET: &str = "x86_64-unknown-linux-gnu";
-
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    landfall_vm_tests::agent::workspace_root()
 }
 
 /// Run a command from the workspace root; a non-zero exit is an error naming it.
@@ -25,36 +20,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// `landfall-agent` as the image ships it: release, statically linked
-/// (glibc `crt-static`; `--target` keeps the flag off build scripts).
+/// `landfall-agent` as the image ships it (release, static), in `target/`.
 pub fn static_agent() -> Result<PathBuf> {
-    eprintln!("xtask: building the static landfall-agent (release, {TARGET})");
-    run(Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--target",
-            TARGET,
-            "-p",
-            "landfall-agent",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
-    let path = workspace_root().join(format!("target/{TARGET}/release/landfall-agent"));
-    check_static(&path)?;
-    Ok(path)
-}
-
-/// Refuse a binary that still needs the dynamic loader: the image has none to give it.
-fn check_static(path: &Path) -> Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let needle = b"/lib64/ld-linux-x86-64.so";
-    if bytes.windows(needle.len()).any(|w| w == needle) {
-        bail!(
-            "{} is dynamically linked; it must be static",
-            path.display()
-        );
-    }
-    Ok(())
+    landfall_vm_tests::agent::build_static_agent(&workspace_root().join("target"))
 }
 
 /// The server binary (release) for the demo.

@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod demo;
 mod test;
 
 fn main() -> std::process::ExitCode {
@@ -9,8 +10,11 @@ fn main() -> std::process::ExitCode {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match argv.as_slice() {
         ["test"] => test::run_all(),
-        ["bench"] | ["bench", "detect"] => bench::detect::run(),
-        _ => Err(anyhow::anyhow!("usage: ./x (demo | test | bench [detect])")),
+        ["demo", rest @ ..] => demo::run(rest),
+        ["bench", rest @ ..] => bench::run(rest),
+        _ => Err(anyhow::anyhow!(
+            "usage: ./x (demo [--bios|--uefi] | test | bench [detect] [size] [vm])"
+        )),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,3 +1,51 @@
-//! Benchmarks: commands that print ratios against a baseline measured in the same run.
+//! `./x bench`: commands that print ratios and figures against baselines
+//! measured in the same run (not timed tests).
 
 pub mod detect;
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::build;
+
+/// Static agent size against its budget.
+const AGENT_BUDGET: u64 = 12 << 20;
+
+pub fn run(which: &[&str]) -> Result<()> {
+    let agent = build::static_agent()?;
+    let all = which.is_empty();
+    if all || which.contains(&"detect") {
+        detect::run(&agent)?;
+    }
+    if all || which.contains(&"size") {
+        let size = std::fs::metadata(&agent)?.len();
+        println!(
+            "bench size: static landfall-agent {:.2} MiB = {:.0}% of the 12 MiB budget",
+            size as f64 / (1 << 20) as f64,
+            100.0 * size as f64 / AGENT_BUDGET as f64
+        );
+    }
+    if all || which.contains(&"vm") {
+        println!(
+            "bench vm: the BIOS install VM test, QEMU start -> final state (printed by the test)"
+        );
+        build::run(
+            Command::new("cargo")
+                .args([
+                    "test",
+                    "--quiet",
+                    "-p",
+                    "landfall-vm-tests",
+                    "--test",
+                    "install",
+                    "--",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(landfall_vm_tests::agent::AGENT_ENV, &agent),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! End to end: a QEMU machine PXE-boots through the real iPXE ROM (SeaBIOS and
+//! OVMF) against a real landfall server on this machine, gets the install
+//! script for its MAC, downloads the test image, and the static agent in it
+//! detects, registers and reports until the server says `installed`.
+//!
+//! The agent is the real static binary (`LANDFALL_TEST_AGENT`, or built here).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use landfall::{serve, ServeOptions};
+use landfall_vm_tests::{agent, image, DiskSpec, Firmware, Image, ImageSpec, Vm, VmSpec};
+use serde_json::Value;
+
+const DISK_BYTES: u64 = 2 << 30;
+
+fn config(mac: &str, hostname: &str) -> String {
+    format!(
+        r#"
+[server]
+kernel_args = "{console} landfall.console=lines landfall.final=poweroff"
+
+[enroll]
+unknown = "hold"
+
+[roles.vmtest]
+description = "VM test machine"
+
+[[machines]]
+mac = "{mac}"
+hostname = "{hostname}"
+role = "vmtest"
+"#,
+        console = image::CONSOLE_ARGS
+    )
+}
+
+fn admin_get(base: &str, data: &Path, path: &str) -> Value {
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token.trim())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "GET {path}");
+    r.json().unwrap()
+}
+
+fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str) {
+    let t0 = Instant::now();
+    let agent = agent::static_agent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = dir.path().join("artifacts");
+    let image = Image::build(ImageSpec::new(&agent, &artifacts)).unwrap();
+    let conf = dir.path().join("landfall.toml");
+    std::fs::write(&conf, config(mac, hostname)).unwrap();
+    let data = dir.path().join("data");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt
+        .block_on(serve(ServeOptions {
+            config: Some(conf),
+            data: data.clone(),
+            // slirp's 10.0.2.2 is the host's loopback.
+            listen: "127.0.0.1:0".parse().unwrap(),
+            artifacts: Some(artifacts),
+        }))
+        .unwrap();
+    let port = server.local_addr().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let image_built = t0.elapsed();
+
+    let vm_dir = dir.path().join("vm");
+    let mut spec = VmSpec::new(
+        firmware,
+        mac,
+        &format!("http://10.0.2.2:{port}/boot.ipxe"),
+        &vm_dir,
+    );
+    spec.disks.push(DiskSpec {
+        path: vm_dir.join("disk0.raw"),
+        serial: serial.into(),
+        size_bytes: DISK_BYTES,
+    });
+    let mut vm = Vm::start(spec).unwrap();
+    let net_up = vm
+        .wait_for_serial(image::NETWORK_UP, Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let status = vm
+        .wait_exit(Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let vm_time = vm.started().elapsed();
+    let log = vm.serial_log();
+    assert!(status.success(), "QEMU exited with {status}\n{log}");
+    // The agent powered the machine off itself (landfall.final=poweroff), so
+    // the test image's init never got to report the agent's exit.
+    assert!(
+        !log.contains(image::AGENT_EXITED),
+        "the agent returned instead of powering off:\n{log}"
+    );
+    assert!(
+        log.contains("done      finished"),
+        "console lines missing:\n{log}"
+    );
+
+    // What the server recorded.
+    let m = admin_get(&base, &data, &format!("/api/v1/machines/{mac}"));
+    assert_eq!(m["state"], "installed", "{m:#}\n{log}");
+    assert_eq!(m["hostname"], hostname);
+    let inv = &m["inventory"];
+    let disk = &inv["disks"][0];
+    assert_eq!(inv["disks"].as_array().unwrap().len(), 1, "{inv:#}");
+    assert_eq!(disk["name"], "vda");
+    assert_eq!(disk["size_bytes"].as_u64(), Some(DISK_BYTES));
+    assert_eq!(disk["serial"], serial);
+    assert_eq!(disk["transport"], "virtio");
+    assert_eq!(disk["by_id"], format!("/dev/disk/by-id/virtio-{serial}"));
+    let mode = match firmware {
+        Firmware::Bios => "bios",
+        Firmware::Uefi => "uefi",
+    };
+    assert_eq!(inv["firmware"]["mode"], mode);
+    let nic = inv["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["mac"] == mac)
+        .unwrap_or_else(|| panic!("no NIC with {mac}: {inv:#}"));
+    assert_eq!(nic["driver"], "virtio_net");
+    assert!(
+        nic["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().starts_with("10.0.2.")),
+        "{nic:#}"
+    );
+
+    // Every event arrived, in order, once, and is acknowledged.
+    let attempts = m["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "one boot, one attempt");
+    let events = attempts[0]["events"].as_array().unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(attempts[0]["acked_seq"].as_u64(), Some(seqs.len() as u64));
+    let steps: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["step"].as_str().unwrap(),
+                e["kind"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "detect/started",
+            "detect/finished",
+            "register/started",
+            "register/finished",
+            "done/finished"
+        ]
+    );
+
+    // The installed machine now boots from its disk: it never loops.
+    let next = reqwest::blocking::get(format!("{base}/boot.ipxe?mac={mac}"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(next.lines().any(|l| l.trim() == "exit"), "{next}");
+    assert!(!next.contains("landfall.token="), "{next}");
+
+    rt.block_on(server.shutdown()).unwrap();
+    eprintln!(
+        "{firmware:?} ({}): image+server {:.1}s, QEMU start -> network up {:.1}s, -> installed {:.1}s; kernel {}",
+        vm.accel().as_str(),
+        image_built.as_secs_f64(),
+        net_up.as_secs_f64(),
+        vm_time.as_secs_f64(),
+        image.kernel_version
+    );
+}
+
+#[test]
+fn bios_machine_pxe_boots_registers_and_is_installed() {
+    install(Firmware::Bios, "52:54:00:4c:46:01", "LFBIOS0001", "vm-bios");
+}
+
+#[test]
+fn uefi_machine_pxe_boots_registers_and_is_installed() {
+    install(Firmware::Uefi, "52:54:00:4c:46:02", "LFUEFI0001", "vm-uefi");
+}

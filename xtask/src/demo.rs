@@ -1,0 +1,212 @@
+//! `./x demo`: the landfall server on the embedded SQLite default, and one QEMU
+//! machine that PXE-boots through the real iPXE ROM, runs the agent and reports.
+//! Prints the server's events as they arrive, the agent's console lines, and
+//! the final `landfall machines` table.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use landfall_vm_tests::{DiskSpec, Firmware, Image, ImageSpec, Vm, VmSpec};
+
+use crate::build::{server_release, static_agent, workspace_root};
+
+const MAC: &str = "52:54:00:1a:0f:a1";
+const DISK_SERIAL: &str = "LANDFALL-DEMO-0";
+
+/// Kills the server when the demo ends, however it ends.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(args: &[&str]) -> Result<()> {
+    let firmware = match args {
+        [] | ["--bios"] => Firmware::Bios,
+        ["--uefi"] => Firmware::Uefi,
+        _ => bail!("usage: ./x demo [--bios | --uefi]"),
+    };
+    let root = workspace_root();
+    let data = root.join("landfall-data");
+    let agent = static_agent()?;
+    let server = server_release()?;
+
+    // A fresh demo each time: the machine would otherwise be `installed` and boot `local`.
+    if data.exists() {
+        std::fs::remove_dir_all(&data).with_context(|| format!("resetting {}", data.display()))?;
+    }
+    let artifacts = data.join("artifacts");
+    eprintln!(
+        "xtask: building the test boot image into {}",
+        artifacts.display()
+    );
+    let image = Image::build(ImageSpec::new(&agent, &artifacts))?;
+    eprintln!(
+        "xtask: kernel {}, initrd {} MiB",
+        image.kernel_version,
+        std::fs::metadata(&image.initrd)?.len() >> 20
+    );
+
+    let (mut child, addr) = start_server(&server, &data)?;
+    let base = format!("http://{addr}");
+    eprintln!(
+        "xtask: landfall server at {base} (data in {})",
+        data.display()
+    );
+    let lines = child.1.take();
+    let _server = ServerProcess(child.0);
+
+    let port = addr.rsplit(':').next().unwrap_or("8080");
+    let vm_dir = data.join("vm");
+    let mut spec = VmSpec::new(
+        firmware,
+        MAC,
+        &format!("http://10.0.2.2:{port}/boot.ipxe"),
+        &vm_dir,
+    );
+    spec.disks.push(DiskSpec {
+        path: vm_dir.join("disk0.raw"),
+        serial: DISK_SERIAL.into(),
+        size_bytes: 8 << 30,
+    });
+    let serial_log = spec.serial_log.clone();
+    let mut vm = Vm::start(spec)?;
+    eprintln!(
+        "xtask: VM {MAC} ({firmware:?}, {}) booting through iPXE; serial console: {}",
+        vm.accel().as_str(),
+        serial_log.display()
+    );
+
+    let token = std::fs::read_to_string(data.join("admin.token"))?
+        .trim()
+        .to_owned();
+    let started = Instant::now();
+    let mut seen_events = 0usize;
+    let mut console_lines = 0usize;
+    let mut server_lines = HashSet::new();
+    let status = loop {
+        if let Some(rx) = &lines {
+            while let Ok(l) = rx.try_recv() {
+                if server_lines.insert(l.clone()) {
+                    println!("server  | {l}");
+                }
+            }
+        }
+        let log = vm.serial_log();
+        for l in log.lines().skip(console_lines) {
+            if l.starts_with("[landfall") || l.starts_with("landfall-test-image") {
+                println!("console | {l}");
+            }
+        }
+        console_lines = log.lines().count();
+        seen_events = print_new_events(&base, &token, seen_events)?;
+        if let Some(st) = vm.try_wait()? {
+            break st;
+        }
+        if started.elapsed() > Duration::from_secs(1200) {
+            return Err(vm.failure("the demo VM did not finish within 20 minutes"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    print_new_events(&base, &token, seen_events)?;
+    eprintln!(
+        "xtask: VM exited ({status}) after {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    let out = Command::new(&server)
+        .args(["machines", "--server", &base, "--token-file"])
+        .arg(data.join("admin.token"))
+        .output()?;
+    println!(
+        "\n$ landfall machines\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let state = machine_state(&base, &token)?;
+    if state != "installed" {
+        bail!(
+            "the demo machine ended in state {state:?}; serial console: {}",
+            serial_log.display()
+        );
+    }
+    println!("demo: {MAC} registered, reported every step and is `installed`; its next PXE boot gets `local`.");
+    Ok(())
+}
+
+type Lines = Option<mpsc::Receiver<String>>;
+
+/// Start `landfall serve` on a free loopback port; returns the process and its address.
+fn start_server(server: &Path, data: &PathBuf) -> Result<((Child, Lines), String)> {
+    let mut child = Command::new(server)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", server.display()))?;
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .context("the server did not say it was listening within 30 s")?;
+        println!("server  | {l}");
+        if let Some(i) = l.find("listening on http://") {
+            let addr = l[i + "listening on http://".len()..].trim().to_owned();
+            return Ok(((child, Some(rx)), addr));
+        }
+    }
+}
+
+fn admin_get(base: &str, token: &str, path: &str) -> Result<Option<serde_json::Value>> {
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()?;
+    if r.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    Ok(Some(r.error_for_status()?.json()?))
+}
+
+fn print_new_events(base: &str, token: &str, seen: usize) -> Result<usize> {
+    let Some(m) = admin_get(base, token, &format!("/api/v1/machines/{MAC}"))? else {
+        return Ok(seen);
+    };
+    let events: Vec<&serde_json::Value> = m["attempts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["events"].as_array().into_iter().flatten())
+        .collect();
+    for e in events.iter().skip(seen) {
+        println!(
+            "event   | #{:<3} {:<9} {:<8} {}",
+            e["seq"],
+            e["step"].as_str().unwrap_or("?"),
+            e["kind"].as_str().unwrap_or("?"),
+            e["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(events.len().max(seen))
+}
+
+fn machine_state(base: &str, token: &str) -> Result<String> {
+    let m = admin_get(base, token, &format!("/api/v1/machines/{MAC}"))?
+        .context("the server never saw the demo machine")?;
+    Ok(m["state"].as_str().unwrap_or("unknown").to_owned())
+}
