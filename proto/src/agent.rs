@@ -1,5 +1,7 @@
 //! The agent API: `hello` and `events` (see docs/protocol.md).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Event, Inventory};
@@ -33,6 +35,15 @@ pub struct Assignment {
     pub layout: Option<String>,
     #[serde(default)]
     pub wipe: WipePolicy,
+    /// The layout rendered to JSON (`nix-instantiate --eval --strict --json`):
+    /// the whole file, `{disko: {devices}}` or `{devices}`. The agent
+    /// partitions from it (see docs/disks.md); `None`: no disk step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disko: Option<serde_json::Value>,
+    /// Layout disk name -> device path ("/dev/disk/by-id/...", "/dev/vda") or
+    /// "auto" (chosen by rule from the inventory). Overrides the layout's `device`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub disks: BTreeMap<String, String>,
 }
 
 /// May the agent destroy data it finds on the target disks?

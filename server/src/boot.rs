@@ -273,6 +273,8 @@ mod tests {
             role: role.into(),
             layout: None,
             wipe: WipePolicy::Never,
+            disko: None,
+            disks: Default::default(),
         }
     }
 

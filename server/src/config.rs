@@ -325,6 +325,8 @@ impl Settings {
                     .clone()
                     .or_else(|| role.and_then(|r| r.layout.clone())),
                 wipe: role.map(|r| r.wipe.into()).unwrap_or_default(),
+                disko: None,
+                disks: Default::default(),
             });
         }
         if self.unknown != Unknown::Install {
@@ -350,6 +352,8 @@ impl Settings {
             role: role_name.to_owned(),
             layout: role.and_then(|r| r.layout.clone()),
             wipe: role.map(|r| r.wipe.into()).unwrap_or_default(),
+            disko: None,
+            disks: Default::default(),
         }
     }
 }

@@ -29,6 +29,8 @@ impl MachineRow {
             role: self.role.clone()?,
             layout: self.layout.clone(),
             wipe: self.wipe,
+            disko: None,
+            disks: Default::default(),
         })
     }
 }
