@@ -95,7 +95,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 sysroot,
                 ..Default::default()
             };
-            let console = Console::stdout(cfg.console, pipeline::STEPS);
+            let console = Console::system(cfg.console, pipeline::STEPS);
             let outcome = rt.block_on(pipeline::run(&cfg, &opts, console))?;
             tracing::info!(
                 attempt = %outcome.attempt_id,

@@ -18,10 +18,15 @@ enum StepState {
     Failed,
 }
 
-pub struct Console {
+/// One place the console is drawn: stdout, /dev/tty0, /dev/ttyS0, ...
+struct Target {
     out: Box<dyn Write + Send>,
     redraw: bool,
     drawn_lines: usize,
+}
+
+pub struct Console {
+    targets: Vec<Target>,
     steps: Vec<(Step, &'static str, StepState)>,
     started: Instant,
     server: String,
@@ -40,15 +45,32 @@ impl Console {
         mode: ConsoleMode,
         steps: &[(Step, &'static str)],
     ) -> Self {
-        let redraw = match mode {
-            ConsoleMode::Auto => is_tty && std::env::var("TERM").map_or(true, |t| t != "dumb"),
-            ConsoleMode::Lines => false,
-            ConsoleMode::Redraw => true,
-        };
+        Self::with_targets(vec![(out, is_tty)], mode, steps)
+    }
+
+    /// Draw on several outputs at once; each `(writer, is_tty)` gets the panel
+    /// (terminal, unless `mode` says lines) or one line per event.
+    pub fn with_targets(
+        outs: Vec<(Box<dyn Write + Send>, bool)>,
+        mode: ConsoleMode,
+        steps: &[(Step, &'static str)],
+    ) -> Self {
+        let targets = outs
+            .into_iter()
+            .map(|(out, is_tty)| Target {
+                out,
+                redraw: match mode {
+                    ConsoleMode::Auto => {
+                        is_tty && std::env::var("TERM").map_or(true, |t| t != "dumb")
+                    }
+                    ConsoleMode::Lines => false,
+                    ConsoleMode::Redraw => true,
+                },
+                drawn_lines: 0,
+            })
+            .collect();
         Self {
-            out,
-            redraw,
-            drawn_lines: 0,
+            targets,
             steps: steps
                 .iter()
                 .map(|&(s, d)| (s, d, StepState::Pending))
@@ -70,6 +92,34 @@ impl Console {
         Self::new(Box::new(std::io::stdout()), tty, mode, steps)
     }
 
+    /// Where a technician looks. When stdout is a terminal (the agent started
+    /// by hand, or by an init that gave it /dev/console), that terminal. When
+    /// it is not (a systemd service logging to the journal), every active
+    /// kernel console named in `/sys/class/tty/console/active` (e.g. `tty0
+    /// ttyS0`: the screen and the serial console), else stdout.
+    pub fn system(mode: ConsoleMode, steps: &[(Step, &'static str)]) -> Self {
+        use std::io::IsTerminal;
+        if std::io::stdout().is_terminal() {
+            return Self::stdout(mode, steps);
+        }
+        let active = std::fs::read_to_string("/sys/class/tty/console/active").unwrap_or_default();
+        let mut outs: Vec<(Box<dyn Write + Send>, bool)> = Vec::new();
+        for name in active.split_whitespace() {
+            let path = format!("/dev/{name}");
+            match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(f) => {
+                    let tty = f.is_terminal();
+                    outs.push((Box::new(f), tty));
+                }
+                Err(e) => tracing::warn!("console {path} not writable: {e}"),
+            }
+        }
+        if outs.is_empty() {
+            return Self::stdout(mode, steps);
+        }
+        Self::with_targets(outs, mode, steps)
+    }
+
     pub fn set_server(&mut self, server: &str) {
         self.server = server.to_owned();
         self.draw_panel();
@@ -82,20 +132,15 @@ impl Console {
 
     pub fn set_hostname(&mut self, hostname: &str) {
         self.hostname = Some(hostname.to_owned());
-        if !self.redraw {
-            self.line(&format!("hostname {hostname}"));
-        }
+        self.line(&format!("hostname {hostname}"));
         self.draw_panel();
     }
 
     /// Show a message that is not an event (e.g. waiting for the server).
     pub fn note(&mut self, message: &str) {
         self.last_message = message.to_owned();
-        if self.redraw {
-            self.draw_panel();
-        } else {
-            self.line(message);
-        }
+        self.line(message);
+        self.draw_panel();
     }
 
     pub fn event(&mut self, ev: &Event) {
@@ -117,10 +162,7 @@ impl Console {
         if !ev.message.is_empty() {
             self.last_message = ev.message.clone();
         }
-        if self.redraw {
-            self.draw_panel();
-            return;
-        }
+        self.draw_panel();
         if ev.kind == EventKind::Progress {
             let now = Instant::now();
             if matches!(self.last_progress_line, Some((s, t)) if s == ev.step && now - t < Duration::from_secs(1))
@@ -143,9 +185,7 @@ impl Console {
 
     /// Called about once a second so the elapsed time moves on a terminal.
     pub fn tick(&mut self) {
-        if self.redraw {
-            self.draw_panel();
-        }
+        self.draw_panel();
     }
 
     fn elapsed(&self) -> String {
@@ -153,9 +193,13 @@ impl Console {
         format!("{:02}:{:02}", s / 60, s % 60)
     }
 
+    /// One line on every target that is not redrawing.
     fn line(&mut self, text: &str) {
-        let _ = writeln!(self.out, "[landfall {}] {text}", self.elapsed());
-        let _ = self.out.flush();
+        let line = format!("[landfall {}] {text}\n", self.elapsed());
+        for t in self.targets.iter_mut().filter(|t| !t.redraw) {
+            let _ = t.out.write_all(line.as_bytes());
+            let _ = t.out.flush();
+        }
     }
 
     /// The panel as text lines (also used by tests).
@@ -200,23 +244,28 @@ impl Console {
         lines
     }
 
+    /// Redraw the panel on every target that redraws.
     fn draw_panel(&mut self) {
-        if !self.redraw {
+        if !self.targets.iter().any(|t| t.redraw) {
             return;
         }
         let lines = self.render();
-        let mut buf = String::new();
-        if self.drawn_lines > 0 {
-            // Up to the panel's first line, then clear to the end of the screen.
-            buf.push_str(&format!("\x1b[{}F\x1b[J", self.drawn_lines));
-        }
+        let mut body = String::new();
         for l in &lines {
-            buf.push_str(l);
-            buf.push_str("\x1b[K\n");
+            body.push_str(l);
+            body.push_str("\x1b[K\n");
         }
-        self.drawn_lines = lines.len();
-        let _ = self.out.write_all(buf.as_bytes());
-        let _ = self.out.flush();
+        for t in self.targets.iter_mut().filter(|t| t.redraw) {
+            let mut buf = String::new();
+            if t.drawn_lines > 0 {
+                // Up to the panel's first line, then clear to the end of the screen.
+                buf.push_str(&format!("\x1b[{}F\x1b[J", t.drawn_lines));
+            }
+            buf.push_str(&body);
+            t.drawn_lines = lines.len();
+            let _ = t.out.write_all(buf.as_bytes());
+            let _ = t.out.flush();
+        }
     }
 }
 
@@ -306,5 +355,29 @@ mod tests {
         assert!(panel[3].contains(&format!("[{}{}]", "#".repeat(15), ".".repeat(15))));
         // Second and later draws move the cursor back over the previous panel.
         assert_eq!(buf.text().matches("\x1b[5F\x1b[J").count(), 2);
+    }
+
+    #[test]
+    fn screen_and_serial_each_get_their_own_form() {
+        let screen = Buf::default();
+        let serial = Buf::default();
+        let mut c = Console::with_targets(
+            vec![
+                (Box::new(screen.clone()), true),
+                (Box::new(serial.clone()), false),
+            ],
+            ConsoleMode::Auto,
+            STEPS,
+        );
+        c.event(&ev(1, Step::Detect, EventKind::Started, None, "detecting"));
+        c.event(&ev(2, Step::Detect, EventKind::Finished, None, "1 disk"));
+        let (screen, serial) = (screen.text(), serial.text());
+        assert!(screen.contains("[ ok ] detect"), "{screen:?}");
+        assert!(
+            screen.contains("\x1b[5F"),
+            "the screen is redrawn: {screen:?}"
+        );
+        assert!(!serial.contains('\x1b'), "{serial:?}");
+        assert_eq!(serial.lines().count(), 2, "{serial}");
     }
 }
