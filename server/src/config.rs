@@ -39,6 +39,10 @@ pub struct ServerSection {
     /// Directory holding vmlinuz, initrd, ...; relative to the config file.
     #[serde(default)]
     pub artifacts: Option<PathBuf>,
+    /// Directory of disko layouts (`NAME.nix` or `NAME.json`); relative to the
+    /// config file. Default: `layouts` beside the config file.
+    #[serde(default)]
+    pub layouts: Option<PathBuf>,
     /// Extra kernel arguments appended to the install kernel line.
     #[serde(default)]
     pub kernel_args: String,
@@ -56,6 +60,7 @@ impl Default for ServerSection {
         Self {
             public_url: None,
             artifacts: None,
+            layouts: None,
             kernel_args: String::new(),
             boot_token_ttl: DEFAULT_BOOT_TOKEN_TTL,
         }
@@ -110,6 +115,9 @@ pub struct RoleConfig {
     pub layout: Option<String>,
     #[serde(default)]
     pub wipe: Wipe,
+    /// Layout disk name -> device (`/dev/disk/by-id/...`) or "auto".
+    #[serde(default)]
+    pub disks: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +128,9 @@ pub struct MachineConfig {
     pub role: String,
     #[serde(default)]
     pub layout: Option<String>,
+    /// Overrides the role's `disks` entry by entry.
+    #[serde(default)]
+    pub disks: BTreeMap<String, String>,
 }
 
 /// A validated configuration, ready to answer "what is this MAC?".
@@ -136,6 +147,8 @@ pub struct Settings {
     pub roles: BTreeMap<String, RoleConfig>,
     /// Normalised MAC -> machine.
     pub machines: HashMap<String, MachineConfig>,
+    /// Layout name -> the disko layout rendered to JSON, loaded at start.
+    pub layouts: BTreeMap<String, serde_json::Value>,
 }
 
 impl Config {
@@ -149,6 +162,7 @@ impl Config {
                 description: "demo install (no --config given)".into(),
                 layout: None,
                 wipe: Wipe::Never,
+                disks: BTreeMap::new(),
             },
         );
         Self {
@@ -270,7 +284,44 @@ impl Config {
             machines.insert(mac, m);
         }
 
+        let layouts_dir = base_dir.join(
+            self.server
+                .layouts
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("layouts")),
+        );
+        let mut layouts = BTreeMap::new();
+        let wanted = self
+            .roles
+            .iter()
+            .filter_map(|(n, r)| Some((format!("roles.{n}.layout"), r.layout.clone()?)))
+            .chain(machines.values().filter_map(|m| {
+                Some((format!("machine {}.layout", m.hostname), m.layout.clone()?))
+            }));
+        for (at, name) in wanted {
+            if !layouts.contains_key(&name) {
+                let value =
+                    load_layout(&layouts_dir, &name).with_context(|| format!("{at} = {name:?}"))?;
+                layouts.insert(name, value);
+            }
+        }
+        for (at, disks) in self
+            .roles
+            .iter()
+            .map(|(n, r)| (format!("roles.{n}.disks"), &r.disks))
+            .chain(
+                machines
+                    .values()
+                    .map(|m| (format!("machine {}.disks", m.hostname), &m.disks)),
+            )
+        {
+            for (disk, dev) in disks {
+                check_disk_entry(disk, dev).with_context(|| format!("{at}.{disk}"))?;
+            }
+        }
+
         Ok(Settings {
+            layouts,
             public_url,
             artifacts: self.server.artifacts.map(|p| base_dir.join(p)),
             kernel_args: self.server.kernel_args.trim().to_owned(),
@@ -281,6 +332,70 @@ impl Config {
             machines,
         })
     }
+}
+
+/// `DIR/NAME.json`, or `DIR/NAME.nix` rendered with `nix-instantiate --eval --strict --json`.
+fn load_layout(dir: &Path, name: &str) -> Result<serde_json::Value> {
+    let json = dir.join(format!("{name}.json"));
+    let nix = dir.join(format!("{name}.nix"));
+    let text = if json.is_file() {
+        std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?
+    } else if nix.is_file() {
+        render_nix(&nix)?
+    } else {
+        bail!(
+            "no layout {name}.nix or {name}.json in {}; put the disko layout there or set server.layouts",
+            dir.display()
+        );
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("layout {name} is not valid JSON"))?;
+    let devices = value
+        .pointer("/disko/devices")
+        .or_else(|| value.get("devices"))
+        .unwrap_or(&value);
+    if !devices
+        .get("disk")
+        .is_some_and(serde_json::Value::is_object)
+    {
+        bail!("layout {name} has no `disko.devices.disk` attribute set; see disko-layouts/ for examples");
+    }
+    Ok(value)
+}
+
+fn render_nix(path: &Path) -> Result<String> {
+    let out = std::process::Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .arg(path)
+        .output()
+        .with_context(|| {
+            format!(
+                "rendering {} needs nix-instantiate (Debian: nix-bin); or render it to .json yourself",
+                path.display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!(
+            "nix-instantiate --eval --strict --json {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).context("nix-instantiate printed non-UTF-8")
+}
+
+/// A `disks` entry: a disko disk name and "auto" or a plain device path.
+fn check_disk_entry(disk: &str, dev: &str) -> Result<()> {
+    check_simple_name("disk", disk).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plain = dev.starts_with("/dev/")
+        && !dev.contains("..")
+        && dev
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.:+@".contains(&b));
+    if dev != "auto" && !plain {
+        bail!("{dev:?} must be \"auto\" or a device path such as /dev/disk/by-id/nvme-...");
+    }
+    Ok(())
 }
 
 fn role_list(roles: &BTreeMap<String, RoleConfig>) -> String {
@@ -317,7 +432,7 @@ impl Settings {
     pub fn assignment_for(&self, mac: &str) -> Option<Assignment> {
         if let Some(m) = self.machines.get(mac) {
             let role = self.roles.get(&m.role);
-            return Some(Assignment {
+            let mut a = Assignment {
                 hostname: m.hostname.clone(),
                 role: m.role.clone(),
                 layout: m
@@ -327,7 +442,9 @@ impl Settings {
                 wipe: role.map(|r| r.wipe.into()).unwrap_or_default(),
                 disko: None,
                 disks: Default::default(),
-            });
+            };
+            self.complete(&mut a, mac);
+            return Some(a);
         }
         if self.unknown != Unknown::Install {
             return None;
@@ -343,6 +460,21 @@ impl Settings {
             return None;
         }
         Some(self.role_assignment(role, hostname.to_owned()))
+    }
+
+    /// Fill what the database does not keep: the rendered layout and the disk
+    /// map (role entries, then the machine's own over them).
+    pub fn complete(&self, a: &mut Assignment, mac: &str) {
+        a.disko = a.layout.as_ref().and_then(|l| self.layouts.get(l).cloned());
+        let mut disks = self
+            .roles
+            .get(&a.role)
+            .map(|r| r.disks.clone())
+            .unwrap_or_default();
+        if let Some(m) = self.machines.get(mac) {
+            disks.extend(m.disks.clone());
+        }
+        a.disks = disks;
     }
 
     fn role_assignment(&self, role_name: &str, hostname: String) -> Assignment {
@@ -368,8 +500,27 @@ pub fn auto_hostname(role: &str, mac: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A disko layout as `nix-instantiate --eval --strict --json` renders one.
+    pub(crate) const LAYOUT_JSON: &str = r#"{"disko":{"devices":{"disk":{"main":{"type":"disk","device":"","content":{"type":"gpt","partitions":{"root":{"size":"100%","content":{"type":"filesystem","format":"ext4","mountpoint":"/"}}}}}}}}}"#;
+
+    /// Validate against a config directory holding `layouts/single-disk.json`
+    /// and `layouts/raid1.nix` (rendered by the real nix-instantiate).
+    fn check_in(text: &str) -> (Result<Settings>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let layouts = dir.path().join("layouts");
+        std::fs::create_dir(&layouts).unwrap();
+        std::fs::write(layouts.join("single-disk.json"), LAYOUT_JSON).unwrap();
+        std::fs::write(
+            layouts.join("raid1.nix"),
+            r#"{ disko.devices.disk.a = { type = "disk"; device = "/dev/sda"; content = { type = "gpt"; partitions = { }; }; }; }"#,
+        )
+        .unwrap();
+        let r = Config::parse(text).and_then(|c| c.validate(dir.path()));
+        (r, dir)
+    }
+
     fn check(text: &str) -> Result<Settings> {
-        Config::parse(text)?.validate(Path::new("/etc/landfall"))
+        check_in(text).0
     }
 
     fn err(text: &str) -> String {
@@ -409,7 +560,7 @@ layout = "raid1"
     fn good_config_is_accepted_and_resolved() {
         let s = check(GOOD).unwrap();
         assert_eq!(s.public_url.as_deref(), Some("http://10.0.0.1:8080"));
-        assert_eq!(s.artifacts, Some(PathBuf::from("/etc/landfall/artifacts")));
+        assert!(s.artifacts.as_ref().unwrap().ends_with("artifacts"));
         assert_eq!(s.boot_token_ttl, 600);
         let a = s.assignment_for("52:54:00:ab:cd:01").unwrap();
         assert_eq!(a.hostname, "ws-01");
@@ -419,6 +570,67 @@ layout = "raid1"
         assert_eq!(b.layout.as_deref(), Some("raid1"));
         assert_eq!(b.wipe, WipePolicy::Never);
         assert!(s.assignment_for("52:54:00:00:00:09").is_none());
+    }
+
+    #[test]
+    fn layouts_are_loaded_and_disks_merged_into_the_assignment() {
+        let text = format!(
+            "{GOOD}\n[roles.workstation.disks]\nmain = \"auto\"\nextra = \"/dev/sdb\"\n"
+        )
+        .replace(
+            "hostname = \"ws-01\"\nrole = \"workstation\"\n",
+            "hostname = \"ws-01\"\nrole = \"workstation\"\ndisks = { main = \"/dev/disk/by-id/nvme-X_1\" }\n",
+        );
+        let s = check(&text).unwrap();
+        let a = s.assignment_for("52:54:00:ab:cd:01").unwrap();
+        let want: serde_json::Value = serde_json::from_str(LAYOUT_JSON).unwrap();
+        assert_eq!(a.disko.as_ref(), Some(&want));
+        assert_eq!(
+            a.disks["main"], "/dev/disk/by-id/nvme-X_1",
+            "the machine's entry wins"
+        );
+        assert_eq!(a.disks["extra"], "/dev/sdb", "the role's entry stays");
+        // raid1.nix went through nix-instantiate.
+        let b = s.assignment_for("52:54:00:ab:cd:02").unwrap();
+        assert_eq!(
+            b.disko.unwrap()["disko"]["devices"]["disk"]["a"]["device"],
+            "/dev/sda"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_broken_layout_or_disk_entry_is_refused_at_start() {
+        let e = err(&GOOD.replace("layout = \"raid1\"", "layout = \"nope\""));
+        assert!(e.contains("machine srv-01.layout = \"nope\""), "{e}");
+        assert!(e.contains("no layout nope.nix or nope.json"), "{e}");
+        let e = err(&format!(
+            "{GOOD}\n[roles.workstation.disks]\nmain = \"/etc/passwd\"\n"
+        ));
+        assert!(e.contains("roles.workstation.disks.main"), "{e}");
+        assert!(e.contains("must be \"auto\" or a device path"), "{e}");
+        let (r, dir) = check_in(GOOD);
+        assert!(r.is_ok());
+        std::fs::write(dir.path().join("layouts/raid1.nix"), "{ disko = ").unwrap();
+        let e = format!(
+            "{:#}",
+            Config::parse(GOOD)
+                .unwrap()
+                .validate(dir.path())
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("nix-instantiate") && e.contains("raid1.nix"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("layouts/raid1.nix"), "{ x = 1; }").unwrap();
+        let e = format!(
+            "{:#}",
+            Config::parse(GOOD)
+                .unwrap()
+                .validate(dir.path())
+                .unwrap_err()
+        );
+        assert!(e.contains("no `disko.devices.disk`"), "{e}");
     }
 
     #[test]

@@ -228,6 +228,15 @@ async fn bad_config_is_refused_at_start_with_the_field_named() {
     assert_eq!(code, 1, "{err}");
 
     std::fs::write(&cfg, CONFIG).unwrap();
+    // CONFIG's role names a layout that is not there yet.
+    let (code, _, err) = run(&["serve", "--config", c, "--check-config"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("roles.workstation.layout = \"single-disk\""),
+        "{err}"
+    );
+    std::fs::create_dir(dir.path().join("layouts")).unwrap();
+    std::fs::write(dir.path().join("layouts/single-disk.json"), LAYOUT_JSON).unwrap();
     let (code, out, err) = run(&["serve", "--config", c, "--check-config"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("config OK"), "{out}");

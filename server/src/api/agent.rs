@@ -46,9 +46,10 @@ pub async fn hello(
         HelloOutcome::Ok {
             attempt_id,
             mac,
-            assignment,
+            mut assignment,
             retried,
         } => {
+            app.settings.complete(&mut assignment, &mac);
             if req.protocol > PROTOCOL_VERSION {
                 tracing::warn!(
                     %mac,

@@ -11,6 +11,9 @@ use serde_json::Value;
 pub const MAC1: &str = "52:54:00:00:00:01";
 pub const MAC2: &str = "52:54:00:00:00:02";
 
+/// `layouts/single-disk.json` beside the config: a disko layout as rendered JSON.
+pub const LAYOUT_JSON: &str = r#"{"disko":{"devices":{"disk":{"main":{"type":"disk","device":"","content":{"type":"gpt","partitions":{"root":{"size":"100%","content":{"type":"filesystem","format":"ext4","mountpoint":"/"}}}}}}}}}"#;
+
 /// A config with two listed machines and unknown machines held.
 pub const CONFIG: &str = r#"
 [server]
@@ -48,6 +51,9 @@ impl Server {
     pub async fn start(config: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = config.map(|c| {
+            let layouts = dir.path().join("layouts");
+            std::fs::create_dir_all(&layouts).unwrap();
+            std::fs::write(layouts.join("single-disk.json"), LAYOUT_JSON).unwrap();
             let p = dir.path().join("landfall.toml");
             std::fs::write(&p, c).unwrap();
             p
