@@ -299,10 +299,10 @@ impl Config {
                 Some((format!("machine {}.layout", m.hostname), m.layout.clone()?))
             }));
         for (at, name) in wanted {
-            if !layouts.contains_key(&name) {
-                let value =
-                    load_layout(&layouts_dir, &name).with_context(|| format!("{at} = {name:?}"))?;
-                layouts.insert(name, value);
+            if let std::collections::btree_map::Entry::Vacant(slot) = layouts.entry(name) {
+                let value = load_layout(&layouts_dir, slot.key())
+                    .with_context(|| format!("{at} = {:?}", slot.key()))?;
+                slot.insert(value);
             }
         }
         for (at, disks) in self
