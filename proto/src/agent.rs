@@ -44,7 +44,117 @@ pub struct Assignment {
     /// "auto" (chosen by rule from the inventory). Overrides the layout's `device`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub disks: BTreeMap<String, String>,
+    /// Where and how to fetch this attempt's secrets from Vault/OpenBao (the
+    /// server as trusted orchestrator, see docs/security.md); `None`: no Vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultAssignment>,
+    /// Files the agent writes into the target from the fetched secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<SecretFile>,
 }
+
+/// A string that must never be shown: `Debug` and `Display` print
+/// `[redacted]`; serde sees the plain string (transparent). Get the value
+/// with [`SecretString::expose`], only where it is sent to its one consumer.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself. Do not log, format or store it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::fmt::Display for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The Vault/OpenBao part of an assignment: a response-wrapped, single-use,
+/// short-TTL AppRole `secret_id` minted by the server for this attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaultAssignment {
+    /// Base URL of Vault/OpenBao, e.g. `https://vault.lan:8200`.
+    pub address: String,
+    /// The wrapping token around the `secret_id`. Single use: the agent
+    /// unwraps it once; a token someone else used is an interception alarm.
+    pub wrap_token: SecretString,
+    /// Where the wrapped response was created
+    /// (`auth/approle/role/NAME/secret-id`); the agent compares it with
+    /// `sys/wrapping/lookup` before unwrapping.
+    pub creation_path: String,
+    /// Mount point of the AppRole auth method (default `approle`).
+    #[serde(default = "default_approle_mount")]
+    pub approle_mount: String,
+    /// Mount point of the KV v2 engine (default `landfall`).
+    #[serde(default = "default_kv_mount")]
+    pub kv_mount: String,
+    /// KV v2 paths under `kv_mount` this machine reads, already expanded
+    /// (`hosts/ws-01`, `roles/workstation`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reads: Vec<String>,
+    /// PEM of the CA that signs Vault's certificate; the agent trusts only it.
+    /// `None` with an `https` address: the agent needs its own pinned CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+fn default_kv_mount() -> String {
+    "landfall".to_owned()
+}
+
+fn default_approle_mount() -> String {
+    "approle".to_owned()
+}
+
+/// A file the agent writes into the target (under `/mnt`) from a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretFile {
+    /// Absolute path in the installed system, e.g. `/var/lib/sops-nix/key.txt`.
+    pub path: String,
+    /// `kv:PATH#KEY`: the key `KEY` of the KV v2 secret at `PATH` (one of
+    /// the assignment's `vault.reads`), e.g. `kv:hosts/ws-01#age_key`.
+    pub from: String,
+    /// Octal file mode, default `0600`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Owner and group names looked up in the target's /etc/passwd and
+    /// /etc/group (`root` when absent there).
+    #[serde(default = "default_root")]
+    pub owner: String,
+    #[serde(default = "default_root")]
+    pub group: String,
+}
+
+fn default_mode() -> String {
+    "0600".to_owned()
+}
+
+fn default_root() -> String {
+    "root".to_owned()
+}
+
+/// Key in a failed event's `data` that marks a security alarm (e.g. an
+/// intercepted wrap token): `{"security": true}`. A terminal failure with it
+/// moves the machine to `compromised`.
+pub const SECURITY_FLAG: &str = "security";
 
 /// May the agent destroy data it finds on the target disks?
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,4 +187,59 @@ pub struct EventsResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_string_redacts_and_round_trips() {
+        let v = VaultAssignment {
+            address: "https://vault:8200".into(),
+            wrap_token: SecretString::new("s.CANARYwraptoken"),
+            creation_path: "auth/approle/role/ws/secret-id".into(),
+            approle_mount: "approle".into(),
+            kv_mount: "landfall".into(),
+            reads: vec!["hosts/ws-01".into()],
+            ca_pem: None,
+        };
+        let dbg = format!("{v:?} {}", v.wrap_token);
+        assert!(!dbg.contains("CANARY"), "{dbg}");
+        assert!(dbg.contains("[redacted]"), "{dbg}");
+        let json = serde_json::to_string(&v).unwrap();
+        assert!(
+            json.contains(r#""wrap_token":"s.CANARYwraptoken""#),
+            "{json}"
+        );
+        let back: VaultAssignment = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn old_assignments_and_minimal_vault_parse_with_defaults() {
+        let a: Assignment = serde_json::from_str(r#"{"hostname":"a","role":"r"}"#).unwrap();
+        assert!(a.vault.is_none() && a.secret_files.is_empty());
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(
+            !json.contains("vault") && !json.contains("secret_files"),
+            "{json}"
+        );
+        let a: Assignment = serde_json::from_str(
+            r#"{"hostname":"a","role":"r","vault":{"address":"http://v","wrap_token":"t",
+                "creation_path":"p","future":1},
+                "secret_files":[{"path":"/k","from":"kv:hosts/a#k"}]}"#,
+        )
+        .unwrap();
+        let v = a.vault.unwrap();
+        assert_eq!(
+            (v.kv_mount.as_str(), v.approle_mount.as_str()),
+            ("landfall", "approle")
+        );
+        let f = &a.secret_files[0];
+        assert_eq!(
+            (f.mode.as_str(), f.owner.as_str(), f.group.as_str()),
+            ("0600", "root", "root")
+        );
+    }
 }

@@ -11,7 +11,8 @@ pub mod inventory;
 pub mod names;
 
 pub use agent::{
-    Assignment, EventsRequest, EventsResponse, HelloRequest, HelloResponse, WipePolicy,
+    Assignment, EventsRequest, EventsResponse, HelloRequest, HelloResponse, SecretFile,
+    SecretString, VaultAssignment, WipePolicy, SECURITY_FLAG,
 };
 pub use event::{Event, EventKind, Step};
 pub use inventory::Inventory;

@@ -275,6 +275,8 @@ mod tests {
             wipe: WipePolicy::Never,
             disko: None,
             disks: Default::default(),
+            vault: None,
+            secret_files: Vec::new(),
         }
     }
 

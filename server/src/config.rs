@@ -442,6 +442,8 @@ impl Settings {
                 wipe: role.map(|r| r.wipe.into()).unwrap_or_default(),
                 disko: None,
                 disks: Default::default(),
+                vault: None,
+                secret_files: Vec::new(),
             };
             self.complete(&mut a, mac);
             return Some(a);
@@ -486,6 +488,8 @@ impl Settings {
             wipe: role.map(|r| r.wipe.into()).unwrap_or_default(),
             disko: None,
             disks: Default::default(),
+            vault: None,
+            secret_files: Vec::new(),
         }
     }
 }

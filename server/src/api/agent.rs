@@ -69,7 +69,7 @@ pub async fn hello(
             Ok(Json(HelloResponse {
                 attempt_id,
                 agent_token,
-                assignment,
+                assignment: *assignment,
             }))
         }
     }

@@ -18,7 +18,7 @@ pub enum HelloOutcome {
     Ok {
         attempt_id: String,
         mac: String,
-        assignment: Assignment,
+        assignment: Box<Assignment>,
         /// True when this token was already exchanged (a retried hello).
         retried: bool,
     },
@@ -113,7 +113,7 @@ impl Store {
             return Ok(HelloOutcome::Ok {
                 attempt_id,
                 mac,
-                assignment,
+                assignment: Box::new(assignment),
                 retried: true,
             });
         }
@@ -149,7 +149,7 @@ impl Store {
         Ok(HelloOutcome::Ok {
             attempt_id: h.new_attempt_id.to_owned(),
             mac,
-            assignment,
+            assignment: Box::new(assignment),
             retried: false,
         })
     }
@@ -233,6 +233,10 @@ impl Store {
             if current && m.state == MachineState::Installing {
                 let (state, error) = match e.kind {
                     EventKind::Finished => (MachineState::Installed, None),
+                    _ if is_security_alarm(e) => (
+                        MachineState::Compromised,
+                        Some(format!("security alarm: {}", failure_text(e))),
+                    ),
                     _ => (MachineState::Failed, Some(failure_text(e))),
                 };
                 tx.execute(
@@ -249,6 +253,16 @@ impl Store {
             new_state,
         })
     }
+}
+
+/// A failure whose `data` carries `"security": true` (e.g. an intercepted
+/// Vault wrap token): the machine is `compromised`, not merely `failed`.
+fn is_security_alarm(e: &Event) -> bool {
+    e.data
+        .as_ref()
+        .and_then(|d| d.get(landfall_proto::SECURITY_FLAG))
+        .and_then(|v| v.as_bool())
+        == Some(true)
 }
 
 /// "step disks: no disk matched" from a failed `done` event.

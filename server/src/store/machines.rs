@@ -31,6 +31,8 @@ impl MachineRow {
             wipe: self.wipe,
             disko: None,
             disks: Default::default(),
+            vault: None,
+            secret_files: Vec::new(),
         })
     }
 }
