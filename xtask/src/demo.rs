@@ -102,7 +102,8 @@ pub fn run(args: &[&str]) -> Result<()> {
         }
         let log = vm.serial_log();
         for l in log.lines().skip(console_lines) {
-            if l.starts_with("[landfall") || l.starts_with("landfall-test-image") {
+            let image_says = l.starts_with("landfall-test-image") && !l.contains("insmod");
+            if l.starts_with("[landfall") || image_says {
                 println!("console | {l}");
             }
         }
@@ -121,6 +122,12 @@ pub fn run(args: &[&str]) -> Result<()> {
         "xtask: VM exited ({status}) after {:.0}s",
         started.elapsed().as_secs_f64()
     );
+    if let Some(panel) = last_panel(&vm.serial_log()) {
+        println!("\nThe machine's console at the end (what a technician saw):");
+        for l in panel.lines() {
+            println!("  | {l}");
+        }
+    }
     let out = Command::new(&server)
         .args(["machines", "--server", &base, "--token-file"])
         .arg(data.join("admin.token"))
@@ -209,4 +216,43 @@ fn machine_state(base: &str, token: &str) -> Result<String> {
     let m = admin_get(base, token, &format!("/api/v1/machines/{MAC}"))?
         .context("the server never saw the demo machine")?;
     Ok(m["state"].as_str().unwrap_or("unknown").to_owned())
+}
+
+/// The agent's last redrawn console panel in a serial log: the text after the
+/// last "cursor up N lines, clear" sequence, without escape sequences.
+fn last_panel(log: &str) -> Option<String> {
+    let start = log.rfind("\x1b[J")? + "\x1b[J".len();
+    let tail = &log[start..];
+    let end = tail.find("landfall-test-image").unwrap_or(tail.len());
+    let mut out = String::new();
+    let mut chars = tail[..end].chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ params final-byte
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    // Kernel messages ("[   12.34] reboot: ...") may follow; panel lines never start with '['.
+    let out: Vec<&str> = out.lines().filter(|l| !l.starts_with('[')).collect();
+    let out = out.join("\n").trim_end().to_owned();
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn last_panel_is_cut_from_the_serial_log() {
+        let log = "boot\nPANEL1\x1b[K\n\x1b[2F\x1b[Jhost x\x1b[K\n  [ ok ] detect\x1b[K\n[   9.1] reboot\nlandfall-test-image: bye\n";
+        assert_eq!(super::last_panel(log).unwrap(), "host x\n  [ ok ] detect");
+        assert_eq!(super::last_panel("no escapes"), None);
+    }
 }
