@@ -6,10 +6,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use landfall_proto::names::{check_hostname, check_simple_name, normalize_mac};
-use landfall_proto::{Assignment, WipePolicy};
+use landfall_proto::{Assignment, SecretFile, WipePolicy};
 use serde::Deserialize;
 
 /// Default lifetime of a boot token, in seconds.
@@ -27,6 +28,98 @@ pub struct Config {
     pub roles: BTreeMap<String, RoleConfig>,
     #[serde(default)]
     pub machines: Vec<MachineConfig>,
+    /// Vault/OpenBao as trusted orchestrator (see docs/security.md).
+    #[serde(default)]
+    pub vault: Option<VaultSection>,
+}
+
+/// `[vault]`: where the server mints wrapped AppRole `secret_id`s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSection {
+    /// `https://vault.lan:8200` (plain `http://` only with `insecure_http = true`).
+    pub address: String,
+    /// PEM file of the CA that signs Vault's certificate; the only root trusted
+    /// (by the server, and sent to the agent). Relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// File holding the server's own Vault token (it needs `update` on
+    /// `auth/APPROLE_MOUNT/role/*/secret-id`). Relative to the config file;
+    /// read at every mint, so a token agent may rotate it.
+    pub token_file: PathBuf,
+    /// Allow an `http://` address (development only: tokens travel in clear).
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// Lifetime of the wrap token around each `secret_id`, e.g. "120s".
+    #[serde(default = "default_wrap_ttl")]
+    pub wrap_ttl: String,
+    /// Mount of the KV v2 engine holding the secrets.
+    #[serde(default = "default_kv_mount")]
+    pub kv_mount: String,
+    /// Mount of the AppRole auth method.
+    #[serde(default = "default_approle_mount")]
+    pub approle_mount: String,
+}
+
+fn default_wrap_ttl() -> String {
+    "120s".to_owned()
+}
+
+fn default_kv_mount() -> String {
+    "landfall".to_owned()
+}
+
+fn default_approle_mount() -> String {
+    "approle".to_owned()
+}
+
+/// `[vault]` after validation.
+#[derive(Debug, Clone)]
+pub struct VaultSettings {
+    /// Without a trailing slash.
+    pub address: String,
+    /// The CA PEM from `ca_file`, if any.
+    pub ca_pem: Option<String>,
+    pub token_file: PathBuf,
+    pub insecure_http: bool,
+    pub wrap_ttl: Duration,
+    pub kv_mount: String,
+    pub approle_mount: String,
+}
+
+/// `[roles.NAME.vault]`: the AppRole this role's machines log in with and
+/// the KV v2 paths (under `vault.kv_mount`) they read. `{hostname}` and
+/// `{role}` are replaced per machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleVault {
+    pub approle: String,
+    #[serde(default)]
+    pub reads: Vec<String>,
+}
+
+/// `[[roles.NAME.secret_files]]`: a file written into the target from a secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretFileConfig {
+    /// Absolute path in the installed system.
+    pub path: String,
+    /// `kv:PATH#KEY`, PATH one of the role's `vault.reads` (as written).
+    pub from: String,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default = "default_root")]
+    pub owner: String,
+    #[serde(default = "default_root")]
+    pub group: String,
+}
+
+fn default_mode() -> String {
+    "0600".to_owned()
+}
+
+fn default_root() -> String {
+    "root".to_owned()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +211,11 @@ pub struct RoleConfig {
     /// Layout disk name -> device (`/dev/disk/by-id/...`) or "auto".
     #[serde(default)]
     pub disks: BTreeMap<String, String>,
+    /// The AppRole and KV paths of this role (needs `[vault]`).
+    #[serde(default)]
+    pub vault: Option<RoleVault>,
+    #[serde(default)]
+    pub secret_files: Vec<SecretFileConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +247,8 @@ pub struct Settings {
     pub machines: HashMap<String, MachineConfig>,
     /// Layout name -> the disko layout rendered to JSON, loaded at start.
     pub layouts: BTreeMap<String, serde_json::Value>,
+    /// `[vault]`, validated; `None` when not configured.
+    pub vault: Option<VaultSettings>,
 }
 
 impl Config {
@@ -163,6 +263,8 @@ impl Config {
                 layout: None,
                 wipe: Wipe::Never,
                 disks: BTreeMap::new(),
+                vault: None,
+                secret_files: Vec::new(),
             },
         );
         Self {
@@ -177,6 +279,7 @@ impl Config {
             },
             roles,
             machines: Vec::new(),
+            vault: None,
         }
     }
 
@@ -320,7 +423,16 @@ impl Config {
             }
         }
 
+        let vault = match &self.vault {
+            Some(v) => Some(check_vault(v, base_dir).context("[vault]")?),
+            None => None,
+        };
+        for (name, role) in &self.roles {
+            check_role_secrets(name, role, vault.is_some())?;
+        }
+
         Ok(Settings {
+            vault,
             layouts,
             public_url,
             artifacts: self.server.artifacts.map(|p| base_dir.join(p)),
@@ -332,6 +444,217 @@ impl Config {
             machines,
         })
     }
+}
+
+/// Check `[vault]`: the address scheme against `insecure_http`, the CA file
+/// (read and parsed now), the token file (readable now), the wrap TTL.
+fn check_vault(v: &VaultSection, base_dir: &Path) -> Result<VaultSettings> {
+    let address = v.address.trim_end_matches('/').to_owned();
+    let rest = if let Some(r) = address.strip_prefix("https://") {
+        r
+    } else if let Some(r) = address.strip_prefix("http://") {
+        if !v.insecure_http {
+            bail!(
+                "address = {:?} is plain http: tokens and secrets would travel in clear; \
+                 use https:// with ca_file, or set insecure_http = true (development only)",
+                v.address
+            );
+        }
+        r
+    } else {
+        bail!(
+            "address = {:?} must start with https:// (or http:// with insecure_http = true)",
+            v.address
+        );
+    };
+    if rest.is_empty()
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
+    {
+        bail!(
+            "address = {:?} must be scheme://host[:port] with no path, e.g. \"https://vault.lan:8200\"",
+            v.address
+        );
+    }
+    let ca_pem = match &v.ca_file {
+        Some(f) => {
+            let p = base_dir.join(f);
+            let pem = std::fs::read_to_string(&p)
+                .with_context(|| format!("ca_file: reading {}", p.display()))?;
+            reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "ca_file {}: no PEM certificate in it; give the CA that signed Vault's certificate",
+                        p.display()
+                    )
+                })?;
+            Some(pem)
+        }
+        None if address.starts_with("https://") => bail!(
+            "ca_file is required with an https address: the server and the agents trust only that CA \
+             (the system roots are not used)"
+        ),
+        None => None,
+    };
+    let token_file = base_dir.join(&v.token_file);
+    let token = std::fs::read_to_string(&token_file).with_context(|| {
+        format!(
+            "token_file: reading {} (the server's own Vault token)",
+            token_file.display()
+        )
+    })?;
+    if token.trim().is_empty() {
+        bail!(
+            "token_file {} is empty; write the server's Vault token into it",
+            token_file.display()
+        );
+    }
+    let wrap_ttl = humantime::parse_duration(&v.wrap_ttl).map_err(|e| {
+        anyhow::anyhow!(
+            "wrap_ttl = {:?}: {e}; write e.g. \"120s\" or \"5m\"",
+            v.wrap_ttl
+        )
+    })?;
+    if wrap_ttl < Duration::from_secs(1) || wrap_ttl > Duration::from_secs(3600) {
+        bail!(
+            "wrap_ttl = {:?} must be between 1s and 1h: the wrap token only has to live until the agent unwraps it",
+            v.wrap_ttl
+        );
+    }
+    for (key, m) in [
+        ("kv_mount", &v.kv_mount),
+        ("approle_mount", &v.approle_mount),
+    ] {
+        check_vault_segment(m).with_context(|| format!("{key} = {m:?}"))?;
+    }
+    Ok(VaultSettings {
+        address,
+        ca_pem,
+        token_file,
+        insecure_http: v.insecure_http,
+        wrap_ttl,
+        kv_mount: v.kv_mount.clone(),
+        approle_mount: v.approle_mount.clone(),
+    })
+}
+
+/// One path segment of a Vault API path: `[A-Za-z0-9_.-]`, not `.` or `..`.
+fn check_vault_segment(s: &str) -> Result<()> {
+    if s.is_empty()
+        || s == "."
+        || s == ".."
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        bail!("must be a plain name of letters, digits, '_', '.' and '-'");
+    }
+    Ok(())
+}
+
+/// A KV read template: segments of [`check_vault_segment`] or `{hostname}` / `{role}`.
+fn check_read_template(t: &str) -> Result<()> {
+    if t.is_empty() || t.starts_with('/') || t.ends_with('/') {
+        bail!("{t:?} must be a relative KV path like \"hosts/{{hostname}}\"");
+    }
+    for seg in t.split('/') {
+        if seg == "{hostname}" || seg == "{role}" {
+            continue;
+        }
+        check_vault_segment(seg).with_context(|| format!("{t:?}: segment {seg:?}"))?;
+    }
+    Ok(())
+}
+
+/// Check a role's `vault` and `secret_files`.
+fn check_role_secrets(name: &str, role: &RoleConfig, have_vault: bool) -> Result<()> {
+    if let Some(rv) = &role.vault {
+        if !have_vault {
+            bail!("roles.{name}.vault needs a [vault] section (address, ca_file, token_file)");
+        }
+        check_vault_segment(&rv.approle)
+            .with_context(|| format!("roles.{name}.vault.approle = {:?}", rv.approle))?;
+        for (i, r) in rv.reads.iter().enumerate() {
+            check_read_template(r).with_context(|| format!("roles.{name}.vault.reads[{i}]"))?;
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, f) in role.secret_files.iter().enumerate() {
+        let at = format!("roles.{name}.secret_files[{i}]");
+        let Some(rv) = &role.vault else {
+            bail!(
+                "{at}: secret files need roles.{name}.vault (the AppRole and the KV paths to read)"
+            );
+        };
+        check_secret_file(f, &rv.reads).with_context(|| at.clone())?;
+        if !seen.insert(f.path.as_str()) {
+            bail!(
+                "{at}.path = {:?} is listed twice; keep one entry per file",
+                f.path
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_secret_file(f: &SecretFileConfig, reads: &[String]) -> Result<()> {
+    let p = &f.path;
+    if !p.starts_with('/')
+        || p.ends_with('/')
+        || p.split('/').any(|c| c == ".." || c == ".")
+        || p.contains("//")
+        || p.chars().any(|c| c.is_control())
+    {
+        bail!(
+            "path = {p:?} must be an absolute file path in the installed system without . or .. \
+             components, e.g. \"/var/lib/sops-nix/key.txt\""
+        );
+    }
+    let mode = u32::from_str_radix(&f.mode, 8)
+        .ok()
+        .filter(|m| *m <= 0o777 && !f.mode.is_empty());
+    if mode.is_none() {
+        bail!(
+            "mode = {:?} must be octal permission bits up to 0777, e.g. \"0600\"",
+            f.mode
+        );
+    }
+    let Some((path, key)) = f.from.strip_prefix("kv:").and_then(|r| r.split_once('#')) else {
+        bail!(
+            "from = {:?} must be \"kv:PATH#KEY\", e.g. \"kv:hosts/{{hostname}}#age_key\"",
+            f.from
+        );
+    };
+    check_vault_segment(key).with_context(|| format!("from = {:?}: key {key:?}", f.from))?;
+    if !reads.iter().any(|r| r == path) {
+        bail!(
+            "from = {:?}: {path:?} is not among the role's vault.reads ({}); add it there",
+            f.from,
+            reads.join(", ")
+        );
+    }
+    for (k, v) in [("owner", &f.owner), ("group", &f.group)] {
+        let ok = !v.is_empty()
+            && v.len() <= 32
+            && v.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && v.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b));
+        if !ok {
+            bail!("{k} = {v:?} must be a user/group name like \"root\" or \"sshd\"");
+        }
+    }
+    Ok(())
+}
+
+/// Replace `{hostname}` and `{role}` in a validated template (both are
+/// validated names, so the result stays a plain path).
+pub fn expand_template(t: &str, hostname: &str, role: &str) -> String {
+    t.replace("{hostname}", hostname).replace("{role}", role)
 }
 
 /// `DIR/NAME.json`, or `DIR/NAME.nix` rendered with `nix-instantiate --eval --strict --json`.
@@ -477,6 +800,22 @@ impl Settings {
             disks.extend(m.disks.clone());
         }
         a.disks = disks;
+        a.secret_files = self
+            .roles
+            .get(&a.role)
+            .map(|r| {
+                r.secret_files
+                    .iter()
+                    .map(|f| SecretFile {
+                        path: f.path.clone(),
+                        from: expand_template(&f.from, &a.hostname, &a.role),
+                        mode: f.mode.clone(),
+                        owner: f.owner.clone(),
+                        group: f.group.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
     }
 
     fn role_assignment(&self, role_name: &str, hostname: String) -> Assignment {
@@ -770,5 +1109,118 @@ role = "nope"
         assert!(e.contains("server.public_url"), "{e}");
         let e = err("[server]\nboot_token_ttl = 0\n");
         assert!(e.contains("server.boot_token_ttl"), "{e}");
+    }
+
+    /// `[vault]` with a token file beside the config.
+    fn vault_cfg(extra: &str) -> String {
+        format!(
+            r#"
+[vault]
+address = "http://127.0.0.1:8200"
+token_file = "vault.token"
+insecure_http = true
+{extra}
+[roles.ws.vault]
+approle = "workstation"
+reads = ["hosts/{{hostname}}", "roles/{{role}}"]
+
+[[roles.ws.secret_files]]
+path = "/var/lib/sops-nix/key.txt"
+from = "kv:hosts/{{hostname}}#age_key"
+
+[[roles.ws.secret_files]]
+path = "/etc/ssh/ssh_host_ed25519_key"
+from = "kv:hosts/{{hostname}}#ssh_host_ed25519_key"
+mode = "0400"
+
+[[machines]]
+mac = "52:54:00:00:00:01"
+hostname = "ws-01"
+role = "ws"
+"#
+        )
+    }
+
+    fn vault_check(text: &str) -> Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vault.token"), "s.servertoken\n").unwrap();
+        Config::parse(text).and_then(|c| c.validate(dir.path()))
+    }
+
+    fn vault_err(text: &str) -> String {
+        format!("{:#}", vault_check(text).unwrap_err())
+    }
+
+    #[test]
+    fn vault_section_and_secret_files_are_validated_and_expanded() {
+        let s = vault_check(&vault_cfg("wrap_ttl = \"30s\"")).unwrap();
+        let v = s.vault.as_ref().unwrap();
+        assert_eq!(v.wrap_ttl, Duration::from_secs(30));
+        assert_eq!(
+            (v.kv_mount.as_str(), v.approle_mount.as_str()),
+            ("landfall", "approle")
+        );
+        let a = s.assignment_for("52:54:00:00:00:01").unwrap();
+        assert_eq!(a.secret_files.len(), 2);
+        assert_eq!(a.secret_files[0].from, "kv:hosts/ws-01#age_key");
+        assert_eq!(a.secret_files[0].mode, "0600");
+        assert_eq!(a.secret_files[1].mode, "0400");
+        assert!(
+            a.vault.is_none(),
+            "the wrap token is minted at hello, not here"
+        );
+        assert_eq!(expand_template("roles/{role}", "ws-01", "ws"), "roles/ws");
+    }
+
+    #[test]
+    fn vault_refusals_name_the_key_and_the_fix() {
+        let base = vault_cfg("");
+        let e = vault_err(&base.replace("insecure_http = true\n", ""));
+        assert!(
+            e.contains("plain http") && e.contains("insecure_http"),
+            "{e}"
+        );
+        let e = vault_err(&base.replace("http://127.0.0.1:8200", "https://vault:8200"));
+        assert!(e.contains("ca_file is required"), "{e}");
+        let e = vault_err(&vault_cfg("wrap_ttl = \"2h\""));
+        assert!(e.contains("wrap_ttl"), "{e}");
+        let e = vault_err(&base.replace("vault.token", "missing.token"));
+        assert!(
+            e.contains("token_file") && e.contains("missing.token"),
+            "{e}"
+        );
+        for (from, to, want) in [
+            ("/var/lib/sops-nix/key.txt", "var/lib/key", "absolute"),
+            (
+                "/var/lib/sops-nix/key.txt",
+                "/var/../etc/shadow",
+                "absolute",
+            ),
+            ("mode = \"0400\"", "mode = \"0999\"", "octal"),
+            ("mode = \"0400\"", "mode = \"01777\"", "octal"),
+            (
+                "kv:hosts/{hostname}#age_key",
+                "vault:hosts/x#k",
+                "kv:PATH#KEY",
+            ),
+            (
+                "kv:hosts/{hostname}#age_key",
+                "kv:other/{hostname}#k",
+                "not among",
+            ),
+            ("\"hosts/{hostname}\", ", "\"../{hostname}\", ", "segment"),
+            ("approle = \"workstation\"", "approle = \"a/b\"", "approle"),
+        ] {
+            let e = vault_err(&base.replace(from, to));
+            assert!(e.contains(want), "{from} -> {to}: {e}");
+        }
+        let e = vault_err(&base.replace(
+            "path = \"/etc/ssh/ssh_host_ed25519_key\"",
+            "path = \"/var/lib/sops-nix/key.txt\"",
+        ));
+        assert!(e.contains("listed twice"), "{e}");
+        let no_vault = base.split("[roles.ws.vault]").nth(1).unwrap();
+        let e = vault_err(&format!("[roles.ws.vault]{no_vault}"));
+        assert!(e.contains("needs a [vault] section"), "{e}");
     }
 }

@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod orchestrator;
 pub mod store;
 
 use std::io::Write;
@@ -111,7 +112,12 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
         }
     }
 
+    let orchestrator = match &settings.vault {
+        Some(v) => Some(orchestrator::Orchestrator::new(v)?),
+        None => None,
+    };
     let app = Arc::new(App {
+        orchestrator,
         store,
         settings,
         artifacts,

@@ -50,6 +50,7 @@ pub async fn hello(
             retried,
         } => {
             app.settings.complete(&mut assignment, &mac);
+            mint_vault(&app, &attempt_id, &mac, &mut assignment).await?;
             if req.protocol > PROTOCOL_VERSION {
                 tracing::warn!(
                     %mac,
@@ -71,6 +72,58 @@ pub async fn hello(
                 agent_token,
                 assignment: *assignment,
             }))
+        }
+    }
+}
+
+/// With `[roles.NAME.vault]`: mint this attempt's wrapped `secret_id`. Every
+/// hello mints a fresh one (a retried hello means the agent lost the answer,
+/// and the old wrap token is revoked). Vault trouble answers 503 (unreachable)
+/// or 502 (Vault refused); the agent retries hello on both.
+async fn mint_vault(
+    app: &AppState,
+    attempt_id: &str,
+    mac: &str,
+    assignment: &mut landfall_proto::Assignment,
+) -> Result<(), ApiError> {
+    let Some(role_vault) = app
+        .settings
+        .roles
+        .get(&assignment.role)
+        .and_then(|r| r.vault.as_ref())
+    else {
+        return Ok(());
+    };
+    let Some(orch) = &app.orchestrator else {
+        return Err(ApiError::internal(format!(
+            "role {} has a vault section but the server has no [vault]",
+            assignment.role
+        )));
+    };
+    match orch
+        .mint(
+            attempt_id,
+            role_vault,
+            &assignment.hostname,
+            &assignment.role,
+        )
+        .await
+    {
+        Ok(v) => {
+            assignment.vault = Some(v);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(%mac, attempt = %attempt_id, error = %e, "minting the wrapped Vault secret_id failed");
+            let status = if e.unavailable() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            Err(ApiError::new(
+                status,
+                format!("cannot mint this machine's Vault secret_id: {e}"),
+            ))
         }
     }
 }

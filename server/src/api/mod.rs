@@ -30,6 +30,8 @@ pub struct App {
     pub artifacts: PathBuf,
     /// SHA-256 of the admin token.
     pub admin_token_hash: String,
+    /// Mints wrapped Vault `secret_id`s when `[vault]` is configured.
+    pub orchestrator: Option<crate::orchestrator::Orchestrator>,
 }
 
 pub type AppState = Arc<App>;

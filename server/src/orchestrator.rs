@@ -1,0 +1,311 @@
+//! Vault/OpenBao as trusted orchestrator: per install attempt the server
+//! mints a response-wrapped, single-use, short-TTL AppRole `secret_id` and
+//! hands the wrap token (never the `secret_id`) to the agent in the
+//! assignment. The `role_id` reaches the agent by another channel (baked into
+//! the image), so neither channel alone can log in. See docs/security.md.
+//!
+//! Nothing here logs, stores or returns a token in an error: the wrap token
+//! lives only in the answer to `hello`; the server's own token only in the
+//! request header.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use landfall_proto::{SecretString, VaultAssignment};
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use crate::config::{expand_template, RoleVault, VaultSettings};
+
+/// Why minting failed. `Display` names the URL path and the fix, never a token.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// Vault could not be reached (connection, TLS, timeout): 503.
+    #[error("cannot reach Vault at {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    /// Vault answered with an error status: 502.
+    #[error("Vault answered {status} for {url}: {errors}{hint}")]
+    Status {
+        url: String,
+        status: StatusCode,
+        errors: String,
+        hint: &'static str,
+    },
+    /// Vault answered something that is not a wrapped response: 502.
+    #[error("Vault answered {url} without the expected wrap_info: {detail}")]
+    Protocol { url: String, detail: String },
+    /// The server's own token file could not be read: 503.
+    #[error("{0:#}")]
+    Local(anyhow::Error),
+}
+
+impl MintError {
+    /// True when the problem is on the way to Vault (503), not Vault's answer (502).
+    pub fn unavailable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. } | Self::Local(_))
+    }
+}
+
+/// Mints wrapped `secret_id`s; one per server.
+pub struct Orchestrator {
+    settings: VaultSettings,
+    http: reqwest::Client,
+    /// Attempt id -> (wrap token accessor, wrapped secret_id accessor, approle)
+    /// of the last mint, so a retried hello revokes the previous one.
+    /// In memory only: after a restart the old one expires within `wrap_ttl`.
+    last: Mutex<HashMap<String, (String, String, String)>>,
+}
+
+#[derive(Deserialize)]
+struct WrapResponse {
+    wrap_info: Option<WrapInfo>,
+}
+
+#[derive(Deserialize)]
+struct WrapInfo {
+    token: SecretString,
+    #[serde(default)]
+    accessor: String,
+    #[serde(default)]
+    creation_path: String,
+    #[serde(default)]
+    wrapped_accessor: String,
+}
+
+#[derive(Deserialize)]
+struct VaultErrors {
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+/// How long one call to Vault may take; the agent retries `hello` on 5xx.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Orchestrator {
+    /// Build the HTTP client: rustls, the CA from `ca_file` as the only root
+    /// (no system roots), plain http only when the config allowed it.
+    pub fn new(settings: &VaultSettings) -> Result<Self> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(TIMEOUT)
+            .user_agent(concat!("landfall/", env!("CARGO_PKG_VERSION")))
+            .tls_built_in_root_certs(false)
+            .https_only(!settings.insecure_http);
+        if let Some(pem) = &settings.ca_pem {
+            for c in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .context("parsing vault.ca_file")?
+            {
+                b = b.add_root_certificate(c);
+            }
+        }
+        Ok(Self {
+            settings: settings.clone(),
+            http: b.build().context("building the Vault HTTP client")?,
+            last: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn settings(&self) -> &VaultSettings {
+        &self.settings
+    }
+
+    /// `auth/APPROLE_MOUNT/role/NAME/secret-id`: the path the wrapped response
+    /// is created at, which the agent checks with `sys/wrapping/lookup`.
+    pub fn creation_path(&self, approle: &str) -> String {
+        format!(
+            "auth/{}/role/{approle}/secret-id",
+            self.settings.approle_mount
+        )
+    }
+
+    fn token(&self) -> Result<SecretString, MintError> {
+        let t = std::fs::read_to_string(&self.settings.token_file)
+            .with_context(|| {
+                format!(
+                    "reading vault.token_file {}",
+                    self.settings.token_file.display()
+                )
+            })
+            .map_err(MintError::Local)?;
+        Ok(SecretString::new(t.trim()))
+    }
+
+    /// Mint a wrapped `secret_id` for `attempt_id` and build the assignment's
+    /// `vault` part. A second mint for the same attempt (a retried hello)
+    /// revokes the previous wrap token and destroys its `secret_id` first
+    /// (best effort; it would expire within `wrap_ttl` anyway).
+    pub async fn mint(
+        &self,
+        attempt_id: &str,
+        role_vault: &RoleVault,
+        hostname: &str,
+        role: &str,
+    ) -> Result<VaultAssignment, MintError> {
+        let token = self.token()?;
+        let previous = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(attempt_id);
+        if let Some((wrap_accessor, secret_accessor, approle)) = previous {
+            self.revoke_previous(&token, &wrap_accessor, &secret_accessor, &approle)
+                .await;
+        }
+
+        let creation_path = self.creation_path(&role_vault.approle);
+        let url = format!("{}/v1/{creation_path}", self.settings.address);
+        // The metadata lands on the token the agent logs in with: audit logs
+        // then name the machine and attempt.
+        let metadata = serde_json::json!({
+            "hostname": hostname,
+            "role": role,
+            "landfall_attempt": attempt_id,
+        })
+        .to_string();
+        let resp = self
+            .http
+            .post(&url)
+            .header("X-Vault-Token", token.expose())
+            .header(
+                "X-Vault-Wrap-TTL",
+                format!("{}s", self.settings.wrap_ttl.as_secs()),
+            )
+            .json(&serde_json::json!({ "metadata": metadata }))
+            .send()
+            .await
+            .map_err(|e| MintError::Unreachable {
+                url: url.clone(),
+                detail: error_chain(&e),
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            let errors = serde_json::from_str::<VaultErrors>(&body)
+                .map(|e| e.errors.join("; "))
+                .unwrap_or_else(|_| body.chars().take(200).collect());
+            let hint = match status {
+                StatusCode::FORBIDDEN => {
+                    "; the server's token (vault.token_file) needs a policy with \
+                     `update` on this path"
+                }
+                StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => {
+                    "; check that the AppRole exists (roles.NAME.vault.approle) and \
+                     vault.approle_mount"
+                }
+                _ => "",
+            };
+            return Err(MintError::Status {
+                url,
+                status,
+                errors,
+                hint,
+            });
+        }
+        let body: WrapResponse = resp.json().await.map_err(|e| MintError::Protocol {
+            url: url.clone(),
+            detail: error_chain(&e),
+        })?;
+        let Some(info) = body.wrap_info else {
+            return Err(MintError::Protocol {
+                url,
+                detail: "no wrap_info: the response was not wrapped (a proxy dropping \
+                         X-Vault-Wrap-TTL?)"
+                    .into(),
+            });
+        };
+        if info.creation_path != creation_path {
+            return Err(MintError::Protocol {
+                url,
+                detail: format!(
+                    "wrap_info.creation_path is {:?}, expected {creation_path:?}",
+                    info.creation_path
+                ),
+            });
+        }
+        if !info.accessor.is_empty() {
+            self.last.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                attempt_id.to_owned(),
+                (
+                    info.accessor,
+                    info.wrapped_accessor,
+                    role_vault.approle.clone(),
+                ),
+            );
+        }
+        Ok(VaultAssignment {
+            address: self.settings.address.clone(),
+            wrap_token: info.token,
+            creation_path,
+            approle_mount: self.settings.approle_mount.clone(),
+            kv_mount: self.settings.kv_mount.clone(),
+            reads: role_vault
+                .reads
+                .iter()
+                .map(|r| expand_template(r, hostname, role))
+                .collect(),
+            ca_pem: self.settings.ca_pem.clone(),
+        })
+    }
+
+    /// Revoke the previous wrap token (by accessor) and destroy the
+    /// `secret_id` it wrapped. Failures are logged (paths only) and ignored.
+    async fn revoke_previous(
+        &self,
+        token: &SecretString,
+        wrap_accessor: &str,
+        secret_accessor: &str,
+        approle: &str,
+    ) {
+        let calls = [
+            (
+                "auth/token/revoke-accessor".to_owned(),
+                serde_json::json!({ "accessor": wrap_accessor }),
+            ),
+            (
+                format!(
+                    "auth/{}/role/{approle}/secret-id-accessor/destroy",
+                    self.settings.approle_mount
+                ),
+                serde_json::json!({ "secret_id_accessor": secret_accessor }),
+            ),
+        ];
+        for (path, body) in calls {
+            let url = format!("{}/v1/{path}", self.settings.address);
+            let r = self
+                .http
+                .post(&url)
+                .header("X-Vault-Token", token.expose())
+                .json(&body)
+                .send()
+                .await;
+            match r {
+                Ok(resp) if resp.status().is_success() => {}
+                Ok(resp) => tracing::warn!(
+                    %path,
+                    status = %resp.status(),
+                    "could not revoke the previous wrapped secret_id of a retried hello; \
+                     it expires with its wrap TTL"
+                ),
+                Err(e) => tracing::warn!(
+                    %path,
+                    error = %error_chain(&e),
+                    "could not revoke the previous wrapped secret_id of a retried hello"
+                ),
+            }
+        }
+    }
+}
+
+/// A reqwest error with its sources on one line (they carry the TLS reason).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
