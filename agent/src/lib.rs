@@ -5,6 +5,7 @@
 
 pub mod cmd;
 pub mod cmdline;
+pub mod disk;
 pub mod hw;
 pub mod pipeline;
 pub mod report;

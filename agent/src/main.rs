@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use landfall_agent::cmdline::{AgentConfig, ConsoleMode, FinalAction, Overrides};
-use landfall_agent::{hw, pipeline, report::Console};
+use landfall_agent::{disk, hw, pipeline, report::Console};
 
 #[derive(Parser)]
 #[command(name = "landfall-agent", version, about = "landfall installer agent")]
@@ -26,6 +26,42 @@ enum Command {
         /// Read sysfs/procfs from this directory instead of `/` (captured trees).
         #[arg(long, default_value = "/")]
         sysroot: PathBuf,
+    },
+    /// Print what `apply` would do with a disko layout. Pure: touches nothing.
+    Plan {
+        /// Layout: rendered JSON, or a .nix file (rendered with nix-instantiate).
+        #[arg(long)]
+        layout: PathBuf,
+        /// Map a layout disk to a device (or "auto"): NAME=DEV. Repeatable.
+        #[arg(long = "disk", value_parser = parse_kv)]
+        disks: Vec<(String, String)>,
+        /// Plan for a hypothetical disk of this size: NAME=SIZE (e.g. main=20G).
+        #[arg(long = "size", value_parser = parse_kv)]
+        sizes: Vec<(String, String)>,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Partition, format and mount the disks of a disko layout under --root.
+    Apply {
+        #[arg(long)]
+        layout: PathBuf,
+        #[arg(long = "disk", value_parser = parse_kv)]
+        disks: Vec<(String, String)>,
+        /// Overwrite disks that hold data (partition tables, filesystems, LUKS, RAID/LVM members).
+        #[arg(long)]
+        wipe: bool,
+        #[arg(long, default_value = "/mnt")]
+        root: PathBuf,
+        /// Make but do not mount filesystems of this format (kernels without it). Repeatable.
+        #[arg(long = "no-mount")]
+        no_mount: Vec<String>,
+        /// Write LUKS headers but do not open them (hosts without device-mapper).
+        #[arg(long)]
+        no_open_luks: bool,
+        /// Print the result (read-back and NixOS configuration) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Install this machine: what the installer image's service runs.
     Run {
@@ -61,8 +97,83 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?}: expected NAME=VALUE")),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
 fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Plan {
+            layout,
+            disks,
+            sizes,
+            json,
+        } => {
+            let rt = runtime()?;
+            let layout = rt.block_on(disk::load_layout(&layout))?;
+            let targets = disk::cli_targets(
+                &layout,
+                &disks.into_iter().collect(),
+                &sizes.into_iter().collect(),
+            )?;
+            let plan = disk::plan(&layout, &targets)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{plan}");
+            }
+            Ok(())
+        }
+        Command::Apply {
+            layout,
+            disks,
+            wipe,
+            root,
+            no_mount,
+            no_open_luks,
+            json,
+        } => {
+            let rt = runtime()?;
+            let layout = rt.block_on(disk::load_layout(&layout))?;
+            let targets =
+                disk::cli_targets(&layout, &disks.into_iter().collect(), &Default::default())?;
+            let plan = disk::plan(&layout, &targets)?;
+            let opts = disk::ApplyOptions {
+                root,
+                wipe,
+                no_mount_formats: no_mount,
+                open_luks: !no_open_luks,
+                progress: Some(std::sync::Arc::new(|e: &disk::OpEvent| {
+                    eprintln!("[{}/{}] {:?}: {}", e.index, e.total, e.state, e.what)
+                })),
+                ..Default::default()
+            };
+            let applied = rt.block_on(disk::apply(&plan, &opts))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "disks": applied.disks,
+                        "verified": applied.verified,
+                        "nixos": applied.nixos,
+                    }))?
+                );
+            } else {
+                print!("{}", applied.nixos.to_nix());
+            }
+            applied.keep();
+            Ok(())
+        }
         Command::Detect { json, sysroot } => {
             let _ = json; // JSON is the only output format so far.
             println!("{}", serde_json::to_string_pretty(&hw::detect(&sysroot)?)?);
@@ -87,10 +198,7 @@ fn real_main(cli: Cli) -> Result<()> {
                     console,
                 },
             )?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
+            let rt = runtime()?;
             let opts = pipeline::RunOptions {
                 sysroot,
                 ..Default::default()

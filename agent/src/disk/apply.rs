@@ -1,0 +1,717 @@
+//! `apply()`: execute a [`Plan`]. Safety first (every target probed and
+//! checked before anything is written), then each disk's operations — disks
+//! in parallel — then the mounts in order, then verification by reading back.
+//! On failure: unmount, close LUKS, wipe the new tables so a half-made disk
+//! never boots, and say which operation failed and why.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+
+use super::guards::{LuksGuard, MountGuard};
+use super::layout::KeySource;
+use super::nixos::NixosConfig;
+use super::plan::{DiskPlan, Mount, Op, Plan};
+use super::safety::{self, parse_export, Refusal};
+use crate::cmd::Cmd;
+use crate::retry::{Attempt, Retry};
+
+/// Where LUKS keys come from. The bytes go to cryptsetup's stdin only.
+pub trait KeyProvider: Send + Sync {
+    fn key(&self, src: &KeySource) -> Result<Vec<u8>>;
+}
+
+/// Keys handed over by the secrets step (by the layout's path), falling
+/// back to reading the file at that path on the installer.
+#[derive(Default)]
+pub struct Keys {
+    pub by_path: BTreeMap<String, Vec<u8>>,
+}
+
+impl KeyProvider for Keys {
+    fn key(&self, src: &KeySource) -> Result<Vec<u8>> {
+        let path = src.path();
+        let mut k = match self.by_path.get(path) {
+            Some(k) => k.clone(),
+            None => std::fs::read(path).with_context(|| {
+                format!("reading LUKS key {path} (not among the secrets the agent holds)")
+            })?,
+        };
+        if matches!(src, KeySource::PasswordFile(_)) {
+            // A passphrase: one line, as typed at boot.
+            while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                k.pop();
+            }
+            k.push(b'\n');
+        }
+        anyhow::ensure!(
+            k.iter().any(|b| !b.is_ascii_whitespace()),
+            "LUKS key {path} is empty"
+        );
+        Ok(k)
+    }
+}
+
+/// One operation's progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpEvent {
+    /// 1-based number of the operation in the plan's printed order.
+    pub index: usize,
+    pub total: usize,
+    pub disk: Option<String>,
+    pub what: String,
+    pub state: OpState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    Started,
+    Done {
+        millis: u64,
+    },
+    /// Not run, with the named option that said so.
+    Skipped {
+        because: &'static str,
+    },
+    Failed,
+}
+
+pub type ProgressFn = Arc<dyn Fn(&OpEvent) + Send + Sync>;
+
+pub struct ApplyOptions {
+    /// The target root the mountpoints are below ("/mnt").
+    pub root: PathBuf,
+    /// Overwrite disks that hold data (`--wipe` / the assignment's wipe policy).
+    pub wipe: bool,
+    /// Filesystem formats made and read back but not mounted. For hosts
+    /// whose kernel cannot mount them (CI's kernel has no vfat); empty in
+    /// production. Each skip is reported.
+    pub no_mount_formats: Vec<String>,
+    /// Open LUKS volumes (and make what is inside them). `false` only for
+    /// hosts without device-mapper (CI's kernel): headers are written and
+    /// verified, the nested content is skipped and each skip is reported.
+    pub open_luks: bool,
+    /// Extra `cryptsetup luksFormat` arguments (tests: a fast KDF).
+    pub luks_format_args: Vec<String>,
+    pub keys: Arc<dyn KeyProvider>,
+    pub progress: Option<ProgressFn>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/mnt"),
+            wipe: false,
+            no_mount_formats: Vec::new(),
+            open_luks: true,
+            luks_format_args: Vec::new(),
+            keys: Arc::new(Keys::default()),
+            progress: None,
+        }
+    }
+}
+
+/// What the disk step leaves for the next steps: the mounts (kept mounted
+/// until `close()`), the open LUKS mappings, the NixOS configuration and
+/// what was read back.
+#[derive(Debug)]
+pub struct Applied {
+    pub mounts: Vec<MountGuard>,
+    pub luks: Vec<LuksGuard>,
+    pub nixos: NixosConfig,
+    pub verified: Verified,
+    /// Layout disk -> device written (by-id when known).
+    pub disks: BTreeMap<String, String>,
+}
+
+impl Applied {
+    /// Leave everything mounted and open (the CLI's `apply`, like `disko --mode mount`).
+    pub fn keep(self) {
+        self.mounts.into_iter().for_each(MountGuard::leak);
+        self.luks.into_iter().for_each(LuksGuard::leak);
+    }
+
+    /// Unmount (children first) and close LUKS. The first error is returned
+    /// after trying everything.
+    pub async fn close(mut self) -> Result<()> {
+        let mut first: Option<anyhow::Error> = None;
+        while let Some(m) = self.mounts.pop() {
+            if let Err(e) = m.close() {
+                first.get_or_insert(e);
+            }
+        }
+        while let Some(l) = self.luks.pop() {
+            if let Err(e) = l.close().await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// What verification read back.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verified {
+    pub partitions: Vec<VerifiedPart>,
+    /// Targets found mounted, in order.
+    pub mounted: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifiedPart {
+    pub device: String,
+    pub partlabel: String,
+    /// blkid TYPE ("" when the partition holds nothing, e.g. BIOS boot).
+    pub fs_type: String,
+    pub uuid: String,
+}
+
+struct Progress {
+    f: Option<ProgressFn>,
+    total: usize,
+}
+
+impl Progress {
+    fn emit(&self, index: usize, disk: Option<&str>, what: &str, state: OpState) {
+        if let Some(f) = &self.f {
+            f(&OpEvent {
+                index,
+                total: self.total,
+                disk: disk.map(str::to_owned),
+                what: what.to_owned(),
+                state,
+            });
+        }
+    }
+}
+
+/// Probe and check every target. Nothing is written.
+pub async fn check_safety(plan: &Plan, wipe: bool) -> Result<()> {
+    for d in &plan.disks {
+        let p = safety::probe(&d.target.device)
+            .await
+            .with_context(|| format!("probing disk {} ({})", d.name, d.target.device))?;
+        safety::check(&d.name, &p, wipe).map_err(anyhow::Error::new)?;
+    }
+    Ok(())
+}
+
+/// Is `e` a safety refusal (nothing was touched)?
+pub fn is_refusal(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Refusal>().is_some()
+}
+
+/// Run the plan. See the module documentation.
+pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
+    check_safety(plan, opts.wipe).await?;
+    let progress = Arc::new(Progress {
+        f: opts.progress.clone(),
+        total: plan.op_count(),
+    });
+
+    // Each disk's operations, disks in parallel.
+    let mut set = tokio::task::JoinSet::new();
+    let mut base = 0;
+    for d in &plan.disks {
+        let d = d.clone();
+        let ctx = DiskCtx {
+            base,
+            progress: progress.clone(),
+            keys: opts.keys.clone(),
+            open_luks: opts.open_luks,
+            luks_format_args: opts.luks_format_args.clone(),
+        };
+        base += d.ops.len();
+        set.spawn(async move {
+            let mut luks = Vec::new();
+            let mut wrote = false;
+            let r = run_disk(&d, &ctx, &mut luks, &mut wrote).await;
+            (d.name.clone(), d.target.device.clone(), r, luks, wrote)
+        });
+    }
+    let mut luks: Vec<LuksGuard> = Vec::new();
+    let mut written: Vec<String> = Vec::new();
+    let mut failure: Option<anyhow::Error> = None;
+    while let Some(joined) = set.join_next().await {
+        let (_name, device, r, l, wrote) =
+            joined.map_err(|e| anyhow!("a disk task panicked: {e}"))?;
+        luks.extend(l);
+        if wrote {
+            written.push(device);
+        }
+        if let Err(e) = r {
+            failure.get_or_insert(e);
+        }
+    }
+    let mut mounts: Vec<MountGuard> = Vec::new();
+    if failure.is_none() {
+        if let Err(e) = mount_all(plan, opts, &progress, base, &mut mounts).await {
+            failure = Some(e);
+        }
+    }
+    let verified = if failure.is_none() {
+        match verify(plan, opts, &mounts).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                failure = Some(e.context("verification by reading back failed"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(e) = failure {
+        cleanup(mounts, luks, &written).await;
+        return Err(e.context(format!(
+            "applying the layout failed; unmounted, closed LUKS and wiped the new partition tables of {}",
+            if written.is_empty() { "no disk".to_owned() } else { written.join(", ") }
+        )));
+    }
+    Ok(Applied {
+        mounts,
+        luks,
+        nixos: plan.nixos.clone(),
+        verified: verified.unwrap_or_default(),
+        disks: plan
+            .disks
+            .iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    d.target
+                        .by_id
+                        .clone()
+                        .unwrap_or_else(|| d.target.device.clone()),
+                )
+            })
+            .collect(),
+    })
+}
+
+async fn cleanup(mut mounts: Vec<MountGuard>, mut luks: Vec<LuksGuard>, written: &[String]) {
+    while let Some(m) = mounts.pop() {
+        if let Err(e) = m.close() {
+            tracing::warn!("cleanup: {e:#}");
+        }
+    }
+    while let Some(l) = luks.pop() {
+        if let Err(e) = l.close().await {
+            tracing::warn!("cleanup: {e:#}");
+        }
+    }
+    for dev in written {
+        if let Err(e) = wipe(dev).await {
+            tracing::warn!("cleanup: wiping {dev}: {e:#}");
+        }
+    }
+}
+
+struct DiskCtx {
+    base: usize,
+    progress: Arc<Progress>,
+    keys: Arc<dyn KeyProvider>,
+    open_luks: bool,
+    luks_format_args: Vec<String>,
+}
+
+async fn run_disk(
+    d: &DiskPlan,
+    ctx: &DiskCtx,
+    luks: &mut Vec<LuksGuard>,
+    wrote: &mut bool,
+) -> Result<()> {
+    for (i, op) in d.ops.iter().enumerate() {
+        let index = ctx.base + i + 1;
+        let what = op.describe();
+        let on_mapper = match op {
+            Op::Mkfs { device, .. }
+            | Op::Mkswap { device, .. }
+            | Op::BtrfsSubvolumes { device, .. } => device.starts_with("/dev/mapper/"),
+            Op::LuksOpen { .. } => true,
+            _ => false,
+        };
+        if on_mapper && !ctx.open_luks {
+            ctx.progress.emit(
+                index,
+                Some(&d.name),
+                &what,
+                OpState::Skipped {
+                    because: "open_luks = false",
+                },
+            );
+            continue;
+        }
+        ctx.progress
+            .emit(index, Some(&d.name), &what, OpState::Started);
+        let t0 = Instant::now();
+        if matches!(op, Op::WriteGpt { .. }) {
+            *wrote = true;
+        }
+        let r = run_op(op, d, ctx, luks).await;
+        match r {
+            Ok(()) => ctx.progress.emit(
+                index,
+                Some(&d.name),
+                &what,
+                OpState::Done {
+                    millis: t0.elapsed().as_millis() as u64,
+                },
+            ),
+            Err(e) => {
+                ctx.progress
+                    .emit(index, Some(&d.name), &what, OpState::Failed);
+                return Err(e.context(format!(
+                    "operation {index} on disk {} failed: {what}",
+                    d.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_op(op: &Op, d: &DiskPlan, ctx: &DiskCtx, luks: &mut Vec<LuksGuard>) -> Result<()> {
+    match op {
+        Op::Wipe { device } => wipe(device).await,
+        Op::WriteGpt { .. } => {
+            let d2 = d.clone();
+            tokio::task::spawn_blocking(move || super::gpt::write(&d2))
+                .await
+                .context("the GPT writer panicked")?
+        }
+        Op::Reread { device, partitions } => reread(device, partitions, d).await,
+        Op::BtrfsSubvolumes { device, names } => btrfs_subvolumes(device, names).await,
+        Op::LuksFormat { key, .. } => {
+            let mut argv = op.argv().expect("a command");
+            // Our own args go before the device (the last argument).
+            let dev = argv.pop().expect("device");
+            argv.extend(ctx.luks_format_args.iter().cloned());
+            argv.push(dev);
+            let k = ctx.keys.key(key)?;
+            Cmd::new(&argv[0]).args(&argv[1..]).stdin(k).run().await?;
+            Ok(())
+        }
+        Op::LuksOpen { key, name, .. } => {
+            let argv = op.argv().expect("a command");
+            let k = ctx.keys.key(key)?;
+            Cmd::new(&argv[0]).args(&argv[1..]).stdin(k).run().await?;
+            luks.push(LuksGuard::opened(name));
+            Ok(())
+        }
+        Op::Mkfs { .. } | Op::Mkswap { .. } => {
+            let argv = op.argv().expect("a command");
+            Cmd::new(&argv[0]).args(&argv[1..]).run().await?;
+            Ok(())
+        }
+    }
+}
+
+/// Remove every signature from a disk and the partitions the kernel knows,
+/// and forget those partitions.
+pub async fn wipe(device: &str) -> Result<()> {
+    let (_, name) = safety::kernel_name(device)?;
+    for p in safety::kernel_partitions(&name) {
+        let node = format!("/dev/{p}");
+        if Path::new(&node).exists() {
+            Cmd::new("wipefs")
+                .args(["--all", "--force", "--quiet", &node])
+                .run()
+                .await?;
+        }
+    }
+    // Partitions added with BLKPG (partx) stay until deleted.
+    if !safety::kernel_partitions(&name).is_empty() {
+        let _ = Cmd::new("partx").args(["-d", device]).run().await;
+    }
+    Cmd::new("wipefs")
+        .args(["--all", "--force", "--quiet", device])
+        .run()
+        .await?;
+    Ok(())
+}
+
+/// Make the kernel see the new table: BLKRRPART (`blockdev --rereadpt`,
+/// retried while busy); when the partitions do not appear (kernels without
+/// GPT parsing, e.g. CI's), add them with BLKPG (`partx -a`). Then wait
+/// for every node, with the size the plan gave it.
+async fn reread(device: &str, partitions: &[String], d: &DiskPlan) -> Result<()> {
+    let retry = Retry {
+        initial: Duration::from_millis(100),
+        cap: Duration::from_secs(1),
+        max_tries: Some(10),
+    };
+    retry
+        .run(
+            |_| async {
+                match Cmd::new("blockdev")
+                    .args(["--rereadpt", device])
+                    .run()
+                    .await
+                {
+                    Ok(_) => Attempt::Done(()),
+                    // EBUSY: something still holds an old partition; try again.
+                    Err(e) if e.stderr_tail.contains("busy") => Attempt::Retry(e),
+                    // EINVAL: no partition scanning here (loop without partscan).
+                    Err(e) => Attempt::Fatal(e),
+                }
+            },
+            |e, n, _| tracing::debug!("re-reading {device} (try {n}): {e}"),
+        )
+        .await
+        .map_err(|e| anyhow!("{e}"))
+        .or_else(|e| {
+            tracing::warn!("BLKRRPART failed, falling back to partx: {e}");
+            Ok::<(), anyhow::Error>(())
+        })?;
+    let ready = || nodes_ready(partitions, d);
+    if !wait_for(ready, Duration::from_millis(300)).await {
+        // BLKPG: add what the kernel did not find, update what it has.
+        let _ = Cmd::new("partx").args(["-u", device]).run().await;
+        Cmd::new("partx")
+            .args(["-a", device])
+            .run()
+            .await
+            .map(|_| ())
+            .or_else(|e| {
+                if nodes_ready(partitions, d) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .with_context(|| format!("adding the partitions of {device} with partx"))?;
+    }
+    if !wait_for(ready, Duration::from_secs(10)).await {
+        bail!(
+            "the partition nodes {} did not appear within 10 s",
+            partitions.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn nodes_ready(partitions: &[String], d: &DiskPlan) -> bool {
+    partitions.iter().zip(&d.partitions).all(|(node, p)| {
+        let Ok((_, name)) = safety::kernel_name(node) else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/sys/class/block/{name}/size"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_some_and(|sectors| sectors * 512 == p.size_bytes)
+    })
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool, max: Duration) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if t0.elapsed() >= max {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn btrfs_subvolumes(device: &str, names: &[String]) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!(
+        "landfall-btrfs-{}-{}",
+        std::process::id(),
+        device.rsplit('/').next().unwrap_or("dev")
+    ));
+    let m = MountGuard::mount(device, &dir, "btrfs", "defaults").await?;
+    let r = async {
+        for n in names {
+            let p = dir.join(n.trim_start_matches('/'));
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            Cmd::new("btrfs")
+                .args(["subvolume", "create"])
+                .arg(&p)
+                .run()
+                .await?;
+        }
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    let closed = m.close();
+    let _ = std::fs::remove_dir(&dir);
+    r?;
+    closed
+}
+
+/// Mount target of a mountpoint below the root.
+pub fn target_of(root: &Path, mountpoint: &str) -> PathBuf {
+    let rel = mountpoint.trim_start_matches('/');
+    if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    }
+}
+
+async fn mount_all(
+    plan: &Plan,
+    opts: &ApplyOptions,
+    progress: &Progress,
+    base: usize,
+    mounts: &mut Vec<MountGuard>,
+) -> Result<()> {
+    for (i, m) in plan.mounts.iter().enumerate() {
+        let index = base + i + 1;
+        let target = target_of(&opts.root, &m.mountpoint);
+        let what = format!(
+            "mount -t {} -o {} {} {}",
+            m.fs_type,
+            m.options_arg(),
+            m.device,
+            target.display()
+        );
+        if let Some(because) = skip_mount(m, opts) {
+            progress.emit(
+                index,
+                m.disk.as_deref(),
+                &what,
+                OpState::Skipped { because },
+            );
+            continue;
+        }
+        progress.emit(index, m.disk.as_deref(), &what, OpState::Started);
+        let t0 = Instant::now();
+        match MountGuard::mount(&m.device, &target, &m.fs_type, &m.options_arg()).await {
+            Ok(g) => mounts.push(g),
+            Err(e) => {
+                progress.emit(index, m.disk.as_deref(), &what, OpState::Failed);
+                return Err(e.context(format!("operation {index} failed: {what}")));
+            }
+        }
+        progress.emit(
+            index,
+            m.disk.as_deref(),
+            &what,
+            OpState::Done {
+                millis: t0.elapsed().as_millis() as u64,
+            },
+        );
+    }
+    Ok(())
+}
+
+fn skip_mount(m: &Mount, opts: &ApplyOptions) -> Option<&'static str> {
+    if opts.no_mount_formats.contains(&m.fs_type) {
+        return Some("no_mount_formats");
+    }
+    if !opts.open_luks && m.device.starts_with("/dev/mapper/") {
+        return Some("open_luks = false");
+    }
+    None
+}
+
+/// Read back: every partition's PARTLABEL, type GUID and signature (blkid
+/// low-level probe), and every mount.
+pub async fn verify(plan: &Plan, opts: &ApplyOptions, mounts: &[MountGuard]) -> Result<Verified> {
+    let mut v = Verified::default();
+    for d in &plan.disks {
+        let expect = expected_types(d);
+        for (p, want) in d.partitions.iter().zip(expect) {
+            let out = Cmd::new("blkid")
+                .args(["-p", "-o", "export", &p.device])
+                .run()
+                .await
+                .or_else(|e| {
+                    if e.status.and_then(|s| s.code()) == Some(2) {
+                        Ok(crate::cmd::Output {
+                            stdout: String::new(),
+                            stderr: String::new(),
+                        })
+                    } else {
+                        Err(e)
+                    }
+                })
+                .with_context(|| format!("reading back {}", p.device))?;
+            let kv: BTreeMap<String, String> = parse_export(&out.stdout).into_iter().collect();
+            let get = |k: &str| kv.get(k).cloned().unwrap_or_default();
+            let label = get("PART_ENTRY_NAME");
+            if !label.is_empty() && label != p.label {
+                bail!(
+                    "{}: PARTLABEL is {label:?}, the plan says {:?}",
+                    p.device,
+                    p.label
+                );
+            }
+            let ptype = get("PART_ENTRY_TYPE");
+            if !ptype.is_empty() && !ptype.eq_ignore_ascii_case(&p.type_guid) {
+                bail!(
+                    "{}: partition type is {ptype}, the plan says {}",
+                    p.device,
+                    p.type_guid
+                );
+            }
+            let fs_type = get("TYPE");
+            if let Some(w) = want {
+                if fs_type != w {
+                    bail!(
+                        "{}: blkid finds {}, the plan made {w}",
+                        p.device,
+                        if fs_type.is_empty() {
+                            "no signature".to_owned()
+                        } else {
+                            fs_type
+                        }
+                    );
+                }
+            }
+            v.partitions.push(VerifiedPart {
+                device: p.device.clone(),
+                partlabel: if label.is_empty() {
+                    p.label.clone()
+                } else {
+                    label
+                },
+                fs_type,
+                uuid: get("UUID"),
+            });
+        }
+    }
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    for g in mounts {
+        let t = std::fs::canonicalize(g.target())
+            .unwrap_or_else(|_| g.target().to_path_buf())
+            .to_string_lossy()
+            .into_owned();
+        let found = mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(t.as_str()));
+        if !found {
+            bail!("{} is not mounted on {t} after mounting it", g.device());
+        }
+        v.mounted.push(t);
+    }
+    let _ = opts;
+    Ok(v)
+}
+
+/// The blkid TYPE each partition must show: the outermost thing made on it.
+fn expected_types(d: &DiskPlan) -> Vec<Option<String>> {
+    d.partitions
+        .iter()
+        .map(|p| {
+            d.ops.iter().find_map(|op| match op {
+                Op::Mkfs { device, format, .. } if *device == p.device => Some(format.clone()),
+                Op::Mkswap { device, .. } if *device == p.device => Some("swap".into()),
+                Op::LuksFormat { device, .. } if *device == p.device => Some("crypto_LUKS".into()),
+                _ => None,
+            })
+        })
+        .collect()
+}

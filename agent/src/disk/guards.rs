@@ -1,0 +1,218 @@
+//! RAII guards for what the disk step sets up: mounts, LUKS mappings and
+//! (for tests and benchmarks) loop devices. Each has an explicit
+//! `close() -> Result` that reports failure, and a best-effort `Drop` for
+//! error paths and panics.
+//!
+//! Unmounting uses umount2(2) directly (no process; works in `Drop`). LUKS
+//! and loop devices need `cryptsetup`/`losetup`, run through [`Cmd`]; in
+//! `Drop` that happens on a helper thread with its own small runtime, since
+//! `Drop` cannot await.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::mount::{umount2, MntFlags};
+
+use crate::cmd::{Cmd, CmdError, Output};
+
+/// Run a command to completion from synchronous code (including `Drop`
+/// inside an async runtime): on a separate thread with its own runtime.
+pub fn run_blocking(cmd: Cmd) -> Result<Output, CmdError> {
+    let shown = cmd.display();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CmdError {
+                cmdline: cmd.display(),
+                what: format!("could not start a runtime: {e}"),
+                status: None,
+                stderr_tail: String::new(),
+            })?;
+        rt.block_on(cmd.run())
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        Err(CmdError {
+            cmdline: shown,
+            what: "panicked".into(),
+            status: None,
+            stderr_tail: String::new(),
+        })
+    })
+}
+
+/// A mounted filesystem; unmounted by `close()` or on drop.
+#[derive(Debug)]
+pub struct MountGuard {
+    target: PathBuf,
+    device: String,
+    active: bool,
+}
+
+impl MountGuard {
+    /// Mount `device` on `target` (created if missing) with `mount -t FSTYPE -o OPTIONS`.
+    pub async fn mount(device: &str, target: &Path, fs_type: &str, options: &str) -> Result<Self> {
+        std::fs::create_dir_all(target)
+            .with_context(|| format!("creating mountpoint {}", target.display()))?;
+        Cmd::new("mount")
+            .args(["-t", fs_type, "-o", options, device])
+            .arg(target)
+            .run()
+            .await
+            .with_context(|| format!("mounting {device} on {}", target.display()))?;
+        Ok(Self {
+            target: target.to_path_buf(),
+            device: device.to_owned(),
+            active: true,
+        })
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Unmount, retrying while busy (up to 20 times, 100 ms apart, as coreos-installer does).
+    pub fn close(mut self) -> Result<()> {
+        self.active = false;
+        unmount(&self.target)
+    }
+
+    /// Leave it mounted and forget it.
+    pub fn leak(mut self) {
+        self.active = false;
+    }
+}
+
+fn unmount(target: &Path) -> Result<()> {
+    let mut last = None;
+    for _ in 0..20 {
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EBUSY) => {
+                last = Some(nix::errno::Errno::EBUSY);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e).with_context(|| format!("unmounting {}", target.display())),
+        }
+    }
+    Err(last.unwrap_or(nix::errno::Errno::EBUSY)).with_context(|| {
+        format!(
+            "unmounting {} (still busy after 20 tries)",
+            target.display()
+        )
+    })
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if self.active {
+            if let Err(e) = unmount(&self.target) {
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+}
+
+/// An open LUKS mapping /dev/mapper/NAME; closed by `close()` or on drop.
+#[derive(Debug)]
+pub struct LuksGuard {
+    name: String,
+    active: bool,
+}
+
+impl LuksGuard {
+    /// Take charge of a mapping the caller just opened.
+    pub fn opened(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            active: true,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Leave it open and forget it.
+    pub fn leak(mut self) {
+        self.active = false;
+    }
+
+    pub async fn close(mut self) -> Result<()> {
+        self.active = false;
+        Cmd::new("cryptsetup")
+            .args(["close", &self.name])
+            .run()
+            .await
+            .with_context(|| format!("closing LUKS mapping {}", self.name))?;
+        Ok(())
+    }
+}
+
+impl Drop for LuksGuard {
+    fn drop(&mut self) {
+        if self.active {
+            if let Err(e) = run_blocking(Cmd::new("cryptsetup").args(["close", &self.name])) {
+                tracing::warn!("closing LUKS mapping {}: {e}", self.name);
+            }
+        }
+    }
+}
+
+/// A loop device over a file (tests, benchmarks); partitions dropped and
+/// the device detached by `close()` or on drop.
+#[derive(Debug)]
+pub struct LoopGuard {
+    device: String,
+    active: bool,
+}
+
+impl LoopGuard {
+    /// `losetup --find --show FILE`.
+    pub fn attach(file: &Path) -> Result<Self> {
+        let out = run_blocking(Cmd::new("losetup").args(["--find", "--show"]).arg(file))
+            .with_context(|| format!("attaching {} to a loop device", file.display()))?;
+        let device = out.stdout.trim().to_owned();
+        anyhow::ensure!(
+            device.starts_with("/dev/loop"),
+            "losetup printed {device:?}"
+        );
+        Ok(Self {
+            device,
+            active: true,
+        })
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    pub fn close(mut self) -> Result<()> {
+        self.active = false;
+        detach(&self.device)
+    }
+}
+
+fn detach(device: &str) -> Result<()> {
+    // Partitions added with BLKPG stay until deleted; losetup -d alone leaves them.
+    let _ = run_blocking(Cmd::new("partx").args(["-d", device]));
+    run_blocking(Cmd::new("losetup").args(["-d", device]))
+        .with_context(|| format!("detaching {device}"))?;
+    Ok(())
+}
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        if self.active {
+            if let Err(e) = detach(&self.device) {
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Disks from disko-schema layouts, applied natively.
+//!
+//! layout (parse + validate, field paths in errors) -> select (which device
+//! each layout disk is) -> plan (pure, printable, serialisable) -> safety
+//! (probe, refuse) -> apply (wipe, GPT, re-read, mkfs/LUKS/swap, mounts,
+//! disks in parallel) -> verify (read back) -> the NixOS configuration the
+//! installed system needs. See docs/disks.md.
+
+pub mod apply;
+pub mod gpt;
+pub mod guards;
+pub mod layout;
+pub mod nixos;
+pub mod plan;
+pub mod safety;
+pub mod select;
+
+pub use apply::{apply, check_safety, Applied, ApplyOptions, KeyProvider, Keys, OpEvent, OpState};
+pub use layout::{Layout, LayoutError};
+pub use nixos::NixosConfig;
+pub use plan::{plan, Plan, Target};
+
+/// Parse a layout from its rendered JSON text.
+pub fn parse_layout_json(text: &str) -> anyhow::Result<Layout> {
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| anyhow::anyhow!("the layout is not JSON ({e}); render a .nix layout with `nix-instantiate --eval --strict --json FILE`"))?;
+    Ok(Layout::from_json(&v)?)
+}
+
+/// Read a layout file: JSON as the server sends it, or a `.nix` file rendered
+/// with `nix-instantiate --eval --strict --json` (needs Nix on this machine).
+pub async fn load_layout(path: &std::path::Path) -> anyhow::Result<Layout> {
+    use anyhow::Context;
+    let text = if path.extension().is_some_and(|e| e == "nix") {
+        render_nix(path).await?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    parse_layout_json(&text).with_context(|| format!("layout {}", path.display()))
+}
+
+/// `nix-instantiate --eval --strict --json FILE`, with a private state
+/// directory so it also works as a user without a Nix daemon.
+pub async fn render_nix(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let state = std::env::temp_dir().join(format!("landfall-nix-{}", std::process::id()));
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    let out = crate::cmd::Cmd::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .arg(path)
+        .env("NIX_STATE_DIR", state.join("state"))
+        .env("NIX_LOG_DIR", state.join("log"))
+        .env("HOME", &state)
+        .run()
+        .await
+        .with_context(|| format!("rendering {}", path.display()));
+    let _ = std::fs::remove_dir_all(&state);
+    Ok(out?.stdout)
+}
+
+/// Targets for the CLI: `--disk NAME=DEV` overrides, `--size NAME=SIZE` for
+/// a hypothetical disk (pure planning), "auto" chosen from this machine's
+/// inventory.
+pub fn cli_targets(
+    layout: &Layout,
+    overrides: &std::collections::BTreeMap<String, String>,
+    sizes: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<std::collections::BTreeMap<String, Target>> {
+    use anyhow::{bail, Context};
+    let specs = select::device_specs(layout, overrides)?;
+    let mut out = std::collections::BTreeMap::new();
+    let mut rest = std::collections::BTreeMap::new();
+    for (name, spec) in specs {
+        if let Some(sz) = sizes.get(&name) {
+            let bytes = match layout::parse_size(sz) {
+                Ok(layout::Size::Bytes(b)) if b > 0 => b,
+                _ => bail!("--size {name}={sz}: not a size (e.g. 20G)"),
+            };
+            let device = if layout::is_auto(&spec) {
+                format!("/dev/<{name}>")
+            } else {
+                spec
+            };
+            out.insert(
+                name,
+                Target {
+                    device,
+                    size_bytes: bytes,
+                    sector_size: 512,
+                    by_id: None,
+                },
+            );
+        } else {
+            rest.insert(name, spec);
+        }
+    }
+    for k in sizes.keys() {
+        if !layout.disks.contains_key(k) {
+            bail!("--size {k}=...: the layout has no disk {k:?}");
+        }
+    }
+    if !rest.is_empty() {
+        let candidates = if rest.values().any(|s| layout::is_auto(s)) {
+            let inv = crate::hw::detect(std::path::Path::new("/"))
+                .context("reading this machine's disks")?;
+            inv.disks.into_iter().filter(|d| !in_use(&d.path)).collect()
+        } else {
+            Vec::new()
+        };
+        out.extend(select::select(layout, &rest, &candidates)?);
+    }
+    Ok(out)
+}
+
+/// Mounted, held, or active swap: never a candidate for "auto".
+pub fn in_use(device: &str) -> bool {
+    let Ok((_, name)) = safety::kernel_name(device) else {
+        return false;
+    };
+    let mut names = vec![name.clone()];
+    names.extend(safety::kernel_partitions(&name));
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+    names.iter().any(|n| {
+        let dev = std::fs::read_to_string(format!("/sys/class/block/{n}/dev")).unwrap_or_default();
+        let dev = dev.trim();
+        (!dev.is_empty() && mountinfo.lines().any(|l| l.split(' ').nth(2) == Some(dev)))
+            || !crate::hw::list_dir(std::path::Path::new(&format!(
+                "/sys/class/block/{n}/holders"
+            )))
+            .is_empty()
+            || swaps.lines().any(|l| l.starts_with(&format!("/dev/{n} ")))
+    })
+}
