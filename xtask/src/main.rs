@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod nixcheck;
 mod test;
 
 fn main() -> std::process::ExitCode {

@@ -19,6 +19,7 @@ pub fn run_all() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    crate::nixcheck::run()?;
     let agent = static_agent()?;
     eprintln!("xtask: cargo test (VM tests use {})", agent.display());
     run(Command::new("cargo")

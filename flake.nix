@@ -1,0 +1,127 @@
+# landfall: zero-touch NixOS from bare metal. See docs/nix.md for every output
+# and docs/operator-guide.md for using them.
+#
+# There is no flake.lock in the repository: it was written on a machine without
+# access to GitHub. The first `nix flake lock` (or any build) pins the inputs
+# below; commit the lock file it writes.
+{
+  description = "landfall: zero-touch NixOS from bare metal (PXE/iPXE, agent, server)";
+
+  inputs = {
+    # The current stable NixOS release branch.
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+    disko = {
+      url = "github:nix-community/disko/latest";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+  };
+
+  outputs = { self, nixpkgs, disko }:
+    let
+      inherit (nixpkgs) lib;
+
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+
+      # nixosConfigurations names: "iso", "netboot" (x86_64), "iso-aarch64", ...
+      configName = variant: system:
+        if system == "x86_64-linux" then variant else "${variant}-${lib.head (lib.splitString "-" system)}";
+
+      installerSystem = variant: system: lib.nixosSystem {
+        modules = [
+          self.nixosModules.installer
+          ./iso-module/${variant}.nix
+          { nixpkgs.hostPlatform = system; }
+        ];
+      };
+
+      flakePackages = pkgs: self.packages.${pkgs.stdenv.hostPlatform.system};
+    in
+    {
+      packages = forAllSystems (pkgs:
+        let
+          system = pkgs.stdenv.hostPlatform.system;
+        in
+        rec {
+          landfall-agent = pkgs.callPackage ./nix/packages/landfall-agent.nix { };
+          landfall = pkgs.callPackage ./nix/packages/landfall.nix { };
+          iso = self.nixosConfigurations.${configName "iso" system}.config.system.build.isoImage;
+          netboot = self.nixosConfigurations.${configName "netboot" system}.config.system.build.landfallNetboot;
+          default = landfall;
+        });
+
+      nixosModules = {
+        # The installer image's agent service (no image type: add iso-module/iso.nix
+        # or iso-module/netboot.nix, as nixosConfigurations below do).
+        installer = { lib, pkgs, ... }: {
+          imports = [ ./iso-module/default.nix ];
+          landfall.installer.package = lib.mkDefault (flakePackages pkgs).landfall-agent;
+        };
+
+        # services.landfall with this flake's server and netboot image.
+        server = { lib, pkgs, ... }: {
+          imports = [ ./nix/modules/server.nix ];
+          services.landfall = {
+            package = lib.mkDefault (flakePackages pkgs).landfall;
+            netboot = lib.mkDefault (flakePackages pkgs).netboot;
+          };
+        };
+
+        # What installed machines import: verify, roles, disks (disko), secrets.
+        target = { lib, pkgs, ... }: {
+          imports = [
+            disko.nixosModules.disko
+            ./nix/modules/target
+          ];
+          landfall.verify.package = lib.mkDefault (flakePackages pkgs).landfall-agent;
+        };
+      };
+
+      nixosConfigurations = lib.listToAttrs (lib.concatMap
+        (system: map
+          (variant: lib.nameValuePair (configName variant system) (installerSystem variant system))
+          [ "iso" "netboot" ])
+        systems);
+
+      checks = forAllSystems (pkgs:
+        let
+          packages = flakePackages pkgs;
+        in
+        {
+          inherit (packages) landfall landfall-agent netboot;
+        } // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
+          # BIOS iPXE in QEMU: x86_64 only, like nixpkgs' biosNetboot test.
+          netboot-install = pkgs.testers.runNixOSTest (import ./nix/tests/netboot-install.nix {
+            inherit self;
+          });
+        });
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          # Rust toolchain and what `./x test` calls (see PACKAGES in ./x for the
+          # Debian names of the same tools).
+          packages = with pkgs; [
+            cargo
+            rustc
+            rustfmt
+            clippy
+            rust-analyzer
+            pkg-config
+            util-linux # libblkid for the blkid crate
+            qemu
+            OVMF
+            ipxe
+            cpio
+            kmod
+            lshw
+            nix
+            deadnix
+            nixpkgs-fmt
+          ];
+          nativeBuildInputs = [ pkgs.rustPlatform.bindgenHook ];
+        };
+      });
+
+      formatter = forAllSystems (pkgs: pkgs.nixpkgs-fmt);
+    };
+}

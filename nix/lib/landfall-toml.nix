@@ -1,0 +1,69 @@
+# landfall.toml (server/src/config.rs) from the values of `services.landfall`
+# (nix/modules/server.nix). builtins only: the module calls it with its option
+# values, and nixcheck calls it on nix/tests/sample-fleet.nix without nixpkgs, so
+# the file the module writes is the file `landfall serve --check-config` accepts.
+#
+# Missing attributes take the server's own defaults (they are simply not written);
+# empty `disks` maps and empty kernel arguments are left out too.
+let
+  inherit (builtins) attrNames concatStringsSep isList mapAttrs;
+  toTOML = import ./toml.nix;
+
+  nonEmpty = v: if v == { } || v == [ ] || v == "" then null else v;
+  optString = v: if v == null then null else toString v;
+in
+cfg:
+let
+  enroll = cfg.enroll or { };
+  machines = cfg.machines or { };
+  kernelArgs = cfg.kernelArgs or [ ];
+  vault = cfg.vault or { };
+in
+toTOML {
+  server = {
+    public_url = cfg.publicUrl or null;
+    # toString: the module passes the netboot package (a derivation) or a path.
+    artifacts = optString (cfg.artifacts or null);
+    layouts = optString (cfg.layouts or null);
+    kernel_args = nonEmpty (if isList kernelArgs then concatStringsSep " " kernelArgs else kernelArgs);
+    boot_token_ttl = cfg.bootTokenTtl or null;
+  };
+  enroll = {
+    unknown = enroll.unknown or null;
+    role = enroll.role or null;
+  };
+  # `[vault]` only when an address is set.
+  vault =
+    if (vault.address or null) == null then null else {
+      inherit (vault) address;
+      ca_file = optString (vault.caFile or null);
+      token_file = optString (vault.tokenFile or null);
+      insecure_http = vault.insecureHttp or null;
+      wrap_ttl = vault.wrapTtl or null;
+      kv_mount = vault.kvMount or null;
+      approle_mount = vault.approleMount or null;
+    };
+  roles = mapAttrs
+    (_: r: {
+      description = r.description or null;
+      layout = r.layout or null;
+      wipe = r.wipe or null;
+      disks = nonEmpty (r.disks or { });
+      vault = r.vault or null;
+      secret_files = nonEmpty (r.secretFiles or [ ]);
+    })
+    (cfg.roles or { });
+  # Machines are keyed by hostname in Nix; landfall.toml lists them.
+  machines = map
+    (name:
+      let
+        m = machines.${name};
+      in
+      {
+        hostname = m.hostname or name;
+        inherit (m) mac role;
+        layout = m.layout or null;
+        disks = nonEmpty (m.disks or { });
+      })
+    (attrNames machines);
+}

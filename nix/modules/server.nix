@@ -1,0 +1,444 @@
+# services.landfall: the provisioning server. Machines and roles are Nix
+# attribute sets rendered to landfall.toml by ../lib/landfall-toml.nix (the same
+# renderer nixcheck runs through `landfall serve --check-config`); the artifacts
+# directory is the netboot build (iso-module/netboot.nix, flake `packages.netboot`).
+# The flake exposes this as `nixosModules.server` with `package` and `netboot`
+# defaulting to the flake's own packages.
+{ config, lib, pkgs, ... }:
+let
+  cfg = config.services.landfall;
+  inherit (lib) mkEnableOption mkIf mkOption types;
+
+  renderToml = import ../lib/landfall-toml.nix;
+
+  listen =
+    if lib.hasInfix ":" cfg.listenAddress
+    then "[${cfg.listenAddress}]:${toString cfg.port}"
+    else "${cfg.listenAddress}:${toString cfg.port}";
+
+  # `init=` of the netboot image first (see iso-module/netboot.nix), then the
+  # operator's arguments, which win where the kernel takes the last value.
+  kernelArgs =
+    lib.optional (cfg.netboot != null) cfg.netboot.cmdline
+    ++ cfg.kernelArgs;
+
+  # Layouts rendered to NAME.json at build time (the server reads NAME.json before
+  # NAME.nix), so the server needs no nix-instantiate at run time.
+  layoutsDir =
+    let
+      files = lib.filterAttrs (n: t: t == "regular" && lib.hasSuffix ".nix" n) (builtins.readDir cfg.layouts);
+    in
+    pkgs.linkFarm "landfall-layouts" (lib.mapAttrsToList
+      (n: _: {
+        name = "${lib.removeSuffix ".nix" n}.json";
+        path = pkgs.writeText "${lib.removeSuffix ".nix" n}.json" (builtins.toJSON (import (cfg.layouts + "/${n}")));
+      })
+      files);
+
+  configFile = pkgs.writeText "landfall.toml" (renderToml {
+    inherit (cfg) publicUrl bootTokenTtl enroll roles machines;
+    artifacts = if cfg.artifacts == null then null else "${cfg.artifacts}";
+    # "${path}" copies a CA given as a Nix path into the store (toString would
+    # keep the path of the operator's checkout).
+    vault = cfg.vault // lib.optionalAttrs (cfg.vault.caFile != null) { caFile = "${cfg.vault.caFile}"; };
+    inherit kernelArgs;
+    layouts = if cfg.layouts == null then null else layoutsDir;
+  });
+
+  diskMap = mkOption {
+    type = types.attrsOf types.str;
+    default = { };
+    example = { main = "/dev/disk/by-id/nvme-Samsung_SSD_980_S64DNX0R123456"; };
+    description = ''
+      Layout disk name -> device (`/dev/disk/by-id/...`) or `"auto"` (`disks`).
+    '';
+  };
+
+  roleModule = { name, ... }: {
+    options = {
+      description = mkOption {
+        type = types.str;
+        default = "";
+        description = "Free text shown to operators.";
+      };
+      layout = mkOption {
+        type = types.nullOr (types.strMatching "[a-z0-9-]+");
+        default = null;
+        example = "single-disk";
+        description = "disko layout (file name without .nix in `layouts`) for machines of role `${name}`.";
+      };
+      wipe = mkOption {
+        type = types.enum [ "never" "always" ];
+        default = "never";
+        description = "Whether the agent may destroy existing data on the target disks.";
+      };
+      disks = diskMap;
+      vault = mkOption {
+        type = types.nullOr (types.submodule {
+          options = {
+            approle = mkOption {
+              type = types.str;
+              example = "landfall-workstation";
+              description = "AppRole the role's machines log in with (the server mints its wrapped secret_id).";
+            };
+            reads = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+              example = [ "hosts/{hostname}" "roles/workstation" ];
+              description = "KV v2 paths under `vault.kvMount` the agent reads; `{hostname}` and `{role}` are replaced.";
+            };
+          };
+        });
+        default = null;
+        description = "Vault AppRole and KV paths of role `${name}` (`[roles.${name}.vault]`; needs `services.landfall.vault`).";
+      };
+      secretFiles = mkOption {
+        type = types.listOf (types.submodule {
+          options = {
+            path = mkOption {
+              type = types.str;
+              example = "/var/lib/sops-nix/key.txt";
+              description = "Absolute path of the file in the installed system.";
+            };
+            from = mkOption {
+              type = types.str;
+              example = "kv:hosts/{hostname}#age_key";
+              description = "`kv:PATH#KEY`, PATH one of the role's `vault.reads`.";
+            };
+            mode = mkOption {
+              type = types.str;
+              default = "0600";
+              description = "Octal permission bits.";
+            };
+            owner = mkOption {
+              type = types.str;
+              default = "root";
+              description = "Owner (user name in the installed system).";
+            };
+            group = mkOption {
+              type = types.str;
+              default = "root";
+              description = "Group.";
+            };
+          };
+        });
+        default = [ ];
+        description = "Files the agent writes into the target from Vault secrets (`[[roles.${name}.secret_files]]`).";
+      };
+    };
+  };
+
+  machineModule = { name, ... }: {
+    options = {
+      hostname = mkOption {
+        type = types.str;
+        default = name;
+        defaultText = lib.literalExpression "<name>";
+        description = "RFC 1123 hostname; defaults to the attribute name.";
+      };
+      mac = mkOption {
+        type = types.strMatching "([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}";
+        example = "52:54:00:12:01:01";
+        description = "MAC address of the NIC the machine PXE-boots from.";
+      };
+      role = mkOption {
+        type = types.strMatching "[a-z0-9-]+";
+        example = "workstation";
+        description = "Name of a role in `services.landfall.roles`.";
+      };
+      layout = mkOption {
+        type = types.nullOr (types.strMatching "[a-z0-9-]+");
+        default = null;
+        description = "disko layout for this machine; overrides the role's.";
+      };
+      disks = diskMap;
+    };
+  };
+in
+{
+  options.services.landfall = {
+    enable = mkEnableOption "the landfall provisioning server";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ../packages/landfall.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage ../packages/landfall.nix { }";
+      description = "The landfall server package.";
+    };
+
+    listenAddress = mkOption {
+      type = types.str;
+      default = "0.0.0.0";
+      example = "10.0.0.1";
+      description = "Address to listen on (`--listen ADDRESS:PORT`); `::` for all IPv6 and IPv4 addresses.";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 8080;
+      description = "TCP port for iPXE scripts, artifacts and the API.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open `port` in the firewall (machines fetch boot.ipxe, artifacts and call the API on it).";
+    };
+
+    dataDir = mkOption {
+      type = types.path;
+      default = "/var/lib/landfall";
+      description = ''
+        State directory: the SQLite database (WAL) and the admin token
+        (`admin.token`, 0600). Under /var/lib it is created as the service's
+        StateDirectory.
+      '';
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = "landfall";
+      description = "User the server runs as (created when left at the default).";
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "landfall";
+      description = "Group of the server; members can read the admin token and use the admin CLI.";
+    };
+
+    publicUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "http://10.0.0.1:8080";
+      description = ''
+        Base URL machines use to reach the server (`server.public_url`). Default: the
+        Host header of each boot.ipxe request.
+      '';
+    };
+
+    netboot = mkOption {
+      type = types.nullOr types.package;
+      default = null;
+      defaultText = lib.literalExpression "landfall.packages.\${system}.netboot (flake module)";
+      description = ''
+        The netboot image directory (iso-module/netboot.nix,
+        `system.build.landfallNetboot`): vmlinuz, initrd, netboot.ipxe, cmdline.
+        It is the default `artifacts`, and its `cmdline` (`init=` of the image's
+        system and its kernel parameters) is put first in `server.kernel_args`.
+      '';
+    };
+
+    artifacts = mkOption {
+      type = types.nullOr types.path;
+      default = cfg.netboot;
+      defaultText = lib.literalExpression "config.services.landfall.netboot";
+      description = "Directory the server serves as /artifacts/ (`server.artifacts`); must hold `vmlinuz` and `initrd`.";
+    };
+
+    layouts = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = lib.literalExpression "./disko-layouts";
+      description = ''
+        Directory of disko layouts (`NAME.nix`, plain attribute sets as in
+        disko-layouts/). Each is rendered to `NAME.json` at build time and the
+        rendered directory becomes `server.layouts`. Required when a role or
+        machine names a layout.
+      '';
+    };
+
+    kernelArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "console=ttyS0,115200n8" "landfall.final=poweroff" ];
+      description = ''
+        Extra words on the install kernel line, after the netboot image's own
+        `cmdline` (`server.kernel_args`).
+      '';
+    };
+
+    bootTokenTtl = mkOption {
+      type = types.ints.positive;
+      default = 3600;
+      description = "Lifetime of a boot token in seconds (`server.boot_token_ttl`).";
+    };
+
+    enroll = {
+      unknown = mkOption {
+        type = types.enum [ "hold" "install" ];
+        default = "hold";
+        description = "What a MAC not listed in `machines` gets: held until listed, or installed with `enroll.role`.";
+      };
+      role = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "Role of auto-enrolled machines (required with `unknown = \"install\"`).";
+      };
+    };
+
+    roles = mkOption {
+      type = types.attrsOf (types.submodule roleModule);
+      default = { };
+      example = lib.literalExpression ''
+        {
+          workstation = { description = "desk PCs"; layout = "single-disk"; wipe = "always"; };
+          server = { layout = "raid1"; };
+        }
+      '';
+      description = "Roles (`[roles.NAME]`); names are `[a-z0-9-]`.";
+    };
+
+    machines = mkOption {
+      type = types.attrsOf (types.submodule machineModule);
+      default = { };
+      example = lib.literalExpression ''
+        {
+          ws-01 = { mac = "52:54:00:12:01:01"; role = "workstation"; };
+          srv-01 = { mac = "52:54:00:12:02:01"; role = "server"; layout = "raid1"; };
+        }
+      '';
+      description = "Known machines, keyed by hostname (`[[machines]]`).";
+    };
+
+    vault = {
+      address = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "https://vault.example.com:8200";
+        description = ''
+          Vault/OpenBao address (`[vault] address`). The server is the trusted
+          orchestrator: for each install it mints a response-wrapped, single-use
+          AppRole secret_id for the machine's role. Null: no `[vault]` section.
+        '';
+      };
+      caFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "PEM of the CA that signs Vault's certificate; the only root trusted, and sent to the agents (required with https).";
+      };
+      tokenFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/landfall-vault-token";
+        description = ''
+          File with the server's own Vault token (`update` on
+          `auth/APPROLE_MOUNT/role/*/secret-id`), readable by `user`. A string so
+          the token never enters the Nix store; read at every mint, so a Vault agent
+          may rotate it.
+        '';
+      };
+      insecureHttp = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Allow an http:// address (development only: tokens travel in clear).";
+      };
+      wrapTtl = mkOption {
+        type = types.str;
+        default = "120s";
+        description = "Lifetime of the wrap token around each secret_id.";
+      };
+      kvMount = mkOption {
+        type = types.str;
+        default = "landfall";
+        description = "Mount of the KV v2 engine holding the secrets.";
+      };
+      approleMount = mkOption {
+        type = types.str;
+        default = "approle";
+        description = "Mount of the AppRole auth method.";
+      };
+    };
+
+    configFile = mkOption {
+      type = types.path;
+      readOnly = true;
+      default = configFile;
+      defaultText = lib.literalMD "landfall.toml rendered from the options above";
+      description = "The generated landfall.toml (read-only; for inspection and tests).";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.enroll.unknown != "install" || cfg.enroll.role != null;
+        message = "services.landfall.enroll.unknown = \"install\" needs services.landfall.enroll.role.";
+      }
+      {
+        assertion = cfg.layouts != null
+          || lib.all (x: x.layout == null) (lib.attrValues cfg.roles ++ lib.attrValues cfg.machines);
+        message = "services.landfall: a role or machine names a layout; set services.landfall.layouts to the directory of disko layouts.";
+      }
+      {
+        assertion = cfg.vault.address == null || cfg.vault.tokenFile != null;
+        message = "services.landfall.vault.address needs services.landfall.vault.tokenFile.";
+      }
+      {
+        assertion = lib.all (m: cfg.roles ? ${m.role}) (lib.attrValues cfg.machines);
+        message = "services.landfall.machines: every machine's role must be defined in services.landfall.roles.";
+      }
+    ];
+
+    users.users = mkIf (cfg.user == "landfall") {
+      landfall = {
+        isSystemUser = true;
+        inherit (cfg) group;
+        home = cfg.dataDir;
+      };
+    };
+    users.groups = mkIf (cfg.group == "landfall") { landfall = { }; };
+
+    environment.systemPackages = [ cfg.package ];
+
+    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
+
+    systemd.services.landfall = {
+      description = "landfall provisioning server";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network-online.target" ];
+      wants = [ "network-online.target" ];
+      restartTriggers = [ configFile ];
+      serviceConfig = {
+        Type = "exec";
+        User = cfg.user;
+        Group = cfg.group;
+        ExecStartPre = "${lib.getExe cfg.package} serve --check-config --config ${configFile} --data ${cfg.dataDir}";
+        ExecStart = "${lib.getExe cfg.package} serve --config ${configFile} --data ${cfg.dataDir} --listen ${listen}";
+        Restart = "on-failure";
+        RestartSec = 2;
+        StateDirectory = mkIf (cfg.dataDir == "/var/lib/landfall") "landfall";
+        StateDirectoryMode = "0750";
+        ReadWritePaths = mkIf (cfg.dataDir != "/var/lib/landfall") [ cfg.dataDir ];
+        UMask = "0027";
+
+        # Hardening (systemd.exec(5)); the server needs the network and its data dir.
+        AmbientCapabilities = mkIf (cfg.port < 1024) [ "CAP_NET_BIND_SERVICE" ];
+        CapabilityBoundingSet = if cfg.port < 1024 then [ "CAP_NET_BIND_SERVICE" ] else [ "" ];
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        PrivateUsers = cfg.port >= 1024;
+        ProtectHostname = true;
+        ProtectClock = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectProc = "invisible";
+        ProcSubset = "pid";
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        RemoveIPC = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
+      };
+    };
+  };
+}

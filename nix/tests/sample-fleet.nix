@@ -1,0 +1,82 @@
+# A sample fleet as an operator writes it in `services.landfall` (same attribute
+# names). nixcheck renders it with nix/lib/landfall-toml.nix and runs
+# `landfall serve --check-config` on the result: it must be accepted.
+{
+  publicUrl = "http://10.0.0.1:8080";
+  artifacts = "/nix/store/00000000000000000000000000000000-landfall-netboot";
+  kernelArgs = [
+    "init=/nix/store/00000000000000000000000000000000-nixos-system-landfall-installer/init"
+    "console=ttyS0,115200n8"
+    "console=tty1"
+    "loglevel=4"
+  ];
+  bootTokenTtl = 1800;
+  # The repository's layouts, rendered by the server with nix-instantiate.
+  layouts = ../../disko-layouts;
+  # A development Vault: plain http needs insecureHttp. nixcheck writes the
+  # token file beside the rendered landfall.toml (relative paths are resolved
+  # against the config file's directory).
+  vault = {
+    address = "http://127.0.0.1:8200";
+    insecureHttp = true;
+    tokenFile = "vault.token";
+    kvMount = "landfall";
+  };
+  enroll = {
+    unknown = "hold";
+  };
+  roles = {
+    workstation = {
+      description = "desktop over RDP/VNC, homes on SMB";
+      layout = "simple-efi";
+      wipe = "always";
+      vault = {
+        approle = "landfall-workstation";
+        reads = [ "hosts/{hostname}" "roles/workstation" ];
+      };
+      secretFiles = [
+        {
+          path = "/var/lib/sops-nix/key.txt";
+          from = "kv:hosts/{hostname}#age_key";
+        }
+        {
+          path = "/var/lib/landfall/secrets/smb-credentials";
+          from = "kv:roles/workstation#smb_credentials";
+          mode = "0600";
+          owner = "root";
+          group = "root";
+        }
+      ];
+    };
+    server = {
+      description = "hardened SSH";
+      layout = "two-disk";
+      wipe = "never";
+      disks = {
+        system = "auto";
+        data = "auto";
+      };
+    };
+    "lab-kiosk" = { };
+  };
+  machines = {
+    ws-01 = {
+      mac = "52:54:00:12:01:01";
+      role = "workstation";
+    };
+    ws-02 = {
+      mac = "52-54-00-12-01-02";
+      role = "workstation";
+    };
+    srv-01 = {
+      mac = "52:54:00:12:02:01";
+      role = "server";
+      disks.data = "/dev/disk/by-id/ata-WDC_WD40EFRX-68N32N0_WD-WCC7K0000001";
+    };
+    kiosk = {
+      hostname = "kiosk-hall";
+      mac = "52:54:00:12:03:01";
+      role = "lab-kiosk";
+    };
+  };
+}
