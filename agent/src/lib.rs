@@ -7,6 +7,7 @@ pub mod cmd;
 pub mod cmdline;
 pub mod disk;
 pub mod hw;
+pub mod install;
 pub mod pipeline;
 pub mod report;
 pub mod retry;

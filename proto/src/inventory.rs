@@ -19,6 +19,13 @@ pub struct Inventory {
     /// Physical network interfaces (those with a bus device); lo, bridges, veth, tun are excluded.
     pub nics: Vec<Nic>,
     pub gpus: Vec<Gpu>,
+    /// Every PCI function, with the kernel module bound to it (what
+    /// nixos-generate-config reads to fill `boot.initrd.availableKernelModules`).
+    pub pci: Vec<PciDevice>,
+    /// USB interfaces that have a driver bound (keyboards, mass storage, ...).
+    pub usb: Vec<UsbInterface>,
+    /// Nix system double of the machine, e.g. "x86_64-linux".
+    pub system: Option<String>,
     /// "none", "kvm", "qemu", "vmware", "hyperv", "xen", "virtualbox", ... as systemd-detect-virt names them.
     pub virtualization: String,
 }
@@ -107,6 +114,10 @@ pub struct Disk {
     pub serial: Option<String>,
     pub wwn: Option<String>,
     pub transport: Transport,
+    /// Kernel driver of the disk's device (e.g. "virtio_blk", "nvme", "sd").
+    pub driver: Option<String>,
+    /// Loadable module of that driver, when it is not built in.
+    pub module: Option<String>,
     /// Stable path, computed from sysfs the way udev's 60-persistent-storage rules
     /// name it, e.g. "/dev/disk/by-id/virtio-SERIAL", even when udev is absent.
     pub by_id: Option<String>,
@@ -175,6 +186,33 @@ pub struct Gpu {
     /// PCI device id, e.g. "0x1050".
     pub device: String,
     pub driver: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PciDevice {
+    /// e.g. "0000:00:1f.2"
+    pub address: String,
+    /// PCI class code, e.g. "0x010601" (AHCI).
+    pub class: String,
+    pub vendor: String,
+    pub device: String,
+    pub driver: Option<String>,
+    /// Loadable module of the bound driver (None when built in or unbound).
+    pub module: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UsbInterface {
+    /// sysfs name, e.g. "1-1:1.0"
+    pub name: String,
+    /// bInterfaceClass/SubClass/Protocol as two hex digits, e.g. "08", "06", "50".
+    pub class: String,
+    pub subclass: String,
+    pub protocol: String,
+    pub driver: Option<String>,
+    pub module: Option<String>,
 }
 
 #[cfg(test)]

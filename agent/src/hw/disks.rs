@@ -47,6 +47,7 @@ fn disk(root: &Root, name: &str) -> Disk {
         transport,
         ..Default::default()
     };
+    (disk.driver, disk.module) = super::pci::driver_and_module(&dev);
 
     let src = match transport {
         Transport::Virtio => {

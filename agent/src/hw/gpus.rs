@@ -1,24 +1,15 @@
 //! Display controllers (PCI class 0x03xxxx).
 
-use landfall_proto::inventory::Gpu;
+use landfall_proto::inventory::{Gpu, PciDevice};
 
-use super::{link_name, read_attr, Root};
-
-pub(super) fn detect(root: &Root) -> Vec<Gpu> {
-    root.list("sys/bus/pci/devices")
-        .into_iter()
-        .filter_map(|addr| {
-            let dir = root.path(&format!("sys/bus/pci/devices/{addr}"));
-            let class = read_attr(&dir.join("class"))?;
-            if !is_display_class(&class) {
-                return None;
-            }
-            Some(Gpu {
-                vendor: read_attr(&dir.join("vendor")).unwrap_or_default(),
-                device: read_attr(&dir.join("device")).unwrap_or_default(),
-                driver: link_name(&dir.join("driver")),
-                pci_id: addr,
-            })
+pub(super) fn detect(pci: &[PciDevice]) -> Vec<Gpu> {
+    pci.iter()
+        .filter(|d| is_display_class(&d.class))
+        .map(|d| Gpu {
+            pci_id: d.address.clone(),
+            vendor: d.vendor.clone(),
+            device: d.device.clone(),
+            driver: d.driver.clone(),
         })
         .collect()
 }

@@ -12,6 +12,7 @@ mod dmi;
 mod firmware;
 mod gpus;
 mod nics;
+mod pci;
 mod probe;
 mod virt;
 
@@ -39,6 +40,7 @@ pub fn detect(sysroot: &Path) -> anyhow::Result<Inventory> {
     let dmi = dmi::detect(&root);
     let virtualization = virt::detect(&root, cpuinfo.as_deref(), &dmi);
 
+    let pci = pci::detect(&root);
     Ok(Inventory {
         hostname: root.read_attr("proc/sys/kernel/hostname"),
         kernel: root.read_attr("proc/sys/kernel/osrelease"),
@@ -48,7 +50,11 @@ pub fn detect(sysroot: &Path) -> anyhow::Result<Inventory> {
         dmi,
         disks: disks::detect(&root),
         nics: nics::detect(&root),
-        gpus: gpus::detect(&root),
+        gpus: gpus::detect(&pci),
+        usb: pci::usb(&root),
+        pci,
+        // The agent runs on the machine it inventories, so its own target is the machine's.
+        system: Some(format!("{}-linux", std::env::consts::ARCH)),
         virtualization,
     })
 }

@@ -1,0 +1,5 @@
+//! Turning a partitioned, mounted /mnt into an installed NixOS: the generated
+//! configuration ([`hwconfig`]), and (next) `nixos-install` and first-boot verify.
+
+pub mod hwconfig;
+pub mod nixstr;
