@@ -23,9 +23,6 @@ let
     "landfall.console=${cfg.consoleMode}"
     "landfall.state_dir=${cfg.stateDir}"
   ]
-    ++ optional (cfg.vault.address != null) "landfall.vault_addr=${cfg.vault.address}"
-    ++ optional (cfg.vault.caCertificate != null) "landfall.vault_ca=/etc/landfall/vault-ca.pem"
-    ++ optional (cfg.vault.roleIdFile != null) "landfall.vault_role_id_file=${cfg.vault.roleIdFile}"
     ++ optional (cfg.ageBundle != null) "landfall.bundle=${cfg.ageBundle}";
 in
 {
@@ -105,28 +102,30 @@ in
       '';
     };
 
+    # The Vault address, mounts and the wrapped secret_id come from the server's
+    # assignment ([vault] in landfall.toml); the image carries what must not come
+    # over the same channel: the role_id and the CA to trust
+    # (agent/src/secrets/mod.rs ROLE_ID_FILE, CA_FILE).
     vault = {
-      address = mkOption {
-        type = types.nullOr types.str;
+      roleIdFile = mkOption {
+        type = types.nullOr types.path;
         default = null;
-        example = "https://vault.example.com:8200";
-        description = "Vault/OpenBao address the agent uses for the role's secrets (`landfall.vault_addr=`).";
+        example = lib.literalExpression "./secrets/vault-role-id";
+        description = ''
+          File holding the AppRole role_id, installed as /etc/landfall/vault-role-id
+          (0400). It is in the image and so in the Nix store: a role_id alone cannot
+          log in (the secret_id comes wrapped from the server for each attempt).
+        '';
       };
       caCertificate = mkOption {
         type = types.nullOr types.path;
         default = null;
-        description = "CA certificate (PEM) that signs the Vault server's certificate; copied into the image.";
+        description = "PEM of the CA that signs Vault's certificate, installed as /etc/landfall/vault-ca.pem (the only root the agent trusts for Vault).";
       };
-      roleIdFile = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        example = "/etc/landfall/vault-role-id";
-        description = ''
-          File holding the AppRole role_id baked into the image. Give a path string,
-          not a Nix path, unless the role_id may be world-readable in the Nix store
-          (it is not a secret on its own: the secret_id comes wrapped from the server
-          for each attempt).
-        '';
+      insecureHttp = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Let the agent talk to an http:// Vault (`landfall.vault_insecure_http=1`; development only).";
       };
     };
 
@@ -176,11 +175,19 @@ in
   };
 
   config = mkIf cfg.enable {
-    boot.kernelParams = lib.mkAfter (map (c: "console=${c}") cfg.consoles ++ cfg.extraKernelParams);
+    boot.kernelParams = lib.mkAfter (
+      map (c: "console=${c}") cfg.consoles
+      ++ optional cfg.vault.insecureHttp "landfall.vault_insecure_http=1"
+      ++ cfg.extraKernelParams
+    );
 
     environment.etc."landfall/agent.conf".text = lib.concatMapStrings (l: l + "\n") agentLines;
     environment.etc."landfall/vault-ca.pem" = mkIf (cfg.vault.caCertificate != null) {
       source = cfg.vault.caCertificate;
+    };
+    environment.etc."landfall/vault-role-id" = mkIf (cfg.vault.roleIdFile != null) {
+      source = cfg.vault.roleIdFile;
+      mode = "0400";
     };
     environment.systemPackages = [ cfg.package ] ++ cfg.tools;
 

@@ -204,7 +204,7 @@ in
     group = mkOption {
       type = types.str;
       default = "landfall";
-      description = "Group of the server; members can read the admin token and use the admin CLI.";
+      description = "Group of the server (the data directory is 0750 for it; the admin token stays 0600 for `user`).";
     };
 
     publicUrl = mkOption {
