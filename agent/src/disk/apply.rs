@@ -131,9 +131,13 @@ pub struct Applied {
 
 impl Applied {
     /// Leave everything mounted and open (the CLI's `apply`, like `disko --mode mount`).
-    pub fn keep(self) {
-        self.mounts.into_iter().for_each(MountGuard::leak);
-        self.luks.into_iter().for_each(LuksGuard::leak);
+    pub fn keep(mut self) {
+        std::mem::take(&mut self.mounts)
+            .into_iter()
+            .for_each(MountGuard::leak);
+        std::mem::take(&mut self.luks)
+            .into_iter()
+            .for_each(LuksGuard::leak);
     }
 
     /// Unmount (children first) and close LUKS. The first error is returned
@@ -151,6 +155,19 @@ impl Applied {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+}
+
+/// Best effort on error paths and panics: children unmounted before parents,
+/// then LUKS closed (each guard's own `Drop` does the work).
+impl Drop for Applied {
+    fn drop(&mut self) {
+        while let Some(m) = self.mounts.pop() {
+            drop(m);
+        }
+        while let Some(l) = self.luks.pop() {
+            drop(l);
+        }
     }
 }
 

@@ -432,7 +432,12 @@ impl<'a> Fields<'a> {
                     &format!("{}.{}", self.path, attr(k)),
                     format!(
                         "unknown or unsupported option (known here: {})",
-                        self.known.join(", ")
+                        self.known
+                            .iter()
+                            .filter(|k| !HOOKS.contains(k))
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 );
             }

@@ -1,0 +1,419 @@
+//! Every layout applied for real on loop devices (root; CI is root), read
+//! back with blkid and mounted under a temporary root; failure cleanup;
+//! refusals of mounted disks.
+//!
+//! Host limits are explicit, named options of `apply`, never silent skips:
+//! formats the kernel cannot mount (this CI kernel has no vfat) go in
+//! `no_mount_formats` and are checked with blkid only; without
+//! device-mapper (in /proc/devices) `open_luks = false` writes and checks
+//! the LUKS header but not what is inside. The VM test covers both fully.
+
+mod disk_common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use disk_common::*;
+use landfall_agent::disk::{apply, plan, Applied, ApplyOptions, Keys, OpEvent, OpState, Plan};
+
+const MIB: u64 = 1 << 20;
+const KEY_PATH: &str = "/run/landfall/secrets/luks.key";
+
+fn kernel_has(fs: &str) -> bool {
+    std::fs::read_to_string("/proc/filesystems")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some(fs))
+}
+
+fn options(root: &Path, events: Arc<Mutex<Vec<OpEvent>>>) -> ApplyOptions {
+    let no_mount: Vec<String> = ["vfat", "ext4", "xfs", "btrfs"]
+        .iter()
+        .filter(|f| !kernel_has(f))
+        .map(|f| f.to_string())
+        .collect();
+    let open_luks = std::fs::read_to_string("/proc/devices")
+        .unwrap()
+        .lines()
+        .any(|l| l.ends_with(" device-mapper"));
+    eprintln!("host limits: no_mount_formats = {no_mount:?}, open_luks = {open_luks}");
+    ApplyOptions {
+        root: root.to_path_buf(),
+        wipe: false,
+        no_mount_formats: no_mount,
+        open_luks,
+        luks_format_args: ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]
+            .map(String::from)
+            .to_vec(),
+        keys: Arc::new(Keys {
+            by_path: BTreeMap::from([(KEY_PATH.to_string(), b"correct horse battery".to_vec())]),
+        }),
+        progress: Some(Arc::new(move |e: &OpEvent| {
+            events.lock().unwrap().push(e.clone())
+        })),
+    }
+}
+
+struct Run {
+    plan: Plan,
+    applied: Applied,
+    events: Vec<OpEvent>,
+    opts: ApplyOptions,
+}
+
+fn apply_on(name: &str, disks: &[(&str, &LoopDisk)], root: &Path) -> Run {
+    let l = layout(name);
+    let overrides: BTreeMap<String, String> = disks
+        .iter()
+        .map(|(n, d)| (n.to_string(), d.dev().to_string()))
+        .collect();
+    let targets = landfall_agent::disk::cli_targets(&l, &overrides, &BTreeMap::new()).unwrap();
+    let p = plan(&l, &targets).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let opts = options(root, events.clone());
+    let applied = rt()
+        .block_on(apply(&p, &opts))
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let events = events.lock().unwrap().clone();
+    Run {
+        plan: p,
+        applied,
+        events,
+        opts,
+    }
+}
+
+fn mounted_below(root: &Path) -> Vec<String> {
+    let r = std::fs::canonicalize(root)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| *m == r || m.starts_with(&format!("{r}/")))
+        .map(|m| m[r.len()..].to_string())
+        .map(|m| if m.is_empty() { "/".into() } else { m })
+        .collect()
+}
+
+/// Common read-back checks: PARTLABEL and signature of every partition,
+/// every mount that was not skipped is there and writable, progress for
+/// every operation; then close and nothing is left mounted.
+fn check(run: Run, root: &Path) {
+    for d in &run.plan.disks {
+        for p in &d.partitions {
+            let b = blkid(&p.device);
+            assert_eq!(b.get("PART_ENTRY_NAME"), Some(&p.label), "{}", p.device);
+            assert_eq!(
+                b.get("PART_ENTRY_TYPE").map(|t| t.to_ascii_uppercase()),
+                Some(p.type_guid.clone()),
+                "{}",
+                p.device
+            );
+        }
+    }
+    // Every operation reported, each ends done or skipped with a named reason.
+    let total = run.plan.op_count();
+    for i in 1..=total {
+        let last = run
+            .events
+            .iter()
+            .rfind(|e| e.index == i)
+            .unwrap_or_else(|| panic!("no event for op {i}"));
+        assert!(
+            matches!(last.state, OpState::Done { .. } | OpState::Skipped { .. }),
+            "op {i}: {last:?}"
+        );
+    }
+    let expected: Vec<String> = run
+        .plan
+        .mounts
+        .iter()
+        .filter(|m| {
+            !run.opts.no_mount_formats.contains(&m.fs_type)
+                && (run.opts.open_luks || !m.device.starts_with("/dev/mapper/"))
+        })
+        .map(|m| m.mountpoint.clone())
+        .collect();
+    let mut got = mounted_below(root);
+    got.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(got, want);
+    for m in &expected {
+        let f = root.join(m.trim_start_matches('/')).join(".landfall-test");
+        std::fs::write(&f, b"x").unwrap_or_else(|e| panic!("writing into {m}: {e}"));
+    }
+    rt().block_on(run.applied.close()).unwrap();
+    assert!(
+        mounted_below(root).is_empty(),
+        "still mounted: {:?}",
+        mounted_below(root)
+    );
+}
+
+#[test]
+fn simple_efi_on_a_loop_device() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(1200 * MIB);
+    let root = tempfile::tempdir().unwrap();
+    let run = apply_on("simple-efi", &[("main", &disk)], root.path());
+    assert_eq!(
+        blkid(&format!("{}p1", disk.dev()))
+            .get("TYPE")
+            .map(String::as_str),
+        Some("vfat")
+    );
+    assert_eq!(
+        blkid(&format!("{}p2", disk.dev()))
+            .get("TYPE")
+            .map(String::as_str),
+        Some("ext4")
+    );
+    assert_eq!(run.applied.verified.partitions.len(), 2);
+    assert!(run.applied.nixos.to_nix().contains("disk-main-root"));
+    check(run, root.path());
+    // sgdisk agrees the table is sound.
+    assert!(sh(&["sgdisk", "-v", disk.dev()]).contains("No problems found"));
+}
+
+#[test]
+fn hybrid_on_a_loop_device() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(1200 * MIB);
+    let root = tempfile::tempdir().unwrap();
+    let run = apply_on("hybrid", &[("main", &disk)], root.path());
+    // The BIOS boot partition holds nothing; it is 1 MiB and first.
+    let b = blkid(&format!("{}p1", disk.dev()));
+    assert_eq!(
+        b.get("PART_ENTRY_TYPE")
+            .map(|s| s.to_ascii_uppercase())
+            .as_deref(),
+        Some("21686148-6449-6E6F-744E-656564454649")
+    );
+    assert_eq!(b.get("PART_ENTRY_SIZE").map(String::as_str), Some("2048"));
+    assert_eq!(b.get("TYPE"), None);
+    check(run, root.path());
+}
+
+#[test]
+fn btrfs_subvolumes_on_a_loop_device() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(1200 * MIB);
+    let root = tempfile::tempdir().unwrap();
+    let run = apply_on("btrfs-subvolumes", &[("main", &disk)], root.path());
+    let list = sh(&["btrfs", "subvolume", "list", root.path().to_str().unwrap()]);
+    for s in ["rootfs", "home", "nix"] {
+        assert!(
+            list.lines().any(|l| l.ends_with(&format!("path {s}"))),
+            "{s} missing:\n{list}"
+        );
+    }
+    // /home is the subvolume, not a directory of the top level.
+    let opts = sh(&[
+        "findmnt",
+        "-n",
+        "-o",
+        "OPTIONS",
+        root.path().join("home").to_str().unwrap(),
+    ]);
+    assert!(opts.contains("subvol=/home"), "{opts}");
+    check(run, root.path());
+}
+
+#[test]
+fn luks_btrfs_on_a_loop_device() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(1200 * MIB);
+    let root = tempfile::tempdir().unwrap();
+    let run = apply_on("luks-btrfs", &[("main", &disk)], root.path());
+    let p2 = format!("{}p2", disk.dev());
+    assert_eq!(
+        blkid(&p2).get("TYPE").map(String::as_str),
+        Some("crypto_LUKS")
+    );
+    // The key was fed on stdin and opens the header.
+    let ok = std::process::Command::new("sh")
+        .args(["-c", &format!("printf 'correct horse battery' | cryptsetup open --test-passphrase --key-file - {p2}")])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "the key does not open the LUKS header");
+    let bad = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("printf 'wrong' | cryptsetup open --test-passphrase --key-file - {p2}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(!bad.success());
+    let dump = sh(&["cryptsetup", "luksDump", &p2]);
+    assert!(
+        dump.contains("Version:       \t2") || dump.contains("Version: \t2") || dump.contains("2"),
+        "{dump}"
+    );
+    if !run.opts.open_luks {
+        let skipped: Vec<&OpEvent> = run
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.state,
+                    OpState::Skipped {
+                        because: "open_luks = false"
+                    }
+                )
+            })
+            .collect();
+        assert!(!skipped.is_empty());
+        eprintln!("no device-mapper here: {} operations inside LUKS reported as skipped (open_luks = false)", skipped.len());
+    }
+    let nix = run.applied.nixos.to_json();
+    assert_eq!(
+        nix["boot"]["initrd"]["luks"]["devices"]["crypted"]["allowDiscards"],
+        true
+    );
+    check(run, root.path());
+}
+
+#[test]
+fn two_disk_prepares_both_disks_in_parallel() {
+    require_root();
+    let _s = serial();
+    let system = LoopDisk::new(1200 * MIB);
+    let data = LoopDisk::new(400 * MIB);
+    let root = tempfile::tempdir().unwrap();
+    let run = apply_on(
+        "two-disk",
+        &[("system", &system), ("data", &data)],
+        root.path(),
+    );
+    assert_eq!(
+        blkid(&format!("{}p1", data.dev()))
+            .get("PART_ENTRY_NAME")
+            .map(String::as_str),
+        Some("disk-data-home")
+    );
+    // Both disks' first operation started before either disk's last one finished.
+    // (Mount events carry the disk too; only the per-disk operations count.)
+    let disk_ops: usize = run.plan.disks.iter().map(|d| d.ops.len()).sum();
+    let pos = |disk: &str, first: bool| -> usize {
+        let mine = |e: &OpEvent| e.disk.as_deref() == Some(disk) && e.index <= disk_ops;
+        if first {
+            run.events.iter().position(mine).unwrap()
+        } else {
+            run.events.iter().rposition(mine).unwrap()
+        }
+    };
+    assert!(
+        pos("system", true) < pos("data", false) && pos("data", true) < pos("system", false),
+        "{:#?}",
+        run.events
+    );
+    check(run, root.path());
+}
+
+#[test]
+fn xfs_swap_tmpfs_on_a_loop_device() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(2000 * MIB);
+    let root = tempfile::tempdir().unwrap();
+    let run = apply_on("xfs-swap", &[("main", &disk)], root.path());
+    assert_eq!(
+        blkid(&format!("{}p2", disk.dev()))
+            .get("TYPE")
+            .map(String::as_str),
+        Some("xfs")
+    );
+    let swap = blkid(&format!("{}p3", disk.dev()));
+    assert_eq!(swap.get("TYPE").map(String::as_str), Some("swap"));
+    assert_eq!(
+        swap.get("PART_ENTRY_SIZE").map(String::as_str),
+        Some("2097152")
+    );
+    let fst = sh(&[
+        "findmnt",
+        "-n",
+        "-o",
+        "FSTYPE",
+        root.path().join("tmp").to_str().unwrap(),
+    ]);
+    assert_eq!(fst.trim(), "tmpfs");
+    check(run, root.path());
+}
+
+#[test]
+fn a_failing_operation_is_named_and_the_disk_cleaned_up() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(600 * MIB);
+    let root = tempfile::tempdir().unwrap();
+    let l = landfall_agent::disk::Layout::from_json(&serde_json::json!({"disko": {"devices": {"disk": {"main": {
+        "type": "disk", "device": disk.dev(),
+        "content": {"type": "gpt", "partitions": {
+            "home": {"size": "100M", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/home"}},
+            "root": {"size": "100%", "content": {"type": "filesystem", "format": "xfs", "mountpoint": "/",
+                      "extraArgs": ["-O", "no_such_option=1"]}}
+        }}}}}}}))
+    .unwrap();
+    let targets =
+        landfall_agent::disk::cli_targets(&l, &BTreeMap::new(), &BTreeMap::new()).unwrap();
+    let p = plan(&l, &targets).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let e = rt()
+        .block_on(apply(&p, &options(root.path(), events.clone())))
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("operation 5 on disk main failed: mkfs.xfs -f -q -O no_such_option=1"),
+        "{msg}"
+    );
+    assert!(msg.contains("wiped the new partition tables of"), "{msg}");
+    assert!(events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.index == 5 && e.state == OpState::Failed));
+    // No table, no filesystem left, nothing mounted.
+    let b = blkid(disk.dev());
+    assert_eq!(b.get("PTTYPE"), None, "{b:?}");
+    assert!(mounted_below(root.path()).is_empty());
+}
+
+#[test]
+fn a_mounted_disk_is_refused_even_with_wipe() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(1200 * MIB);
+    let root = tempfile::tempdir().unwrap();
+    let run = apply_on("simple-efi", &[("main", &disk)], root.path());
+    let l = layout("simple-efi");
+    let ov = BTreeMap::from([("main".to_string(), disk.dev().to_string())]);
+    let p = plan(
+        &l,
+        &landfall_agent::disk::cli_targets(&l, &ov, &BTreeMap::new()).unwrap(),
+    )
+    .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let mut o = options(other.path(), Arc::new(Mutex::new(Vec::new())));
+    o.wipe = true;
+    let e = rt().block_on(apply(&p, &o)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains(&format!(
+            "disk main ({}) is mounted ({}p2 on",
+            disk.dev(),
+            disk.dev()
+        )),
+        "{msg}"
+    );
+    assert!(landfall_agent::disk::apply::is_refusal(&e));
+    check(run, root.path());
+}

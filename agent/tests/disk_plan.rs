@@ -1,0 +1,286 @@
+//! Pure plan tests for every layout (no root), and GPTs written into image
+//! files checked with `sfdisk -d` and `sgdisk -v`, and against what sgdisk
+//! itself computes from disko's own command line for the same layout.
+
+mod disk_common;
+
+use disk_common::*;
+use landfall_agent::disk::layout::{Bound, Size};
+use landfall_agent::disk::{plan, Plan};
+
+const GIB: u64 = 1 << 30;
+
+fn plan_of(name: &str, size: u64) -> Plan {
+    let l = layout(name);
+    plan(&l, &sized(&l, size)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn labels(p: &Plan, disk: &str) -> Vec<String> {
+    p.disks
+        .iter()
+        .find(|d| d.name == disk)
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.label.clone())
+        .collect()
+}
+
+fn mountpoints(p: &Plan) -> Vec<&str> {
+    p.mounts.iter().map(|m| m.mountpoint.as_str()).collect()
+}
+
+#[test]
+fn every_layout_renders_and_plans() {
+    for name in LAYOUTS {
+        let p = plan_of(name, 4 * GIB);
+        let text = p.to_string();
+        assert!(
+            text.contains("gpt:") && text.contains("NixOS configuration"),
+            "{name}:\n{text}"
+        );
+        // Serialisable, and the JSON carries the same partitions.
+        let j = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            j["disks"].as_array().unwrap().len(),
+            p.disks.len(),
+            "{name}"
+        );
+        assert!(
+            j["nixos"]["fileSystems"]["/"].is_object(),
+            "{name}: no / in {}",
+            j["nixos"]
+        );
+        // Mount order: every parent before its children.
+        let m = mountpoints(&p);
+        for (i, a) in m.iter().enumerate() {
+            for b in &m[..i] {
+                assert!(
+                    !b.starts_with(&format!("{a}/")) || *a == "/",
+                    "{name}: {b} mounted before its parent {a}"
+                );
+            }
+        }
+        assert_eq!(m[0], "/", "{name}");
+    }
+}
+
+#[test]
+fn simple_efi() {
+    let p = plan_of("simple-efi", 4 * GIB);
+    let d = &p.disks[0];
+    assert_eq!(labels(&p, "main"), ["disk-main-ESP", "disk-main-root"]);
+    assert_eq!(
+        (d.partitions[0].first_lba, d.partitions[0].last_lba),
+        (2048, 2048 + 1024000 - 1)
+    );
+    assert_eq!(d.partitions[0].type_code, "EF00");
+    // root takes the rest up to the last 1 MiB boundary before the backup GPT.
+    assert_eq!(d.partitions[1].first_lba, 1026048);
+    assert_eq!(d.partitions[1].last_lba, 4 * GIB / 512 - 2048 - 1);
+    let ops: Vec<String> = d.ops.iter().map(|o| o.describe()).collect();
+    assert_eq!(ops[3], "mkfs.vfat /dev/<main>1");
+    assert_eq!(ops[4], "mkfs.ext4 -F -q /dev/<main>2");
+    assert_eq!(mountpoints(&p), ["/", "/boot"]);
+    let nix = p.nixos.to_nix();
+    assert!(
+        nix.contains(r#"device = "/dev/disk/by-partlabel/disk-main-root";"#),
+        "{nix}"
+    );
+    assert!(nix.contains(r#"options = [ "umask=0077" ];"#), "{nix}");
+}
+
+#[test]
+fn hybrid_puts_bios_boot_first_and_names_grub_device() {
+    let l = layout("hybrid");
+    let mut t = sized(&l, 4 * GIB);
+    t.get_mut("main").unwrap().by_id = Some("/dev/disk/by-id/virtio-abc".into());
+    let p = plan(&l, &t).unwrap();
+    assert_eq!(
+        labels(&p, "main"),
+        ["disk-main-boot", "disk-main-ESP", "disk-main-root"]
+    );
+    let d = &p.disks[0];
+    assert_eq!(
+        d.partitions[0].type_guid,
+        "21686148-6449-6E6F-744E-656564454649"
+    );
+    assert_eq!(d.partitions[0].size_bytes, 1 << 20);
+    assert_eq!(p.nixos.grub_devices, ["/dev/disk/by-id/virtio-abc"]);
+    assert!(p.nixos.to_nix().contains("grub"));
+}
+
+#[test]
+fn btrfs_subvolumes_mount_with_subvol_options() {
+    let p = plan_of("btrfs-subvolumes", 4 * GIB);
+    assert_eq!(mountpoints(&p), ["/", "/boot", "/home", "/nix"]);
+    let nix = p.nixos.to_json();
+    assert_eq!(
+        nix["fileSystems"]["/nix"]["options"],
+        serde_json::json!(["compress=zstd", "noatime", "subvol=/nix"])
+    );
+    assert_eq!(
+        nix["fileSystems"]["/"]["options"],
+        serde_json::json!(["defaults", "subvol=/rootfs"])
+    );
+    assert!(p.disks[0].ops.iter().any(|o| o
+        .describe()
+        .starts_with("btrfs subvolume create /home /nix /rootfs")));
+}
+
+#[test]
+fn luks_key_goes_to_stdin_and_initrd_gets_settings() {
+    let p = plan_of("luks-btrfs", 4 * GIB);
+    let text = p.to_string();
+    assert!(
+        text.contains("cryptsetup luksFormat --batch-mode --type luks2 --key-file - /dev/<main>2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cryptsetup open --key-file - --allow-discards /dev/<main>2 crypted"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# key: /run/landfall/secrets/luks.key on stdin"),
+        "{text}"
+    );
+    let nix = p.nixos.to_json();
+    let dev = &nix["boot"]["initrd"]["luks"]["devices"]["crypted"];
+    assert_eq!(dev["device"], "/dev/disk/by-partlabel/disk-main-luks");
+    assert_eq!(dev["allowDiscards"], true);
+    assert_eq!(nix["fileSystems"]["/"]["device"], "/dev/mapper/crypted");
+}
+
+#[test]
+fn two_disk_has_independent_op_lists() {
+    let p = plan_of("two-disk", 2 * GIB);
+    assert_eq!(
+        p.disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+        ["data", "system"]
+    );
+    assert_eq!(labels(&p, "data"), ["disk-data-home"]);
+    assert_eq!(mountpoints(&p), ["/", "/boot", "/home"]);
+    assert_eq!(p.mounts[2].disk.as_deref(), Some("data"));
+}
+
+#[test]
+fn xfs_swap_end_from_the_end_swap_and_tmpfs() {
+    let p = plan_of("xfs-swap", 4 * GIB);
+    let d = &p.disks[0];
+    let swap = &d.partitions[2];
+    assert_eq!(swap.label, "disk-main-swap");
+    assert_eq!(swap.type_code, "8200");
+    assert_eq!(swap.size_bytes, GIB);
+    let nix = p.nixos.to_json();
+    assert_eq!(nix["swapDevices"][0]["randomEncryption"]["enable"], true);
+    assert_eq!(nix["fileSystems"]["/tmp"]["fsType"], "tmpfs");
+    assert_eq!(mountpoints(&p), ["/", "/boot", "/tmp"]);
+}
+
+/// `sfdisk -J` partitions of an image: (start, size, name, type).
+fn sfdisk_parts(img: &std::path::Path) -> Vec<(u64, u64, String, String)> {
+    let j: serde_json::Value =
+        serde_json::from_str(&sh(&["sfdisk", "-J", img.to_str().unwrap()])).unwrap();
+    j["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap(),
+                p["size"].as_u64().unwrap(),
+                p["name"].as_str().unwrap_or("").to_owned(),
+                p["type"].as_str().unwrap().to_ascii_uppercase(),
+            )
+        })
+        .collect()
+}
+
+fn kib(b: u64) -> String {
+    format!("{}K", b / 1024)
+}
+
+#[test]
+fn gpt_in_image_files_matches_sgdisk_running_diskos_commands() {
+    for name in LAYOUTS {
+        let l = layout(name);
+        for (disk_name, disk) in &l.disks {
+            let size = 3 * GIB + 12345 * 512;
+            let dir = tempfile::tempdir().unwrap();
+            let ours = dir.path().join("ours.img");
+            let theirs = dir.path().join("sgdisk.img");
+            for f in [&ours, &theirs] {
+                std::fs::File::create(f).unwrap().set_len(size).unwrap();
+            }
+            let mut t = sized(&l, size);
+            t.get_mut(disk_name).unwrap().device = ours.to_string_lossy().into_owned();
+            let p = plan(&l, &t).unwrap();
+            let dp = p.disks.iter().find(|d| &d.name == disk_name).unwrap();
+            landfall_agent::disk::gpt::write(dp).unwrap();
+
+            // Valid for both tools.
+            let v = sh(&["sgdisk", "-v", ours.to_str().unwrap()]);
+            assert!(v.contains("No problems found"), "{name}/{disk_name}: {v}");
+            let d = sh(&["sfdisk", "-d", ours.to_str().unwrap()]);
+            assert!(d.contains("label: gpt"), "{d}");
+
+            // disko's own _create (lib/types/gpt.nix): one sgdisk call per partition.
+            for (i, part) in disk.partitions.iter().enumerate() {
+                let n = i + 1;
+                let start = match part.start {
+                    Bound::Default => "0".to_owned(),
+                    Bound::At(b) => kib(b),
+                    Bound::Plus(b) => format!("+{}", kib(b)),
+                    Bound::FromEnd(b) => format!("-{}", kib(b)),
+                };
+                let end = match (part.end, part.size) {
+                    (Bound::FromEnd(0), Size::Rest) => "-0".to_owned(),
+                    (Bound::Plus(b), _) => format!("+{}", kib(b)),
+                    (Bound::FromEnd(b), _) => format!("-{}", kib(b)),
+                    (Bound::At(b), _) => kib(b),
+                    (Bound::Default, _) => "0".to_owned(),
+                };
+                sh(&[
+                    "sgdisk",
+                    "--align-end",
+                    &format!("--new={n}:{start}:{end}"),
+                    &format!("--change-name={n}:{}", part.label),
+                    &format!("--typecode={n}:{}", part.type_code),
+                    theirs.to_str().unwrap(),
+                ]);
+            }
+            let a = sfdisk_parts(&ours);
+            let b = sfdisk_parts(&theirs);
+            assert_eq!(a, b, "{name}/{disk_name}: our GPT differs from sgdisk's");
+            // And the plan says what was written.
+            let planned: Vec<(u64, u64)> = dp
+                .partitions
+                .iter()
+                .map(|p| (p.first_lba, p.last_lba - p.first_lba + 1))
+                .collect();
+            let written: Vec<(u64, u64)> = a.iter().map(|p| (p.0, p.1)).collect();
+            assert_eq!(planned, written, "{name}/{disk_name}");
+        }
+    }
+}
+
+#[test]
+fn cli_plan_is_pure_and_prints_json() {
+    let img = tempfile::NamedTempFile::new().unwrap();
+    img.as_file().set_len(64 << 20).unwrap();
+    let before = hash_file(img.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_landfall-agent"))
+        .args(["plan", "--layout"])
+        .arg(layout_path("simple-efi"))
+        .args(["--size", "main=2G", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["disks"][0]["partitions"][1]["label"], "disk-main-root");
+    assert_eq!(hash_file(img.path()), before);
+}
