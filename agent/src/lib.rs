@@ -11,3 +11,4 @@ pub mod install;
 pub mod pipeline;
 pub mod report;
 pub mod retry;
+pub mod secrets;

