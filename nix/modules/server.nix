@@ -414,7 +414,7 @@ in
 
         # Hardening (systemd.exec(5)); the server needs the network and its data dir.
         AmbientCapabilities = mkIf (cfg.port < 1024) [ "CAP_NET_BIND_SERVICE" ];
-        CapabilityBoundingSet = if cfg.port < 1024 then [ "CAP_NET_BIND_SERVICE" ] else [ "" ];
+        CapabilityBoundingSet = if cfg.port < 1024 then "CAP_NET_BIND_SERVICE" else "";
         NoNewPrivileges = true;
         ProtectSystem = "strict";
         ProtectHome = true;

@@ -36,7 +36,7 @@ in
         PasswordAuthentication = false;
         KbdInteractiveAuthentication = false;
         AuthenticationMethods = "publickey";
-        AllowUsers = lib.attrNames cfg.authorizedKeys;
+        AllowUsers = if cfg.authorizedKeys == { } then null else lib.attrNames cfg.authorizedKeys;
         X11Forwarding = false;
         AllowAgentForwarding = "no";
         AllowStreamLocalForwarding = "no";
