@@ -35,7 +35,7 @@ let
       })
       files);
 
-  configFile = pkgs.writeText "landfall.toml" (renderToml {
+  rendered = renderToml {
     inherit (cfg) publicUrl bootTokenTtl enroll roles machines;
     artifacts = if cfg.artifacts == null then null else "${cfg.artifacts}";
     # "${path}" copies a CA given as a Nix path into the store (toString would
@@ -43,7 +43,26 @@ let
     vault = cfg.vault // lib.optionalAttrs (cfg.vault.caFile != null) { caFile = "${cfg.vault.caFile}"; };
     inherit kernelArgs;
     layouts = if cfg.layouts == null then null else layoutsDir;
-  });
+  };
+
+  # Checked at build time by the server itself, so `nixos-rebuild build` fails on
+  # a configuration the server would refuse. Not with [vault]: the check reads the
+  # Vault token file, which exists only on the server at run time.
+  configFile =
+    if cfg.checkConfig && cfg.vault.address == null then
+      pkgs.runCommand "landfall.toml"
+        {
+          nativeBuildInputs = [ cfg.package ];
+          text = rendered;
+          passAsFile = [ "text" ];
+        }
+        ''
+          cp "$textPath" landfall.toml
+          landfall serve --check-config --config landfall.toml --data "$TMPDIR/data"
+          cp landfall.toml $out
+        ''
+    else
+      pkgs.writeText "landfall.toml" rendered;
 
   diskMap = mkOption {
     type = types.attrsOf types.str;
@@ -348,6 +367,16 @@ in
         default = "approle";
         description = "Mount of the AppRole auth method.";
       };
+    };
+
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Run `landfall serve --check-config` on the rendered landfall.toml at build
+        time (skipped when `vault.address` is set: the check reads the token file).
+        The service checks it again before every start.
+      '';
     };
 
     configFile = mkOption {
