@@ -71,8 +71,24 @@ struct Fleet {
 
 /// `reads`: the role's templates; `policy`: the KV paths the AppRole may read.
 async fn fleet(vault_extra: &str, reads: &[&str], policy: &[&str]) -> Fleet {
+    fleet_on(
+        OpenBao::start().await,
+        "insecure_http = true",
+        vault_extra,
+        reads,
+        policy,
+    )
+    .await
+}
+
+async fn fleet_on(
+    bao: OpenBao,
+    transport: &str,
+    vault_extra: &str,
+    reads: &[&str],
+    policy: &[&str],
+) -> Fleet {
     logs();
-    let bao = OpenBao::start().await;
     let (role_id, server_token) = bao.setup("workstation", policy).await;
     bao.kv_put(
         "hosts/ws-01",
@@ -86,13 +102,16 @@ async fn fleet(vault_extra: &str, reads: &[&str], policy: &[&str]) -> Fleet {
     .await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("vault.token"), &server_token).unwrap();
+    if bao.addr.starts_with("https://") {
+        std::fs::write(dir.path().join("vault-ca.pem"), bao.ca_pem()).unwrap();
+    }
     let reads: Vec<String> = reads.iter().map(|r| format!("{r:?}")).collect();
     let config = format!(
         r#"
 [vault]
 address = "{addr}"
 token_file = "vault.token"
-insecure_http = true
+{transport}
 {vault_extra}
 
 [roles.ws.vault]
@@ -566,6 +585,24 @@ async fn a_denied_path_fails_at_once_naming_it_and_still_revokes() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("no key \"nope\""), "{e}");
+
+    // The server's own token refused: hello answers 502 naming path and fix.
+    std::fs::write(f.dir.path().join("vault.token"), "not-a-valid-token").unwrap();
+    let token = f.boot_token().await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/agent/hello", f.base))
+        .json(&Fleet::hello_req(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+    let body: Value = r.json().await.unwrap();
+    let msg = body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("auth/approle/role/workstation/secret-id") && msg.contains("vault.token_file"),
+        "{msg}"
+    );
+    assert!(!msg.contains("not-a-valid-token"), "{msg}");
     f.shutdown().await;
 }
 
@@ -600,6 +637,56 @@ async fn vault_stopped_mid_flow_retries_then_fails_clearly() {
     let body: Value = r.json().await.unwrap();
     let msg = body["error"].as_str().unwrap();
     assert!(msg.contains("cannot reach Vault"), "{msg}");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_pinned_ca_only() {
+    let bao = OpenBao::start_tls().await;
+    let ca = bao.ca_pem();
+    let f = fleet_on(bao, "ca_file = \"vault-ca.pem\"", "", ALL_READS, ALL_POLICY).await;
+    let h = f.hello().await;
+    let v = vault_of(&h.assignment);
+    assert!(v.address.starts_with("https://"));
+    assert_eq!(
+        v.ca_pem.as_deref(),
+        Some(ca.as_str()),
+        "the server hands the agent its CA"
+    );
+
+    // Without allow_http, trusting only the assignment's CA: works.
+    let strict = FetchOptions {
+        allow_http: false,
+        ..opts()
+    };
+    let fetched = secrets::fetch(v, &f.role_id, &h.assignment.secret_files, &strict)
+        .await
+        .unwrap();
+    assert!(fetched.get("roles/ws", "smb_credentials").is_some());
+
+    // A CA pinned in the image wins over the assignment's: a wrong one fails
+    // on TLS (the system roots are never used), and that is no alarm.
+    let other = OpenBao::start_tls().await;
+    let h = f.hello().await;
+    let pinned = FetchOptions {
+        pinned_ca: Some(other.ca_pem()),
+        ..strict.clone()
+    };
+    let e = secrets::fetch(vault_of(&h.assignment), &f.role_id, &[], &pinned)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SecretsError::Unavailable { .. }), "{e}");
+    assert!(!e.is_security_alarm());
+    let msg = e.to_string().to_lowercase();
+    assert!(msg.contains("certificate") || msg.contains("tls"), "{msg}");
+
+    // An http address is refused unless explicitly allowed.
+    let mut v = vault_of(&h.assignment).clone();
+    v.address = v.address.replace("https://", "http://");
+    let e = secrets::fetch(&v, &f.role_id, &[], &strict)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("vault_insecure_http"), "{e}");
     f.shutdown().await;
 }
 

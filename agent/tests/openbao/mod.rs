@@ -92,13 +92,34 @@ fn free_port() -> u16 {
 }
 
 impl OpenBao {
+    /// Plain http (the `insecure_http` development setup).
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// `-dev-tls`: https with a generated CA ([`OpenBao::ca_pem`]); the
+    /// certificate is for 127.0.0.1 and localhost.
+    pub async fn start_tls() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// The PEM of the CA of a [`OpenBao::start_tls`] server.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("vault-ca.pem")).unwrap()
+    }
+
+    async fn start_with(tls: bool) -> Self {
         let bin = bao_binary();
         let home = tempfile::tempdir().unwrap();
         let port = free_port();
         let log = std::fs::File::create(home.path().join("bao.log")).unwrap();
-        let child = Command::new(bin)
-            .args(["server", "-dev", "-dev-no-store-token"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["server", "-dev", "-dev-no-store-token"]);
+        if tls {
+            cmd.arg("-dev-tls")
+                .arg(format!("-dev-tls-cert-dir={}", home.path().display()));
+        }
+        let child = cmd
             .arg(format!("-dev-root-token-id={ROOT_TOKEN}"))
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
             .env("HOME", home.path())
@@ -109,14 +130,25 @@ impl OpenBao {
             .stderr(log)
             .spawn()
             .expect("starting bao server -dev");
-        let b = Self {
+        let scheme = if tls { "https" } else { "http" };
+        let mut b = Self {
             child: Some(child),
-            addr: format!("http://127.0.0.1:{port}"),
+            addr: format!("{scheme}://127.0.0.1:{port}"),
             home,
             http: reqwest::Client::new(),
         };
         let t0 = Instant::now();
         loop {
+            if tls && b.home.path().join("vault-ca.pem").is_file() {
+                let pem = b.ca_pem();
+                if let Ok(ca) = reqwest::Certificate::from_pem(pem.as_bytes()) {
+                    b.http = reqwest::Client::builder()
+                        .tls_built_in_root_certs(false)
+                        .add_root_certificate(ca)
+                        .build()
+                        .unwrap();
+                }
+            }
             if let Ok(r) = b.http.get(format!("{}/v1/sys/health", b.addr)).send().await {
                 if r.status().is_success() {
                     break;
