@@ -12,7 +12,9 @@
   ];
   bootTokenTtl = 1800;
   # The repository's layouts, rendered by the server with nix-instantiate.
-  layouts = ../../disko-layouts;
+  # toString: the absolute path of the checkout, not a copy in the Nix store
+  # (the module passes its own store path here).
+  layouts = toString ../../disko-layouts;
   # A development Vault: plain http needs insecureHttp. nixcheck writes the
   # token file beside the rendered landfall.toml (relative paths are resolved
   # against the config file's directory).

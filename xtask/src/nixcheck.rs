@@ -158,8 +158,8 @@ fn tracked_nix_files(root: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Debian's nix-instantiate with its state kept under target/ (it needs no
-/// daemon, no /nix/var and no nixbld group for parsing and pure evaluation).
+/// Debian's nix-instantiate with its store and state under target/ (parsing and
+/// pure evaluation need no daemon, no /nix, no nixbld group and no root).
 struct Nix {
     state: PathBuf,
 }
@@ -188,6 +188,7 @@ impl Nix {
                 .args(["--option", "build-users-group", ""])
                 .args(args)
                 .current_dir(root)
+                .env("NIX_STORE_DIR", self.state.join("store"))
                 .env("NIX_STATE_DIR", self.state.join("var"))
                 .env("NIX_LOG_DIR", self.state.join("var/log"))
                 .env("HOME", self.state.join("home"))
