@@ -37,8 +37,11 @@ in
       openFirewall = true;
       # The agent stays up after `done` so the test reads the final state.
       kernelArgs = [ "landfall.final=none" ];
+      layouts = ../../disko-layouts;
       roles.test = {
         description = "netboot VM test";
+        # GPT, ESP and ext4 root on the one (empty) disk: the agent partitions it.
+        layout = "simple-efi";
         wipe = "always";
       };
       machines.client = {
@@ -87,11 +90,15 @@ in
     client = create_machine("${startCommand}", name="client")
     client.start()
 
-    with subtest("the client netboots, the agent registers and reports done"):
+    with subtest("the client netboots; the agent registers, partitions the empty disk and reports done"):
         admin = "landfall machines --json --token-file /var/lib/landfall/admin.token"
         server.wait_until_succeeds(
             admin + " | jq -e '.[] | select(.hostname == \"client\") | .state == \"installed\"'",
             timeout=1800,
+        )
+        detail = "landfall machine client --json --token-file /var/lib/landfall/admin.token"
+        server.succeed(
+            detail + " | jq -e '[.attempts[-1].events[] | select(.step == \"disks\" and .kind == \"finished\")] | length == 1'"
         )
         print(server.succeed("landfall machine client --token-file /var/lib/landfall/admin.token"))
 
