@@ -204,7 +204,10 @@ fn real_main(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let console = Console::system(cfg.console, pipeline::STEPS);
-            let outcome = rt.block_on(pipeline::run(&cfg, &opts, console))?;
+            let mut outcome = rt.block_on(pipeline::run(&cfg, &opts, console))?;
+            if let Some(disks) = outcome.disks.take() {
+                rt.block_on(disks.close())?;
+            }
             tracing::info!(
                 attempt = %outcome.attempt_id,
                 "installed {} ({} events acknowledged)",

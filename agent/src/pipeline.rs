@@ -1,8 +1,8 @@
 //! The install pipeline: the ordered list of typed steps. Nothing else
 //! decides order. Each step's result is handed to the next as a value.
 //!
-//! Now: detect -> register -> done. Later issues add disks, secrets,
-//! configure, install and finish between register and done.
+//! Now: detect -> register -> disks -> done. Later issues add secrets,
+//! configure, install and finish between disks and done.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use crate::retry::{Attempt, Retry, RetryError};
 pub const STEPS: &[(Step, &str)] = &[
     (Step::Detect, "Detect hardware"),
     (Step::Register, "Register with the server"),
+    (Step::Disks, "Partition, format and mount disks"),
     (Step::Done, "Report the result"),
 ];
 
@@ -52,6 +53,9 @@ pub struct Outcome {
     pub attempt_id: String,
     pub hostname: String,
     pub last_seq: u64,
+    /// The disk step's result: mounts under /mnt stay mounted (and LUKS
+    /// open) until `Applied::close()` (or drop). `None`: no layout assigned.
+    pub disks: Option<crate::disk::Applied>,
 }
 
 /// Run the whole pipeline. On a step's failure the failure is reported (when
@@ -140,15 +144,140 @@ async fn steps(
         reporter,
         Step::Register,
         &format!("registering with {}", cfg.server),
-        register(cfg, opts, client, reporter, inventory),
+        register(cfg, opts, client, reporter, inventory.clone()),
     )
     .await?;
+
+    let disks = match &hello.assignment.disko {
+        None => {
+            reporter.emit(
+                Step::Disks,
+                EventKind::Finished,
+                "no layout assigned: disks left as they are",
+                Some(1.0),
+                None,
+            );
+            None
+        }
+        Some(layout) => Some(
+            step(
+                reporter,
+                Step::Disks,
+                &format!(
+                    "preparing disks from layout {}",
+                    hello.assignment.layout.as_deref().unwrap_or("(unnamed)")
+                ),
+                disk_step(
+                    reporter,
+                    &hello.assignment,
+                    layout,
+                    &inventory,
+                    crate::disk::ApplyOptions::default(),
+                ),
+            )
+            .await?,
+        ),
+    };
 
     Ok(Outcome {
         attempt_id: hello.attempt_id,
         hostname: hello.assignment.hostname,
         last_seq: 0,
+        disks,
     })
+}
+
+/// The disk step: select the target disks from the inventory, plan, check
+/// safety against the assignment's wipe policy, apply with a progress event
+/// per operation, verify by reading back. The mounts stay for later steps.
+/// `base` gives the root (/mnt) and host options; its `wipe` and `progress`
+/// are set here from the assignment and the reporter.
+pub async fn disk_step(
+    reporter: &Reporter,
+    assignment: &landfall_proto::Assignment,
+    layout: &serde_json::Value,
+    inventory: &Inventory,
+    base: crate::disk::ApplyOptions,
+) -> Result<(crate::disk::Applied, String)> {
+    use crate::disk::{self, select};
+    let layout = disk::Layout::from_json(layout).context("the assigned layout is invalid")?;
+    let specs = select::device_specs(&layout, &assignment.disks)?;
+    // The boot medium and anything mounted or held is never a candidate.
+    let candidates: Vec<_> = inventory
+        .disks
+        .iter()
+        .filter(|d| !disk::in_use(&d.path))
+        .cloned()
+        .collect();
+    let targets = select::select(&layout, &specs, &candidates)?;
+    let plan = disk::plan(&layout, &targets)?;
+    reporter.emit(
+        Step::Disks,
+        EventKind::Log,
+        format!(
+            "plan: {}",
+            plan.disks
+                .iter()
+                .map(|d| format!(
+                    "{} -> {} ({} partitions)",
+                    d.name,
+                    d.target.by_id.as_deref().unwrap_or(&d.target.device),
+                    d.partitions.len()
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None,
+        serde_json::to_value(&plan).ok(),
+    );
+    let r = reporter.clone();
+    let progress: disk::apply::ProgressFn = std::sync::Arc::new(move |e: &disk::OpEvent| {
+        let (kind, word) = match e.state {
+            disk::OpState::Started => (EventKind::Progress, "started".to_owned()),
+            disk::OpState::Done { millis } => (EventKind::Progress, format!("done in {millis} ms")),
+            disk::OpState::Skipped { because } => (EventKind::Log, format!("skipped ({because})")),
+            disk::OpState::Failed => (EventKind::Log, "failed".to_owned()),
+        };
+        let done = matches!(
+            e.state,
+            disk::OpState::Done { .. } | disk::OpState::Skipped { .. }
+        );
+        let fraction = (e.index - usize::from(!done)) as f32 / e.total.max(1) as f32;
+        r.emit(
+            Step::Disks,
+            kind,
+            format!("[{}/{}] {word}: {}", e.index, e.total, e.what),
+            Some(fraction.min(0.99)),
+            None,
+        );
+    });
+    let opts = disk::ApplyOptions {
+        wipe: assignment.wipe == landfall_proto::WipePolicy::Always,
+        progress: Some(progress),
+        ..base
+    };
+    let applied = disk::apply(&plan, &opts).await?;
+    reporter.emit(
+        Step::Disks,
+        EventKind::Log,
+        "NixOS configuration for the disks",
+        None,
+        Some(applied.nixos.to_json()),
+    );
+    let summary = format!(
+        "{} disk(s) ({}), {} partitions verified, {} mounted under {}",
+        applied.disks.len(),
+        applied
+            .disks
+            .iter()
+            .map(|(n, d)| format!("{n}={d}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        applied.verified.partitions.len(),
+        applied.mounts.len(),
+        opts.root.display()
+    );
+    Ok((applied, summary))
 }
 
 async fn detect(opts: &RunOptions) -> Result<(Inventory, String)> {

@@ -417,3 +417,125 @@ fn a_mounted_disk_is_refused_even_with_wipe() {
     assert!(landfall_agent::disk::apply::is_refusal(&e));
     check(run, root.path());
 }
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn pipeline_disk_step_selects_by_rule_honours_the_wipe_policy_and_reports_each_operation() {
+    use landfall_agent::cmdline::ConsoleMode;
+    use landfall_agent::pipeline;
+    use landfall_agent::report::{Console, Outbox, Reporter};
+    use landfall_proto::{inventory, Assignment, Inventory, WipePolicy};
+
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(700 * MIB);
+    sh(&["mkfs.ext4", "-q", "-F", disk.dev()]);
+    let root = tempfile::tempdir().unwrap();
+    // The loop device stands in for the inventory's disk; the rule picks it
+    // over a removable and a too-small one.
+    let inv_disk = |name: &str, path: &str, size: u64, removable: bool| inventory::Disk {
+        name: name.into(),
+        path: path.into(),
+        size_bytes: size,
+        logical_sector_size: 512,
+        removable,
+        by_id: Some(format!("/dev/disk/by-id/test-{name}")),
+        ..Default::default()
+    };
+    let inv = Inventory {
+        disks: vec![
+            inv_disk("usb", "/dev/null-usb", 64 << 30, true),
+            inv_disk("tiny", "/dev/null-tiny", 100 * MIB, false),
+            inv_disk("loop", disk.dev(), 700 * MIB, false),
+        ],
+        ..Default::default()
+    };
+    let layout = serde_json::json!({"disko": {"devices": {"disk": {"main": {
+    "type": "disk", "device": "auto",
+    "content": {"type": "gpt", "partitions": {
+        "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}},
+        "swap": {"size": "64M", "type": "8200", "content": {"type": "swap"}}
+    }}}}}}});
+    // From JSON, as the server sends it (fields added later default).
+    let mut a: Assignment = serde_json::from_value(serde_json::json!({
+        "hostname": "h", "role": "r", "layout": "inline", "wipe": "never",
+        "disko": layout, "disks": {"main": "auto:min=200M"}
+    }))
+    .unwrap();
+    let buf = Buf::default();
+    let reporter = Reporter::new(
+        Outbox::new(),
+        Console::new(
+            Box::new(buf.clone()),
+            false,
+            ConsoleMode::Lines,
+            pipeline::STEPS,
+        ),
+    );
+    let base = || ApplyOptions {
+        root: root.path().to_path_buf(),
+        ..Default::default()
+    };
+    let before = disk.hash();
+    let e = rt()
+        .block_on(pipeline::disk_step(&reporter, &a, &layout, &inv, base()))
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("holds data: ext4 filesystem"),
+        "{e:#}"
+    );
+    assert_eq!(disk.hash(), before);
+
+    a.wipe = WipePolicy::Always;
+    let seq_before = reporter.outbox.last_seq();
+    let (applied, summary) = rt()
+        .block_on(pipeline::disk_step(&reporter, &a, &layout, &inv, base()))
+        .unwrap();
+    assert!(
+        summary.contains("main=/dev/disk/by-id/test-loop"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("2 partitions verified, 1 mounted"),
+        "{summary}"
+    );
+    // A progress event when each operation starts and one when it is done,
+    // plus the plan and the NixOS configuration as log events. (The console
+    // shows at most one progress line a second; the outbox gets them all.)
+    let total = 3 + 2 + 1; // wipe, gpt, reread; mkfs, mkswap; mount
+    let events = reporter.outbox.last_seq() - seq_before;
+    assert!(
+        events >= 2 * total as u64 + 2,
+        "{events} events for {total} operations"
+    );
+    let lines = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    assert!(
+        lines.contains(&format!("[1/{total}] started: wipefs")),
+        "{lines}"
+    );
+    // disko order: the fixed-size swap first, "100%" last.
+    assert!(blkid(&format!("{}p1", disk.dev()))
+        .get("TYPE")
+        .is_some_and(|t| t == "swap"));
+    assert!(blkid(&format!("{}p2", disk.dev()))
+        .get("TYPE")
+        .is_some_and(|t| t == "ext4"));
+    assert_eq!(
+        applied.nixos.to_json()["swapDevices"][0]["device"],
+        "/dev/disk/by-partlabel/disk-main-swap"
+    );
+    rt().block_on(applied.close()).unwrap();
+    assert!(mounted_below(root.path()).is_empty());
+}

@@ -171,6 +171,7 @@ async fn pipeline_registers_and_every_event_is_acknowledged_in_order() {
         ("detect", "finished"),
         ("register", "started"),
         ("register", "finished"),
+        ("disks", "finished"),
         ("done", "finished"),
     ];
     assert_eq!(
