@@ -79,7 +79,9 @@ in
     systemd.services.landfall-verify = {
       description = "landfall first-boot verification";
       wantedBy = [ "multi-user.target" ];
-      after = [ "network-online.target" "multi-user.target" ] ++ lib.filter (u: u != null) (lib.mapAttrsToList (_: c: c.unit) cfg.checks);
+      # Not After=multi-user.target: that target is ordered after the units it wants
+      # (systemd.target(5)), this one included. The checked units are waited for.
+      after = [ "network-online.target" ] ++ lib.filter (u: u != null) (lib.mapAttrsToList (_: c: c.unit) cfg.checks);
       wants = [ "network-online.target" ];
       unitConfig.ConditionPathExists = cfg.configFile;
       serviceConfig = {
