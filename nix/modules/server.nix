@@ -422,6 +422,10 @@ in
 
     networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
 
+    # A data directory outside /var/lib is not a StateDirectory: create it.
+    systemd.tmpfiles.rules = lib.optional (cfg.dataDir != "/var/lib/landfall")
+      "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} -";
+
     systemd.services.landfall = {
       description = "landfall provisioning server";
       wantedBy = [ "multi-user.target" ];
