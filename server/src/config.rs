@@ -1182,6 +1182,15 @@ role = "ws"
         );
         let e = vault_err(&base.replace("http://127.0.0.1:8200", "https://vault:8200"));
         assert!(e.contains("ca_file is required"), "{e}");
+        let e = vault_err(&format!(
+            "{}\nca_file = \"vault.token\"\n",
+            base.replace("http://127.0.0.1:8200", "https://vault:8200")
+                .replace("insecure_http = true\n", "")
+                .split("\n[roles")
+                .next()
+                .unwrap()
+        ));
+        assert!(e.contains("no PEM certificate"), "{e}");
         let e = vault_err(&vault_cfg("wrap_ttl = \"2h\""));
         assert!(e.contains("wrap_ttl"), "{e}");
         let e = vault_err(&base.replace("vault.token", "missing.token"));

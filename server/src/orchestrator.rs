@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use landfall_proto::{SecretString, VaultAssignment};
@@ -52,10 +52,18 @@ impl MintError {
 pub struct Orchestrator {
     settings: VaultSettings,
     http: reqwest::Client,
-    /// Attempt id -> (wrap token accessor, wrapped secret_id accessor, approle)
-    /// of the last mint, so a retried hello revokes the previous one.
-    /// In memory only: after a restart the old one expires within `wrap_ttl`.
-    last: Mutex<HashMap<String, (String, String, String)>>,
+    /// Attempt id -> the last mint, so a retried hello revokes the previous
+    /// one. In memory only: after a restart the old one expires within
+    /// `wrap_ttl`. Entries older than `wrap_ttl` are dropped at each mint.
+    last: Mutex<HashMap<String, LastMint>>,
+}
+
+/// Accessors (not secrets: they can only look up or revoke) of a mint.
+struct LastMint {
+    at: Instant,
+    wrap_accessor: String,
+    secret_id_accessor: String,
+    approle: String,
 }
 
 #[derive(Deserialize)]
@@ -144,13 +152,14 @@ impl Orchestrator {
         role: &str,
     ) -> Result<VaultAssignment, MintError> {
         let token = self.token()?;
-        let previous = self
-            .last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(attempt_id);
-        if let Some((wrap_accessor, secret_accessor, approle)) = previous {
-            self.revoke_previous(&token, &wrap_accessor, &secret_accessor, &approle)
+        let previous = {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let ttl = self.settings.wrap_ttl;
+            last.retain(|_, m| m.at.elapsed() <= ttl);
+            last.remove(attempt_id)
+        };
+        if let Some(m) = previous {
+            self.revoke_previous(&token, &m.wrap_accessor, &m.secret_id_accessor, &m.approle)
                 .await;
         }
 
@@ -227,11 +236,12 @@ impl Orchestrator {
         if !info.accessor.is_empty() {
             self.last.lock().unwrap_or_else(|p| p.into_inner()).insert(
                 attempt_id.to_owned(),
-                (
-                    info.accessor,
-                    info.wrapped_accessor,
-                    role_vault.approle.clone(),
-                ),
+                LastMint {
+                    at: Instant::now(),
+                    wrap_accessor: info.accessor,
+                    secret_id_accessor: info.wrapped_accessor,
+                    approle: role_vault.approle.clone(),
+                },
             );
         }
         Ok(VaultAssignment {
