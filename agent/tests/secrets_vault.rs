@@ -511,7 +511,7 @@ async fn a_wrong_creation_path_is_an_alarm() {
     // A genuine wrap token around something else (a KV read) passed off as a secret_id.
     let wrapped = reqwest::Client::new()
         .get(format!("{}/v1/landfall/data/hosts/ws-01", f.bao.addr))
-        .header("X-Vault-Token", openbao::ROOT_TOKEN)
+        .header("X-Vault-Token", &f.bao.root_token)
         .header("X-Vault-Wrap-TTL", "60s")
         .send()
         .await

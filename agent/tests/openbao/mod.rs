@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub const VERSION: &str = "2.7.2";
-pub const ROOT_TOKEN: &str = "landfall-test-root";
 
 /// Path of the cached `bao` binary; downloads and extracts it on first use.
 pub fn bao_binary() -> PathBuf {
@@ -79,6 +78,9 @@ os.chmod(sys.argv[2], 0o755)
 pub struct OpenBao {
     child: Option<Child>,
     pub addr: String,
+    /// Unique per server, so a health answer from another test's server on a
+    /// reused port cannot pass for ours.
+    pub root_token: String,
     pub home: tempfile::TempDir,
     http: reqwest::Client,
 }
@@ -112,6 +114,7 @@ impl OpenBao {
         let bin = bao_binary();
         let home = tempfile::tempdir().unwrap();
         let port = free_port();
+        let root_token = format!("landfall-test-root-{}-{port}", std::process::id());
         let log = std::fs::File::create(home.path().join("bao.log")).unwrap();
         let mut cmd = Command::new(bin);
         cmd.args(["server", "-dev", "-dev-no-store-token"]);
@@ -120,7 +123,7 @@ impl OpenBao {
                 .arg(format!("-dev-tls-cert-dir={}", home.path().display()));
         }
         let child = cmd
-            .arg(format!("-dev-root-token-id={ROOT_TOKEN}"))
+            .arg(format!("-dev-root-token-id={root_token}"))
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
             .env("HOME", home.path())
             .env_remove("BAO_ADDR")
@@ -134,6 +137,7 @@ impl OpenBao {
         let mut b = Self {
             child: Some(child),
             addr: format!("{scheme}://127.0.0.1:{port}"),
+            root_token,
             home,
             http: reqwest::Client::new(),
         };
@@ -149,7 +153,21 @@ impl OpenBao {
                         .unwrap();
                 }
             }
-            if let Ok(r) = b.http.get(format!("{}/v1/sys/health", b.addr)).send().await {
+            // Our child must still run: a health answer from another test's
+            // server on a reused port would otherwise fool us.
+            let exited = b.child.as_mut().unwrap().try_wait().unwrap();
+            assert!(
+                exited.is_none(),
+                "bao server -dev exited ({exited:?}); log:\n{}",
+                std::fs::read_to_string(b.home.path().join("bao.log")).unwrap_or_default()
+            );
+            let r = b
+                .http
+                .get(format!("{}/v1/auth/token/lookup-self", b.addr))
+                .header("X-Vault-Token", &b.root_token)
+                .send()
+                .await;
+            if let Ok(r) = r {
                 if r.status().is_success() {
                     break;
                 }
@@ -174,7 +192,7 @@ impl OpenBao {
 
     /// A root-token API call; panics unless 2xx. Returns the JSON body (or Null).
     pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        self.api_as(ROOT_TOKEN, method, path, body).await
+        self.api_as(&self.root_token, method, path, body).await
     }
 
     pub async fn api_as(
