@@ -220,11 +220,11 @@ in
         # The agent partitions, formats, mounts, opens LUKS and runs nixos-install:
         # it needs root, every block device and the real mount namespace. Only what
         # does not get in its way is restricted.
+        # Not ProtectClock: it implies DeviceAllow=char-rtc, and any DeviceAllow=
+        # turns on the device policy that denies the block devices.
         NoNewPrivileges = true;
         LockPersonality = true;
         RestrictRealtime = true;
-        ProtectClock = true;
-        ProtectHostname = false; # nixos-install/activation may set the hostname in a chroot
         RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ];
         UMask = "0077";
       };

@@ -90,8 +90,8 @@ in
         ExecStart = "${lib.getExe cfg.package} verify --config ${cfg.configFile} --checks /etc/landfall/checks.json";
         TimeoutStartSec = cfg.timeout + 60;
         StandardOutput = "journal+console";
+        # No ProtectHome: the checks read the automounted SMB homes.
         NoNewPrivileges = true;
-        ProtectHome = "read-only";
         PrivateTmp = true;
       };
     };
