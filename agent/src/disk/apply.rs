@@ -462,7 +462,7 @@ async fn reread(device: &str, partitions: &[String], d: &DiskPlan) -> Result<()>
         cap: Duration::from_secs(1),
         max_tries: Some(10),
     };
-    retry
+    let reread = retry
         .run(
             |_| async {
                 match Cmd::new("blockdev")
@@ -479,16 +479,21 @@ async fn reread(device: &str, partitions: &[String], d: &DiskPlan) -> Result<()>
             },
             |e, n, _| tracing::debug!("re-reading {device} (try {n}): {e}"),
         )
-        .await
-        .map_err(|e| anyhow!("{e}"))
-        .or_else(|e| {
-            tracing::warn!("BLKRRPART failed, falling back to partx: {e}");
-            Ok::<(), anyhow::Error>(())
-        })?;
+        .await;
     let ready = || nodes_ready(partitions, d);
-    if !wait_for(ready, Duration::from_millis(300)).await {
-        // BLKPG: add what the kernel did not find, update what it has.
-        let _ = Cmd::new("partx").args(["-u", device]).run().await;
+    let scanned = match reread {
+        Ok(()) => wait_for(ready, Duration::from_millis(300)).await,
+        Err(e) => {
+            tracing::debug!("BLKRRPART failed, adding partitions with partx: {e}");
+            false
+        }
+    };
+    if !scanned {
+        // BLKPG: update what the kernel has, add what it did not find.
+        let (_, name) = safety::kernel_name(device)?;
+        if !safety::kernel_partitions(&name).is_empty() {
+            let _ = Cmd::new("partx").args(["-u", device]).run().await;
+        }
         Cmd::new("partx")
             .args(["-a", device])
             .run()

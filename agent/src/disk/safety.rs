@@ -125,10 +125,8 @@ pub async fn probe(device: &str) -> Result<Probe> {
             }
         }
     }
-    if !parts.is_empty() {
-        p.found
-            .push(format!("{} partition(s) known to the kernel", parts.len()));
-    }
+    // Partitions the kernel still lists without a table or signature behind
+    // them (e.g. left on a reused loop device) are not data: `wipe` drops them.
 
     // Mounts: by major:minor in mountinfo.
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -2,6 +2,7 @@
 //! measured in the same run (not timed tests).
 
 pub mod detect;
+pub mod disks;
 
 use std::process::Command;
 
@@ -17,6 +18,9 @@ pub fn run(which: &[&str]) -> Result<()> {
     let all = which.is_empty();
     if all || which.contains(&"detect") {
         detect::run(&agent)?;
+    }
+    if all || which.contains(&"disks") {
+        disks::run(&agent)?;
     }
     if all || which.contains(&"size") {
         let size = std::fs::metadata(&agent)?.len();

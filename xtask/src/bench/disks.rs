@@ -1,0 +1,327 @@
+//! `./x bench disks` (root): on loop devices, in one run,
+//! 1. `two-disk` applied by `landfall-agent apply` (the static binary the
+//!    image ships; disks prepared in parallel) against an equivalent
+//!    sequential shell script written the way disko's generated script works
+//!    (per partition: `sgdisk --align-end --new ...`, re-read, mkfs; disk
+//!    after disk; then mount). sgdisk sleeps about a second after every
+//!    write (gptfdisk's DiskSync), so that script is slow for a reason that
+//!    is not parallelism; the ratio that shows the per-disk parallelism is
+//!    against the same operations as a plain sequential script writing the
+//!    tables with `sfdisk` (no sleep). Goal: ratio <= 0.8.
+//! 2. `simple-efi` by the agent against the raw commands it amounts to
+//!    (wipefs, sfdisk, partx, mkfs.vfat, mkfs.ext4, mount) in a plain
+//!    script. Goal: the agent's overhead (safety probe, read-back) <= 5%.
+//!
+//! Every measurement gets fresh sparse files and loop devices (not timed);
+//! vfat is made but not mounted by either side (this kernel has no vfat).
+//! Rounds alternate agent/script; medians are reported.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::build;
+
+const ROUNDS: usize = 7;
+const DISK_BYTES: u64 = 4 << 30;
+
+pub fn run(agent: &Path) -> Result<()> {
+    if !is_root() {
+        bail!("./x bench disks writes to loop devices: run it as root");
+    }
+    let dir = std::env::temp_dir().join(format!("landfall-bench-disks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = bench(agent, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn bench(agent: &Path, dir: &Path) -> Result<()> {
+    let layouts = build::workspace_root().join("disko-layouts");
+    let two = render(&layouts.join("two-disk.nix"), dir)?;
+    let simple = render(&layouts.join("simple-efi.nix"), dir)?;
+    let agent = agent.to_string_lossy().into_owned();
+
+    let (mut a2, mut s2, mut r2, mut a1, mut s1) = (vec![], vec![], vec![], vec![], vec![]);
+    for round in 0..ROUNDS {
+        a2.push(measure(dir, 2, |d, root| {
+            vec![
+                agent.clone(),
+                "apply".into(),
+                "--layout".into(),
+                two.to_string_lossy().into(),
+                "--disk".into(),
+                format!("system={}", d[0]),
+                "--disk".into(),
+                format!("data={}", d[1]),
+                "--root".into(),
+                root.into(),
+                "--no-mount".into(),
+                "vfat".into(),
+            ]
+        })?);
+        s2.push(measure(dir, 2, |d, root| {
+            vec![
+                "bash".into(),
+                "-c".into(),
+                disko_style_two_disk(&d[0], &d[1], root),
+            ]
+        })?);
+        r2.push(measure(dir, 2, |d, root| {
+            vec!["bash".into(), "-c".into(), raw_two_disk(&d[0], &d[1], root)]
+        })?);
+        a1.push(measure(dir, 1, |d, root| {
+            vec![
+                agent.clone(),
+                "apply".into(),
+                "--layout".into(),
+                simple.to_string_lossy().into(),
+                "--disk".into(),
+                format!("main={}", d[0]),
+                "--root".into(),
+                root.into(),
+                "--no-mount".into(),
+                "vfat".into(),
+            ]
+        })?);
+        s1.push(measure(dir, 1, |d, root| {
+            vec!["bash".into(), "-c".into(), raw_simple_efi(&d[0], root)]
+        })?);
+        eprintln!("bench disks: round {}/{ROUNDS} done", round + 1);
+    }
+    let (a2, s2, r2, a1, s1) = (median(a2), median(s2), median(r2), median(a1), median(s1));
+    println!(
+        "bench disks (loop devices over sparse {} GiB files, median of {ROUNDS} rounds, same run)",
+        DISK_BYTES >> 30
+    );
+    println!(
+        "  two-disk   landfall-agent apply (disks in parallel)   {:>8.1} ms",
+        ms(a2)
+    );
+    println!(
+        "  two-disk   sequential script, disko's way            {:>8.1} ms",
+        ms(s2)
+    );
+    println!(
+        "  two-disk   sequential raw commands (sfdisk, no sleep) {:>8.1} ms",
+        ms(r2)
+    );
+    println!(
+        "  ratio agent / sequential raw commands: {:.2} (goal <= 0.8; per-disk parallelism)",
+        a2.as_secs_f64() / r2.as_secs_f64()
+    );
+    println!(
+        "  ratio agent / disko-style sgdisk script: {:.2}",
+        a2.as_secs_f64() / s2.as_secs_f64()
+    );
+    println!(
+        "  simple-efi landfall-agent apply                      {:>8.1} ms",
+        ms(a1)
+    );
+    println!(
+        "  simple-efi raw commands (wipefs, sfdisk, partx, mkfs, mount) {:>8.1} ms",
+        ms(s1)
+    );
+    println!(
+        "  agent overhead over the raw commands: {:+.1}% (goal <= 5%)",
+        100.0 * (a1.as_secs_f64() / s1.as_secs_f64() - 1.0)
+    );
+    Ok(())
+}
+
+/// Fresh loop devices, run argv (timed), unmount and detach.
+fn measure(
+    dir: &Path,
+    disks: usize,
+    argv: impl Fn(&[String], &str) -> Vec<String>,
+) -> Result<Duration> {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root)?;
+    let mut devs = Vec::new();
+    let mut files = Vec::new();
+    for i in 0..disks {
+        let f = dir.join(format!("disk{i}.img"));
+        let _ = std::fs::remove_file(&f);
+        std::fs::File::create(&f)?.set_len(DISK_BYTES)?;
+        devs.push(
+            output(&["losetup", "--find", "--show", f.to_str().context("path")?])?
+                .trim()
+                .to_owned(),
+        );
+        // A reused loop device may still list partitions of its last user.
+        let _ = Command::new("partx")
+            .args(["-d", devs.last().context("dev")?])
+            .output();
+        files.push(f);
+    }
+    let root_s = root.to_string_lossy().into_owned();
+    let a = argv(&devs, &root_s);
+    // Settle the page cache so both sides start from the same state.
+    let _ = Command::new("sync").status();
+    let t0 = Instant::now();
+    let out = Command::new(&a[0])
+        .args(&a[1..])
+        .output()
+        .with_context(|| format!("running {}", a[0]))?;
+    let took = t0.elapsed();
+    let _ = Command::new("umount").args(["-R", &root_s]).output();
+    for d in &devs {
+        let _ = Command::new("partx").args(["-d", d]).output();
+        let _ = Command::new("losetup").args(["-d", d]).output();
+    }
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            a.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(took)
+}
+
+/// disko's generated _create for the two-disk layout (lib/types/gpt.nix:
+/// one `sgdisk --align-end --new` per partition, re-read, then the content),
+/// disk after disk; then the mounts. `partx -a --nr N` stands in for
+/// `partprobe; udevadm settle` (this kernel does not scan GPTs itself).
+fn disko_style_two_disk(system: &str, data: &str, root: &str) -> String {
+    format!(
+        r#"set -euo pipefail
+S={system}; D={data}; R={root}
+wipefs --all --force --quiet "$S"
+sgdisk --align-end --new=1:0:+500M --change-name=1:disk-system-ESP --typecode=1:EF00 "$S" >/dev/null
+partx -a --nr 1 "$S"
+mkfs.vfat "${{S}}p1" >/dev/null
+sgdisk --align-end --new=2:0:-0 --change-name=2:disk-system-root --typecode=2:8300 "$S" >/dev/null
+partx -a --nr 2 "$S"
+mkfs.ext4 -F -q "${{S}}p2"
+wipefs --all --force --quiet "$D"
+sgdisk --align-end --new=1:0:-0 --change-name=1:disk-data-home --typecode=1:8300 "$D" >/dev/null
+partx -a --nr 1 "$D"
+mkfs.ext4 -F -q "${{D}}p1"
+mount -t ext4 "${{S}}p2" "$R"
+mkdir -p "$R/home" "$R/boot"
+mount -t ext4 "${{D}}p1" "$R/home"
+"#
+    )
+}
+
+const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const LINUX: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+/// sfdisk input for a GPT (sfdisk aligns to 1 MiB; `size=+` is the rest).
+fn sfdisk_script(parts: &[(&str, &str, &str)]) -> String {
+    let mut s = String::from("label: gpt\\n");
+    for (size, ty, name) in parts {
+        s.push_str(&format!("size={size}, type={ty}, name={name}\\n"));
+    }
+    s
+}
+
+/// The raw commands two-disk amounts to, one disk after the other.
+fn raw_two_disk(system: &str, data: &str, root: &str) -> String {
+    format!(
+        r#"set -euo pipefail
+S={system}; D={data}; R={root}
+wipefs --all --force --quiet "$S"
+printf '{}' | sfdisk --quiet --no-reread --no-tell-kernel "$S"
+partx -a "$S"
+mkfs.vfat "${{S}}p1" >/dev/null
+mkfs.ext4 -F -q "${{S}}p2"
+wipefs --all --force --quiet "$D"
+printf '{}' | sfdisk --quiet --no-reread --no-tell-kernel "$D"
+partx -a "$D"
+mkfs.ext4 -F -q "${{D}}p1"
+mount -t ext4 "${{S}}p2" "$R"
+mkdir -p "$R/home" "$R/boot"
+mount -t ext4 "${{D}}p1" "$R/home"
+"#,
+        sfdisk_script(&[
+            ("500MiB", ESP, "disk-system-ESP"),
+            ("+", LINUX, "disk-system-root")
+        ]),
+        sfdisk_script(&[("+", LINUX, "disk-data-home")]),
+    )
+}
+
+/// The raw commands simple-efi amounts to.
+fn raw_simple_efi(dev: &str, root: &str) -> String {
+    format!(
+        r#"set -euo pipefail
+M={dev}; R={root}
+wipefs --all --force --quiet "$M"
+printf '{}' | sfdisk --quiet --no-reread --no-tell-kernel "$M"
+partx -a "$M"
+mkfs.vfat "${{M}}p1" >/dev/null
+mkfs.ext4 -F -q "${{M}}p2"
+mount -t ext4 "${{M}}p2" "$R"
+mkdir -p "$R/boot"
+"#,
+        sfdisk_script(&[
+            ("500MiB", ESP, "disk-main-ESP"),
+            ("+", LINUX, "disk-main-root")
+        ]),
+    )
+}
+
+fn render(layout: &Path, dir: &Path) -> Result<PathBuf> {
+    let state = dir.join("nix");
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .arg(layout)
+        .env("NIX_STATE_DIR", state.join("state"))
+        .env("NIX_LOG_DIR", state.join("log"))
+        .env("HOME", &state)
+        .output()
+        .context("running nix-instantiate (apt install nix-bin)")?;
+    if !out.status.success() {
+        bail!(
+            "rendering {}: {}",
+            layout.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let json = dir.join(format!(
+        "{}.json",
+        layout
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("layout")
+    ));
+    std::fs::write(&json, &out.stdout)?;
+    Ok(json)
+}
+
+fn output(argv: &[&str]) -> Result<String> {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .with_context(|| format!("running {}", argv[0]))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output(&["id", "-u"])
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
