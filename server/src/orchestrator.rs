@@ -176,7 +176,7 @@ impl Orchestrator {
         let resp = self
             .http
             .post(&url)
-            .header("X-Vault-Token", token.expose())
+            .header("X-Vault-Token", sensitive(&token)?)
             .header(
                 "X-Vault-Wrap-TTL",
                 format!("{}s", self.settings.wrap_ttl.as_secs()),
@@ -286,7 +286,13 @@ impl Orchestrator {
             let r = self
                 .http
                 .post(&url)
-                .header("X-Vault-Token", token.expose())
+                .header(
+                    "X-Vault-Token",
+                    match sensitive(token) {
+                        Ok(v) => v,
+                        Err(_) => return,
+                    },
+                )
                 .json(&body)
                 .send()
                 .await;
@@ -306,6 +312,18 @@ impl Orchestrator {
             }
         }
     }
+}
+
+/// The token as a header value marked sensitive (kept out of `Debug` and
+/// HTTP/2 header compression tables).
+fn sensitive(token: &SecretString) -> Result<reqwest::header::HeaderValue, MintError> {
+    let mut v = reqwest::header::HeaderValue::from_str(token.expose()).map_err(|_| {
+        MintError::Local(anyhow::anyhow!(
+            "vault.token_file holds characters not allowed in an HTTP header; write only the token"
+        ))
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 /// A reqwest error with its sources on one line (they carry the TLS reason).
