@@ -173,6 +173,12 @@ fn xfs_swap_end_from_the_end_swap_and_tmpfs() {
     assert_eq!(swap.size_bytes, GIB);
     let nix = p.nixos.to_json();
     assert_eq!(nix["swapDevices"][0]["randomEncryption"]["enable"], true);
+    assert_eq!(
+        nix["swapDevices"][0]["options"],
+        serde_json::json!(["defaults"])
+    );
+    // No mkswap for a randomly encrypted swap (disko lib/types/swap.nix).
+    assert!(!d.ops.iter().any(|o| o.describe().starts_with("mkswap")));
     assert_eq!(nix["fileSystems"]["/tmp"]["fsType"], "tmpfs");
     assert_eq!(mountpoints(&p), ["/", "/boot", "/tmp"]);
 }

@@ -145,6 +145,8 @@ pub struct Subvolume {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Swap {
     pub extra_args: Vec<String>,
+    /// swapon options (`swapDevices.*.options`).
+    pub mount_options: Vec<String>,
     pub random_encryption: bool,
     pub priority: Option<i64>,
     pub discard_policy: Option<String>,
@@ -598,7 +600,27 @@ fn parse_partition(disk: &str, key: &str, v: &Value, path: &str) -> Result<Parti
         None if type_code == "EF02" => 100,
         None => 1000,
     };
-    f.ignore(&["device", "alignment", "hybrid"]);
+    // Newer disko options landfall does not implement yet: refused when set,
+    // rather than silently ignored.
+    if f.get("uuid").is_some() {
+        return err(
+            &f.p("uuid"),
+            "fixed partition GUIDs are not supported yet; remove it (a random GUID is used)",
+        );
+    }
+    match f.get("attributes") {
+        Some(Value::Array(a)) if !a.is_empty() => {
+            return err(
+                &f.p("attributes"),
+                "GPT attribute bits are not supported yet",
+            );
+        }
+        _ => {}
+    }
+    if f.get("hybrid").is_some() {
+        return err(&f.p("hybrid"), "hybrid MBR entries are not supported yet");
+    }
+    f.ignore(&["device", "alignment"]);
     f.ignore(HOOKS);
     let content = match f.get("content") {
         None => None,
@@ -681,6 +703,7 @@ fn parse_content(v: &Value, path: &str) -> Result<Content, LayoutError> {
         }
         "swap" => Content::Swap(Swap {
             extra_args: f.strings("extraArgs")?.unwrap_or_default(),
+            mount_options: f.strings("mountOptions")?.unwrap_or_else(defaults),
             random_encryption: f.bool("randomEncryption", false)?,
             priority: f.int("priority")?,
             discard_policy: f.str("discardPolicy")?,

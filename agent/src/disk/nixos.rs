@@ -72,7 +72,7 @@ pub fn derive(layout: &Layout, disk_device: impl Fn(&str) -> Option<String>) -> 
     let mut c = NixosConfig::default();
     for (name, d) in &layout.disks {
         for p in &d.partitions {
-            let device = format!("/dev/disk/by-partlabel/{}", p.label);
+            let device = by_partlabel(&p.label);
             if let Some(content) = &p.content {
                 content_config(content, &device, &mut c);
             }
@@ -91,6 +91,15 @@ pub fn derive(layout: &Layout, disk_device: impl Fn(&str) -> Option<String>) -> 
         );
     }
     c
+}
+
+/// `/dev/disk/by-partlabel/LABEL` with LABEL escaped as udev names the
+/// link (disko: `diskoLib.hexEscapeUdevSymlink`).
+pub fn by_partlabel(label: &str) -> String {
+    format!(
+        "/dev/disk/by-partlabel/{}",
+        crate::hw::udev_symlink_escape(label)
+    )
 }
 
 fn content_config(content: &Content, device: &str, c: &mut NixosConfig) {
@@ -114,11 +123,14 @@ fn content_config(content: &Content, device: &str, c: &mut NixosConfig) {
             }
         }
         Content::Swap(s) => {
+            // lib/types/swap.nix `_config`.
             let mut v = Map::new();
             v.insert("device".into(), json!(device));
-            if s.random_encryption {
-                v.insert("randomEncryption".into(), json!({"enable": true}));
-            }
+            v.insert(
+                "randomEncryption".into(),
+                json!({"enable": s.random_encryption, "allowDiscards": s.discard_policy.is_some()}),
+            );
+            v.insert("options".into(), json!(s.mount_options));
             if let Some(p) = s.priority {
                 v.insert("priority".into(), json!(p));
             }

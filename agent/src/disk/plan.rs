@@ -359,7 +359,7 @@ pub fn plan(layout: &Layout, targets: &BTreeMap<String, Target>) -> Result<Plan,
                 last_lba: end,
                 size_bytes: (end - start + 1) * ss,
                 device: partition_node(&t.device, number),
-                stable_device: format!("/dev/disk/by-partlabel/{}", p.label),
+                stable_device: nixos::by_partlabel(&p.label),
             });
         }
         let mut ops = vec![
@@ -429,6 +429,9 @@ fn free_blocks(used: &[(u64, u64)], first: u64, last: u64) -> Vec<(u64, u64)> {
 fn content_ops(c: &Content, device: &str, disk: &str, ops: &mut Vec<Op>, mounts: &mut Vec<Mount>) {
     match c {
         Content::Filesystem(f) => fs_ops(f, device, disk, ops, mounts),
+        // disko (lib/types/swap.nix) makes no signature for a randomly
+        // encrypted swap: NixOS sets it up with a fresh key at every boot.
+        Content::Swap(s) if s.random_encryption => {}
         Content::Swap(s) => ops.push(Op::Mkswap {
             device: device.to_owned(),
             args: s.extra_args.clone(),
