@@ -89,29 +89,63 @@ fn broken_layouts_are_refused_naming_the_field_and_the_disk_is_untouched() {
 fn a_disk_with_data_is_refused_without_the_wipe_policy_and_left_identical() {
     require_root();
     let _s = serial();
-    let disk = LoopDisk::new(1200 << 20);
-    sh(&["mkfs.ext4", "-q", "-F", disk.dev()]);
-    let before = disk.hash();
-    let tmp = tempfile::tempdir().unwrap();
-    let out = agent()
-        .args(["apply", "--layout"])
-        .arg(layout_path("simple-efi"))
-        .args(["--disk", &format!("main={}", disk.dev()), "--root"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains(&format!(
-            "disk main ({}) holds data: ext4 filesystem",
-            disk.dev()
-        )),
-        "{err}"
-    );
-    assert!(
-        err.contains("wipe policy is `never`") && err.contains("--wipe"),
-        "{err}"
-    );
-    assert_eq!(disk.hash(), before);
+    // What may be on a disk, how to put it there, and how the refusal names it.
+    type Setup = fn(&str);
+    let cases: &[(&str, Setup, &str)] = &[
+        (
+            "ext4",
+            |d| {
+                sh(&["mkfs.ext4", "-q", "-F", d]);
+            },
+            "ext4 filesystem",
+        ),
+        (
+            "swap",
+            |d| {
+                sh(&["mkswap", d]);
+            },
+            "swap",
+        ),
+        (
+            "LUKS",
+            |d| {
+                let cmd = format!("printf k | cryptsetup luksFormat --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - {d}");
+                sh(&["sh", "-c", &cmd]);
+            },
+            "LUKS volume",
+        ),
+        (
+            "gpt with an xfs partition",
+            |d| {
+                sh(&["sgdisk", "--new=1:0:0", d]);
+                sh(&["partx", "-a", d]);
+                sh(&["mkfs.xfs", "-q", "-f", &format!("{d}p1")]);
+            },
+            "gpt partition table, xfs filesystem on",
+        ),
+    ];
+    for (what, setup, found) in cases {
+        let disk = LoopDisk::new(600 << 20);
+        setup(disk.dev());
+        let before = disk.hash();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = agent()
+            .args(["apply", "--layout"])
+            .arg(layout_path("simple-efi"))
+            .args(["--disk", &format!("main={}", disk.dev()), "--root"])
+            .arg(tmp.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: accepted");
+        assert!(
+            err.contains(&format!("disk main ({}) holds data: {found}", disk.dev())),
+            "{what}: {err}"
+        );
+        assert!(
+            err.contains("wipe policy is `never`") && err.contains("--wipe"),
+            "{err}"
+        );
+        assert_eq!(disk.hash(), before, "{what}: the disk changed");
+    }
 }
