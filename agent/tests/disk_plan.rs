@@ -290,3 +290,26 @@ fn cli_plan_is_pure_and_prints_json() {
     assert_eq!(j["disks"][0]["partitions"][1]["label"], "disk-main-root");
     assert_eq!(hash_file(img.path()), before);
 }
+
+#[test]
+fn the_emitted_nix_evaluates_to_the_emitted_json() {
+    // The Nix expression and the JSON are the same configuration: Nix itself
+    // evaluates the expression back to the JSON.
+    let dir = tempfile::tempdir().unwrap();
+    for name in LAYOUTS {
+        let l = layout(name);
+        let mut t = sized(&l, 4 * GIB);
+        for (n, target) in t.iter_mut() {
+            target.by_id = Some(format!("/dev/disk/by-id/virtio-{n}"));
+        }
+        let p = plan(&l, &t).unwrap();
+        let f = dir.path().join(format!("{name}-disks.nix"));
+        std::fs::write(&f, p.nixos.to_nix()).unwrap();
+        assert_eq!(
+            render(&f),
+            p.nixos.to_json(),
+            "{name}:\n{}",
+            p.nixos.to_nix()
+        );
+    }
+}
