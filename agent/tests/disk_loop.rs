@@ -541,3 +541,52 @@ fn pipeline_disk_step_selects_by_rule_honours_the_wipe_policy_and_reports_each_o
     rt().block_on(applied.close()).unwrap();
     assert!(mounted_below(root.path()).is_empty());
 }
+
+#[test]
+fn luks_password_file_is_a_passphrase_fed_on_stdin() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(200 * MIB);
+    let root = tempfile::tempdir().unwrap();
+    let keydir = tempfile::tempdir().unwrap();
+    let pw = keydir.path().join("pw");
+    // As an operator writes it: with a trailing newline.
+    std::fs::write(&pw, "s3cret phrase\n").unwrap();
+    let l = landfall_agent::disk::Layout::from_json(&serde_json::json!({"disk": {"main": {
+    "device": disk.dev(),
+    "content": {"type": "gpt", "partitions": {
+        "luks": {"size": "100%", "content": {"type": "luks", "name": "lftestpw",
+            "passwordFile": pw.to_str().unwrap(),
+            "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}}
+    }}}}}))
+    .unwrap();
+    let p = plan(
+        &l,
+        &landfall_agent::disk::cli_targets(&l, &BTreeMap::new(), &BTreeMap::new()).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        !p.to_string().contains("s3cret"),
+        "a key reached the printed plan"
+    );
+    let mut o = options(root.path(), Arc::new(Mutex::new(Vec::new())));
+    o.keys = Arc::new(Keys::default()); // falls back to reading the file
+    let applied = rt()
+        .block_on(apply(&p, &o))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let p1 = format!("{}p1", disk.dev());
+    // The passphrase is the line without its newline, as typed at boot.
+    let test = |key: &str| {
+        std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("printf '{key}' | cryptsetup open --test-passphrase --key-file - {p1}"),
+            ])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(test("s3cret phrase"));
+    assert!(!test("s3cret phrase\\n"));
+    rt().block_on(applied.close()).unwrap();
+}
