@@ -590,3 +590,29 @@ fn luks_password_file_is_a_passphrase_fed_on_stdin() {
     assert!(!test("s3cret phrase\\n"));
     rt().block_on(applied.close()).unwrap();
 }
+
+#[test]
+fn hybrid_on_a_4k_sector_loop_device() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::with_sector_size(1200 * MIB, Some(4096));
+    let root = tempfile::tempdir().unwrap();
+    let run = apply_on("hybrid", &[("main", &disk)], root.path());
+    assert_eq!(run.plan.disks[0].target.sector_size, 4096);
+    // 1 MiB alignment is 256 sectors of 4 KiB.
+    let parts: Vec<(u64, u64)> = run.plan.disks[0]
+        .partitions
+        .iter()
+        .map(|p| (p.first_lba, p.last_lba))
+        .collect();
+    assert_eq!(parts[0], (256, 511));
+    assert_eq!(parts[1], (512, 512 + 500 * 256 - 1));
+    let v = sh(&["sgdisk", "-v", disk.dev()]);
+    assert!(v.contains("No problems found"), "{v}");
+    let d = sh(&["sfdisk", "-d", disk.dev()]);
+    assert!(
+        d.contains("sector-size: 4096") && d.contains("start=         256, size=         256"),
+        "{d}"
+    );
+    check(run, root.path());
+}

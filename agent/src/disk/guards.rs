@@ -176,7 +176,16 @@ pub struct LoopGuard {
 impl LoopGuard {
     /// `losetup --find --show FILE`.
     pub fn attach(file: &Path) -> Result<Self> {
-        let out = run_blocking(Cmd::new("losetup").args(["--find", "--show"]).arg(file))
+        Self::attach_with_sector_size(file, None)
+    }
+
+    /// The same with a logical sector size (`--sector-size 4096`: a 4Kn disk).
+    pub fn attach_with_sector_size(file: &Path, sector_size: Option<u32>) -> Result<Self> {
+        let mut cmd = Cmd::new("losetup").args(["--find", "--show"]);
+        if let Some(ss) = sector_size {
+            cmd = cmd.args(["--sector-size".to_string(), ss.to_string()]);
+        }
+        let out = run_blocking(cmd.arg(file))
             .with_context(|| format!("attaching {} to a loop device", file.display()))?;
         let device = out.stdout.trim().to_owned();
         anyhow::ensure!(

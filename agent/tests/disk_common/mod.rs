@@ -92,6 +92,10 @@ pub struct LoopDisk {
 
 impl LoopDisk {
     pub fn new(size: u64) -> Self {
+        Self::with_sector_size(size, None)
+    }
+
+    pub fn with_sector_size(size: u64, sector_size: Option<u32>) -> Self {
         let file = tempfile::Builder::new()
             .prefix("landfall-disk-")
             .suffix(".img")
@@ -100,7 +104,7 @@ impl LoopDisk {
             )
             .unwrap();
         file.as_file().set_len(size).unwrap();
-        let guard = LoopGuard::attach(file.path()).unwrap();
+        let guard = LoopGuard::attach_with_sector_size(file.path(), sector_size).unwrap();
         LoopDisk { guard, file }
     }
 
