@@ -616,3 +616,45 @@ fn hybrid_on_a_4k_sector_loop_device() {
     );
     check(run, root.path());
 }
+
+#[test]
+fn reinstall_with_wipe_over_another_layout_leaves_no_stale_signature() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(1200 * MIB);
+    let root = tempfile::tempdir().unwrap();
+    let first = apply_on("simple-efi", &[("main", &disk)], root.path());
+    rt().block_on(first.applied.close()).unwrap();
+    // As after a reboot on a kernel that does not scan GPTs: the old
+    // partitions are unknown, so wiping "them" cannot reach their signatures.
+    sh(&["partx", "-d", disk.dev()]);
+    // hybrid's BIOS boot partition starts where simple-efi's ESP (vfat) did.
+    let l = layout("hybrid");
+    let ov = BTreeMap::from([("main".to_string(), disk.dev().to_string())]);
+    let p = plan(
+        &l,
+        &landfall_agent::disk::cli_targets(&l, &ov, &BTreeMap::new()).unwrap(),
+    )
+    .unwrap();
+    let mut o = options(root.path(), Arc::new(Mutex::new(Vec::new())));
+    let e = rt().block_on(apply(&p, &o)).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("holds data: gpt partition table"),
+        "{e:#}"
+    );
+    o.wipe = true;
+    let applied = rt()
+        .block_on(apply(&p, &o))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let b = blkid(&format!("{}p1", disk.dev()));
+    assert_eq!(
+        b.get("PART_ENTRY_NAME").map(String::as_str),
+        Some("disk-main-boot")
+    );
+    assert_eq!(
+        b.get("TYPE"),
+        None,
+        "stale signature in the BIOS boot partition: {b:?}"
+    );
+    rt().block_on(applied.close()).unwrap();
+}

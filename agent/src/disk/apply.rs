@@ -514,6 +514,14 @@ async fn reread(device: &str, partitions: &[String], d: &DiskPlan) -> Result<()>
             partitions.join(" ")
         );
     }
+    // Signatures an earlier layout left where the new partitions now start
+    // (a partition that gets no filesystem would show them otherwise).
+    for node in partitions {
+        Cmd::new("wipefs")
+            .args(["--all", "--force", "--quiet", node])
+            .run()
+            .await?;
+    }
     Ok(())
 }
 

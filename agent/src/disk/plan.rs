@@ -121,7 +121,7 @@ impl Op {
             }
             Op::Reread { device, partitions } => {
                 format!(
-                    "re-read the partition table of {device}, wait for {}",
+                    "re-read the partition table of {device}, wait for {} and wipe stale signatures in them",
                     partitions.join(" ")
                 )
             }
