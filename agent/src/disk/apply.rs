@@ -16,7 +16,7 @@ use super::guards::{LuksGuard, MountGuard};
 use super::layout::KeySource;
 use super::nixos::NixosConfig;
 use super::plan::{DiskPlan, Mount, Op, Plan};
-use super::safety::{self, parse_export, Refusal};
+use super::safety::{self, Refusal};
 use crate::cmd::Cmd;
 use crate::retry::{Attempt, Retry};
 
@@ -517,10 +517,13 @@ async fn reread(device: &str, partitions: &[String], d: &DiskPlan) -> Result<()>
     // Signatures an earlier layout left where the new partitions now start
     // (a partition that gets no filesystem would show them otherwise).
     for node in partitions {
-        Cmd::new("wipefs")
-            .args(["--all", "--force", "--quiet", node])
-            .run()
-            .await?;
+        let f = super::probe::probe(node)?;
+        if f.ambivalent || f.get("TYPE").is_some() || f.get("PTTYPE").is_some() {
+            Cmd::new("wipefs")
+                .args(["--all", "--force", "--quiet", node])
+                .run()
+                .await?;
+        }
     }
     Ok(())
 }
@@ -653,25 +656,15 @@ pub async fn verify(plan: &Plan, opts: &ApplyOptions, mounts: &[MountGuard]) -> 
     for d in &plan.disks {
         let expect = expected_types(d);
         for (p, want) in d.partitions.iter().zip(expect) {
-            let out = Cmd::new("blkid")
-                .args(["-p", "-o", "export", &p.device])
-                .run()
-                .await
-                .or_else(|e| {
-                    if e.status.and_then(|s| s.code()) == Some(2) {
-                        Ok(crate::cmd::Output {
-                            stdout: String::new(),
-                            stderr: String::new(),
-                        })
-                    } else {
-                        Err(e)
-                    }
-                })
+            let found = super::probe::probe(&p.device)
                 .with_context(|| format!("reading back {}", p.device))?;
-            let kv: BTreeMap<String, String> = parse_export(&out.stdout).into_iter().collect();
+            if found.ambivalent {
+                bail!("{}: blkid finds several conflicting signatures", p.device);
+            }
+            let kv = found.values;
             let get = |k: &str| kv.get(k).cloned().unwrap_or_default();
             let label = get("PART_ENTRY_NAME");
-            if !label.is_empty() && label != p.label {
+            if label != p.label {
                 bail!(
                     "{}: PARTLABEL is {label:?}, the plan says {:?}",
                     p.device,
@@ -679,7 +672,7 @@ pub async fn verify(plan: &Plan, opts: &ApplyOptions, mounts: &[MountGuard]) -> 
                 );
             }
             let ptype = get("PART_ENTRY_TYPE");
-            if !ptype.is_empty() && !ptype.eq_ignore_ascii_case(&p.type_guid) {
+            if !ptype.eq_ignore_ascii_case(&p.type_guid) {
                 bail!(
                     "{}: partition type is {ptype}, the plan says {}",
                     p.device,

@@ -12,6 +12,7 @@ pub mod guards;
 pub mod layout;
 pub mod nixos;
 pub mod plan;
+pub mod probe;
 pub mod safety;
 pub mod select;
 

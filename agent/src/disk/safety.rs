@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::cmd::Cmd;
-
 /// Where the installer's own root/boot medium may be mounted.
 const BOOT_MOUNTS: &[&str] = &[
     "/",
@@ -198,29 +196,18 @@ pub fn check(disk: &str, p: &Probe, wipe: bool) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Signatures blkid finds on one node, low-level probing (no cache).
+/// Signatures libblkid finds on one node, low-level probing (no cache).
 async fn signatures(node: &str) -> Result<Vec<String>> {
-    let out = Cmd::new("blkid")
-        .args(["-p", "-o", "export", node])
-        .run()
-        .await;
-    let out = match out {
-        Ok(o) => o.stdout,
-        // 2: nothing found.
-        Err(e) if e.status.and_then(|s| s.code()) == Some(2) => return Ok(vec![]),
-        // 8: ambivalent (several signatures): that is data too.
-        Err(e) if e.status.and_then(|s| s.code()) == Some(8) => {
-            return Ok(vec!["several conflicting signatures".into()])
-        }
-        Err(e) => return Err(e).with_context(|| format!("probing {node}")),
-    };
-    let kv = parse_export(&out);
-    let mut found = Vec::new();
-    if let Some(t) = kv.iter().find(|(k, _)| k == "PTTYPE") {
-        found.push(format!("{} partition table", t.1));
+    let f = super::probe::probe(node)?;
+    if f.ambivalent {
+        return Ok(vec!["several conflicting signatures".into()]);
     }
-    if let Some(t) = kv.iter().find(|(k, _)| k == "TYPE") {
-        let what = match t.1.as_str() {
+    let mut found = Vec::new();
+    if let Some(t) = f.get("PTTYPE") {
+        found.push(format!("{t} partition table"));
+    }
+    if let Some(t) = f.get("TYPE") {
+        let what = match t {
             "crypto_LUKS" => "LUKS volume".to_owned(),
             "LVM2_member" => "LVM physical volume".to_owned(),
             "linux_raid_member" => "RAID member".to_owned(),
