@@ -27,6 +27,9 @@ pub const AGENT_EXITED: &str = "landfall-test-image: agent exited with status";
 /// built-in ones are skipped with a note.
 pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_pci",
+    // Entropy: TCG's CPU has no RDRAND, and getrandom() (GPT GUIDs, mkfs
+    // UUIDs) blocks until the pool is seeded; the VM gets a virtio-rng device.
+    "virtio_rng",
     "virtio_blk",
     "virtio_net",
     "virtio_scsi",
@@ -36,6 +39,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "ext4",
     "vfat",
     "nls_cp437",
+    "nls_ascii",
     "nls_iso8859_1",
     "crc32c_generic",
     "btrfs",
@@ -60,7 +64,25 @@ pub struct ImageSpec {
     pub modules: Vec<String>,
     /// A kernel version under /boot and /lib/modules; `None`: the newest one that has both.
     pub kernel_version: Option<String>,
+    /// Dynamically linked programs of this host (by name, found on PATH) the
+    /// agent calls, copied to `/usr/local/sbin` with the shared libraries and
+    /// the loader `ldd` names: the installer image's tools (mkfs, partx, ...).
+    pub host_programs: Vec<String>,
 }
+
+/// What the agent's disk step calls (util-linux, e2fsprogs, dosfstools), as
+/// the real image has them on PATH.
+pub const DISK_PROGRAMS: &[&str] = &[
+    "blkid",
+    "blockdev",
+    "partx",
+    "wipefs",
+    "mount",
+    "umount",
+    "mkfs.ext4",
+    "mkfs.vfat",
+    "mkswap",
+];
 
 impl ImageSpec {
     pub fn new(agent: impl Into<PathBuf>, out_dir: impl Into<PathBuf>) -> Self {
@@ -71,6 +93,7 @@ impl ImageSpec {
             agent_command: DEFAULT_AGENT_COMMAND.to_string(),
             modules: DEFAULT_MODULES.iter().map(|m| m.to_string()).collect(),
             kernel_version: None,
+            host_programs: Vec::new(),
         }
     }
 }
@@ -130,6 +153,20 @@ impl Image {
         }
         let list: String = guest_modules.iter().map(|m| format!("{m}\n")).collect();
         w.file("etc/landfall-test/modules", 0o644, list.as_bytes())?;
+
+        let mut libs = std::collections::BTreeSet::new();
+        for name in &spec.host_programs {
+            let host = find_program(name)?;
+            w.file(&format!("usr/local/sbin/{name}"), 0o755, &read_file(&host)?)?;
+            libs.extend(shared_libraries(&host)?);
+        }
+        for lib in &libs {
+            w.file(
+                lib.trim_start_matches('/'),
+                0o755,
+                &read_file(Path::new(lib))?,
+            )?;
+        }
 
         w.file(AGENT_PATH, 0o755, &read_static(&spec.agent)?)?;
         for (host, guest, mode) in &spec.extra_files {
@@ -232,6 +269,36 @@ fn read_module(host: &Path) -> Result<Vec<u8>> {
     Ok(cmd::run(&mut c)?.stdout)
 }
 
+/// `name` on this host's PATH (and the sbin directories, which root's PATH may lack).
+fn find_program(name: &str) -> Result<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found.with_context(|| format!("{name} is not installed on this host (see PACKAGES in ./x)"))
+}
+
+/// The contents behind `path`, following symlinks (mkfs.ext4 -> mke2fs).
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Absolute paths of the shared libraries and the loader `ldd` lists for `program`.
+fn shared_libraries(program: &Path) -> Result<Vec<String>> {
+    let out = cmd::run(Command::new("ldd").arg(program))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            // "libblkid.so.1 => /lib/x86_64-linux-gnu/libblkid.so.1 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"; "linux-vdso.so.1 (0x...)" has no file.
+            let path = l.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| path.to_owned())
+        })
+        .collect())
+}
+
 /// Reads an executable for the image; a dynamically linked ELF would not run there.
 fn read_static(path: &Path) -> Result<Vec<u8>> {
     let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -281,7 +348,7 @@ exit 0
 /// the agent exits, instead of powering off.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+export PATH=/usr/local/sbin:/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 say() { echo "landfall-test-image: $*"; }
 
 mount -t proc proc /proc

@@ -180,6 +180,9 @@ impl Vm {
         // OVMF), then the disks in order: OVMF drops boot options for devices that have no
         // bootindex when any device has one, and an installed disk must stay bootable after
         // iPXE `exit`s. QEMU loads efi-virtio.rom (legacy + EFI iPXE) as the NIC's option ROM.
+        // Entropy for the guest: TCG's CPU has no RDRAND, so getrandom() in the
+        // guest (GPT and filesystem UUIDs) would block until the pool is seeded.
+        push(&["-device", "virtio-rng-pci"]);
         push(&["-netdev", &format!("user,id=n0,bootfile={bootfile_url}")]);
         push(&[
             "-device",

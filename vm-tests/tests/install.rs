@@ -6,6 +6,7 @@
 //! The agent is the real static binary (`LANDFALL_TEST_AGENT`, or built here).
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use landfall::{serve, ServeOptions};
@@ -14,24 +15,27 @@ use serde_json::Value;
 
 const DISK_BYTES: u64 = 2 << 30;
 
-fn config(mac: &str, hostname: &str) -> String {
+fn config(mac: &str, hostname: &str, layout: &str) -> String {
     format!(
         r#"
 [server]
 kernel_args = "{console} landfall.console=lines landfall.final=poweroff"
+layouts = "{layouts}"
 
 [enroll]
 unknown = "hold"
 
 [roles.vmtest]
 description = "VM test machine"
+layout = "{layout}"
 
 [[machines]]
 mac = "{mac}"
 hostname = "{hostname}"
 role = "vmtest"
 "#,
-        console = image::CONSOLE_ARGS
+        console = image::CONSOLE_ARGS,
+        layouts = agent::workspace_root().join("disko-layouts").display(),
     )
 }
 
@@ -46,14 +50,73 @@ fn admin_get(base: &str, data: &Path, path: &str) -> Value {
     r.json().unwrap()
 }
 
-fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str) {
+/// A partition of the disk image as `sfdisk --json` and `blkid -p` see it.
+#[derive(Debug)]
+struct Part {
+    name: String,
+    type_guid: String,
+    fs: Option<String>,
+}
+
+/// Read the GPT and each partition's filesystem from the image file on the
+/// host (no loop device: `blkid -p -O OFFSET -S SIZE` probes inside the file).
+fn inspect(image: &Path) -> Vec<Part> {
+    let out = Command::new("sfdisk")
+        .arg("--json")
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sfdisk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &table["partitiontable"];
+    assert_eq!(t["label"], "gpt", "{table:#}");
+    let sector = t["sectorsize"].as_u64().unwrap_or(512);
+    t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let offset = p["start"].as_u64().unwrap() * sector;
+            let size = p["size"].as_u64().unwrap() * sector;
+            let out = Command::new("blkid")
+                .args([
+                    "-p",
+                    "-s",
+                    "TYPE",
+                    "-o",
+                    "value",
+                    "-O",
+                    &offset.to_string(),
+                    "-S",
+                ])
+                .arg(size.to_string())
+                .arg(image)
+                .output()
+                .unwrap();
+            let fs = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            Part {
+                name: p["name"].as_str().unwrap_or("").to_owned(),
+                type_guid: p["type"].as_str().unwrap_or("").to_owned(),
+                fs: (!fs.is_empty()).then_some(fs),
+            }
+        })
+        .collect()
+}
+
+fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str, layout: &str) -> Vec<Part> {
     let t0 = Instant::now();
     let agent = agent::static_agent().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let artifacts = dir.path().join("artifacts");
-    let image = Image::build(ImageSpec::new(&agent, &artifacts)).unwrap();
+    let mut spec = ImageSpec::new(&agent, &artifacts);
+    spec.host_programs = image::DISK_PROGRAMS.iter().map(|p| p.to_string()).collect();
+    let image = Image::build(spec).unwrap();
     let conf = dir.path().join("landfall.toml");
-    std::fs::write(&conf, config(mac, hostname)).unwrap();
+    std::fs::write(&conf, config(mac, hostname, layout)).unwrap();
     let data = dir.path().join("data");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -149,6 +212,7 @@ fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str) {
     assert_eq!(attempts[0]["acked_seq"].as_u64(), Some(seqs.len() as u64));
     let steps: Vec<String> = events
         .iter()
+        .filter(|e| e["kind"] != "progress" && e["kind"] != "log")
         .map(|e| {
             format!(
                 "{}/{}",
@@ -164,8 +228,18 @@ fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str) {
             "detect/finished",
             "register/started",
             "register/finished",
+            "disks/started",
+            "disks/finished",
             "done/finished"
         ]
+    );
+    let disk_ops = events
+        .iter()
+        .filter(|e| e["step"] == "disks" && e["kind"] == "progress")
+        .count();
+    assert!(
+        disk_ops >= 3,
+        "a progress event per disk operation: {events:#?}"
     );
 
     // The installed machine now boots from its disk: it never loops.
@@ -177,6 +251,7 @@ fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str) {
     assert!(!next.contains("landfall.token="), "{next}");
 
     rt.block_on(server.shutdown()).unwrap();
+    let parts = inspect(&vm_dir.join("disk0.raw"));
     eprintln!(
         "{firmware:?} ({}): image+server {:.1}s, QEMU start -> network up {:.1}s, -> installed {:.1}s; kernel {}",
         vm.accel().as_str(),
@@ -185,14 +260,53 @@ fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str) {
         vm_time.as_secs_f64(),
         image.kernel_version
     );
+    parts
+}
+
+const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
+const LINUX_FS: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+fn summary(parts: &[Part]) -> Vec<(&str, &str, Option<&str>)> {
+    parts
+        .iter()
+        .map(|p| (p.name.as_str(), p.type_guid.as_str(), p.fs.as_deref()))
+        .collect()
 }
 
 #[test]
-fn bios_machine_pxe_boots_registers_and_is_installed() {
-    install(Firmware::Bios, "52:54:00:4c:46:01", "LFBIOS0001", "vm-bios");
+fn bios_machine_pxe_boots_registers_and_partitions_hybrid() {
+    let parts = install(
+        Firmware::Bios,
+        "52:54:00:4c:46:01",
+        "LFBIOS0001",
+        "vm-bios",
+        "hybrid",
+    );
+    assert_eq!(
+        summary(&parts),
+        [
+            ("disk-main-boot", BIOS_BOOT, None),
+            ("disk-main-ESP", ESP, Some("vfat")),
+            ("disk-main-root", LINUX_FS, Some("ext4")),
+        ]
+    );
 }
 
 #[test]
-fn uefi_machine_pxe_boots_registers_and_is_installed() {
-    install(Firmware::Uefi, "52:54:00:4c:46:02", "LFUEFI0001", "vm-uefi");
+fn uefi_machine_pxe_boots_registers_and_partitions_simple_efi() {
+    let parts = install(
+        Firmware::Uefi,
+        "52:54:00:4c:46:02",
+        "LFUEFI0001",
+        "vm-uefi",
+        "simple-efi",
+    );
+    assert_eq!(
+        summary(&parts),
+        [
+            ("disk-main-ESP", ESP, Some("vfat")),
+            ("disk-main-root", LINUX_FS, Some("ext4")),
+        ]
+    );
 }
