@@ -11,10 +11,11 @@ fn main() -> std::process::ExitCode {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match argv.as_slice() {
         ["test"] => test::run_all(),
+        ["nixcheck"] => nixcheck::run(),
         ["demo", rest @ ..] => demo::run(rest),
         ["bench", rest @ ..] => bench::run(rest),
         _ => Err(anyhow::anyhow!(
-            "usage: ./x (demo [--bios|--uefi] | test | bench [detect] [size] [vm])"
+            "usage: ./x (demo [--bios|--uefi] | test | nixcheck | bench [detect] [size] [vm] [disks])"
         )),
     };
     match result {

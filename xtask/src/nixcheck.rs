@@ -275,12 +275,13 @@ fn check_config(config: &Path) -> Result<Output> {
         "xtask: nixcheck: landfall serve --check-config --config {}",
         config.display()
     );
+    // Built with the workspace's feature set, so `cargo test --workspace`
+    // reuses these artifacts instead of building the server a second time.
+    crate::build::run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]))?;
     capture(
-        Command::new("cargo")
-            .args(["run", "--quiet", "-p", "landfall", "--"])
+        Command::new(workspace_root().join("target/debug/landfall"))
             .args(["serve", "--check-config", "--config"])
-            .arg(config)
-            .current_dir(workspace_root()),
+            .arg(config),
     )
 }
 
