@@ -76,6 +76,27 @@ pub fn install_script(
     ))
 }
 
+/// The installer image's own kernel arguments: `ARTIFACTS/cmdline` when the
+/// image ships one (NixOS netboot: `init=/nix/store/...-nixos-system/init` and
+/// its `boot.kernelParams`), read at each boot so a new image needs no restart.
+/// They go before `server.kernel_args`, which can therefore override them.
+pub fn image_cmdline(artifacts: &std::path::Path) -> Result<String, String> {
+    let path = artifacts.join("cmdline");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let line = text.trim();
+    if line.chars().any(char::is_control) {
+        return Err(format!(
+            "{} must be one line of kernel arguments (it has a control character)",
+            path.display()
+        ));
+    }
+    Ok(line.to_owned())
+}
+
 /// Boot from the local disk: `exit` hands back to the firmware's next boot device.
 pub fn local_script(hostname: Option<&str>) -> String {
     let name = hostname
@@ -202,8 +223,17 @@ fn decide_and_render(
                     ),
                 ));
             };
+            let args = match image_cmdline(&app.artifacts) {
+                Ok(image) => [image.as_str(), settings.kernel_args.as_str()]
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Err(e) => return Ok(hold_script(base, &e)),
+            };
             let token = new_token()?;
-            let s = match install_script(base, &a, &token, &settings.kernel_args) {
+            let s = match install_script(base, &a, &token, &args) {
                 Ok(s) => s,
                 Err(e) => return Ok(hold_script(base, &format!("{mac}: {e}"))),
             };

@@ -31,6 +31,32 @@ async fn listed_machine_gets_the_exact_install_script() {
 }
 
 #[tokio::test]
+async fn the_images_own_cmdline_file_goes_before_kernel_args() {
+    let s = Server::start(Some(CONFIG)).await;
+    let cmdline = s.artifacts().join("cmdline");
+    std::fs::create_dir_all(s.artifacts()).unwrap();
+    std::fs::write(
+        &cmdline,
+        "init=/nix/store/abc-nixos-system/init loglevel=4\n",
+    )
+    .unwrap();
+    let (_, script) = s.boot(MAC1).await;
+    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    assert!(
+        kernel.ends_with(" init=/nix/store/abc-nixos-system/init loglevel=4 console=ttyS0,115200"),
+        "{kernel}"
+    );
+    // Read at each boot: a new image needs no restart; a broken file holds.
+    std::fs::write(&cmdline, "init=/x\nchain http://evil").unwrap();
+    let (status, script) = s.boot(MAC1).await;
+    assert_eq!(status, 200);
+    assert!(script.contains("landfall: holding:"), "{script}");
+    assert!(!script.contains("evil"), "{script}");
+    assert!(!script.contains("landfall.token="), "{script}");
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_mac_with_enroll_hold_is_held_and_recorded() {
     let s = Server::start(Some(CONFIG)).await;
     let (status, script) = s.boot("52:54:00:aa:bb:cc").await;
