@@ -349,6 +349,7 @@ async fn register(
         client.clone(),
         hello.attempt_id.clone(),
         hello.agent_token.clone(),
+        hello.next_seq,
     );
     Ok((hello, summary))
 }

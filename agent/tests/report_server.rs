@@ -236,6 +236,7 @@ async fn a_server_restart_loses_no_event() {
         Client::new(&server.base()).unwrap(),
         hello.attempt_id.clone(),
         hello.agent_token.clone(),
+        hello.next_seq,
     );
     outbox.flush(Duration::from_secs(10)).await.unwrap();
     assert_eq!(outbox.acked_seq(), 10);
@@ -264,6 +265,65 @@ async fn a_server_restart_loses_no_event() {
         .collect();
     let expect: Vec<String> = (0..40).map(|i| format!("line {i}")).collect();
     assert_eq!(msgs, expect, "each event stored exactly once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_mid_attempt_continues_the_numbering() {
+    let server = Server::start().await;
+    let token = server.boot_token().await;
+    // The first agent process: registers, reports five events, then dies.
+    let hello: landfall_proto::HelloResponse = reqwest::Client::new()
+        .post(format!("{}/api/v1/agent/hello", server.base()))
+        .json(&landfall_proto::HelloRequest {
+            boot_token: token.clone(),
+            agent_version: "test".into(),
+            protocol: 1,
+            inventory: landfall_agent::hw::detect(&fixture()).unwrap(),
+        })
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hello.next_seq, 1);
+    let first = Outbox::new();
+    for i in 0..5 {
+        first.push(
+            Step::Detect,
+            EventKind::Log,
+            format!("before {i}"),
+            None,
+            None,
+        );
+    }
+    first.bind(
+        Client::new(&server.base()).unwrap(),
+        hello.attempt_id.clone(),
+        hello.agent_token.clone(),
+        hello.next_seq,
+    );
+    first.flush(Duration::from_secs(10)).await.unwrap();
+    drop(first);
+
+    // The restarted process presents the same boot token: same attempt, and
+    // its events follow the five instead of overwriting nothing silently.
+    let outcome = pipeline::run(&config(server.base(), token), &opts(), console())
+        .await
+        .unwrap();
+    assert_eq!(outcome.attempt_id, hello.attempt_id);
+    let m = server.machine().await;
+    assert_eq!(m["state"], "installed");
+    let events = m["attempts"][0]["events"].as_array().unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=outcome.last_seq).collect::<Vec<_>>());
+    assert_eq!(events[4]["message"], "before 4");
+    assert_eq!(events[5]["step"], "detect");
+    assert_eq!(events[5]["kind"], "started");
+    assert_eq!(
+        m["attempts"][0]["acked_seq"].as_u64(),
+        Some(outcome.last_seq)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,15 @@ pub struct HelloResponse {
     /// Bearer token for this attempt's events; it can do nothing else.
     pub agent_token: String,
     pub assignment: Assignment,
+    /// The seq the agent's first event of this exchange must carry: 1 for a new
+    /// attempt; after a repeated hello (an agent restarted mid-attempt) one past
+    /// the highest seq already stored, so no new event collides with an old one.
+    #[serde(default = "first_seq")]
+    pub next_seq: u64,
+}
+
+fn first_seq() -> u64 {
+    1
 }
 
 /// What the server wants installed on this machine.

@@ -93,10 +93,21 @@ impl Outbox {
     }
 
     /// Attach the attempt and start sending in the background (once).
-    pub fn bind(&self, client: Client, attempt_id: String, token: String) {
+    /// `first_seq` is the server's `next_seq`: the events recorded before the
+    /// attempt was known (never sent) are numbered from it, so an agent that
+    /// restarted mid-attempt continues after the events the server already has.
+    pub fn bind(&self, client: Client, attempt_id: String, token: String, first_seq: u64) {
         let first = {
             let mut st = self.state();
             let first = st.binding.is_none();
+            if first {
+                let mut seq = first_seq.max(1);
+                for ev in st.pending.iter_mut() {
+                    ev.seq = seq;
+                    seq += 1;
+                }
+                st.next_seq = seq;
+            }
             st.binding = Some(Binding {
                 client,
                 attempt_id,

@@ -48,6 +48,7 @@ pub async fn hello(
             mac,
             mut assignment,
             retried,
+            next_seq,
         } => {
             app.settings.complete(&mut assignment, &mac);
             mint_vault(&app, &attempt_id, &mac, &mut assignment).await?;
@@ -71,6 +72,7 @@ pub async fn hello(
                 attempt_id,
                 agent_token,
                 assignment: *assignment,
+                next_seq,
             }))
         }
     }

@@ -21,6 +21,8 @@ pub enum HelloOutcome {
         assignment: Box<Assignment>,
         /// True when this token was already exchanged (a retried hello).
         retried: bool,
+        /// One past the highest seq stored for the attempt (1 when none).
+        next_seq: u64,
     },
 }
 
@@ -109,12 +111,18 @@ impl Store {
                     params![mac, inventory],
                 )?;
             }
+            let max_seq: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE attempt_id = ?1",
+                params![attempt_id],
+                |r| r.get(0),
+            )?;
             tx.commit()?;
             return Ok(HelloOutcome::Ok {
                 attempt_id,
                 mac,
                 assignment: Box::new(assignment),
                 retried: true,
+                next_seq: max_seq.max(0) as u64 + 1,
             });
         }
 
@@ -151,6 +159,7 @@ impl Store {
             mac,
             assignment: Box::new(assignment),
             retried: false,
+            next_seq: 1,
         })
     }
 
