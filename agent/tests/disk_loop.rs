@@ -658,3 +658,45 @@ fn reinstall_with_wipe_over_another_layout_leaves_no_stale_signature() {
     );
     rt().block_on(applied.close()).unwrap();
 }
+
+#[test]
+fn read_only_and_active_swap_disks_are_refused_even_with_wipe() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(1200 * MIB);
+    let l = layout("simple-efi");
+    let ov = BTreeMap::from([("main".to_string(), disk.dev().to_string())]);
+    let p = plan(
+        &l,
+        &landfall_agent::disk::cli_targets(&l, &ov, &BTreeMap::new()).unwrap(),
+    )
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut o = options(root.path(), Arc::new(Mutex::new(Vec::new())));
+    o.wipe = true;
+
+    sh(&["blockdev", "--setro", disk.dev()]);
+    let e = rt().block_on(apply(&p, &o)).unwrap_err();
+    sh(&["blockdev", "--setrw", disk.dev()]);
+    assert!(
+        format!("{e:#}").contains(&format!("disk main ({}) is read-only", disk.dev())),
+        "{e:#}"
+    );
+
+    // Swap in use on a partition of the disk.
+    sh(&["sgdisk", "--new=1:0:+64M", "--typecode=1:8200", disk.dev()]);
+    sh(&["partx", "-a", disk.dev()]);
+    let p1 = format!("{}p1", disk.dev());
+    sh(&["mkswap", &p1]);
+    sh(&["swapon", &p1]);
+    let e = rt().block_on(apply(&p, &o));
+    sh(&["swapoff", &p1]);
+    let msg = format!("{:#}", e.unwrap_err());
+    assert!(
+        msg.contains(&format!(
+            "disk main ({}) is in use ({p1} is active swap)",
+            disk.dev()
+        )),
+        "{msg}"
+    );
+}
