@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use landfall_agent::cmdline::{AgentConfig, ConsoleMode, FinalAction, Overrides};
-use landfall_agent::{disk, hw, pipeline, report::Console};
+use landfall_agent::{disk, hw, pipeline, report::Console, secrets};
 
 #[derive(Parser)]
 #[command(name = "landfall-agent", version, about = "landfall installer agent")]
@@ -59,7 +59,8 @@ enum Command {
         /// Write LUKS headers but do not open them (hosts without device-mapper).
         #[arg(long)]
         no_open_luks: bool,
-        /// Print the result (read-back and NixOS configuration) as JSON.
+        /// Print the result (read-back and NixOS configuration) as JSON, and
+        /// progress as JSON lines on stderr.
         #[arg(long)]
         json: bool,
     },
@@ -83,6 +84,87 @@ enum Command {
         #[arg(long, default_value = "/")]
         sysroot: PathBuf,
     },
+    /// First boot of the installed system: check the role's services and
+    /// report them (exit 0: all ok, 1: a check failed, 2: reporting failed).
+    Verify {
+        /// Written at install time: server, verify token, checks.
+        #[arg(long, default_value = "/etc/landfall/verify.json")]
+        config: PathBuf,
+        /// The NixOS module's checks (`landfall.verify.checks`).
+        #[arg(long)]
+        checks: Option<PathBuf>,
+        /// Run the checks only; do not report (the config may be absent).
+        #[arg(long)]
+        no_report: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Seconds failing checks are retried (default: from the checks file, else 0).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Keep the config after the server answered `ready` (it is removed otherwise).
+        #[arg(long)]
+        keep_config: bool,
+    },
+    /// Secrets bundles: age-encrypted tars for installs without Vault.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Encrypt the regular files under a directory into a bundle.
+    Create {
+        /// Directory whose files (recursively) go into the bundle.
+        #[arg(long)]
+        from: PathBuf,
+        /// Encrypt to the passphrase in this file (asked at the console at install).
+        #[arg(
+            long,
+            conflicts_with = "recipients",
+            required_unless_present = "recipients"
+        )]
+        passphrase_file: Option<PathBuf>,
+        /// Encrypt to this age public key (age1...). Repeatable.
+        #[arg(long = "recipient")]
+        recipients: Vec<String>,
+        /// Where to write the bundle (e.g. the image's /etc/landfall/secrets.age).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Print `SIZE  PATH` of every file in a bundle (never the contents).
+    List {
+        file: PathBuf,
+        #[command(flatten)]
+        unlock: Unlock,
+    },
+}
+
+/// How to unlock a bundle: exactly one way.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct Unlock {
+    /// An age identity file (AGE-SECRET-KEY-1...).
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// A file holding the passphrase.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Ask for the passphrase on this terminal (echo off, 3 tries). Repeatable.
+    #[arg(long = "prompt-tty")]
+    prompt_ttys: Vec<PathBuf>,
+}
+
+impl Unlock {
+    fn source(self) -> secrets::IdentitySource {
+        match (self.identity, self.passphrase_file) {
+            (Some(i), _) => secrets::IdentitySource::IdentityFile(i),
+            (None, Some(p)) => secrets::IdentitySource::PassphraseFile(p),
+            (None, None) => secrets::IdentitySource::Prompt(self.prompt_ttys),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -113,6 +195,42 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Bundle { command } => bundle(command),
+        Command::Verify {
+            config,
+            checks,
+            no_report,
+            json,
+            timeout,
+            keep_config,
+        } => {
+            use landfall_agent::install::verify;
+            let mut opts = verify::VerifyOptions::new(config);
+            opts.checks_file = checks;
+            opts.report = !no_report;
+            opts.timeout = timeout;
+            opts.keep_config = keep_config;
+            let out = match runtime().and_then(|rt| rt.block_on(verify::verify(&opts))) {
+                Ok(out) => out,
+                Err(e) => {
+                    eprintln!("landfall-agent: error: {e:#}");
+                    std::process::exit(2);
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print!("{}", verify::table(&out.checks));
+                match (&out.state, &out.report_error) {
+                    (Some(state), _) => {
+                        println!("reported: the server marked this machine {state}")
+                    }
+                    (None, Some(e)) => eprintln!("landfall-agent: error: {e}"),
+                    (None, None) => {}
+                }
+            }
+            std::process::exit(out.exit_code.into())
+        }
         Command::Plan {
             layout,
             disks,
@@ -153,8 +271,21 @@ fn real_main(cli: Cli) -> Result<()> {
                 wipe,
                 no_mount_formats: no_mount,
                 open_luks: !no_open_luks,
-                progress: Some(std::sync::Arc::new(|e: &disk::OpEvent| {
-                    eprintln!("[{}/{}] {:?}: {}", e.index, e.total, e.state, e.what)
+                // One line per operation event on stderr: JSON lines with --json.
+                progress: Some(std::sync::Arc::new(move |e: &disk::OpEvent| {
+                    if json {
+                        if let Ok(line) = serde_json::to_string(e) {
+                            eprintln!("{line}");
+                        }
+                    } else {
+                        let state = match e.state {
+                            disk::OpState::Started => "started".to_owned(),
+                            disk::OpState::Done { millis } => format!("done in {millis} ms"),
+                            disk::OpState::Skipped { because } => format!("skipped ({because})"),
+                            disk::OpState::Failed => "FAILED".to_owned(),
+                        };
+                        eprintln!("[{}/{}] {state}: {}", e.index, e.total, e.what)
+                    }
                 })),
                 ..Default::default()
             };
@@ -201,6 +332,7 @@ fn real_main(cli: Cli) -> Result<()> {
             let rt = runtime()?;
             let opts = pipeline::RunOptions {
                 sysroot,
+                cmdline: std::fs::read_to_string(&cmdline).unwrap_or_default(),
                 ..Default::default()
             };
             let console = Console::system(cfg.console, pipeline::STEPS);
@@ -215,6 +347,34 @@ fn real_main(cli: Cli) -> Result<()> {
                 outcome.last_seq
             );
             pipeline::final_action(cfg.final_action)
+        }
+    }
+}
+
+/// `landfall-agent bundle ...`: operators' tools; never prints a secret.
+fn bundle(command: BundleCommand) -> Result<()> {
+    use anyhow::Context;
+    use secrets::bundle;
+    match command {
+        BundleCommand::Create {
+            from,
+            passphrase_file,
+            recipients,
+            output,
+        } => {
+            let to = match passphrase_file {
+                Some(p) => bundle::Recipients::Passphrase(bundle::read_passphrase_file(&p)?),
+                None => bundle::Recipients::Keys(recipients),
+            };
+            let bytes = bundle::create(&from, &to)?;
+            std::fs::write(&output, bytes).with_context(|| format!("writing {}", output.display()))
+        }
+        BundleCommand::List { file, unlock } => {
+            let b = secrets::open_bundle(&file, &unlock.source())?;
+            for (path, size) in b.entries() {
+                println!("{size:>10}  {path}");
+            }
+            Ok(())
         }
     }
 }
