@@ -18,7 +18,12 @@ use crate::retry::{Attempt, Retry, RetryError};
 pub const STEPS: &[(Step, &str)] = &[
     (Step::Detect, "Detect hardware"),
     (Step::Register, "Register with the server"),
+    (Step::Secrets, "Fetch secrets"),
     (Step::Disks, "Partition, format and mount disks"),
+    (
+        Step::Configure,
+        "Place secrets and configuration in the target",
+    ),
     (Step::Done, "Report the result"),
 ];
 
@@ -31,6 +36,10 @@ pub struct RunOptions {
     /// Retry policy for `hello` while the server is unreachable.
     pub hello_retry: Retry,
     pub final_ack_timeout: Duration,
+    /// The kernel command line's text (`landfall.vault_role_id=`, ...).
+    pub cmdline: String,
+    /// Where the image carries its own files: `vault-role-id`, `vault-ca.pem`.
+    pub etc_dir: PathBuf,
 }
 
 impl Default for RunOptions {
@@ -43,6 +52,8 @@ impl Default for RunOptions {
                 max_tries: Some(40),
             },
             final_ack_timeout: FINAL_ACK_TIMEOUT,
+            cmdline: String::new(),
+            etc_dir: PathBuf::from("/etc/landfall"),
         }
     }
 }
@@ -88,12 +99,16 @@ pub async fn run(cfg: &AgentConfig, opts: &RunOptions, console: Console) -> Resu
         Err(StepFailure { step, error }) => {
             let message = format!("{error:#}");
             if reporter.outbox.is_bound() {
+                let mut data = serde_json::json!({ "step": step, "error": message });
+                if let Some(serde_json::Value::Object(extra)) = failure_data(&error) {
+                    data.as_object_mut().expect("an object").extend(extra);
+                }
                 reporter.emit(
                     Step::Done,
                     EventKind::Failed,
                     format!("{step} failed: {message}"),
                     None,
-                    Some(serde_json::json!({ "step": step, "error": message })),
+                    Some(data),
                 );
                 if let Err(e) = reporter.outbox.flush(opts.final_ack_timeout).await {
                     tracing::warn!("{e:#}");
@@ -125,10 +140,21 @@ async fn step<T>(
             Ok(value)
         }
         Err(error) => {
-            reporter.emit(step, EventKind::Failed, format!("{error:#}"), None, None);
+            let data = failure_data(&error);
+            reporter.emit(step, EventKind::Failed, format!("{error:#}"), None, data);
             Err(StepFailure { step, error })
         }
     }
+}
+
+/// What a failed event carries besides its message: `{"security": true}` for
+/// an interception alarm, so the server marks the machine compromised.
+fn failure_data(error: &anyhow::Error) -> Option<serde_json::Value> {
+    error
+        .chain()
+        .find_map(|e| e.downcast_ref::<crate::secrets::SecretsError>())
+        .filter(|e| e.is_security_alarm())
+        .map(|e| e.event_data())
 }
 
 async fn steps(
@@ -147,6 +173,33 @@ async fn steps(
         register(cfg, opts, client, reporter, inventory.clone()),
     )
     .await?;
+
+    let fetched = match &hello.assignment.vault {
+        None => {
+            reporter.emit(
+                Step::Secrets,
+                EventKind::Finished,
+                "no secrets assigned",
+                Some(1.0),
+                None,
+            );
+            None
+        }
+        Some(vault) => Some(
+            step(
+                reporter,
+                Step::Secrets,
+                &format!("fetching secrets from {}", vault.address),
+                secrets_step(opts, vault, &hello.assignment),
+            )
+            .await?,
+        ),
+    };
+    // LUKS keys named by the layout come from the secrets, never from argv.
+    let target_root = crate::disk::ApplyOptions::default().root;
+    let keys = crate::disk::apply::Keys {
+        by_path: fetched.as_ref().map(luks_keys).unwrap_or_default(),
+    };
 
     let disks = match &hello.assignment.disko {
         None => {
@@ -172,12 +225,59 @@ async fn steps(
                     &hello.assignment,
                     layout,
                     &inventory,
-                    crate::disk::ApplyOptions::default(),
+                    crate::disk::ApplyOptions {
+                        root: target_root.clone(),
+                        keys: std::sync::Arc::new(keys),
+                        ..Default::default()
+                    },
                 ),
             )
             .await?,
         ),
     };
+
+    match (&fetched, &disks) {
+        (Some(fetched), Some(_)) => {
+            let root = target_root.clone();
+            step(
+                reporter,
+                Step::Configure,
+                &format!("placing secrets under {}", root.display()),
+                async move {
+                    let placed = crate::secrets::place(&root, fetched)?;
+                    let summary = format!(
+                        "{} secret file(s) placed: {}",
+                        placed.len(),
+                        placed
+                            .iter()
+                            .map(|p| p.path.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    Ok(((), summary))
+                },
+            )
+            .await?;
+        }
+        (Some(_), None) => {
+            return Err(StepFailure {
+                step: Step::Configure,
+                error: anyhow::anyhow!(
+                    "the role has secret files but no layout: there is no target to place them in; \
+                     give the role a layout"
+                ),
+            })
+        }
+        _ => {
+            reporter.emit(
+                Step::Configure,
+                EventKind::Finished,
+                "nothing to place",
+                Some(1.0),
+                None,
+            );
+        }
+    }
 
     Ok(Outcome {
         attempt_id: hello.attempt_id,
@@ -211,6 +311,15 @@ pub async fn disk_step(
         .collect();
     let targets = select::select(&layout, &specs, &candidates)?;
     let plan = disk::plan(&layout, &targets)?;
+    for w in plan.boot_warnings(inventory.firmware.mode) {
+        reporter.emit(
+            Step::Disks,
+            EventKind::Log,
+            format!("warning: {w}"),
+            None,
+            None,
+        );
+    }
     reporter.emit(
         Step::Disks,
         EventKind::Log,
@@ -280,6 +389,40 @@ pub async fn disk_step(
     Ok((applied, summary))
 }
 
+/// The secrets step: the AppRole role_id from the image (or the command
+/// line), the wrapped secret_id from the assignment, the KV reads. Runs
+/// before the disks are touched, so an interception alarm stops the install
+/// with every disk as it was.
+async fn secrets_step(
+    opts: &RunOptions,
+    vault: &landfall_proto::agent::VaultAssignment,
+    assignment: &landfall_proto::Assignment,
+) -> Result<(crate::secrets::Fetched, String)> {
+    use crate::secrets;
+    let role_id = secrets::role_id_from(&opts.etc_dir.join("vault-role-id"), &opts.cmdline)?;
+    let fetch_opts = secrets::options_from(&opts.etc_dir.join("vault-ca.pem"), &opts.cmdline)?;
+    let fetched = secrets::fetch(vault, &role_id, &assignment.secret_files, &fetch_opts).await?;
+    let summary = format!(
+        "{} secret file(s) from {} path(s); values held in memory only",
+        fetched.files().len(),
+        fetched.paths().count()
+    );
+    Ok((fetched, summary))
+}
+
+/// Key bytes for the layout's LUKS `keyFile`/`passwordFile` paths: the
+/// secret files the role declares at those paths.
+fn luks_keys(fetched: &crate::secrets::Fetched) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fetched
+        .files()
+        .iter()
+        .filter_map(|f| {
+            let v = fetched.lookup(&f.from).ok()?;
+            Some((f.path.clone(), v.expose().to_vec()))
+        })
+        .collect()
+}
+
 async fn detect(opts: &RunOptions) -> Result<(Inventory, String)> {
     let sysroot = opts.sysroot.clone();
     let inv = tokio::task::spawn_blocking(move || crate::hw::detect(&sysroot))
@@ -287,12 +430,15 @@ async fn detect(opts: &RunOptions) -> Result<(Inventory, String)> {
         .context("the detect task panicked")??;
     let summary =
         format!(
-        "{} disk(s), {} NIC(s), {} CPU thread(s), {} MiB memory, {:?} firmware, virtualization {}",
+        "{} disk(s), {} NIC(s), {} CPU thread(s), {} MiB memory, {} firmware, virtualization {}",
         inv.disks.len(),
         inv.nics.len(),
         inv.cpu.threads,
         inv.memory.total_bytes >> 20,
-        inv.firmware.mode,
+        serde_json::to_value(inv.firmware.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
         if inv.virtualization.is_empty() { "none" } else { &inv.virtualization }
     );
     Ok((inv, summary))

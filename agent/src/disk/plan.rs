@@ -497,6 +497,36 @@ fn fs_ops(f: &Filesystem, device: &str, disk: &str, ops: &mut Vec<Op>, mounts: &
 }
 
 impl Plan {
+    /// What the layout lacks to boot this machine's firmware: an ESP
+    /// (EF00, mounted) for UEFI, a BIOS boot partition (EF02) for GRUB on
+    /// BIOS. Warnings, not errors: the configuration may boot otherwise.
+    pub fn boot_warnings(&self, firmware: landfall_proto::inventory::FirmwareMode) -> Vec<String> {
+        use landfall_proto::inventory::FirmwareMode;
+        let has = |code: &str| {
+            self.disks
+                .iter()
+                .flat_map(|d| &d.partitions)
+                .any(|p| p.type_guid == super::layout::type_guid(code).unwrap_or_default())
+        };
+        let esp_mounted = self.disks.iter().any(|d| {
+            d.partitions.iter().any(|p| {
+                p.type_guid == super::layout::EF00
+                    && self.mounts.iter().any(|m| m.device == p.device)
+            })
+        });
+        let mut w = Vec::new();
+        match firmware {
+            FirmwareMode::Uefi if !esp_mounted => w.push(
+                "this machine boots UEFI but the layout has no mounted EFI system partition (type EF00)".to_owned(),
+            ),
+            FirmwareMode::Bios if !has("EF02") => w.push(
+                "this machine boots BIOS but the layout has no BIOS boot partition (type EF02) for GRUB".to_owned(),
+            ),
+            _ => {}
+        }
+        w
+    }
+
     /// Number of operations, mounts included (for progress).
     pub fn op_count(&self) -> usize {
         self.disks.iter().map(|d| d.ops.len()).sum::<usize>() + self.mounts.len()
@@ -612,6 +642,20 @@ mod tests {
             ["/", "/boot"]
         );
         assert_eq!(p.disks[0].partitions[2].device, "/dev/vda3");
+    }
+
+    #[test]
+    fn boot_warnings_follow_the_firmware() {
+        use landfall_proto::inventory::FirmwareMode;
+        let l = Layout::from_json(&json!({"disk": {"main": {"device": "/dev/vda", "content": {"type": "gpt", "partitions": {
+            "ESP": {"size": "500M", "type": "EF00", "content": {"type": "filesystem", "format": "vfat", "mountpoint": "/boot"}},
+            "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}
+        }}}}}))
+        .unwrap();
+        let p = plan(&l, &t(2 << 30)).unwrap();
+        assert!(p.boot_warnings(FirmwareMode::Uefi).is_empty());
+        let w = p.boot_warnings(FirmwareMode::Bios);
+        assert!(w[0].contains("no BIOS boot partition (type EF02)"), "{w:?}");
     }
 
     #[test]
