@@ -26,6 +26,9 @@ pub struct MachineDetail {
     pub summary: MachineSummary,
     pub inventory: Option<Inventory>,
     pub attempts: Vec<AttemptDetail>,
+    /// The last first-boot verification reported, if any.
+    #[serde(default)]
+    pub verify: Option<crate::verify::VerifySummary>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -60,6 +60,11 @@ pub struct Assignment {
     /// Files the agent writes into the target from the fetched secrets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secret_files: Vec<SecretFile>,
+    /// Bearer token for the installed system's `POST /api/v1/agent/verify`,
+    /// minted per attempt at hello (the server keeps its hash). The install
+    /// step writes it into `/etc/landfall/verify.json` (0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_token: Option<SecretString>,
 }
 
 /// A string that must never be shown: `Debug` and `Display` print

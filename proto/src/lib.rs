@@ -9,6 +9,7 @@ pub mod agent;
 pub mod event;
 pub mod inventory;
 pub mod names;
+pub mod verify;
 
 pub use agent::{
     Assignment, EventsRequest, EventsResponse, HelloRequest, HelloResponse, SecretFile,
@@ -16,6 +17,7 @@ pub use agent::{
 };
 pub use event::{Event, EventKind, Step};
 pub use inventory::Inventory;
+pub use verify::{Check, CheckResult, NamedCheck, VerifyConfig, VerifyRequest, VerifyResponse};
 
 /// Version of the agent <-> server protocol described in `docs/protocol.md`.
 pub const PROTOCOL_VERSION: u32 = 1;

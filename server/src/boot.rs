@@ -307,6 +307,7 @@ mod tests {
             disks: Default::default(),
             vault: None,
             secret_files: Vec::new(),
+            verify_token: None,
         }
     }
 

@@ -767,6 +767,7 @@ impl Settings {
                 disks: Default::default(),
                 vault: None,
                 secret_files: Vec::new(),
+                verify_token: None,
             };
             self.complete(&mut a, mac);
             return Some(a);
@@ -829,6 +830,7 @@ impl Settings {
             disks: Default::default(),
             vault: None,
             secret_files: Vec::new(),
+            verify_token: None,
         }
     }
 }

@@ -3,3 +3,4 @@
 
 pub mod hwconfig;
 pub mod nixstr;
+pub mod verify;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use landfall_proto::agent::ErrorBody;
+use landfall_proto::verify::{VerifyRequest, VerifyResponse};
 use landfall_proto::{EventsRequest, EventsResponse, HelloRequest, HelloResponse, AGENT_API};
 use reqwest::StatusCode;
 use serde::{de::DeserializeOwned, Serialize};
@@ -110,5 +111,14 @@ impl Client {
         req: &EventsRequest,
     ) -> Result<EventsResponse, ApiError> {
         self.post("events", Some(agent_token), req).await
+    }
+
+    /// `POST verify` with the verify token (first boot of the installed system).
+    pub async fn verify(
+        &self,
+        verify_token: &str,
+        req: &VerifyRequest,
+    ) -> Result<VerifyResponse, ApiError> {
+        self.post("verify", Some(verify_token), req).await
     }
 }

@@ -51,6 +51,7 @@ pub async fn hello(
             next_seq,
         } => {
             app.settings.complete(&mut assignment, &mac);
+            super::verify::mint_token(&app, &attempt_id, &mut assignment)?;
             mint_vault(&app, &attempt_id, &mac, &mut assignment).await?;
             if req.protocol > PROTOCOL_VERSION {
                 tracing::warn!(

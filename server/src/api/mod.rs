@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub fn router(app: AppState) -> Router {
         .route("/artifacts/{name}", get(artifact))
         .route("/api/v1/agent/hello", post(agent::hello))
         .route("/api/v1/agent/events", post(agent::events))
+        .route("/api/v1/agent/verify", post(verify::verify))
         .route("/api/v1/machines", get(admin::list))
         .route("/api/v1/machines/{key}", get(admin::detail))
         .route("/api/v1/machines/{key}/reinstall", post(admin::reinstall))
@@ -77,6 +79,7 @@ async fn index() -> impl IntoResponse {
             "GET  /chain.ipxe                           generic script to embed in iPXE\n",
             "GET  /artifacts/{name}                     boot files (Range supported)\n",
             "POST /api/v1/agent/hello, /api/v1/agent/events   installer agent API\n",
+            "POST /api/v1/agent/verify                  first-boot verification (Bearer verify token)\n",
             "GET  /api/v1/machines                      admin API (Bearer admin token)\n",
         ),
     )

@@ -33,6 +33,7 @@ impl MachineRow {
             disks: Default::default(),
             vault: None,
             secret_files: Vec::new(),
+            verify_token: None,
         })
     }
 }
@@ -220,10 +221,12 @@ impl Store {
                 events,
             });
         }
+        let verify = super::verify::last(&conn, mac)?;
         Ok(Some(MachineDetail {
             summary,
             inventory,
             attempts: out,
+            verify,
         }))
     }
 }

@@ -5,6 +5,7 @@
 
 mod agent;
 mod machines;
+mod verify;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -16,6 +17,7 @@ use rusqlite::Connection;
 
 pub use agent::{AttemptRow, HelloInput, HelloOutcome, StoredEvents};
 pub use machines::MachineRow;
+pub use verify::{VerifyAuth, VerifyOutcome};
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -64,6 +66,22 @@ const MIGRATIONS: &[&str] = &[
         received_at INTEGER NOT NULL,
         PRIMARY KEY (attempt_id, seq)
     );
+    "#,
+    // 2: first-boot verification: a verify token per attempt (its hash), and
+    // every verification a machine reported.
+    r#"
+    ALTER TABLE attempts ADD COLUMN verify_token_hash TEXT;
+    CREATE UNIQUE INDEX attempts_verify_token ON attempts(verify_token_hash);
+    CREATE TABLE verifications (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        mac         TEXT NOT NULL,
+        attempt_id  TEXT NOT NULL,
+        hostname    TEXT NOT NULL,
+        ok          INTEGER NOT NULL,
+        checks      TEXT NOT NULL,
+        received_at INTEGER NOT NULL
+    );
+    CREATE INDEX verifications_mac ON verifications(mac);
     "#,
 ];
 
