@@ -113,6 +113,7 @@ fn opts() -> RunOptions {
             max_tries: Some(50),
         },
         final_ack_timeout: Duration::from_secs(30),
+        ..RunOptions::default()
     }
 }
 
@@ -171,7 +172,9 @@ async fn pipeline_registers_and_every_event_is_acknowledged_in_order() {
         ("detect", "finished"),
         ("register", "started"),
         ("register", "finished"),
+        ("secrets", "finished"),
         ("disks", "finished"),
+        ("configure", "finished"),
         ("done", "finished"),
     ];
     assert_eq!(

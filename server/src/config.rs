@@ -39,6 +39,11 @@ pub struct Config {
 pub struct VaultSection {
     /// `https://vault.lan:8200` (plain `http://` only with `insecure_http = true`).
     pub address: String,
+    /// The address the machines use, when it differs from the server's view
+    /// (another network segment, a load balancer, 10.0.2.2 from a QEMU guest).
+    /// Default: `address`. The same scheme rules apply.
+    #[serde(default)]
+    pub agent_address: Option<String>,
     /// PEM file of the CA that signs Vault's certificate; the only root trusted
     /// (by the server, and sent to the agent). Relative to the config file.
     #[serde(default)]
@@ -78,6 +83,8 @@ fn default_approle_mount() -> String {
 pub struct VaultSettings {
     /// Without a trailing slash.
     pub address: String,
+    /// What the assignment tells the agent (`agent_address`, else `address`).
+    pub agent_address: String,
     /// The CA PEM from `ca_file`, if any.
     pub ca_pem: Option<String>,
     pub token_file: PathBuf,
@@ -446,25 +453,24 @@ impl Config {
     }
 }
 
-/// Check `[vault]`: the address scheme against `insecure_http`, the CA file
-/// (read and parsed now), the token file (readable now), the wrap TTL.
-fn check_vault(v: &VaultSection, base_dir: &Path) -> Result<VaultSettings> {
-    let address = v.address.trim_end_matches('/').to_owned();
+/// `scheme://host[:port]`, https unless `insecure_http`; without a trailing slash.
+fn check_vault_address(field: &str, value: &str, insecure_http: bool) -> Result<String> {
+    let address = value.trim_end_matches('/').to_owned();
     let rest = if let Some(r) = address.strip_prefix("https://") {
         r
     } else if let Some(r) = address.strip_prefix("http://") {
-        if !v.insecure_http {
+        if !insecure_http {
             bail!(
-                "address = {:?} is plain http: tokens and secrets would travel in clear; \
+                "{field} = {:?} is plain http: tokens and secrets would travel in clear; \
                  use https:// with ca_file, or set insecure_http = true (development only)",
-                v.address
+                value
             );
         }
         r
     } else {
         bail!(
-            "address = {:?} must start with https:// (or http:// with insecure_http = true)",
-            v.address
+            "{field} = {:?} must start with https:// (or http:// with insecure_http = true)",
+            value
         );
     };
     if rest.is_empty()
@@ -473,11 +479,23 @@ fn check_vault(v: &VaultSection, base_dir: &Path) -> Result<VaultSettings> {
             .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
     {
         bail!(
-            "address = {:?} must be scheme://host[:port] with no path, e.g. \"https://vault.lan:8200\"",
-            v.address
+            "{field} = {:?} must be scheme://host[:port] with no path, e.g. \"https://vault.lan:8200\"",
+            value
         );
     }
+    Ok(address)
+}
+
+/// Check `[vault]`: the address scheme against `insecure_http`, the CA file
+/// (read and parsed now), the token file (readable now), the wrap TTL.
+fn check_vault(v: &VaultSection, base_dir: &Path) -> Result<VaultSettings> {
+    let address = check_vault_address("address", &v.address, v.insecure_http)?;
+    let agent_address = match &v.agent_address {
+        Some(a) => check_vault_address("agent_address", a, v.insecure_http)?,
+        None => address.clone(),
+    };
     let ca_pem = match &v.ca_file {
+
         Some(f) => {
             let p = base_dir.join(f);
             let pem = std::fs::read_to_string(&p)
@@ -532,6 +550,7 @@ fn check_vault(v: &VaultSection, base_dir: &Path) -> Result<VaultSettings> {
     }
     Ok(VaultSettings {
         address,
+        agent_address,
         ca_pem,
         token_file,
         insecure_http: v.insecure_http,
@@ -1172,6 +1191,22 @@ role = "ws"
             "the wrap token is minted at hello, not here"
         );
         assert_eq!(expand_template("roles/{role}", "ws-01", "ws"), "roles/ws");
+    }
+
+    #[test]
+    fn vault_agent_address_defaults_to_address_and_is_checked_alike() {
+        let s = vault_check(&vault_cfg("")).unwrap();
+        let v = s.vault.as_ref().unwrap();
+        assert_eq!(v.agent_address, "http://127.0.0.1:8200");
+        let s = vault_check(&vault_cfg("agent_address = \"http://10.0.2.2:8200/\"")).unwrap();
+        let v = s.vault.as_ref().unwrap();
+        assert_eq!(v.address, "http://127.0.0.1:8200");
+        assert_eq!(v.agent_address, "http://10.0.2.2:8200");
+        let e = vault_err(&vault_cfg("agent_address = \"ftp://x\""));
+        assert!(
+            e.contains("agent_address = \"ftp://x\" must start with https://"),
+            "{e}"
+        );
     }
 
     #[test]

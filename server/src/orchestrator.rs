@@ -245,7 +245,7 @@ impl Orchestrator {
             );
         }
         Ok(VaultAssignment {
-            address: self.settings.address.clone(),
+            address: self.settings.agent_address.clone(),
             wrap_token: info.token,
             creation_path,
             approle_mount: self.settings.approle_mount.clone(),

