@@ -1,6 +1,7 @@
 //! Secrets for the target: fetched from Vault/OpenBao with the server as
-//! trusted orchestrator ([`vault`]), then written into the mounted target
-//! ([`place`]). See docs/security.md for the model.
+//! trusted orchestrator ([`vault`]) or opened from an age bundle ([`bundle`],
+//! the offline path), then written into the mounted target ([`place`]). See
+//! docs/security.md for the model.
 //!
 //! For the pipeline (the `secrets` step, after `register`, before `disks`
 //! touch anything, so a LUKS key is at hand and an alarm stops early):
@@ -12,11 +13,22 @@
 //! let placed = secrets::place(Path::new("/mnt"), &fetched)?;
 //! ```
 //!
+//! The bundle path (a role whose `secret_files` say `from = "bundle:PATH"`):
+//!
+//! ```text
+//! let source = secrets::IdentitySource::from_cmdline(&cmdline);
+//! let bundle = secrets::open_bundle(Path::new(secrets::BUNDLE_FILE), &source)?;
+//! let fetched = bundle.into_fetched(&assignment.secret_files)?;
+//! // ... disks (fetched.bundle_file("luks.key")), mount, then place as above
+//! ```
+//!
 //! A [`SecretsError::SecurityAlarm`] must be reported as a failed event with
 //! `data = err.event_data()` (`{"security": true}`) on the `secrets` step and
 //! on the terminal `done` event: the server then marks the machine compromised.
 
+pub mod bundle;
 pub mod place;
+pub mod prompt;
 pub mod secret;
 pub mod vault;
 
@@ -24,6 +36,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+pub use bundle::{open_bundle, Bundle, IdentitySource, BUNDLE_FILE};
 pub use place::{place, PlacedFile};
 pub use secret::SecretBytes;
 pub use vault::{fetch, parse_from, FetchOptions, Fetched, SecretsError};

@@ -111,10 +111,13 @@ impl Default for FetchOptions {
     }
 }
 
-/// The fetched secrets: KV path (as in `vault.reads`) -> key -> value, and
-/// the files to place. `Debug` shows paths and keys, never values.
+/// The fetched secrets: KV path (as in `vault.reads`) -> key -> value, the
+/// files of an age bundle (path in the bundle -> content, see
+/// [`super::bundle`]), and the files to place. `Debug` shows paths, keys and
+/// bundle names, never values.
 pub struct Fetched {
     secrets: BTreeMap<String, BTreeMap<String, SecretBytes>>,
+    bundle: BTreeMap<String, SecretBytes>,
     files: Vec<SecretFile>,
 }
 
@@ -127,6 +130,7 @@ impl std::fmt::Debug for Fetched {
             .collect();
         f.debug_struct("Fetched")
             .field("keys", &keys)
+            .field("bundle", &self.bundle.keys().collect::<Vec<_>>())
             .field("files", &self.files)
             .finish()
     }
@@ -139,8 +143,25 @@ impl Fetched {
         secrets: BTreeMap<String, BTreeMap<String, SecretBytes>>,
         files: &[SecretFile],
     ) -> Result<Self, SecretsError> {
+        Self::with_sources(secrets, BTreeMap::new(), files)
+    }
+
+    /// Build from the files of an age bundle (`bundle:PATH` references).
+    pub fn from_bundle(
+        bundle: BTreeMap<String, SecretBytes>,
+        files: &[SecretFile],
+    ) -> Result<Self, SecretsError> {
+        Self::with_sources(BTreeMap::new(), bundle, files)
+    }
+
+    fn with_sources(
+        secrets: BTreeMap<String, BTreeMap<String, SecretBytes>>,
+        bundle: BTreeMap<String, SecretBytes>,
+        files: &[SecretFile],
+    ) -> Result<Self, SecretsError> {
         let f = Self {
             secrets,
+            bundle,
             files: files.to_vec(),
         };
         for file in files {
@@ -149,20 +170,37 @@ impl Fetched {
         Ok(f)
     }
 
+    /// The content of the bundle file at `path` (e.g. a LUKS key).
+    pub fn bundle_file(&self, path: &str) -> Option<&SecretBytes> {
+        self.bundle.get(path)
+    }
+
     /// The value of `key` in the KV secret at `path` (e.g. a LUKS key for the
     /// disk step: `get("hosts/ws-01", "luks_key")`).
     pub fn get(&self, path: &str, key: &str) -> Option<&SecretBytes> {
         self.secrets.get(path)?.get(key)
     }
 
-    /// Resolve a `kv:PATH#KEY` reference.
+    /// Resolve a `kv:PATH#KEY` or `bundle:PATH` reference.
     pub fn lookup(&self, from: &str) -> Result<&SecretBytes, SecretsError> {
         let missing = |what: String| SecretsError::Missing {
             from: from.to_owned(),
             what,
         };
-        let (path, key) =
-            parse_from(from).ok_or_else(|| missing("not of the form kv:PATH#KEY".into()))?;
+        if let Some(p) = super::bundle::parse_bundle_from(from) {
+            return self.bundle.get(p).ok_or_else(|| {
+                missing(if self.bundle.is_empty() {
+                    "no secrets bundle was opened".to_owned()
+                } else {
+                    format!(
+                        "the bundle has no file {p:?} (it has: {})",
+                        self.bundle.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                })
+            });
+        }
+        let (path, key) = parse_from(from)
+            .ok_or_else(|| missing("not of the form kv:PATH#KEY or bundle:PATH".into()))?;
         let m = self.secrets.get(path).ok_or_else(|| {
             missing(format!(
                 "{path:?} was not read (it is not among the assignment's vault.reads)"
