@@ -144,7 +144,9 @@ pub struct SecretFile {
     /// Absolute path in the installed system, e.g. `/var/lib/sops-nix/key.txt`.
     pub path: String,
     /// `kv:PATH#KEY`: the key `KEY` of the KV v2 secret at `PATH` (one of
-    /// the assignment's `vault.reads`), e.g. `kv:hosts/ws-01#age_key`.
+    /// the assignment's `vault.reads`), e.g. `kv:hosts/ws-01#age_key`; or
+    /// `bundle:PATH`: the file `PATH` of the installer's age bundle, e.g.
+    /// `bundle:hosts/ws-01/ssh_host_ed25519_key` (docs/security.md).
     pub from: String,
     /// Octal file mode, default `0600`.
     #[serde(default = "default_mode")]

@@ -111,7 +111,9 @@ pub struct RoleVault {
 pub struct SecretFileConfig {
     /// Absolute path in the installed system.
     pub path: String,
-    /// `kv:PATH#KEY`, PATH one of the role's `vault.reads` (as written).
+    /// `kv:PATH#KEY`, PATH one of the role's `vault.reads` (as written), or
+    /// `bundle:PATH`, a file in the installer's age bundle
+    /// (`/etc/landfall/secrets.age`; docs/security.md). One kind per role.
     pub from: String,
     #[serde(default = "default_mode")]
     pub mode: String,
@@ -600,15 +602,33 @@ fn check_role_secrets(name: &str, role: &RoleConfig, have_vault: bool) -> Result
             check_read_template(r).with_context(|| format!("roles.{name}.vault.reads[{i}]"))?;
         }
     }
+    let from_bundle = role
+        .secret_files
+        .iter()
+        .filter(|f| f.from.starts_with("bundle:"))
+        .count();
+    if from_bundle > 0 && from_bundle < role.secret_files.len() {
+        bail!(
+            "roles.{name}.secret_files mixes \"bundle:\" and \"kv:\" sources; a role takes its \
+             secret files from Vault or from the installer's age bundle, not both"
+        );
+    }
     let mut seen = std::collections::BTreeSet::new();
     for (i, f) in role.secret_files.iter().enumerate() {
         let at = format!("roles.{name}.secret_files[{i}]");
-        let Some(rv) = &role.vault else {
-            bail!(
-                "{at}: secret files need roles.{name}.vault (the AppRole and the KV paths to read)"
-            );
+        let reads = if f.from.starts_with("bundle:") {
+            &[][..]
+        } else {
+            let Some(rv) = &role.vault else {
+                bail!(
+                    "{at}: secret files from kv: need roles.{name}.vault (the AppRole and the KV \
+                     paths to read); or take them from the installer's age bundle \
+                     (from = \"bundle:PATH\")"
+                );
+            };
+            &rv.reads[..]
         };
-        check_secret_file(f, &rv.reads).with_context(|| at.clone())?;
+        check_secret_file(f, reads).with_context(|| at.clone())?;
         if !seen.insert(f.path.as_str()) {
             bail!(
                 "{at}.path = {:?} is listed twice; keep one entry per file",
@@ -641,9 +661,14 @@ fn check_secret_file(f: &SecretFileConfig, reads: &[String]) -> Result<()> {
             f.mode
         );
     }
+    if let Some(path) = f.from.strip_prefix("bundle:") {
+        check_bundle_path(path).with_context(|| format!("from = {:?}", f.from))?;
+        return check_owners(f);
+    }
     let Some((path, key)) = f.from.strip_prefix("kv:").and_then(|r| r.split_once('#')) else {
         bail!(
-            "from = {:?} must be \"kv:PATH#KEY\", e.g. \"kv:hosts/{{hostname}}#age_key\"",
+            "from = {:?} must be \"kv:PATH#KEY\" (e.g. \"kv:hosts/{{hostname}}#age_key\") or \
+             \"bundle:PATH\" (e.g. \"bundle:hosts/{{hostname}}/ssh_host_ed25519_key\")",
             f.from
         );
     };
@@ -655,6 +680,31 @@ fn check_secret_file(f: &SecretFileConfig, reads: &[String]) -> Result<()> {
             reads.join(", ")
         );
     }
+    check_owners(f)
+}
+
+/// A path inside the age bundle (its tar): relative, no empty, `.` or `..`
+/// segments; `{hostname}`/`{role}` allowed, else `[A-Za-z0-9._+@-]`.
+fn check_bundle_path(p: &str) -> Result<()> {
+    let bare = p.replace("{hostname}", "h").replace("{role}", "r");
+    let ok = !bare.is_empty()
+        && bare
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..")
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._+@-".contains(&b));
+    if !ok {
+        bail!(
+            "{p:?} must be a relative path inside the bundle without empty, . or .. segments \
+             ([A-Za-z0-9._+@-], {{hostname}} and {{role}} allowed), e.g. \
+             \"hosts/{{hostname}}/ssh_host_ed25519_key\""
+        );
+    }
+    Ok(())
+}
+
+fn check_owners(f: &SecretFileConfig) -> Result<()> {
     for (k, v) in [("owner", &f.owner), ("group", &f.group)] {
         let ok = !v.is_empty()
             && v.len() <= 32
@@ -1268,5 +1318,53 @@ role = "ws"
         let no_vault = base.split("[roles.ws.vault]").nth(1).unwrap();
         let e = vault_err(&format!("[roles.ws.vault]{no_vault}"));
         assert!(e.contains("needs a [vault] section"), "{e}");
+    }
+
+    #[test]
+    fn bundle_secret_files_need_no_vault_and_do_not_mix() {
+        let bundle_role = r#"
+[[roles.ws.secret_files]]
+path = "/etc/ssh/ssh_host_ed25519_key"
+from = "bundle:hosts/{hostname}/ssh_host_ed25519_key"
+mode = "0400"
+
+[[machines]]
+mac = "52:54:00:00:00:01"
+hostname = "ws-01"
+role = "ws"
+"#;
+        let s = vault_check(bundle_role).unwrap();
+        assert!(s.vault.is_none());
+        let a = s.assignment_for("52:54:00:00:00:01").unwrap();
+        assert_eq!(
+            a.secret_files[0].from,
+            "bundle:hosts/ws-01/ssh_host_ed25519_key"
+        );
+        for bad in [
+            "bundle:",
+            "bundle:/etc/x",
+            "bundle:a/../b",
+            "bundle:a//b",
+            "bundle:a b",
+        ] {
+            let e = vault_err(
+                &bundle_role.replace("bundle:hosts/{hostname}/ssh_host_ed25519_key", bad),
+            );
+            assert!(e.contains("relative path inside the bundle"), "{bad}: {e}");
+        }
+        let mixed = vault_cfg("").replace(
+            "kv:hosts/{hostname}#age_key",
+            "bundle:hosts/{hostname}/age_key",
+        );
+        assert!(vault_err(&mixed).contains("mixes"), "{}", vault_err(&mixed));
+        let kv_without_vault = bundle_role.replace(
+            "bundle:hosts/{hostname}/ssh_host_ed25519_key",
+            "kv:hosts/{hostname}#k",
+        );
+        let e = vault_err(&kv_without_vault);
+        assert!(
+            e.contains("need roles.ws.vault") && e.contains("bundle:PATH"),
+            "{e}"
+        );
     }
 }

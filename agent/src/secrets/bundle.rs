@@ -19,9 +19,10 @@
 //! [`Fetched`] the Vault path makes, for [`super::place`].
 //!
 //! Values live in [`SecretBytes`] (zeroized, redacted); each file is read
-//! into a buffer of its exact size. Not zeroized: the age crate's internal
-//! 64 KiB plaintext chunk buffer and the identity file's parsed copy inside
-//! the age crate.
+//! into a buffer of its exact size. The age crate zeroizes its decrypted
+//! chunks and keys; not zeroized: its plaintext chunk buffer when encrypting
+//! ([`create`], on the operator's machine) and its intermediate strings while
+//! parsing an identity file.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
