@@ -501,6 +501,39 @@ fn prompt_on_a_pty_wrong_three_times_fails_clearly() {
     assert_no_canary("agent stderr (TRACE)", &o.stderr);
 }
 
+#[test]
+fn prompt_on_two_terminals_the_first_answer_wins() {
+    let d = tempfile::tempdir().unwrap();
+    let f = passphrase_bundle(d.path());
+    let screen = Pty::new();
+    let mut serial = Pty::new();
+    let child = Command::new(AGENT)
+        .args(["bundle", "list"])
+        .arg(&f)
+        .arg("--prompt-tty")
+        .arg(&screen.path)
+        .arg("--prompt-tty")
+        .arg(&serial.path)
+        .env("LANDFALL_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    screen.wait_for(PROMPT, 1);
+    serial.wait_for(PROMPT, 1);
+    serial.type_line(PASS);
+    let o = child.wait_with_output().unwrap();
+    let (screen, serial) = (screen.finish(), serial.finish());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), LISTING);
+    for term in [&screen, &serial] {
+        assert!(term.contains("unlocked"), "{term}");
+        assert_no_canary("a terminal", term.as_bytes());
+    }
+    assert_no_canary("agent stderr (TRACE)", &o.stderr);
+}
+
 /// A tar with raw entry names (no checks), encrypted to `recipient`.
 fn raw_bundle(
     entries: &[(&str, tar::EntryType, &str)],

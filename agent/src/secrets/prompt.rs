@@ -116,14 +116,31 @@ impl Prompt {
                 .enumerate()
                 .filter(|(_, f)| {
                     f.revents().is_some_and(|r| {
-                        r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                        r.intersects(
+                            PollFlags::POLLIN
+                                | PollFlags::POLLHUP
+                                | PollFlags::POLLERR
+                                | PollFlags::POLLNVAL,
+                        )
                     })
                 })
                 .map(|(i, _)| i)
                 .collect();
             drop(fds);
-            for i in ready {
-                if let Some(secret) = self.ttys[i].read_some()? {
+            // Highest index first, so removing a dead terminal keeps the others' indices.
+            for i in ready.into_iter().rev() {
+                let got = match self.ttys[i].read_some() {
+                    Ok(got) => got,
+                    // One of several terminals gone (hangup, end of input): go
+                    // on with the others; the last one's error stops the prompt.
+                    Err(e) if self.ttys.len() > 1 => {
+                        tracing::warn!(tty = %self.ttys[i].path.display(), error = format!("{e:#}"), "no longer asking on this terminal");
+                        self.ttys.remove(i);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Some(secret) = got {
                     for t in &mut self.ttys {
                         t.line.zeroize();
                     }
