@@ -174,8 +174,31 @@ async fn steps(
     )
     .await?;
 
-    let fetched = match &hello.assignment.vault {
-        None => {
+    let from_bundle = hello
+        .assignment
+        .secret_files
+        .iter()
+        .any(|f| f.from.starts_with("bundle:"));
+    let fetched = match (&hello.assignment.vault, from_bundle) {
+        (Some(vault), _) => Some(
+            step(
+                reporter,
+                Step::Secrets,
+                &format!("fetching secrets from {}", vault.address),
+                secrets_step(opts, vault, &hello.assignment),
+            )
+            .await?,
+        ),
+        (None, true) => Some(
+            step(
+                reporter,
+                Step::Secrets,
+                "opening the installer's age bundle",
+                bundle_step(opts, reporter, &hello.assignment),
+            )
+            .await?,
+        ),
+        (None, false) => {
             reporter.emit(
                 Step::Secrets,
                 EventKind::Finished,
@@ -185,15 +208,6 @@ async fn steps(
             );
             None
         }
-        Some(vault) => Some(
-            step(
-                reporter,
-                Step::Secrets,
-                &format!("fetching secrets from {}", vault.address),
-                secrets_step(opts, vault, &hello.assignment),
-            )
-            .await?,
-        ),
     };
     // LUKS keys named by the layout come from the secrets, never from argv.
     let target_root = crate::disk::ApplyOptions::default().root;
@@ -406,6 +420,43 @@ async fn secrets_step(
         "{} secret file(s) from {} path(s); values held in memory only",
         fetched.files().len(),
         fetched.paths().count()
+    );
+    Ok((fetched, summary))
+}
+
+/// The offline path: the age bundle the image carries
+/// (`/etc/landfall/secrets.age`), unlocked by an identity file
+/// (`landfall.secrets_identity=PATH`) or a passphrase typed at the console.
+/// The console panel is paused while the prompt owns the terminals.
+async fn bundle_step(
+    opts: &RunOptions,
+    reporter: &Reporter,
+    assignment: &landfall_proto::Assignment,
+) -> Result<(crate::secrets::Fetched, String)> {
+    use crate::secrets::{self, IdentitySource};
+    let path = opts.etc_dir.join("secrets.age");
+    let source = IdentitySource::from_cmdline(&opts.cmdline);
+    let prompting = matches!(source, IdentitySource::Prompt(_));
+    if prompting {
+        reporter.console().pause(&format!(
+            "the secrets bundle {} needs its passphrase",
+            path.display()
+        ));
+    }
+    let files = assignment.secret_files.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        secrets::open_bundle(&path, &source)
+            .and_then(|b| b.into_fetched(&files).map_err(anyhow::Error::new))
+    })
+    .await
+    .context("the bundle task panicked");
+    if prompting {
+        reporter.console().resume();
+    }
+    let fetched = opened??;
+    let summary = format!(
+        "{} secret file(s) from the age bundle; values held in memory only",
+        fetched.files().len()
     );
     Ok((fetched, summary))
 }

@@ -28,13 +28,22 @@ const DISK_BYTES: u64 = 2 << 30;
 const CANARY_SSH: &str = "canary-vm-ssh-host-key-6f1d";
 const CANARY_AGE: &str = "AGE-SECRET-KEY-CANARY-VM-93B2";
 
-fn config(mac: &str, hostname: &str, layout: &str, bao_port: u16) -> String {
-    format!(
-        r#"
-[server]
-kernel_args = "{console} landfall.console=lines landfall.final=poweroff landfall.vault_insecure_http=1"
-layouts = "{layouts}"
+/// Where the machine's secrets come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    /// A real OpenBao on this machine, the server minting wrapped secret_ids.
+    Vault,
+    /// An age bundle baked into the image, opened with an identity file.
+    Bundle,
+}
 
+/// The `[server]` kernel arguments and the secrets half of `landfall.toml`.
+fn secrets_config(secrets: Secrets, bao_port: u16) -> (&'static str, String) {
+    match secrets {
+        Secrets::Vault => (
+            "landfall.vault_insecure_http=1",
+            format!(
+                r#"
 [vault]
 address = "http://127.0.0.1:{bao_port}"
 agent_address = "http://10.0.2.2:{bao_port}"
@@ -54,7 +63,35 @@ mode = "0600"
 path = "/var/lib/sops-nix/key.txt"
 from = "kv:hosts/{{hostname}}#age_key"
 mode = "0400"
+"#
+            ),
+        ),
+        Secrets::Bundle => (
+            "landfall.secrets_identity=/etc/landfall/bundle.key",
+            r#"
+[[roles.vmtest.secret_files]]
+path = "/etc/ssh/ssh_host_ed25519_key"
+from = "bundle:hosts/{hostname}/ssh_host_ed25519_key"
+mode = "0600"
 
+[[roles.vmtest.secret_files]]
+path = "/var/lib/sops-nix/key.txt"
+from = "bundle:hosts/{hostname}/age_key"
+mode = "0400"
+"#
+            .to_owned(),
+        ),
+    }
+}
+
+fn config(mac: &str, hostname: &str, layout: &str, secrets: Secrets, bao_port: u16) -> String {
+    let (secret_args, secret_toml) = secrets_config(secrets, bao_port);
+    format!(
+        r#"
+[server]
+kernel_args = "{console} landfall.console=lines landfall.final=poweroff {secret_args}"
+layouts = "{layouts}"
+{secret_toml}
 [enroll]
 unknown = "hold"
 
@@ -181,7 +218,60 @@ fn inspect(image: &Path) -> Vec<Part> {
         .collect()
 }
 
-fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str, layout: &str) -> Vec<Part> {
+/// An age bundle of the machine's secrets for one X25519 key, made the way an
+/// operator would: `age-keygen` (Debian's age) and `landfall-agent bundle create`.
+/// Returns (bundle file, identity file).
+fn make_bundle(
+    agent: &Path,
+    dir: &Path,
+    hostname: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = dir.join("bundle.key");
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "age-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recipient = String::from_utf8_lossy(&out.stderr)
+        .split_whitespace()
+        .find(|w| w.starts_with("age1"))
+        .expect("age-keygen names the public key")
+        .to_owned();
+    let from = dir.join("bundle-src");
+    let host = from.join("hosts").join(hostname);
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("ssh_host_ed25519_key"), CANARY_SSH).unwrap();
+    std::fs::write(host.join("age_key"), CANARY_AGE).unwrap();
+    let bundle = dir.join("secrets.age");
+    let out = Command::new(agent)
+        .args(["bundle", "create", "--from"])
+        .arg(&from)
+        .args(["--recipient", &recipient, "-o"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bundle create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&from).unwrap();
+    (bundle, key)
+}
+
+fn install(
+    firmware: Firmware,
+    mac: &str,
+    serial: &str,
+    hostname: &str,
+    layout: &str,
+    secrets: Secrets,
+) -> Vec<Part> {
     let t0 = Instant::now();
     let agent = agent::static_agent().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -208,11 +298,23 @@ fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str, layout: 
 
     let mut spec = ImageSpec::new(&agent, &artifacts);
     spec.host_programs = image::DISK_PROGRAMS.iter().map(|p| p.to_string()).collect();
-    spec.extra_files
-        .push((role_id_file, "etc/landfall/vault-role-id".into(), 0o400));
+    match secrets {
+        Secrets::Vault => {
+            spec.extra_files
+                .push((role_id_file, "etc/landfall/vault-role-id".into(), 0o400))
+        }
+        Secrets::Bundle => {
+            // The bundle in the image, its key on "a USB stick" (here: the image too).
+            let (bundle, key) = make_bundle(&agent, dir.path(), hostname);
+            spec.extra_files
+                .push((bundle, "etc/landfall/secrets.age".into(), 0o400));
+            spec.extra_files
+                .push((key, "etc/landfall/bundle.key".into(), 0o400));
+        }
+    }
     let image = Image::build(spec).unwrap();
     let conf = dir.path().join("landfall.toml");
-    std::fs::write(&conf, config(mac, hostname, layout, bao_port)).unwrap();
+    std::fs::write(&conf, config(mac, hostname, layout, secrets, bao_port)).unwrap();
     let data = dir.path().join("data");
     let server = rt
         .block_on(serve(ServeOptions {
@@ -369,7 +471,7 @@ fn install(firmware: Firmware, mac: &str, serial: &str, hostname: &str, layout: 
     );
     assert_eq!(ext4_file(&disk_image, root, "/var/lib/sops-nix").0, "0700");
     eprintln!(
-        "{firmware:?} ({}): image+server {:.1}s, QEMU start -> network up {:.1}s, -> installed {:.1}s; kernel {}",
+        "{firmware:?} ({}, secrets from {secrets:?}): image+server {:.1}s, QEMU start -> network up {:.1}s, -> installed {:.1}s; kernel {}",
         vm.accel().as_str(),
         image_built.as_secs_f64(),
         net_up.as_secs_f64(),
@@ -391,13 +493,14 @@ fn summary(parts: &[Part]) -> Vec<(&str, &str, Option<&str>)> {
 }
 
 #[test]
-fn bios_machine_pxe_boots_registers_and_partitions_hybrid() {
+fn bios_machine_partitions_hybrid_with_secrets_from_an_age_bundle() {
     let parts = install(
         Firmware::Bios,
         "52:54:00:4c:46:01",
         "LFBIOS0001",
         "vm-bios",
         "hybrid",
+        Secrets::Bundle,
     );
     assert_eq!(
         summary(&parts),
@@ -410,13 +513,14 @@ fn bios_machine_pxe_boots_registers_and_partitions_hybrid() {
 }
 
 #[test]
-fn uefi_machine_pxe_boots_registers_and_partitions_simple_efi() {
+fn uefi_machine_partitions_simple_efi_with_secrets_from_openbao() {
     let parts = install(
         Firmware::Uefi,
         "52:54:00:4c:46:02",
         "LFUEFI0001",
         "vm-uefi",
         "simple-efi",
+        Secrets::Vault,
     );
     assert_eq!(
         summary(&parts),

@@ -27,6 +27,9 @@ struct Target {
 
 pub struct Console {
     targets: Vec<Target>,
+    /// While something else owns the terminals (the passphrase prompt),
+    /// nothing is drawn.
+    paused: bool,
     steps: Vec<(Step, &'static str, StepState)>,
     started: Instant,
     server: String,
@@ -71,6 +74,7 @@ impl Console {
             .collect();
         Self {
             targets,
+            paused: false,
             steps: steps
                 .iter()
                 .map(|&(s, d)| (s, d, StepState::Pending))
@@ -183,6 +187,24 @@ impl Console {
         ));
     }
 
+    /// Stop drawing, after one line saying why (a prompt is about to use the terminals).
+    pub fn pause(&mut self, why: &str) {
+        let line = format!("[landfall {}] {why}\n", self.elapsed());
+        for t in &mut self.targets {
+            let _ = t.out.write_all(line.as_bytes());
+            let _ = t.out.flush();
+            // The next panel starts fresh below whatever the prompt printed.
+            t.drawn_lines = 0;
+        }
+        self.paused = true;
+    }
+
+    /// Draw again.
+    pub fn resume(&mut self) {
+        self.paused = false;
+        self.draw_panel();
+    }
+
     /// Called about once a second so the elapsed time moves on a terminal.
     pub fn tick(&mut self) {
         self.draw_panel();
@@ -195,6 +217,9 @@ impl Console {
 
     /// One line on every target that is not redrawing.
     fn line(&mut self, text: &str) {
+        if self.paused {
+            return;
+        }
         let line = format!("[landfall {}] {text}\n", self.elapsed());
         for t in self.targets.iter_mut().filter(|t| !t.redraw) {
             let _ = t.out.write_all(line.as_bytes());
@@ -246,7 +271,7 @@ impl Console {
 
     /// Redraw the panel on every target that redraws.
     fn draw_panel(&mut self) {
-        if !self.targets.iter().any(|t| t.redraw) {
+        if self.paused || !self.targets.iter().any(|t| t.redraw) {
             return;
         }
         let lines = self.render();
@@ -379,5 +404,27 @@ mod tests {
         );
         assert!(!serial.contains('\x1b'), "{serial:?}");
         assert_eq!(serial.lines().count(), 2, "{serial}");
+    }
+
+    #[test]
+    fn nothing_is_drawn_while_paused() {
+        let buf = Buf::default();
+        let mut c = Console::new(Box::new(buf.clone()), true, ConsoleMode::Redraw, STEPS);
+        c.event(&ev(1, Step::Detect, EventKind::Started, None, "detecting"));
+        c.pause("the bundle needs its passphrase");
+        let before = buf.text();
+        assert!(
+            before.ends_with("the bundle needs its passphrase\n"),
+            "{before:?}"
+        );
+        c.tick();
+        c.event(&ev(2, Step::Detect, EventKind::Progress, Some(0.5), "half"));
+        assert_eq!(buf.text(), before, "drawn while paused");
+        c.resume();
+        let after = &buf.text()[before.len()..];
+        assert!(
+            after.starts_with("landfall-agent"),
+            "a fresh panel, no cursor move: {after:?}"
+        );
     }
 }
