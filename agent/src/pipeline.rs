@@ -251,15 +251,16 @@ async fn steps(
     };
 
     match (&fetched, &disks) {
-        (Some(fetched), Some(_)) => {
+        (Some(fetched), Some(applied)) => {
             let root = target_root.clone();
+            let keys = applied.key_paths.clone();
             step(
                 reporter,
                 Step::Configure,
                 &format!("placing secrets under {}", root.display()),
                 async move {
-                    let placed = crate::secrets::place(&root, fetched)?;
-                    let summary = format!(
+                    let placed = crate::secrets::place_except(&root, fetched, &keys)?;
+                    let mut summary = format!(
                         "{} secret file(s) placed: {}",
                         placed.len(),
                         placed
@@ -268,6 +269,12 @@ async fn steps(
                             .collect::<Vec<_>>()
                             .join(", ")
                     );
+                    if !keys.is_empty() {
+                        summary.push_str(&format!(
+                            "; {} LUKS key(s) used for the disks only, not written",
+                            keys.len()
+                        ));
+                    }
                     Ok(((), summary))
                 },
             )

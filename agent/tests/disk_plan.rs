@@ -149,6 +149,12 @@ fn luks_key_goes_to_stdin_and_initrd_gets_settings() {
     assert_eq!(dev["device"], "/dev/disk/by-partlabel/disk-main-luks");
     assert_eq!(dev["allowDiscards"], true);
     assert_eq!(nix["fileSystems"]["/"]["device"], "/dev/mapper/crypted");
+    // The key path the secrets step must feed and must not place in the target.
+    assert_eq!(
+        p.key_paths().into_iter().collect::<Vec<_>>(),
+        ["/run/landfall/secrets/luks.key"]
+    );
+    assert!(plan_of("simple-efi", 4 * GIB).key_paths().is_empty());
 }
 
 #[test]

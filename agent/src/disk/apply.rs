@@ -121,6 +121,8 @@ impl Default for ApplyOptions {
 /// what was read back.
 #[derive(Debug)]
 pub struct Applied {
+    /// The installer paths the layout took LUKS keys from ([`Plan::key_paths`]).
+    pub key_paths: std::collections::BTreeSet<String>,
     pub mounts: Vec<MountGuard>,
     pub luks: Vec<LuksGuard>,
     pub nixos: NixosConfig,
@@ -290,6 +292,7 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
         )));
     }
     Ok(Applied {
+        key_paths: plan.key_paths(),
         mounts,
         luks,
         nixos: plan.nixos.clone(),

@@ -39,6 +39,23 @@ pub struct Plan {
     pub nixos: NixosConfig,
 }
 
+impl Plan {
+    /// The installer paths the layout reads LUKS keys from (`keyFile`,
+    /// `passwordFile`): secrets meant for formatting, not for the target.
+    pub fn key_paths(&self) -> std::collections::BTreeSet<String> {
+        self.disks
+            .iter()
+            .flat_map(|d| &d.ops)
+            .filter_map(|op| match op {
+                Op::LuksFormat { key, .. } | Op::LuksOpen { key, .. } => {
+                    Some(key.path().to_owned())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DiskPlan {
     pub name: String,

@@ -37,7 +37,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 pub use bundle::{open_bundle, Bundle, IdentitySource, BUNDLE_FILE};
-pub use place::{place, PlacedFile};
+pub use place::{place, place_except, PlacedFile};
 pub use secret::SecretBytes;
 pub use vault::{fetch, parse_from, FetchOptions, Fetched, SecretsError};
 

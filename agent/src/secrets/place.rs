@@ -48,8 +48,19 @@ pub struct PlacedFile {
 
 /// Write every file of `fetched` under `root`.
 pub fn place(root: &Path, fetched: &Fetched) -> Result<Vec<PlacedFile>> {
+    place_except(root, fetched, &std::collections::BTreeSet::new())
+}
+
+/// Write the files of `fetched` under `root`, except those at the paths in
+/// `skip` (LUKS keys the layout consumed while formatting: they unlock the
+/// disks and have no business in the target's file system).
+pub fn place_except(
+    root: &Path,
+    fetched: &Fetched,
+    skip: &std::collections::BTreeSet<String>,
+) -> Result<Vec<PlacedFile>> {
     let mut placed = Vec::new();
-    for f in fetched.files() {
+    for f in fetched.files().iter().filter(|f| !skip.contains(&f.path)) {
         let value = fetched.lookup(&f.from)?;
         let rel = checked_relative(&f.path)?;
         let mode = u32::from_str_radix(&f.mode, 8)
@@ -216,6 +227,39 @@ mod tests {
             owner: owner.into(),
             group: owner.into(),
         }
+    }
+
+    #[test]
+    fn luks_keys_are_not_placed_in_the_target() {
+        let root = tempfile::tempdir().unwrap();
+        let mut kv = BTreeMap::new();
+        kv.insert("luks".to_owned(), SecretBytes::new(b"k3y".to_vec()));
+        kv.insert("age".to_owned(), SecretBytes::new(b"AGE".to_vec()));
+        let mut secrets = BTreeMap::new();
+        secrets.insert("hosts/h".to_owned(), kv);
+        let files = vec![
+            file(
+                "/run/landfall/secrets/luks.key",
+                "kv:hosts/h#luks",
+                "0400",
+                "root",
+            ),
+            file(
+                "/var/lib/sops-nix/key.txt",
+                "kv:hosts/h#age",
+                "0600",
+                "root",
+            ),
+        ];
+        let fetched = Fetched::new(secrets, &files).unwrap();
+        let skip = ["/run/landfall/secrets/luks.key".to_owned()].into();
+        let placed = place_except(root.path(), &fetched, &skip).unwrap();
+        assert_eq!(placed.len(), 1);
+        assert!(root.path().join("var/lib/sops-nix/key.txt").exists());
+        assert!(
+            !root.path().join("run").exists(),
+            "the LUKS key reached the target"
+        );
     }
 
     #[test]
