@@ -48,14 +48,32 @@ pub fn run(args: &[&str]) -> Result<()> {
         "xtask: building the test boot image into {}",
         artifacts.display()
     );
-    let image = Image::build(ImageSpec::new(&agent, &artifacts))?;
+    let mut spec = ImageSpec::new(&agent, &artifacts);
+    spec.host_programs = landfall_vm_tests::image::DISK_PROGRAMS
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let image = Image::build(spec)?;
     eprintln!(
         "xtask: kernel {}, initrd {} MiB",
         image.kernel_version,
         std::fs::metadata(&image.initrd)?.len() >> 20
     );
 
-    let (mut child, addr) = start_server(&server, &data)?;
+    // The demo default, plus a layout so the machine's disk is really
+    // partitioned: hybrid boots BIOS and UEFI alike.
+    let config = data.join("landfall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "# Written by ./x demo: every machine installs as `demo` on the hybrid layout.\n\
+             [server]\nkernel_args = \"console=tty0 console=ttyS0,115200\"\nlayouts = \"{}\"\n\n\
+             [enroll]\nunknown = \"install\"\nrole = \"demo\"\n\n\
+             [roles.demo]\ndescription = \"demo install\"\nlayout = \"hybrid\"\n",
+            root.join("disko-layouts").display()
+        ),
+    )?;
+    let (mut child, addr) = start_server(&server, &data, &config)?;
     let base = format!("http://{addr}");
     eprintln!(
         "xtask: landfall server at {base} (data in {})",
@@ -128,6 +146,15 @@ pub fn run(args: &[&str]) -> Result<()> {
             println!("  | {l}");
         }
     }
+    // The machine's disk, as the layout left it.
+    if let Ok(out) = Command::new("sfdisk")
+        .arg("-l")
+        .arg(vm_dir.join("disk0.raw"))
+        .output()
+    {
+        println!("\n$ sfdisk -l {}", vm_dir.join("disk0.raw").display());
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
     let out = Command::new(&server)
         .args(["machines", "--server", &base, "--token-file"])
         .arg(data.join("admin.token"))
@@ -143,16 +170,18 @@ pub fn run(args: &[&str]) -> Result<()> {
             serial_log.display()
         );
     }
-    println!("demo: {MAC} registered, reported every step and is `installed`; its next PXE boot gets `local`.");
+    println!("demo: {MAC} registered, partitioned its disk (hybrid layout), reported every step and is `installed`; its next PXE boot gets `local`.");
     Ok(())
 }
 
 type Lines = Option<mpsc::Receiver<String>>;
 
 /// Start `landfall serve` on a free loopback port; returns the process and its address.
-fn start_server(server: &Path, data: &PathBuf) -> Result<((Child, Lines), String)> {
+fn start_server(server: &Path, data: &PathBuf, config: &Path) -> Result<((Child, Lines), String)> {
     let mut child = Command::new(server)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .arg("--data")
         .arg(data)
         .stderr(Stdio::piped())
         .spawn()
