@@ -282,26 +282,27 @@ fn install(
         .build()
         .unwrap();
 
-    // OpenBao: an AppRole for the machine, its KV secrets, a token for the server.
-    let bao = rt.block_on(openbao::OpenBao::start());
-    let bao_port: u16 = bao.addr.rsplit(':').next().unwrap().parse().unwrap();
-    let host_path = format!("hosts/{hostname}");
-    let (role_id, server_token) = rt.block_on(bao.setup("vmtest", &[&host_path]));
-    rt.block_on(bao.kv_put(
-        &host_path,
-        serde_json::json!({ "ssh_host_ed25519_key": CANARY_SSH, "age_key": CANARY_AGE }),
-    ));
-    std::fs::write(dir.path().join("vault.token"), &server_token).unwrap();
-    // The role_id is baked into the image, as the real installer carries it.
-    let role_id_file = dir.path().join("vault-role-id");
-    std::fs::write(&role_id_file, &role_id).unwrap();
-
     let mut spec = ImageSpec::new(&agent, &artifacts);
     spec.host_programs = image::DISK_PROGRAMS.iter().map(|p| p.to_string()).collect();
-    match secrets {
+    // `_bao` keeps the OpenBao server (Vault variant only) alive to the end.
+    let (_bao, bao_port, role_id) = match secrets {
         Secrets::Vault => {
+            // OpenBao: an AppRole for the machine, its KV secrets, a token for the server.
+            let b = rt.block_on(openbao::OpenBao::start());
+            let bao_port: u16 = b.addr.rsplit(':').next().unwrap().parse().unwrap();
+            let host_path = format!("hosts/{hostname}");
+            let (id, server_token) = rt.block_on(b.setup("vmtest", &[&host_path]));
+            rt.block_on(b.kv_put(
+                &host_path,
+                serde_json::json!({ "ssh_host_ed25519_key": CANARY_SSH, "age_key": CANARY_AGE }),
+            ));
+            std::fs::write(dir.path().join("vault.token"), &server_token).unwrap();
+            // The role_id is baked into the image, as the real installer carries it.
+            let role_id_file = dir.path().join("vault-role-id");
+            std::fs::write(&role_id_file, &id).unwrap();
             spec.extra_files
-                .push((role_id_file, "etc/landfall/vault-role-id".into(), 0o400))
+                .push((role_id_file, "etc/landfall/vault-role-id".into(), 0o400));
+            (Some(b), bao_port, id)
         }
         Secrets::Bundle => {
             // The bundle in the image, its key on "a USB stick" (here: the image too).
@@ -310,8 +311,9 @@ fn install(
                 .push((bundle, "etc/landfall/secrets.age".into(), 0o400));
             spec.extra_files
                 .push((key, "etc/landfall/bundle.key".into(), 0o400));
+            (None, 0, String::new())
         }
-    }
+    };
     let image = Image::build(spec).unwrap();
     let conf = dir.path().join("landfall.toml");
     std::fs::write(&conf, config(mac, hostname, layout, secrets, bao_port)).unwrap();
@@ -448,7 +450,8 @@ fn install(
 
     // No secret value in anything the machine or the server shows.
     let events_text = serde_json::to_string(&m).unwrap();
-    for canary in [CANARY_SSH, CANARY_AGE, role_id.as_str()] {
+    let canaries = [CANARY_SSH, CANARY_AGE, role_id.as_str()];
+    for canary in canaries.into_iter().filter(|c| !c.is_empty()) {
         assert!(!log.contains(canary), "a secret reached the console");
         assert!(!events_text.contains(canary), "a secret reached the server");
     }
