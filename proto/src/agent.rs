@@ -65,6 +65,93 @@ pub struct Assignment {
     /// step writes it into `/etc/landfall/verify.json` (0600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_token: Option<SecretString>,
+    /// What `nixos-install` installs; `None`: the agent stops after the
+    /// configure step (disks, secrets and generated files in place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<InstallTarget>,
+    /// First-boot checks the role declares (`[[roles.NAME.checks]]`); the
+    /// configure step writes them into `/etc/landfall/verify.json`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::verify::NamedCheck>,
+}
+
+/// What the install step installs (docs/install.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum InstallTarget {
+    /// Evaluate and build `REF#HOST` on the target:
+    /// `nixos-install --flake REF#HOST`. The generated
+    /// `/etc/nixos/flake.nix` extends the same configuration with the
+    /// generated hardware file, so `nixos-rebuild` works later.
+    Flake {
+        /// A flake reference with the attribute, e.g. `git+https://git.lan/fleet#ws-01`.
+        flake: String,
+    },
+    /// A prebuilt system closure: `nix copy --from CACHE --to /mnt PATH`,
+    /// then `nixos-install --system PATH`. Nothing is evaluated on the target.
+    System {
+        /// `/nix/store/...-nixos-system-HOST-...`
+        path: String,
+        /// Binary cache URL, e.g. `http://cache.lan:5000`.
+        cache: String,
+        /// A flake reference for the generated `/etc/nixos/flake.nix`
+        /// (`REF#HOST`), so later `nixos-rebuild` has a source; optional.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flake: Option<String>,
+    },
+    /// A kind this agent does not know: the install step fails and names it.
+    #[serde(other)]
+    Unknown,
+}
+
+impl InstallTarget {
+    /// The flake reference (`REF#HOST`), if any.
+    pub fn flake(&self) -> Option<&str> {
+        match self {
+            Self::Flake { flake } => Some(flake),
+            Self::System { flake, .. } => flake.as_deref(),
+            Self::Unknown => None,
+        }
+    }
+}
+
+/// `POST /api/v1/agent/wait` (Authorization: Bearer agent_token): an agent
+/// whose install failed asks, by long poll, what the operator wants.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaitRequest {
+    pub attempt_id: String,
+    /// How long the server may hold the request before answering `wait`
+    /// (capped by the server, 60 s).
+    #[serde(default = "default_wait_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_wait_secs() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaitResponse {
+    pub action: WaitAction,
+    /// With `retry`: the assignment again, rebuilt from the server's config
+    /// (the operator may have fixed it) with fresh single-use tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<Assignment>,
+}
+
+/// The operator's answer to a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitAction {
+    /// Nothing yet: ask again.
+    Wait,
+    /// `landfall retry HOST`: run again from the failed step.
+    Retry,
+    /// `landfall reinstall HOST` (or the attempt is no longer current): stop
+    /// waiting and reboot; the next PXE boot starts over.
+    Stop,
+    #[serde(other)]
+    Unknown,
 }
 
 /// A string that must never be shown: `Debug` and `Display` print
@@ -230,6 +317,25 @@ mod tests {
         );
         let back: VaultAssignment = serde_json::from_str(&json).unwrap();
         assert_eq!(back, v);
+    }
+
+    #[test]
+    fn install_targets_parse_and_unknown_kinds_survive() {
+        let a: Assignment = serde_json::from_str(
+            r#"{"hostname":"a","role":"r","install":{"kind":"flake","flake":"git+https://g/f#a"}}"#,
+        )
+        .unwrap();
+        assert_eq!(a.install.as_ref().unwrap().flake(), Some("git+https://g/f#a"));
+        let t: InstallTarget = serde_json::from_str(
+            r#"{"kind":"system","path":"/nix/store/x-nixos-system-a","cache":"http://c"}"#,
+        )
+        .unwrap();
+        assert!(matches!(&t, InstallTarget::System { flake: None, .. }));
+        let t: InstallTarget =
+            serde_json::from_str(r#"{"kind":"image","url":"http://x"}"#).unwrap();
+        assert_eq!(t, InstallTarget::Unknown);
+        let w: WaitResponse = serde_json::from_str(r#"{"action":"teleport"}"#).unwrap();
+        assert_eq!(w.action, WaitAction::Unknown);
     }
 
     #[test]

@@ -12,8 +12,9 @@ pub mod names;
 pub mod verify;
 
 pub use agent::{
-    Assignment, EventsRequest, EventsResponse, HelloRequest, HelloResponse, SecretFile,
-    SecretString, VaultAssignment, WipePolicy, SECURITY_FLAG,
+    Assignment, EventsRequest, EventsResponse, HelloRequest, HelloResponse, InstallTarget,
+    SecretFile, SecretString, VaultAssignment, WaitAction, WaitRequest, WaitResponse, WipePolicy,
+    SECURITY_FLAG,
 };
 pub use event::{Event, EventKind, Step};
 pub use inventory::Inventory;
@@ -47,6 +48,9 @@ pub enum MachineState {
     Compromised,
     /// An operator asked for a reinstall; next PXE boot installs.
     ReinstallRequested,
+    /// An operator asked the failed, still waiting agent to run again from
+    /// the failed step (`landfall retry`); PXE boot holds meanwhile.
+    RetryRequested,
     #[serde(other)]
     Unknown,
 }
@@ -63,6 +67,7 @@ impl MachineState {
             Self::Failed => "failed",
             Self::Compromised => "compromised",
             Self::ReinstallRequested => "reinstall_requested",
+            Self::RetryRequested => "retry_requested",
             Self::Unknown => "unknown",
         }
     }

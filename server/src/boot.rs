@@ -31,6 +31,7 @@ pub fn decide(state: MachineState) -> BootAction {
         MachineState::Installed | MachineState::Ready | MachineState::Degraded => BootAction::Local,
         MachineState::Discovered
         | MachineState::Failed
+        | MachineState::RetryRequested
         | MachineState::Compromised
         | MachineState::Unknown => BootAction::Hold,
     }
@@ -308,6 +309,8 @@ mod tests {
             vault: None,
             secret_files: Vec::new(),
             verify_token: None,
+            install: None,
+            checks: Vec::new(),
         }
     }
 

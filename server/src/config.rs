@@ -837,6 +837,8 @@ impl Settings {
                 vault: None,
                 secret_files: Vec::new(),
                 verify_token: None,
+                install: None,
+                checks: Vec::new(),
             };
             self.complete(&mut a, mac);
             return Some(a);
@@ -900,6 +902,8 @@ impl Settings {
             vault: None,
             secret_files: Vec::new(),
             verify_token: None,
+            install: None,
+            checks: Vec::new(),
         }
     }
 }

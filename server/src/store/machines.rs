@@ -34,6 +34,8 @@ impl MachineRow {
             vault: None,
             secret_files: Vec::new(),
             verify_token: None,
+            install: None,
+            checks: Vec::new(),
         })
     }
 }
