@@ -36,6 +36,7 @@
 pub mod agent;
 pub mod cmd;
 pub mod cpio;
+pub mod doubles;
 pub mod image;
 pub mod qemu;
 pub mod testsrv;
