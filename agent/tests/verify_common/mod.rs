@@ -234,6 +234,18 @@ pub fn xvnc() -> Service {
 /// Samba: `smbd --foreground --no-process-group -s CONF` with every directory
 /// in the tempdir and a writable guest share `share` on `DIR/share`.
 pub fn smbd() -> Service {
+    smbd_share(None)
+}
+
+/// Samba with a share `share` on `DIR/share` that only `user` (with
+/// `password`) may use: no guest access. `user` needs no account on this
+/// machine: the share's `username map` maps it to root, whose entry in the
+/// tempdir's passdb (`smbpasswd -c CONF -a root`) holds the password.
+pub fn smbd_with_user(user: &str, password: &str) -> Service {
+    smbd_share(Some((user, password)))
+}
+
+fn smbd_share(user: Option<(&str, &str)>) -> Service {
     let smbd = require("smbd", "samba");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -242,6 +254,22 @@ pub fn smbd() -> Service {
     }
     let port = free_port();
     let conf = d.join("smb.conf");
+    let (global, share) = match user {
+        None => (
+            "  map to guest = Bad User\n".to_owned(),
+            "  guest ok = yes\n".to_owned(),
+        ),
+        Some((user, _)) => {
+            std::fs::write(d.join("users.map"), format!("root = {user}\n")).unwrap();
+            (
+                format!(
+                    "  map to guest = Never\n  username map = {}/users.map\n",
+                    d.display()
+                ),
+                "  guest ok = no\n  valid users = root\n".to_owned(),
+            )
+        }
+    };
     std::fs::write(
         &conf,
         format!(
@@ -261,17 +289,28 @@ pub fn smbd() -> Service {
   load printers = no
   printcap name = /dev/null
   disable spoolss = yes
-  map to guest = Bad User
-[share]
+{global}[share]
   path = {d}/share
   read only = no
-  guest ok = yes
-  force user = root
+{share}  force user = root
 ",
             d = d.display()
         ),
     )
     .unwrap();
+    if let Some((_, password)) = user {
+        let mut child = Command::new(require("smbpasswd", "samba"))
+            .arg("-c")
+            .arg(&conf)
+            .args(["-s", "-a", "root"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        write!(child.stdin.take().unwrap(), "{password}\n{password}\n").unwrap();
+        assert!(child.wait().unwrap().success(), "smbpasswd -a root failed");
+    }
     std::fs::write(d.join("client.conf"), "[global]\n").unwrap();
     spawn(
         "smbd",
