@@ -22,6 +22,25 @@ pub const CONSOLE_ARGS: &str = "console=ttyS0 loglevel=4";
 /// Printed by /init on the console; tests wait for these.
 pub const NETWORK_UP: &str = "landfall-test-image: network up";
 pub const AGENT_EXITED: &str = "landfall-test-image: agent exited with status";
+/// Printed at the end of the first-boot stand-in ([`FIRSTBOOT_PARAM`]), with verify's status.
+pub const FIRSTBOOT_EXITED: &str = "landfall-test-image: firstboot exited with status";
+
+/// Kernel parameter `landfall_test.mode=firstboot`: /init runs the FIRST-BOOT STAND-IN
+/// (`/bin/landfall-test-firstboot`) instead of the agent. No NixOS closure exists (its
+/// `nixos-install` is a TEST DOUBLE), so the installed disk cannot boot by itself; the harness
+/// boots this image again with QEMU's `-kernel/-initrd` and these parameters:
+///
+/// - `landfall_test.root=DEV` (required): the installed root filesystem (ext4), mounted
+///   read-write on /sysroot. Refused unless it holds `etc/NIXOS` (what nixos-install leaves);
+/// - the hostname from its `etc/hostname`;
+/// - `landfall_test.smb=//HOST/SHARE`, `landfall_test.smb_port=PORT`,
+///   `landfall_test.smb_mount=DIR` and `landfall_test.smb_credentials=PATH` (optional, all
+///   four): the role's SMB share mounted (`-t cifs`) at DIR, with the `username=`/`password=`
+///   lines of PATH in the installed root (the stand-in for the target's `fileSystems` entry
+///   with `credentials=`; a password must not contain a comma);
+/// - then the real `landfall-agent verify --config /sysroot/etc/landfall/verify.json`, and
+///   power off. The network is up (as for the agent) before it starts.
+pub const FIRSTBOOT_PARAM: &str = "landfall_test.mode=firstboot";
 
 /// The modules the installer needs on a VM (disks, NICs, filesystems, LUKS). Missing or
 /// built-in ones are skipped with a note.
@@ -49,6 +68,23 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "af_packet",
 ];
 
+/// What the first-boot stand-in needs to mount the role's SMB share: cifs (its dependencies
+/// come along) and what SMB 3.1.1 asks of the crypto API that Debian builds as modules (the
+/// module's softdeps; nothing loads them on demand here): SHA-512 for the pre-authentication
+/// hash, AES-CMAC for signing, AES-GCM and AES-CCM, which the client allocates while
+/// negotiating (a mount fails with ENOENT without them), and NLS UTF-8. Add them to
+/// [`ImageSpec::modules`] for an image that boots with [`FIRSTBOOT_PARAM`].
+pub const CIFS_MODULES: &[&str] = &[
+    "sha512_generic",
+    "cmac",
+    "ctr",
+    "ghash_generic",
+    "gcm",
+    "ccm",
+    "nls_utf8",
+    "cifs",
+];
+
 const BUSYBOX: &str = "/bin/busybox";
 
 pub struct ImageSpec {
@@ -56,6 +92,8 @@ pub struct ImageSpec {
     pub agent: PathBuf,
     /// (host file, guest path, mode), placed as given.
     pub extra_files: Vec<(PathBuf, String, u32)>,
+    /// (guest path, contents, mode), placed as given (after `extra_files`).
+    pub extra_data: Vec<(String, Vec<u8>, u32)>,
     /// Receives `vmlinuz` and `initrd`: serve it as the artifacts directory.
     pub out_dir: PathBuf,
     /// The shell command /init runs as the agent; its exit status is printed.
@@ -89,12 +127,23 @@ impl ImageSpec {
         ImageSpec {
             agent: agent.into(),
             extra_files: Vec::new(),
+            extra_data: Vec::new(),
             out_dir: out_dir.into(),
             agent_command: DEFAULT_AGENT_COMMAND.to_string(),
             modules: DEFAULT_MODULES.iter().map(|m| m.to_string()).collect(),
             kernel_version: None,
             host_programs: Vec::new(),
         }
+    }
+
+    /// Puts the `nixos-install` TEST DOUBLE ([`crate::doubles`]) on the image's PATH.
+    pub fn with_nixos_install_double(mut self) -> Self {
+        self.extra_data.push((
+            crate::doubles::NIXOS_INSTALL_GUEST_PATH.to_string(),
+            crate::doubles::NIXOS_INSTALL.as_bytes().to_vec(),
+            0o755,
+        ));
+        self
     }
 }
 
@@ -144,6 +193,7 @@ impl Image {
             format!("{}\n", spec.agent_command).as_bytes(),
         )?;
         w.file("etc/udhcpc.script", 0o755, UDHCPC_SCRIPT.as_bytes())?;
+        w.file(FIRSTBOOT_PATH, 0o755, FIRSTBOOT.as_bytes())?;
 
         let mut guest_modules = Vec::new();
         for host in &module_files {
@@ -172,6 +222,9 @@ impl Image {
         for (host, guest, mode) in &spec.extra_files {
             let data = fs::read(host).with_context(|| format!("reading {}", host.display()))?;
             w.file(guest, *mode, &data)?;
+        }
+        for (guest, data, mode) in &spec.extra_data {
+            w.file(guest, *mode, data)?;
         }
         w.finish()?;
 
@@ -344,8 +397,63 @@ esac
 exit 0
 "#;
 
+const FIRSTBOOT_PATH: &str = "bin/landfall-test-firstboot";
+
+/// The FIRST-BOOT STAND-IN (see [`FIRSTBOOT_PARAM`]): what the installed NixOS system would do
+/// at its first boot, done from the test image because no NixOS closure exists.
+const FIRSTBOOT: &str = r#"#!/bin/sh
+# FIRST-BOOT STAND-IN, not a NixOS system: mounts the installed root, takes its
+# hostname, mounts the role's SMB share, runs the real `landfall-agent verify`.
+say() { echo "landfall-test-firstboot: $*"; }
+param() { tr ' ' '\n' < /proc/cmdline | sed -n "s|^$1=||p" | tail -n 1; }
+
+root=$(param landfall_test.root)
+[ -n "$root" ] || { say "error: landfall_test.root= is missing"; exit 2; }
+mkdir -p /sysroot
+if ! mount -t ext4 -o rw "$root" /sysroot; then
+    say "error: cannot mount the installed root $root"
+    exit 2
+fi
+if [ ! -e /sysroot/etc/NIXOS ]; then
+    say "error: $root holds no installed system (no /etc/NIXOS): nothing to boot"
+    umount /sysroot
+    exit 2
+fi
+say "installed root $root mounted on /sysroot"
+hostname "$(cat /sysroot/etc/hostname)"
+say "hostname $(hostname)"
+
+smb=$(param landfall_test.smb)
+mp=
+if [ -n "$smb" ]; then
+    port=$(param landfall_test.smb_port)
+    mp=$(param landfall_test.smb_mount)
+    cred=/sysroot$(param landfall_test.smb_credentials)
+    user=$(sed -n 's/^username=//p' "$cred")
+    pass=$(sed -n 's/^password=//p' "$cred")
+    host=${smb#//}
+    host=${host%%/*}
+    mkdir -p "$mp"
+    # -i: no mount.cifs helper (the image has none); the kernel takes these options.
+    if mount -i -t cifs "$smb" "$mp" -o "ip=$host,port=$port,username=$user,password=$pass,vers=3.1.1"; then
+        say "SMB share $smb (port $port) mounted on $mp as $user"
+    else
+        say "error: mounting the SMB share $smb on $mp failed"
+        mp=
+    fi
+fi
+
+/bin/landfall-agent verify --config /sysroot/etc/landfall/verify.json
+rc=$?
+[ -n "$mp" ] && umount "$mp"
+sync
+umount /sysroot
+exit $rc
+"#;
+
 /// PID 1 of the test image. Kernel parameter `landfall.test.shell=1`: a console shell after
-/// the agent exits, instead of powering off.
+/// the agent exits, instead of powering off. [`FIRSTBOOT_PARAM`]: the first-boot stand-in
+/// instead of the agent.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s
 export PATH=/usr/local/sbin:/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
@@ -384,8 +492,13 @@ else
     say "DHCP failed on $nic"
 fi
 
-sh -c "$(cat /etc/landfall-test/agent-command)"
-say "agent exited with status $?"
+if grep -q 'landfall_test.mode=firstboot' /proc/cmdline; then
+    sh /bin/landfall-test-firstboot
+    say "firstboot exited with status $?"
+else
+    sh -c "$(cat /etc/landfall-test/agent-command)"
+    say "agent exited with status $?"
+fi
 
 if grep -q 'landfall.test.shell=1' /proc/cmdline; then
     say "landfall.test.shell=1: starting a shell; exit it to power off"

@@ -42,5 +42,5 @@ pub mod qemu;
 pub mod testsrv;
 
 pub use image::{Image, ImageSpec};
-pub use qemu::{Accel, DiskSpec, Firmware, Vm, VmSpec};
+pub use qemu::{Accel, DiskSpec, Firmware, KernelBoot, Vm, VmSpec};
 pub use testsrv::TestServer;

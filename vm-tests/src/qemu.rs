@@ -50,6 +50,15 @@ pub struct DiskSpec {
     pub size_bytes: u64,
 }
 
+/// QEMU's direct kernel boot (`-kernel/-initrd/-append`): firmware runs, then the kernel
+/// starts without iPXE or a boot loader (the first-boot stand-in of the VM tests).
+#[derive(Debug, Clone)]
+pub struct KernelBoot {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub append: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct VmSpec {
     pub firmware: Firmware,
@@ -66,6 +75,9 @@ pub struct VmSpec {
     pub work_dir: PathBuf,
     /// `None`: [`detect_accel`].
     pub accel: Option<Accel>,
+    /// `Some`: boot this kernel directly; the NIC then is no boot device and `bootfile_url`
+    /// is not used.
+    pub kernel_boot: Option<KernelBoot>,
     /// Appended to the QEMU command line.
     pub extra_args: Vec<String>,
 }
@@ -88,6 +100,7 @@ impl VmSpec {
             serial_log: work_dir.join("serial.log"),
             work_dir,
             accel: None,
+            kernel_boot: None,
             extra_args: Vec::new(),
         }
     }
@@ -115,6 +128,7 @@ impl Vm {
             serial_log,
             work_dir,
             accel,
+            kernel_boot,
             extra_args,
         } = spec;
         fs::create_dir_all(&work_dir)
@@ -183,11 +197,22 @@ impl Vm {
         // Entropy for the guest: TCG's CPU has no RDRAND, so getrandom() in the
         // guest (GPT and filesystem UUIDs) would block until the pool is seeded.
         push(&["-device", "virtio-rng-pci"]);
-        push(&["-netdev", &format!("user,id=n0,bootfile={bootfile_url}")]);
-        push(&[
-            "-device",
-            &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
-        ]);
+        match &kernel_boot {
+            None => {
+                push(&["-netdev", &format!("user,id=n0,bootfile={bootfile_url}")]);
+                push(&[
+                    "-device",
+                    &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
+                ]);
+            }
+            Some(k) => {
+                push(&["-netdev", "user,id=n0"]);
+                push(&["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
+                push(&["-kernel", &k.kernel.display().to_string()]);
+                push(&["-initrd", &k.initrd.display().to_string()]);
+                push(&["-append", &k.append]);
+            }
+        }
         for (i, d) in disks.iter().enumerate() {
             let format = prepare_disk(d)?;
             push(&[

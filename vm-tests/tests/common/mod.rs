@@ -1,0 +1,369 @@
+//! Shared by the VM tests: the real host services the first-boot verify checks, the
+//! first-boot stand-in VM, reading files back from a disk image, and the timing printout.
+#![allow(dead_code)]
+
+// The verify tests' servers (sshd, xrdp, Xvnc, smbd on free loopback ports, each
+// stopped on drop): the guest reaches 127.0.0.1:PORT as 10.0.2.2:PORT.
+#[path = "../../../agent/tests/verify_common/mod.rs"]
+pub mod verify_common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use landfall_vm_tests::{image, DiskSpec, Firmware, Image, KernelBoot, Vm, VmSpec};
+use serde_json::Value;
+
+use verify_common::Service;
+
+/// The SMB share's user. Its password is a canary: it must reach the share's
+/// credentials file in the target and nothing else (console, events, server).
+pub const SMB_USER: &str = "landfall";
+pub const SMB_PASSWORD: &str = "smb-canary-pw-5e2a9";
+/// Where the first-boot stand-in mounts the share (the role's `fileSystems` entry).
+pub const SMB_MOUNT: &str = "/srv/share";
+/// The role's secret file with the share's credentials (mount.cifs `credentials=` format).
+pub const SMB_CREDENTIALS: &str = "/etc/nixos/smb-credentials";
+
+/// The credentials file's contents.
+pub fn smb_credentials() -> String {
+    format!("username={SMB_USER}\npassword={SMB_PASSWORD}\n")
+}
+
+/// What the role's first-boot checks talk to: real sshd, xrdp, Xvnc and smbd (with a user),
+/// each on its own free port of this machine, all killed on drop.
+pub struct HostServices {
+    pub ssh: Service,
+    pub rdp: Service,
+    pub vnc: Service,
+    pub smb: Service,
+}
+
+impl HostServices {
+    pub fn start() -> HostServices {
+        verify_common::require_root();
+        HostServices {
+            ssh: verify_common::sshd(),
+            rdp: verify_common::xrdp(),
+            vnc: verify_common::xvnc(),
+            smb: verify_common::smbd_with_user(SMB_USER, SMB_PASSWORD),
+        }
+    }
+
+    /// The role's checks (`[[roles.ROLE.checks]]`) for these services, as the guest reaches
+    /// them. The agent adds a `hostname` check itself.
+    pub fn checks_toml(&self, role: &str) -> String {
+        let tcp = |name: &str, port: u16| {
+            format!(
+                "\n[[roles.{role}.checks]]\nname = \"{name}\"\nkind = \"{name}\"\nhost = \"10.0.2.2\"\nport = {port}\n"
+            )
+        };
+        format!(
+            "{}{}{}\n[[roles.{role}.checks]]\nname = \"share\"\nkind = \"smb\"\nmountpoint = \"{SMB_MOUNT}\"\nwrite_test = true\n",
+            tcp("ssh", self.ssh.port),
+            tcp("rdp", self.rdp.port),
+            tcp("vnc", self.vnc.port),
+        )
+    }
+
+    /// The same checks as `verify.json` holds them, plus the hostname check.
+    pub fn checks_json(&self, hostname: &str) -> Value {
+        let tcp = |name: &str, port: u16| serde_json::json!({"name": name, "kind": name, "host": "10.0.2.2", "port": port});
+        serde_json::json!([
+            {"name": "hostname", "kind": "hostname", "expected": hostname},
+            tcp("ssh", self.ssh.port),
+            tcp("rdp", self.rdp.port),
+            tcp("vnc", self.vnc.port),
+            {"name": "share", "kind": "smb", "mountpoint": SMB_MOUNT, "write_test": true},
+        ])
+    }
+
+    /// The share's directory on this machine.
+    pub fn share_dir(&self) -> PathBuf {
+        self.smb.dir.path().join("share")
+    }
+
+    /// Kernel arguments of the first-boot stand-in for the installed root `root_dev`.
+    pub fn firstboot_append(&self, root_dev: &str) -> String {
+        format!(
+            "{} {} landfall_test.root={root_dev} landfall_test.smb=//10.0.2.2/share landfall_test.smb_port={} landfall_test.smb_mount={SMB_MOUNT} landfall_test.smb_credentials={SMB_CREDENTIALS}",
+            image::CONSOLE_ARGS,
+            image::FIRSTBOOT_PARAM,
+            self.smb.port
+        )
+    }
+
+    /// What each service logged (for failure messages).
+    pub fn logs(&self) -> String {
+        [&self.ssh, &self.rdp, &self.vnc, &self.smb]
+            .iter()
+            .map(|s| format!("--- {} (port {}):\n{}", s.what, s.port, s.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The FIRST-BOOT STAND-IN: boots `disk` (the installed machine's disk, same MAC, same
+/// work dir so UEFI keeps its NVRAM) with the test image's kernel and initrd directly, in
+/// firstboot mode; waits for it to power off. Returns (serial log, VM wall time).
+pub fn first_boot(
+    image: &Image,
+    firmware: Firmware,
+    mac: &str,
+    work_dir: &Path,
+    disk: DiskSpec,
+    append: String,
+) -> (String, Duration) {
+    let mut spec = VmSpec::new(firmware, mac, "none", work_dir);
+    spec.serial_log = work_dir.join("serial-firstboot.log");
+    spec.disks.push(disk);
+    spec.kernel_boot = Some(KernelBoot {
+        kernel: image.kernel.clone(),
+        initrd: image.initrd.clone(),
+        append,
+    });
+    let mut vm = Vm::start(spec).unwrap();
+    let status = vm
+        .wait_exit(Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = vm.serial_log();
+    assert!(status.success(), "QEMU exited with {status}\n{log}");
+    assert!(
+        log.contains(image::FIRSTBOOT_EXITED),
+        "the first-boot stand-in did not finish:\n{log}"
+    );
+    (log, vm.started().elapsed())
+}
+
+/// A partition of the disk image as `sfdisk --json` and `blkid -p` see it.
+#[derive(Debug)]
+pub struct Part {
+    /// 1-based: the guest's /dev/vdaN.
+    pub number: usize,
+    pub name: String,
+    pub type_guid: String,
+    pub fs: Option<String>,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Read the GPT and each partition's filesystem from the image file on the
+/// host (no loop device: `blkid -p -O OFFSET -S SIZE` probes inside the file).
+pub fn inspect(image: &Path) -> Vec<Part> {
+    let out = Command::new("sfdisk")
+        .arg("--json")
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sfdisk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &table["partitiontable"];
+    assert_eq!(t["label"], "gpt", "{table:#}");
+    let sector = t["sectorsize"].as_u64().unwrap_or(512);
+    t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let node = p["node"].as_str().unwrap_or("");
+            let number = node
+                .rsplit(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("partition node {node:?}"));
+            let offset = p["start"].as_u64().unwrap() * sector;
+            let size = p["size"].as_u64().unwrap() * sector;
+            let fs = blkid_type(image, offset, size);
+            Part {
+                number,
+                name: p["name"].as_str().unwrap_or("").to_owned(),
+                type_guid: p["type"].as_str().unwrap_or("").to_owned(),
+                fs,
+                offset,
+                size,
+            }
+        })
+        .collect()
+}
+
+fn blkid_type(image: &Path, offset: u64, size: u64) -> Option<String> {
+    let out = Command::new("blkid")
+        .args(["-p", "-s", "TYPE", "-o", "value", "-O"])
+        .arg(offset.to_string())
+        .arg("-S")
+        .arg(size.to_string())
+        .arg(image)
+        .output()
+        .unwrap();
+    let fs = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!fs.is_empty()).then_some(fs)
+}
+
+/// An ext4 filesystem inside a disk image, read with e2fsprogs' debugfs (no mount).
+pub struct Ext4 {
+    _dir: tempfile::TempDir,
+    fs: PathBuf,
+}
+
+impl Ext4 {
+    /// Copies `size` bytes at `offset` of `image` (sparse) to read them in peace.
+    pub fn open(image: &Path, offset: u64, size: u64) -> Ext4 {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = dir.path().join("part.img");
+        let dd = Command::new("dd")
+            .arg(format!("if={}", image.display()))
+            .arg(format!("of={}", fs.display()))
+            .args([
+                "bs=1M",
+                "iflag=skip_bytes,count_bytes",
+                "conv=sparse",
+                "status=none",
+            ])
+            .arg(format!("skip={offset}"))
+            .arg(format!("count={size}"))
+            .status()
+            .unwrap();
+        assert!(dd.success());
+        Ext4 { _dir: dir, fs }
+    }
+
+    pub fn partition(image: &Path, part: &Part) -> Ext4 {
+        Ext4::open(image, part.offset, part.size)
+    }
+
+    fn debugfs(&self, req: &str) -> String {
+        let out = Command::new("debugfs")
+            .args(["-R", req])
+            .arg(&self.fs)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The octal permission bits ("0600"), `None` when `path` does not exist.
+    pub fn mode(&self, path: &str) -> Option<String> {
+        let stat = self.debugfs(&format!("stat {path}"));
+        stat.split("Mode:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned)
+    }
+
+    /// The superblock's "Filesystem state" ("clean" after a proper unmount).
+    pub fn state(&self) -> String {
+        let out = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&self.fs)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Filesystem state:"))
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    }
+
+    /// (mode, contents); panics when `path` does not exist.
+    pub fn file(&self, path: &str) -> (String, String) {
+        let mode = self
+            .mode(path)
+            .unwrap_or_else(|| panic!("{path} is not in the filesystem"));
+        (mode, self.debugfs(&format!("cat {path}")))
+    }
+}
+
+/// Wall time per step from an attempt's events (each step's first `started` to its last
+/// `finished`/`failed`), and the agent's own `timing` from the terminal event when present
+/// (`{"timing": {"steps": {STEP: {"wall_ms", "tools_ms"}}, "agent_ms", "tools_ms"}}`).
+/// Printed as a table; returns the agent's own share of its wall time when known.
+pub fn print_timing(label: &str, events: &[Value]) -> Option<f64> {
+    let time = |e: &Value| {
+        e["time"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+    };
+    let mut steps: Vec<(String, std::time::SystemTime, Option<std::time::SystemTime>)> = Vec::new();
+    for e in events {
+        let (Some(step), Some(t)) = (e["step"].as_str(), time(e)) else {
+            continue;
+        };
+        match e["kind"].as_str() {
+            Some("started") if !steps.iter().any(|s| s.0 == step && s.2.is_none()) => {
+                steps.push((step.to_owned(), t, None))
+            }
+            Some("finished" | "failed") => match steps.iter_mut().rev().find(|s| s.0 == step) {
+                Some(s) => s.2 = Some(t),
+                None => steps.push((step.to_owned(), t, Some(t))),
+            },
+            _ => {}
+        }
+    }
+    let terminal = events
+        .iter()
+        .rev()
+        .find(|e| e["step"] == "done" && (e["kind"] == "finished" || e["kind"] == "failed"));
+    let timing = terminal
+        .map(|e| &e["data"]["timing"])
+        .filter(|t| t.is_object());
+    let ms = |v: &Value| v.as_u64().map(|n| format!("{:.2}", n as f64 / 1000.0));
+    let mut out = format!("{label}: time per step (from the events)\n");
+    out.push_str(&format!(
+        "  {:<10} {:>9} {:>10} {:>10}\n",
+        "step", "wall s", "agent s", "tools s"
+    ));
+    for (step, start, end) in &steps {
+        let wall = end
+            .and_then(|e| e.duration_since(*start).ok())
+            .map(|d| format!("{:.2}", d.as_secs_f64()))
+            .unwrap_or_else(|| "-".into());
+        let (agent, tools) = match timing.map(|t| &t["steps"][step.as_str()]) {
+            Some(s) if s.is_object() => {
+                let tools = s["tools_ms"].as_u64();
+                let own = s["wall_ms"]
+                    .as_u64()
+                    .zip(tools)
+                    .map(|(w, t)| Value::from(w.saturating_sub(t)));
+                (
+                    own.as_ref().and_then(ms).unwrap_or_default(),
+                    ms(&s["tools_ms"]).unwrap_or_default(),
+                )
+            }
+            _ => (String::new(), String::new()),
+        };
+        out.push_str(&format!("  {step:<10} {wall:>9} {agent:>10} {tools:>10}\n"));
+    }
+    let share = timing.and_then(|t| {
+        let (agent, tools) = (t["agent_ms"].as_u64()?, t["tools_ms"].as_u64()?);
+        let total = agent + tools;
+        (total > 0).then(|| agent as f64 / total as f64)
+    });
+    match (timing, share) {
+        (Some(t), Some(share)) => out.push_str(&format!(
+            "  agent's own work {:.2} s, waiting on tools {:.2} s: agent's share {:.1}% (goal < 10%){}\n",
+            t["agent_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            t["tools_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            share * 100.0,
+            if share < 0.10 { "" } else { "  <-- over the goal" }
+        )),
+        _ => out.push_str("  (the terminal event carries no timing: agent without timing)\n"),
+    }
+    eprint!("{out}");
+    share
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
