@@ -9,6 +9,11 @@
 //! [`testsrv::TestServer`] is a tiny static HTTP server that records requests, for tests that
 //! do not need the real landfall server.
 //!
+//! Not real, and named so: [`doubles`] holds the `nixos-install` TEST DOUBLE the image can
+//! carry ([`ImageSpec::with_nixos_install_double`]); [`image::FIRSTBOOT_PARAM`] turns the image
+//! into the FIRST-BOOT STAND-IN of an installed machine (booted with [`KernelBoot`]), because
+//! no NixOS closure can be built on the test machine (docs/testing.md).
+//!
 //! Host requirements (Debian 12, as root: /boot/vmlinuz-* is 0600): qemu-system-x86,
 //! ipxe-qemu, ovmf (UEFI only), linux-image-amd64, busybox-static, kmod (modprobe); xz-utils or
 //! zstd only if the kernel's modules are compressed; util-linux (setpriv) is essential anyway.

@@ -32,7 +32,7 @@ pub fn run(which: &[&str]) -> Result<()> {
     }
     if all || which.contains(&"vm") {
         println!(
-            "bench vm: the BIOS install VM test, QEMU start -> final state (printed by the test)"
+            "bench vm: the BIOS install VM test, QEMU start -> installed -> first boot ready, time per step (printed by the test)"
         );
         build::run(
             Command::new("cargo")
@@ -43,6 +43,7 @@ pub fn run(which: &[&str]) -> Result<()> {
                     "landfall-vm-tests",
                     "--test",
                     "install",
+                    "bios_machine",
                     "--",
                     "--nocapture",
                     "--test-threads",
