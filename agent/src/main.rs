@@ -336,9 +336,15 @@ fn real_main(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let console = Console::system(cfg.console, pipeline::STEPS);
-            let mut outcome = rt.block_on(pipeline::run(&cfg, &opts, console))?;
-            if let Some(disks) = outcome.disks.take() {
-                rt.block_on(disks.close())?;
+            let outcome = rt.block_on(pipeline::run(&cfg, &opts, console))?;
+            if outcome.stopped {
+                tracing::warn!(
+                    attempt = %outcome.attempt_id,
+                    "the install of {} failed and the operator asked for a reinstall",
+                    outcome.hostname
+                );
+                // The next PXE boot starts over; `none` (tests) just exits.
+                return pipeline::final_action(cfg.final_action);
             }
             tracing::info!(
                 attempt = %outcome.attempt_id,

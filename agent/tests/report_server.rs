@@ -175,6 +175,8 @@ async fn pipeline_registers_and_every_event_is_acknowledged_in_order() {
         ("secrets", "finished"),
         ("disks", "finished"),
         ("configure", "finished"),
+        ("install", "finished"),
+        ("finish", "finished"),
         ("done", "finished"),
     ];
     assert_eq!(

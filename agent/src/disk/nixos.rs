@@ -64,6 +64,21 @@ impl NixosConfig {
         out.push('\n');
         out
     }
+
+    /// The same as `name = value;` lines, for the inside of a module (the
+    /// generated `hardware-configuration.nix`).
+    pub fn to_nix_attrs(&self) -> String {
+        let mut out = String::new();
+        if let Value::Object(top) = self.to_json() {
+            for (k, v) in &top {
+                out.push_str(&nix_attr(k));
+                out.push_str(" = ");
+                render(v, 0, &mut out);
+                out.push_str(";\n");
+            }
+        }
+        out
+    }
 }
 
 /// Derive the configuration from the layout. `disk_device` gives the device
