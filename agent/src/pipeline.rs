@@ -5,8 +5,8 @@
 //! then the terminal `done` event. When a step fails after `register`, the
 //! agent reports it, keeps everything as it is (mounts, secrets in memory)
 //! and waits for the operator (`POST wait`, docs/install.md): `landfall
-//! retry HOST` runs again from the failed step (from `configure` when a later
-//! step failed, so the files follow a fixed role); `landfall reinstall HOST`
+//! retry HOST` runs again from the failed step (from `configure` when
+//! `install` failed, so the files follow a fixed role); `landfall reinstall HOST`
 //! stops the wait and the machine reboots into a fresh install.
 
 use std::path::PathBuf;
@@ -223,18 +223,15 @@ async fn run_until_done(ctx: &Ctx<'_>) -> Result<Outcome> {
                 reporter.console().set_detail(Vec::new());
                 let st_hello = st.hello.as_mut().expect("register ran");
                 st_hello.assignment = assignment;
-                // Steps after `configure` start again from `configure`, so
-                // the generated files carry the fixed role and fresh tokens.
-                let failed = ORDER.iter().position(|s| *s == step).unwrap_or(0);
-                let configure = ORDER
-                    .iter()
-                    .position(|s| *s == Step::Configure)
-                    .unwrap_or(0);
-                from = if failed > configure {
-                    configure
+                // A failed install starts again from `configure`, so the
+                // generated files carry the fixed role and the fresh verify
+                // token; any other step runs again itself.
+                let again = if step == Step::Install {
+                    Step::Configure
                 } else {
-                    failed
+                    step
                 };
+                from = ORDER.iter().position(|s| *s == again).unwrap_or(0);
                 reporter.emit(
                     ORDER[from],
                     EventKind::Log,
