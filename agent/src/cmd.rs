@@ -121,6 +121,7 @@ impl Cmd {
     /// Run to completion; an exit status other than 0 is an error.
     pub async fn run(self) -> Result<Output, CmdError> {
         tracing::debug!(cmd = %self.display(), "running");
+        let _waiting = crate::timing::waiting();
         let mut child = self
             .command()
             .spawn()
@@ -151,6 +152,7 @@ impl Cmd {
     /// (for progress). Returns when the program exits; non-zero is an error.
     pub async fn run_lines(self, mut on_line: impl FnMut(Stream, &str)) -> Result<(), CmdError> {
         tracing::debug!(cmd = %self.display(), "running (streaming)");
+        let _waiting = crate::timing::waiting();
         let mut child = self
             .command()
             .spawn()

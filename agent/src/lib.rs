@@ -12,3 +12,4 @@ pub mod pipeline;
 pub mod report;
 pub mod retry;
 pub mod secrets;
+pub mod timing;

@@ -27,6 +27,21 @@ enum Command {
         #[arg(long, default_value = "/")]
         sysroot: PathBuf,
     },
+    /// Print the hardware-configuration.nix the install would write for this
+    /// machine (or a captured --sysroot), with the storage of --layout.
+    Hwconfig {
+        #[arg(long, default_value = "/")]
+        sysroot: PathBuf,
+        /// Layout for fileSystems/swapDevices/LUKS and the GRUB disk.
+        #[arg(long)]
+        layout: Option<PathBuf>,
+        /// Map a layout disk to a device (or "auto"): NAME=DEV. Repeatable.
+        #[arg(long = "disk", value_parser = parse_kv)]
+        disks: Vec<(String, String)>,
+        /// Plan for a hypothetical disk of this size: NAME=SIZE (e.g. main=20G).
+        #[arg(long = "size", value_parser = parse_kv)]
+        sizes: Vec<(String, String)>,
+    },
     /// Print what `apply` would do with a disko layout. Pure: touches nothing.
     Plan {
         /// Layout: rendered JSON, or a .nix file (rendered with nix-instantiate).
@@ -305,6 +320,42 @@ fn real_main(cli: Cli) -> Result<()> {
             applied.keep();
             Ok(())
         }
+        Command::Hwconfig {
+            sysroot,
+            layout,
+            disks,
+            sizes,
+        } => {
+            let inv = hw::detect(&sysroot)?;
+            let storage = match layout {
+                None => disk::NixosConfig::default(),
+                Some(layout) => {
+                    let rt = runtime()?;
+                    let layout = rt.block_on(disk::load_layout(&layout))?;
+                    let mut targets = disk::cli_targets(
+                        &layout,
+                        &disks.into_iter().collect(),
+                        &sizes.into_iter().collect(),
+                    )?;
+                    // The installed system names disks by id, as the agent does.
+                    for t in targets.values_mut() {
+                        if t.by_id.is_none() {
+                            t.by_id = inv
+                                .disks
+                                .iter()
+                                .find(|d| d.path == t.device)
+                                .and_then(|d| d.by_id.clone());
+                        }
+                    }
+                    disk::plan(&layout, &targets)?.nixos
+                }
+            };
+            print!(
+                "{}",
+                landfall_agent::install::configure::hardware_file(&inv, &storage)
+            );
+            Ok(())
+        }
         Command::Detect { json, sysroot } => {
             let _ = json; // JSON is the only output format so far.
             println!("{}", serde_json::to_string_pretty(&hw::detect(&sysroot)?)?);
@@ -336,9 +387,15 @@ fn real_main(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let console = Console::system(cfg.console, pipeline::STEPS);
-            let mut outcome = rt.block_on(pipeline::run(&cfg, &opts, console))?;
-            if let Some(disks) = outcome.disks.take() {
-                rt.block_on(disks.close())?;
+            let outcome = rt.block_on(pipeline::run(&cfg, &opts, console))?;
+            if outcome.stopped {
+                tracing::warn!(
+                    attempt = %outcome.attempt_id,
+                    "the install of {} failed and the operator asked for a reinstall",
+                    outcome.hostname
+                );
+                // The next PXE boot starts over; `none` (tests) just exits.
+                return pipeline::final_action(cfg.final_action);
             }
             tracing::info!(
                 attempt = %outcome.attempt_id,

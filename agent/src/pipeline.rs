@@ -1,17 +1,25 @@
 //! The install pipeline: the ordered list of typed steps. Nothing else
-//! decides order. Each step's result is handed to the next as a value.
+//! decides order. Each step's result is kept for the next ones.
 //!
-//! Now: detect -> register -> disks -> done. Later issues add secrets,
-//! configure, install and finish between disks and done.
+//! detect -> register -> secrets -> disks -> configure -> install -> finish,
+//! then the terminal `done` event. When a step fails after `register`, the
+//! agent reports it, keeps everything as it is (mounts, secrets in memory)
+//! and waits for the operator (`POST wait`, docs/install.md): `landfall
+//! retry HOST` runs again from the failed step (from `configure` when
+//! `install` failed, so the files follow a fixed role); `landfall reinstall HOST`
+//! stops the wait and the machine reboots into a fresh install.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use landfall_proto::{EventKind, HelloRequest, HelloResponse, Inventory, Step, PROTOCOL_VERSION};
+use landfall_proto::{
+    Assignment, EventKind, HelloRequest, HelloResponse, Inventory, Step, WaitAction, WaitRequest,
+    PROTOCOL_VERSION,
+};
 
 use crate::cmdline::{AgentConfig, FinalAction};
-use crate::report::{Client, Console, Outbox, Reporter};
+use crate::report::{ApiError, Client, Console, Outbox, Reporter};
 use crate::retry::{Attempt, Retry, RetryError};
 
 /// The steps this agent runs, with what the console shows for each.
@@ -20,11 +28,21 @@ pub const STEPS: &[(Step, &str)] = &[
     (Step::Register, "Register with the server"),
     (Step::Secrets, "Fetch secrets"),
     (Step::Disks, "Partition, format and mount disks"),
-    (
-        Step::Configure,
-        "Place secrets and configuration in the target",
-    ),
+    (Step::Configure, "Write the configuration, place secrets"),
+    (Step::Install, "Install NixOS (nixos-install)"),
+    (Step::Finish, "Unmount and close the disks"),
     (Step::Done, "Report the result"),
+];
+
+/// The steps that do work, in order (`done` is the report).
+const ORDER: [Step; 7] = [
+    Step::Detect,
+    Step::Register,
+    Step::Secrets,
+    Step::Disks,
+    Step::Configure,
+    Step::Install,
+    Step::Finish,
 ];
 
 /// How long the terminal event may wait for the server's ack.
@@ -40,6 +58,10 @@ pub struct RunOptions {
     pub cmdline: String,
     /// Where the image carries its own files: `vault-role-id`, `vault-ca.pem`.
     pub etc_dir: PathBuf,
+    /// Where the target is mounted.
+    pub target_root: PathBuf,
+    /// Seconds one `wait` long-poll may be held by the server.
+    pub wait_secs: u64,
 }
 
 impl Default for RunOptions {
@@ -54,6 +76,8 @@ impl Default for RunOptions {
             final_ack_timeout: FINAL_ACK_TIMEOUT,
             cmdline: String::new(),
             etc_dir: PathBuf::from("/etc/landfall"),
+            target_root: crate::disk::ApplyOptions::default().root,
+            wait_secs: 25,
         }
     }
 }
@@ -64,61 +88,296 @@ pub struct Outcome {
     pub attempt_id: String,
     pub hostname: String,
     pub last_seq: u64,
-    /// The disk step's result: mounts under /mnt stay mounted (and LUKS
-    /// open) until `Applied::close()` (or drop). `None`: no layout assigned.
-    pub disks: Option<crate::disk::Applied>,
+    /// True when the install failed and the operator answered `reinstall`:
+    /// the machine should reboot into a fresh PXE boot.
+    pub stopped: bool,
+}
+
+/// Wall time of each step run and the part of it spent waiting on programs,
+/// the server or Vault ([`crate::timing`]).
+#[derive(Debug, Default)]
+struct Timings(std::sync::Mutex<Vec<(Step, Duration, Duration)>>);
+
+impl Timings {
+    fn add(&self, step: Step, wall: Duration, tools: Duration) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((step, wall, tools));
+    }
+
+    /// `{"steps": {STEP: {wall_ms, tools_ms}}, "agent_ms", "tools_ms"}`;
+    /// a step run twice (retry) adds up.
+    fn to_json(&self) -> serde_json::Value {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut steps = serde_json::Map::new();
+        let (mut wall_all, mut tools_all) = (Duration::ZERO, Duration::ZERO);
+        for (step, wall, tools) in v.iter() {
+            let e = steps
+                .entry(step.as_str())
+                .or_insert_with(|| serde_json::json!({"wall_ms": 0, "tools_ms": 0}));
+            let add = |e: &mut serde_json::Value, k: &str, d: Duration| {
+                e[k] = (e[k].as_u64().unwrap_or(0) + d.as_millis() as u64).into()
+            };
+            add(e, "wall_ms", *wall);
+            add(e, "tools_ms", *tools);
+            wall_all += *wall;
+            tools_all += *tools;
+        }
+        serde_json::json!({
+            "steps": steps,
+            "agent_ms": wall_all.saturating_sub(tools_all).as_millis() as u64,
+            "tools_ms": tools_all.as_millis() as u64,
+        })
+    }
+}
+
+/// What the steps have produced so far.
+#[derive(Default)]
+struct State {
+    inventory: Option<Inventory>,
+    hello: Option<HelloResponse>,
+    fetched: Option<crate::secrets::Fetched>,
+    /// Mounted (and LUKS open) until the finish step closes them.
+    disks: Option<crate::disk::Applied>,
+}
+
+impl State {
+    fn assignment(&self) -> &Assignment {
+        &self.hello.as_ref().expect("register ran").assignment
+    }
+}
+
+struct Ctx<'a> {
+    cfg: &'a AgentConfig,
+    opts: &'a RunOptions,
+    client: &'a Client,
+    reporter: &'a Reporter,
+    timings: Timings,
 }
 
 /// Run the whole pipeline. On a step's failure the failure is reported (when
-/// the server knows the attempt) and returned.
+/// the server knows the attempt), and the agent waits for the operator.
 pub async fn run(cfg: &AgentConfig, opts: &RunOptions, console: Console) -> Result<Outcome> {
     let client = Client::new(&cfg.server)?;
     let reporter = Reporter::new(Outbox::new(), console);
     reporter.console().set_server(&cfg.server);
     let ticker = spawn_ticker(reporter.clone());
+    let ctx = Ctx {
+        cfg,
+        opts,
+        client: &client,
+        reporter: &reporter,
+        timings: Timings::default(),
+    };
+    let result = run_until_done(&ctx).await;
+    ticker.abort();
+    result
+}
 
-    let result = steps(cfg, opts, &client, &reporter).await;
-    let outcome = match result {
-        Ok(outcome) => {
-            reporter.emit(
-                Step::Done,
-                EventKind::Finished,
-                "install finished",
-                Some(1.0),
-                None,
-            );
-            reporter
-                .console()
-                .note("waiting for the server to acknowledge every event");
-            reporter.outbox.flush(opts.final_ack_timeout).await?;
-            Ok(Outcome {
-                last_seq: reporter.outbox.last_seq(),
-                ..outcome
-            })
+async fn run_until_done(ctx: &Ctx<'_>) -> Result<Outcome> {
+    let reporter = ctx.reporter;
+    let mut st = State::default();
+    let mut from = 0;
+    loop {
+        let failure = match steps(ctx, &mut st, from).await {
+            Ok(()) => break,
+            Err(f) => f,
+        };
+        let StepFailure { step, error } = failure;
+        let message = format!("{error:#}");
+        if !reporter.outbox.is_bound() {
+            return Err(error.context(format!("step {step} failed")));
         }
-        Err(StepFailure { step, error }) => {
-            let message = format!("{error:#}");
-            if reporter.outbox.is_bound() {
-                let mut data = serde_json::json!({ "step": step, "error": message });
-                if let Some(serde_json::Value::Object(extra)) = failure_data(&error) {
-                    data.as_object_mut().expect("an object").extend(extra);
-                }
+        let mut data = serde_json::json!({
+            "step": step,
+            "error": message,
+            "timing": ctx.timings.to_json(),
+        });
+        let extra = failure_data(&error);
+        let alarm = extra
+            .as_ref()
+            .and_then(|d| d.get(landfall_proto::SECURITY_FLAG))
+            .is_some();
+        if let Some(serde_json::Value::Object(extra)) = extra {
+            data.as_object_mut().expect("an object").extend(extra);
+        }
+        reporter.emit(
+            Step::Done,
+            EventKind::Failed,
+            format!("{step} failed: {message}"),
+            None,
+            Some(data.clone()),
+        );
+        if let Err(e) = reporter.outbox.flush(ctx.opts.final_ack_timeout).await {
+            tracing::warn!("{e:#}");
+        }
+        if alarm {
+            // A compromised install is not retried: the operator investigates
+            // and reinstalls.
+            return Err(error.context(format!("step {step} failed")));
+        }
+        show_failure(ctx, &st, step, &message, &data);
+        match wait_for_operator(ctx, &st).await {
+            Ok(Some(assignment)) => {
+                reporter.console().set_detail(Vec::new());
+                let st_hello = st.hello.as_mut().expect("register ran");
+                st_hello.assignment = assignment;
+                // A failed install starts again from `configure`, so the
+                // generated files carry the fixed role and the fresh verify
+                // token; any other step runs again itself.
+                let again = if step == Step::Install {
+                    Step::Configure
+                } else {
+                    step
+                };
+                from = ORDER.iter().position(|s| *s == again).unwrap_or(0);
                 reporter.emit(
-                    Step::Done,
-                    EventKind::Failed,
-                    format!("{step} failed: {message}"),
+                    ORDER[from],
+                    EventKind::Log,
+                    format!(
+                        "the operator asked for a retry: running again from {}",
+                        ORDER[from]
+                    ),
                     None,
-                    Some(data),
+                    None,
                 );
-                if let Err(e) = reporter.outbox.flush(opts.final_ack_timeout).await {
-                    tracing::warn!("{e:#}");
+            }
+            Ok(None) => {
+                let hello = st.hello.as_ref().expect("register ran");
+                return Ok(Outcome {
+                    attempt_id: hello.attempt_id.clone(),
+                    hostname: hello.assignment.hostname.clone(),
+                    last_seq: reporter.outbox.last_seq(),
+                    stopped: true,
+                });
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "step {step} failed; waiting for the operator failed"
+                )))
+            }
+        }
+    }
+
+    reporter.emit(
+        Step::Done,
+        EventKind::Finished,
+        "install finished",
+        Some(1.0),
+        Some(serde_json::json!({ "timing": ctx.timings.to_json() })),
+    );
+    reporter
+        .console()
+        .note("waiting for the server to acknowledge every event");
+    reporter.outbox.flush(ctx.opts.final_ack_timeout).await?;
+    let hello = st.hello.as_ref().expect("register ran");
+    Ok(Outcome {
+        attempt_id: hello.attempt_id.clone(),
+        hostname: hello.assignment.hostname.clone(),
+        last_seq: reporter.outbox.last_seq(),
+        stopped: false,
+    })
+}
+
+/// The failure on the console: step, error, the install's last lines, what
+/// the operator can do and how to get a shell.
+fn show_failure(ctx: &Ctx<'_>, st: &State, step: Step, message: &str, data: &serde_json::Value) {
+    let host = st
+        .hello
+        .as_ref()
+        .map(|h| h.assignment.hostname.clone())
+        .unwrap_or_default();
+    let mut lines = vec![format!(
+        "FAILED at step {step}: {}",
+        message.lines().next().unwrap_or("")
+    )];
+    if let Some(hint) = data.get("hint").and_then(|h| h.as_str()) {
+        lines.push(format!("hint: {hint}"));
+    }
+    if let Some(last) = data.get("last_lines").and_then(|l| l.as_array()) {
+        lines.push("last lines of output:".to_owned());
+        let skip = last.len().saturating_sub(10);
+        lines.extend(
+            last.iter()
+                .skip(skip)
+                .filter_map(|l| l.as_str())
+                .map(|l| format!("  | {l}")),
+        );
+    }
+    lines.push(format!(
+        "waiting for the operator: `landfall retry {host}` runs again from {step}; \
+         `landfall reinstall {host}` reboots into a fresh install"
+    ));
+    let ip = st.inventory.as_ref().and_then(primary_ip);
+    let sshd = [
+        "etc/ssh/sshd_config",
+        "usr/sbin/sshd",
+        "run/current-system/sw/bin/sshd",
+    ]
+    .iter()
+    .any(|p| ctx.opts.sysroot.join(p).exists());
+    lines.push(match (sshd, ip) {
+        (true, Some(ip)) => format!(
+            "shell: ssh root@{ip}, or log in on another console (Alt+F2); the target stays mounted at {}",
+            ctx.opts.target_root.display()
+        ),
+        _ => format!(
+            "shell: log in on another console (Alt+F2); the target stays mounted at {}",
+            ctx.opts.target_root.display()
+        ),
+    });
+    ctx.reporter.console().set_detail(lines);
+}
+
+/// Long-poll the server until the operator answers. `Some(assignment)`:
+/// retry with it; `None`: stop (reinstall, or the attempt was replaced).
+async fn wait_for_operator(ctx: &Ctx<'_>, st: &State) -> Result<Option<Assignment>> {
+    let hello = st.hello.as_ref().expect("register ran");
+    let req = WaitRequest {
+        attempt_id: hello.attempt_id.clone(),
+        timeout_secs: ctx.opts.wait_secs,
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match ctx.client.wait(&hello.agent_token, &req).await {
+            Ok(r) => {
+                backoff = Duration::from_secs(1);
+                match r.action {
+                    WaitAction::Wait => continue,
+                    WaitAction::Retry => match r.assignment {
+                        Some(a) => return Ok(Some(a)),
+                        None => anyhow::bail!("the server answered retry without an assignment"),
+                    },
+                    WaitAction::Stop => return Ok(None),
+                    WaitAction::Unknown => {
+                        tracing::warn!("the server answered an unknown wait action; asking again");
+                    }
                 }
             }
-            Err(error.context(format!("step {step} failed")))
+            Err(e @ ApiError::Status { status, .. })
+                if status == reqwest::StatusCode::UNAUTHORIZED
+                    || status == reqwest::StatusCode::FORBIDDEN =>
+            {
+                // Another boot of this machine took the attempt over.
+                tracing::warn!("{e}");
+                return Ok(None);
+            }
+            Err(e) if e.retryable() => {
+                ctx.reporter.console().note(&format!(
+                    "server not reachable while waiting ({e}); asking again in {backoff:?}"
+                ));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(
+                    "the server does not offer the wait endpoint (older than landfall retry): \
+                     PXE-boot the machine again to reinstall",
+                ))
+            }
         }
-    };
-    ticker.abort();
-    outcome
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
 }
 
 struct StepFailure {
@@ -128,13 +387,21 @@ struct StepFailure {
 
 /// Run one step: `started`, then `finished` with the step's summary, or `failed`.
 async fn step<T>(
-    reporter: &Reporter,
+    ctx: &Ctx<'_>,
     step: Step,
     start_message: &str,
     work: impl std::future::Future<Output = Result<(T, String)>>,
 ) -> Result<T, StepFailure> {
+    let reporter = ctx.reporter;
+    let (t0, w0) = (Instant::now(), crate::timing::waited());
     reporter.emit(step, EventKind::Started, start_message, Some(0.0), None);
-    match work.await {
+    let result = work.await;
+    ctx.timings.add(
+        step,
+        t0.elapsed(),
+        crate::timing::waited().saturating_sub(w0),
+    );
+    match result {
         Ok((value, summary)) => {
             reporter.emit(step, EventKind::Finished, summary, Some(1.0), None);
             Ok(value)
@@ -147,9 +414,22 @@ async fn step<T>(
     }
 }
 
+/// A step with nothing to do: `finished` at once with why.
+fn skip(ctx: &Ctx<'_>, step: Step, why: &str) {
+    ctx.reporter
+        .emit(step, EventKind::Finished, why, Some(1.0), None);
+}
+
 /// What a failed event carries besides its message: `{"security": true}` for
-/// an interception alarm, so the server marks the machine compromised.
+/// an interception alarm, so the server marks the machine compromised; the
+/// class, hint and last lines of a failed `nixos-install`.
 fn failure_data(error: &anyhow::Error) -> Option<serde_json::Value> {
+    if let Some(f) = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<crate::install::nixos_install::InstallFailure>())
+    {
+        return Some(f.event_data());
+    }
     error
         .chain()
         .find_map(|e| e.downcast_ref::<crate::secrets::SecretsError>())
@@ -157,155 +437,235 @@ fn failure_data(error: &anyhow::Error) -> Option<serde_json::Value> {
         .map(|e| e.event_data())
 }
 
-async fn steps(
-    cfg: &AgentConfig,
-    opts: &RunOptions,
-    client: &Client,
-    reporter: &Reporter,
-) -> Result<Outcome, StepFailure> {
-    let inventory = step(reporter, Step::Detect, "detecting hardware", detect(opts)).await?;
-    reporter.console().set_ip(primary_ip(&inventory));
-
-    let hello = step(
-        reporter,
-        Step::Register,
-        &format!("registering with {}", cfg.server),
-        register(cfg, opts, client, reporter, inventory.clone()),
-    )
-    .await?;
-
-    let from_bundle = hello
-        .assignment
-        .secret_files
-        .iter()
-        .any(|f| f.from.starts_with("bundle:"));
-    let fetched = match (&hello.assignment.vault, from_bundle) {
-        (Some(vault), _) => Some(
-            step(
-                reporter,
-                Step::Secrets,
-                &format!("fetching secrets from {}", vault.address),
-                secrets_step(opts, vault, &hello.assignment),
-            )
-            .await?,
-        ),
-        (None, true) => Some(
-            step(
-                reporter,
-                Step::Secrets,
-                "opening the installer's age bundle",
-                bundle_step(opts, reporter, &hello.assignment),
-            )
-            .await?,
-        ),
-        (None, false) => {
-            reporter.emit(
-                Step::Secrets,
-                EventKind::Finished,
-                "no secrets assigned",
-                Some(1.0),
-                None,
-            );
-            None
-        }
-    };
-    // LUKS keys named by the layout come from the secrets, never from argv.
-    let target_root = crate::disk::ApplyOptions::default().root;
-    let keys = crate::disk::apply::Keys {
-        by_path: fetched.as_ref().map(luks_keys).unwrap_or_default(),
-    };
-
-    let disks = match &hello.assignment.disko {
-        None => {
-            reporter.emit(
-                Step::Disks,
-                EventKind::Finished,
-                "no layout assigned: disks left as they are",
-                Some(1.0),
-                None,
-            );
-            None
-        }
-        Some(layout) => Some(
-            step(
-                reporter,
-                Step::Disks,
-                &format!(
-                    "preparing disks from layout {}",
-                    hello.assignment.layout.as_deref().unwrap_or("(unnamed)")
-                ),
-                disk_step(
-                    reporter,
-                    &hello.assignment,
-                    layout,
-                    &inventory,
-                    crate::disk::ApplyOptions {
-                        root: target_root.clone(),
-                        keys: std::sync::Arc::new(keys),
-                        ..Default::default()
-                    },
-                ),
-            )
-            .await?,
-        ),
-    };
-
-    match (&fetched, &disks) {
-        (Some(fetched), Some(applied)) => {
-            let root = target_root.clone();
-            let keys = applied.key_paths.clone();
-            step(
-                reporter,
-                Step::Configure,
-                &format!("placing secrets under {}", root.display()),
-                async move {
-                    let placed = crate::secrets::place_except(&root, fetched, &keys)?;
-                    let mut summary = format!(
-                        "{} secret file(s) placed: {}",
-                        placed.len(),
-                        placed
-                            .iter()
-                            .map(|p| p.path.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                    if !keys.is_empty() {
-                        summary.push_str(&format!(
-                            "; {} LUKS key(s) used for the disks only, not written",
-                            keys.len()
-                        ));
+/// Run the steps of [`ORDER`] from index `from`.
+async fn steps(ctx: &Ctx<'_>, st: &mut State, from: usize) -> Result<(), StepFailure> {
+    let (cfg, opts, reporter) = (ctx.cfg, ctx.opts, ctx.reporter);
+    for &s in &ORDER[from..] {
+        match s {
+            Step::Detect => {
+                let inventory = step(ctx, s, "detecting hardware", detect(opts)).await?;
+                reporter.console().set_ip(primary_ip(&inventory));
+                st.inventory = Some(inventory);
+            }
+            Step::Register => {
+                let inventory = st.inventory.clone().expect("detect ran");
+                let hello = step(
+                    ctx,
+                    s,
+                    &format!("registering with {}", cfg.server),
+                    register(cfg, opts, ctx.client, reporter, inventory),
+                )
+                .await?;
+                st.hello = Some(hello);
+            }
+            Step::Secrets => {
+                let a = st.assignment();
+                let from_bundle = a.secret_files.iter().any(|f| f.from.starts_with("bundle:"));
+                st.fetched = match (&a.vault, from_bundle) {
+                    (Some(vault), _) => Some(
+                        step(
+                            ctx,
+                            s,
+                            &format!("fetching secrets from {}", vault.address),
+                            secrets_step(opts, vault, a),
+                        )
+                        .await?,
+                    ),
+                    (None, true) => Some(
+                        step(
+                            ctx,
+                            s,
+                            "opening the installer's age bundle",
+                            bundle_step(opts, reporter, a),
+                        )
+                        .await?,
+                    ),
+                    (None, false) => {
+                        skip(ctx, s, "no secrets assigned");
+                        None
                     }
-                    Ok(((), summary))
-                },
-            )
-            .await?;
-        }
-        (Some(_), None) => {
-            return Err(StepFailure {
-                step: Step::Configure,
-                error: anyhow::anyhow!(
-                    "the role has secret files but no layout: there is no target to place them in; \
-                     give the role a layout"
-                ),
-            })
-        }
-        _ => {
-            reporter.emit(
-                Step::Configure,
-                EventKind::Finished,
-                "nothing to place",
-                Some(1.0),
-                None,
-            );
+                };
+            }
+            Step::Disks => {
+                let a = st.assignment();
+                let Some(layout) = &a.disko else {
+                    skip(ctx, s, "no layout assigned: disks left as they are");
+                    continue;
+                };
+                // LUKS keys named by the layout come from the secrets, never from argv.
+                let keys = crate::disk::apply::Keys {
+                    by_path: st.fetched.as_ref().map(luks_keys).unwrap_or_default(),
+                };
+                let applied = step(
+                    ctx,
+                    s,
+                    &format!(
+                        "preparing disks from layout {}",
+                        a.layout.as_deref().unwrap_or("(unnamed)")
+                    ),
+                    disk_step(
+                        reporter,
+                        a,
+                        layout,
+                        st.inventory.as_ref().expect("detect ran"),
+                        crate::disk::ApplyOptions {
+                            root: opts.target_root.clone(),
+                            keys: std::sync::Arc::new(keys),
+                            ..Default::default()
+                        },
+                    ),
+                )
+                .await?;
+                st.disks = Some(applied);
+            }
+            Step::Configure => {
+                let a = st.assignment();
+                let Some(applied) = &st.disks else {
+                    if !a.secret_files.is_empty() || a.install.is_some() {
+                        let error = anyhow::anyhow!(
+                            "the role has secret files or an install target but no layout: there \
+                             is no target to write into; give the role a layout"
+                        );
+                        reporter.emit(s, EventKind::Failed, format!("{error:#}"), None, None);
+                        return Err(StepFailure { step: s, error });
+                    }
+                    skip(ctx, s, "no layout: nothing to configure");
+                    continue;
+                };
+                step(
+                    ctx,
+                    s,
+                    &format!(
+                        "writing the configuration under {}",
+                        opts.target_root.display()
+                    ),
+                    configure_step(
+                        cfg,
+                        opts,
+                        st.hello.as_ref().expect("register ran"),
+                        st.inventory.as_ref().expect("detect ran"),
+                        applied,
+                        st.fetched.as_ref(),
+                    ),
+                )
+                .await?;
+            }
+            Step::Install => {
+                let a = st.assignment();
+                let Some(target) = &a.install else {
+                    skip(ctx, s, "no install target assigned: the disks and files are ready, nothing installed");
+                    continue;
+                };
+                step(
+                    ctx,
+                    s,
+                    "running nixos-install",
+                    install_step(reporter, target, &opts.target_root),
+                )
+                .await?;
+            }
+            Step::Finish => {
+                let Some(applied) = st.disks.take() else {
+                    skip(ctx, s, "nothing mounted");
+                    continue;
+                };
+                step(ctx, s, "unmounting and closing the disks", async move {
+                    let (mounts, luks) = (applied.mounts.len(), applied.luks.len());
+                    tokio::task::spawn_blocking(nix::unistd::sync)
+                        .await
+                        .context("the sync task panicked")?;
+                    applied.close().await?;
+                    Ok((
+                        (),
+                        format!("{mounts} mount(s) unmounted, {luks} LUKS mapping(s) closed"),
+                    ))
+                })
+                .await?;
+            }
+            _ => unreachable!("ORDER holds only working steps"),
         }
     }
+    Ok(())
+}
 
-    Ok(Outcome {
-        attempt_id: hello.attempt_id,
-        hostname: hello.assignment.hostname,
-        last_seq: 0,
-        disks,
+/// The configure step: the generated files (hardware configuration,
+/// inventory, flake), first-boot verify's config, the secrets.
+async fn configure_step(
+    cfg: &AgentConfig,
+    opts: &RunOptions,
+    hello: &HelloResponse,
+    inventory: &Inventory,
+    applied: &crate::disk::Applied,
+    fetched: Option<&crate::secrets::Fetched>,
+) -> Result<((), String)> {
+    use crate::install::{configure::TargetFiles, verify};
+    let root = &opts.target_root;
+    let a = &hello.assignment;
+    let files = TargetFiles::build(inventory, &applied.nixos, a)?;
+    let mut written: Vec<String> = files
+        .write(root)?
+        .iter()
+        .map(|p| p.strip_prefix(root).unwrap_or(p).display().to_string())
+        .collect();
+    if a.verify_token.is_some() {
+        let mut vc = verify::verify_config(a, &cfg.server, a.checks.clone())?;
+        vc.attempt_id = Some(hello.attempt_id.clone());
+        let p = verify::write_verify_config(root, &vc)?;
+        written.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
+    }
+    let mut summary = format!("wrote {}", written.join(", "));
+    if let Some(fetched) = fetched {
+        let keys = &applied.key_paths;
+        let placed = crate::secrets::place_except(root, fetched, keys)?;
+        summary.push_str(&format!(
+            "; {} secret file(s) placed: {}",
+            placed.len(),
+            placed
+                .iter()
+                .map(|p| p.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        if !keys.is_empty() {
+            summary.push_str(&format!(
+                "; {} LUKS key(s) used for the disks only, not written",
+                keys.len()
+            ));
+        }
+    }
+    Ok(((), summary))
+}
+
+/// The install step: every output line a `log` event, or a `progress` event
+/// when it moved the estimate.
+async fn install_step(
+    reporter: &Reporter,
+    target: &landfall_proto::InstallTarget,
+    root: &std::path::Path,
+) -> Result<((), String)> {
+    use crate::install::nixos_install;
+    let cmds = nixos_install::commands(target, root)?;
+    let shown: Vec<String> = cmds.iter().map(|c| c.display()).collect();
+    let t0 = Instant::now();
+    let p = nixos_install::run(cmds, |_, line, fraction| match fraction {
+        Some(f) => {
+            reporter.emit(Step::Install, EventKind::Progress, line, Some(f), None);
+        }
+        None => {
+            reporter.emit(Step::Install, EventKind::Log, line, None, None);
+        }
     })
+    .await?;
+    Ok((
+        (),
+        format!(
+            "`{}` succeeded in {:.1} s: {} path(s) copied, {} built",
+            shown.join("` then `"),
+            t0.elapsed().as_secs_f32(),
+            p.copied,
+            p.built
+        ),
+    ))
 }
 
 /// The disk step: select the target disks from the inventory, plan, check
@@ -422,7 +782,10 @@ async fn secrets_step(
     use crate::secrets;
     let role_id = secrets::role_id_from(&opts.etc_dir.join("vault-role-id"), &opts.cmdline)?;
     let fetch_opts = secrets::options_from(&opts.etc_dir.join("vault-ca.pem"), &opts.cmdline)?;
-    let fetched = secrets::fetch(vault, &role_id, &assignment.secret_files, &fetch_opts).await?;
+    let fetched = {
+        let _waiting = crate::timing::waiting();
+        secrets::fetch(vault, &role_id, &assignment.secret_files, &fetch_opts).await?
+    };
     let summary = format!(
         "{} secret file(s) from {} path(s); values held in memory only",
         fetched.files().len(),
@@ -451,6 +814,8 @@ async fn bundle_step(
         ));
     }
     let files = assignment.secret_files.clone();
+    // The passphrase prompt waits on the technician.
+    let _waiting = crate::timing::waiting();
     let opened = tokio::task::spawn_blocking(move || {
         secrets::open_bundle(&path, &source)
             .and_then(|b| b.into_fetched(&files).map_err(anyhow::Error::new))
@@ -519,6 +884,7 @@ async fn register(
         .hello_retry
         .run(
             |_| async {
+                let _waiting = crate::timing::waiting();
                 match client.hello(&req).await {
                     Ok(r) => Attempt::Done(r),
                     Err(e) if e.retryable() => Attempt::Retry(e),

@@ -89,3 +89,144 @@ fn the_parser_check_itself_rejects_broken_nix() {
     let r = std::panic::catch_unwind(|| assert_parses("{ a = ; }"));
     assert!(r.is_err(), "a broken file must fail the parse check");
 }
+
+/// Evaluate a generated module with stand-ins for its arguments (`lib`
+/// with `mkDefault = x: x`, a `config` with the firmware option, a
+/// `modulesPath` string) and return its attribute set as JSON: catches what
+/// parsing alone cannot (an attribute defined twice through a nested path).
+fn eval_module(path: &Path) -> serde_json::Value {
+    let expr = format!(
+        "builtins.removeAttrs (import {} {{ config = {{ hardware.enableRedistributableFirmware = true; }}; \
+         lib = {{ mkDefault = x: x; }}; modulesPath = \"/modules\"; }}) [ \"imports\" ]",
+        path.display()
+    );
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "--expr", &expr])
+        .output()
+        .expect("nix-instantiate (Debian: nix-bin; ./x installs it)");
+    assert!(
+        out.status.success(),
+        "{} does not evaluate: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `landfall-agent hwconfig` on the captured VMs with every shipped layout:
+/// the file evaluates, has the layout's storage, and the bootloader follows
+/// the firmware (GRUB on the BIOS boot disk by id, once).
+#[test]
+fn hwconfig_cli_for_every_layout_and_firmware_evaluates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    for layout in [
+        "simple-efi",
+        "hybrid",
+        "btrfs-subvolumes",
+        "luks-btrfs",
+        "two-disk",
+        "xfs-swap",
+    ] {
+        for fw in ["qemu-bios", "qemu-uefi"] {
+            let disks: &[&str] = if layout == "two-disk" {
+                &[
+                    "--disk",
+                    "system=/dev/vda",
+                    "--size",
+                    "system=8G",
+                    "--disk",
+                    "data=/dev/vdb",
+                    "--size",
+                    "data=8G",
+                ]
+            } else {
+                &["--disk", "main=/dev/vda", "--size", "main=8G"]
+            };
+            let out = Command::new(env!("CARGO_BIN_EXE_landfall-agent"))
+                .arg("hwconfig")
+                .arg("--sysroot")
+                .arg(root.join("agent/tests/fixtures").join(fw))
+                .arg("--layout")
+                .arg(root.join("disko-layouts").join(format!("{layout}.nix")))
+                .args(disks)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{layout} {fw}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let file = dir.path().join(format!("{layout}-{fw}.nix"));
+            std::fs::write(&file, &out.stdout).unwrap();
+            let m = eval_module(&file);
+            let at = format!("{layout} on {fw}");
+            assert!(m["fileSystems"]["/"]["device"].is_string(), "{at}: {m}");
+            assert_eq!(
+                m["boot"]["initrd"]["availableKernelModules"][0], "ata_piix",
+                "{at}"
+            );
+            let grub = &m["boot"]["loader"]["grub"];
+            if fw == "qemu-bios" {
+                assert_eq!(
+                    grub["device"], "/dev/disk/by-id/virtio-LFSERIAL01",
+                    "{at}: {m}"
+                );
+                assert!(
+                    grub.get("devices").is_none(),
+                    "{at}: the boot disk listed twice: {m}"
+                );
+            } else {
+                assert_eq!(m["boot"]["loader"]["systemd-boot"]["enable"], true, "{at}");
+                assert!(grub.is_null(), "{at}: {m}");
+            }
+            if layout == "luks-btrfs" {
+                assert_eq!(
+                    m["boot"]["initrd"]["luks"]["devices"]["crypted"]["device"],
+                    "/dev/disk/by-partlabel/disk-main-luks",
+                    "{at}"
+                );
+            }
+            if layout == "xfs-swap" {
+                assert!(
+                    m["swapDevices"].as_array().is_some_and(|s| !s.is_empty()),
+                    "{at}: {m}"
+                );
+            }
+        }
+    }
+}
+
+/// The generated `/etc/nixos/flake.nix` parses and names the fleet and the host.
+#[test]
+fn generated_flake_parses_and_points_at_the_fleet() {
+    use landfall_agent::install::configure::{flake_file, FlakeRef};
+    let text = flake_file(&FlakeRef::parse("git+https://git.lan/fleet?ref=main#ws-01").unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flake.nix");
+    std::fs::write(&file, &text).unwrap();
+    assert_parses(&text);
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "--expr"])
+        .arg(format!(
+            "let f = import {}; o = f.outputs {{ fleet.nixosConfigurations.\"ws-01\".extendModules = m: m; }}; \
+             in {{ url = f.inputs.fleet.url; modules = map toString o.nixosConfigurations.\"ws-01\".modules; }}",
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["url"], "git+https://git.lan/fleet?ref=main");
+    assert_eq!(
+        v["modules"][0],
+        dir.path()
+            .join("hardware-configuration.nix")
+            .display()
+            .to_string()
+    );
+}

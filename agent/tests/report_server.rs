@@ -175,6 +175,8 @@ async fn pipeline_registers_and_every_event_is_acknowledged_in_order() {
         ("secrets", "finished"),
         ("disks", "finished"),
         ("configure", "finished"),
+        ("install", "finished"),
+        ("finish", "finished"),
         ("done", "finished"),
     ];
     assert_eq!(
@@ -348,4 +350,159 @@ async fn a_refused_token_fails_at_once_with_advice() {
     assert!(msg.contains("step register failed"), "{msg}");
     assert!(msg.contains("boot the machine again"), "{msg}");
     assert!(msg.contains("401"), "{msg}");
+}
+
+/// A failed step holds the agent, not the machine's disks: it reports the
+/// failure, waits on `POST wait`, and `landfall retry` runs it again from
+/// the failed step with the server's fresh assignment; `landfall reinstall`
+/// then ends the wait (`stopped`). The failure here is real: the age bundle
+/// the role's secrets come from is missing until the technician "plugs it
+/// in" (copies it into the image's /etc/landfall), and the role has no
+/// layout, so after the retry the configure step fails in turn.
+#[tokio::test]
+async fn a_failed_step_waits_for_retry_then_reinstall_stops_it() {
+    use age::secrecy::ExposeSecret;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("landfall.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[roles.ws]\n\n[[roles.ws.secret_files]]\npath = \"/etc/ssh/key\"\n\
+             from = \"bundle:hosts/{{hostname}}/key\"\n\n\
+             [[machines]]\nmac = \"{MAC}\"\nhostname = \"ws-07\"\nrole = \"ws\"\n"
+        ),
+    )
+    .unwrap();
+    let handle = serve(ServeOptions {
+        config: Some(toml),
+        data: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        artifacts: None,
+    })
+    .await
+    .unwrap();
+    let server = Server {
+        addr: handle.local_addr(),
+        handle: Some(handle),
+        dir,
+    };
+    let admin = std::fs::read_to_string(server.dir.path().join("data/admin.token")).unwrap();
+    let admin_post = |what: &'static str| {
+        let url = format!("{}/api/v1/machines/ws-07/{what}", server.base());
+        let admin = admin.trim().to_owned();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    // The bundle the technician will bring, for an identity the image has.
+    let etc = tempfile::tempdir().unwrap();
+    let id = age::x25519::Identity::generate();
+    let key = etc.path().join("identity.txt");
+    std::fs::write(&key, id.to_string().expose_secret()).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("hosts/ws-07")).unwrap();
+    std::fs::write(src.path().join("hosts/ws-07/key"), "k").unwrap();
+    let bundle = landfall_agent::secrets::bundle::create(
+        src.path(),
+        &landfall_agent::secrets::bundle::Recipients::Keys(vec![id.to_public().to_string()]),
+    )
+    .unwrap();
+
+    let token = server.boot_token().await;
+    let opts = RunOptions {
+        etc_dir: etc.path().to_owned(),
+        cmdline: format!("landfall.secrets_identity={}", key.display()),
+        wait_secs: 1,
+        ..opts()
+    };
+    let base = server.base();
+    let agent =
+        tokio::spawn(async move { pipeline::run(&config(base, token), &opts, console()).await });
+
+    // The secrets step fails: the machine is failed and held, the agent waits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = server.machine().await;
+        if m["state"] == "failed" {
+            let err = m["error"].as_str().unwrap_or_default();
+            assert!(err.contains("step secrets"), "{m}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never failed: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let script = reqwest::get(format!("{}/boot.ipxe?mac={MAC}", server.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !script.contains("landfall.token="),
+        "a failed machine is held:\n{script}"
+    );
+    // Waiting across several long polls (1 s each) changes nothing.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!agent.is_finished());
+    assert_eq!(server.machine().await["state"], "failed");
+
+    // The technician brings the bundle; the operator retries.
+    std::fs::write(etc.path().join("secrets.age"), &bundle).unwrap();
+    assert_eq!(admin_post("retry").await.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = server.machine().await;
+        let events = m["attempts"][0]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let secrets_ok = events
+            .iter()
+            .any(|e| e["step"] == "secrets" && e["kind"] == "finished");
+        if secrets_ok && m["state"] == "failed" {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second failure: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Same attempt: the retry resumed at secrets (no second detect/register)
+    // and the configure step failed next (no layout to write into).
+    assert_eq!(m["attempts"].as_array().unwrap().len(), 1, "{m}");
+    let sk = steps_and_kinds(&m["attempts"][0]["events"]);
+    let count = |s: &str, k: &str| sk.iter().filter(|(a, b)| a == s && b == k).count();
+    assert_eq!(count("detect", "started"), 1, "{sk:?}");
+    assert_eq!(count("secrets", "started"), 2, "{sk:?}");
+    assert_eq!(count("secrets", "failed"), 1, "{sk:?}");
+    assert_eq!(count("configure", "failed"), 1, "{sk:?}");
+    assert_eq!(count("done", "failed"), 2, "{sk:?}");
+    assert!(
+        m["error"].as_str().unwrap().contains("step configure"),
+        "{m}"
+    );
+    let seqs: Vec<u64> = m["attempts"][0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+
+    // Reinstall ends the wait: the agent stops (and would reboot).
+    assert_eq!(admin_post("reinstall").await.status(), 200);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("the wait ended")
+        .unwrap()
+        .unwrap();
+    assert!(outcome.stopped);
+    assert_eq!(outcome.hostname, "ws-07");
 }

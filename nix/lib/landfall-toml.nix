@@ -4,7 +4,7 @@
 # the file the module writes is the file `landfall serve --check-config` accepts.
 #
 # Missing attributes take the server's own defaults (they are simply not written);
-# empty `disks` maps and empty kernel arguments are left out too.
+# empty `disks` maps, `checks` lists and kernel arguments are left out too.
 let
   inherit (builtins) attrNames concatStringsSep isList mapAttrs;
   toTOML = import ./toml.nix;
@@ -51,6 +51,10 @@ toTOML {
       disks = nonEmpty (r.disks or { });
       vault = r.vault or null;
       secret_files = nonEmpty (r.secretFiles or [ ]);
+      flake = r.flake or null;
+      system = r.system or null;
+      cache = r.cache or null;
+      checks = nonEmpty (r.checks or [ ]);
     })
     (cfg.roles or { });
   # Machines are keyed by hostname in Nix; landfall.toml lists them.
@@ -64,6 +68,9 @@ toTOML {
         inherit (m) mac role;
         layout = m.layout or null;
         disks = nonEmpty (m.disks or { });
+        flake = m.flake or null;
+        system = m.system or null;
+        cache = m.cache or null;
       })
     (attrNames machines);
 }

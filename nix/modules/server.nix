@@ -144,7 +144,47 @@ let
         default = [ ];
         description = "Files the agent writes into the target from Vault secrets (`[[roles.${name}.secret_files]]`).";
       };
+      flake = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "git+https://git.lan/fleet#{hostname}";
+        description = ''
+          What the agent installs: `nixos-install --flake REF#ATTR` (`{hostname}` and `{role}`
+          are replaced). Beside `system`: the source written into the target's
+          `/etc/nixos/flake.nix`.
+        '';
+      };
+      system = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/nix/store/00000000000000000000000000000000-nixos-system-ws-01-26.05";
+        description = "A prebuilt system closure, copied from `cache` (usually set per machine).";
+      };
+      cache = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "http://cache.lan:5000";
+        description = "Binary cache holding `system` (required with `system`).";
+      };
+      checks = mkOption {
+        type = types.listOf (types.attrsOf (types.oneOf [ types.str types.int types.bool ]));
+        default = [ ];
+        example = [
+          { kind = "ssh"; }
+          { name = "home"; kind = "smb"; mountpoint = "/home/alice"; }
+        ];
+        description = ''
+          First-boot checks of role `${name}` (`[[roles.${name}.checks]]`): `kind` is one of
+          ssh, rdp, vnc, smb, tcp, unit, path, hostname, with that kind's fields (docs/verify.md).
+        '';
+      };
     };
+  };
+
+  installOverride = what: mkOption {
+    type = types.nullOr types.str;
+    default = null;
+    description = "This machine's `${what}`; overrides the role's.";
   };
 
   machineModule = { name, ... }: {
@@ -171,6 +211,9 @@ let
         description = "disko layout for this machine; overrides the role's.";
       };
       disks = diskMap;
+      flake = installOverride "flake";
+      system = installOverride "system";
+      cache = installOverride "cache";
     };
   };
 in

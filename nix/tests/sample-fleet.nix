@@ -49,6 +49,12 @@
           group = "root";
         }
       ];
+      flake = "git+https://git.lan/fleet#{hostname}";
+      checks = [
+        { kind = "ssh"; }
+        { name = "rdp"; kind = "rdp"; port = 3389; }
+        { name = "smb-home-alice"; kind = "smb"; mountpoint = "/home/alice"; write_test = true; }
+      ];
     };
     server = {
       description = "hardened SSH";
@@ -58,6 +64,12 @@
         system = "auto";
         data = "auto";
       };
+      # Prebuilt closures (each machine names its own) from the fleet's cache.
+      cache = "http://cache.lan:5000";
+      flake = "git+https://git.lan/fleet#{hostname}";
+      checks = [
+        { kind = "unit"; unit = "sshd.service"; }
+      ];
     };
     "lab-kiosk" = { };
   };
@@ -74,6 +86,7 @@
       mac = "52:54:00:12:02:01";
       role = "server";
       disks.data = "/dev/disk/by-id/ata-WDC_WD40EFRX-68N32N0_WD-WCC7K0000001";
+      system = "/nix/store/00000000000000000000000000000000-nixos-system-srv-01-26.05";
     };
     kiosk = {
       hostname = "kiosk-hall";

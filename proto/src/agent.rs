@@ -325,7 +325,10 @@ mod tests {
             r#"{"hostname":"a","role":"r","install":{"kind":"flake","flake":"git+https://g/f#a"}}"#,
         )
         .unwrap();
-        assert_eq!(a.install.as_ref().unwrap().flake(), Some("git+https://g/f#a"));
+        assert_eq!(
+            a.install.as_ref().unwrap().flake(),
+            Some("git+https://g/f#a")
+        );
         let t: InstallTarget = serde_json::from_str(
             r#"{"kind":"system","path":"/nix/store/x-nixos-system-a","cache":"http://c"}"#,
         )

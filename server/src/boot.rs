@@ -190,15 +190,12 @@ pub async fn boot_ipxe(
     }
 }
 
-fn decide_and_render(
-    app: &App,
-    base: &str,
-    mac: &str,
-    arch: Option<&str>,
-    platform: Option<&str>,
-) -> anyhow::Result<String> {
+/// What the configuration assigns to `mac` now: its `[[machines]]` entry,
+/// else the role and hostname of an earlier auto-enrolment (if the role still
+/// exists), else the enrolment policy. `None`: nothing (hold as discovered).
+pub fn current_assignment(app: &App, mac: &str) -> anyhow::Result<Option<Assignment>> {
     let settings = &app.settings;
-    let assignment = if settings.machines.contains_key(mac) {
+    Ok(if settings.machines.contains_key(mac) {
         settings.assignment_for(mac)
     } else {
         // Known from an earlier auto-enrolment (keeps its hostname), else the enrol policy.
@@ -207,7 +204,18 @@ fn decide_and_render(
             .and_then(|r| Some((r.hostname?, r.role?)))
             .and_then(|(h, r)| settings.role_assignment_checked(&r, &h))
             .or_else(|| settings.assignment_for(mac))
-    };
+    })
+}
+
+fn decide_and_render(
+    app: &App,
+    base: &str,
+    mac: &str,
+    arch: Option<&str>,
+    platform: Option<&str>,
+) -> anyhow::Result<String> {
+    let settings = &app.settings;
+    let assignment = current_assignment(app, mac)?;
     let now = crate::store::now();
     let row = app
         .store
@@ -251,6 +259,12 @@ fn decide_and_render(
                 MachineState::Failed => format!(
                     "install of {mac} failed: {}; fix it, then run: landfall reinstall {mac}",
                     row.error.as_deref().unwrap_or("no error recorded")
+                ),
+                // The installer that failed is gone (the machine rebooted):
+                // nobody will pick the retry up.
+                MachineState::RetryRequested => format!(
+                    "a retry of {mac} was requested, but its installer is no longer running; \
+                     run: landfall reinstall {mac}"
                 ),
                 MachineState::Compromised => format!(
                     "security alarm on {mac}; investigate, then run: landfall reinstall {mac}"
@@ -323,7 +337,7 @@ mod tests {
         for s in [Installed, Ready, Degraded] {
             assert_eq!(decide(s), BootAction::Local, "{s}");
         }
-        for s in [Discovered, Failed, Compromised, Unknown] {
+        for s in [Discovered, Failed, RetryRequested, Compromised, Unknown] {
             assert_eq!(decide(s), BootAction::Hold, "{s}");
         }
     }

@@ -1,4 +1,4 @@
-//! Command line: `serve` and the admin commands (`machines`, `machine`, `reinstall`),
+//! Command line: `serve` and the admin commands (`machines`, `machine`, `reinstall`, `retry`),
 //! which talk to a running server through the admin API.
 
 use std::net::SocketAddr;
@@ -46,6 +46,14 @@ pub enum Command {
     },
     /// Reinstall a machine on its next PXE boot.
     Reinstall {
+        /// MAC address or hostname.
+        machine: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Let a failed install run again from the failed step (its installer
+    /// is still running and waiting); only for machines in state `failed`.
+    Retry {
         /// MAC address or hostname.
         machine: String,
         #[command(flatten)]
@@ -118,6 +126,22 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await?;
             println!(
                 "{} ({}): {}; it installs on its next PXE boot",
+                s.hostname.as_deref().unwrap_or("-"),
+                s.mac,
+                s.state
+            );
+            Ok(())
+        }
+        Command::Retry { machine, client } => {
+            let s: MachineSummary = Client::new(&client)?
+                .post(&format!(
+                    "/api/v1/machines/{}/retry",
+                    path_segment(&machine)?
+                ))
+                .await?;
+            println!(
+                "{} ({}): {}; the waiting installer runs again from the failed step \
+                 (if the machine rebooted meanwhile, use `landfall reinstall`)",
                 s.hostname.as_deref().unwrap_or("-"),
                 s.mac,
                 s.state
@@ -419,6 +443,11 @@ mod tests {
         assert_eq!(a.listen.port(), 0);
         let c = Cli::try_parse_from(["landfall", "machine", "ws-01", "--json"]).unwrap();
         assert!(matches!(c.command, Command::Machine { json: true, .. }));
+        let c =
+            Cli::try_parse_from(["landfall", "retry", "ws-01", "--server", "http://s:1"]).unwrap();
+        assert!(
+            matches!(&c.command, Command::Retry { machine, client } if machine == "ws-01" && client.server == "http://s:1")
+        );
         assert!(path_segment("../x").is_err());
         assert!(path_segment("52:54:00:00:00:01").is_ok());
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use landfall_proto::names::{check_hostname, check_simple_name, normalize_mac};
-use landfall_proto::{Assignment, SecretFile, WipePolicy};
+use landfall_proto::{Assignment, Check, InstallTarget, NamedCheck, SecretFile, WipePolicy};
 use serde::Deserialize;
 
 /// Default lifetime of a boot token, in seconds.
@@ -225,6 +225,24 @@ pub struct RoleConfig {
     pub vault: Option<RoleVault>,
     #[serde(default)]
     pub secret_files: Vec<SecretFileConfig>,
+    /// What `nixos-install` installs: a flake `REF#ATTR` (`{hostname}` and
+    /// `{role}` are replaced per machine). Beside `system`, the source written
+    /// into the target's generated `/etc/nixos/flake.nix`.
+    #[serde(default)]
+    pub flake: Option<String>,
+    /// A prebuilt system closure (`/nix/store/...-nixos-system-...`), copied
+    /// from `cache`; needs `cache`.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// The binary cache holding `system`, e.g. `http://cache.lan:5000`.
+    #[serde(default)]
+    pub cache: Option<String>,
+    /// `[[roles.NAME.checks]]`: first-boot checks, in the form of
+    /// [`NamedCheck`] (`kind` = ssh | rdp | vnc | smb | tcp | unit | path |
+    /// hostname with its fields). Kept as written here; [`Config::validate`]
+    /// parses them strictly into [`Settings::checks`].
+    #[serde(default)]
+    pub checks: Vec<toml::Table>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -238,6 +256,14 @@ pub struct MachineConfig {
     /// Overrides the role's `disks` entry by entry.
     #[serde(default)]
     pub disks: BTreeMap<String, String>,
+    /// Override the role's `flake`, `system` and `cache`, key by key (e.g. a
+    /// machine's own `system` closure from the role's `cache`).
+    #[serde(default)]
+    pub flake: Option<String>,
+    #[serde(default)]
+    pub system: Option<String>,
+    #[serde(default)]
+    pub cache: Option<String>,
 }
 
 /// A validated configuration, ready to answer "what is this MAC?".
@@ -258,6 +284,8 @@ pub struct Settings {
     pub layouts: BTreeMap<String, serde_json::Value>,
     /// `[vault]`, validated; `None` when not configured.
     pub vault: Option<VaultSettings>,
+    /// Role name -> its `[[roles.NAME.checks]]`, parsed and checked.
+    pub checks: BTreeMap<String, Vec<NamedCheck>>,
 }
 
 impl Config {
@@ -274,6 +302,10 @@ impl Config {
                 disks: BTreeMap::new(),
                 vault: None,
                 secret_files: Vec::new(),
+                flake: None,
+                system: None,
+                cache: None,
+                checks: Vec::new(),
             },
         );
         Self {
@@ -334,6 +366,18 @@ impl Config {
                     )
                 })?;
             }
+            let at = format!("roles.{name}");
+            check_install_keys(&at, &role.flake, &role.system, &role.cache)?;
+            if role.system.is_some() && role.cache.is_none() {
+                bail!(
+                    "{at}.system needs {at}.cache: the binary cache the agent copies the closure from, \
+                     e.g. cache = \"http://cache.lan:5000\""
+                );
+            }
+        }
+        let mut checks = BTreeMap::new();
+        for (name, role) in &self.roles {
+            checks.insert(name.clone(), parse_checks(name, &role.checks)?);
         }
         let enroll_role = match (self.enroll.unknown, &self.enroll.role) {
             (_, Some(r)) => {
@@ -379,6 +423,15 @@ impl Config {
                 check_simple_name("layout", l).map_err(|e| {
                     anyhow::anyhow!("{at}.layout: {e}; use the layout's file name without .nix")
                 })?;
+            }
+            check_install_keys(&at, &m.flake, &m.system, &m.cache)?;
+            let role = &self.roles[&m.role];
+            if m.system.is_some() && m.cache.is_none() && role.cache.is_none() {
+                bail!(
+                    "{at}.system needs a binary cache to copy the closure from: set cache in this \
+                     [[machines]] entry or in [roles.{}]",
+                    m.role
+                );
             }
             if let Some(prev) = hostnames.insert(m.hostname.clone(), mac.clone()) {
                 bail!(
@@ -441,6 +494,7 @@ impl Config {
         }
 
         Ok(Settings {
+            checks,
             vault,
             layouts,
             public_url,
@@ -720,6 +774,186 @@ fn check_owners(f: &SecretFileConfig) -> Result<()> {
     Ok(())
 }
 
+/// The install keys of a role or machine (`at` is `roles.NAME` or
+/// `machines[i]`): each checked on its own; whether `system` has a `cache`
+/// is the caller's (a machine may take the role's).
+fn check_install_keys(
+    at: &str,
+    flake: &Option<String>,
+    system: &Option<String>,
+    cache: &Option<String>,
+) -> Result<()> {
+    if let Some(f) = flake {
+        check_flake(f).with_context(|| format!("{at}.flake = {f:?}"))?;
+    }
+    if let Some(p) = system {
+        check_system_path(p).with_context(|| format!("{at}.system = {p:?}"))?;
+    }
+    if let Some(c) = cache {
+        check_http_url(&format!("{at}.cache"), c, "http://cache.lan:5000")?;
+    }
+    Ok(())
+}
+
+/// `REF#ATTR`: a flake reference and the attribute after `#`. It ends up in
+/// the agent's command line and in the target's generated flake.nix, so only
+/// URL characters (no quotes, `$`, spaces); `{hostname}` and `{role}` are the
+/// only templates.
+fn check_flake(f: &str) -> Result<()> {
+    let bare = f.replace("{hostname}", "h").replace("{role}", "r");
+    if let Some(c) = bare
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || ":/._~+%@=?&,-#".contains(*c)))
+    {
+        bail!(
+            "the character {c:?} is not allowed (a flake reference is letters, digits and \
+             : / . _ ~ + % @ = ? & , - #; templates are {{hostname}} and {{role}})"
+        );
+    }
+    let Some((reference, attr)) = bare.split_once('#') else {
+        bail!(
+            "must be REF#ATTR with the configuration's attribute after '#', \
+             e.g. \"git+https://git.lan/fleet#{{hostname}}\""
+        );
+    };
+    if reference.is_empty() || attr.is_empty() {
+        bail!(
+            "must be REF#ATTR with a flake reference before '#' and a non-empty attribute after it, \
+             e.g. \"git+https://git.lan/fleet#{{hostname}}\""
+        );
+    }
+    if !attr
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        bail!(
+            "the attribute after '#' ({attr:?} with templates filled) must be letters, digits, \
+             '.', '_' and '-', e.g. \"#{{hostname}}\""
+        );
+    }
+    Ok(())
+}
+
+/// `/nix/store/HASH-NAME`: the top of one store path, nothing below it.
+fn check_system_path(p: &str) -> Result<()> {
+    const BASE32: &str = "0123456789abcdfghijklmnpqrsvwxyz";
+    let ok = p.strip_prefix("/nix/store/").is_some_and(|name| {
+        name.len() > 33
+            && name[..32].chars().all(|c| BASE32.contains(c))
+            && name.as_bytes()[32] == b'-'
+            && name[33..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+._?=-".contains(&b))
+    });
+    if !ok {
+        bail!(
+            "must start with /nix/store/ and be one store path, the system closure \
+             (/nix/store/HASH-nixos-system-HOST-VERSION, e.g. from \
+             `nix build .#nixosConfigurations.HOST.config.system.build.toplevel`)"
+        );
+    }
+    Ok(())
+}
+
+/// The check kinds this server accepts in `[[roles.NAME.checks]]`.
+const CHECK_KINDS: &str = "ssh, rdp, vnc, smb, tcp, unit, path, hostname";
+
+/// Parse `[[roles.NAME.checks]]` into [`NamedCheck`]s: unknown kinds and
+/// unknown keys are refused (the wire type itself tolerates both, for old
+/// agents), and the values the agent acts on are checked.
+fn parse_checks(role: &str, raw: &[toml::Table]) -> Result<Vec<NamedCheck>> {
+    let mut out: Vec<NamedCheck> = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let at = format!("roles.{role}.checks[{i}]");
+        let kind = match t.get("kind") {
+            Some(toml::Value::String(k)) => k.clone(),
+            Some(v) => bail!("{at}.kind = {v} must be a string, one of: {CHECK_KINDS}"),
+            None => bail!("{at}.kind is missing; give the check's kind, one of: {CHECK_KINDS}"),
+        };
+        let check: NamedCheck = toml::Value::Table(t.clone())
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("{at} (kind {kind:?}): {e}"))?;
+        if check.check == Check::Unknown {
+            bail!("{at}.kind = {kind:?} is not a check kind; use one of: {CHECK_KINDS}");
+        }
+        // Every key written must be one the check has (serde's flatten
+        // ignores the others silently).
+        let known = serde_json::to_value(&check)?;
+        for key in t.keys() {
+            if known.get(key).is_none() {
+                let fields: Vec<&str> = known
+                    .as_object()
+                    .map(|o| o.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                bail!(
+                    "{at}.{key}: unknown field for a {kind} check; its fields are: {}",
+                    fields.join(", ")
+                );
+            }
+        }
+        check_check(&check.check).with_context(|| at.clone())?;
+        let name = check.display_name();
+        if name.len() > 100 || name.chars().any(|c| c.is_control()) {
+            bail!("{at}.name = {name:?} must be one line of at most 100 characters");
+        }
+        if let Some(j) = out.iter().position(|c| c.display_name() == name) {
+            bail!(
+                "{at}: the name {name:?} is already used by roles.{role}.checks[{j}]; checks are \
+                 reported by name, so give each its own name = \"...\""
+            );
+        }
+        out.push(check);
+    }
+    Ok(out)
+}
+
+/// The values of one check: hosts and ports to connect to, absolute paths,
+/// a unit name `systemctl` cannot take for an option.
+fn check_check(c: &Check) -> Result<()> {
+    let host_port = |host: &str, port: u16| -> Result<()> {
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".:-_[]".contains(&b))
+        {
+            bail!("host = {host:?} must be a host name or IP address, e.g. \"localhost\"");
+        }
+        if port == 0 {
+            bail!("port = 0 is not a port");
+        }
+        Ok(())
+    };
+    let absolute = |key: &str, p: &str| -> Result<()> {
+        if !p.starts_with('/') || p.chars().any(|c| c.is_control()) {
+            bail!("{key} = {p:?} must be an absolute path in the installed system");
+        }
+        Ok(())
+    };
+    match c {
+        Check::Ssh { host, port }
+        | Check::Rdp { host, port }
+        | Check::Vnc { host, port }
+        | Check::Tcp { host, port } => host_port(host, *port),
+        Check::Smb { mountpoint, .. } => absolute("mountpoint", mountpoint),
+        Check::Path { path } => absolute("path", path),
+        Check::Hostname { expected } => {
+            check_hostname(expected).map_err(|e| anyhow::anyhow!("expected = {expected:?}: {e}"))
+        }
+        Check::Unit { unit } => {
+            if unit.is_empty()
+                || unit.starts_with('-')
+                || !unit
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"@._:\\-".contains(&b))
+            {
+                bail!("unit = {unit:?} must be a systemd unit name, e.g. \"sshd.service\"");
+            }
+            Ok(())
+        }
+        Check::Unknown => bail!("unknown check kind; use one of: {CHECK_KINDS}"),
+    }
+}
+
 /// Replace `{hostname}` and `{role}` in a validated template (both are
 /// validated names, so the result stays a plain path).
 pub fn expand_template(t: &str, hostname: &str, role: &str) -> String {
@@ -800,6 +1034,11 @@ fn role_list(roles: &BTreeMap<String, RoleConfig>) -> String {
 
 /// `http(s)://host[:port][/path]` with nothing that could break an iPXE script line.
 fn check_public_url(u: &str) -> Result<String> {
+    check_http_url("server.public_url", u, "http://10.0.0.1:8080")
+}
+
+/// `http(s)://host[:port][/path]` of plain characters, without a trailing slash.
+fn check_http_url(field: &str, u: &str, example: &str) -> Result<String> {
     let rest = u
         .strip_prefix("http://")
         .or_else(|| u.strip_prefix("https://"));
@@ -811,7 +1050,7 @@ fn check_public_url(u: &str) -> Result<String> {
     });
     if !ok {
         bail!(
-            "server.public_url = {u:?} is not a plain http(s) URL; write e.g. \"http://10.0.0.1:8080\" \
+            "{field} = {u:?} is not a plain http(s) URL; write e.g. \"{example}\" \
              (letters, digits and . - _ ~ : / [ ] % @ only)"
         );
     }
@@ -859,9 +1098,13 @@ impl Settings {
         Some(self.role_assignment(role, hostname.to_owned()))
     }
 
-    /// Fill what the database does not keep: the rendered layout and the disk
-    /// map (role entries, then the machine's own over them).
+    /// Fill what the database does not keep: the rendered layout, the disk
+    /// map (role entries, then the machine's own over them), the secret files,
+    /// the install target (the machine's keys over the role's) and the role's
+    /// first-boot checks.
     pub fn complete(&self, a: &mut Assignment, mac: &str) {
+        a.install = self.install_target(&a.role, mac, &a.hostname);
+        a.checks = self.checks.get(&a.role).cloned().unwrap_or_default();
         a.disko = a.layout.as_ref().and_then(|l| self.layouts.get(l).cloned());
         let mut disks = self
             .roles
@@ -888,6 +1131,28 @@ impl Settings {
                     .collect()
             })
             .unwrap_or_default();
+    }
+
+    /// `flake`, `system` and `cache`: a `[[machines]]` entry's over its role's,
+    /// key by key; `{hostname}`/`{role}` replaced in `flake`. `None` when
+    /// neither gives a flake or a system.
+    fn install_target(&self, role: &str, mac: &str, hostname: &str) -> Option<InstallTarget> {
+        let r = self.roles.get(role);
+        let m = self.machines.get(mac).filter(|m| m.role == role);
+        let pick = |mk: fn(&MachineConfig) -> &Option<String>,
+                    rk: fn(&RoleConfig) -> &Option<String>| {
+            m.and_then(|m| mk(m).clone())
+                .or_else(|| r.and_then(|r| rk(r).clone()))
+        };
+        let flake = pick(|m| &m.flake, |r| &r.flake).map(|f| expand_template(&f, hostname, role));
+        let system = pick(|m| &m.system, |r| &r.system);
+        let cache = pick(|m| &m.cache, |r| &r.cache);
+        match (system, cache) {
+            (Some(path), Some(cache)) => Some(InstallTarget::System { path, cache, flake }),
+            // Refused at load; nothing to install from.
+            (Some(_), None) => None,
+            (None, _) => flake.map(|flake| InstallTarget::Flake { flake }),
+        }
     }
 
     fn role_assignment(&self, role_name: &str, hostname: String) -> Assignment {
@@ -1369,6 +1634,279 @@ role = "ws"
         assert!(
             e.contains("need roles.ws.vault") && e.contains("bundle:PATH"),
             "{e}"
+        );
+    }
+
+    const INSTALL: &str = r#"
+[roles.ws]
+flake = "git+https://git.lan/fleet?ref=main#{hostname}"
+
+[[roles.ws.checks]]
+kind = "ssh"
+
+[[roles.ws.checks]]
+name = "rdp"
+kind = "rdp"
+port = 3390
+
+[[roles.ws.checks]]
+name = "home"
+kind = "smb"
+mountpoint = "/home/alice"
+
+[roles.srv]
+flake = "git+https://git.lan/fleet#{role}-{hostname}"
+cache = "http://cache.lan:5000"
+
+[[machines]]
+mac = "52:54:00:00:00:01"
+hostname = "ws-01"
+role = "ws"
+
+[[machines]]
+mac = "52:54:00:00:00:02"
+hostname = "srv-01"
+role = "srv"
+system = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-srv-01-26.05"
+
+[[machines]]
+mac = "52:54:00:00:00:03"
+hostname = "srv-02"
+role = "srv"
+flake = "path:/srv/fleet#srv-02"
+"#;
+
+    #[test]
+    fn install_target_and_checks_reach_the_assignment() {
+        let s = check(INSTALL).unwrap();
+        let a = s.assignment_for("52:54:00:00:00:01").unwrap();
+        assert_eq!(
+            a.install,
+            Some(InstallTarget::Flake {
+                flake: "git+https://git.lan/fleet?ref=main#ws-01".into()
+            })
+        );
+        assert_eq!(a.checks.len(), 3);
+        assert_eq!(
+            a.checks[0].check,
+            Check::Ssh {
+                host: "localhost".into(),
+                port: 22
+            }
+        );
+        assert_eq!(a.checks[0].display_name(), "ssh");
+        assert_eq!(
+            a.checks[1].check,
+            Check::Rdp {
+                host: "localhost".into(),
+                port: 3390
+            }
+        );
+        assert_eq!(
+            a.checks[2].check,
+            Check::Smb {
+                mountpoint: "/home/alice".into(),
+                write_test: true
+            }
+        );
+        // The machine's system with the role's cache and (expanded) flake.
+        let b = s.assignment_for("52:54:00:00:00:02").unwrap();
+        assert_eq!(
+            b.install,
+            Some(InstallTarget::System {
+                path: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-srv-01-26.05"
+                    .into(),
+                cache: "http://cache.lan:5000".into(),
+                flake: Some("git+https://git.lan/fleet#srv-srv-01".into()),
+            })
+        );
+        assert!(b.checks.is_empty());
+        // The machine's own flake over the role's; no system: a flake install.
+        let c = s.assignment_for("52:54:00:00:00:03").unwrap();
+        assert_eq!(
+            c.install,
+            Some(InstallTarget::Flake {
+                flake: "path:/srv/fleet#srv-02".into()
+            })
+        );
+        // complete() fills a bare (database) assignment the same way.
+        let mut bare = s.role_assignment_checked("ws", "ws-09").unwrap();
+        assert!(bare.install.is_none() && bare.checks.is_empty());
+        s.complete(&mut bare, "52:54:00:00:00:09");
+        assert_eq!(
+            bare.install.as_ref().and_then(|t| t.flake()),
+            Some("git+https://git.lan/fleet?ref=main#ws-09")
+        );
+        assert_eq!(bare.checks, a.checks);
+        // No install keys: no target (the agent stops after configuring).
+        let d = check(GOOD).unwrap();
+        assert!(d
+            .assignment_for("52:54:00:ab:cd:01")
+            .unwrap()
+            .install
+            .is_none());
+    }
+
+    #[test]
+    fn install_keys_are_validated_with_the_field_named() {
+        for (from, to, want) in [
+            (
+                "?ref=main#{hostname}\"",
+                "?ref=main\"",
+                "roles.ws.flake = \"git+https://git.lan/fleet?ref=main\": must be REF#ATTR",
+            ),
+            (
+                "?ref=main#{hostname}\"",
+                "?ref=main#\"",
+                "non-empty attribute",
+            ),
+            (
+                "\"git+https://git.lan/fleet?ref=main#",
+                "\"#",
+                "non-empty attribute",
+            ),
+            (
+                "?ref=main#{hostname}\"",
+                "?ref=main#{host}\"",
+                "not allowed",
+            ),
+            ("?ref=main#{hostname}\"", "?ref=main#${x}\"", "not allowed"),
+            ("?ref=main#{hostname}\"", "?ref=main#a b\"", "not allowed"),
+            (
+                "?ref=main#{hostname}\"",
+                "?ref=main#a/b\"",
+                "attribute after '#'",
+            ),
+            (
+                "system = \"/nix/store/",
+                "system = \"/usr/",
+                "machines[1].system = \"/usr/",
+            ),
+            (
+                "-nixos-system-srv-01-26.05",
+                "",
+                "must start with /nix/store/",
+            ),
+            (
+                "-nixos-system-srv-01-26.05",
+                "-nixos-system-srv-01/bin",
+                "one store path",
+            ),
+            (
+                "http://cache.lan:5000",
+                "cache.lan:5000",
+                "roles.srv.cache = \"cache.lan:5000\" is not a plain http(s) URL",
+            ),
+            ("http://cache.lan:5000", "ftp://cache", "roles.srv.cache"),
+            (
+                "cache = \"http://cache.lan:5000\"\n",
+                "",
+                "machines[1].system needs a binary cache",
+            ),
+            (
+                "flake = \"path:/srv/fleet#srv-02\"",
+                "flake = \"path:/srv/fleet#srv-02\"\ncache = \"x\"",
+                "machines[2].cache",
+            ),
+        ] {
+            assert!(INSTALL.contains(from), "{from}");
+            let e = err(&INSTALL.replacen(from, to, 1));
+            assert!(e.contains(want), "{from} -> {to}: {e}");
+        }
+        let e = err(
+            "[roles.r]\nsystem = \"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-a\"\n",
+        );
+        assert!(e.contains("roles.r.system needs roles.r.cache"), "{e}");
+        // A machine's system with its own cache is complete.
+        let ok = INSTALL
+            .replace("cache = \"http://cache.lan:5000\"\n", "")
+            .replace(
+                "26.05\"\n",
+                "26.05\"\ncache = \"https://cache.example.org/\"\n",
+            );
+        let s = check(&ok).unwrap();
+        assert!(matches!(
+            s.assignment_for("52:54:00:00:00:02").unwrap().install,
+            Some(InstallTarget::System { ref cache, .. }) if cache == "https://cache.example.org/"
+        ));
+    }
+
+    #[test]
+    fn checks_are_parsed_strictly() {
+        let role = |checks: &str| format!("[roles.ws]\n{checks}");
+        let e = err(&role(
+            "[[roles.ws.checks]]\nkind = \"ssh\"\n[[roles.ws.checks]]\nkind = \"teleport\"\n",
+        ));
+        assert!(
+            e.contains("roles.ws.checks[1].kind = \"teleport\" is not a check kind")
+                && e.contains("ssh, rdp, vnc, smb, tcp, unit, path, hostname"),
+            "{e}"
+        );
+        let e = err(&role("[[roles.ws.checks]]\nname = \"x\"\n"));
+        assert!(e.contains("roles.ws.checks[0].kind is missing"), "{e}");
+        let e = err(&role("[[roles.ws.checks]]\nkind = 3\n"));
+        assert!(
+            e.contains("roles.ws.checks[0].kind = 3 must be a string"),
+            "{e}"
+        );
+        let e = err(&role("[[roles.ws.checks]]\nkind = \"ssh\"\nprot = 22\n"));
+        assert!(
+            e.contains("roles.ws.checks[0].prot: unknown field for a ssh check")
+                && e.contains("host")
+                && e.contains("port"),
+            "{e}"
+        );
+        let e = err(&role("[[roles.ws.checks]]\nkind = \"smb\"\n"));
+        assert!(
+            e.contains("roles.ws.checks[0]") && e.contains("mountpoint"),
+            "{e}"
+        );
+        let e = err(&role(
+            "[[roles.ws.checks]]\nkind = \"tcp\"\nport = \"ssh\"\n",
+        ));
+        assert!(e.contains("roles.ws.checks[0]"), "{e}");
+        let e = err(&role("[[roles.ws.checks]]\nkind = \"ssh\"\n[[roles.ws.checks]]\nkind = \"ssh\"\nport = 2222\n"));
+        assert!(
+            e.contains("roles.ws.checks[1]") && e.contains("already used by roles.ws.checks[0]"),
+            "{e}"
+        );
+        for (check, want) in [
+            ("kind = \"tcp\"\nport = 0", "port = 0"),
+            ("kind = \"ssh\"\nhost = \"a b\"", "host = \"a b\""),
+            ("kind = \"unit\"\nunit = \"--help\"", "unit = \"--help\""),
+            ("kind = \"path\"\npath = \"etc/x\"", "absolute path"),
+            (
+                "kind = \"smb\"\nmountpoint = \"home\"",
+                "mountpoint = \"home\"",
+            ),
+            (
+                "kind = \"hostname\"\nexpected = \"Bad_Name\"",
+                "expected = \"Bad_Name\"",
+            ),
+        ] {
+            let e = err(&role(&format!("[[roles.ws.checks]]\n{check}\n")));
+            assert!(
+                e.contains("roles.ws.checks[0]") && e.contains(want),
+                "{check}: {e}"
+            );
+        }
+        let s = check(&role(
+            "[[roles.ws.checks]]\nkind = \"unit\"\nunit = \"sshd.service\"\n\
+             [[roles.ws.checks]]\nkind = \"tcp\"\nhost = \"10.0.0.5\"\nport = 445\n\
+             [[roles.ws.checks]]\nkind = \"path\"\npath = \"/srv\"\n\
+             [[roles.ws.checks]]\nkind = \"hostname\"\nexpected = \"ws-01\"\n\
+             [[roles.ws.checks]]\nkind = \"vnc\"\n\
+             [[roles.ws.checks]]\nname = \"smb-home\"\nkind = \"smb\"\nmountpoint = \"/home/a\"\nwrite_test = false\n",
+        ))
+        .unwrap();
+        let kinds: Vec<&str> = s.checks["ws"].iter().map(|c| c.check.kind()).collect();
+        assert_eq!(kinds, ["unit", "tcp", "path", "hostname", "vnc", "smb"]);
+        assert_eq!(
+            s.checks["ws"][5].check,
+            Check::Smb {
+                mountpoint: "/home/a".into(),
+                write_test: false
+            }
         );
     }
 }

@@ -116,13 +116,13 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
         Some(v) => Some(orchestrator::Orchestrator::new(v)?),
         None => None,
     };
-    let app = Arc::new(App {
-        orchestrator,
+    let app = Arc::new(App::new(
         store,
         settings,
         artifacts,
         admin_token_hash,
-    });
+        orchestrator,
+    ));
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
@@ -130,11 +130,13 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
     tracing::info!("landfall listening on http://{addr}");
 
     let (tx, rx) = oneshot::channel::<()>();
-    let router = api::router(app);
+    let router = api::router(app.clone());
     let task = tokio::spawn(async move {
         axum::serve(listener, router)
-            .with_graceful_shutdown(async {
+            .with_graceful_shutdown(async move {
                 let _ = rx.await;
+                // Long-polling agents answer now instead of holding the shutdown.
+                app.begin_shutdown();
             })
             .await
     });

@@ -245,3 +245,32 @@ async fn bad_config_is_refused_at_start_with_the_field_named() {
         "--check-config must not create the data dir"
     );
 }
+
+#[tokio::test]
+async fn retry_command_moves_a_failed_machine_and_refuses_others() {
+    let s = Server::start(Some(CONFIG)).await;
+    let (attempt, agent) = s.start_attempt(MAC1).await;
+    let token_file = s.data().join("admin.token");
+    let tf = token_file.to_str().unwrap();
+    let base = s.base.clone();
+
+    // installing: refused, exit 1, the state named.
+    let (code, _, err) = run(&["retry", "ws-01", "--server", &base, "--token-file", tf]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("409") && err.contains("ws-01 is installing"),
+        "{err}"
+    );
+
+    let mut done = event(1, Step::Done, EventKind::Failed, "no disk matched");
+    done.data = Some(serde_json::json!({"step": "disks"}));
+    s.ack(&agent, &attempt, &[done]).await;
+    let (code, out, err) = run(&["retry", "ws-01", "--server", &base, "--token-file", tf]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ws-01 (52:54:00:00:00:01): retry_requested"),
+        "{out}"
+    );
+    assert_eq!(s.state_of(MAC1).await, "retry_requested");
+    s.stop().await;
+}

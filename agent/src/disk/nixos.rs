@@ -64,6 +64,42 @@ impl NixosConfig {
         out.push('\n');
         out
     }
+
+    /// The same as `name = value;` lines, for the inside of a module (the
+    /// generated `hardware-configuration.nix`). `boot` is written as dotted
+    /// paths down to its options (`boot.initrd.luks.devices = ...;`), so the
+    /// module may set other `boot.*` options beside it.
+    pub fn to_nix_attrs(&self) -> String {
+        fn flat(path: &str, v: &Value, out: &mut String) {
+            match v {
+                Value::Object(o) if !path.ends_with(".devices") => {
+                    for (k, x) in o {
+                        flat(&format!("{path}.{}", nix_attr(k)), x, out);
+                    }
+                }
+                v => {
+                    out.push_str(path);
+                    out.push_str(" = ");
+                    render(v, 0, out);
+                    out.push_str(";\n");
+                }
+            }
+        }
+        let mut out = String::new();
+        if let Value::Object(top) = self.to_json() {
+            for (k, v) in &top {
+                if k == "boot" {
+                    flat("boot", v, &mut out);
+                } else {
+                    out.push_str(&nix_attr(k));
+                    out.push_str(" = ");
+                    render(v, 0, &mut out);
+                    out.push_str(";\n");
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Derive the configuration from the layout. `disk_device` gives the device

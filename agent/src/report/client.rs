@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use landfall_proto::agent::ErrorBody;
 use landfall_proto::verify::{VerifyRequest, VerifyResponse};
-use landfall_proto::{EventsRequest, EventsResponse, HelloRequest, HelloResponse, AGENT_API};
+use landfall_proto::{
+    EventsRequest, EventsResponse, HelloRequest, HelloResponse, WaitRequest, WaitResponse,
+    AGENT_API,
+};
 use reqwest::StatusCode;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -84,6 +87,13 @@ impl Client {
             url: url.clone(),
             source,
         })?;
+        Self::decode(url, resp).await
+    }
+
+    async fn decode<Resp: DeserializeOwned>(
+        url: String,
+        resp: reqwest::Response,
+    ) -> Result<Resp, ApiError> {
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
@@ -111,6 +121,29 @@ impl Client {
         req: &EventsRequest,
     ) -> Result<EventsResponse, ApiError> {
         self.post("events", Some(agent_token), req).await
+    }
+
+    /// `POST wait`: a failed agent long-polls for the operator's answer.
+    /// The HTTP timeout is stretched past the requested hold time.
+    pub async fn wait(
+        &self,
+        agent_token: &str,
+        req: &WaitRequest,
+    ) -> Result<WaitResponse, ApiError> {
+        let url = format!("{}{AGENT_API}/wait", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(agent_token)
+            .json(req)
+            .timeout(Duration::from_secs(req.timeout_secs + 15))
+            .send()
+            .await
+            .map_err(|source| ApiError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        Self::decode(url, resp).await
     }
 
     /// `POST verify` with the verify token (first boot of the installed system).

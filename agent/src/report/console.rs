@@ -38,6 +38,9 @@ pub struct Console {
     progress: Option<(Step, f32)>,
     last_message: String,
     last_progress_line: Option<(Step, Instant)>,
+    /// Lines shown under the panel until cleared: a failure's error, last
+    /// output and what the technician can do.
+    detail: Vec<String>,
 }
 
 impl Console {
@@ -86,6 +89,7 @@ impl Console {
             progress: None,
             last_message: String::new(),
             last_progress_line: None,
+            detail: Vec::new(),
         }
     }
 
@@ -187,6 +191,16 @@ impl Console {
         ));
     }
 
+    /// Show `lines` under the panel (and once, line by line, where the
+    /// console does not redraw) until the next call; empty clears them.
+    pub fn set_detail(&mut self, lines: Vec<String>) {
+        self.detail = lines;
+        for l in self.detail.clone() {
+            self.line(&l);
+        }
+        self.draw_panel();
+    }
+
     /// Stop drawing, after one line saying why (a prompt is about to use the terminals).
     pub fn pause(&mut self, why: &str) {
         let line = format!("[landfall {}] {why}\n", self.elapsed());
@@ -266,6 +280,11 @@ impl Console {
         ));
         let msg: String = self.last_message.chars().take(200).collect();
         lines.push(format!("  {msg}"));
+        lines.extend(
+            self.detail
+                .iter()
+                .map(|l| format!("  {}", l.chars().take(200).collect::<String>())),
+        );
         lines
     }
 

@@ -88,6 +88,18 @@ pub fn place_except(
     Ok(placed)
 }
 
+/// Write a non-secret file the installer generates (configuration, inventory)
+/// into the target the same careful way: path checked, parents made (0755 for
+/// [`SHARED_DIRS`]), atomic, owned by root. Returns the path written.
+pub fn write_target_file(root: &Path, path: &str, data: &[u8], mode: u32) -> Result<PathBuf> {
+    let rel = checked_relative(path)?;
+    make_parents(root, &rel)?;
+    let target = root.join(&rel);
+    write_atomic(&target, data, mode, 0, 0)
+        .with_context(|| format!("writing {}", target.display()))?;
+    Ok(target)
+}
+
 /// `/a/b` -> `a/b`, refusing relative paths, `.`/`..` and empty names.
 fn checked_relative(path: &str) -> Result<PathBuf> {
     let p = Path::new(path);

@@ -1,4 +1,4 @@
-//! The admin API (Bearer admin token): list, detail, reinstall.
+//! The admin API (Bearer admin token): list, detail, reinstall, retry.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -6,7 +6,9 @@ use axum::http::StatusCode;
 use landfall_proto::admin::{MachineDetail, MachineSummary};
 
 use super::{AdminAuth, ApiError, AppState, Json};
-use crate::store::{now, MachineRow};
+use landfall_proto::MachineState;
+
+use crate::store::{now, MachineRow, RetryOutcome};
 
 pub async fn list(
     State(app): State<AppState>,
@@ -56,7 +58,51 @@ pub async fn reinstall(
         ));
     }
     app.store.request_reinstall(&row.mac, now())?;
+    app.machines_changed();
     tracing::info!(mac = %row.mac, from = %row.state, "reinstall requested");
+    let detail = app.store.detail(&row.mac)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("machine {} vanished", row.mac),
+        )
+    })?;
+    Ok(Json(detail.summary))
+}
+
+/// `failed` -> `retry_requested`: the agent still waiting on the failed
+/// attempt runs again from the failed step.
+pub async fn retry(
+    State(app): State<AppState>,
+    _auth: AdminAuth,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Json<MachineSummary>, ApiError> {
+    let row = find(&app, key)?;
+    let name = row.hostname.clone().unwrap_or_else(|| row.mac.clone());
+    match app.store.request_retry(&row.mac, now())? {
+        RetryOutcome::Requested => {}
+        RetryOutcome::NotFound => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("machine {} vanished", row.mac),
+            ))
+        }
+        RetryOutcome::WrongState(now_row) => {
+            let message = match now_row.state {
+                MachineState::Compromised => format!(
+                    "machine {name} is compromised ({}): a retry would continue the same attempt; \
+                     investigate, then start over with `landfall reinstall {name}`",
+                    now_row.error.as_deref().unwrap_or("security alarm")
+                ),
+                state => format!(
+                    "machine {name} is {state}; retry applies only to a failed install \
+                     (to start over: `landfall reinstall {name}`)"
+                ),
+            };
+            return Err(ApiError::new(StatusCode::CONFLICT, message));
+        }
+    }
+    app.machines_changed();
+    tracing::info!(mac = %row.mac, "retry requested");
     let detail = app.store.detail(&row.mac)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -1,16 +1,28 @@
-//! `POST /api/v1/agent/hello` and `POST /api/v1/agent/events`.
+//! `POST /api/v1/agent/hello`, `POST /api/v1/agent/events` and
+//! `POST /api/v1/agent/wait`.
+
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use landfall_proto::{
-    EventsRequest, EventsResponse, HelloRequest, HelloResponse, PROTOCOL_VERSION,
+    Assignment, EventsRequest, EventsResponse, HelloRequest, HelloResponse, WaitAction,
+    WaitRequest, WaitResponse, PROTOCOL_VERSION,
 };
 
 use super::{new_token, random_hex, token_hash, AgentAuth, ApiError, AppState, Json};
-use crate::store::{now, HelloInput, HelloOutcome};
+use crate::store::{now, AttemptRow, HelloInput, HelloOutcome, WaitCheck};
 
 /// Most events accepted in one request.
 pub const MAX_EVENTS: usize = 1000;
+
+/// Longest a `wait` is held before it answers `wait`.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// How often a held `wait` looks at the database even when nothing in this
+/// process said a machine changed (a change made by another server process
+/// on the same database).
+const WAIT_POLL: Duration = Duration::from_secs(2);
 
 /// Exchange the one-time boot token for an attempt and an agent token.
 pub async fn hello(
@@ -50,9 +62,11 @@ pub async fn hello(
             retried,
             next_seq,
         } => {
-            app.settings.complete(&mut assignment, &mac);
-            super::verify::mint_token(&app, &attempt_id, &mut assignment)?;
-            mint_vault(&app, &attempt_id, &mac, &mut assignment).await?;
+            issue_assignment(&app, &attempt_id, &mac, &mut assignment).await?;
+            if !retried {
+                // A waiting agent of the previous attempt must stop.
+                app.machines_changed();
+            }
             if req.protocol > PROTOCOL_VERSION {
                 tracing::warn!(
                     %mac,
@@ -77,6 +91,21 @@ pub async fn hello(
             }))
         }
     }
+}
+
+/// Make a stored assignment the one an agent gets (hello, and a granted
+/// retry): fill it from the current config (`Settings::complete`), mint the
+/// attempt's verify token (replacing the previous one) and, with Vault, a
+/// fresh wrapped `secret_id`.
+async fn issue_assignment(
+    app: &AppState,
+    attempt_id: &str,
+    mac: &str,
+    assignment: &mut landfall_proto::Assignment,
+) -> Result<(), ApiError> {
+    app.settings.complete(assignment, mac);
+    super::verify::mint_token(app, attempt_id, assignment)?;
+    mint_vault(app, attempt_id, mac, assignment).await
 }
 
 /// With `[roles.NAME.vault]`: mint this attempt's wrapped `secret_id`. Every
@@ -187,4 +216,102 @@ pub async fn events(
     Ok(Json(EventsResponse {
         acked_seq: stored.acked_seq,
     }))
+}
+
+/// `POST /api/v1/agent/wait`: a long poll. The agent of a failed attempt
+/// asks what the operator wants; the answer comes as soon as there is one
+/// (`retry` with a fresh assignment, or `stop`), else `wait` after
+/// `min(timeout_secs, 60)` seconds.
+pub async fn wait(
+    State(app): State<AppState>,
+    AgentAuth(attempt): AgentAuth,
+    Json(req): Json<WaitRequest>,
+) -> Result<Json<WaitResponse>, ApiError> {
+    if req.attempt_id != attempt.id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this agent token belongs to attempt {}, not {:?}",
+                attempt.id, req.attempt_id
+            ),
+        ));
+    }
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(req.timeout_secs).min(MAX_WAIT);
+    loop {
+        // Registered before looking, so a change made while we look still wakes us.
+        let changed = app.changes.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        match app.store.wait_check(&attempt)? {
+            WaitCheck::Stop => {
+                tracing::info!(mac = %attempt.mac, attempt = %attempt.id, "wait: stop");
+                return Ok(Json(WaitResponse {
+                    action: WaitAction::Stop,
+                    assignment: None,
+                }));
+            }
+            WaitCheck::Retry(_) => {
+                if let Some(assignment) = grant_retry(&app, &attempt).await? {
+                    return Ok(Json(WaitResponse {
+                        action: WaitAction::Retry,
+                        assignment: Some(assignment),
+                    }));
+                }
+                // The machine moved on meanwhile: look again.
+                continue;
+            }
+            WaitCheck::Wait => {}
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline || app.is_stopping() {
+            return Ok(Json(WaitResponse {
+                action: WaitAction::Wait,
+                assignment: None,
+            }));
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep((deadline - now).min(WAIT_POLL)) => {}
+        }
+    }
+}
+
+/// Grant a retry to `attempt`: the assignment rebuilt from the current
+/// config with fresh tokens (as hello builds it), then the machine back to
+/// `installing`. `None` when the machine is no longer waiting for one.
+/// Minting trouble (Vault) answers its error and leaves `retry_requested`, so
+/// the agent's next wait tries again.
+async fn grant_retry(app: &AppState, attempt: &AttemptRow) -> Result<Option<Assignment>, ApiError> {
+    let _one_at_a_time = app.retry_lock.lock().await;
+    let WaitCheck::Retry(row) = app.store.wait_check(attempt)? else {
+        return Ok(None);
+    };
+    let from = row.state;
+    let Some(mut assignment) =
+        crate::boot::current_assignment(app, &attempt.mac)?.or_else(|| row.assignment())
+    else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "machine {} has no hostname and role; list it in [[machines]] of landfall.toml",
+                attempt.mac
+            ),
+        ));
+    };
+    issue_assignment(app, &attempt.id, &attempt.mac, &mut assignment).await?;
+    if !app
+        .store
+        .resume_attempt(&attempt.mac, &attempt.id, &assignment, now())?
+    {
+        return Ok(None);
+    }
+    tracing::info!(
+        mac = %attempt.mac,
+        attempt = %attempt.id,
+        hostname = %assignment.hostname,
+        %from,
+        "wait: retry granted, the agent runs again"
+    );
+    Ok(Some(assignment))
 }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod verify;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
@@ -17,6 +18,7 @@ use axum::Router;
 use landfall_proto::agent::ErrorBody;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 
 use crate::config::Settings;
 use crate::store::{AttemptRow, Store};
@@ -33,11 +35,53 @@ pub struct App {
     pub admin_token_hash: String,
     /// Mints wrapped Vault `secret_id`s when `[vault]` is configured.
     pub orchestrator: Option<crate::orchestrator::Orchestrator>,
+    /// Woken when a machine's state changes in a way a waiting agent
+    /// (`POST /agent/wait`) must see: retry, reinstall, a new attempt.
+    pub changes: Notify,
+    /// Set at shutdown: pending waits answer `wait` at once.
+    pub stopping: AtomicBool,
+    /// Serialises granting retries (mint tokens, then move the machine), so
+    /// two waits of one attempt cannot both mint.
+    pub retry_lock: tokio::sync::Mutex<()>,
 }
 
 pub type AppState = Arc<App>;
 
 impl App {
+    pub fn new(
+        store: Store,
+        settings: Settings,
+        artifacts: PathBuf,
+        admin_token_hash: String,
+        orchestrator: Option<crate::orchestrator::Orchestrator>,
+    ) -> Self {
+        Self {
+            store,
+            settings,
+            artifacts,
+            admin_token_hash,
+            orchestrator,
+            changes: Notify::new(),
+            stopping: AtomicBool::new(false),
+            retry_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Wake the waiting agents to look at their machines again.
+    pub fn machines_changed(&self) {
+        self.changes.notify_waiters();
+    }
+
+    /// The server is stopping: pending waits answer now.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.changes.notify_waiters();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     /// The base URL machines reach us at: `server.public_url`, else `http://` + Host.
     pub fn base_url(&self, headers: &HeaderMap) -> Option<String> {
         if let Some(u) = &self.settings.public_url {
@@ -58,10 +102,12 @@ pub fn router(app: AppState) -> Router {
         .route("/artifacts/{name}", get(artifact))
         .route("/api/v1/agent/hello", post(agent::hello))
         .route("/api/v1/agent/events", post(agent::events))
+        .route("/api/v1/agent/wait", post(agent::wait))
         .route("/api/v1/agent/verify", post(verify::verify))
         .route("/api/v1/machines", get(admin::list))
         .route("/api/v1/machines/{key}", get(admin::detail))
         .route("/api/v1/machines/{key}/reinstall", post(admin::reinstall))
+        .route("/api/v1/machines/{key}/retry", post(admin::retry))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -78,7 +124,7 @@ async fn index() -> impl IntoResponse {
             "GET  /boot.ipxe?mac=..&arch=..&platform=..  iPXE script for a machine\n",
             "GET  /chain.ipxe                           generic script to embed in iPXE\n",
             "GET  /artifacts/{name}                     boot files (Range supported)\n",
-            "POST /api/v1/agent/hello, /api/v1/agent/events   installer agent API\n",
+            "POST /api/v1/agent/hello, /api/v1/agent/events, /api/v1/agent/wait   installer agent API\n",
             "POST /api/v1/agent/verify                  first-boot verification (Bearer verify token)\n",
             "GET  /api/v1/machines                      admin API (Bearer admin token)\n",
         ),

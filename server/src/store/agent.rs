@@ -4,7 +4,7 @@ use anyhow::Result;
 use landfall_proto::{Assignment, Event, EventKind, Inventory, MachineState};
 use rusqlite::{params, OptionalExtension};
 
-use super::{machines, state_str, Store};
+use super::{machines, state_str, MachineRow, Store};
 
 /// What `hello` found for a boot token.
 #[derive(Debug)]
@@ -262,6 +262,89 @@ impl Store {
             new_state,
         })
     }
+}
+
+/// What a waiting agent's attempt should do now (`POST /agent/wait`).
+#[derive(Debug)]
+pub enum WaitCheck {
+    /// Keep waiting: no operator decision yet.
+    Wait,
+    /// Run again: the operator asked for a retry (`retry_requested`), or one
+    /// was granted and the agent, which has reported nothing since, did not
+    /// get the answer. Carries the machine.
+    Retry(Box<MachineRow>),
+    /// Give up: reinstall requested, another attempt is current, or the
+    /// machine is gone.
+    Stop,
+}
+
+impl Store {
+    /// Where the machine of a waiting attempt stands.
+    pub fn wait_check(&self, attempt: &AttemptRow) -> Result<WaitCheck> {
+        let conn = self.lock();
+        let Some(m) = machines::get(&conn, &attempt.mac)? else {
+            return Ok(WaitCheck::Stop);
+        };
+        if m.current_attempt.as_deref() != Some(attempt.id.as_str()) {
+            return Ok(WaitCheck::Stop);
+        }
+        Ok(match m.state {
+            MachineState::ReinstallRequested => WaitCheck::Stop,
+            MachineState::RetryRequested => WaitCheck::Retry(Box::new(m)),
+            // Installing again while the attempt's last event is still its
+            // failed terminal event: a retry was granted and the agent has
+            // reported nothing since, so it lost the answer.
+            MachineState::Installing if last_event_failed_terminal(&conn, &attempt.id)? => {
+                WaitCheck::Retry(Box::new(m))
+            }
+            _ => WaitCheck::Wait,
+        })
+    }
+
+    /// Grant a retry: when `attempt_id` is still the machine's current
+    /// attempt and the machine is `retry_requested` (or `installing`: a
+    /// repeated grant, see [`WaitCheck::Retry`]), it goes back to `installing` with the error cleared
+    /// and the assignment's hostname, role, layout and wipe stored. False
+    /// when the machine moved on meanwhile (nothing changed).
+    pub fn resume_attempt(
+        &self,
+        mac: &str,
+        attempt_id: &str,
+        a: &Assignment,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self.lock().execute(
+            "UPDATE machines SET state = ?3, error = NULL, hostname = ?4, role = ?5, layout = ?6,
+                    wipe = ?7, updated_at = ?8
+             WHERE mac = ?1 AND current_attempt = ?2 AND state IN (?9, ?3)",
+            params![
+                mac,
+                attempt_id,
+                state_str(MachineState::Installing),
+                a.hostname,
+                a.role,
+                a.layout,
+                super::wipe_str(a.wipe),
+                now,
+                state_str(MachineState::RetryRequested),
+            ],
+        )?;
+        Ok(n == 1)
+    }
+}
+
+/// The attempt's highest-seq event is a terminal failure (`done failed`).
+fn last_event_failed_terminal(conn: &rusqlite::Connection, attempt_id: &str) -> Result<bool> {
+    let body: Option<String> = conn
+        .query_row(
+            "SELECT body FROM events WHERE attempt_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [attempt_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(body
+        .and_then(|b| serde_json::from_str::<Event>(&b).ok())
+        .is_some_and(|e| e.is_terminal() && e.kind == EventKind::Failed))
 }
 
 /// A failure whose `data` carries `"security": true` (e.g. an intercepted

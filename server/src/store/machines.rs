@@ -40,6 +40,15 @@ impl MachineRow {
     }
 }
 
+/// What `request_retry` did.
+#[derive(Debug)]
+pub enum RetryOutcome {
+    Requested,
+    NotFound,
+    /// Not `failed`; nothing changed.
+    WrongState(MachineRow),
+}
+
 const COLUMNS: &str =
     "mac, hostname, role, layout, wipe, state, error, current_attempt, updated_at, last_seen";
 
@@ -162,6 +171,27 @@ impl Store {
             params![mac, state_str(MachineState::ReinstallRequested), now],
         )?;
         Ok(())
+    }
+
+    /// Ask the agent of a failed install, still waiting on `POST /agent/wait`,
+    /// to run again from the failed step: `failed` -> `retry_requested` (the
+    /// error is kept until the agent picks the retry up). Any other state is
+    /// refused and returned.
+    pub fn request_retry(&self, mac: &str, now: i64) -> Result<RetryOutcome> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let Some(row) = get(&tx, mac)? else {
+            return Ok(RetryOutcome::NotFound);
+        };
+        if row.state != MachineState::Failed {
+            return Ok(RetryOutcome::WrongState(row));
+        }
+        tx.execute(
+            "UPDATE machines SET state = ?2, updated_at = ?3 WHERE mac = ?1",
+            params![mac, state_str(MachineState::RetryRequested), now],
+        )?;
+        tx.commit()?;
+        Ok(RetryOutcome::Requested)
     }
 
     /// Set a machine's state directly (tests, future admin commands).

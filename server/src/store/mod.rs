@@ -15,8 +15,8 @@ use anyhow::{Context, Result};
 use landfall_proto::{MachineState, WipePolicy};
 use rusqlite::Connection;
 
-pub use agent::{AttemptRow, HelloInput, HelloOutcome, StoredEvents};
-pub use machines::MachineRow;
+pub use agent::{AttemptRow, HelloInput, HelloOutcome, StoredEvents, WaitCheck};
+pub use machines::{MachineRow, RetryOutcome};
 pub use verify::{VerifyAuth, VerifyOutcome};
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
