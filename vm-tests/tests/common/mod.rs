@@ -277,29 +277,45 @@ impl Ext4 {
     }
 }
 
-/// Wall time per step from an attempt's events (each step's first `started` to its last
-/// `finished`/`failed`), and the agent's own `timing` from the terminal event when present
-/// (`{"timing": {"steps": {STEP: {"wall_ms", "tools_ms"}}, "agent_ms", "tools_ms"}}`).
-/// Printed as a table; returns the agent's own share of its wall time when known.
+/// Wall time per step from an attempt's events (each run of a step: its `started` to its
+/// `finished`/`failed`; a step run again after a retry is summed, as the agent's timing sums
+/// it), and the agent's own `timing` from the terminal event when present
+/// (`{"timing": {"steps": {STEP: {"wall_ms", "tools_ms"}}, "agent_ms", "tools_ms"}}`,
+/// docs/install.md): per step its own work (wall - tools) and its waiting on tools.
+/// Printed as a table; returns the agent's own share of its time when known.
 pub fn print_timing(label: &str, events: &[Value]) -> Option<f64> {
+    use std::time::SystemTime;
     let time = |e: &Value| {
         e["time"]
             .as_str()
             .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
     };
-    let mut steps: Vec<(String, std::time::SystemTime, Option<std::time::SystemTime>)> = Vec::new();
+    // (step, wall of the finished runs, runs), in order of first start; the open run's start.
+    let mut steps: Vec<(String, Duration, u32)> = Vec::new();
+    let mut open: Vec<(String, SystemTime)> = Vec::new();
     for e in events {
         let (Some(step), Some(t)) = (e["step"].as_str(), time(e)) else {
             continue;
         };
+        if step == "done" {
+            continue; // the terminal event: no step of its own
+        }
         match e["kind"].as_str() {
-            Some("started") if !steps.iter().any(|s| s.0 == step && s.2.is_none()) => {
-                steps.push((step.to_owned(), t, None))
+            Some("started") => {
+                if !steps.iter().any(|s| s.0 == step) {
+                    steps.push((step.to_owned(), Duration::ZERO, 0));
+                }
+                open.retain(|o| o.0 != step);
+                open.push((step.to_owned(), t));
             }
-            Some("finished" | "failed") => match steps.iter_mut().rev().find(|s| s.0 == step) {
-                Some(s) => s.2 = Some(t),
-                None => steps.push((step.to_owned(), t, Some(t))),
-            },
+            Some("finished" | "failed") => {
+                if let Some(i) = open.iter().position(|o| o.0 == step) {
+                    let (_, start) = open.remove(i);
+                    let s = steps.iter_mut().find(|s| s.0 == step).expect("started");
+                    s.1 += t.duration_since(start).unwrap_or_default();
+                    s.2 += 1;
+                }
+            }
             _ => {}
         }
     }
@@ -310,47 +326,47 @@ pub fn print_timing(label: &str, events: &[Value]) -> Option<f64> {
     let timing = terminal
         .map(|e| &e["data"]["timing"])
         .filter(|t| t.is_object());
-    let ms = |v: &Value| v.as_u64().map(|n| format!("{:.2}", n as f64 / 1000.0));
-    let mut out = format!("{label}: time per step (from the events)\n");
+    let secs = |ms: u64| format!("{:.2}", ms as f64 / 1000.0);
+    let mut out =
+        format!("{label}: time per step (wall from the events; agent/tools from its timing)\n");
     out.push_str(&format!(
-        "  {:<10} {:>9} {:>10} {:>10}\n",
-        "step", "wall s", "agent s", "tools s"
+        "  {:<10} {:>4} {:>8} {:>8} {:>8}\n",
+        "step", "runs", "wall s", "agent s", "tools s"
     ));
-    for (step, start, end) in &steps {
-        let wall = end
-            .and_then(|e| e.duration_since(*start).ok())
-            .map(|d| format!("{:.2}", d.as_secs_f64()))
-            .unwrap_or_else(|| "-".into());
+    let mut total = Duration::ZERO;
+    for (step, wall, runs) in &steps {
+        total += *wall;
         let (agent, tools) = match timing.map(|t| &t["steps"][step.as_str()]) {
-            Some(s) if s.is_object() => {
-                let tools = s["tools_ms"].as_u64();
-                let own = s["wall_ms"]
-                    .as_u64()
-                    .zip(tools)
-                    .map(|(w, t)| Value::from(w.saturating_sub(t)));
-                (
-                    own.as_ref().and_then(ms).unwrap_or_default(),
-                    ms(&s["tools_ms"]).unwrap_or_default(),
-                )
-            }
-            _ => (String::new(), String::new()),
+            Some(s) if s.is_object() => match (s["wall_ms"].as_u64(), s["tools_ms"].as_u64()) {
+                (Some(w), Some(t)) => (secs(w.saturating_sub(t)), secs(t)),
+                _ => Default::default(),
+            },
+            _ => Default::default(),
         };
-        out.push_str(&format!("  {step:<10} {wall:>9} {agent:>10} {tools:>10}\n"));
+        out.push_str(&format!(
+            "  {step:<10} {runs:>4} {:>8.2} {agent:>8} {tools:>8}\n",
+            wall.as_secs_f64()
+        ));
     }
+    out.push_str(&format!(
+        "  {:<10} {:>4} {:>8.2}\n",
+        "all steps",
+        "",
+        total.as_secs_f64()
+    ));
     let share = timing.and_then(|t| {
         let (agent, tools) = (t["agent_ms"].as_u64()?, t["tools_ms"].as_u64()?);
-        let total = agent + tools;
-        (total > 0).then(|| agent as f64 / total as f64)
+        (agent + tools > 0).then(|| agent as f64 / (agent + tools) as f64)
     });
     match (timing, share) {
         (Some(t), Some(share)) => out.push_str(&format!(
-            "  agent's own work {:.2} s, waiting on tools {:.2} s: agent's share {:.1}% (goal < 10%){}\n",
-            t["agent_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-            t["tools_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            "  agent's own work {} s, waiting on tools {} s: agent's own share {:.1}% (goal < 10%){}\n",
+            secs(t["agent_ms"].as_u64().unwrap_or(0)),
+            secs(t["tools_ms"].as_u64().unwrap_or(0)),
             share * 100.0,
             if share < 0.10 { "" } else { "  <-- over the goal" }
         )),
-        _ => out.push_str("  (the terminal event carries no timing: agent without timing)\n"),
+        _ => out.push_str("  (the terminal event carries no timing: an agent without it)\n"),
     }
     eprint!("{out}");
     share
