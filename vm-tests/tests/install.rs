@@ -439,10 +439,11 @@ fn install(s: Scenario) -> Vec<Part> {
             vm.try_wait().unwrap().is_none(),
             "the agent gave up waiting"
         );
-        // TODO(server-retry): the admin API `landfall retry HOST` uses lands with the
-        // server-retry branch; this is the route it is expected at.
+        // What `landfall retry HOST` calls.
         let (status, body) = admin.post(&format!("/api/v1/machines/{mac}/retry"));
         assert_eq!(status, 200, "retry: {body}");
+        let summary: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(summary["state"], "retry_requested", "{summary:#}");
         retried = Some(Instant::now());
     }
 
