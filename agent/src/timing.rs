@@ -4,8 +4,11 @@
 //! to its own work. Overlapping waits (disks prepared in parallel) count once:
 //! the clock runs while at least one wait is open.
 //!
-//! The pipeline reads [`waited`] before and after each step and reports both
-//! numbers in the terminal event (`data.timing`, docs/protocol.md).
+//! The pipeline reads [`waited`] and [`cpu`] before and after each step and
+//! reports them in the terminal event (`data.timing`, docs/protocol.md).
+//! Wall time minus waits is an upper bound of the agent's own share: it
+//! still holds the kernel's work done in-process (mount, the partition
+//! re-read, sync); CPU time is the agent's own work itself.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -83,6 +86,21 @@ pub fn waited() -> Duration {
     CLOCK.waited()
 }
 
+/// CPU time (user + system) this process has used so far, all threads,
+/// not its children: the agent's own work, whatever it waited on.
+pub fn cpu() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let t = |tv: nix::sys::time::TimeVal| {
+                Duration::from_secs(tv.tv_sec().max(0) as u64)
+                    + Duration::from_micros(tv.tv_usec().max(0) as u64)
+            };
+            t(u.user_time()) + t(u.system_time())
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +125,19 @@ mod tests {
         let _c = c.waiting();
         std::thread::sleep(Duration::from_millis(10));
         assert!(c.waited() > after_waits, "an open wait counts while open");
+    }
+
+    #[test]
+    fn cpu_time_counts_work() {
+        // Other tests run in this process too, so only a lower bound holds.
+        let c0 = cpu();
+        let t0 = Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_mul(31).wrapping_add(std::hint::black_box(7));
+        }
+        std::hint::black_box(x);
+        let worked = cpu() - c0;
+        assert!(worked >= Duration::from_millis(30), "{worked:?}");
     }
 }

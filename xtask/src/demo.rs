@@ -61,15 +61,20 @@ pub fn run(args: &[&str]) -> Result<()> {
     );
 
     // The demo default, plus a layout so the machine's disk is really
-    // partitioned: hybrid boots BIOS and UEFI alike.
+    // partitioned (hybrid boots BIOS and UEFI alike) and a flake to install.
+    // No NixOS closure can be built here: the image's `nixos-install` is the
+    // TEST DOUBLE from vm-tests/doubles (it checks what the agent prepared
+    // and writes a marker), so the demo shows the whole flow around it.
     let config = data.join("landfall.toml");
     std::fs::write(
         &config,
         format!(
             "# Written by ./x demo: every machine installs as `demo` on the hybrid layout.\n\
+             # The demo image's nixos-install is a TEST DOUBLE (vm-tests/doubles).\n\
              [server]\nkernel_args = \"console=tty0 console=ttyS0,115200\"\nlayouts = \"{}\"\n\n\
              [enroll]\nunknown = \"install\"\nrole = \"demo\"\n\n\
-             [roles.demo]\ndescription = \"demo install\"\nlayout = \"hybrid\"\n",
+             [roles.demo]\ndescription = \"demo install\"\nlayout = \"hybrid\"\n\
+             flake = \"git+https://git.example/fleet#{{hostname}}\"\n",
             root.join("disko-layouts").display()
         ),
     )?;
@@ -170,7 +175,11 @@ pub fn run(args: &[&str]) -> Result<()> {
             serial_log.display()
         );
     }
-    println!("demo: {MAC} registered, partitioned its disk (hybrid layout), reported every step and is `installed`; its next PXE boot gets `local`.");
+    println!(
+        "demo: {MAC} registered, partitioned its disk (hybrid layout), wrote its configuration, \
+         ran nixos-install (the TEST DOUBLE: no NixOS closure can be built here), unmounted, \
+         reported every step and is `installed`; its next PXE boot gets `local`."
+    );
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 //! ([`ChecksFile`]).
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -65,47 +65,17 @@ pub fn verify_config(
     })
 }
 
-/// Write `root/etc/landfall/verify.json` atomically: mode 0600 in a 0700
-/// `etc/landfall` (a missing `etc` is made 0755), temporary file + fsync +
-/// rename + fsync of the directory. Returns the file's path.
+/// Write `root/etc/landfall/verify.json` atomically, mode 0600 in a 0700
+/// `etc/landfall` (a missing `etc` is made 0755), the way secret files are
+/// written ([`crate::secrets::place::write_target_file`]). Returns the path.
 pub fn write_verify_config(root: &Path, cfg: &VerifyConfig) -> Result<PathBuf> {
-    let path = root.join(CONFIG_PATH);
+    let mut bytes = serde_json::to_vec_pretty(cfg)?;
+    bytes.push(b'\n');
+    let path =
+        crate::secrets::place::write_target_file(root, &format!("/{CONFIG_PATH}"), &bytes, 0o600)?;
     let dir = path.parent().expect("CONFIG_PATH has a directory");
-    let etc = dir.parent().expect("CONFIG_PATH has two directories");
-    if !etc.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(etc)
-            .with_context(|| format!("creating {}", etc.display()))?;
-    }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
-    }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("chmod 0700 {}", dir.display()))?;
-    let bytes = serde_json::to_vec_pretty(cfg)?;
-    let tmp = dir.join(format!(".verify.json.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(&bytes)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
     Ok(path)
 }
 

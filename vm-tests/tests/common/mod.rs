@@ -280,9 +280,11 @@ impl Ext4 {
 /// Wall time per step from an attempt's events (each run of a step: its `started` to its
 /// `finished`/`failed`; a step run again after a retry is summed, as the agent's timing sums
 /// it), and the agent's own `timing` from the terminal event when present
-/// (`{"timing": {"steps": {STEP: {"wall_ms", "tools_ms"}}, "agent_ms", "tools_ms"}}`,
-/// docs/install.md): per step its own work (wall - tools) and its waiting on tools.
-/// Printed as a table; returns the agent's own share of its time when known.
+/// (`{"timing": {"steps": {STEP: {"wall_ms", "tools_ms", "cpu_ms"}}, "agent_ms", "tools_ms",
+/// "cpu_ms", "wall_ms"}}`, docs/install.md): per step the wall time not spent waiting on tools
+/// (an upper bound of the agent's own time: it holds the kernel's in-process work too), the
+/// waiting, and the agent's CPU time (its own work). Printed as a table; returns the agent's
+/// own share (CPU time over the steps' wall time) when known.
 pub fn print_timing(label: &str, events: &[Value]) -> Option<f64> {
     use std::time::SystemTime;
     let time = |e: &Value| {
@@ -330,21 +332,25 @@ pub fn print_timing(label: &str, events: &[Value]) -> Option<f64> {
     let mut out =
         format!("{label}: time per step (wall from the events; agent/tools from its timing)\n");
     out.push_str(&format!(
-        "  {:<10} {:>4} {:>8} {:>8} {:>8}\n",
-        "step", "runs", "wall s", "agent s", "tools s"
+        "  {:<10} {:>4} {:>8} {:>8} {:>8} {:>8}\n",
+        "step", "runs", "wall s", "!tools s", "tools s", "cpu s"
     ));
     let mut total = Duration::ZERO;
     for (step, wall, runs) in &steps {
         total += *wall;
-        let (agent, tools) = match timing.map(|t| &t["steps"][step.as_str()]) {
+        let (agent, tools, cpu) = match timing.map(|t| &t["steps"][step.as_str()]) {
             Some(s) if s.is_object() => match (s["wall_ms"].as_u64(), s["tools_ms"].as_u64()) {
-                (Some(w), Some(t)) => (secs(w.saturating_sub(t)), secs(t)),
+                (Some(w), Some(t)) => (
+                    secs(w.saturating_sub(t)),
+                    secs(t),
+                    s["cpu_ms"].as_u64().map(secs).unwrap_or_default(),
+                ),
                 _ => Default::default(),
             },
             _ => Default::default(),
         };
         out.push_str(&format!(
-            "  {step:<10} {runs:>4} {:>8.2} {agent:>8} {tools:>8}\n",
+            "  {step:<10} {runs:>4} {:>8.2} {agent:>8} {tools:>8} {cpu:>8}\n",
             wall.as_secs_f64()
         ));
     }
@@ -354,18 +360,29 @@ pub fn print_timing(label: &str, events: &[Value]) -> Option<f64> {
         "",
         total.as_secs_f64()
     ));
+    let ms = |t: &Value, k: &str| t[k].as_u64();
     let share = timing.and_then(|t| {
-        let (agent, tools) = (t["agent_ms"].as_u64()?, t["tools_ms"].as_u64()?);
-        (agent + tools > 0).then(|| agent as f64 / (agent + tools) as f64)
+        let (agent, tools) = (ms(t, "agent_ms")?, ms(t, "tools_ms")?);
+        let wall = ms(t, "wall_ms").unwrap_or(agent + tools);
+        (wall > 0).then(|| ms(t, "cpu_ms").unwrap_or(agent) as f64 / wall as f64)
     });
     match (timing, share) {
-        (Some(t), Some(share)) => out.push_str(&format!(
-            "  agent's own work {} s, waiting on tools {} s: agent's own share {:.1}% (goal < 10%){}\n",
-            secs(t["agent_ms"].as_u64().unwrap_or(0)),
-            secs(t["tools_ms"].as_u64().unwrap_or(0)),
-            share * 100.0,
-            if share < 0.10 { "" } else { "  <-- over the goal" }
-        )),
+        (Some(t), Some(share)) => {
+            let wall = ms(t, "wall_ms").unwrap_or(0);
+            let not_tools = ms(t, "agent_ms").unwrap_or(0);
+            out.push_str(&format!(
+                "  agent's own work (its CPU time) {} s of {} s: agent's own share {:.1}% (goal < 10%){}\n  \
+                 wall not waiting on tools {} s ({:.1}%: also the kernel's in-process work, e.g. mount, \
+                 partition re-read, sync); waiting on tools {} s\n",
+                secs(ms(t, "cpu_ms").unwrap_or(0)),
+                secs(wall),
+                share * 100.0,
+                if share < 0.10 { "" } else { "  <-- over the goal" },
+                secs(not_tools),
+                100.0 * not_tools as f64 / wall.max(1) as f64,
+                secs(ms(t, "tools_ms").unwrap_or(0)),
+            ))
+        }
         _ => out.push_str("  (the terminal event carries no timing: an agent without it)\n"),
     }
     eprint!("{out}");
