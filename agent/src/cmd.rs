@@ -81,6 +81,11 @@ impl Cmd {
         self
     }
 
+    /// The program as given (a name looked up on PATH, or a path).
+    pub fn program(&self) -> &std::ffi::OsStr {
+        &self.program
+    }
+
     /// The command line as shown in logs and errors.
     pub fn display(&self) -> String {
         std::iter::once(&self.program)

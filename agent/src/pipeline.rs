@@ -655,6 +655,7 @@ async fn install_step(
 ) -> Result<((), String)> {
     use crate::install::nixos_install;
     let cmds = nixos_install::commands(target, root)?;
+    nixos_install::check_programs(&cmds, std::env::var_os("PATH").as_deref())?;
     let shown: Vec<String> = cmds.iter().map(|c| c.display()).collect();
     let t0 = Instant::now();
     let p = nixos_install::run(cmds, |_, line, fraction| match fraction {

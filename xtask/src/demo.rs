@@ -48,7 +48,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         "xtask: building the test boot image into {}",
         artifacts.display()
     );
-    let mut spec = ImageSpec::new(&agent, &artifacts);
+    let mut spec = ImageSpec::new(&agent, &artifacts).with_nixos_install_double();
     spec.host_programs = landfall_vm_tests::image::DISK_PROGRAMS
         .iter()
         .map(|p| p.to_string())
@@ -134,6 +134,15 @@ pub fn run(args: &[&str]) -> Result<()> {
         seen_events = print_new_events(&base, &token, seen_events)?;
         if let Some(st) = vm.try_wait()? {
             break st;
+        }
+        // A failed install holds the machine and waits for the operator
+        // (`landfall retry`): the demo stops there and says so.
+        let state = machine_state(&base, &token).ok(); // None until the machine's first boot
+        if matches!(state.as_deref(), Some("failed" | "compromised")) {
+            print_new_events(&base, &token, seen_events)?;
+            return Err(vm.failure(
+                "the demo machine's install failed (events above); it waits for `landfall retry`",
+            ));
         }
         if started.elapsed() > Duration::from_secs(1200) {
             return Err(vm.failure("the demo VM did not finish within 20 minutes"));

@@ -295,6 +295,32 @@ impl InstallFailure {
     }
 }
 
+/// Fail before anything runs when a program is missing from PATH: the
+/// image lacks NixOS's installer tools.
+pub fn check_programs(cmds: &[Cmd], path: Option<&std::ffi::OsStr>) -> Result<()> {
+    let dirs: Vec<std::path::PathBuf> = path
+        .map(|p| std::env::split_paths(p).collect())
+        .unwrap_or_default();
+    for c in cmds {
+        let prog = Path::new(c.program());
+        let found = if prog.components().count() > 1 {
+            prog.exists()
+        } else {
+            dirs.iter().any(|d| d.join(prog).is_file())
+        };
+        if !found {
+            bail!(
+                "{} is not on the installer's PATH ({}): the installer image must carry NixOS's \
+                 installer tools (the ISO and netboot images of nixosModules.installer do)",
+                prog.display(),
+                path.map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Run the commands; `on_line` gets every line with the progress fraction
 /// when it moved. Stops at the first failure.
 pub async fn run(
@@ -470,6 +496,26 @@ mod tests {
             FailureClass::Bootloader
         );
         assert_eq!(c(&["something odd"], false), FailureClass::Unknown);
+    }
+
+    #[test]
+    fn missing_programs_are_named_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmds = commands(
+            &InstallTarget::Flake {
+                flake: "g#h".into(),
+            },
+            Path::new("/mnt"),
+        )
+        .unwrap();
+        let path = dir.path().as_os_str();
+        let e = check_programs(&cmds, Some(path)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("nixos-install is not on the installer's PATH"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("nixos-install"), "").unwrap();
+        check_programs(&cmds, Some(path)).unwrap();
     }
 
     #[tokio::test]

@@ -10,6 +10,9 @@ use landfall_proto::{Event, EventKind, Step};
 
 use crate::cmdline::ConsoleMode;
 
+/// Most `log` lines drawn per second on line consoles.
+const LOG_LINES_PER_SECOND: u32 = 8;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StepState {
     Pending,
@@ -38,6 +41,11 @@ pub struct Console {
     progress: Option<(Step, f32)>,
     last_message: String,
     last_progress_line: Option<(Step, Instant)>,
+    /// `log` lines printed in the current second (its start) and those held
+    /// back since: a program's output (nixos-install) must not flood a slow
+    /// serial console; every line still reaches the server.
+    log_window: (Instant, u32),
+    log_held: u32,
     /// Lines shown under the panel until cleared: a failure's error, last
     /// output and what the technician can do.
     detail: Vec<String>,
@@ -89,6 +97,8 @@ impl Console {
             progress: None,
             last_message: String::new(),
             last_progress_line: None,
+            log_window: (Instant::now(), 0),
+            log_held: 0,
             detail: Vec::new(),
         }
     }
@@ -178,6 +188,21 @@ impl Console {
                 return;
             }
             self.last_progress_line = Some((ev.step, now));
+        }
+        if ev.kind == EventKind::Log {
+            let now = Instant::now();
+            if now - self.log_window.0 >= Duration::from_secs(1) {
+                self.log_window = (now, 0);
+            }
+            if self.log_window.1 >= LOG_LINES_PER_SECOND {
+                self.log_held += 1;
+                return;
+            }
+            self.log_window.1 += 1;
+            if self.log_held > 0 {
+                let held = std::mem::take(&mut self.log_held);
+                self.line(&format!("({held} more output line(s) on the server)"));
+            }
         }
         let pct = ev
             .progress
@@ -351,6 +376,47 @@ mod tests {
         (Step::Detect, "Detect hardware"),
         (Step::Register, "Register"),
     ];
+
+    #[test]
+    fn a_flood_of_output_lines_is_held_back_and_counted() {
+        let buf = Buf::default();
+        let mut c = Console::new(Box::new(buf.clone()), false, ConsoleMode::Lines, STEPS);
+        for i in 0..100 {
+            c.event(&ev(
+                i,
+                Step::Detect,
+                EventKind::Log,
+                None,
+                &format!("out {i}"),
+            ));
+        }
+        let text = buf.text();
+        assert_eq!(
+            text.lines().count(),
+            LOG_LINES_PER_SECOND as usize,
+            "{text}"
+        );
+        assert!(text.contains("out 0") && !text.contains("out 99"), "{text}");
+        std::thread::sleep(Duration::from_millis(1050));
+        c.event(&ev(
+            101,
+            Step::Detect,
+            EventKind::Log,
+            None,
+            "after a pause",
+        ));
+        c.event(&ev(102, Step::Detect, EventKind::Failed, None, "boom"));
+        let text = buf.text();
+        let held = 100 - LOG_LINES_PER_SECOND;
+        assert!(
+            text.contains(&format!("({held} more output line(s) on the server)")),
+            "{text}"
+        );
+        assert!(
+            text.contains("after a pause") && text.contains("boom"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn line_mode_prints_one_line_per_event_and_throttles_progress() {
