@@ -10,6 +10,9 @@ use landfall_proto::{Event, EventKind, Step};
 
 use crate::cmdline::ConsoleMode;
 
+/// Shortest time between two panel redraws for progress and output lines.
+const PANEL_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Most `log` lines drawn per second on line consoles.
 const LOG_LINES_PER_SECOND: u32 = 8;
 
@@ -46,6 +49,11 @@ pub struct Console {
     /// serial console; every line still reaches the server.
     log_window: (Instant, u32),
     log_held: u32,
+    /// When the panel was last drawn, and whether it changed since: a
+    /// redraw is ~1 KB, 90 ms on a 115200 baud serial console, so output
+    /// lines must not each redraw it.
+    last_draw: Option<Instant>,
+    dirty: bool,
     /// Lines shown under the panel until cleared: a failure's error, last
     /// output and what the technician can do.
     detail: Vec<String>,
@@ -99,6 +107,8 @@ impl Console {
             last_progress_line: None,
             log_window: (Instant::now(), 0),
             log_held: 0,
+            last_draw: None,
+            dirty: false,
             detail: Vec::new(),
         }
     }
@@ -180,7 +190,15 @@ impl Console {
         if !ev.message.is_empty() {
             self.last_message = ev.message.clone();
         }
-        self.draw_panel();
+        // A step's state change is drawn at once; progress and output lines
+        // at most every PANEL_INTERVAL (the ticker draws what is left over).
+        if matches!(ev.kind, EventKind::Progress | EventKind::Log)
+            && self.last_draw.is_some_and(|t| t.elapsed() < PANEL_INTERVAL)
+        {
+            self.dirty = true;
+        } else {
+            self.draw_panel();
+        }
         if ev.kind == EventKind::Progress {
             let now = Instant::now();
             if matches!(self.last_progress_line, Some((s, t)) if s == ev.step && now - t < Duration::from_secs(1))
@@ -318,6 +336,8 @@ impl Console {
         if self.paused || !self.targets.iter().any(|t| t.redraw) {
             return;
         }
+        self.last_draw = Some(Instant::now());
+        self.dirty = false;
         let lines = self.render();
         let mut body = String::new();
         for l in &lines {
@@ -463,8 +483,35 @@ mod tests {
         assert!(panel[2].contains("[ >> ] register"), "{panel:?}");
         assert!(panel[3].contains(" 50% register"), "{panel:?}");
         assert!(panel[3].contains(&format!("[{}{}]", "#".repeat(15), ".".repeat(15))));
-        // Second and later draws move the cursor back over the previous panel.
+        // Second and later draws move the cursor back over the previous panel;
+        // the progress right after a state change waits for the ticker.
+        assert_eq!(buf.text().matches("\x1b[5F\x1b[J").count(), 1);
+        c.tick();
         assert_eq!(buf.text().matches("\x1b[5F\x1b[J").count(), 2);
+        assert!(buf.text().ends_with(&format!("{}\x1b[K\n", panel[4])));
+    }
+
+    #[test]
+    fn output_lines_do_not_each_redraw_the_panel() {
+        let buf = Buf::default();
+        let mut c = Console::new(Box::new(buf.clone()), true, ConsoleMode::Redraw, STEPS);
+        c.event(&ev(1, Step::Detect, EventKind::Started, None, "detecting"));
+        for i in 0..500 {
+            c.event(&ev(
+                2 + i,
+                Step::Detect,
+                EventKind::Log,
+                None,
+                &format!("line {i}"),
+            ));
+        }
+        let draws = buf.text().matches("\x1b[K\n").count() / c.render().len();
+        assert!(draws <= 2, "{draws} redraws for 500 lines");
+        c.event(&ev(600, Step::Detect, EventKind::Finished, None, "ok"));
+        assert!(
+            buf.text().contains("[ ok ] detect"),
+            "a state change is drawn at once"
+        );
     }
 
     #[test]
