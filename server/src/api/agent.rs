@@ -160,21 +160,27 @@ async fn mint_vault(
     }
 }
 
+/// 403 unless the request names the attempt its agent token belongs to.
+fn same_attempt(attempt: &crate::store::AttemptRow, attempt_id: &str) -> Result<(), ApiError> {
+    if attempt_id == attempt.id {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "this agent token belongs to attempt {}, not {attempt_id:?}",
+            attempt.id
+        ),
+    ))
+}
+
 /// Store a batch of events; answer the highest gap-free seq.
 pub async fn events(
     State(app): State<AppState>,
     AgentAuth(attempt): AgentAuth,
     Json(req): Json<EventsRequest>,
 ) -> Result<Json<EventsResponse>, ApiError> {
-    if req.attempt_id != attempt.id {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "this agent token belongs to attempt {}, not {:?}",
-                attempt.id, req.attempt_id
-            ),
-        ));
-    }
+    same_attempt(&attempt, &req.attempt_id)?;
     if req.events.len() > MAX_EVENTS {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -227,15 +233,7 @@ pub async fn wait(
     AgentAuth(attempt): AgentAuth,
     Json(req): Json<WaitRequest>,
 ) -> Result<Json<WaitResponse>, ApiError> {
-    if req.attempt_id != attempt.id {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "this agent token belongs to attempt {}, not {:?}",
-                attempt.id, req.attempt_id
-            ),
-        ));
-    }
+    same_attempt(&attempt, &req.attempt_id)?;
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(req.timeout_secs).min(MAX_WAIT);
     loop {
