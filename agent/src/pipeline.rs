@@ -145,6 +145,9 @@ struct State {
     fetched: Option<crate::secrets::Fetched>,
     /// Mounted (and LUKS open) until the finish step closes them.
     disks: Option<crate::disk::Applied>,
+    /// The verify token in the target's verify.json: a retry brings a new
+    /// one, which the finish step writes when configure did not run again.
+    verify_written: Option<landfall_proto::SecretString>,
 }
 
 impl State {
@@ -345,11 +348,15 @@ async fn wait_for_operator(ctx: &Ctx<'_>, st: &State) -> Result<Option<Assignmen
     };
     let mut backoff = Duration::from_secs(1);
     loop {
+        let asked = Instant::now();
         match ctx.client.wait(&hello.agent_token, &req).await {
             Ok(r) => {
                 backoff = Duration::from_secs(1);
                 match r.action {
-                    WaitAction::Wait => continue,
+                    // A server that answers at once (shutting down) is not
+                    // asked more than once a second.
+                    WaitAction::Wait if asked.elapsed() >= Duration::from_secs(1) => continue,
+                    WaitAction::Wait => {}
                     WaitAction::Retry => match r.assignment {
                         Some(a) => return Ok(Some(a)),
                         None => anyhow::bail!("the server answered retry without an assignment"),
@@ -575,22 +582,34 @@ async fn steps(ctx: &Ctx<'_>, st: &mut State, from: usize) -> Result<(), StepFai
                 .await?;
             }
             Step::Finish => {
-                let Some(applied) = st.disks.take() else {
+                let Some(applied) = st.disks.as_mut() else {
                     skip(ctx, s, "nothing mounted");
                     continue;
                 };
-                step(ctx, s, "unmounting and closing the disks", async move {
+                let hello = st.hello.as_ref().expect("register ran");
+                let stale = hello.assignment.verify_token.is_some()
+                    && st.verify_written != hello.assignment.verify_token;
+                step(ctx, s, "unmounting and closing the disks", async {
+                    let mut summary = String::new();
+                    if stale {
+                        // A retry of this step brought a fresh verify token.
+                        write_verify(cfg, opts, hello)?;
+                        summary.push_str("verify.json refreshed; ");
+                    }
                     let (mounts, luks) = (applied.mounts.len(), applied.luks.len());
                     tokio::task::spawn_blocking(nix::unistd::sync)
                         .await
                         .context("the sync task panicked")?;
-                    applied.close().await?;
-                    Ok((
-                        (),
-                        format!("{mounts} mount(s) unmounted, {luks} LUKS mapping(s) closed"),
-                    ))
+                    // What fails to unmount stays held for a retry.
+                    applied.release().await?;
+                    summary.push_str(&format!(
+                        "{mounts} mount(s) unmounted, {luks} LUKS mapping(s) closed"
+                    ));
+                    Ok(((), summary))
                 })
                 .await?;
+                st.verify_written = hello.assignment.verify_token.clone();
+                st.disks = None;
             }
             _ => unreachable!("ORDER holds only working steps"),
         }
@@ -607,8 +626,8 @@ async fn configure_step(
     inventory: &Inventory,
     applied: &crate::disk::Applied,
     fetched: Option<&crate::secrets::Fetched>,
-) -> Result<((), String)> {
-    use crate::install::{configure::TargetFiles, verify};
+) -> Result<(Option<landfall_proto::SecretString>, String)> {
+    use crate::install::configure::TargetFiles;
     let root = &opts.target_root;
     let a = &hello.assignment;
     let files = TargetFiles::build(inventory, &applied.nixos, a)?;
@@ -618,9 +637,7 @@ async fn configure_step(
         .map(|p| p.strip_prefix(root).unwrap_or(p).display().to_string())
         .collect();
     if a.verify_token.is_some() {
-        let mut vc = verify::verify_config(a, &cfg.server, a.checks.clone())?;
-        vc.attempt_id = Some(hello.attempt_id.clone());
-        let p = verify::write_verify_config(root, &vc)?;
+        let p = write_verify(cfg, opts, hello)?;
         written.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
     }
     let mut summary = format!("wrote {}", written.join(", "));
@@ -643,7 +660,20 @@ async fn configure_step(
             ));
         }
     }
-    Ok(((), summary))
+    Ok((a.verify_token.clone(), summary))
+}
+
+/// `/etc/landfall/verify.json` in the target for the assignment's verify token.
+fn write_verify(
+    cfg: &AgentConfig,
+    opts: &RunOptions,
+    hello: &HelloResponse,
+) -> Result<std::path::PathBuf> {
+    use crate::install::verify;
+    let a = &hello.assignment;
+    let mut vc = verify::verify_config(a, &cfg.server, a.checks.clone())?;
+    vc.attempt_id = Some(hello.attempt_id.clone());
+    verify::write_verify_config(&opts.target_root, &vc)
 }
 
 /// The install step: every output line a `log` event, or a `progress` event

@@ -700,3 +700,33 @@ fn read_only_and_active_swap_disks_are_refused_even_with_wipe() {
         "{msg}"
     );
 }
+
+/// The finish step's unmount: a busy target (a technician's shell left in
+/// /mnt, here an open file) fails with the mount named and stays held, so a
+/// retry can unmount it once it is free; nothing is left mounted after.
+#[test]
+fn a_busy_target_stays_held_until_it_can_be_released() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(1200 * MIB);
+    let root = tempfile::tempdir().unwrap();
+    let mut run = apply_on("simple-efi", &[("main", &disk)], root.path());
+    let held = run.applied.mounts.len();
+    assert!(held >= 1);
+    let busy = std::fs::File::create(root.path().join("busy")).unwrap();
+    let e = rt().block_on(run.applied.release()).unwrap_err();
+    assert!(format!("{e:#}").contains("still busy"), "{e:#}");
+    assert!(
+        !run.applied.mounts.is_empty(),
+        "the busy mount is still held"
+    );
+    assert!(mounted_below(root.path()).contains(&"/".to_owned()));
+    drop(busy);
+    rt().block_on(run.applied.release()).unwrap();
+    assert!(run.applied.mounts.is_empty());
+    assert!(
+        mounted_below(root.path()).is_empty(),
+        "{:?}",
+        mounted_below(root.path())
+    );
+}

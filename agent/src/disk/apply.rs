@@ -142,21 +142,24 @@ impl Applied {
             .for_each(LuksGuard::leak);
     }
 
-    /// Unmount (children first) and close LUKS. The first error is returned
-    /// after trying everything.
+    /// Unmount (children first) and close LUKS.
     pub async fn close(mut self) -> Result<()> {
-        let mut first: Option<anyhow::Error> = None;
-        while let Some(m) = self.mounts.pop() {
-            if let Err(e) = m.close() {
-                first.get_or_insert(e);
-            }
+        self.release().await
+    }
+
+    /// Unmount (children first) and close LUKS, stopping at the first
+    /// failure: what is still mounted or open stays held here, so the caller
+    /// can try again (a technician's shell left in /mnt) or drop it.
+    pub async fn release(&mut self) -> Result<()> {
+        while let Some(m) = self.mounts.last_mut() {
+            m.unmount()?;
+            self.mounts.pop();
         }
-        while let Some(l) = self.luks.pop() {
-            if let Err(e) = l.close().await {
-                first.get_or_insert(e);
-            }
+        while let Some(l) = self.luks.last_mut() {
+            l.shut().await?;
+            self.luks.pop();
         }
-        first.map_or(Ok(()), Err)
+        Ok(())
     }
 }
 

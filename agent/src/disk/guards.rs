@@ -83,6 +83,14 @@ impl MountGuard {
         unmount(&self.target)
     }
 
+    /// Unmount like [`MountGuard::close`], but keep the guard when it fails
+    /// (the caller may try again later).
+    pub fn unmount(&mut self) -> Result<()> {
+        unmount(&self.target)?;
+        self.active = false;
+        Ok(())
+    }
+
     /// Leave it mounted and forget it.
     pub fn leak(mut self) {
         self.active = false;
@@ -142,6 +150,17 @@ impl LuksGuard {
     /// Leave it open and forget it.
     pub fn leak(mut self) {
         self.active = false;
+    }
+
+    /// Close like [`LuksGuard::close`], but keep the guard when it fails.
+    pub async fn shut(&mut self) -> Result<()> {
+        Cmd::new("cryptsetup")
+            .args(["close", &self.name])
+            .run()
+            .await
+            .with_context(|| format!("closing LUKS mapping {}", self.name))?;
+        self.active = false;
+        Ok(())
     }
 
     pub async fn close(mut self) -> Result<()> {
