@@ -96,36 +96,43 @@ pub struct Outcome {
 /// Wall time of each step run and the part of it spent waiting on programs,
 /// the server or Vault ([`crate::timing`]).
 #[derive(Debug, Default)]
-struct Timings(std::sync::Mutex<Vec<(Step, Duration, Duration, Duration)>>);
+struct Timings(std::sync::Mutex<Vec<(Step, Duration, Duration, crate::timing::Cpu)>>);
 
 impl Timings {
-    fn add(&self, step: Step, wall: Duration, tools: Duration, cpu: Duration) {
+    fn add(&self, step: Step, wall: Duration, tools: Duration, cpu: crate::timing::Cpu) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((step, wall, tools, cpu));
     }
 
-    /// `{"steps": {STEP: {wall_ms, tools_ms, cpu_ms}}, "agent_ms", "tools_ms",
-    /// "cpu_ms", "wall_ms"}`; a step run twice (retry) adds up.
+    /// `{"steps": {STEP: {wall_ms, tools_ms, cpu_ms, user_ms}}, "agent_ms",
+    /// "tools_ms", "cpu_ms", "user_ms", "wall_ms"}`; a step run twice (retry)
+    /// adds up.
     fn to_json(&self) -> serde_json::Value {
         let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut steps = serde_json::Map::new();
-        let (mut wall_all, mut tools_all, mut cpu_all) =
-            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let (mut wall_all, mut tools_all, mut cpu_all, mut user_all) = (
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
         for (step, wall, tools, cpu) in v.iter() {
-            let e = steps
-                .entry(step.as_str())
-                .or_insert_with(|| serde_json::json!({"wall_ms": 0, "tools_ms": 0, "cpu_ms": 0}));
+            let e = steps.entry(step.as_str()).or_insert_with(
+                || serde_json::json!({"wall_ms": 0, "tools_ms": 0, "cpu_ms": 0, "user_ms": 0}),
+            );
             let add = |e: &mut serde_json::Value, k: &str, d: Duration| {
                 e[k] = (e[k].as_u64().unwrap_or(0) + d.as_millis() as u64).into()
             };
             add(e, "wall_ms", *wall);
             add(e, "tools_ms", *tools);
-            add(e, "cpu_ms", *cpu);
+            add(e, "cpu_ms", cpu.total());
+            add(e, "user_ms", cpu.user);
             wall_all += *wall;
             tools_all += *tools;
-            cpu_all += *cpu;
+            cpu_all += cpu.total();
+            user_all += cpu.user;
         }
         serde_json::json!({
             "steps": steps,
@@ -133,6 +140,7 @@ impl Timings {
             "agent_ms": wall_all.saturating_sub(tools_all).as_millis() as u64,
             "tools_ms": tools_all.as_millis() as u64,
             "cpu_ms": cpu_all.as_millis() as u64,
+            "user_ms": user_all.as_millis() as u64,
         })
     }
 }
@@ -416,7 +424,7 @@ async fn step<T>(
         step,
         t0.elapsed(),
         crate::timing::waited().saturating_sub(w0),
-        crate::timing::cpu().saturating_sub(c0),
+        crate::timing::cpu().since(c0),
     );
     match result {
         Ok((value, summary)) => {

@@ -332,25 +332,26 @@ pub fn print_timing(label: &str, events: &[Value]) -> Option<f64> {
     let mut out =
         format!("{label}: time per step (wall from the events; agent/tools from its timing)\n");
     out.push_str(&format!(
-        "  {:<10} {:>4} {:>8} {:>8} {:>8} {:>8}\n",
-        "step", "runs", "wall s", "!tools s", "tools s", "cpu s"
+        "  {:<10} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+        "step", "runs", "wall s", "!tools s", "tools s", "cpu s", "user s"
     ));
     let mut total = Duration::ZERO;
     for (step, wall, runs) in &steps {
         total += *wall;
-        let (agent, tools, cpu) = match timing.map(|t| &t["steps"][step.as_str()]) {
+        let (agent, tools, cpu, user) = match timing.map(|t| &t["steps"][step.as_str()]) {
             Some(s) if s.is_object() => match (s["wall_ms"].as_u64(), s["tools_ms"].as_u64()) {
                 (Some(w), Some(t)) => (
                     secs(w.saturating_sub(t)),
                     secs(t),
                     s["cpu_ms"].as_u64().map(secs).unwrap_or_default(),
+                    s["user_ms"].as_u64().map(secs).unwrap_or_default(),
                 ),
                 _ => Default::default(),
             },
             _ => Default::default(),
         };
         out.push_str(&format!(
-            "  {step:<10} {runs:>4} {:>8.2} {agent:>8} {tools:>8} {cpu:>8}\n",
+            "  {step:<10} {runs:>4} {:>8.2} {agent:>8} {tools:>8} {cpu:>8} {user:>8}\n",
             wall.as_secs_f64()
         ));
     }
@@ -372,12 +373,16 @@ pub fn print_timing(label: &str, events: &[Value]) -> Option<f64> {
             let not_tools = ms(t, "agent_ms").unwrap_or(0);
             out.push_str(&format!(
                 "  agent's own work (its CPU time) {} s of {} s: agent's own share {:.1}% (goal < 10%){}\n  \
+                 of it in user space {} s ({:.1}%), the rest the guest kernel's work for it (syscalls, \
+                 mount, page faults; slow under TCG)\n  \
                  wall not waiting on tools {} s ({:.1}%: also the kernel's in-process work, e.g. mount, \
                  partition re-read, sync); waiting on tools {} s\n",
                 secs(ms(t, "cpu_ms").unwrap_or(0)),
                 secs(wall),
                 share * 100.0,
                 if share < 0.10 { "" } else { "  <-- over the goal" },
+                secs(ms(t, "user_ms").unwrap_or(0)),
+                100.0 * ms(t, "user_ms").unwrap_or(0) as f64 / wall.max(1) as f64,
                 secs(not_tools),
                 100.0 * not_tools as f64 / wall.max(1) as f64,
                 secs(ms(t, "tools_ms").unwrap_or(0)),
