@@ -439,6 +439,29 @@ fn install(s: Scenario) -> Vec<Part> {
             vm.try_wait().unwrap().is_none(),
             "the agent gave up waiting"
         );
+        // The technician at the console sees the step, the error's class, the
+        // last output lines, the operator's commands and how to get a shell.
+        let console = common::wait_until(
+            "the failure on the console",
+            Duration::from_secs(60),
+            || {
+                let log = vm.serial_log();
+                log.contains(&format!("landfall retry {hostname}"))
+                    .then_some(log)
+            },
+        );
+        for want in [
+            "FAILED at step install: build failure",
+            "hint: a derivation failed to build",
+            "  | error: builder for '/nix/store/",
+            &format!("`landfall reinstall {hostname}` reboots into a fresh install"),
+            "shell: log in on another console (Alt+F2); the target stays mounted at /mnt",
+        ] {
+            assert!(
+                console.contains(want),
+                "{want:?} not on the console:\n{console}"
+            );
+        }
         // What `landfall retry HOST` calls.
         let (status, body) = admin.post(&format!("/api/v1/machines/{mac}/retry"));
         assert_eq!(status, 200, "retry: {body}");
