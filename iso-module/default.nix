@@ -151,10 +151,11 @@ in
         lvm2
         config.nix.package
         nixos-install-tools # nixos-install, nixos-enter, nixos-generate-config
+        git # fetching a git+https fleet flake during nixos-install --flake
         coreutils
         systemd # udevadm settle
       ];
-      defaultText = lib.literalMD "util-linux, e2fsprogs, dosfstools, btrfs-progs, xfsprogs, cryptsetup, gptfdisk, parted, mdadm, lvm2, nix, nixos-install-tools, coreutils, systemd";
+      defaultText = lib.literalMD "util-linux, e2fsprogs, dosfstools, btrfs-progs, xfsprogs, cryptsetup, gptfdisk, parted, mdadm, lvm2, nix, nixos-install-tools, git, coreutils, systemd";
       description = "Programs on the agent service's PATH (the agent runs every external program by name).";
     };
 
@@ -209,8 +210,10 @@ in
         # on-abnormal: restart after a signal, core dump (panic = abort), watchdog or
         # timeout, never after the agent exited with an error it has reported: a
         # failed install waits for the operator (`landfall reinstall`), it is not
-        # repeated by systemd. A restarted agent reads its StateDirectory and must
-        # not repeat a destructive step it recorded as done (see stateDir).
+        # repeated by systemd. A restarted agent registers again with its boot
+        # token and continues the attempt's event numbering; it does not resume
+        # a destructive step yet: disks the crashed run left mounted are refused
+        # as in use, reported, and the machine waits (docs/nix.md, stateDir).
         Restart = "on-abnormal";
         RestartSec = 5;
         StateDirectory = "landfall";
@@ -226,7 +229,9 @@ in
         LockPersonality = true;
         RestrictRealtime = true;
         RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ];
-        UMask = "0077";
+        # Not 0077: nixos-install and nix create the target's directories under
+        # this umask. The agent gives every file it writes its own mode.
+        UMask = "0022";
       };
     };
 
