@@ -518,6 +518,81 @@ mod tests {
         check_programs(&cmds, Some(path)).unwrap();
     }
 
+    /// The prebuilt-system path end to end through the runner, with TEST
+    /// DOUBLES of `nix` and `nixos-install` (shell scripts on PATH that record
+    /// their argv and print what the real ones print): `nix copy` runs first
+    /// and its lines move progress; a failed download stops before
+    /// `nixos-install` and is classed `download`.
+    #[tokio::test]
+    async fn a_prebuilt_system_is_copied_then_installed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("argv.log");
+        let double = |name: &str, body: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(
+                &p,
+                format!(
+                    "#!/bin/sh\n# TEST DOUBLE of {name}\necho \"{name} $*\" >> {}\n{body}\n",
+                    log.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        double(
+            "nixos-install",
+            "echo 'installing the boot loader...'; echo 'installation finished!'",
+        );
+        let path = format!("{}:/usr/bin:/bin", dir.path().display());
+        let target = InstallTarget::System {
+            path: "/nix/store/abc-nixos-system-ws".into(),
+            cache: "http://cache.lan:5000".into(),
+            flake: None,
+        };
+        let cmds = |path: &str| {
+            commands(&target, Path::new("/mnt"))
+                .unwrap()
+                .into_iter()
+                .map(|c| c.env("PATH", path))
+                .collect::<Vec<_>>()
+        };
+
+        double(
+            "nix",
+            "echo 'these 2 paths will be fetched (1.0 MiB download, 2.0 MiB unpacked):' >&2; \
+             echo \"copying path '/nix/store/aaa-glibc' from 'http://cache.lan:5000'...\" >&2; \
+             echo \"copying path '/nix/store/abc-nixos-system-ws' from 'http://cache.lan:5000'...\" >&2",
+        );
+        let mut fractions = Vec::new();
+        let p = run(cmds(&path), |_, _, f| fractions.extend(f))
+            .await
+            .unwrap();
+        assert_eq!(p.copied, 2);
+        assert_eq!(fractions, [0.45, 0.9, 0.95]);
+        let argv = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            argv.lines().collect::<Vec<_>>(),
+            [
+                "nix --extra-experimental-features nix-command copy --from http://cache.lan:5000 --to /mnt /nix/store/abc-nixos-system-ws",
+                "nixos-install --root /mnt --no-root-passwd --no-channel-copy --system /nix/store/abc-nixos-system-ws",
+            ]
+        );
+
+        std::fs::remove_file(&log).unwrap();
+        double(
+            "nix",
+            "echo \"error: unable to download 'http://cache.lan:5000/nar/x.nar.xz': HTTP error 404\" >&2; exit 1",
+        );
+        let e = run(cmds(&path), |_, _, _| {}).await.unwrap_err();
+        assert_eq!(e.class, FailureClass::Download);
+        let argv = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !argv.contains("nixos-install"),
+            "installed after a failed copy: {argv}"
+        );
+    }
+
     #[tokio::test]
     async fn a_failing_command_carries_class_and_tail() {
         let cmd = Cmd::new("sh").args([
