@@ -259,15 +259,7 @@ async fn run_until_done(ctx: &Ctx<'_>) -> Result<Outcome> {
                     None,
                 );
             }
-            Ok(None) => {
-                let hello = st.hello.as_ref().expect("register ran");
-                return Ok(Outcome {
-                    attempt_id: hello.attempt_id.clone(),
-                    hostname: hello.assignment.hostname.clone(),
-                    last_seq: reporter.outbox.last_seq(),
-                    stopped: true,
-                });
-            }
+            Ok(None) => return Ok(outcome(&st, reporter, true)),
             Err(e) => {
                 return Err(e.context(format!(
                     "step {step} failed; waiting for the operator failed"
@@ -287,13 +279,17 @@ async fn run_until_done(ctx: &Ctx<'_>) -> Result<Outcome> {
         .console()
         .note("waiting for the server to acknowledge every event");
     reporter.outbox.flush(ctx.opts.final_ack_timeout).await?;
+    Ok(outcome(&st, reporter, false))
+}
+
+fn outcome(st: &State, reporter: &Reporter, stopped: bool) -> Outcome {
     let hello = st.hello.as_ref().expect("register ran");
-    Ok(Outcome {
+    Outcome {
         attempt_id: hello.attempt_id.clone(),
         hostname: hello.assignment.hostname.clone(),
         last_seq: reporter.outbox.last_seq(),
-        stopped: false,
-    })
+        stopped,
+    }
 }
 
 /// The failure on the console: step, error, the install's last lines, what

@@ -78,22 +78,29 @@ impl Client {
         bearer: Option<&str>,
         body: &Req,
     ) -> Result<Resp, ApiError> {
+        self.post_with(path, bearer, body, None).await
+    }
+
+    /// `post` with its own timeout instead of the client's 30 s.
+    async fn post_with<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        body: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, ApiError> {
         let url = format!("{}{AGENT_API}/{path}", self.base);
         let mut req = self.http.post(&url).json(body);
         if let Some(t) = bearer {
             req = req.bearer_auth(t);
         }
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         let resp = req.send().await.map_err(|source| ApiError::Transport {
             url: url.clone(),
             source,
         })?;
-        Self::decode(url, resp).await
-    }
-
-    async fn decode<Resp: DeserializeOwned>(
-        url: String,
-        resp: reqwest::Response,
-    ) -> Result<Resp, ApiError> {
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
@@ -130,20 +137,9 @@ impl Client {
         agent_token: &str,
         req: &WaitRequest,
     ) -> Result<WaitResponse, ApiError> {
-        let url = format!("{}{AGENT_API}/wait", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(agent_token)
-            .json(req)
-            .timeout(Duration::from_secs(req.timeout_secs + 15))
-            .send()
+        let timeout = Duration::from_secs(req.timeout_secs + 15);
+        self.post_with("wait", Some(agent_token), req, Some(timeout))
             .await
-            .map_err(|source| ApiError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        Self::decode(url, resp).await
     }
 
     /// `POST verify` with the verify token (first boot of the installed system).

@@ -60,13 +60,7 @@ pub async fn reinstall(
     app.store.request_reinstall(&row.mac, now())?;
     app.machines_changed();
     tracing::info!(mac = %row.mac, from = %row.state, "reinstall requested");
-    let detail = app.store.detail(&row.mac)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("machine {} vanished", row.mac),
-        )
-    })?;
-    Ok(Json(detail.summary))
+    summary_of(&app, &row.mac)
 }
 
 /// `failed` -> `retry_requested`: the agent still waiting on the failed
@@ -80,12 +74,7 @@ pub async fn retry(
     let name = row.hostname.clone().unwrap_or_else(|| row.mac.clone());
     match app.store.request_retry(&row.mac, now())? {
         RetryOutcome::Requested => {}
-        RetryOutcome::NotFound => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("machine {} vanished", row.mac),
-            ))
-        }
+        RetryOutcome::NotFound => return Err(vanished(&row.mac)),
         RetryOutcome::WrongState(now_row) => {
             let message = match now_row.state {
                 MachineState::Compromised => format!(
@@ -103,11 +92,15 @@ pub async fn retry(
     }
     app.machines_changed();
     tracing::info!(mac = %row.mac, "retry requested");
-    let detail = app.store.detail(&row.mac)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("machine {} vanished", row.mac),
-        )
-    })?;
+    summary_of(&app, &row.mac)
+}
+
+/// The machine's summary after a change (404 if it was deleted meanwhile).
+fn summary_of(app: &AppState, mac: &str) -> Result<Json<MachineSummary>, ApiError> {
+    let detail = app.store.detail(mac)?.ok_or_else(|| vanished(mac))?;
     Ok(Json(detail.summary))
+}
+
+fn vanished(mac: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("machine {mac} vanished"))
 }
