@@ -730,3 +730,79 @@ fn a_busy_target_stays_held_until_it_can_be_released() {
         mounted_below(root.path())
     );
 }
+
+/// A device that held another table: the kernel still knows the old
+/// partitions (added with partx, as on a kernel without GPT scanning) when
+/// the new table is written. Their nodes keep the old bounds until dropped,
+/// and probing one reads past the new partition (the `libblkid probe ...:
+/// Input/output error` once seen in nine runs). `sync_partitions` makes the
+/// kernel's view exactly the new table.
+#[test]
+fn partitions_known_with_another_tables_bounds_are_dropped_and_re_added() {
+    use landfall_agent::disk::apply::{kernel_parts, sync_partitions, KernelPart};
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(64 * MIB);
+    let dev = disk.dev();
+    // The old table: three partitions, known to the kernel.
+    sh(&[
+        "sgdisk",
+        "-n",
+        "1:2048:+8M",
+        "-n",
+        "2:0:+8M",
+        "-n",
+        "3:0:+8M",
+        dev,
+    ]);
+    sh(&["partx", "-a", dev]);
+    assert_eq!(kernel_parts(dev).unwrap().len(), 3);
+    // The new table: partition 1 keeps its start but grows, 2 starts
+    // elsewhere, 3 is gone, 4 is new.
+    sh(&["sgdisk", "--zap-all", dev]);
+    sh(&[
+        "sgdisk",
+        "-n",
+        "1:2048:+16M",
+        "-n",
+        "2:0:+4M",
+        "-n",
+        "4:0:+4M",
+        dev,
+    ]);
+    let want = vec![
+        KernelPart {
+            number: 1,
+            start: 2048,
+            sectors: 16 * 2048,
+        },
+        KernelPart {
+            number: 2,
+            start: 2048 + 16 * 2048,
+            sectors: 4 * 2048,
+        },
+        KernelPart {
+            number: 4,
+            start: 2048 + 20 * 2048,
+            sectors: 4 * 2048,
+        },
+    ];
+    assert_ne!(
+        kernel_parts(dev).unwrap(),
+        want,
+        "the kernel still holds the old bounds"
+    );
+    rt().block_on(sync_partitions(dev, &want))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(kernel_parts(dev).unwrap(), want);
+    // Every node probes cleanly and carries the new table's entry.
+    for n in [1, 2, 4] {
+        let b = blkid(&format!("{dev}p{n}"));
+        assert_eq!(
+            b.get("PART_ENTRY_NUMBER").map(String::as_str),
+            Some(&*n.to_string()),
+            "{b:?}"
+        );
+    }
+    assert!(!std::path::Path::new(&format!("{dev}p3")).exists());
+}

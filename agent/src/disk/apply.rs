@@ -486,37 +486,23 @@ async fn reread(device: &str, partitions: &[String], d: &DiskPlan) -> Result<()>
             |e, n, _| tracing::debug!("re-reading {device} (try {n}): {e}"),
         )
         .await;
-    let ready = || nodes_ready(partitions, d);
+    let want = planned_bounds(d);
+    let ready = || nodes_ready(partitions, d) && bounds_match(device, &want);
     let scanned = match reread {
         Ok(()) => wait_for(ready, Duration::from_millis(300)).await,
         Err(e) => {
-            tracing::debug!("BLKRRPART failed, adding partitions with partx: {e}");
+            tracing::debug!("BLKRRPART failed, syncing partitions with partx: {e}");
             false
         }
     };
     if !scanned {
-        // BLKPG: update what the kernel has, add what it did not find.
-        let (_, name) = safety::kernel_name(device)?;
-        if !safety::kernel_partitions(&name).is_empty() {
-            let _ = Cmd::new("partx").args(["-u", device]).run().await;
-        }
-        Cmd::new("partx")
-            .args(["-a", device])
-            .run()
-            .await
-            .map(|_| ())
-            .or_else(|e| {
-                if nodes_ready(partitions, d) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .with_context(|| format!("adding the partitions of {device} with partx"))?;
+        // BLKPG: drop what the kernel holds with another table's bounds (a
+        // probe of such a node reads past the new partition: EIO), add the rest.
+        sync_partitions(device, &want).await?;
     }
     if !wait_for(ready, Duration::from_secs(10)).await {
         bail!(
-            "the partition nodes {} did not appear within 10 s",
+            "the partition nodes {} did not appear with the planned bounds within 10 s",
             partitions.join(" ")
         );
     }
@@ -530,6 +516,108 @@ async fn reread(device: &str, partitions: &[String], d: &DiskPlan) -> Result<()>
                 .run()
                 .await?;
         }
+    }
+    Ok(())
+}
+
+/// A partition as the kernel knows it (sysfs): its number, first sector and
+/// length, both in 512-byte units whatever the disk's sector size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelPart {
+    pub number: u32,
+    pub start: u64,
+    pub sectors: u64,
+}
+
+/// The partitions the kernel knows of `device`, by number.
+pub fn kernel_parts(device: &str) -> Result<Vec<KernelPart>> {
+    let (_, name) = safety::kernel_name(device)?;
+    let read = |p: &str, f: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/class/block/{p}/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let mut parts: Vec<KernelPart> = safety::kernel_partitions(&name)
+        .iter()
+        .filter_map(|p| {
+            Some(KernelPart {
+                number: u32::try_from(read(p, "partition")?).ok()?,
+                start: read(p, "start")?,
+                sectors: read(p, "size")?,
+            })
+        })
+        .collect();
+    parts.sort();
+    Ok(parts)
+}
+
+/// What the kernel must hold after the plan's table is written.
+fn planned_bounds(d: &DiskPlan) -> Vec<KernelPart> {
+    let per_lba = u64::from(d.target.sector_size) / 512;
+    let mut want: Vec<KernelPart> = d
+        .partitions
+        .iter()
+        .map(|p| KernelPart {
+            number: p.number,
+            start: p.first_lba * per_lba,
+            sectors: p.size_bytes / 512,
+        })
+        .collect();
+    want.sort();
+    want
+}
+
+fn bounds_match(device: &str, want: &[KernelPart]) -> bool {
+    kernel_parts(device).is_ok_and(|have| have == want)
+}
+
+/// The partition numbers to drop (known with other bounds, or not in the
+/// table) and then to add, so that the kernel's view equals `want`.
+pub fn partition_fixes(have: &[KernelPart], want: &[KernelPart]) -> (Vec<u32>, Vec<u32>) {
+    let drop = have
+        .iter()
+        .filter(|h| !want.contains(h))
+        .map(|h| h.number)
+        .collect();
+    let add = want
+        .iter()
+        .filter(|w| !have.contains(w))
+        .map(|w| w.number)
+        .collect();
+    (drop, add)
+}
+
+/// Make the kernel's partitions of `device` exactly `want` with BLKPG
+/// (`partx -d/-a --nr N`): for kernels or devices without partition
+/// scanning, and for a disk that held another table. Errors name what still
+/// differs.
+pub async fn sync_partitions(device: &str, want: &[KernelPart]) -> Result<()> {
+    let have = kernel_parts(device)?;
+    let (drop, add) = partition_fixes(&have, want);
+    for n in &drop {
+        Cmd::new("partx")
+            .args(["-d", "--nr", &n.to_string(), device])
+            .run()
+            .await
+            .with_context(|| {
+                format!("dropping partition {n} of {device}, which the kernel holds with another table's bounds")
+            })?;
+    }
+    for n in &add {
+        Cmd::new("partx")
+            .args(["-a", "--nr", &n.to_string(), device])
+            .run()
+            .await
+            .with_context(|| format!("adding partition {n} of {device} with partx"))?;
+    }
+    let now = kernel_parts(device)?;
+    if now != want {
+        bail!(
+            "the kernel's partitions of {device} still differ from the written table: \
+             kernel {now:?}, table {want:?}"
+        );
     }
     Ok(())
 }
@@ -743,4 +831,26 @@ fn expected_types(d: &DiskPlan) -> Vec<Option<String>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(number: u32, start: u64, sectors: u64) -> KernelPart {
+        KernelPart {
+            number,
+            start,
+            sectors,
+        }
+    }
+
+    #[test]
+    fn partitions_with_other_bounds_are_dropped_and_added_again() {
+        let have = [part(1, 2048, 100), part(2, 4096, 100), part(3, 8192, 10)];
+        let want = [part(1, 2048, 100), part(2, 6144, 100), part(4, 9000, 5)];
+        assert_eq!(partition_fixes(&have, &want), (vec![2, 3], vec![2, 4]));
+        assert_eq!(partition_fixes(&want, &want), (vec![], vec![]));
+        assert_eq!(partition_fixes(&[], &want), (vec![], vec![1, 2, 4]));
+    }
 }
