@@ -1,5 +1,8 @@
-# An ESP and a LUKS2 volume holding btrfs subvolumes. The key comes from the
-# agent's secrets under the path named in settings.keyFile (never argv).
+# An ESP and a LUKS2 volume holding btrfs subvolumes. passwordFile names the
+# format-time passphrase: the agent's secret file at that path, fed on stdin
+# (never argv); disko uses it only to format, so it never reaches the installed
+# system's config. How the installed system unlocks at boot is the role's
+# luks_unlock (default: its own copy of the key in the initrd, docs/disks.md).
 # disko's example/luks-btrfs-subvolumes.nix.
 {
   disko.devices = {
@@ -24,10 +27,8 @@
             content = {
               type = "luks";
               name = "crypted";
-              settings = {
-                keyFile = "/run/landfall/secrets/luks.key";
-                allowDiscards = true;
-              };
+              passwordFile = "/run/landfall/secrets/luks.key";
+              settings.allowDiscards = true;
               content = {
                 type = "btrfs";
                 extraArgs = [ "-f" ];

@@ -645,6 +645,7 @@ async fn configure_step(
         written.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
     }
     let mut summary = format!("wrote {}", written.join(", "));
+    let initrd_keys = &applied.nixos.initrd_keys;
     if let Some(fetched) = fetched {
         let keys = &applied.key_paths;
         let placed = crate::secrets::place_except(root, fetched, keys)?;
@@ -657,12 +658,27 @@ async fn configure_step(
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        if !keys.is_empty() {
+        if !keys.is_empty() && initrd_keys.is_empty() {
             summary.push_str(&format!(
                 "; {} LUKS key(s) used for the disks only, not written",
                 keys.len()
             ));
         }
+    }
+    if !initrd_keys.is_empty() {
+        // The installed initrd's own copy of each LUKS key (LuksUnlock::InitrdKey).
+        use crate::disk::apply::KeyProvider;
+        let keys = crate::disk::apply::Keys {
+            by_path: fetched.map(luks_keys).unwrap_or_default(),
+        };
+        for (path, src) in initrd_keys {
+            let bytes = zeroize::Zeroizing::new(keys.key(src)?);
+            crate::secrets::place::write_target_file(root, path, &bytes, 0o400)?;
+        }
+        summary.push_str(&format!(
+            "; the installed initrd's LUKS key(s): {}",
+            initrd_keys.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
     }
     Ok((a.verify_token.clone(), summary))
 }
@@ -736,7 +752,9 @@ pub async fn disk_step(
         .cloned()
         .collect();
     let targets = select::select(&layout, &specs, &candidates)?;
-    let plan = disk::plan(&layout, &targets)?;
+    let mut plan = disk::plan(&layout, &targets)?;
+    plan.nixos
+        .set_luks_unlock(&layout, assignment.luks_unlock)?;
     for w in plan.boot_warnings(inventory.firmware.mode) {
         reporter.emit(
             Step::Disks,

@@ -129,15 +129,16 @@ fn btrfs_subvolumes_mount_with_subvol_options() {
 }
 
 #[test]
-fn luks_key_goes_to_stdin_and_initrd_gets_settings() {
+fn luks_passphrase_goes_to_stdin_and_the_installed_initrd_gets_its_own_key() {
     let p = plan_of("luks-btrfs", 4 * GIB);
     let text = p.to_string();
+    // passwordFile: a passphrase on stdin (no --key-file: cryptsetup strips the newline).
     assert!(
-        text.contains("cryptsetup luksFormat --batch-mode --type luks2 --key-file - /dev/<main>2"),
+        text.contains("cryptsetup luksFormat --batch-mode --type luks2 /dev/<main>2"),
         "{text}"
     );
     assert!(
-        text.contains("cryptsetup open --key-file - --allow-discards /dev/<main>2 crypted"),
+        text.contains("cryptsetup open --allow-discards /dev/<main>2 crypted"),
         "{text}"
     );
     assert!(
@@ -148,6 +149,16 @@ fn luks_key_goes_to_stdin_and_initrd_gets_settings() {
     let dev = &nix["boot"]["initrd"]["luks"]["devices"]["crypted"];
     assert_eq!(dev["device"], "/dev/disk/by-partlabel/disk-main-luks");
     assert_eq!(dev["allowDiscards"], true);
+    // Unattended by default: the initrd opens it with its own copy of the key.
+    assert_eq!(dev["keyFile"], "/etc/secrets/initrd/luks-crypted.key");
+    assert_eq!(
+        nix["boot"]["initrd"]["secrets"],
+        serde_json::json!({"/etc/secrets/initrd/luks-crypted.key": null})
+    );
+    assert_eq!(
+        p.nixos.initrd_keys.keys().collect::<Vec<_>>(),
+        ["/etc/secrets/initrd/luks-crypted.key"]
+    );
     assert_eq!(nix["fileSystems"]["/"]["device"], "/dev/mapper/crypted");
     // The key path the secrets step must feed and must not place in the target.
     assert_eq!(
@@ -155,6 +166,50 @@ fn luks_key_goes_to_stdin_and_initrd_gets_settings() {
         ["/run/landfall/secrets/luks.key"]
     );
     assert!(plan_of("simple-efi", 4 * GIB).key_paths().is_empty());
+}
+
+#[test]
+fn luks_prompt_gives_the_initrd_no_key_and_unknown_methods_are_refused() {
+    use landfall_proto::LuksUnlock;
+    let l = layout("luks-btrfs");
+    let mut p = plan(&l, &sized(&l, 4 * GIB)).unwrap();
+    p.nixos.set_luks_unlock(&l, LuksUnlock::Prompt).unwrap();
+    let nix = p.nixos.to_json();
+    let dev = &nix["boot"]["initrd"]["luks"]["devices"]["crypted"];
+    assert_eq!(
+        dev,
+        &serde_json::json!({"device": "/dev/disk/by-partlabel/disk-main-luks", "allowDiscards": true})
+    );
+    assert!(nix["boot"]["initrd"].get("secrets").is_none(), "{nix:#}");
+    assert!(p.nixos.initrd_keys.is_empty());
+    let e = p
+        .nixos
+        .set_luks_unlock(&l, LuksUnlock::Unknown)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("luks_unlock") && e.contains("initrd_key"), "{e}");
+}
+
+/// The issue this guards: a layout's installer-side key path reached the installed
+/// initrd's config, so the installed machine could not unlock.
+#[test]
+fn no_emitted_config_names_a_path_only_the_installer_has() {
+    use landfall_agent::disk::layout::INSTALLER_ONLY;
+    use landfall_proto::LuksUnlock;
+    for name in LAYOUTS {
+        let l = layout(name);
+        for unlock in [LuksUnlock::InitrdKey, LuksUnlock::Prompt] {
+            let mut p = plan(&l, &sized(&l, 4 * GIB)).unwrap();
+            p.nixos.set_luks_unlock(&l, unlock).unwrap();
+            let text = format!("{}\n{}", p.nixos.to_json(), p.nixos.to_nix());
+            for prefix in INSTALLER_ONLY {
+                assert!(
+                    !text.contains(&format!("\"{prefix}")),
+                    "{name} ({unlock:?}) names {prefix}...:\n{text}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -44,6 +44,9 @@ pub struct Assignment {
     pub layout: Option<String>,
     #[serde(default)]
     pub wipe: WipePolicy,
+    /// How the installed system opens the layout's LUKS volumes at boot.
+    #[serde(default)]
+    pub luks_unlock: LuksUnlock,
     /// The layout rendered to JSON (`nix-instantiate --eval --strict --json`):
     /// the whole file, `{disko: {devices}}` or `{devices}`. The agent
     /// partitions from it (see docs/disks.md); `None`: no disk step.
@@ -269,6 +272,26 @@ pub enum WipePolicy {
     /// Wipe whatever is on the chosen disks.
     Always,
     /// Unknown to this reader: treated like `never`.
+    #[serde(other)]
+    Unknown,
+}
+
+/// How the installed system unlocks the layout's LUKS volumes at boot
+/// (docs/disks.md "Unlocking at boot"). The layout's own key (`passwordFile`
+/// or `settings.keyFile`) is for formatting; this says what the installed
+/// initrd gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LuksUnlock {
+    /// Unattended: the key is written into the target (0400 under
+    /// `/etc/secrets/initrd`) and appended to the installed initrd
+    /// (`boot.initrd.secrets`), which opens the volume with it.
+    #[default]
+    InitrdKey,
+    /// A person types the passphrase at the console at every boot; the key
+    /// is not written to the target.
+    Prompt,
+    /// Unknown to this reader: refused before any disk is touched.
     #[serde(other)]
     Unknown,
 }

@@ -13,8 +13,8 @@ pub mod verify;
 
 pub use agent::{
     Assignment, EventsRequest, EventsResponse, HelloRequest, HelloResponse, InstallTarget,
-    SecretFile, SecretString, VaultAssignment, WaitAction, WaitRequest, WaitResponse, WipePolicy,
-    SECURITY_FLAG,
+    LuksUnlock, SecretFile, SecretString, VaultAssignment, WaitAction, WaitRequest, WaitResponse,
+    WipePolicy, SECURITY_FLAG,
 };
 pub use event::{Event, EventKind, Step};
 pub use inventory::Inventory;

@@ -318,6 +318,7 @@ mod tests {
             role: role.into(),
             layout: None,
             wipe: WipePolicy::Never,
+            luks_unlock: Default::default(),
             disko: None,
             disks: Default::default(),
             vault: None,

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use landfall_proto::names::{check_hostname, check_simple_name, normalize_mac};
-use landfall_proto::{Assignment, Check, InstallTarget, NamedCheck, SecretFile, WipePolicy};
+use landfall_proto::{
+    Assignment, Check, InstallTarget, LuksUnlock, NamedCheck, SecretFile, WipePolicy,
+};
 use serde::Deserialize;
 
 /// Default lifetime of a boot token, in seconds.
@@ -208,6 +210,25 @@ impl From<Wipe> for WipePolicy {
     }
 }
 
+/// `[roles.NAME] luks_unlock`: the values an operator may write (the wire
+/// type also has `Unknown`, for readers older than the writer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LuksUnlockConfig {
+    #[default]
+    InitrdKey,
+    Prompt,
+}
+
+impl From<LuksUnlockConfig> for LuksUnlock {
+    fn from(u: LuksUnlockConfig) -> Self {
+        match u {
+            LuksUnlockConfig::InitrdKey => LuksUnlock::InitrdKey,
+            LuksUnlockConfig::Prompt => LuksUnlock::Prompt,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleConfig {
@@ -217,6 +238,10 @@ pub struct RoleConfig {
     pub layout: Option<String>,
     #[serde(default)]
     pub wipe: Wipe,
+    /// How the installed system opens the layout's LUKS volumes at boot:
+    /// `"initrd_key"` (default, unattended) or `"prompt"` (docs/disks.md).
+    #[serde(default)]
+    pub luks_unlock: LuksUnlockConfig,
     /// Layout disk name -> device (`/dev/disk/by-id/...`) or "auto".
     #[serde(default)]
     pub disks: BTreeMap<String, String>,
@@ -299,6 +324,7 @@ impl Config {
                 description: "demo install (no --config given)".into(),
                 layout: None,
                 wipe: Wipe::Never,
+                luks_unlock: LuksUnlockConfig::InitrdKey,
                 disks: BTreeMap::new(),
                 vault: None,
                 secret_files: Vec::new(),
@@ -1071,6 +1097,7 @@ impl Settings {
                     .clone()
                     .or_else(|| role.and_then(|r| r.layout.clone())),
                 wipe: role.map(|r| r.wipe.into()).unwrap_or_default(),
+                luks_unlock: LuksUnlock::default(),
                 disko: None,
                 disks: Default::default(),
                 vault: None,
@@ -1105,6 +1132,11 @@ impl Settings {
     pub fn complete(&self, a: &mut Assignment, mac: &str) {
         a.install = self.install_target(&a.role, mac, &a.hostname);
         a.checks = self.checks.get(&a.role).cloned().unwrap_or_default();
+        a.luks_unlock = self
+            .roles
+            .get(&a.role)
+            .map(|r| r.luks_unlock.into())
+            .unwrap_or_default();
         a.disko = a.layout.as_ref().and_then(|l| self.layouts.get(l).cloned());
         let mut disks = self
             .roles
@@ -1162,6 +1194,7 @@ impl Settings {
             role: role_name.to_owned(),
             layout: role.and_then(|r| r.layout.clone()),
             wipe: role.map(|r| r.wipe.into()).unwrap_or_default(),
+            luks_unlock: LuksUnlock::default(),
             disko: None,
             disks: Default::default(),
             vault: None,
@@ -1253,6 +1286,24 @@ layout = "raid1"
         assert_eq!(b.layout.as_deref(), Some("raid1"));
         assert_eq!(b.wipe, WipePolicy::Never);
         assert!(s.assignment_for("52:54:00:00:00:09").is_none());
+    }
+
+    #[test]
+    fn luks_unlock_comes_from_the_role_and_defaults_to_the_initrd_key() {
+        let text = GOOD.replace(
+            "[roles.server]\n",
+            "[roles.server]\nluks_unlock = \"prompt\"\n",
+        );
+        let s = check(&text).unwrap();
+        let ws = s.assignment_for("52:54:00:ab:cd:01").unwrap();
+        assert_eq!(ws.luks_unlock, LuksUnlock::InitrdKey);
+        let srv = s.assignment_for("52:54:00:ab:cd:02").unwrap();
+        assert_eq!(srv.luks_unlock, LuksUnlock::Prompt);
+        let e = err(&GOOD.replace(
+            "[roles.server]\n",
+            "[roles.server]\nluks_unlock = \"tpm3\"\n",
+        ));
+        assert!(e.contains("luks_unlock") && e.contains("initrd_key"), "{e}");
     }
 
     #[test]

@@ -191,6 +191,10 @@ pub struct Nodev {
     pub path: String,
 }
 
+/// Paths that exist on the installer only: a LUKS `settings.keyFile` there
+/// would reach the installed system's initrd config (disko copies `settings`).
+pub const INSTALLER_ONLY: &[&str] = &["/run/", "/tmp/", "/etc/landfall/"];
+
 /// The formats the agent can make.
 pub const FORMATS: &[&str] = &["vfat", "ext4", "xfs", "btrfs"];
 
@@ -748,6 +752,18 @@ fn parse_content(v: &Value, path: &str) -> Result<Content, LayoutError> {
                 }
             };
             let key = if let Some(k) = setting_str("keyFile")? {
+                if let Some(prefix) = INSTALLER_ONLY.iter().find(|p| k.starts_with(*p)) {
+                    return err(
+                        &format!("{spath}.keyFile"),
+                        format!(
+                            "{k:?} exists only on the installer ({prefix}...), but disko copies \
+                             `settings` into the installed system's boot.initrd.luks.devices.{name}, \
+                             whose initrd would look for it at every boot: name the format-time \
+                             key with `passwordFile = {k:?};` instead (the installed initrd gets \
+                             its own copy, docs/disks.md \"Unlocking at boot\")"
+                        ),
+                    );
+                }
                 KeySource::KeyFile(k)
             } else if let Some(k) = f.str("keyFile")? {
                 KeySource::KeyFile(k)

@@ -4,13 +4,31 @@
 //! swap) — the same options disko's NixOS module derives from the layout
 //! (disko lib/types/{filesystem,btrfs,swap,luks,nodev,gpt}.nix `_config`).
 //! Emitted as a Nix expression and as JSON of the same shape.
+//!
+//! LUKS at boot ([`LuksUnlock`], docs/disks.md "Unlocking at boot"): the
+//! layout's key (`passwordFile`, `settings.keyFile`) is what the installer
+//! formats with. With `initrd_key` the installed initrd gets its own copy: the
+//! configure step writes it to [`initrd_key_path`] in the target (0400) and
+//! `boot.initrd.secrets` appends it to the initrd, whose
+//! `boot.initrd.luks.devices.NAME.keyFile` names it. Nothing emitted here
+//! names a path only the installer has.
 
 use std::collections::BTreeMap;
 
+use anyhow::{bail, Result};
+use landfall_proto::LuksUnlock;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::layout::{Content, Layout};
+use super::layout::{Content, KeySource, Layout, Luks};
+
+/// Where the installed system keeps the LUKS keys its initrd is given.
+pub const INITRD_KEY_DIR: &str = "/etc/secrets/initrd";
+
+/// The key file of LUKS mapping `name` in the target and in its initrd.
+pub fn initrd_key_path(name: &str) -> String {
+    format!("{INITRD_KEY_DIR}/luks-{name}.key")
+}
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NixosConfig {
@@ -21,6 +39,9 @@ pub struct NixosConfig {
     pub luks_devices: BTreeMap<String, Value>,
     pub grub_devices: Vec<String>,
     pub resume_device: Option<String>,
+    /// Key files the installed initrd reads (`boot.initrd.secrets`): path in
+    /// the target -> the layout's key, whose bytes the configure step writes.
+    pub initrd_keys: BTreeMap<String, KeySource>,
 }
 
 impl Serialize for NixosConfig {
@@ -36,11 +57,22 @@ impl NixosConfig {
         top.insert("fileSystems".into(), json!(self.file_systems));
         top.insert("swapDevices".into(), json!(self.swap_devices));
         let mut boot = Map::new();
+        let mut initrd = Map::new();
         if !self.luks_devices.is_empty() {
-            boot.insert(
-                "initrd".into(),
-                json!({"luks": {"devices": self.luks_devices}}),
-            );
+            initrd.insert("luks".into(), json!({"devices": self.luks_devices}));
+        }
+        if !self.initrd_keys.is_empty() {
+            // null: the file at the same path on the system the bootloader is
+            // installed from (nixos-install's chroot: the target).
+            let secrets: Map<String, Value> = self
+                .initrd_keys
+                .keys()
+                .map(|p| (p.clone(), Value::Null))
+                .collect();
+            initrd.insert("secrets".into(), Value::Object(secrets));
+        }
+        if !initrd.is_empty() {
+            boot.insert("initrd".into(), Value::Object(initrd));
         }
         if !self.grub_devices.is_empty() {
             boot.insert(
@@ -104,6 +136,7 @@ impl NixosConfig {
 
 /// Derive the configuration from the layout. `disk_device` gives the device
 /// of a layout disk as the installed system should name it (by-id when known).
+/// LUKS volumes get the default [`LuksUnlock`]; see [`NixosConfig::set_luks_unlock`].
 pub fn derive(layout: &Layout, disk_device: impl Fn(&str) -> Option<String>) -> NixosConfig {
     let mut c = NixosConfig::default();
     for (name, d) in &layout.disks {
@@ -126,7 +159,67 @@ pub fn derive(layout: &Layout, disk_device: impl Fn(&str) -> Option<String>) -> 
             json!({"device": n.device, "fsType": n.fs_type, "options": n.mount_options}),
         );
     }
+    c.set_luks_unlock(layout, LuksUnlock::default())
+        .expect("the default unlock method is known");
     c
+}
+
+impl NixosConfig {
+    /// (Re)write `boot.initrd.luks.devices` and the initrd's key files for
+    /// `unlock`. Refuses an unlock method this agent does not know before any
+    /// disk is touched.
+    pub fn set_luks_unlock(&mut self, layout: &Layout, unlock: LuksUnlock) -> Result<()> {
+        if unlock == LuksUnlock::Unknown {
+            bail!(
+                "the assignment's luks_unlock is a method this agent does not know \
+                 (it knows initrd_key and prompt): boot an installer image as new as the server"
+            );
+        }
+        self.luks_devices.clear();
+        self.initrd_keys.clear();
+        let mut luks = Vec::new();
+        for d in layout.disks.values() {
+            for p in &d.partitions {
+                if let Some(c) = &p.content {
+                    collect_luks(c, &by_partlabel(&p.label), &mut luks);
+                }
+            }
+        }
+        for (l, device) in luks {
+            if !l.initrd_unlock {
+                continue;
+            }
+            // disko lib/types/luks.nix `_config`: { device } // settings.
+            let mut v = Map::new();
+            v.insert("device".into(), json!(device));
+            for (k, val) in &l.settings {
+                v.insert(k.clone(), val.clone());
+            }
+            if unlock == LuksUnlock::InitrdKey {
+                // The layout's own settings.keyFile when it names one (the
+                // parser refused installer-only paths), so disko's module and
+                // this file agree; else landfall's path.
+                let path = match &l.key {
+                    KeySource::KeyFile(k) if l.settings.contains_key("keyFile") => k.clone(),
+                    _ => initrd_key_path(&l.name),
+                };
+                v.insert("keyFile".into(), json!(path));
+                self.initrd_keys.insert(path, l.key.clone());
+            }
+            self.luks_devices.insert(l.name.clone(), Value::Object(v));
+        }
+        Ok(())
+    }
+}
+
+/// Every LUKS volume under `content` with the device it sits on.
+fn collect_luks<'a>(content: &'a Content, device: &str, out: &mut Vec<(&'a Luks, String)>) {
+    if let Content::Luks(l) = content {
+        out.push((l, device.to_owned()));
+        if let Some(inner) = &l.content {
+            collect_luks(inner, &format!("/dev/mapper/{}", l.name), out);
+        }
+    }
 }
 
 /// `/dev/disk/by-partlabel/LABEL` with LABEL escaped as udev names the
@@ -179,14 +272,7 @@ fn content_config(content: &Content, device: &str, c: &mut NixosConfig) {
             }
         }
         Content::Luks(l) => {
-            if l.initrd_unlock {
-                let mut v = Map::new();
-                v.insert("device".into(), json!(device));
-                for (k, val) in &l.settings {
-                    v.insert(k.clone(), val.clone());
-                }
-                c.luks_devices.insert(l.name.clone(), Value::Object(v));
-            }
+            // boot.initrd.luks.devices: NixosConfig::set_luks_unlock.
             if let Some(inner) = &l.content {
                 content_config(inner, &format!("/dev/mapper/{}", l.name), c);
             }

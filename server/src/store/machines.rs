@@ -29,6 +29,7 @@ impl MachineRow {
             role: self.role.clone()?,
             layout: self.layout.clone(),
             wipe: self.wipe,
+            luks_unlock: Default::default(),
             disko: None,
             disks: Default::default(),
             vault: None,
