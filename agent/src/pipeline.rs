@@ -672,7 +672,12 @@ async fn configure_step(
             by_path: fetched.map(luks_keys).unwrap_or_default(),
         };
         for (path, src) in initrd_keys {
-            let bytes = zeroize::Zeroizing::new(keys.key(src)?);
+            let mut bytes = zeroize::Zeroizing::new(keys.key(src)?);
+            if matches!(src, crate::disk::layout::KeySource::PasswordFile(_)) {
+                // Keys ends a passphrase with the newline cryptsetup's stdin wants; the
+                // initrd reads a key file whole (`--key-file`): the passphrase alone.
+                bytes.pop();
+            }
             crate::secrets::place::write_target_file(root, path, &bytes, 0o400)?;
         }
         summary.push_str(&format!(

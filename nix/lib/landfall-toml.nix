@@ -48,6 +48,7 @@ toTOML {
       description = r.description or null;
       layout = r.layout or null;
       wipe = r.wipe or null;
+      luks_unlock = r.luksUnlock or null;
       disks = nonEmpty (r.disks or { });
       vault = r.vault or null;
       secret_files = nonEmpty (r.secretFiles or [ ]);

@@ -91,6 +91,15 @@ let
         default = "never";
         description = "Whether the agent may destroy existing data on the target disks.";
       };
+      luksUnlock = mkOption {
+        type = types.enum [ "initrd_key" "prompt" ];
+        default = "initrd_key";
+        description = ''
+          How installed machines of role `${name}` open their layout's LUKS volumes at boot:
+          `initrd_key` (unattended: the key in the installed initrd, on the boot partition) or
+          `prompt` (a passphrase at the console at every boot). See landfall's docs/disks.md.
+        '';
+      };
       disks = diskMap;
       vault = mkOption {
         type = types.nullOr (types.submodule {

@@ -8,7 +8,8 @@
 # agent's install step must have done before the real nixos-install runs,
 # prints lines shaped like real nixos-install / nix output, and writes
 # what activation would: /mnt/etc/hostname and /mnt/etc/NIXOS, plus a
-# marker /mnt/etc/landfall-test-double.json with its arguments.
+# marker /mnt/etc/landfall-test-double.json with its arguments, and, for a
+# /mnt/boot, the installed initrd's view (/mnt/boot/landfall-test-initrd).
 #
 # Contract (exit 2 and an `error:` line when broken):
 #   --root /mnt --no-root-passwd --no-channel-copy, and exactly one of
@@ -206,6 +207,52 @@ Installing for i386-pc platform.
 Failed to install bootloader
 EOF
     exit 1
+fi
+# The initrd the bootloader install puts on /boot, as stage 1 would see it: the real one
+# appends each boot.initrd.secrets file (append-initrd-secrets, which fails when a source
+# is missing) and bakes in boot.initrd.luks.devices and fileSystems."/". The double writes
+# that view, read from the generated hardware configuration, to
+# /mnt/boot/landfall-test-initrd: `stage1` (lines `luks NAME DEVICE KEYFILE|-`,
+# `root DEVICE FSTYPE OPTIONS`, `secret PATH`) and secrets/PATH. The first-boot stand-in
+# boots from it.
+if awk '$2 == "/mnt/boot" { found = 1 } END { exit !found }' "$P/proc/mounts" 2>/dev/null; then
+    initrd=$mnt/boot/landfall-test-initrd
+    rm -rf "$initrd"
+    mkdir -p "$initrd/secrets"
+    awk '
+    function value(l) { sub(/^[^=]*= "?/, "", l); sub(/"?;$/, "", l); return l }
+    { l = $0; sub(/^ +/, "", l) }
+    l ~ /^boot\.initrd\.secrets\."/ { p = l; sub(/^boot\.initrd\.secrets\."/, "", p); sub(/" = null;$/, "", p); print "secret", p; next }
+    sect == "" && l ~ /^boot\.initrd\.luks\.devices = \{$/ { sect = "luks"; depth = 1; next }
+    sect == "" && l ~ /^fileSystems = \{$/ { sect = "fs"; depth = 1; next }
+    sect == "" { next }
+    l ~ /= \{$/ {
+        depth++
+        if (depth == 2) { name = l; sub(/ = \{$/, "", name); gsub(/"/, "", name); dev = ""; key = "-"; fstype = ""; opts = "" }
+        next
+    }
+    l ~ /^\};$/ {
+        if (depth == 2 && sect == "luks") print "luks", name, dev, key
+        if (depth == 2 && sect == "fs" && name == "/") print "root", dev, fstype, opts
+        depth--
+        if (depth == 0) sect = ""
+        next
+    }
+    depth == 2 && l ~ /^device = / { dev = value(l) }
+    depth == 2 && l ~ /^keyFile = / { key = value(l) }
+    depth == 2 && l ~ /^fsType = / { fstype = value(l) }
+    depth == 2 && l ~ /^options = \[/ { opts = l; sub(/^options = \[ */, "", opts); sub(/ *\];$/, "", opts); gsub(/" "/, ",", opts); gsub(/"/, "", opts) }
+    ' "$mnt/etc/nixos/hardware-configuration.nix" >"$initrd/stage1"
+    while read -r kind path; do
+        [ "$kind" = secret ] || continue
+        [ -f "$mnt$path" ] || {
+            echo "error: failed to create initrd secrets: boot.initrd.secrets names $path, which /mnt$path does not hold" >&2
+            echo "Failed to install bootloader" >&2
+            exit 1
+        }
+        mkdir -p "$initrd/secrets${path%/*}"
+        cp "$mnt$path" "$initrd/secrets$path"
+    done <"$initrd/stage1"
 fi
 echo "setting up /etc..."
 if [ -d "$P/sys/firmware/efi" ]; then

@@ -30,7 +30,11 @@ pub const FIRSTBOOT_EXITED: &str = "landfall-test-image: firstboot exited with s
 /// `nixos-install` is a TEST DOUBLE), so the installed disk cannot boot by itself; the harness
 /// boots this image again with QEMU's `-kernel/-initrd` and these parameters:
 ///
-/// - `landfall_test.root=DEV` (required): the installed root filesystem (ext4), mounted
+/// - `landfall_test.boot=DEV`: the installed boot partition. The stand-in runs stage 1 from
+///   what the bootloader install left there (the nixos-install TEST DOUBLE writes the
+///   initrd's view, `landfall-test-initrd/`): the initrd's secrets at their paths, each
+///   `boot.initrd.luks.devices` entry opened with its `keyFile`, `fileSystems."/"` mounted;
+/// - or `landfall_test.root=DEV`: the installed root filesystem (ext4); either way mounted
 ///   read-write on /sysroot. Refused unless it holds `etc/NIXOS` (what nixos-install leaves);
 /// - the hostname from its `etc/hostname`;
 /// - `landfall_test.smb=//HOST/SHARE`, `landfall_test.smb_port=PORT`,
@@ -84,6 +88,15 @@ pub const CIFS_MODULES: &[&str] = &[
     "nls_utf8",
     "cifs",
 ];
+
+/// What LUKS and btrfs ask of the kernel beyond [`DEFAULT_MODULES`], which nothing loads on
+/// demand here (no modprobe): XTS over ECB for aes-xts-plain64, and the AF_ALG sockets
+/// cryptsetup computes its keyslot area with. Add them with [`LUKS_PROGRAMS`].
+pub const LUKS_MODULES: &[&str] = &["ecb", "xts", "af_alg", "algif_skcipher", "algif_hash"];
+
+/// The programs a LUKS + btrfs layout needs beside [`DISK_PROGRAMS`], in the installer and in
+/// the first-boot stand-in (which opens the volume as the installed initrd would).
+pub const LUKS_PROGRAMS: &[&str] = &["cryptsetup", "mkfs.btrfs", "btrfs"];
 
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -407,13 +420,62 @@ const FIRSTBOOT: &str = r#"#!/bin/sh
 say() { echo "landfall-test-firstboot: $*"; }
 param() { tr ' ' '\n' < /proc/cmdline | sed -n "s|^$1=||p" | tail -n 1; }
 
+# A device the installed system names by partition label, as udev would link it.
+resolve() {
+    case "$1" in
+    /dev/disk/by-partlabel/*) blkid -t "PARTLABEL=${1#/dev/disk/by-partlabel/}" -o device | head -n 1 ;;
+    *) echo "$1" ;;
+    esac
+}
+
+boot=$(param landfall_test.boot)
 root=$(param landfall_test.root)
-[ -n "$root" ] || { say "error: landfall_test.root= is missing"; exit 2; }
+fstype=ext4 opts=
+if [ -n "$boot" ]; then
+    # Stage 1 as the installed initrd would run it, from what the bootloader install left
+    # on the boot partition (the nixos-install TEST DOUBLE writes the initrd's view there):
+    # its secrets at their paths, its LUKS devices, its root file system. Nothing of the
+    # installer's is used: this boot starts with an empty /run and no secrets.
+    mkdir -p /bootpart
+    if ! mount -o ro "$boot" /bootpart; then
+        say "error: cannot mount the boot partition $boot"
+        exit 2
+    fi
+    stage1=/bootpart/landfall-test-initrd/stage1
+    [ -f "$stage1" ] || { say "error: $boot holds no initrd (no $stage1)"; exit 2; }
+    [ -d /bootpart/landfall-test-initrd/secrets ] && cp -R /bootpart/landfall-test-initrd/secrets/. /
+    while read -r kind a b c; do
+        case "$kind" in
+        luks)
+            dev=$(resolve "$b")
+            if [ "$c" = - ]; then
+                say "error: LUKS $a ($b) has no keyFile: the initrd would ask for the passphrase"
+                exit 2
+            fi
+            if [ ! -f "$c" ]; then
+                say "error: LUKS $a: keyFile $c is not in the initrd"
+                exit 2
+            fi
+            if ! cryptsetup open --key-file "$c" "$dev" "$a"; then
+                say "error: LUKS $a: cryptsetup open $dev with $c failed"
+                exit 2
+            fi
+            say "LUKS $a ($dev) unlocked with $c from the initrd on $boot"
+            ;;
+        root) root=$(resolve "$a") fstype=$b opts=$c ;;
+        esac
+    done < "$stage1"
+    umount /bootpart
+fi
+[ -n "$root" ] || { say "error: landfall_test.root= is missing (and no landfall_test.boot=)"; exit 2; }
 mkdir -p /sysroot
-if ! mount -t ext4 -o rw "$root" /sysroot; then
-    say "error: cannot mount the installed root $root"
+if ! mount -t "$fstype" -o "rw${opts:+,$opts}" "$root" /sysroot; then
+    say "error: cannot mount the installed root $root ($fstype${opts:+, $opts})"
     exit 2
 fi
+for k in $(sed -n 's/^luks [^ ]* [^ ]* //p' "${stage1:-/dev/null}"); do
+    say "initrd key $k in the installed root: mode $(stat -c %a "/sysroot$k")"
+done
 if [ ! -e /sysroot/etc/NIXOS ]; then
     say "error: $root holds no installed system (no /etc/NIXOS): nothing to boot"
     umount /sysroot
@@ -445,6 +507,11 @@ fi
 
 /bin/landfall-agent verify --config /sysroot/etc/landfall/verify.json
 rc=$?
+if [ -e /sysroot/etc/landfall/verify.json ]; then
+    say "verify.json is still on the installed root"
+else
+    say "verify.json left the installed root"
+fi
 [ -n "$mp" ] && umount "$mp"
 sync
 umount /sysroot

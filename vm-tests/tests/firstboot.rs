@@ -80,7 +80,7 @@ fn first_boot_stand_in_mounts_the_share_and_verifies_real_services() {
             serial: "LFFIRSTBOOT1".into(),
             size_bytes: 0,
         },
-        services.firstboot_append("/dev/vda"),
+        services.firstboot_append("landfall_test.root=/dev/vda"),
     );
     assert!(
         log.contains(&format!("{} 0", image::FIRSTBOOT_EXITED)),

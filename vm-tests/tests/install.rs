@@ -46,6 +46,11 @@ const DISK_BYTES: u64 = 2 << 30;
 /// nothing else (console, events).
 const CANARY_SSH: &str = "canary-vm-ssh-host-key-6f1d";
 const CANARY_AGE: &str = "AGE-SECRET-KEY-CANARY-VM-93B2";
+/// The LUKS passphrase (luks-btrfs): formats the volume and reaches the installed
+/// initrd's key file, nothing else.
+const CANARY_LUKS: &str = "canary-vm-luks-passphrase-5e0c";
+/// Where luks-btrfs's `passwordFile` names the format-time key: a secret file of the role.
+const LUKS_KEY_PATH: &str = "/run/landfall/secrets/luks.key";
 
 /// The role's flake: never fetched (the nixos-install double builds nothing),
 /// but it must reach the generated /etc/nixos/flake.nix.
@@ -74,8 +79,16 @@ struct Scenario {
     first_boot: bool,
 }
 
+impl Scenario {
+    /// The root sits in LUKS (luks-btrfs): the host cannot open it (no device-mapper
+    /// here), the first-boot stand-in does, the way the installed initrd would.
+    fn luks(&self) -> bool {
+        self.layout == "luks-btrfs"
+    }
+}
+
 /// The `[server]` kernel arguments and the secrets half of `landfall.toml`.
-fn secrets_config(secrets: Secrets, bao_port: u16) -> (&'static str, String) {
+fn secrets_config(secrets: Secrets, bao_port: u16, luks: bool) -> (&'static str, String) {
     let files = |scheme: &str, sep: &str| {
         [
             ("/etc/ssh/ssh_host_ed25519_key", "ssh_host_ed25519_key", "0600"),
@@ -83,6 +96,7 @@ fn secrets_config(secrets: Secrets, bao_port: u16) -> (&'static str, String) {
             (SMB_CREDENTIALS, "smb_credentials", "0400"),
         ]
         .iter()
+        .chain(luks.then_some(&(LUKS_KEY_PATH, "luks_key", "0400")))
         .map(|(path, key, mode)| {
             format!(
                 "\n[[roles.vmtest.secret_files]]\npath = \"{path}\"\nfrom = \"{scheme}:hosts/{{hostname}}{sep}{key}\"\nmode = \"{mode}\"\n"
@@ -116,7 +130,7 @@ reads = ["hosts/{{hostname}}"]
 }
 
 fn config(s: &Scenario, bao_port: u16, services: Option<&HostServices>) -> String {
-    let (secret_args, secret_toml) = secrets_config(s.secrets, bao_port);
+    let (secret_args, secret_toml) = secrets_config(s.secrets, bao_port, s.luks());
     let double = s
         .nixos_install
         .map(|m| format!(" {NIXOS_INSTALL_MODE_PARAM}={m}"))
@@ -225,6 +239,7 @@ fn make_bundle(agent: &Path, dir: &Path, hostname: &str) -> (PathBuf, PathBuf) {
     std::fs::write(host.join("ssh_host_ed25519_key"), CANARY_SSH).unwrap();
     std::fs::write(host.join("age_key"), CANARY_AGE).unwrap();
     std::fs::write(host.join("smb_credentials"), common::smb_credentials()).unwrap();
+    std::fs::write(host.join("luks_key"), format!("{CANARY_LUKS}\n")).unwrap();
     let bundle = dir.join("secrets.age");
     let out = Command::new(agent)
         .args(["bundle", "create", "--from"])
@@ -331,6 +346,17 @@ fn install(s: Scenario) -> Vec<Part> {
     if s.first_boot {
         spec.modules
             .extend(image::CIFS_MODULES.iter().map(|m| m.to_string()));
+    }
+    if s.luks() {
+        assert_eq!(
+            s.secrets,
+            Secrets::Bundle,
+            "the LUKS key comes from the bundle"
+        );
+        spec.host_programs
+            .extend(image::LUKS_PROGRAMS.iter().map(|p| p.to_string()));
+        spec.modules
+            .extend(image::LUKS_MODULES.iter().map(|m| m.to_string()));
     }
     // `_bao` keeps the OpenBao server (Vault variant only) alive to the end.
     let (_bao, bao_port, role_id) = match s.secrets {
@@ -595,113 +621,125 @@ fn install(s: Scenario) -> Vec<Part> {
     // The target, read back from the disk image.
     let disk_image = disk.path.clone();
     let parts = common::inspect(&disk_image);
-    let root_part = parts
-        .iter()
-        .find(|p| p.name == "disk-main-root")
-        .expect("a root partition");
-    let root = Ext4::partition(&disk_image, root_part);
-    assert_eq!(
-        root.state(),
-        "clean",
-        "the finish step unmounted the target"
-    );
-    // The secrets with their modes.
-    assert_eq!(
-        root.file("/etc/ssh/ssh_host_ed25519_key"),
-        ("0600".to_owned(), CANARY_SSH.to_owned())
-    );
-    assert_eq!(
-        root.file("/var/lib/sops-nix/key.txt"),
-        ("0400".to_owned(), CANARY_AGE.to_owned())
-    );
-    assert_eq!(root.mode("/var/lib/sops-nix").as_deref(), Some("0700"));
-    assert_eq!(
-        root.file(SMB_CREDENTIALS),
-        ("0400".to_owned(), common::smb_credentials())
-    );
-    // The generated configuration.
-    let (_, hw_text) = root.file("/etc/nixos/hardware-configuration.nix");
-    assert_nix_parses("hardware-configuration.nix", &hw_text);
-    let hw = eval_hardware_configuration(&hw_text);
-    assert_eq!(
-        hw["fileSystems"]["/"]["device"], "/dev/disk/by-partlabel/disk-main-root",
-        "{hw_text}"
-    );
-    assert_eq!(hw["fileSystems"]["/"]["fsType"], "ext4", "{hw_text}");
-    assert_eq!(hw["fileSystems"]["/boot"]["fsType"], "vfat", "{hw_text}");
-    assert!(
-        hw["imports"]
+    let (root_part, verify_token) = if s.luks() {
+        // The host has no device-mapper: the table and the LUKS header only. The first-boot
+        // stand-in opens the volume below, from what is on the installed disk alone.
+        let p = parts
+            .iter()
+            .find(|p| p.name == "disk-main-luks")
+            .expect("a LUKS partition");
+        assert_eq!(p.fs.as_deref(), Some("crypto_LUKS"), "{parts:?}");
+        (p, String::new())
+    } else {
+        let root_part = parts
+            .iter()
+            .find(|p| p.name == "disk-main-root")
+            .expect("a root partition");
+        let root = Ext4::partition(&disk_image, root_part);
+        assert_eq!(
+            root.state(),
+            "clean",
+            "the finish step unmounted the target"
+        );
+        // The secrets with their modes.
+        assert_eq!(
+            root.file("/etc/ssh/ssh_host_ed25519_key"),
+            ("0600".to_owned(), CANARY_SSH.to_owned())
+        );
+        assert_eq!(
+            root.file("/var/lib/sops-nix/key.txt"),
+            ("0400".to_owned(), CANARY_AGE.to_owned())
+        );
+        assert_eq!(root.mode("/var/lib/sops-nix").as_deref(), Some("0700"));
+        assert_eq!(
+            root.file(SMB_CREDENTIALS),
+            ("0400".to_owned(), common::smb_credentials())
+        );
+        // The generated configuration.
+        let (_, hw_text) = root.file("/etc/nixos/hardware-configuration.nix");
+        assert_nix_parses("hardware-configuration.nix", &hw_text);
+        let hw = eval_hardware_configuration(&hw_text);
+        assert_eq!(
+            hw["fileSystems"]["/"]["device"], "/dev/disk/by-partlabel/disk-main-root",
+            "{hw_text}"
+        );
+        assert_eq!(hw["fileSystems"]["/"]["fsType"], "ext4", "{hw_text}");
+        assert_eq!(hw["fileSystems"]["/boot"]["fsType"], "vfat", "{hw_text}");
+        assert!(
+            hw["imports"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("/modules/profiles/qemu-guest.nix")),
+            "{hw_text}"
+        );
+        let initrd = hw["boot"]["initrd"]["availableKernelModules"]
+            .as_array()
+            .unwrap();
+        for m in ["virtio_pci", "virtio_blk"] {
+            assert!(initrd.contains(&Value::from(m)), "{hw_text}");
+        }
+        let loader = &hw["boot"]["loader"];
+        match firmware {
+            Firmware::Bios => assert_eq!(
+                loader["grub"]["device"],
+                format!("/dev/disk/by-id/virtio-{serial}"),
+                "{hw_text}"
+            ),
+            Firmware::Uefi => assert_eq!(loader["systemd-boot"]["enable"], true, "{hw_text}"),
+        }
+        let (_, flake) = root.file("/etc/nixos/flake.nix");
+        assert_nix_parses("flake.nix", &flake);
+        assert!(flake.contains(FLEET_FLAKE), "{flake}");
+        assert_eq!(root.mode("/etc/landfall").as_deref(), Some("0700"));
+        let (mode, verify_json) = root.file("/etc/landfall/verify.json");
+        assert_eq!(mode, "0600");
+        let verify: Value = serde_json::from_str(&verify_json).unwrap();
+        assert_eq!(
+            verify["server"],
+            format!("http://10.0.2.2:{port}"),
+            "{verify:#}"
+        );
+        assert_eq!(verify["hostname"], hostname);
+        let verify_token = verify["token"].as_str().unwrap().to_owned();
+        assert!(!verify_token.is_empty());
+        let mut names: Vec<&str> = verify["checks"]
             .as_array()
             .unwrap()
-            .contains(&Value::from("/modules/profiles/qemu-guest.nix")),
-        "{hw_text}"
-    );
-    let initrd = hw["boot"]["initrd"]["availableKernelModules"]
-        .as_array()
-        .unwrap();
-    for m in ["virtio_pci", "virtio_blk"] {
-        assert!(initrd.contains(&Value::from(m)), "{hw_text}");
-    }
-    let loader = &hw["boot"]["loader"];
-    match firmware {
-        Firmware::Bios => assert_eq!(
-            loader["grub"]["device"],
-            format!("/dev/disk/by-id/virtio-{serial}"),
-            "{hw_text}"
-        ),
-        Firmware::Uefi => assert_eq!(loader["systemd-boot"]["enable"], true, "{hw_text}"),
-    }
-    let (_, flake) = root.file("/etc/nixos/flake.nix");
-    assert_nix_parses("flake.nix", &flake);
-    assert!(flake.contains(FLEET_FLAKE), "{flake}");
-    assert_eq!(root.mode("/etc/landfall").as_deref(), Some("0700"));
-    let (mode, verify_json) = root.file("/etc/landfall/verify.json");
-    assert_eq!(mode, "0600");
-    let verify: Value = serde_json::from_str(&verify_json).unwrap();
-    assert_eq!(
-        verify["server"],
-        format!("http://10.0.2.2:{port}"),
-        "{verify:#}"
-    );
-    assert_eq!(verify["hostname"], hostname);
-    let verify_token = verify["token"].as_str().unwrap().to_owned();
-    assert!(!verify_token.is_empty());
-    let mut names: Vec<&str> = verify["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    names.sort();
-    let mut want = vec!["hostname"];
-    if services.is_some() {
-        want.extend(["rdp", "share", "ssh", "vnc"]);
-    }
-    assert_eq!(names, want, "{verify:#}");
-    // What the nixos-install double saw and left, as activation would.
-    let (_, marker) = root.file(NIXOS_INSTALL_MARKER);
-    let marker: Value = serde_json::from_str(&marker).unwrap();
-    let mut args: Vec<&str> = marker["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    args.sort();
-    let flake_arg = format!("/mnt/etc/nixos#{hostname}");
-    let mut want_args = vec![
-        "--root",
-        "/mnt",
-        "--no-root-passwd",
-        "--no-channel-copy",
-        "--flake",
-        flake_arg.as_str(),
-    ];
-    want_args.sort();
-    assert_eq!(args, want_args, "{marker:#}");
-    assert_eq!(marker["run"], if retried.is_some() { 2 } else { 1 });
-    assert_eq!(root.file("/etc/hostname").1, format!("{hostname}\n"));
-    drop(root);
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        names.sort();
+        let mut want = vec!["hostname"];
+        if services.is_some() {
+            want.extend(["rdp", "share", "ssh", "vnc"]);
+        }
+        assert_eq!(names, want, "{verify:#}");
+        // What the nixos-install double saw and left, as activation would.
+        let (_, marker) = root.file(NIXOS_INSTALL_MARKER);
+        let marker: Value = serde_json::from_str(&marker).unwrap();
+        let mut args: Vec<&str> = marker["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        args.sort();
+        let flake_arg = format!("/mnt/etc/nixos#{hostname}");
+        let mut want_args = vec![
+            "--root",
+            "/mnt",
+            "--no-root-passwd",
+            "--no-channel-copy",
+            "--flake",
+            flake_arg.as_str(),
+        ];
+        want_args.sort();
+        assert_eq!(args, want_args, "{marker:#}");
+        assert_eq!(marker["run"], if retried.is_some() { 2 } else { 1 });
+        assert_eq!(root.file("/etc/hostname").1, format!("{hostname}\n"));
+        drop(root);
+        (root_part, verify_token)
+    };
 
     // No secret value in anything the machine or the server shows.
     let events_text = serde_json::to_string(&m).unwrap();
@@ -711,6 +749,7 @@ fn install(s: Scenario) -> Vec<Part> {
         SMB_PASSWORD,
         role_id.as_str(),
         verify_token.as_str(),
+        CANARY_LUKS,
     ];
     for canary in canaries.into_iter().filter(|c| !c.is_empty()) {
         assert!(!log.contains(canary), "a secret reached the console");
@@ -740,7 +779,12 @@ fn install(s: Scenario) -> Vec<Part> {
             mac,
             &vm_dir,
             disk.clone(),
-            services.firstboot_append(&format!("/dev/vda{}", root_part.number)),
+            services.firstboot_append(&if s.luks() {
+                let esp = parts.iter().find(|p| p.name == "disk-main-ESP").unwrap();
+                format!("landfall_test.boot=/dev/vda{}", esp.number)
+            } else {
+                format!("landfall_test.root=/dev/vda{}", root_part.number)
+            }),
         );
         let m = admin.machine(mac);
         assert_eq!(m["state"], "ready", "{m:#}\n{fb_log}\n{}", services.logs());
@@ -758,12 +802,26 @@ fn install(s: Scenario) -> Vec<Part> {
         for c in v["checks"].as_array().unwrap() {
             assert_eq!(c["ok"], true, "{c}");
         }
-        for canary in [SMB_PASSWORD, verify_token.as_str()] {
-            assert!(!fb_log.contains(canary), "a secret reached the console");
+        for canary in [SMB_PASSWORD, verify_token.as_str(), CANARY_LUKS] {
+            assert!(
+                canary.is_empty() || !fb_log.contains(canary),
+                "a secret reached the console"
+            );
         }
-        // `ready`: the verify token left the disk.
-        let root = Ext4::partition(&disk.path, root_part);
-        assert_eq!(root.mode("/etc/landfall/verify.json"), None);
+        if s.luks() {
+            // Opened as the installed initrd would: its own key, from the boot partition.
+            for want in [
+                "LUKS crypted (/dev/vda2) unlocked with /etc/secrets/initrd/luks-crypted.key from the initrd on /dev/vda1",
+                "initrd key /etc/secrets/initrd/luks-crypted.key in the installed root: mode 400",
+                "verify.json left the installed root",
+            ] {
+                assert!(fb_log.contains(want), "{want:?} not in:\n{fb_log}");
+            }
+        } else {
+            // `ready`: the verify token left the disk.
+            let root = Ext4::partition(&disk.path, root_part);
+            assert_eq!(root.mode("/etc/landfall/verify.json"), None);
+        }
         eprintln!(
             "{firmware:?} {hostname}: first boot (stand-in) -> ready {:.1}s",
             fb_time.as_secs_f64()
@@ -839,4 +897,25 @@ fn failed_build_holds_the_machine_until_retry_installs_it() {
         nixos_install: Some("fail-once-build"),
         first_boot: false,
     });
+}
+
+#[test]
+fn uefi_machine_installs_luks_btrfs_and_its_first_boot_unlocks_from_the_disk_alone() {
+    let parts = install(Scenario {
+        firmware: Firmware::Uefi,
+        mac: "52:54:00:4c:46:04",
+        serial: "LFLUKS0001",
+        hostname: "vm-luks",
+        layout: "luks-btrfs",
+        secrets: Secrets::Bundle,
+        nixos_install: None,
+        first_boot: true,
+    });
+    assert_eq!(
+        summary(&parts),
+        [
+            ("disk-main-ESP", ESP, Some("vfat")),
+            ("disk-main-luks", LINUX_FS, Some("crypto_LUKS")),
+        ]
+    );
 }

@@ -84,9 +84,11 @@ impl HostServices {
     }
 
     /// Kernel arguments of the first-boot stand-in for the installed root `root_dev`.
-    pub fn firstboot_append(&self, root_dev: &str) -> String {
+    /// `root`: how the stand-in finds the installed root (`landfall_test.root=DEV` or
+    /// `landfall_test.boot=DEV`, see `image::FIRSTBOOT_PARAM`).
+    pub fn firstboot_append(&self, root: &str) -> String {
         format!(
-            "{} {} landfall_test.root={root_dev} landfall_test.smb=//10.0.2.2/share landfall_test.smb_port={} landfall_test.smb_mount={SMB_MOUNT} landfall_test.smb_credentials={SMB_CREDENTIALS}",
+            "{} {} {root} landfall_test.smb=//10.0.2.2/share landfall_test.smb_port={} landfall_test.smb_mount={SMB_MOUNT} landfall_test.smb_credentials={SMB_CREDENTIALS}",
             image::CONSOLE_ARGS,
             image::FIRSTBOOT_PARAM,
             self.smb.port
