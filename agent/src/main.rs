@@ -91,6 +91,10 @@ enum Command {
         final_action: Option<FinalAction>,
         #[arg(long, value_enum)]
         console: Option<ConsoleMode>,
+        /// The age secrets bundle (default: `landfall.bundle=` from the kernel
+        /// command line, then agent.conf, then /etc/landfall/secrets.age).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
         #[arg(long, default_value = "/proc/cmdline")]
         cmdline: PathBuf,
         /// Optional file with `landfall.KEY=VALUE` words baked into the image.
@@ -366,6 +370,7 @@ fn real_main(cli: Cli) -> Result<()> {
             token,
             final_action,
             console,
+            bundle,
             cmdline,
             config,
             sysroot,
@@ -378,6 +383,7 @@ fn real_main(cli: Cli) -> Result<()> {
                     token,
                     final_action,
                     console,
+                    bundle,
                 },
             )?;
             let rt = runtime()?;

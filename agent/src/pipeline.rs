@@ -492,15 +492,18 @@ async fn steps(ctx: &Ctx<'_>, st: &mut State, from: usize) -> Result<(), StepFai
                         )
                         .await?,
                     ),
-                    (None, true) => Some(
-                        step(
-                            ctx,
-                            s,
-                            "opening the installer's age bundle",
-                            bundle_step(opts, reporter, a),
+                    (None, true) => {
+                        let path = bundle_path(cfg, opts);
+                        Some(
+                            step(
+                                ctx,
+                                s,
+                                &format!("opening the age bundle {}", path.display()),
+                                bundle_step(path, opts, reporter, a),
+                            )
+                            .await?,
                         )
-                        .await?,
-                    ),
+                    }
                     (None, false) => {
                         skip(ctx, s, "no secrets assigned");
                         None
@@ -839,17 +842,33 @@ async fn secrets_step(
     Ok((fetched, summary))
 }
 
-/// The offline path: the age bundle the image carries
-/// (`/etc/landfall/secrets.age`), unlocked by an identity file
-/// (`landfall.secrets_identity=PATH`) or a passphrase typed at the console.
-/// The console panel is paused while the prompt owns the terminals.
+/// The age bundle to open: `landfall.bundle=` / `--bundle`, else the one the
+/// image carries (`/etc/landfall/secrets.age`).
+pub fn bundle_path(cfg: &AgentConfig, opts: &RunOptions) -> PathBuf {
+    cfg.bundle
+        .clone()
+        .unwrap_or_else(|| opts.etc_dir.join("secrets.age"))
+}
+
+/// The offline path: the age bundle at `path` ([`bundle_path`]), unlocked by
+/// an identity file (`landfall.secrets_identity=PATH`) or a passphrase typed
+/// at the console. The console panel is paused while the prompt owns the
+/// terminals.
 async fn bundle_step(
+    path: PathBuf,
     opts: &RunOptions,
     reporter: &Reporter,
     assignment: &landfall_proto::Assignment,
 ) -> Result<(crate::secrets::Fetched, String)> {
     use crate::secrets::{self, IdentitySource};
-    let path = opts.etc_dir.join("secrets.age");
+    if !path.exists() {
+        anyhow::bail!(
+            "the role takes secrets from an age bundle, but {} does not exist: bring it there \
+             (a medium mounted at that path), or name the bundle with landfall.bundle=PATH \
+             (the image's landfall.installer.ageBundle), then retry",
+            path.display()
+        );
+    }
     let source = IdentitySource::from_cmdline(&opts.cmdline);
     let prompting = matches!(source, IdentitySource::Prompt(_));
     if prompting {
@@ -859,6 +878,7 @@ async fn bundle_step(
         ));
     }
     let files = assignment.secret_files.clone();
+    let shown = path.display().to_string();
     // The passphrase prompt waits on the technician.
     let _waiting = crate::timing::waiting();
     let opened = tokio::task::spawn_blocking(move || {
@@ -872,7 +892,7 @@ async fn bundle_step(
     }
     let fetched = opened??;
     let summary = format!(
-        "{} secret file(s) from the age bundle; values held in memory only",
+        "{} secret file(s) from the age bundle {shown}; values held in memory only",
         fetched.files().len()
     );
     Ok((fetched, summary))
