@@ -239,14 +239,7 @@ async fn run_until_done(ctx: &Ctx<'_>) -> Result<Outcome> {
                 reporter.console().set_detail(Vec::new());
                 let st_hello = st.hello.as_mut().expect("register ran");
                 st_hello.assignment = assignment;
-                // A failed install starts again from `configure`, so the
-                // generated files carry the fixed role and the fresh verify
-                // token; any other step runs again itself.
-                let again = if step == Step::Install {
-                    Step::Configure
-                } else {
-                    step
-                };
+                let again = retry_from(step);
                 from = ORDER.iter().position(|s| *s == again).unwrap_or(0);
                 reporter.emit(
                     ORDER[from],
@@ -293,34 +286,19 @@ fn outcome(st: &State, reporter: &Reporter, stopped: bool) -> Outcome {
 }
 
 /// The failure on the console: step, error, the install's last lines, what
-/// the operator can do and how to get a shell.
+/// the operator can do, how to get a shell and what is still mounted
+/// ([`crate::report::failure`]).
 fn show_failure(ctx: &Ctx<'_>, st: &State, step: Step, message: &str, data: &serde_json::Value) {
     let host = st
         .hello
         .as_ref()
         .map(|h| h.assignment.hostname.clone())
-        .unwrap_or_default();
-    let mut lines = vec![format!(
-        "FAILED at step {step}: {}",
-        message.lines().next().unwrap_or("")
-    )];
-    if let Some(hint) = data.get("hint").and_then(|h| h.as_str()) {
-        lines.push(format!("hint: {hint}"));
-    }
-    if let Some(last) = data.get("last_lines").and_then(|l| l.as_array()) {
-        lines.push("last lines of output:".to_owned());
-        let skip = last.len().saturating_sub(10);
-        lines.extend(
-            last.iter()
-                .skip(skip)
-                .filter_map(|l| l.as_str())
-                .map(|l| format!("  | {l}")),
-        );
-    }
-    lines.push(format!(
-        "waiting for the operator: `landfall retry {host}` runs again from {step}; \
-         `landfall reinstall {host}` reboots into a fresh install"
-    ));
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            let inv = st.inventory.as_ref()?;
+            inv.nics.first().map(|n| n.mac.clone())
+        })
+        .unwrap_or_else(|| "MAC".to_owned());
     let ip = st.inventory.as_ref().and_then(primary_ip);
     let sshd = [
         "etc/ssh/sshd_config",
@@ -329,17 +307,36 @@ fn show_failure(ctx: &Ctx<'_>, st: &State, step: Step, message: &str, data: &ser
     ]
     .iter()
     .any(|p| ctx.opts.sysroot.join(p).exists());
-    lines.push(match (sshd, ip) {
-        (true, Some(ip)) => format!(
-            "shell: ssh root@{ip}, or log in on another console (Alt+F2); the target stays mounted at {}",
-            ctx.opts.target_root.display()
-        ),
-        _ => format!(
-            "shell: log in on another console (Alt+F2); the target stays mounted at {}",
-            ctx.opts.target_root.display()
-        ),
-    });
-    ctx.reporter.console().set_detail(lines);
+    let again = retry_from(step);
+    let failure = crate::report::failure::Failure {
+        step,
+        message,
+        hint: data.get("hint").and_then(|h| h.as_str()),
+        last_lines: data
+            .get("last_lines")
+            .and_then(|l| l.as_array())
+            .map(|l| l.iter().filter_map(|l| l.as_str()).collect())
+            .unwrap_or_default(),
+        host: &host,
+        ip: ip.as_deref(),
+        sshd,
+        retry_runs: ORDER.iter().copied().skip_while(|s| *s != again).collect(),
+        target_root: &ctx.opts.target_root,
+        mounted: st.disks.as_ref().map_or(0, |d| d.mounts.len()),
+        luks_open: st.disks.as_ref().map_or(0, |d| d.luks.len()),
+    };
+    ctx.reporter.console().set_detail(failure.lines());
+}
+
+/// Where `landfall retry` starts again after `failed`: a failed install
+/// starts from `configure`, so the generated files carry the fixed role and
+/// the fresh verify token; any other step runs again itself.
+fn retry_from(failed: Step) -> Step {
+    if failed == Step::Install {
+        Step::Configure
+    } else {
+        failed
+    }
 }
 
 /// Long-poll the server until the operator answers. `Some(assignment)`:
