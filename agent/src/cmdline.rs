@@ -3,9 +3,15 @@
 //! baked into the image (same `key=value` words, one or more per line, `#`
 //! comments), and command-line flags. Flags win over the kernel command line,
 //! which wins over the file.
+//!
+//! Every `landfall.WORD` the agent reads is in [`KNOWN_WORDS`]; a word that is
+//! not is refused ([`check_words`]), so a misspelt `landfall.fianl=none` stops
+//! the agent with the word named instead of being silently ignored. A test
+//! (`tests/cmdline_words.rs`) reads every `landfall.WORD=` the Nix modules and
+//! the server can put on a kernel line or into agent.conf and checks it is here.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -31,6 +37,44 @@ pub enum ConsoleMode {
     Redraw,
 }
 
+/// Every `landfall.WORD` (without the `landfall.` prefix) the agent reads from
+/// the kernel command line or agent.conf, with what it sets.
+pub const KNOWN_WORDS: &[(&str, &str)] = &[
+    (
+        "server",
+        "base URL of the landfall server (the server's boot.ipxe adds it)",
+    ),
+    (
+        "token",
+        "one-time boot token (the server's boot.ipxe adds it)",
+    ),
+    (
+        "final",
+        "after a successful install: reboot, poweroff or none",
+    ),
+    ("console", "progress display: auto, lines or redraw"),
+    (
+        "bundle",
+        "path of the age secrets bundle (default /etc/landfall/secrets.age)",
+    ),
+    (
+        "secrets_identity",
+        "age identity file that opens the bundle (else a passphrase prompt)",
+    ),
+    (
+        "vault_role_id",
+        "Vault AppRole role_id when the image has no /etc/landfall/vault-role-id",
+    ),
+    (
+        "vault_insecure_http",
+        "1: allow an http:// Vault (development only)",
+    ),
+    (
+        "state_dir",
+        "accepted from iso-module's agent.conf; the state directory is LANDFALL_STATE_DIR",
+    ),
+];
+
 /// The settings `landfall-agent run` works from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
@@ -40,6 +84,9 @@ pub struct AgentConfig {
     pub token: String,
     pub final_action: FinalAction,
     pub console: ConsoleMode,
+    /// The age secrets bundle (`landfall.bundle=`, `--bundle`); `None`: the
+    /// image's own, `secrets.age` in [`crate::pipeline::RunOptions::etc_dir`].
+    pub bundle: Option<PathBuf>,
 }
 
 /// Values given as flags; `None` means "not given".
@@ -49,6 +96,7 @@ pub struct Overrides {
     pub token: Option<String>,
     pub final_action: Option<FinalAction>,
     pub console: Option<ConsoleMode>,
+    pub bundle: Option<PathBuf>,
 }
 
 /// Split a kernel command line into words the way the kernel does: spaces
@@ -82,6 +130,50 @@ pub fn split_words(line: &str) -> Vec<String> {
     words
 }
 
+/// Refuse every `landfall.WORD` of `text` that is not in [`KNOWN_WORDS`]:
+/// the error names the word, where it came from (`origin`: "the kernel
+/// command line", a file), the closest known word and the whole list.
+pub fn check_words(text: &str, origin: &str) -> Result<()> {
+    for key in landfall_params(text).keys() {
+        if KNOWN_WORDS.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        let closest = KNOWN_WORDS
+            .iter()
+            .map(|(k, _)| (edit_distance(k, key), *k))
+            .min()
+            .filter(|(d, _)| *d <= 2)
+            .map(|(_, k)| format!("did you mean `landfall.{k}=`? "))
+            .unwrap_or_default();
+        let known: Vec<String> = KNOWN_WORDS
+            .iter()
+            .map(|(k, _)| format!("landfall.{k}"))
+            .collect();
+        bail!(
+            "`landfall.{key}` on {origin} is not a setting this agent knows: {closest}\
+             fix or remove it (known: {})",
+            known.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 /// The `landfall.*` parameters of a command line or config file, keyed without
 /// the `landfall.` prefix. Later words win, as for the kernel.
 pub fn landfall_params(text: &str) -> BTreeMap<String, String> {
@@ -100,6 +192,10 @@ impl AgentConfig {
     /// Build the config from (lowest precedence first) an optional config file,
     /// the kernel command line text, and flags.
     pub fn resolve(file: Option<&str>, cmdline: &str, flags: Overrides) -> Result<Self> {
+        if let Some(file) = file {
+            check_words(file, "the agent's config file")?;
+        }
+        check_words(cmdline, "the kernel command line")?;
         let mut params = file.map(landfall_params).unwrap_or_default();
         params.extend(landfall_params(cmdline));
 
@@ -129,11 +225,23 @@ impl AgentConfig {
             Some(c) => c,
             None => parse_enum("console", params.get("console"))?.unwrap_or_default(),
         };
+        let bundle = match flags.bundle {
+            Some(b) => Some(b),
+            None => match params.get("bundle").map(String::as_str) {
+                None => None,
+                Some(b) if b.starts_with('/') => Some(PathBuf::from(b)),
+                Some(b) => bail!(
+                    "landfall.bundle={b:?} must be an absolute path to the age bundle, \
+                     e.g. landfall.bundle=/run/media/landfall/secrets.age"
+                ),
+            },
+        };
         Ok(Self {
             server,
             token,
             final_action,
             console,
+            bundle,
         })
     }
 
@@ -146,6 +254,9 @@ impl AgentConfig {
         };
         let cmdline = std::fs::read_to_string(cmdline_file)
             .with_context(|| format!("reading {}", cmdline_file.display()))?;
+        if let Some(file) = &file {
+            check_words(file, &config_file.display().to_string())?;
+        }
         Self::resolve(file.as_deref(), &cmdline, flags)
     }
 }
@@ -233,5 +344,74 @@ mod tests {
             e.to_string().contains("landfall.final") && e.to_string().contains("poweroff"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_bundle_comes_from_the_flag_then_the_cmdline_then_the_file() {
+        let file = "landfall.bundle=/etc/landfall/other.age\n";
+        let c = AgentConfig::resolve(None, LINE, Overrides::default()).unwrap();
+        assert_eq!(c.bundle, None, "no word: the image's own bundle");
+        let c = AgentConfig::resolve(Some(file), LINE, Overrides::default()).unwrap();
+        assert_eq!(c.bundle, Some(PathBuf::from("/etc/landfall/other.age")));
+        let line = format!("{LINE} landfall.bundle=/run/media/usb/secrets.age");
+        let c = AgentConfig::resolve(Some(file), &line, Overrides::default()).unwrap();
+        assert_eq!(c.bundle, Some(PathBuf::from("/run/media/usb/secrets.age")));
+        let c = AgentConfig::resolve(
+            Some(file),
+            &line,
+            Overrides {
+                bundle: Some("/tmp/flag.age".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.bundle, Some(PathBuf::from("/tmp/flag.age")));
+        let e = AgentConfig::resolve(
+            None,
+            &format!("{LINE} landfall.bundle=secrets.age"),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("landfall.bundle=") && e.contains("absolute"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_words_are_refused_with_the_closest_known_one() {
+        let e = AgentConfig::resolve(
+            None,
+            &format!("{LINE} landfall.fianl=none"),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`landfall.fianl`"), "{e}");
+        assert!(e.contains("kernel command line"), "{e}");
+        assert!(e.contains("did you mean `landfall.final=`"), "{e}");
+        assert!(e.contains("landfall.bundle"), "the known list: {e}");
+        // In the file too, and with no close match no guess.
+        let e = AgentConfig::resolve(Some("landfall.colour=red\n"), LINE, Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`landfall.colour`") && e.contains("config file"),
+            "{e}"
+        );
+        assert!(!e.contains("did you mean"), "{e}");
+        // Words that are not landfall's are the kernel's business.
+        AgentConfig::resolve(
+            None,
+            &format!("{LINE} landfallx=1 xlandfall.y=2"),
+            Overrides::default(),
+        )
+        .unwrap();
+        for (k, _) in KNOWN_WORDS {
+            check_words(&format!("landfall.{k}=1"), "test").unwrap();
+        }
+        assert_eq!(edit_distance("final", "fianl"), 2);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 }

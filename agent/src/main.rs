@@ -91,6 +91,10 @@ enum Command {
         final_action: Option<FinalAction>,
         #[arg(long, value_enum)]
         console: Option<ConsoleMode>,
+        /// The age secrets bundle (default: `landfall.bundle=` from the kernel
+        /// command line, then agent.conf, then /etc/landfall/secrets.age).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
         #[arg(long, default_value = "/proc/cmdline")]
         cmdline: PathBuf,
         /// Optional file with `landfall.KEY=VALUE` words baked into the image.
@@ -187,10 +191,28 @@ fn main() -> ExitCode {
     init_logging(matches!(cli.command, Command::Run { .. }));
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // `landfall-agent plan ... | head`: the reader has what it wanted.
+        Err(e) if e.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("landfall-agent: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Standard output's reader went away (EPIPE): not a failure of the command.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+struct StdoutClosed;
+
+/// Write `text` to standard output (never `println!`, which panics on EPIPE).
+fn out(text: impl std::fmt::Display) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match write!(o, "{text}").and_then(|()| o.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
     }
 }
 
@@ -225,26 +247,39 @@ fn real_main(cli: Cli) -> Result<()> {
             opts.report = !no_report;
             opts.timeout = timeout;
             opts.keep_config = keep_config;
-            let out = match runtime().and_then(|rt| rt.block_on(verify::verify(&opts))) {
-                Ok(out) => out,
+            let checked = match runtime().and_then(|rt| rt.block_on(verify::verify(&opts))) {
+                Ok(c) => c,
                 Err(e) => {
                     eprintln!("landfall-agent: error: {e:#}");
                     std::process::exit(2);
                 }
             };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&out)?);
+            // A closed stdout does not change the checks' exit code.
+            let printed = if json {
+                out(format_args!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&checked)?
+                ))
             } else {
-                print!("{}", verify::table(&out.checks));
-                match (&out.state, &out.report_error) {
-                    (Some(state), _) => {
-                        println!("reported: the server marked this machine {state}")
+                let r = out(verify::table(&checked.checks));
+                match (&checked.state, &checked.report_error) {
+                    (Some(state), _) => r.and_then(|()| {
+                        out(format_args!(
+                            "reported: the server marked this machine {state}\n"
+                        ))
+                    }),
+                    (None, Some(e)) => {
+                        eprintln!("landfall-agent: error: {e}");
+                        r
                     }
-                    (None, Some(e)) => eprintln!("landfall-agent: error: {e}"),
-                    (None, None) => {}
+                    (None, None) => r,
                 }
+            };
+            match printed {
+                Err(e) if !e.is::<StdoutClosed>() => eprintln!("landfall-agent: error: {e:#}"),
+                _ => {}
             }
-            std::process::exit(out.exit_code.into())
+            std::process::exit(checked.exit_code.into())
         }
         Command::Plan {
             layout,
@@ -261,11 +296,10 @@ fn real_main(cli: Cli) -> Result<()> {
             )?;
             let plan = disk::plan(&layout, &targets)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
+                out(format_args!("{}\n", serde_json::to_string_pretty(&plan)?))
             } else {
-                print!("{plan}");
+                out(plan)
             }
-            Ok(())
         }
         Command::Apply {
             layout,
@@ -305,20 +339,20 @@ fn real_main(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let applied = rt.block_on(disk::apply(&plan, &opts))?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "disks": applied.disks,
-                        "verified": applied.verified,
-                        "nixos": applied.nixos,
-                    }))?
-                );
+            let text = if json {
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "disks": applied.disks,
+                    "verified": applied.verified,
+                    "nixos": applied.nixos,
+                }))
+                .map(|j| j + "\n")
             } else {
-                print!("{}", applied.nixos.to_nix());
-            }
+                Ok(applied.nixos.to_nix())
+            };
+            // Mounted and open before anything is printed: a closed stdout
+            // must not unmount what was applied.
             applied.keep();
-            Ok(())
+            out(text?)
         }
         Command::Hwconfig {
             sysroot,
@@ -350,22 +384,23 @@ fn real_main(cli: Cli) -> Result<()> {
                     disk::plan(&layout, &targets)?.nixos
                 }
             };
-            print!(
-                "{}",
-                landfall_agent::install::configure::hardware_file(&inv, &storage)
-            );
-            Ok(())
+            out(landfall_agent::install::configure::hardware_file(
+                &inv, &storage,
+            ))
         }
         Command::Detect { json, sysroot } => {
             let _ = json; // JSON is the only output format so far.
-            println!("{}", serde_json::to_string_pretty(&hw::detect(&sysroot)?)?);
-            Ok(())
+            out(format_args!(
+                "{}\n",
+                serde_json::to_string_pretty(&hw::detect(&sysroot)?)?
+            ))
         }
         Command::Run {
             server,
             token,
             final_action,
             console,
+            bundle,
             cmdline,
             config,
             sysroot,
@@ -378,6 +413,7 @@ fn real_main(cli: Cli) -> Result<()> {
                     token,
                     final_action,
                     console,
+                    bundle,
                 },
             )?;
             let rt = runtime()?;
@@ -429,7 +465,7 @@ fn bundle(command: BundleCommand) -> Result<()> {
         BundleCommand::List { file, unlock } => {
             let b = secrets::open_bundle(&file, &unlock.source())?;
             for (path, size) in b.entries() {
-                println!("{size:>10}  {path}");
+                out(format_args!("{size:>10}  {path}\n"))?;
             }
             Ok(())
         }

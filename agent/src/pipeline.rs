@@ -239,14 +239,7 @@ async fn run_until_done(ctx: &Ctx<'_>) -> Result<Outcome> {
                 reporter.console().set_detail(Vec::new());
                 let st_hello = st.hello.as_mut().expect("register ran");
                 st_hello.assignment = assignment;
-                // A failed install starts again from `configure`, so the
-                // generated files carry the fixed role and the fresh verify
-                // token; any other step runs again itself.
-                let again = if step == Step::Install {
-                    Step::Configure
-                } else {
-                    step
-                };
+                let again = retry_from(step);
                 from = ORDER.iter().position(|s| *s == again).unwrap_or(0);
                 reporter.emit(
                     ORDER[from],
@@ -293,34 +286,19 @@ fn outcome(st: &State, reporter: &Reporter, stopped: bool) -> Outcome {
 }
 
 /// The failure on the console: step, error, the install's last lines, what
-/// the operator can do and how to get a shell.
+/// the operator can do, how to get a shell and what is still mounted
+/// ([`crate::report::failure`]).
 fn show_failure(ctx: &Ctx<'_>, st: &State, step: Step, message: &str, data: &serde_json::Value) {
     let host = st
         .hello
         .as_ref()
         .map(|h| h.assignment.hostname.clone())
-        .unwrap_or_default();
-    let mut lines = vec![format!(
-        "FAILED at step {step}: {}",
-        message.lines().next().unwrap_or("")
-    )];
-    if let Some(hint) = data.get("hint").and_then(|h| h.as_str()) {
-        lines.push(format!("hint: {hint}"));
-    }
-    if let Some(last) = data.get("last_lines").and_then(|l| l.as_array()) {
-        lines.push("last lines of output:".to_owned());
-        let skip = last.len().saturating_sub(10);
-        lines.extend(
-            last.iter()
-                .skip(skip)
-                .filter_map(|l| l.as_str())
-                .map(|l| format!("  | {l}")),
-        );
-    }
-    lines.push(format!(
-        "waiting for the operator: `landfall retry {host}` runs again from {step}; \
-         `landfall reinstall {host}` reboots into a fresh install"
-    ));
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            let inv = st.inventory.as_ref()?;
+            inv.nics.first().map(|n| n.mac.clone())
+        })
+        .unwrap_or_else(|| "MAC".to_owned());
     let ip = st.inventory.as_ref().and_then(primary_ip);
     let sshd = [
         "etc/ssh/sshd_config",
@@ -329,17 +307,36 @@ fn show_failure(ctx: &Ctx<'_>, st: &State, step: Step, message: &str, data: &ser
     ]
     .iter()
     .any(|p| ctx.opts.sysroot.join(p).exists());
-    lines.push(match (sshd, ip) {
-        (true, Some(ip)) => format!(
-            "shell: ssh root@{ip}, or log in on another console (Alt+F2); the target stays mounted at {}",
-            ctx.opts.target_root.display()
-        ),
-        _ => format!(
-            "shell: log in on another console (Alt+F2); the target stays mounted at {}",
-            ctx.opts.target_root.display()
-        ),
-    });
-    ctx.reporter.console().set_detail(lines);
+    let again = retry_from(step);
+    let failure = crate::report::failure::Failure {
+        step,
+        message,
+        hint: data.get("hint").and_then(|h| h.as_str()),
+        last_lines: data
+            .get("last_lines")
+            .and_then(|l| l.as_array())
+            .map(|l| l.iter().filter_map(|l| l.as_str()).collect())
+            .unwrap_or_default(),
+        host: &host,
+        ip: ip.as_deref(),
+        sshd,
+        retry_runs: ORDER.iter().copied().skip_while(|s| *s != again).collect(),
+        target_root: &ctx.opts.target_root,
+        mounted: st.disks.as_ref().map_or(0, |d| d.mounts.len()),
+        luks_open: st.disks.as_ref().map_or(0, |d| d.luks.len()),
+    };
+    ctx.reporter.console().set_detail(failure.lines());
+}
+
+/// Where `landfall retry` starts again after `failed`: a failed install
+/// starts from `configure`, so the generated files carry the fixed role and
+/// the fresh verify token; any other step runs again itself.
+fn retry_from(failed: Step) -> Step {
+    if failed == Step::Install {
+        Step::Configure
+    } else {
+        failed
+    }
 }
 
 /// Long-poll the server until the operator answers. `Some(assignment)`:
@@ -492,15 +489,18 @@ async fn steps(ctx: &Ctx<'_>, st: &mut State, from: usize) -> Result<(), StepFai
                         )
                         .await?,
                     ),
-                    (None, true) => Some(
-                        step(
-                            ctx,
-                            s,
-                            "opening the installer's age bundle",
-                            bundle_step(opts, reporter, a),
+                    (None, true) => {
+                        let path = bundle_path(cfg, opts);
+                        Some(
+                            step(
+                                ctx,
+                                s,
+                                &format!("opening the age bundle {}", path.display()),
+                                bundle_step(path, opts, reporter, a),
+                            )
+                            .await?,
                         )
-                        .await?,
-                    ),
+                    }
                     (None, false) => {
                         skip(ctx, s, "no secrets assigned");
                         None
@@ -862,17 +862,33 @@ async fn secrets_step(
     Ok((fetched, summary))
 }
 
-/// The offline path: the age bundle the image carries
-/// (`/etc/landfall/secrets.age`), unlocked by an identity file
-/// (`landfall.secrets_identity=PATH`) or a passphrase typed at the console.
-/// The console panel is paused while the prompt owns the terminals.
+/// The age bundle to open: `landfall.bundle=` / `--bundle`, else the one the
+/// image carries (`/etc/landfall/secrets.age`).
+pub fn bundle_path(cfg: &AgentConfig, opts: &RunOptions) -> PathBuf {
+    cfg.bundle
+        .clone()
+        .unwrap_or_else(|| opts.etc_dir.join("secrets.age"))
+}
+
+/// The offline path: the age bundle at `path` ([`bundle_path`]), unlocked by
+/// an identity file (`landfall.secrets_identity=PATH`) or a passphrase typed
+/// at the console. The console panel is paused while the prompt owns the
+/// terminals.
 async fn bundle_step(
+    path: PathBuf,
     opts: &RunOptions,
     reporter: &Reporter,
     assignment: &landfall_proto::Assignment,
 ) -> Result<(crate::secrets::Fetched, String)> {
     use crate::secrets::{self, IdentitySource};
-    let path = opts.etc_dir.join("secrets.age");
+    if !path.exists() {
+        anyhow::bail!(
+            "the role takes secrets from an age bundle, but {} does not exist: bring it there \
+             (a medium mounted at that path), or name the bundle with landfall.bundle=PATH \
+             (the image's landfall.installer.ageBundle), then retry",
+            path.display()
+        );
+    }
     let source = IdentitySource::from_cmdline(&opts.cmdline);
     let prompting = matches!(source, IdentitySource::Prompt(_));
     if prompting {
@@ -882,6 +898,7 @@ async fn bundle_step(
         ));
     }
     let files = assignment.secret_files.clone();
+    let shown = path.display().to_string();
     // The passphrase prompt waits on the technician.
     let _waiting = crate::timing::waiting();
     let opened = tokio::task::spawn_blocking(move || {
@@ -895,7 +912,7 @@ async fn bundle_step(
     }
     let fetched = opened??;
     let summary = format!(
-        "{} secret file(s) from the age bundle; values held in memory only",
+        "{} secret file(s) from the age bundle {shown}; values held in memory only",
         fetched.files().len()
     );
     Ok((fetched, summary))

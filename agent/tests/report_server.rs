@@ -101,6 +101,7 @@ fn config(server: String, token: String) -> AgentConfig {
         token,
         final_action: FinalAction::None,
         console: ConsoleMode::Lines,
+        bundle: None,
     }
 }
 
@@ -505,4 +506,116 @@ async fn a_failed_step_waits_for_retry_then_reinstall_stops_it() {
         .unwrap();
     assert!(outcome.stopped);
     assert_eq!(outcome.hostname, "ws-07");
+}
+
+/// `landfall.bundle=PATH` on the kernel line names the bundle the secrets
+/// step opens; the image's own /etc/landfall/secrets.age (here a decoy that
+/// lacks the machine's file) is not read (issue 10 item 8).
+#[tokio::test]
+async fn the_bundle_named_on_the_kernel_line_is_the_one_opened() {
+    use age::secrecy::ExposeSecret;
+    use landfall_agent::secrets::bundle::{create, Recipients};
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("landfall.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[roles.ws]\n\n[[roles.ws.secret_files]]\npath = \"/etc/ssh/key\"\n\
+             from = \"bundle:hosts/{{hostname}}/key\"\n\n\
+             [[machines]]\nmac = \"{MAC}\"\nhostname = \"ws-07\"\nrole = \"ws\"\n"
+        ),
+    )
+    .unwrap();
+    let handle = serve(ServeOptions {
+        config: Some(toml),
+        data: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        artifacts: None,
+    })
+    .await
+    .unwrap();
+    let server = Server {
+        addr: handle.local_addr(),
+        handle: Some(handle),
+        dir,
+    };
+
+    let id = age::x25519::Identity::generate();
+    let to = Recipients::Keys(vec![id.to_public().to_string()]);
+    let etc = tempfile::tempdir().unwrap();
+    let key = etc.path().join("identity.txt");
+    std::fs::write(&key, id.to_string().expose_secret()).unwrap();
+    // The decoy in the image's place: no hosts/ws-07/key.
+    let decoy = tempfile::tempdir().unwrap();
+    std::fs::write(decoy.path().join("other"), "x").unwrap();
+    std::fs::write(
+        etc.path().join("secrets.age"),
+        create(decoy.path(), &to).unwrap(),
+    )
+    .unwrap();
+    // The real one, on a "USB stick".
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("hosts/ws-07")).unwrap();
+    std::fs::write(src.path().join("hosts/ws-07/key"), "k").unwrap();
+    let usb = tempfile::tempdir().unwrap();
+    let named = usb.path().join("fleet.age");
+    std::fs::write(&named, create(src.path(), &to).unwrap()).unwrap();
+
+    let token = server.boot_token().await;
+    let cmdline = format!(
+        "console=ttyS0 landfall.server={} landfall.token={token} landfall.final=none \
+         landfall.console=lines landfall.bundle={} landfall.secrets_identity={}",
+        server.base(),
+        named.display(),
+        key.display()
+    );
+    let cfg = AgentConfig::resolve(None, &cmdline, Default::default()).unwrap();
+    assert_eq!(cfg.bundle.as_deref(), Some(named.as_path()));
+    let opts = RunOptions {
+        etc_dir: etc.path().to_owned(),
+        cmdline,
+        wait_secs: 1,
+        ..opts()
+    };
+    let agent = tokio::spawn(async move { pipeline::run(&cfg, &opts, console()).await });
+
+    // Secrets from the named bundle; configure fails next (no layout to write into).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = server.machine().await;
+        if m["state"] == "failed" {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "never failed: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let events = m["attempts"][0]["events"].as_array().unwrap();
+    let secrets_done = events
+        .iter()
+        .find(|e| e["step"] == "secrets" && e["kind"] == "finished")
+        .unwrap_or_else(|| panic!("the secrets step did not finish: {m}"));
+    let msg = secrets_done["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&named.display().to_string()) && msg.contains("1 secret file"),
+        "{msg}"
+    );
+    assert!(
+        m["error"].as_str().unwrap().contains("step configure"),
+        "{m}"
+    );
+
+    let admin = std::fs::read_to_string(server.dir.path().join("data/admin.token")).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/machines/ws-07/reinstall", server.base()))
+        .bearer_auth(admin.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("the wait ended")
+        .unwrap()
+        .unwrap();
+    assert!(outcome.stopped);
 }

@@ -481,6 +481,9 @@ fn install(s: Scenario) -> Vec<Part> {
             "hint: a derivation failed to build",
             "  | error: builder for '/nix/store/",
             &format!("`landfall reinstall {hostname}` reboots into a fresh install"),
+            &format!(
+                "`landfall retry {hostname}` runs again from configure (configure, install, finish)"
+            ),
             "shell: log in on another console (Alt+F2); the target stays mounted at /mnt",
         ] {
             assert!(

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod console;
+pub mod failure;
 pub mod outbox;
 
 use std::sync::{Arc, Mutex};
