@@ -465,6 +465,8 @@ if [ -n "$boot" ]; then
         root) root=$(resolve "$a") fstype=$b opts=$c ;;
         esac
     done < "$stage1"
+    cp "$stage1" /run/landfall-test-stage1
+    stage1=/run/landfall-test-stage1
     umount /bootpart
 fi
 [ -n "$root" ] || { say "error: landfall_test.root= is missing (and no landfall_test.boot=)"; exit 2; }
