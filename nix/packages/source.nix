@@ -8,6 +8,7 @@ lib.fileset.toSource {
     ../../Cargo.toml
     ../../Cargo.lock
     ../../proto
+    ../../disko
     ../../agent
     ../../server
     ../../vm-tests

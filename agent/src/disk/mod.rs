@@ -9,7 +9,8 @@
 pub mod apply;
 pub mod gpt;
 pub mod guards;
-pub mod layout;
+/// The layout model lives in landfall-disko (disko/), shared with the server.
+pub use landfall_disko as layout;
 pub mod nixos;
 pub mod plan;
 pub mod probe;

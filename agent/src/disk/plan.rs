@@ -221,14 +221,6 @@ fn default_mkfs_args(format: &str) -> Vec<String> {
     }
 }
 
-impl KeySource {
-    pub fn path(&self) -> &str {
-        match self {
-            KeySource::KeyFile(p) | KeySource::PasswordFile(p) => p,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mount {
     pub device: String,

@@ -1,3 +1,5 @@
+//! landfall-disko: the layout model shared by the agent and the server.
+//!
 //! disko's schema, read from the JSON that `nix-instantiate --eval --strict
 //! --json` renders from a layout file, and validated with the path of every
 //! field in its errors (`disko.devices.disk.main.content.partitions.root.size`).
@@ -179,6 +181,15 @@ pub enum KeySource {
     KeyFile(String),
     /// `passwordFile`: a passphrase, trailing newline removed.
     PasswordFile(String),
+}
+
+impl KeySource {
+    /// The key file's path in the installer.
+    pub fn path(&self) -> &str {
+        match self {
+            KeySource::KeyFile(p) | KeySource::PasswordFile(p) => p,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
