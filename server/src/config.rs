@@ -491,9 +491,9 @@ impl Config {
             }));
         for (at, name) in wanted {
             if let std::collections::btree_map::Entry::Vacant(slot) = layouts.entry(name) {
-                let value = load_layout(&layouts_dir, slot.key())
+                let loaded = load_layout(&layouts_dir, slot.key())
                     .with_context(|| format!("{at} = {:?}", slot.key()))?;
-                slot.insert(value);
+                slot.insert(loaded);
             }
         }
         for (at, disks) in self
@@ -510,6 +510,53 @@ impl Config {
                 check_disk_entry(disk, dev).with_context(|| format!("{at}.{disk}"))?;
             }
         }
+        // Every `disks` key names a disk of the layout it applies to: the role's
+        // keys against the role's layout, and for each machine the role's and its
+        // own keys (merged, as the assignment carries them) against its layout.
+        for (name, role) in &self.roles {
+            if let Some(l) = &role.layout {
+                check_disk_keys(
+                    &format!("roles.{name}.disks"),
+                    &role.disks,
+                    l,
+                    &layouts[l].1,
+                )?;
+            }
+        }
+        for m in machines.values() {
+            let role = &self.roles[&m.role];
+            let Some(l) = m.layout.as_ref().or(role.layout.as_ref()) else {
+                continue;
+            };
+            let layout = &layouts[l].1;
+            check_disk_keys(
+                &format!("machine {}.disks", m.hostname),
+                &m.disks,
+                l,
+                layout,
+            )?;
+            if m.layout.is_some() {
+                check_disk_keys(
+                    &format!("roles.{}.disks (for machine {})", m.role, m.hostname),
+                    &role.disks,
+                    l,
+                    layout,
+                )?;
+            }
+        }
+        let layouts = layouts.into_iter().map(|(n, (v, _))| (n, v)).collect();
+
+        let artifacts = self.server.artifacts.map(|p| base_dir.join(p));
+        if let Some(a) = &artifacts {
+            if !a.is_dir() {
+                bail!(
+                    "server.artifacts: {} is not a directory; create it and put the netboot \
+                     build's vmlinuz and initrd there, or fix the path (relative paths are \
+                     resolved against the config file's directory)",
+                    a.display()
+                );
+            }
+        }
 
         let vault = match &self.vault {
             Some(v) => Some(check_vault(v, base_dir).context("[vault]")?),
@@ -524,7 +571,7 @@ impl Config {
             vault,
             layouts,
             public_url,
-            artifacts: self.server.artifacts.map(|p| base_dir.join(p)),
+            artifacts,
             kernel_args: self.server.kernel_args.trim().to_owned(),
             boot_token_ttl: self.server.boot_token_ttl,
             unknown: self.enroll.unknown,
@@ -986,14 +1033,19 @@ pub fn expand_template(t: &str, hostname: &str, role: &str) -> String {
     t.replace("{hostname}", hostname).replace("{role}", role)
 }
 
-/// `DIR/NAME.json`, or `DIR/NAME.nix` rendered with `nix-instantiate --eval --strict --json`.
-fn load_layout(dir: &Path, name: &str) -> Result<serde_json::Value> {
+/// `DIR/NAME.json`, or `DIR/NAME.nix` rendered with `nix-instantiate --eval --strict --json`,
+/// parsed and validated by landfall-disko, the parser the agent uses: a layout the agent
+/// would refuse is refused here, with the file and the field's path.
+fn load_layout(dir: &Path, name: &str) -> Result<(serde_json::Value, landfall_disko::Layout)> {
     let json = dir.join(format!("{name}.json"));
     let nix = dir.join(format!("{name}.nix"));
-    let text = if json.is_file() {
-        std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?
+    let (file, text) = if json.is_file() {
+        let text = std::fs::read_to_string(&json)
+            .with_context(|| format!("reading {}", json.display()))?;
+        (json, text)
     } else if nix.is_file() {
-        render_nix(&nix)?
+        let text = render_nix(&nix)?;
+        (nix, text)
     } else {
         bail!(
             "no layout {name}.nix or {name}.json in {}; put the disko layout there or set server.layouts",
@@ -1002,17 +1054,13 @@ fn load_layout(dir: &Path, name: &str) -> Result<serde_json::Value> {
     };
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("layout {name} is not valid JSON"))?;
-    let devices = value
-        .pointer("/disko/devices")
-        .or_else(|| value.get("devices"))
-        .unwrap_or(&value);
-    if !devices
-        .get("disk")
-        .is_some_and(serde_json::Value::is_object)
-    {
-        bail!("layout {name} has no `disko.devices.disk` attribute set; see disko-layouts/ for examples");
-    }
-    Ok(value)
+    let layout = landfall_disko::Layout::from_json(&value).map_err(|e| {
+        anyhow::anyhow!(
+            "layout {}: {e}; fix the layout (docs/disks.md lists what the agent supports)",
+            file.display()
+        )
+    })?;
+    Ok((value, layout))
 }
 
 fn render_nix(path: &Path) -> Result<String> {
@@ -1034,6 +1082,25 @@ fn render_nix(path: &Path) -> Result<String> {
         );
     }
     String::from_utf8(out.stdout).context("nix-instantiate printed non-UTF-8")
+}
+
+/// `disks` keys must be disks of `layout` (the agent refuses any other key).
+fn check_disk_keys(
+    at: &str,
+    disks: &BTreeMap<String, String>,
+    layout_name: &str,
+    layout: &landfall_disko::Layout,
+) -> Result<()> {
+    for key in disks.keys() {
+        if !layout.disks.contains_key(key) {
+            bail!(
+                "{at}.{key}: layout {layout_name:?} has no disk {key:?} (its disks: {}); \
+                 rename the key to one of them or remove it",
+                layout.disks.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A `disks` entry: a disko disk name and "auto" or a plain device path.
@@ -1217,7 +1284,8 @@ mod tests {
     use super::*;
 
     /// A disko layout as `nix-instantiate --eval --strict --json` renders one.
-    pub(crate) const LAYOUT_JSON: &str = r#"{"disko":{"devices":{"disk":{"main":{"type":"disk","device":"","content":{"type":"gpt","partitions":{"root":{"size":"100%","content":{"type":"filesystem","format":"ext4","mountpoint":"/"}}}}}}}}}"#;
+    /// Two disks, `main` and `extra`, so a role's `disks` can name both.
+    pub(crate) const LAYOUT_JSON: &str = r#"{"disko":{"devices":{"disk":{"main":{"type":"disk","device":"","content":{"type":"gpt","partitions":{"root":{"size":"100%","content":{"type":"filesystem","format":"ext4","mountpoint":"/"}}}}},"extra":{"type":"disk","device":"","content":{"type":"gpt","partitions":{"srv":{"size":"100%","content":{"type":"filesystem","format":"xfs","mountpoint":"/srv"}}}}}}}}}"#;
 
     /// Validate against a config directory holding `layouts/single-disk.json`
     /// and `layouts/raid1.nix` (rendered by the real nix-instantiate).
@@ -1225,10 +1293,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layouts = dir.path().join("layouts");
         std::fs::create_dir(&layouts).unwrap();
+        std::fs::create_dir(dir.path().join("artifacts")).unwrap();
         std::fs::write(layouts.join("single-disk.json"), LAYOUT_JSON).unwrap();
         std::fs::write(
             layouts.join("raid1.nix"),
-            r#"{ disko.devices.disk.a = { type = "disk"; device = "/dev/sda"; content = { type = "gpt"; partitions = { }; }; }; }"#,
+            r#"{ disko.devices.disk.a = { type = "disk"; device = "/dev/sda"; content = { type = "gpt"; partitions.root = { size = "100%"; content = { type = "filesystem"; format = "ext4"; mountpoint = "/"; }; }; }; }; }"#,
         )
         .unwrap();
         let r = Config::parse(text).and_then(|c| c.validate(dir.path()));
@@ -1364,7 +1433,49 @@ layout = "raid1"
                 .validate(dir.path())
                 .unwrap_err()
         );
-        assert!(e.contains("no `disko.devices.disk`"), "{e}");
+        assert!(e.contains("raid1.nix: (layout): no `disko.devices`"), "{e}");
+        // The agent's parser refuses what the agent would refuse, with the field's path.
+        std::fs::write(
+            dir.path().join("layouts/raid1.nix"),
+            r#"{ disko.devices.disk.a = { type = "disk"; content = { type = "gpt"; partitions.root = { size = "12X"; }; }; }; }"#,
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            Config::parse(GOOD)
+                .unwrap()
+                .validate(dir.path())
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("machine srv-01.layout = \"raid1\"")
+                && e.contains("disko.devices.disk.a.content.partitions.root.size")
+                && e.contains("is not a size"),
+            "{e}"
+        );
+        // A `disks` key the layout does not have.
+        let e = err(&format!(
+            "{GOOD}\n[roles.workstation.disks]\nmian = \"auto\"\n"
+        ));
+        assert!(
+            e.contains("roles.workstation.disks.mian")
+                && e.contains("its disks: extra, main")
+                && e.contains("rename the key"),
+            "{e}"
+        );
+        // The role's keys are checked against a machine's own layout too.
+        let e = err(&format!("{GOOD}\n[roles.server.disks]\nmain = \"auto\"\n"));
+        assert!(
+            e.contains("roles.server.disks (for machine srv-01).main")
+                && e.contains("layout \"raid1\" has no disk \"main\""),
+            "{e}"
+        );
+        // A configured artifacts directory that does not exist.
+        let e = err(&GOOD.replace("artifacts = \"artifacts\"", "artifacts = \"netboot\""));
+        assert!(
+            e.contains("server.artifacts") && e.contains("is not a directory"),
+            "{e}"
+        );
     }
 
     #[test]
