@@ -246,6 +246,74 @@ async fn bad_config_is_refused_at_start_with_the_field_named() {
     );
 }
 
+/// `serve --check-config` refuses what the agent would refuse later: a layout
+/// from disko-layouts/broken/ (read with the agent's parser, the field's path in
+/// the message), a `disks` key the layout does not have, and a configured
+/// artifacts directory that does not exist; the good config still passes.
+#[tokio::test]
+async fn check_config_refuses_layouts_disk_keys_and_artifacts_the_agent_would_refuse() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let layouts = dir.path().join("layouts");
+    std::fs::create_dir(&layouts).unwrap();
+    std::fs::create_dir(dir.path().join("netboot")).unwrap();
+    std::fs::write(layouts.join("single-disk.json"), LAYOUT_JSON).unwrap();
+    let cfg = dir.path().join("landfall.toml");
+    let c = cfg.to_str().unwrap();
+    let good = CONFIG.replace("[server]\n", "[server]\nartifacts = \"netboot\"\n");
+    let check = |text: String| {
+        std::fs::write(&cfg, text).unwrap();
+        async move { run(&["serve", "--config", c, "--check-config"]).await }
+    };
+
+    let (code, out, err) = check(good.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("config OK"), "{out}");
+
+    // The agent's refusals, with the broken layouts' own `# expect:` lines.
+    for name in ["bad-size", "misspelt-option", "zpool"] {
+        let src = repo.join(format!("disko-layouts/broken/{name}.nix"));
+        std::fs::copy(&src, layouts.join(format!("{name}.nix"))).unwrap();
+        let (code, out, err) =
+            check(good.replace("layout = \"single-disk\"", &format!("layout = \"{name}\""))).await;
+        assert_eq!(code, 1, "{name} was accepted: {out}");
+        assert!(
+            err.contains(&format!("roles.workstation.layout = \"{name}\""))
+                && err.contains(&format!("{name}.nix")),
+            "{name}: {err}"
+        );
+        let text = std::fs::read_to_string(&src).unwrap();
+        let want: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
+        assert!(!want.is_empty(), "{name} has no `# expect:` line");
+        for w in want {
+            assert!(err.contains(w), "{name}: {err} does not contain {w:?}");
+        }
+    }
+
+    // A disks key that is not a disk of the layout.
+    let (code, _, err) = check(format!(
+        "{good}\n[roles.workstation.disks]\nsystem = \"auto\"\n"
+    ))
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("roles.workstation.disks.system")
+            && err.contains("has no disk \"system\" (its disks: main)"),
+        "{err}"
+    );
+
+    // A configured artifacts directory that is not there.
+    let (code, _, err) = check(good.replace("\"netboot\"", "\"no-such-dir\"")).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("server.artifacts") && err.contains("no-such-dir"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn retry_command_moves_a_failed_machine_and_refuses_others() {
     let s = Server::start(Some(CONFIG)).await;
