@@ -3,7 +3,10 @@
 # `landfall serve --check-config` on the result: it must be accepted.
 {
   publicUrl = "http://10.0.0.1:8080";
-  artifacts = "/nix/store/00000000000000000000000000000000-landfall-netboot";
+  # The server refuses an artifacts directory that does not exist; nixcheck
+  # creates this one beside the rendered landfall.toml (the module passes the
+  # netboot build's store path).
+  artifacts = "artifacts";
   kernelArgs = [
     "init=/nix/store/00000000000000000000000000000000-nixos-system-landfall-installer/init"
     "console=ttyS0,115200n8"

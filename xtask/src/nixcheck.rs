@@ -86,10 +86,15 @@ pub fn run() -> Result<()> {
     )?;
 
     // 4. The rendered landfall.toml against the real server. The sample fleet's
-    //    [vault] names `vault.token` beside the config; the server reads it at load.
+    //    [vault] names `vault.token` beside the config; the server reads it at load,
+    //    and checks that the `artifacts` directory beside it exists.
     let token = work.join("vault.token");
     std::fs::write(&token, "s.nixcheck-placeholder\n")
         .with_context(|| format!("writing {}", token.display()))?;
+    // Its `artifacts = "artifacts"` must exist: the server refuses a missing one.
+    let artifacts = work.join("artifacts");
+    std::fs::create_dir_all(&artifacts)
+        .with_context(|| format!("creating {}", artifacts.display()))?;
     let good = render(&nix, &root, &work, "nix/tests/sample-fleet.nix")?;
     let out = check_config(&good)?;
     if !out.status.success() {
