@@ -43,7 +43,7 @@
           system = pkgs.stdenv.hostPlatform.system;
         in
         rec {
-          landfall-agent = pkgs.callPackage ./nix/packages/landfall-agent.nix { };
+          landfall-agent = pkgs.pkgsStatic.callPackage ./nix/packages/landfall-agent.nix { };
           landfall = pkgs.callPackage ./nix/packages/landfall.nix { };
           iso = self.nixosConfigurations.${configName "iso" system}.config.system.build.isoImage;
           netboot = self.nixosConfigurations.${configName "netboot" system}.config.system.build.landfallNetboot;

@@ -31,8 +31,8 @@ in
 
     package = mkOption {
       type = types.package;
-      default = pkgs.callPackage ../nix/packages/landfall-agent.nix { };
-      defaultText = lib.literalExpression "pkgs.callPackage ../nix/packages/landfall-agent.nix { }";
+      default = pkgs.pkgsStatic.callPackage ../nix/packages/landfall-agent.nix { };
+      defaultText = lib.literalExpression "pkgs.pkgsStatic.callPackage ../nix/packages/landfall-agent.nix { }";
       description = "The landfall-agent package (static). The flake sets its own `landfall-agent`.";
     };
 
