@@ -83,10 +83,12 @@ in
     server.wait_for_unit("dnsmasq.service")
     server.wait_for_open_port(8080)
 
-    with subtest("the install script carries the netboot image's init= and initrd=initrd"):
+    with subtest("the install script carries the served netboot image's init= once, and initrd=initrd"):
         script = server.succeed("curl -sf 'http://127.0.0.1:8080/boot.ipxe?mac=${mac}'")
         t.assertIn("initrd=initrd", script)
-        t.assertIn("init=/nix/store/", script)
+        # init= is the served image's own, once (from ARTIFACTS/cmdline, not kernel_args).
+        t.assertIn("init=${self.packages.${pkgs.stdenv.hostPlatform.system}.netboot.toplevel}/init", script)
+        t.assertEqual(script.count("init=/nix/store/"), 1, script)
         server.succeed("curl -sfI http://127.0.0.1:8080/artifacts/vmlinuz")
         server.succeed("curl -sfI http://127.0.0.1:8080/artifacts/initrd")
 
