@@ -44,6 +44,8 @@
         in
         rec {
           landfall-agent = pkgs.pkgsStatic.callPackage ./nix/packages/landfall-agent.nix { };
+          # `nix build .#agent`: the name docs/operator-guide.md and users type.
+          agent = landfall-agent;
           landfall = pkgs.callPackage ./nix/packages/landfall.nix { };
           iso = self.nixosConfigurations.${configName "iso" system}.config.system.build.isoImage;
           netboot = self.nixosConfigurations.${configName "netboot" system}.config.system.build.landfallNetboot;
