@@ -255,20 +255,20 @@ in
 
     # The agent's lines on the first serial console too (see `consoles`).
     systemd.services.landfall-agent-serial = mkIf followSerial {
-        description = "landfall installer agent output on /dev/${serialDevice}";
-        wantedBy = [ "multi-user.target" ];
-        after = [ "landfall-agent.service" ];
-        serviceConfig = {
-          ExecStart = "${config.systemd.package}/bin/journalctl --follow --output=cat --unit=landfall-agent.service";
-          StandardOutput = "tty";
-          TTYPath = "/dev/${serialDevice}";
-          Restart = "always";
-          ProtectSystem = "strict";
-          ProtectHome = true;
-          NoNewPrivileges = true;
-          PrivateNetwork = true;
-        };
+      description = "landfall installer agent output on /dev/${serialDevice}";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "landfall-agent.service" ];
+      serviceConfig = {
+        ExecStart = "${config.systemd.package}/bin/journalctl --follow --output=cat --unit=landfall-agent.service";
+        StandardOutput = "tty";
+        TTYPath = "/dev/${serialDevice}";
+        Restart = "always";
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        NoNewPrivileges = true;
+        PrivateNetwork = true;
       };
+    };
 
     # systemd's getty generator starts serial-getty@ on every kernel console, and
     # installation-device.nix logs it in automatically: it and the follower above
