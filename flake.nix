@@ -1,17 +1,19 @@
 # landfall: zero-touch NixOS from bare metal. See docs/nix.md for every output
 # and docs/operator-guide.md for using them.
 #
+# The inputs are pinned by revision here (docs/nix.md says how each was checked).
 # There is no flake.lock in the repository: it was written on a machine without
-# access to GitHub. The first `nix flake lock` (or any build) pins the inputs
-# below; commit the lock file it writes.
+# access to GitHub. The first `nix flake lock` on a machine with the network
+# writes it (the narHash of these revisions); commit it.
 {
   description = "landfall: zero-touch NixOS from bare metal (PXE/iPXE, agent, server)";
 
   inputs = {
-    # The current stable NixOS release branch.
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+    # A commit of the nixos-25.11 release branch (2026-05-10).
+    nixpkgs.url = "github:NixOS/nixpkgs/8fd9daa3db09ced9700431c5b7ad0e8ba199b575";
     disko = {
-      url = "github:nix-community/disko/latest";
+      # disko v1.13.0 (the `latest` tag, 2026-01-20).
+      url = "github:nix-community/disko/de5708739256238fb912c62f03988815db89ec9a";
       inputs.nixpkgs.follows = "nixpkgs";
     };
   };
@@ -43,7 +45,9 @@
           system = pkgs.stdenv.hostPlatform.system;
         in
         rec {
-          landfall-agent = pkgs.callPackage ./nix/packages/landfall-agent.nix { };
+          landfall-agent = pkgs.pkgsStatic.callPackage ./nix/packages/landfall-agent.nix { };
+          # `nix build .#agent`: the name docs/operator-guide.md and users type.
+          agent = landfall-agent;
           landfall = pkgs.callPackage ./nix/packages/landfall.nix { };
           iso = self.nixosConfigurations.${configName "iso" system}.config.system.build.isoImage;
           netboot = self.nixosConfigurations.${configName "netboot" system}.config.system.build.landfallNetboot;

@@ -15,10 +15,10 @@
 #   netboot.ipxe                nixpkgs' script with `vmlinuz`, to boot this directory by hand
 #   cmdline                     init=... and boot.kernelParams, one line
 #
-# `passthru.cmdline` carries that line for the server module: the server's
-# install script is `kernel BASE/artifacts/vmlinuz initrd=initrd landfall.server=..
-# landfall.token=.. KERNEL_ARGS` (server/src/boot.rs), and `init=` must be in
-# KERNEL_ARGS or stage 1 finds no system to switch to.
+# The server's install script is `kernel BASE/artifacts/vmlinuz initrd=initrd
+# landfall.server=.. landfall.token=.. IMAGE_ARGS KERNEL_ARGS` (server/src/boot.rs),
+# IMAGE_ARGS read from this directory's `cmdline`: `init=` travels with the kernel
+# and initrd it belongs to, never through server.kernel_args.
 { config, lib, pkgs, modulesPath, ... }:
 let
   build = config.system.build;

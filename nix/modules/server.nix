@@ -16,12 +16,6 @@ let
     then "[${cfg.listenAddress}]:${toString cfg.port}"
     else "${cfg.listenAddress}:${toString cfg.port}";
 
-  # `init=` of the netboot image first (see iso-module/netboot.nix), then the
-  # operator's arguments, which win where the kernel takes the last value.
-  kernelArgs =
-    lib.optional (cfg.netboot != null) cfg.netboot.cmdline
-    ++ cfg.kernelArgs;
-
   # Layouts rendered to NAME.json at build time (the server reads NAME.json before
   # NAME.nix), so the server needs no nix-instantiate at run time.
   layoutsDir =
@@ -41,7 +35,11 @@ let
     # "${path}" copies a CA given as a Nix path into the store (toString would
     # keep the path of the operator's checkout).
     vault = cfg.vault // lib.optionalAttrs (cfg.vault.caFile != null) { caFile = "${cfg.vault.caFile}"; };
-    inherit kernelArgs;
+    # Only the operator's words: the image's own `init=` and kernel parameters
+    # come from ARTIFACTS/cmdline, which the server reads at every boot
+    # (server/src/boot.rs image_cmdline), so the kernel line and the kernel and
+    # initrd it boots come from the same directory.
+    inherit (cfg) kernelArgs;
     layouts = if cfg.layouts == null then null else layoutsDir;
   };
 
@@ -295,8 +293,9 @@ in
       description = ''
         The netboot image directory (iso-module/netboot.nix,
         `system.build.landfallNetboot`): vmlinuz, initrd, netboot.ipxe, cmdline.
-        It is the default `artifacts`, and its `cmdline` (`init=` of the image's
-        system and its kernel parameters) is put first in `server.kernel_args`.
+        It is the default `artifacts`. Its `cmdline` file (`init=` of the image's
+        system and its kernel parameters) is read by the server from the artifacts
+        directory, so `init=` always belongs to the kernel and initrd served.
       '';
     };
 
@@ -304,7 +303,12 @@ in
       type = types.nullOr types.path;
       default = cfg.netboot;
       defaultText = lib.literalExpression "config.services.landfall.netboot";
-      description = "Directory the server serves as /artifacts/ (`server.artifacts`); must hold `vmlinuz` and `initrd`.";
+      description = ''
+        Directory the server serves as /artifacts/ (`server.artifacts`); must hold
+        `vmlinuz` and `initrd`, and `cmdline` for a NixOS netboot image (its `init=`):
+        the server puts ARTIFACTS/cmdline on the install kernel line, so kernel,
+        initrd and `init=` all come from this one directory.
+      '';
     };
 
     layouts = mkOption {
@@ -324,8 +328,9 @@ in
       default = [ ];
       example = [ "console=ttyS0,115200n8" "landfall.final=poweroff" ];
       description = ''
-        Extra words on the install kernel line, after the netboot image's own
-        `cmdline` (`server.kernel_args`).
+        Extra words on the install kernel line (`server.kernel_args`), after the
+        image's own ARTIFACTS/cmdline. Never the image's `init=`: that comes with
+        the artifacts.
       '';
     };
 

@@ -3,14 +3,22 @@
 #
 # Follows the nixpkgs Rust manual (doc/languages-frameworks/rust.section.md):
 # `rustPlatform.buildRustPackage` with `cargoLock.lockFile`, and
-# `rustPlatform.bindgenHook` for crates that run bindgen (blkid-sys). `pkgsStatic`
-# gives a musl toolchain whose C libraries are static archives, so blkid-sys'
-# `cargo:rustc-link-lib=blkid` finds util-linux's libblkid.a and nothing else.
-{ lib, pkgsStatic }:
+# `rustPlatform.bindgenHook` for crates that run bindgen (blkid-sys).
+#
+# Call it with `pkgsStatic.callPackage` (flake.nix, iso-module, verify.nix):
+# `pkgsStatic` gives a musl toolchain whose C libraries are static archives, so
+# blkid-sys' `cargo:rustc-link-lib=blkid` finds util-linux's libblkid.a and
+# nothing else. The arguments come through callPackage so splicing applies:
+# `rustPlatform.bindgenHook` in nativeBuildInputs is then the build platform's
+# hook (a glibc libclang the build script can dlopen). Taking `pkgsStatic` and
+# writing `pkgsStatic.rustPlatform.bindgenHook` would not: rustPlatform is a
+# scope (makeScopeWithSplicing') whose members are not spliced, so that hook's
+# libclang would be the host's (static musl) one (docs/nix.md).
+{ lib, rustPlatform, util-linuxMinimal }:
 let
   workspace = (lib.importTOML ../../Cargo.toml).workspace.package;
 in
-pkgsStatic.rustPlatform.buildRustPackage {
+rustPlatform.buildRustPackage {
   pname = "landfall-agent";
   inherit (workspace) version;
 
@@ -23,9 +31,9 @@ pkgsStatic.rustPlatform.buildRustPackage {
   # runs them. The package build only compiles.
   doCheck = false;
 
-  nativeBuildInputs = [ pkgsStatic.rustPlatform.bindgenHook ];
+  nativeBuildInputs = [ rustPlatform.bindgenHook ];
   # libblkid.a and blkid/blkid.h; the minimal util-linux has no systemd/udev deps.
-  buildInputs = [ pkgsStatic.util-linuxMinimal ];
+  buildInputs = [ util-linuxMinimal ];
 
   meta = {
     description = "landfall in-image installer agent (static)";

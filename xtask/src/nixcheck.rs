@@ -21,7 +21,13 @@ use crate::build::{run as run_cmd, workspace_root};
 const TOOLS: &[(&str, &str)] = &[("deadnix", "1.3.1"), ("nixpkgs-fmt", "1.3.0")];
 
 /// Files besides the disko layouts that must evaluate with builtins only.
-const PURE_FILES: &[&str] = &["nix/tests/sample-fleet.nix", "nix/tests/broken-fleet.nix"];
+/// `nix/tests/disks-resolve.nix` asserts the answers of `nix/lib/disks.nix`
+/// (the target module's check of `landfall.disks.devices`): a wrong one throws.
+const PURE_FILES: &[&str] = &[
+    "nix/tests/sample-fleet.nix",
+    "nix/tests/broken-fleet.nix",
+    "nix/tests/disks-resolve.nix",
+];
 
 /// Render a fleet with the server module's renderer.
 const RENDER: &str = "{ fleet }: import ./nix/lib/landfall-toml.nix (import fleet)";

@@ -17,9 +17,9 @@ let
   cfg = config.landfall.disks;
   inherit (lib) mkIf mkOption types;
 
-  # A layout is `{ disko.devices = ...; }` (disko's own examples) or the devices
-  # attribute set itself.
-  devicesOf = layout: layout.disko.devices or layout;
+  # Every `auto` disk needs a real device, and every key must name a layout
+  # disk: ../../lib/disks.nix (pure, tested by nix/tests/disks-resolve.nix).
+  resolved = import ../../lib/disks.nix (import cfg.layout) cfg.devices;
 in
 {
   options.landfall.disks = {
@@ -36,7 +36,9 @@ in
       example = { main = "/dev/disk/by-id/nvme-Samsung_SSD_980_S64DNX0R123456"; };
       description = ''
         Layout disk name -> device, the same map as the server's `disks`
-        (`disko.devices.disk.NAME.device`). Disks left out keep the layout's device.
+        (`disko.devices.disk.NAME.device`). Disks left out keep the layout's device;
+        a layout disk whose device is `"auto"` must be given here (disko needs an
+        absolute path), and every key must name a disk of the layout.
       '';
     };
   };
@@ -45,10 +47,10 @@ in
     assertions = [{
       assertion = options ? disko;
       message = "landfall.disks.layout needs disko's NixOS module (the flake's nixosModules.target imports it).";
-    }];
+    }] ++ map (message: { assertion = false; inherit message; }) resolved.problems;
   } // lib.optionalAttrs (options ? disko) {
-    disko.devices = lib.recursiveUpdate (devicesOf (import cfg.layout)) {
-      disk = lib.mapAttrs (_: device: { inherit device; }) cfg.devices;
-    };
+    # Only a fully resolved layout reaches disko: with an `auto` device disko's
+    # own type check would fail first, without naming the option to set.
+    disko.devices = mkIf (resolved.problems == [ ]) resolved.devices;
   });
 }

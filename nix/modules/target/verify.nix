@@ -45,8 +45,8 @@ in
 
     package = mkOption {
       type = types.package;
-      default = pkgs.callPackage ../../packages/landfall-agent.nix { };
-      defaultText = lib.literalExpression "pkgs.callPackage ../../packages/landfall-agent.nix { }";
+      default = pkgs.pkgsStatic.callPackage ../../packages/landfall-agent.nix { };
+      defaultText = lib.literalExpression "pkgs.pkgsStatic.callPackage ../../packages/landfall-agent.nix { }";
       description = "landfall-agent package providing `landfall-agent verify`.";
     };
 
