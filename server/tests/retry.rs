@@ -114,6 +114,32 @@ async fn hello_carries_the_install_target_and_the_roles_checks() {
     s2.stop().await;
 }
 
+/// A long failure reason is cut on the console, but the fix (`landfall
+/// reinstall ...`) after it never is.
+#[tokio::test]
+async fn a_failed_machine_holds_with_the_fix_after_a_long_reason() {
+    let s = Server::start(Some(&config())).await;
+    let a = hello(&s, MAC1).await;
+    let reason = format!("nixos-install exited with 1: {}", "error: builder failed ".repeat(40));
+    let evs = [failed(1, "install", &reason)];
+    assert_eq!(s.ack(&a.token, &a.attempt, &evs).await, 1);
+    let (status, script) = s.boot(MAC1).await;
+    assert_eq!(status, 200);
+    let echoed: Vec<&str> = script
+        .lines()
+        .filter_map(|l| l.strip_prefix("echo landfall: "))
+        .collect();
+    assert!(echoed[0].starts_with("holding: install of "), "{script}");
+    assert!(echoed[0].contains("error: builder failed"), "{script}");
+    assert!(echoed[0].len() < 600, "{script}");
+    assert!(
+        echoed.contains(&format!("fix it, then run: landfall reinstall {MAC1}").as_str()),
+        "{script}"
+    );
+    assert!(token_in(&script).is_none());
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn failed_install_holds_waits_and_runs_again_after_retry() {
     let s = Server::start(Some(&config())).await;
