@@ -199,11 +199,7 @@ pub async fn boot_ipxe(
             tracing::error!(%mac, "boot.ipxe: {e:#}");
             script(
                 StatusCode::OK,
-                hold_script(
-                    &base,
-                    "server error",
-                    Some("see the landfall server log"),
-                ),
+                hold_script(&base, "server error", Some("see the landfall server log")),
             )
         }
     }
@@ -403,7 +399,10 @@ mod tests {
 
     /// The echo lines of a script, without `echo `.
     fn echoed(script: &str) -> Vec<&str> {
-        script.lines().filter_map(|l| l.strip_prefix("echo ")).collect()
+        script
+            .lines()
+            .filter_map(|l| l.strip_prefix("echo "))
+            .collect()
     }
 
     #[test]
@@ -415,13 +414,18 @@ mod tests {
         assert_eq!(lines.len(), 3, "{h}");
         // The reason is cut (saying where the whole text is), the fix is whole.
         assert!(lines[0].starts_with("landfall: holding: install failed: nixos-install said no"));
-        assert!(lines[0].ends_with(" ... (cut; the whole text: landfall machine)"), "{h}");
+        assert!(
+            lines[0].ends_with(" ... (cut; the whole text: landfall machine)"),
+            "{h}"
+        );
         assert!(lines[0].len() < HOLD_WHY_MAX + 100, "{h}");
         assert!(
             lines.contains(&"landfall: fix it, then run: landfall reinstall 52:54:00:12:34:56"),
             "{h}"
         );
-        assert!(h.ends_with(&format!("sleep {HOLD_SLEEP}\nchain http://x/{CHAIN_QUERY}\n")));
+        assert!(h.ends_with(&format!(
+            "sleep {HOLD_SLEEP}\nchain http://x/{CHAIN_QUERY}\n"
+        )));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use landfall_proto::admin::{MachineDetail, MachineSummary};
+use landfall_proto::admin::{MachineDetail, MachineSummary, RetryResponse};
 use landfall_proto::agent::ErrorBody;
 
 use crate::ServeOptions;
@@ -133,22 +133,41 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Retry { machine, client } => {
-            let s: MachineSummary = Client::new(&client)?
+            let r: RetryResponse = Client::new(&client)?
                 .post(&format!(
                     "/api/v1/machines/{}/retry",
                     path_segment(&machine)?
                 ))
                 .await?;
-            println!(
-                "{} ({}): {}; the waiting installer runs again from the failed step \
-                 (if the machine rebooted meanwhile, use `landfall reinstall`)",
-                s.hostname.as_deref().unwrap_or("-"),
-                s.mac,
-                s.state
-            );
+            println!("{}", retry_text(&r));
             Ok(())
         }
     }
+}
+
+/// What `landfall retry` prints: who will run the retry, or that nobody is
+/// there to, and what to do then.
+fn retry_text(r: &RetryResponse) -> String {
+    let s = &r.machine;
+    let name = s.hostname.as_deref().unwrap_or(&s.mac);
+    let head = format!(
+        "{} ({}): {}",
+        s.hostname.as_deref().unwrap_or("-"),
+        s.mac,
+        s.state
+    );
+    if r.installer.waiting {
+        return format!("{head}; the waiting installer runs again from the failed step");
+    }
+    let last = match &r.installer.last_wait_at {
+        Some(t) => format!("its installer last asked for an answer at {t}"),
+        None => "its installer never asked for an answer".to_owned(),
+    };
+    format!(
+        "{head}, but no installer is waiting for it: {last}, so the agent stopped or the \
+         machine rebooted. The retry stays requested in case the agent comes back; to start \
+         over run `landfall reinstall {name}` and PXE-boot the machine"
+    )
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
@@ -387,6 +406,37 @@ fn one_line(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use landfall_proto::{Event, EventKind, MachineState, Step};
+
+    #[test]
+    fn retry_text_says_who_runs_it_or_what_to_do() {
+        let mut r = RetryResponse {
+            machine: MachineSummary {
+                mac: "52:54:00:00:00:01".into(),
+                hostname: Some("ws-01".into()),
+                role: None,
+                state: MachineState::RetryRequested,
+                error: None,
+                last_event: None,
+                updated_at: String::new(),
+            },
+            installer: landfall_proto::admin::InstallerWait {
+                waiting: true,
+                last_wait_at: Some("2026-12-03T07:00:00Z".into()),
+            },
+        };
+        let t = retry_text(&r);
+        assert!(t.contains("the waiting installer runs again"), "{t}");
+        r.installer.waiting = false;
+        let t = retry_text(&r);
+        assert!(t.contains("no installer is waiting"), "{t}");
+        assert!(
+            t.contains("last asked for an answer at 2026-12-03T07:00:00Z"),
+            "{t}"
+        );
+        assert!(t.contains("`landfall reinstall ws-01`"), "{t}");
+        r.installer.last_wait_at = None;
+        assert!(retry_text(&r).contains("never asked"));
+    }
 
     #[test]
     fn table_has_the_columns_and_last_event() {

@@ -3,7 +3,7 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use landfall_proto::admin::{MachineDetail, MachineSummary};
+use landfall_proto::admin::{MachineDetail, MachineSummary, RetryResponse};
 
 use super::{AdminAuth, ApiError, AppState, Json};
 use landfall_proto::MachineState;
@@ -64,12 +64,14 @@ pub async fn reinstall(
 }
 
 /// `failed` -> `retry_requested`: the agent still waiting on the failed
-/// attempt runs again from the failed step.
+/// attempt runs again from the failed step. The answer says whether such an
+/// agent is waiting (when none is, the request stands, and the CLI says what
+/// to do instead).
 pub async fn retry(
     State(app): State<AppState>,
     _auth: AdminAuth,
     key: Result<Path<String>, PathRejection>,
-) -> Result<Json<MachineSummary>, ApiError> {
+) -> Result<Json<RetryResponse>, ApiError> {
     let row = find(&app, key)?;
     let name = row.hostname.clone().unwrap_or_else(|| row.mac.clone());
     match app.store.request_retry(&row.mac, now())? {
@@ -91,8 +93,12 @@ pub async fn retry(
         }
     }
     app.machines_changed();
-    tracing::info!(mac = %row.mac, "retry requested");
-    summary_of(&app, &row.mac)
+    let installer = app
+        .store
+        .installer_wait(&row.mac, now(), super::agent::WAIT_GRACE_SECS)?;
+    tracing::info!(mac = %row.mac, waiting = installer.waiting, "retry requested");
+    let Json(machine) = summary_of(&app, &row.mac)?;
+    Ok(Json(RetryResponse { machine, installer }))
 }
 
 /// The machine's summary after a change (404 if it was deleted meanwhile).

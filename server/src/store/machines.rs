@@ -228,7 +228,8 @@ impl Store {
         )?;
         let inventory: Option<Inventory> = inventory.and_then(|s| serde_json::from_str(&s).ok());
         let mut stmt = conn.prepare(
-            "SELECT id, started_at, acked_seq FROM attempts WHERE mac = ?1 ORDER BY started_at, rowid",
+            "SELECT id, started_at, acked_seq, last_wait_at FROM attempts WHERE mac = ?1
+              ORDER BY started_at, rowid",
         )?;
         let attempts = stmt
             .query_map([mac], |r| {
@@ -236,11 +237,12 @@ impl Store {
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::new();
-        for (id, started, acked) in attempts {
+        for (id, started, acked, last_wait) in attempts {
             let mut ev =
                 conn.prepare("SELECT body FROM events WHERE attempt_id = ?1 ORDER BY seq")?;
             let events = ev
@@ -252,6 +254,7 @@ impl Store {
                 started_at: rfc3339(started),
                 acked_seq: acked.max(0) as u64,
                 events,
+                last_wait_at: last_wait.map(rfc3339),
             });
         }
         let verify = super::verify::last(&conn, mac)?;
