@@ -82,7 +82,7 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// URL of the landfall server.
+    /// URL of the landfall server (`HOST:PORT` means `http://HOST:PORT`).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub server: String,
     /// File holding the admin token (LANDFALL_ADMIN_TOKEN, when set, wins).
@@ -228,6 +228,35 @@ fn path_segment(key: &str) -> Result<&str> {
     Ok(key)
 }
 
+/// `--server` as a base URL: `HOST:PORT` (no scheme) is `http://HOST:PORT`;
+/// anything but an http(s) URL with a host is refused, naming the option.
+fn server_base(server: &str) -> Result<String> {
+    let s = server.trim();
+    let with_scheme = if s.contains("://") {
+        s.to_owned()
+    } else {
+        format!("http://{s}")
+    };
+    let with_scheme = with_scheme.trim_end_matches('/').to_owned();
+    let bad = |why: &str| {
+        anyhow::anyhow!(
+            "--server {server:?}: {why}; give the server's URL, e.g. \
+             --server http://10.0.0.1:8080 (or just 10.0.0.1:8080)"
+        )
+    };
+    let url = reqwest::Url::parse(&with_scheme).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(&format!(
+            "scheme {:?} is not http or https",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    Ok(with_scheme)
+}
+
 struct Client {
     http: reqwest::Client,
     base: String,
@@ -252,7 +281,7 @@ impl Client {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .build()?,
-            base: a.server.trim_end_matches('/').to_owned(),
+            base: server_base(&a.server)?,
             token,
         })
     }
@@ -369,11 +398,34 @@ fn machine_text(d: &MachineDetail) -> String {
             inv.nics.len()
         ));
     }
+    if let Some(v) = &d.verify {
+        let failed = v.checks.iter().filter(|c| !c.ok).count();
+        out.push_str(&format!(
+            "  verify:  {} at {} ({} checks, {failed} failed)\n",
+            if v.ok { "ok" } else { "FAILED" },
+            v.received_at,
+            v.checks.len()
+        ));
+        for c in &v.checks {
+            out.push_str(&format!(
+                "    {:<4} {:<16} {:>6} ms  {}\n",
+                if c.ok { "ok" } else { "FAIL" },
+                c.name,
+                c.millis,
+                one_line(&c.detail, 100)
+            ));
+        }
+    }
     for a in &d.attempts {
         out.push_str(&format!(
             "attempt {} started {} (acked up to seq {})\n",
             a.attempt_id, a.started_at, a.acked_seq
         ));
+        if let Some(t) = &a.last_wait_at {
+            out.push_str(&format!(
+                "  installer last asked for an operator's answer at {t}\n"
+            ));
+        }
         for e in &a.events {
             out.push_str(&format!(
                 "  {:>4} {} {:<9} {:<8} {}\n",
@@ -406,6 +458,66 @@ fn one_line(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use landfall_proto::{Event, EventKind, MachineState, Step};
+
+    #[test]
+    fn server_option_takes_a_url_or_host_port() {
+        assert_eq!(
+            server_base("127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(server_base("https://s.lan/").unwrap(), "https://s.lan");
+        assert_eq!(server_base("[::1]:80").unwrap(), "http://[::1]:80");
+        for bad in ["ftp://s.lan", "", "http://", "a b:1"] {
+            let e = server_base(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--server {bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn machine_text_shows_the_verify_result() {
+        use landfall_proto::verify::{CheckResult, VerifySummary};
+        let d = MachineDetail {
+            summary: MachineSummary {
+                mac: "52:54:00:00:00:01".into(),
+                hostname: Some("ws-01".into()),
+                role: None,
+                state: MachineState::Degraded,
+                error: None,
+                last_event: None,
+                updated_at: String::new(),
+            },
+            inventory: None,
+            attempts: Vec::new(),
+            verify: Some(VerifySummary {
+                attempt_id: "a1".into(),
+                received_at: "2026-12-03T07:00:00Z".into(),
+                hostname: "ws-01".into(),
+                ok: false,
+                checks: vec![
+                    CheckResult {
+                        name: "ssh".into(),
+                        ok: true,
+                        detail: "SSH-2.0-OpenSSH_9.2p1".into(),
+                        millis: 12,
+                    },
+                    CheckResult {
+                        name: "smb-home".into(),
+                        ok: false,
+                        detail: "NT_STATUS_LOGON_FAILURE".into(),
+                        millis: 340,
+                    },
+                ],
+            }),
+        };
+        let t = machine_text(&d);
+        assert!(
+            t.contains("  verify:  FAILED at 2026-12-03T07:00:00Z (2 checks, 1 failed)\n"),
+            "{t}"
+        );
+        assert!(t.contains("ok   ssh"), "{t}");
+        assert!(t.contains("FAIL smb-home"), "{t}");
+        assert!(t.contains("NT_STATUS_LOGON_FAILURE"), "{t}");
+    }
 
     #[test]
     fn retry_text_says_who_runs_it_or_what_to_do() {
