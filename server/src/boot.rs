@@ -25,9 +25,10 @@ pub const HOLD_SLEEP: u32 = 30;
 /// What a machine in `state` boots.
 pub fn decide(state: MachineState) -> BootAction {
     match state {
-        MachineState::Assigned | MachineState::ReinstallRequested | MachineState::Installing => {
-            BootAction::Install
-        }
+        MachineState::Expected
+        | MachineState::Assigned
+        | MachineState::ReinstallRequested
+        | MachineState::Installing => BootAction::Install,
         MachineState::Installed | MachineState::Ready | MachineState::Degraded => BootAction::Local,
         MachineState::Discovered
         | MachineState::Failed
@@ -218,7 +219,16 @@ pub fn current_assignment(app: &App, mac: &str) -> anyhow::Result<Option<Assignm
             .machine(mac)?
             .and_then(|r| Some((r.hostname?, r.role?)))
             .and_then(|(h, r)| settings.role_assignment_checked(&r, &h))
-            .or_else(|| settings.assignment_for(mac))
+            .or_else(|| {
+                settings.enrolment_for(mac, &|name| match app.store.hostname_owner(name) {
+                    Ok(owner) => owner.is_some_and(|o| o != mac),
+                    // Unsure: take a longer name rather than risk a clash.
+                    Err(e) => {
+                        tracing::warn!(%mac, "looking up hostname {name}: {e:#}");
+                        true
+                    }
+                })
+            })
     })
 }
 
@@ -230,11 +240,15 @@ fn decide_and_render(
     platform: Option<&str>,
 ) -> anyhow::Result<String> {
     let settings = &app.settings;
-    let assignment = current_assignment(app, mac)?;
     let now = crate::store::now();
-    let row = app
-        .store
-        .record_boot(mac, assignment.as_ref(), arch, platform, now)?;
+    let row = {
+        // An auto-enrolled name is chosen free and stored in one step, so
+        // two new machines booting at once cannot both take it.
+        let _one_at_a_time = app.enrol_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let assignment = current_assignment(app, mac)?;
+        app.store
+            .record_boot(mac, assignment.as_ref(), arch, platform, now)?
+    };
     let action = decide(row.state);
     tracing::info!(%mac, hostname = row.hostname.as_deref().unwrap_or("-"), state = %row.state, ?action, "boot.ipxe");
     Ok(match action {
@@ -353,7 +367,7 @@ mod tests {
     #[test]
     fn decisions_per_state() {
         use MachineState::*;
-        for s in [Assigned, ReinstallRequested, Installing] {
+        for s in [Expected, Assigned, ReinstallRequested, Installing] {
             assert_eq!(decide(s), BootAction::Install, "{s}");
         }
         for s in [Installed, Ready, Degraded] {

@@ -349,7 +349,11 @@ pub fn machines_table(list: &[MachineSummary]) -> String {
             m.role.clone().unwrap_or_else(|| "-".into()),
             m.state.to_string(),
             last.trim_end().to_owned(),
-            m.updated_at.clone(),
+            if m.updated_at.is_empty() {
+                "-".into()
+            } else {
+                m.updated_at.clone()
+            },
         ]);
     }
     let mut widths = [0usize; 6];

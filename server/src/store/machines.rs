@@ -97,6 +97,18 @@ impl Store {
             .optional()?)
     }
 
+    /// The MAC of the machine stored with `hostname`, if any.
+    pub fn hostname_owner(&self, hostname: &str) -> Result<Option<String>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT mac FROM machines WHERE hostname = ?1 LIMIT 1",
+                [hostname],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Record a boot.ipxe hit: create the machine (assigned when an assignment is
     /// known, else discovered), refresh last_seen, and apply the assignment.
     pub fn record_boot(
