@@ -750,13 +750,8 @@ pub async fn disk_step(
     let layout = disk::Layout::from_json(layout).context("the assigned layout is invalid")?;
     let specs = select::device_specs(&layout, &assignment.disks)?;
     // The boot medium and anything mounted or held is never a candidate.
-    let candidates: Vec<_> = inventory
-        .disks
-        .iter()
-        .filter(|d| !disk::in_use(&d.path))
-        .cloned()
-        .collect();
-    let targets = select::select(&layout, &specs, &candidates)?;
+    let (candidates, left_out) = disk::candidates(&inventory.disks);
+    let targets = select::select(&layout, &specs, &candidates, &left_out)?;
     let mut plan = disk::plan(&layout, &targets)?;
     plan.nixos
         .set_luks_unlock(&layout, assignment.luks_unlock)?;

@@ -417,6 +417,23 @@ fn a_mounted_disk_is_refused_even_with_wipe() {
         "{msg}"
     );
     assert!(landfall_agent::disk::apply::is_refusal(&e));
+    // An `auto` pick leaves it out and says why.
+    let name = disk.dev().trim_start_matches("/dev/").to_owned();
+    let at = std::fs::canonicalize(root.path()).unwrap();
+    let why = landfall_agent::disk::use_of(disk.dev()).expect("in use");
+    assert!(
+        why.starts_with(&format!("{name}p"))
+            && why.contains(&format!("mounted at {}", at.display())),
+        "{why}"
+    );
+    let inv = landfall_proto::inventory::Disk {
+        path: disk.dev().to_owned(),
+        ..Default::default()
+    };
+    let (usable, left) = landfall_agent::disk::candidates(&[inv]);
+    assert!(usable.is_empty());
+    assert_eq!(left[0].path, disk.dev());
+    assert_eq!(left[0].why, why);
     check(run, root.path());
 }
 

@@ -38,4 +38,26 @@ pub struct AttemptDetail {
     /// Highest seq stored without a gap.
     pub acked_seq: u64,
     pub events: Vec<Event>,
+    /// RFC 3339 time the attempt's agent last asked for an operator's
+    /// answer after a failure (`POST /agent/wait`); `None`: it never did.
+    #[serde(default)]
+    pub last_wait_at: Option<String>,
+}
+
+/// `POST /api/v1/machines/{mac}/retry`: the machine after the request, and
+/// whether its failed installer is there to pick the retry up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetryResponse {
+    #[serde(flatten)]
+    pub machine: MachineSummary,
+    pub installer: InstallerWait,
+}
+
+/// Whether the agent of a machine's current attempt waits for an answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallerWait {
+    /// A wait is open now, or ended moments ago (the agent asks again at once).
+    pub waiting: bool,
+    /// RFC 3339 time it last asked; `None`: it never did.
+    pub last_wait_at: Option<String>,
 }

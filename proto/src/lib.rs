@@ -30,6 +30,9 @@ pub const AGENT_API: &str = "/api/v1/agent";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MachineState {
+    /// Listed in the server's configuration (`[[machines]]`) and never seen:
+    /// shown by the admin API, never stored; its first PXE boot installs.
+    Expected,
     /// Booted and seen, not yet given an assignment (unknown MAC without auto-enrol).
     Discovered,
     /// Has an assignment; the next PXE boot installs.
@@ -58,6 +61,7 @@ pub enum MachineState {
 impl MachineState {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Expected => "expected",
             Self::Discovered => "discovered",
             Self::Assigned => "assigned",
             Self::Installing => "installing",

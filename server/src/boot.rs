@@ -25,9 +25,10 @@ pub const HOLD_SLEEP: u32 = 30;
 /// What a machine in `state` boots.
 pub fn decide(state: MachineState) -> BootAction {
     match state {
-        MachineState::Assigned | MachineState::ReinstallRequested | MachineState::Installing => {
-            BootAction::Install
-        }
+        MachineState::Expected
+        | MachineState::Assigned
+        | MachineState::ReinstallRequested
+        | MachineState::Installing => BootAction::Install,
         MachineState::Installed | MachineState::Ready | MachineState::Degraded => BootAction::Local,
         MachineState::Discovered
         | MachineState::Failed
@@ -106,15 +107,27 @@ pub fn local_script(hostname: Option<&str>) -> String {
     format!("#!ipxe\necho landfall: {name} is installed, booting from local disk\nexit\n")
 }
 
-/// Print why, wait, ask again.
-pub fn hold_script(base: &str, why: &str) -> String {
-    let why = sanitize(why);
+/// Characters of the reason a hold prints at most; the fix is never cut.
+const HOLD_WHY_MAX: usize = 480;
+
+/// Print why (one line, which the console wraps, cut at [`HOLD_WHY_MAX`]
+/// characters) and, on its own line and whole, what to do about it; wait,
+/// ask again.
+pub fn hold_script(base: &str, why: &str, fix: Option<&str>) -> String {
+    let mut why = sanitize(why);
+    if why.chars().count() > HOLD_WHY_MAX {
+        why = why.chars().take(HOLD_WHY_MAX).collect();
+        why.push_str(" ... (cut; the whole text: landfall machine)");
+    }
+    let fix = fix.map(|f| format!("echo landfall: {}\n", sanitize(f)));
     format!(
         "#!ipxe\n\
          echo landfall: holding: {why}\n\
+         {}\
          echo landfall: asking again in {HOLD_SLEEP} seconds\n\
          sleep {HOLD_SLEEP}\n\
-         chain {base}/{CHAIN_QUERY}\n"
+         chain {base}/{CHAIN_QUERY}\n",
+        fix.unwrap_or_default()
     )
 }
 
@@ -133,17 +146,19 @@ pub fn chain_script(base: &str) -> String {
     format!("#!ipxe\ndhcp\nchain {base}/{CHAIN_QUERY}\n")
 }
 
-/// Keep a message to one line of harmless characters (iPXE expands `${...}`).
+/// Keep a message to harmless characters (iPXE expands `${...}`); line
+/// breaks become spaces (a hold wraps the text itself).
 fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || " .,:;-_()/'=@+".contains(c) {
+            if c.is_ascii_alphanumeric() || " .,:;-_()/'=@+[]".contains(c) {
                 c
+            } else if c.is_whitespace() {
+                ' '
             } else {
                 '?'
             }
         })
-        .take(200)
         .collect()
 }
 
@@ -172,7 +187,8 @@ pub async fn boot_ipxe(
             StatusCode::OK,
             hold_script(
                 &base,
-                "no valid MAC address in the request (mac=aa:bb:cc:dd:ee:ff)",
+                "no valid MAC address in the request",
+                Some("the boot script must ask for boot.ipxe?mac=aa:bb:cc:dd:ee:ff"),
             ),
         );
     };
@@ -184,7 +200,7 @@ pub async fn boot_ipxe(
             tracing::error!(%mac, "boot.ipxe: {e:#}");
             script(
                 StatusCode::OK,
-                hold_script(&base, "server error, see the landfall server log"),
+                hold_script(&base, "server error", Some("see the landfall server log")),
             )
         }
     }
@@ -203,7 +219,16 @@ pub fn current_assignment(app: &App, mac: &str) -> anyhow::Result<Option<Assignm
             .machine(mac)?
             .and_then(|r| Some((r.hostname?, r.role?)))
             .and_then(|(h, r)| settings.role_assignment_checked(&r, &h))
-            .or_else(|| settings.assignment_for(mac))
+            .or_else(|| {
+                settings.enrolment_for(mac, &|name| match app.store.hostname_owner(name) {
+                    Ok(owner) => owner.is_some_and(|o| o != mac),
+                    // Unsure: take a longer name rather than risk a clash.
+                    Err(e) => {
+                        tracing::warn!(%mac, "looking up hostname {name}: {e:#}");
+                        true
+                    }
+                })
+            })
     })
 }
 
@@ -215,11 +240,15 @@ fn decide_and_render(
     platform: Option<&str>,
 ) -> anyhow::Result<String> {
     let settings = &app.settings;
-    let assignment = current_assignment(app, mac)?;
     let now = crate::store::now();
-    let row = app
-        .store
-        .record_boot(mac, assignment.as_ref(), arch, platform, now)?;
+    let row = {
+        // An auto-enrolled name is chosen free and stored in one step, so
+        // two new machines booting at once cannot both take it.
+        let _one_at_a_time = app.enrol_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let assignment = current_assignment(app, mac)?;
+        app.store
+            .record_boot(mac, assignment.as_ref(), arch, platform, now)?
+    };
     let action = decide(row.state);
     tracing::info!(%mac, hostname = row.hostname.as_deref().unwrap_or("-"), state = %row.state, ?action, "boot.ipxe");
     Ok(match action {
@@ -227,9 +256,8 @@ fn decide_and_render(
             let Some(a) = row.assignment() else {
                 return Ok(hold_script(
                     base,
-                    &format!(
-                        "{mac} has no hostname and role; list it in [[machines]] of landfall.toml"
-                    ),
+                    &format!("{mac} has no hostname and role"),
+                    Some("list it in [[machines]] of landfall.toml"),
                 ));
             };
             let args = match image_cmdline(&app.artifacts) {
@@ -239,12 +267,12 @@ fn decide_and_render(
                     .copied()
                     .collect::<Vec<_>>()
                     .join(" "),
-                Err(e) => return Ok(hold_script(base, &e)),
+                Err(e) => return Ok(hold_script(base, &e, None)),
             };
             let token = new_token()?;
             let s = match install_script(base, &a, &token, &args) {
                 Ok(s) => s,
-                Err(e) => return Ok(hold_script(base, &format!("{mac}: {e}"))),
+                Err(e) => return Ok(hold_script(base, &format!("{mac}: {e}"), None)),
             };
             app.store
                 .add_boot_token(mac, &token_hash(&token), now, settings.boot_token_ttl)?;
@@ -252,26 +280,33 @@ fn decide_and_render(
         }
         BootAction::Local => local_script(row.hostname.as_deref()),
         BootAction::Hold | BootAction::Unknown => {
-            let why = match row.state {
-                MachineState::Discovered => {
-                    format!("unknown machine {mac}; add it to [[machines]] in landfall.toml")
-                }
-                MachineState::Failed => format!(
-                    "install of {mac} failed: {}; fix it, then run: landfall reinstall {mac}",
-                    row.error.as_deref().unwrap_or("no error recorded")
+            let (why, fix) = match row.state {
+                MachineState::Discovered => (
+                    format!("unknown machine {mac}"),
+                    "add it to [[machines]] in landfall.toml".to_owned(),
+                ),
+                MachineState::Failed => (
+                    format!(
+                        "install of {mac} failed: {}",
+                        row.error.as_deref().unwrap_or("no error recorded")
+                    ),
+                    format!("fix it, then run: landfall reinstall {mac}"),
                 ),
                 // The installer that failed is gone (the machine rebooted):
                 // nobody will pick the retry up.
-                MachineState::RetryRequested => format!(
-                    "a retry of {mac} was requested, but its installer is no longer running; \
-                     run: landfall reinstall {mac}"
+                MachineState::RetryRequested => (
+                    format!(
+                        "a retry of {mac} was requested, but its installer is no longer running"
+                    ),
+                    format!("run: landfall reinstall {mac}"),
                 ),
-                MachineState::Compromised => format!(
-                    "security alarm on {mac}; investigate, then run: landfall reinstall {mac}"
+                MachineState::Compromised => (
+                    format!("security alarm on {mac}"),
+                    format!("investigate, then run: landfall reinstall {mac}"),
                 ),
-                s => format!("{mac} is in state {s}"),
+                s => (format!("{mac} is in state {s}"), String::new()),
             };
-            hold_script(base, &why)
+            hold_script(base, &why, Some(fix.as_str()).filter(|f| !f.is_empty()))
         }
     })
 }
@@ -332,7 +367,7 @@ mod tests {
     #[test]
     fn decisions_per_state() {
         use MachineState::*;
-        for s in [Assigned, ReinstallRequested, Installing] {
+        for s in [Expected, Assigned, ReinstallRequested, Installing] {
             assert_eq!(decide(s), BootAction::Install, "{s}");
         }
         for s in [Installed, Ready, Degraded] {
@@ -371,9 +406,60 @@ mod tests {
             local_script(Some("x\nshell")),
             "#!ipxe\necho landfall: this machine is installed, booting from local disk\nexit\n"
         );
-        let h = hold_script("http://x", "mac ${evil}\nshell");
+        let h = hold_script("http://x", "mac ${evil}\nshell", None);
         assert_eq!(h.lines().count(), 5, "{h}");
         assert!(!h.contains("${evil}"));
+    }
+
+    /// The echo lines of a script, without `echo `.
+    fn echoed(script: &str) -> Vec<&str> {
+        script
+            .lines()
+            .filter_map(|l| l.strip_prefix("echo "))
+            .collect()
+    }
+
+    #[test]
+    fn a_hold_cuts_a_long_reason_and_never_the_fix() {
+        let why = format!("install failed: {}", "nixos-install said no ".repeat(60));
+        let fix = "fix it, then run: landfall reinstall 52:54:00:12:34:56";
+        let h = hold_script("http://x", &why, Some(fix));
+        let lines = echoed(&h);
+        assert_eq!(lines.len(), 3, "{h}");
+        // The reason is cut (saying where the whole text is), the fix is whole.
+        assert!(lines[0].starts_with("landfall: holding: install failed: nixos-install said no"));
+        assert!(
+            lines[0].ends_with(" ... (cut; the whole text: landfall machine)"),
+            "{h}"
+        );
+        assert!(lines[0].len() < HOLD_WHY_MAX + 100, "{h}");
+        assert!(
+            lines.contains(&"landfall: fix it, then run: landfall reinstall 52:54:00:12:34:56"),
+            "{h}"
+        );
+        assert!(h.ends_with(&format!(
+            "sleep {HOLD_SLEEP}\nchain http://x/{CHAIN_QUERY}\n"
+        )));
+    }
+
+    #[test]
+    fn a_hold_shows_config_names_as_written() {
+        let h = hold_script(
+            "http://x",
+            "unknown machine 52:54:00:aa:bb:cc",
+            Some("add it to [[machines]] in landfall.toml"),
+        );
+        assert_eq!(
+            echoed(&h),
+            [
+                "landfall: holding: unknown machine 52:54:00:aa:bb:cc",
+                "landfall: add it to [[machines]] in landfall.toml",
+                "landfall: asking again in 30 seconds",
+            ]
+        );
+        // A line break in a reason is a space, not a new (unechoed) line.
+        let h = hold_script("http://x", "first\nsecond", None);
+        assert_eq!(echoed(&h)[0], "landfall: holding: first second");
     }
 
     #[test]

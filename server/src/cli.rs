@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use landfall_proto::admin::{MachineDetail, MachineSummary};
+use landfall_proto::admin::{MachineDetail, MachineSummary, RetryResponse};
 use landfall_proto::agent::ErrorBody;
 
 use crate::ServeOptions;
@@ -82,7 +82,7 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// URL of the landfall server.
+    /// URL of the landfall server (`HOST:PORT` means `http://HOST:PORT`).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub server: String,
     /// File holding the admin token (LANDFALL_ADMIN_TOKEN, when set, wins).
@@ -133,22 +133,41 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Retry { machine, client } => {
-            let s: MachineSummary = Client::new(&client)?
+            let r: RetryResponse = Client::new(&client)?
                 .post(&format!(
                     "/api/v1/machines/{}/retry",
                     path_segment(&machine)?
                 ))
                 .await?;
-            println!(
-                "{} ({}): {}; the waiting installer runs again from the failed step \
-                 (if the machine rebooted meanwhile, use `landfall reinstall`)",
-                s.hostname.as_deref().unwrap_or("-"),
-                s.mac,
-                s.state
-            );
+            println!("{}", retry_text(&r));
             Ok(())
         }
     }
+}
+
+/// What `landfall retry` prints: who will run the retry, or that nobody is
+/// there to, and what to do then.
+fn retry_text(r: &RetryResponse) -> String {
+    let s = &r.machine;
+    let name = s.hostname.as_deref().unwrap_or(&s.mac);
+    let head = format!(
+        "{} ({}): {}",
+        s.hostname.as_deref().unwrap_or("-"),
+        s.mac,
+        s.state
+    );
+    if r.installer.waiting {
+        return format!("{head}; the waiting installer runs again from the failed step");
+    }
+    let last = match &r.installer.last_wait_at {
+        Some(t) => format!("its installer last asked for an answer at {t}"),
+        None => "its installer never asked for an answer".to_owned(),
+    };
+    format!(
+        "{head}, but no installer is waiting for it: {last}, so the agent stopped or the \
+         machine rebooted. The retry stays requested in case the agent comes back; to start \
+         over run `landfall reinstall {name}` and PXE-boot the machine"
+    )
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
@@ -209,6 +228,35 @@ fn path_segment(key: &str) -> Result<&str> {
     Ok(key)
 }
 
+/// `--server` as a base URL: `HOST:PORT` (no scheme) is `http://HOST:PORT`;
+/// anything but an http(s) URL with a host is refused, naming the option.
+fn server_base(server: &str) -> Result<String> {
+    let s = server.trim();
+    let with_scheme = if s.contains("://") {
+        s.to_owned()
+    } else {
+        format!("http://{s}")
+    };
+    let with_scheme = with_scheme.trim_end_matches('/').to_owned();
+    let bad = |why: &str| {
+        anyhow::anyhow!(
+            "--server {server:?}: {why}; give the server's URL, e.g. \
+             --server http://10.0.0.1:8080 (or just 10.0.0.1:8080)"
+        )
+    };
+    let url = reqwest::Url::parse(&with_scheme).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(&format!(
+            "scheme {:?} is not http or https",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    Ok(with_scheme)
+}
+
 struct Client {
     http: reqwest::Client,
     base: String,
@@ -233,7 +281,7 @@ impl Client {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .build()?,
-            base: a.server.trim_end_matches('/').to_owned(),
+            base: server_base(&a.server)?,
             token,
         })
     }
@@ -301,7 +349,11 @@ pub fn machines_table(list: &[MachineSummary]) -> String {
             m.role.clone().unwrap_or_else(|| "-".into()),
             m.state.to_string(),
             last.trim_end().to_owned(),
-            m.updated_at.clone(),
+            if m.updated_at.is_empty() {
+                "-".into()
+            } else {
+                m.updated_at.clone()
+            },
         ]);
     }
     let mut widths = [0usize; 6];
@@ -350,11 +402,34 @@ fn machine_text(d: &MachineDetail) -> String {
             inv.nics.len()
         ));
     }
+    if let Some(v) = &d.verify {
+        let failed = v.checks.iter().filter(|c| !c.ok).count();
+        out.push_str(&format!(
+            "  verify:  {} at {} ({} checks, {failed} failed)\n",
+            if v.ok { "ok" } else { "FAILED" },
+            v.received_at,
+            v.checks.len()
+        ));
+        for c in &v.checks {
+            out.push_str(&format!(
+                "    {:<4} {:<16} {:>6} ms  {}\n",
+                if c.ok { "ok" } else { "FAIL" },
+                c.name,
+                c.millis,
+                one_line(&c.detail, 100)
+            ));
+        }
+    }
     for a in &d.attempts {
         out.push_str(&format!(
             "attempt {} started {} (acked up to seq {})\n",
             a.attempt_id, a.started_at, a.acked_seq
         ));
+        if let Some(t) = &a.last_wait_at {
+            out.push_str(&format!(
+                "  installer last asked for an operator's answer at {t}\n"
+            ));
+        }
         for e in &a.events {
             out.push_str(&format!(
                 "  {:>4} {} {:<9} {:<8} {}\n",
@@ -387,6 +462,97 @@ fn one_line(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use landfall_proto::{Event, EventKind, MachineState, Step};
+
+    #[test]
+    fn server_option_takes_a_url_or_host_port() {
+        assert_eq!(
+            server_base("127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(server_base("https://s.lan/").unwrap(), "https://s.lan");
+        assert_eq!(server_base("[::1]:80").unwrap(), "http://[::1]:80");
+        for bad in ["ftp://s.lan", "", "http://", "a b:1"] {
+            let e = server_base(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--server {bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn machine_text_shows_the_verify_result() {
+        use landfall_proto::verify::{CheckResult, VerifySummary};
+        let d = MachineDetail {
+            summary: MachineSummary {
+                mac: "52:54:00:00:00:01".into(),
+                hostname: Some("ws-01".into()),
+                role: None,
+                state: MachineState::Degraded,
+                error: None,
+                last_event: None,
+                updated_at: String::new(),
+            },
+            inventory: None,
+            attempts: Vec::new(),
+            verify: Some(VerifySummary {
+                attempt_id: "a1".into(),
+                received_at: "2026-12-03T07:00:00Z".into(),
+                hostname: "ws-01".into(),
+                ok: false,
+                checks: vec![
+                    CheckResult {
+                        name: "ssh".into(),
+                        ok: true,
+                        detail: "SSH-2.0-OpenSSH_9.2p1".into(),
+                        millis: 12,
+                    },
+                    CheckResult {
+                        name: "smb-home".into(),
+                        ok: false,
+                        detail: "NT_STATUS_LOGON_FAILURE".into(),
+                        millis: 340,
+                    },
+                ],
+            }),
+        };
+        let t = machine_text(&d);
+        assert!(
+            t.contains("  verify:  FAILED at 2026-12-03T07:00:00Z (2 checks, 1 failed)\n"),
+            "{t}"
+        );
+        assert!(t.contains("ok   ssh"), "{t}");
+        assert!(t.contains("FAIL smb-home"), "{t}");
+        assert!(t.contains("NT_STATUS_LOGON_FAILURE"), "{t}");
+    }
+
+    #[test]
+    fn retry_text_says_who_runs_it_or_what_to_do() {
+        let mut r = RetryResponse {
+            machine: MachineSummary {
+                mac: "52:54:00:00:00:01".into(),
+                hostname: Some("ws-01".into()),
+                role: None,
+                state: MachineState::RetryRequested,
+                error: None,
+                last_event: None,
+                updated_at: String::new(),
+            },
+            installer: landfall_proto::admin::InstallerWait {
+                waiting: true,
+                last_wait_at: Some("2026-12-03T07:00:00Z".into()),
+            },
+        };
+        let t = retry_text(&r);
+        assert!(t.contains("the waiting installer runs again"), "{t}");
+        r.installer.waiting = false;
+        let t = retry_text(&r);
+        assert!(t.contains("no installer is waiting"), "{t}");
+        assert!(
+            t.contains("last asked for an answer at 2026-12-03T07:00:00Z"),
+            "{t}"
+        );
+        assert!(t.contains("`landfall reinstall ws-01`"), "{t}");
+        r.installer.last_wait_at = None;
+        assert!(retry_text(&r).contains("never asked"));
+    }
 
     #[test]
     fn table_has_the_columns_and_last_event() {

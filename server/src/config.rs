@@ -1176,11 +1176,24 @@ impl Settings {
             self.complete(&mut a, mac);
             return Some(a);
         }
+        self.enrolment_for(mac, &|_| false)
+    }
+
+    /// The assignment of `mac`: its `[[machines]]` entry, else (with
+    /// `enroll.unknown = "install"`) the enrol role with a hostname no other
+    /// machine has: not a configured one's, nor one `taken` says is in use.
+    pub fn enrolment_for(&self, mac: &str, taken: &dyn Fn(&str) -> bool) -> Option<Assignment> {
+        if self.machines.contains_key(mac) {
+            return self.assignment_for(mac);
+        }
         if self.unknown != Unknown::Install {
             return None;
         }
         let role_name = self.enroll_role.as_ref()?;
-        Some(self.role_assignment(role_name, auto_hostname(role_name, mac)))
+        let hostname = auto_hostname(role_name, mac, &|name| {
+            taken(name) || self.machines.values().any(|m| m.hostname == name)
+        });
+        Some(self.role_assignment(role_name, hostname))
     }
 
     /// The assignment of a machine the database knows as `hostname`/`role`
@@ -1273,10 +1286,16 @@ impl Settings {
     }
 }
 
-/// `ROLE-XXXXXX` from the last three bytes of the MAC.
-pub fn auto_hostname(role: &str, mac: &str) -> String {
-    let tail: String = mac.split(':').skip(3).collect();
-    format!("{role}-{tail}")
+/// `ROLE-XXXXXX` from the last three bytes of the MAC; when `taken` says
+/// that name is in use, more of the MAC (four, five, then all six bytes:
+/// unique among MACs), then a `-N` suffix.
+pub fn auto_hostname(role: &str, mac: &str, taken: &dyn Fn(&str) -> bool) -> String {
+    let bytes: Vec<&str> = mac.split(':').collect();
+    (3..=bytes.len())
+        .map(|n| format!("{role}-{}", bytes[bytes.len() - n..].concat()))
+        .chain((2..).map(|n| format!("{role}-{}-{n}", bytes.concat())))
+        .find(|name| !taken(name))
+        .expect("an unbounded list of names has a free one")
 }
 
 #[cfg(test)]

@@ -350,9 +350,11 @@ async fn admin_api_requires_the_admin_token() {
         .await
         .unwrap();
     assert_eq!(error_of(r).await.0, 401);
+    // ws-01 booted; ws-02 is listed in the config and shown as expected.
     let list = s.admin_get("/api/v1/machines").await;
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list.as_array().unwrap().len(), 2);
     assert_eq!(list[0]["hostname"], "ws-01");
+    assert_eq!(list[1]["state"], "expected");
     let r = s
         .http
         .get(s.url("/api/v1/machines/nobody"))

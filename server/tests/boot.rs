@@ -136,6 +136,89 @@ async fn demo_mode_installs_any_machine_as_demo() {
     s.stop().await;
 }
 
+/// Two new machines whose MACs end alike get different auto-enrolled names;
+/// each keeps its own at later boots.
+#[tokio::test]
+async fn auto_enrolled_hostnames_are_unique() {
+    let s = Server::start(None).await;
+    let (_, a) = s.boot("52:54:00:ab:cd:ef").await;
+    assert!(a.contains("installing demo-abcdef (role demo)"), "{a}");
+    let (_, b) = s.boot("52:54:01:ab:cd:ef").await;
+    assert!(b.contains("installing demo-01abcdef (role demo)"), "{b}");
+    let (_, c) = s.boot("02:54:01:ab:cd:ef").await;
+    assert!(c.contains("installing demo-5401abcdef (role demo)"), "{c}");
+    let (_, a2) = s.boot("52:54:00:ab:cd:ef").await;
+    assert!(a2.contains("installing demo-abcdef (role demo)"), "{a2}");
+    assert_eq!(s.state_of("demo-01abcdef").await, "assigned");
+    let list = s.admin_get("/api/v1/machines").await;
+    let mut names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["hostname"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["demo-01abcdef", "demo-5401abcdef", "demo-abcdef"]);
+    s.stop().await;
+}
+
+/// `[[machines]]` entries are visible before their first PXE boot, as
+/// `expected`; reinstall and retry say there is nothing to change yet.
+#[tokio::test]
+async fn listed_machines_are_expected_until_they_boot() {
+    let s = Server::start(Some(CONFIG)).await;
+    let list = s.admin_get("/api/v1/machines").await;
+    let rows: Vec<(&str, &str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["mac"].as_str().unwrap(),
+                m["hostname"].as_str().unwrap(),
+                m["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [(MAC1, "ws-01", "expected"), (MAC2, "ws-02", "expected")]
+    );
+    let d = s.admin_get("/api/v1/machines/ws-02").await;
+    assert_eq!(d["state"], "expected");
+    assert_eq!(d["role"], "workstation");
+    assert_eq!(d["attempts"], serde_json::json!([]));
+    assert_eq!(s.state_of(MAC2).await, "expected");
+    let r = s
+        .http
+        .post(s.url("/api/v1/machines/ws-02/reinstall"))
+        .bearer_auth(s.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("has not PXE-booted yet"), "{body}");
+
+    // Its first boot installs; from then on the database has it.
+    let (_, script) = s.boot(MAC2).await;
+    assert!(token_in(&script).is_some(), "{script}");
+    assert_eq!(s.state_of("ws-02").await, "assigned");
+    let list = s.admin_get("/api/v1/machines").await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list[0]["state"], "expected");
+    assert_eq!(list[1]["hostname"], "ws-02");
+    let r = s
+        .http
+        .get(s.url("/api/v1/machines/ws-09"))
+        .bearer_auth(s.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn installed_boots_local_and_never_loops() {
     let s = Server::start(Some(CONFIG)).await;

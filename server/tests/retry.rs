@@ -114,6 +114,79 @@ async fn hello_carries_the_install_target_and_the_roles_checks() {
     s2.stop().await;
 }
 
+/// `landfall retry` says whether the failed installer is there to pick the
+/// retry up: an agent that never asked (killed) is not; one that asks is.
+#[tokio::test]
+async fn retry_says_whether_an_installer_is_waiting() {
+    let s = Server::start(Some(&config())).await;
+    let gone = hello(&s, MAC1).await;
+    s.ack(
+        &gone.token,
+        &gone.attempt,
+        &[failed(1, "disks", "no disk matched")],
+    )
+    .await;
+    let (status, r) = admin_post(&s, "/api/v1/machines/ws-01/retry").await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["state"], "retry_requested");
+    assert_eq!(
+        r["installer"],
+        serde_json::json!({ "waiting": false, "last_wait_at": null })
+    );
+
+    let there = hello(&s, MAC2).await;
+    s.ack(
+        &there.token,
+        &there.attempt,
+        &[failed(1, "disks", "no disk matched")],
+    )
+    .await;
+    let (w, _) = wait(&s, &there, 1).await;
+    assert_eq!(w.action, WaitAction::Wait);
+    let d = s.admin_get("/api/v1/machines/ws-02").await;
+    let last = d["attempts"][0]["last_wait_at"]
+        .as_str()
+        .expect("recorded")
+        .to_owned();
+    let (status, r) = admin_post(&s, "/api/v1/machines/ws-02/retry").await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["installer"]["waiting"], true, "{r}");
+    assert_eq!(r["installer"]["last_wait_at"], last.as_str());
+    // The waiting agent's next ask gets the retry.
+    let (w, _) = wait(&s, &there, 5).await;
+    assert_eq!(w.action, WaitAction::Retry);
+    s.stop().await;
+}
+
+/// A long failure reason is cut on the console, but the fix (`landfall
+/// reinstall ...`) after it never is.
+#[tokio::test]
+async fn a_failed_machine_holds_with_the_fix_after_a_long_reason() {
+    let s = Server::start(Some(&config())).await;
+    let a = hello(&s, MAC1).await;
+    let reason = format!(
+        "nixos-install exited with 1: {}",
+        "error: builder failed ".repeat(40)
+    );
+    let evs = [failed(1, "install", &reason)];
+    assert_eq!(s.ack(&a.token, &a.attempt, &evs).await, 1);
+    let (status, script) = s.boot(MAC1).await;
+    assert_eq!(status, 200);
+    let echoed: Vec<&str> = script
+        .lines()
+        .filter_map(|l| l.strip_prefix("echo landfall: "))
+        .collect();
+    assert!(echoed[0].starts_with("holding: install of "), "{script}");
+    assert!(echoed[0].contains("error: builder failed"), "{script}");
+    assert!(echoed[0].len() < 600, "{script}");
+    assert!(
+        echoed.contains(&format!("fix it, then run: landfall reinstall {MAC1}").as_str()),
+        "{script}"
+    );
+    assert!(token_in(&script).is_none());
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn failed_install_holds_waits_and_runs_again_after_retry() {
     let s = Server::start(Some(&config())).await;

@@ -193,6 +193,18 @@ async fn binary_serves_logs_its_address_and_the_admin_commands_work() {
         "{err}"
     );
 
+    // `--server HOST:PORT` (no scheme) is http://HOST:PORT; a URL of another
+    // scheme is refused naming the option and the form to use.
+    let (code, out, err) = run(&["machines", "--server", &addr, "--token-file", tf]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("52:54:00:ab:cd:ef"), "{out}");
+    let (code, _, err) = run(&["machines", "--server", "ftp://x", "--token-file", tf]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--server \"ftp://x\"") && err.contains("http://10.0.0.1:8080"),
+        "{err}"
+    );
+
     child.kill().await.unwrap();
 }
 

@@ -105,32 +105,71 @@ pub fn cli_targets(
         let candidates = if rest.values().any(|s| layout::is_auto(s)) {
             let inv = crate::hw::detect(std::path::Path::new("/"))
                 .context("reading this machine's disks")?;
-            inv.disks.into_iter().filter(|d| !in_use(&d.path)).collect()
+            candidates(&inv.disks)
         } else {
-            Vec::new()
+            Default::default()
         };
-        out.extend(select::select(layout, &rest, &candidates)?);
+        out.extend(select::select(layout, &rest, &candidates.0, &candidates.1)?);
     }
     Ok(out)
 }
 
+/// The inventory's disks that "auto" may pick, and those left out because
+/// they are in use (with why).
+pub fn candidates(
+    disks: &[landfall_proto::inventory::Disk],
+) -> (Vec<landfall_proto::inventory::Disk>, Vec<select::LeftOut>) {
+    let mut usable = Vec::new();
+    let mut left_out = Vec::new();
+    for d in disks {
+        match use_of(&d.path) {
+            None => usable.push(d.clone()),
+            Some(why) => left_out.push(select::LeftOut {
+                path: d.path.clone(),
+                why,
+            }),
+        }
+    }
+    (usable, left_out)
+}
+
 /// Mounted, held, or active swap: never a candidate for "auto".
 pub fn in_use(device: &str) -> bool {
-    let Ok((_, name)) = safety::kernel_name(device) else {
-        return false;
-    };
+    use_of(device).is_some()
+}
+
+/// How `device` (or one of its partitions) is in use: "mounted at /",
+/// "vda2 held by dm-0", "vda3 is active swap"; `None`: it is not.
+pub fn use_of(device: &str) -> Option<String> {
+    let (_, name) = safety::kernel_name(device).ok()?;
     let mut names = vec![name.clone()];
     names.extend(safety::kernel_partitions(&name));
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
-    names.iter().any(|n| {
+    names.iter().find_map(|n| {
         let dev = std::fs::read_to_string(format!("/sys/class/block/{n}/dev")).unwrap_or_default();
         let dev = dev.trim();
-        (!dev.is_empty() && mountinfo.lines().any(|l| l.split(' ').nth(2) == Some(dev)))
-            || !crate::hw::list_dir(std::path::Path::new(&format!(
-                "/sys/class/block/{n}/holders"
-            )))
-            .is_empty()
-            || swaps.lines().any(|l| l.starts_with(&format!("/dev/{n} ")))
+        let part = if *n == name {
+            String::new()
+        } else {
+            format!("{n} ")
+        };
+        if let Some(at) = mountinfo
+            .lines()
+            .find(|l| !dev.is_empty() && l.split(' ').nth(2) == Some(dev))
+            .and_then(|l| l.split(' ').nth(4))
+        {
+            return Some(format!("{part}mounted at {at}"));
+        }
+        let holders = crate::hw::list_dir(std::path::Path::new(&format!(
+            "/sys/class/block/{n}/holders"
+        )));
+        if !holders.is_empty() {
+            return Some(format!("{n} held by {}", holders.join(", ")));
+        }
+        swaps
+            .lines()
+            .any(|l| l.starts_with(&format!("/dev/{n} ")))
+            .then(|| format!("{part}is active swap"))
     })
 }

@@ -18,6 +18,14 @@ use landfall_proto::inventory::{Disk as InvDisk, Transport};
 use super::layout::{is_auto, parse_size, Layout, Size};
 use super::plan::Target;
 
+/// A disk of the inventory that is never a candidate, and why ("mounted at
+/// /", "held by dm-0", "active swap"): named when a pick finds nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    pub path: String,
+    pub why: String,
+}
+
 /// The rule of an "auto" disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rule {
@@ -99,12 +107,14 @@ fn class(d: &InvDisk) -> u8 {
 }
 
 /// Choose a disk for every "auto" spec among `candidates` (the inventory's
-/// disks minus those in use); paths are looked up in the inventory or sysfs.
+/// disks minus those in use, which are `left_out`, and named with why when
+/// nothing matches); paths are looked up in the inventory or sysfs.
 /// Pure but for the sysfs lookup of explicit paths not in the inventory.
 pub fn select(
     layout: &Layout,
     specs: &BTreeMap<String, String>,
     candidates: &[InvDisk],
+    left_out: &[LeftOut],
 ) -> Result<BTreeMap<String, Target>> {
     let mut out = BTreeMap::new();
     let mut taken: BTreeSet<String> = BTreeSet::new();
@@ -161,10 +171,22 @@ pub fn select(
                     )
                 })
                 .collect();
+            let left: Vec<String> = left_out
+                .iter()
+                .map(|l| format!("{} ({})", l.path, l.why))
+                .collect();
             bail!(
-                "disk {name}: no disk matches \"{spec}\" (needs at least {need} bytes{}, not removable or read-only); candidates: {}",
+                "disk {name}: no disk matches \"{spec}\" (needs at least {need} bytes{}, not removable or read-only); candidates: {}{}",
                 rule.id_glob.as_ref().map(|g| format!(", by-id matching {g}")).unwrap_or_default(),
-                if seen.is_empty() { "none".into() } else { seen.join(", ") }
+                if seen.is_empty() { "none".into() } else { seen.join(", ") },
+                if left.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; left out, in use (the running system's own disks are never picked): {}",
+                        left.join(", ")
+                    )
+                }
             );
         };
         taken.insert(d.path.clone());
@@ -272,17 +294,19 @@ mod tests {
             usb.clone(),
             disk("nvme0n1", Transport::Nvme, false, 500),
         ];
-        let t = select(&l, &specs, &c).unwrap();
+        let t = select(&l, &specs, &c, &[]).unwrap();
         assert_eq!(t["main"].device, "/dev/nvme0n1");
         assert_eq!(
             t["main"].by_id.as_deref(),
             Some("/dev/disk/by-id/nvme0n1-id")
         );
-        let t = select(&l, &specs, &c[..3]).unwrap();
+        let t = select(&l, &specs, &c[..3], &[]).unwrap();
         assert_eq!(t["main"].device, "/dev/sdb");
-        let e = select(&layout("600G"), &specs, &c).unwrap_err().to_string();
+        let e = select(&layout("600G"), &specs, &c, &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no disk matches"), "{e}");
-        let e = select(&l, &specs, &[usb]).unwrap_err().to_string();
+        let e = select(&l, &specs, &[usb], &[]).unwrap_err().to_string();
         assert!(e.contains("removable"), "{e}");
     }
 
@@ -299,6 +323,31 @@ mod tests {
             disk("sda", Transport::Sata, true, 500),
             disk("nvme0n1", Transport::Nvme, false, 500),
         ];
-        assert_eq!(select(&l, &specs, &c).unwrap()["main"].device, "/dev/sda");
+        assert_eq!(
+            select(&l, &specs, &c, &[]).unwrap()["main"].device,
+            "/dev/sda"
+        );
+    }
+
+    #[test]
+    fn a_pick_that_finds_nothing_names_the_disks_left_out_and_why() {
+        let l = layout("100%");
+        let specs = device_specs(&l, &BTreeMap::new()).unwrap();
+        let left = [LeftOut {
+            path: "/dev/vda".into(),
+            why: "mounted at /".into(),
+        }];
+        let e = select(&l, &specs, &[], &left).unwrap_err().to_string();
+        assert!(e.contains("candidates: none"), "{e}");
+        assert!(
+            e.contains("left out, in use (the running system's own disks are never picked): /dev/vda (mounted at /)"),
+            "{e}"
+        );
+        // A pick that succeeds says nothing of them.
+        let c = [disk("sdb", Transport::Sata, false, 500)];
+        assert_eq!(
+            select(&l, &specs, &c, &left).unwrap()["main"].device,
+            "/dev/sdb"
+        );
     }
 }

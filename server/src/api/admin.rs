@@ -3,28 +3,86 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use landfall_proto::admin::{MachineDetail, MachineSummary};
+use landfall_proto::admin::{MachineDetail, MachineSummary, RetryResponse};
 
 use super::{AdminAuth, ApiError, AppState, Json};
+use landfall_proto::names::normalize_mac;
 use landfall_proto::MachineState;
 
 use crate::store::{now, MachineRow, RetryOutcome};
 
+/// Every machine the database knows and the `[[machines]]` entries that
+/// never booted, as `expected`.
 pub async fn list(
     State(app): State<AppState>,
     _auth: AdminAuth,
 ) -> Result<Json<Vec<MachineSummary>>, ApiError> {
-    Ok(Json(app.store.summaries()?))
+    let mut list = app.store.summaries()?;
+    let expected: Vec<MachineSummary> = app
+        .settings
+        .machines
+        .keys()
+        .filter(|mac| !list.iter().any(|s| s.mac == **mac))
+        .filter_map(|mac| expected(&app, mac))
+        .collect();
+    list.extend(expected);
+    // The database's order: named machines by hostname, then the rest by MAC.
+    list.sort_by(|a, b| {
+        (a.hostname.is_none(), &a.hostname, &a.mac).cmp(&(
+            b.hostname.is_none(),
+            &b.hostname,
+            &b.mac,
+        ))
+    });
+    Ok(Json(list))
+}
+
+/// A `[[machines]]` entry the database does not know yet, by MAC or hostname.
+fn configured_mac(app: &AppState, key: &str) -> Option<String> {
+    let s = &app.settings;
+    let mac = match normalize_mac(key) {
+        Some(mac) => s.machines.contains_key(&mac).then_some(mac)?,
+        None => s.machines.values().find(|m| m.hostname == key)?.mac.clone(),
+    };
+    normalize_mac(&mac)
+}
+
+/// The summary of a configured machine that never booted.
+fn expected(app: &AppState, mac: &str) -> Option<MachineSummary> {
+    let m = app.settings.machines.get(mac)?;
+    Some(MachineSummary {
+        mac: mac.to_owned(),
+        hostname: Some(m.hostname.clone()),
+        role: Some(m.role.clone()),
+        state: MachineState::Expected,
+        error: None,
+        last_event: None,
+        updated_at: String::new(),
+    })
 }
 
 fn find(app: &AppState, key: Result<Path<String>, PathRejection>) -> Result<MachineRow, ApiError> {
     let Path(key) = key.map_err(ApiError::from_rejection)?;
-    app.store.find_machine(&key)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no machine with MAC or hostname {key:?}"),
-        )
-    })
+    if let Some(row) = app.store.find_machine(&key)? {
+        return Ok(row);
+    }
+    if let Some(mac) = configured_mac(app, &key) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "machine {key} ({mac}) is listed in [[machines]] but has not PXE-booted yet: \
+                 it installs on its first PXE boot, there is nothing to change"
+            ),
+        ));
+    }
+    Err(not_found(&key))
+}
+
+fn not_found(key: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no machine with MAC or hostname {key:?}"),
+    )
 }
 
 pub async fn detail(
@@ -32,13 +90,22 @@ pub async fn detail(
     _auth: AdminAuth,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<MachineDetail>, ApiError> {
-    let row = find(&app, key)?;
-    let detail = app.store.detail(&row.mac)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("machine {} vanished", row.mac),
-        )
-    })?;
+    let Path(key) = key.map_err(ApiError::from_rejection)?;
+    let Some(row) = app.store.find_machine(&key)? else {
+        let summary = configured_mac(&app, &key)
+            .and_then(|mac| expected(&app, &mac))
+            .ok_or_else(|| not_found(&key))?;
+        return Ok(Json(MachineDetail {
+            summary,
+            inventory: None,
+            attempts: Vec::new(),
+            verify: None,
+        }));
+    };
+    let detail = app
+        .store
+        .detail(&row.mac)?
+        .ok_or_else(|| vanished(&row.mac))?;
     Ok(Json(detail))
 }
 
@@ -64,12 +131,14 @@ pub async fn reinstall(
 }
 
 /// `failed` -> `retry_requested`: the agent still waiting on the failed
-/// attempt runs again from the failed step.
+/// attempt runs again from the failed step. The answer says whether such an
+/// agent is waiting (when none is, the request stands, and the CLI says what
+/// to do instead).
 pub async fn retry(
     State(app): State<AppState>,
     _auth: AdminAuth,
     key: Result<Path<String>, PathRejection>,
-) -> Result<Json<MachineSummary>, ApiError> {
+) -> Result<Json<RetryResponse>, ApiError> {
     let row = find(&app, key)?;
     let name = row.hostname.clone().unwrap_or_else(|| row.mac.clone());
     match app.store.request_retry(&row.mac, now())? {
@@ -91,8 +160,12 @@ pub async fn retry(
         }
     }
     app.machines_changed();
-    tracing::info!(mac = %row.mac, "retry requested");
-    summary_of(&app, &row.mac)
+    let installer = app
+        .store
+        .installer_wait(&row.mac, now(), super::agent::WAIT_GRACE_SECS)?;
+    tracing::info!(mac = %row.mac, waiting = installer.waiting, "retry requested");
+    let Json(machine) = summary_of(&app, &row.mac)?;
+    Ok(Json(RetryResponse { machine, installer }))
 }
 
 /// The machine's summary after a change (404 if it was deleted meanwhile).

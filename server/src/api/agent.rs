@@ -10,7 +10,7 @@ use landfall_proto::{
     WaitRequest, WaitResponse, PROTOCOL_VERSION,
 };
 
-use super::{new_token, random_hex, token_hash, AgentAuth, ApiError, AppState, Json};
+use super::{new_token, random_hex, token_hash, AgentAuth, ApiError, App, AppState, Json};
 use crate::store::{now, AttemptRow, HelloInput, HelloOutcome, WaitCheck};
 
 /// Most events accepted in one request.
@@ -18,6 +18,10 @@ pub const MAX_EVENTS: usize = 1000;
 
 /// Longest a `wait` is held before it answers `wait`.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Seconds after its last wait ended that an agent still counts as waiting:
+/// it asks again at once, or after a short back-off when the server was away.
+pub const WAIT_GRACE_SECS: i64 = 30;
 
 /// How often a held `wait` looks at the database even when nothing in this
 /// process said a machine changed (a change made by another server process
@@ -234,8 +238,9 @@ pub async fn wait(
     Json(req): Json<WaitRequest>,
 ) -> Result<Json<WaitResponse>, ApiError> {
     same_attempt(&attempt, &req.attempt_id)?;
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(req.timeout_secs).min(MAX_WAIT);
+    let held = Duration::from_secs(req.timeout_secs).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + held;
+    let _noted = WaitNoted::begin(&app, &attempt.id, held)?;
     loop {
         // Registered before looking, so a change made while we look still wakes us.
         let changed = app.changes.notified();
@@ -271,6 +276,33 @@ pub async fn wait(
         tokio::select! {
             _ = changed => {}
             _ = tokio::time::sleep((deadline - now).min(WAIT_POLL)) => {}
+        }
+    }
+}
+
+/// Records in the store that an attempt's agent is waiting: at the start
+/// (held until the deadline at most) and when the wait ends, answered or
+/// dropped with its connection, so `landfall retry` can tell whether anybody
+/// is there to pick the retry up.
+struct WaitNoted<'a> {
+    app: &'a App,
+    attempt_id: &'a str,
+}
+
+impl<'a> WaitNoted<'a> {
+    fn begin(app: &'a App, attempt_id: &'a str, held: Duration) -> Result<Self, ApiError> {
+        let now = now();
+        app.store
+            .note_wait(attempt_id, now, now + held.as_secs() as i64)?;
+        Ok(Self { app, attempt_id })
+    }
+}
+
+impl Drop for WaitNoted<'_> {
+    fn drop(&mut self) {
+        let now = now();
+        if let Err(e) = self.app.store.note_wait(self.attempt_id, now, now) {
+            tracing::warn!(attempt = %self.attempt_id, "recording the end of a wait: {e:#}");
         }
     }
 }

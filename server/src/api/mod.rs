@@ -43,6 +43,9 @@ pub struct App {
     /// Serialises granting retries (mint tokens, then move the machine), so
     /// two waits of one attempt cannot both mint.
     pub retry_lock: tokio::sync::Mutex<()>,
+    /// Serialises choosing and storing a new machine's assignment at its
+    /// first PXE boot (auto-enrolled hostnames are unique).
+    pub enrol_lock: std::sync::Mutex<()>,
 }
 
 pub type AppState = Arc<App>;
@@ -64,6 +67,7 @@ impl App {
             changes: Notify::new(),
             stopping: AtomicBool::new(false),
             retry_lock: tokio::sync::Mutex::new(()),
+            enrol_lock: std::sync::Mutex::new(()),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Boot tokens, attempts and events: the agent side of the store.
 
 use anyhow::Result;
+use landfall_proto::admin::InstallerWait;
 use landfall_proto::{Assignment, Event, EventKind, Inventory, MachineState};
 use rusqlite::{params, OptionalExtension};
 
@@ -279,6 +280,36 @@ pub enum WaitCheck {
 }
 
 impl Store {
+    /// An agent of `attempt_id` is asking `POST /agent/wait` now, held until
+    /// `ends_at` at the latest (at its end, `ends_at` is `now`).
+    pub fn note_wait(&self, attempt_id: &str, now: i64, ends_at: i64) -> Result<()> {
+        self.lock().execute(
+            "UPDATE attempts SET last_wait_at = ?2, wait_ends_at = ?3 WHERE id = ?1",
+            params![attempt_id, now, ends_at],
+        )?;
+        Ok(())
+    }
+
+    /// Whether the agent of `mac`'s current attempt is waiting for an
+    /// operator's answer at `now`: a wait is open, or ended less than
+    /// `grace` seconds ago (the agent asks again at once).
+    pub fn installer_wait(&self, mac: &str, now: i64, grace: i64) -> Result<InstallerWait> {
+        let conn = self.lock();
+        let row: Option<(Option<i64>, Option<i64>)> = conn
+            .query_row(
+                "SELECT a.last_wait_at, a.wait_ends_at FROM machines m
+                   JOIN attempts a ON a.id = m.current_attempt WHERE m.mac = ?1",
+                [mac],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (last, ends) = row.unwrap_or((None, None));
+        Ok(InstallerWait {
+            waiting: ends.is_some_and(|e| now <= e + grace),
+            last_wait_at: last.map(super::rfc3339),
+        })
+    }
+
     /// Where the machine of a waiting attempt stands.
     pub fn wait_check(&self, attempt: &AttemptRow) -> Result<WaitCheck> {
         let conn = self.lock();

@@ -97,6 +97,18 @@ impl Store {
             .optional()?)
     }
 
+    /// The MAC of the machine stored with `hostname`, if any.
+    pub fn hostname_owner(&self, hostname: &str) -> Result<Option<String>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT mac FROM machines WHERE hostname = ?1 LIMIT 1",
+                [hostname],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Record a boot.ipxe hit: create the machine (assigned when an assignment is
     /// known, else discovered), refresh last_seen, and apply the assignment.
     pub fn record_boot(
@@ -228,7 +240,8 @@ impl Store {
         )?;
         let inventory: Option<Inventory> = inventory.and_then(|s| serde_json::from_str(&s).ok());
         let mut stmt = conn.prepare(
-            "SELECT id, started_at, acked_seq FROM attempts WHERE mac = ?1 ORDER BY started_at, rowid",
+            "SELECT id, started_at, acked_seq, last_wait_at FROM attempts WHERE mac = ?1
+              ORDER BY started_at, rowid",
         )?;
         let attempts = stmt
             .query_map([mac], |r| {
@@ -236,11 +249,12 @@ impl Store {
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::new();
-        for (id, started, acked) in attempts {
+        for (id, started, acked, last_wait) in attempts {
             let mut ev =
                 conn.prepare("SELECT body FROM events WHERE attempt_id = ?1 ORDER BY seq")?;
             let events = ev
@@ -252,6 +266,7 @@ impl Store {
                 started_at: rfc3339(started),
                 acked_seq: acked.max(0) as u64,
                 events,
+                last_wait_at: last_wait.map(rfc3339),
             });
         }
         let verify = super::verify::last(&conn, mac)?;

@@ -83,6 +83,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX verifications_mac ON verifications(mac);
     "#,
+    // 3: when the agent of an attempt last asked `POST /agent/wait`, and
+    // until when its open wait is held (`landfall retry` tells whether
+    // anybody is waiting).
+    r#"
+    ALTER TABLE attempts ADD COLUMN last_wait_at INTEGER;
+    ALTER TABLE attempts ADD COLUMN wait_ends_at INTEGER;
+    "#,
 ];
 
 pub struct Store {
@@ -168,6 +175,7 @@ fn state_str(s: MachineState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use landfall_proto::admin;
 
     #[test]
     fn open_twice_migrates_once() {
@@ -185,6 +193,38 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn an_installer_waits_while_its_wait_is_open_and_for_the_grace_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        s.lock()
+            .execute_batch(
+                "INSERT INTO machines (mac, state, current_attempt, created_at, updated_at, last_seen)
+                   VALUES ('52:54:00:00:00:01', 'failed', 'a1', 0, 0, 0);
+                 INSERT INTO attempts (id, mac, agent_token_hash, agent_version, protocol, started_at)
+                   VALUES ('a1', '52:54:00:00:00:01', 'h', 'v', 1, 0);",
+            )
+            .unwrap();
+        let mac = "52:54:00:00:00:01";
+        let w = |now| s.installer_wait(mac, now, 30).unwrap();
+        assert_eq!(w(100), admin::InstallerWait::default(), "never asked");
+        // A wait opened at 100, held until 160 at most.
+        s.note_wait("a1", 100, 160).unwrap();
+        assert!(w(150).waiting);
+        assert!(w(190).waiting, "the grace after the latest end");
+        assert!(!w(191).waiting);
+        // It ended (answered or dropped) at 120.
+        s.note_wait("a1", 120, 120).unwrap();
+        assert!(w(150).waiting);
+        assert!(!w(151).waiting);
+        assert_eq!(w(151).last_wait_at.as_deref(), Some("1970-01-01T00:02:00Z"));
+        assert!(
+            !s.installer_wait("52:54:00:00:00:09", 0, 30)
+                .unwrap()
+                .waiting
+        );
     }
 
     #[test]
