@@ -194,7 +194,10 @@ struct Ctx<'a> {
 /// the server knows the attempt), and the agent waits for the operator.
 pub async fn run(cfg: &AgentConfig, opts: &RunOptions, console: Console) -> Result<Outcome> {
     let client = Client::new(&cfg.server)?;
-    let reporter = Reporter::new(Outbox::new(), console);
+    let reporter = Reporter::new(
+        Outbox::persistent(opts.state_dir.join("outbox.json")),
+        console,
+    );
     reporter.console().set_server(&cfg.server);
     let ticker = spawn_ticker(reporter.clone());
     let ctx = Ctx {
