@@ -223,3 +223,34 @@ fn a_disk_changed_by_someone_else_refuses_the_resume() {
     );
     let _ = Path::new(&path);
 }
+
+#[test]
+fn a_failed_apply_leaves_a_journal_a_retry_starts_over_from() {
+    require_root();
+    let _g = serial();
+    let s = setup();
+    let (path, jf) = journal_file(&s);
+    // A root that cannot be created (below a file): the mounts fail after
+    // every disk operation ran; cleanup wipes the new table.
+    let file = s.root.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let mut o = opts(&s, &jf);
+    o.root = file.join("mnt");
+    o.no_mount_formats.clear();
+    let e = rt().block_on(apply(&s.plan, &o)).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("wiped the new partition tables"),
+        "{e:#}"
+    );
+    assert_eq!(Journal::load(&path).unwrap().unwrap().done, []);
+    // The retry is a fresh apply on the same disk, not a refused resume.
+    let jf = JournalFile::new(path.clone(), Journal::load(&path).unwrap().unwrap());
+    let again = rt()
+        .block_on(apply(&s.plan, &opts(&s, &jf)))
+        .unwrap_or_else(|e| panic!("retry: {e:#}"));
+    assert_eq!(
+        Some(ptuuid(s.disk.dev())),
+        s.plan.disks[0].disk_guid.clone()
+    );
+    rt().block_on(again.close()).unwrap();
+}

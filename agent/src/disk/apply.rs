@@ -138,6 +138,12 @@ impl JournalFile {
         j.save(&self.path)
     }
 
+    fn reset(&self) -> Result<()> {
+        let mut j = self.lock();
+        j.done.clear();
+        j.save(&self.path)
+    }
+
     /// A copy of the journal as it is now.
     pub fn snapshot(&self) -> Journal {
         self.lock().clone()
@@ -347,6 +353,12 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
     };
     if let Some(e) = failure {
         cleanup(mounts, luks, &written).await;
+        if let Some(j) = &opts.journal {
+            // The new tables were wiped: nothing of this attempt is left to
+            // resume; a retry starts the disk step over on the same disks.
+            j.reset()
+                .with_context(|| format!("resetting the disk journal {}", j.path.display()))?;
+        }
         return Err(e.context(format!(
             "applying the layout failed; unmounted, closed LUKS and wiped the new partition tables of {}",
             if written.is_empty() { "no disk".to_owned() } else { written.join(", ") }
