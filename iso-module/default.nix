@@ -229,9 +229,9 @@ in
         # timeout, never after the agent exited with an error it has reported: a
         # failed install waits for the operator (`landfall reinstall`), it is not
         # repeated by systemd. A restarted agent registers again with its boot
-        # token and continues the attempt's event numbering; it does not resume
-        # a destructive step yet: disks the crashed run left mounted are refused
-        # as in use, reported, and the machine waits (docs/nix.md, stateDir).
+        # token, continues the attempt's event numbering and resumes the disk
+        # step from the attempt's journal in stateDir (docs/disks.md, "Restart
+        # safety"): a kill -9 is abnormal, so it is restarted.
         Restart = "on-abnormal";
         RestartSec = 5;
         StateDirectory = "landfall";

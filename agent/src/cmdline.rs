@@ -71,7 +71,7 @@ pub const KNOWN_WORDS: &[(&str, &str)] = &[
     ),
     (
         "state_dir",
-        "accepted from iso-module's agent.conf; the state directory is LANDFALL_STATE_DIR",
+        "the disk journal and outbox directory when LANDFALL_STATE_DIR is unset (default /run/landfall)",
     ),
 ];
 

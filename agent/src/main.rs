@@ -417,9 +417,15 @@ fn real_main(cli: Cli) -> Result<()> {
                 },
             )?;
             let rt = runtime()?;
+            let cmdline_text = std::fs::read_to_string(&cmdline).unwrap_or_default();
+            let config_text = std::fs::read_to_string(&config).unwrap_or_default();
             let opts = pipeline::RunOptions {
                 sysroot,
-                cmdline: std::fs::read_to_string(&cmdline).unwrap_or_default(),
+                state_dir: pipeline::state_dir_from(
+                    std::env::var_os("LANDFALL_STATE_DIR"),
+                    &format!("{config_text} {cmdline_text}"),
+                ),
+                cmdline: cmdline_text,
                 ..Default::default()
             };
             let console = Console::system(cfg.console, pipeline::STEPS);

@@ -62,6 +62,23 @@ pub struct RunOptions {
     pub target_root: PathBuf,
     /// Seconds one `wait` long-poll may be held by the server.
     pub wait_secs: u64,
+    /// The installer's runtime directory for this boot (tmpfs: kept across
+    /// agent restarts, not reboots): the disk journal of each attempt.
+    /// `LANDFALL_STATE_DIR`, else `landfall.state_dir=`, else /run/landfall.
+    pub state_dir: PathBuf,
+}
+
+/// The state directory from the environment value and the command line text.
+pub fn state_dir_from(env: Option<std::ffi::OsString>, cmdline: &str) -> PathBuf {
+    env.filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            crate::cmdline::landfall_params(cmdline)
+                .get("state_dir")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("/run/landfall"))
 }
 
 impl Default for RunOptions {
@@ -78,6 +95,7 @@ impl Default for RunOptions {
             etc_dir: PathBuf::from("/etc/landfall"),
             target_root: crate::disk::ApplyOptions::default().root,
             wait_secs: 25,
+            state_dir: PathBuf::from("/run/landfall"),
         }
     }
 }
@@ -176,7 +194,10 @@ struct Ctx<'a> {
 /// the server knows the attempt), and the agent waits for the operator.
 pub async fn run(cfg: &AgentConfig, opts: &RunOptions, console: Console) -> Result<Outcome> {
     let client = Client::new(&cfg.server)?;
-    let reporter = Reporter::new(Outbox::new(), console);
+    let reporter = Reporter::new(
+        Outbox::persistent(opts.state_dir.join("outbox.json")),
+        console,
+    );
     reporter.console().set_server(&cfg.server);
     let ticker = spawn_ticker(reporter.clone());
     let ctx = Ctx {
@@ -534,6 +555,10 @@ async fn steps(ctx: &Ctx<'_>, st: &mut State, from: usize) -> Result<(), StepFai
                             keys: std::sync::Arc::new(keys),
                             ..Default::default()
                         },
+                        Some((
+                            opts.state_dir.as_path(),
+                            st.hello.as_ref().expect("register ran").attempt_id.as_str(),
+                        )),
                     ),
                 )
                 .await?;
@@ -745,14 +770,62 @@ pub async fn disk_step(
     layout: &serde_json::Value,
     inventory: &Inventory,
     base: crate::disk::ApplyOptions,
+    journal: Option<(&std::path::Path, &str)>,
 ) -> Result<(crate::disk::Applied, String)> {
     use crate::disk::{self, select};
     let layout = disk::Layout::from_json(layout).context("the assigned layout is invalid")?;
     let specs = select::device_specs(&layout, &assignment.disks)?;
-    // The boot medium and anything mounted or held is never a candidate.
-    let (candidates, left_out) = disk::candidates(&inventory.disks);
-    let targets = select::select(&layout, &specs, &candidates, &left_out)?;
-    let mut plan = disk::plan(&layout, &targets)?;
+    // A journal of this attempt: an agent before this one (killed,
+    // restarted) chose the disks and the ids; take both from it.
+    let journal = match journal {
+        Some((dir, attempt)) => {
+            let path = disk::Journal::path(dir, attempt);
+            let j = disk::Journal::load(&path)?;
+            Some((path, attempt, j))
+        }
+        None => None,
+    };
+    let resumed = journal.as_ref().and_then(|(_, _, j)| j.clone());
+    let (targets, ids) = match &resumed {
+        Some(j) => {
+            reporter.emit(
+                Step::Disks,
+                EventKind::Log,
+                format!(
+                    "resuming the disk step of attempt {} from its journal ({} operation(s) done): disks {}",
+                    j.attempt_id,
+                    j.done.len(),
+                    j.targets
+                        .iter()
+                        .map(|(n, t)| format!("{n}={}", t.device))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None,
+                None,
+            );
+            (j.targets.clone(), j.ids.clone())
+        }
+        None => {
+            // The boot medium and anything mounted or held is never a candidate.
+            let (candidates, left_out) = disk::candidates(&inventory.disks);
+            (
+                select::select(&layout, &specs, &candidates, &left_out)?,
+                disk::Ids::random()?,
+            )
+        }
+    };
+    let mut plan = disk::plan_pinned(&layout, &targets, &ids)?;
+    let journal = match journal {
+        Some((path, attempt, j)) => {
+            let j = j.unwrap_or_else(|| disk::Journal::new(attempt, ids.clone(), targets.clone()));
+            // Saved before anything is written: a restart finds the disks chosen.
+            j.save(&path)
+                .with_context(|| format!("writing the disk journal {}", path.display()))?;
+            Some(disk::JournalFile::new(path, j))
+        }
+        None => None,
+    };
     plan.nixos
         .set_luks_unlock(&layout, assignment.luks_unlock)?;
     for w in plan.boot_warnings(inventory.firmware.mode) {
@@ -807,6 +880,7 @@ pub async fn disk_step(
     let opts = disk::ApplyOptions {
         wipe: assignment.wipe == landfall_proto::WipePolicy::Always,
         progress: Some(progress),
+        journal,
         ..base
     };
     let applied = disk::apply(&plan, &opts).await?;

@@ -52,6 +52,7 @@ fn options(root: &Path, events: Arc<Mutex<Vec<OpEvent>>>) -> ApplyOptions {
         progress: Some(Arc::new(move |e: &OpEvent| {
             events.lock().unwrap().push(e.clone())
         })),
+        journal: None,
     }
 }
 
@@ -509,7 +510,14 @@ fn pipeline_disk_step_selects_by_rule_honours_the_wipe_policy_and_reports_each_o
     };
     let before = disk.hash();
     let e = rt()
-        .block_on(pipeline::disk_step(&reporter, &a, &layout, &inv, base()))
+        .block_on(pipeline::disk_step(
+            &reporter,
+            &a,
+            &layout,
+            &inv,
+            base(),
+            None,
+        ))
         .unwrap_err();
     assert!(
         format!("{e:#}").contains("holds data: ext4 filesystem"),
@@ -520,7 +528,14 @@ fn pipeline_disk_step_selects_by_rule_honours_the_wipe_policy_and_reports_each_o
     a.wipe = WipePolicy::Always;
     let seq_before = reporter.outbox.last_seq();
     let (applied, summary) = rt()
-        .block_on(pipeline::disk_step(&reporter, &a, &layout, &inv, base()))
+        .block_on(pipeline::disk_step(
+            &reporter,
+            &a,
+            &layout,
+            &inv,
+            base(),
+            None,
+        ))
         .unwrap();
     assert!(
         summary.contains("main=/dev/disk/by-id/test-loop"),

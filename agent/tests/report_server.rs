@@ -114,8 +114,81 @@ fn opts() -> RunOptions {
             max_tries: Some(50),
         },
         final_ack_timeout: Duration::from_secs(30),
+        state_dir: fresh_state_dir(),
         ..RunOptions::default()
     }
+}
+
+/// A state directory of its own for each run (the outbox file).
+fn fresh_state_dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    std::env::temp_dir().join(format!("landfall-test-state-{}-{n}", std::process::id()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_killed_agent_had_not_sent_are_sent_by_the_next_once() {
+    let server = Server::start().await;
+    let token = server.boot_token().await;
+    let hello: landfall_proto::HelloResponse = reqwest::Client::new()
+        .post(format!("{}/api/v1/agent/hello", server.base()))
+        .json(&landfall_proto::HelloRequest {
+            boot_token: token.clone(),
+            agent_version: "test".into(),
+            protocol: 1,
+            inventory: landfall_agent::hw::detect(&fixture()).unwrap(),
+        })
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let state = fresh_state_dir();
+    // The first agent reaches no server (port 9 refuses): its five events
+    // stay pending, in the outbox file, when it is killed.
+    let first = Outbox::persistent(state.join("outbox.json"));
+    first.bind(
+        Client::new("http://127.0.0.1:9").unwrap(),
+        hello.attempt_id.clone(),
+        hello.agent_token.clone(),
+        hello.next_seq,
+    );
+    for i in 0..5 {
+        first.push(
+            Step::Detect,
+            EventKind::Log,
+            format!("before {i}"),
+            None,
+            None,
+        );
+    }
+    assert_eq!(first.acked_seq(), 0);
+
+    let opts = RunOptions {
+        state_dir: state.clone(),
+        ..opts()
+    };
+    let outcome = pipeline::run(&config(server.base(), token), &opts, console())
+        .await
+        .unwrap();
+    assert_eq!(outcome.attempt_id, hello.attempt_id);
+    let m = server.machine().await;
+    assert_eq!(m["state"], "installed");
+    let events = m["attempts"][0]["events"].as_array().unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=outcome.last_seq).collect::<Vec<_>>());
+    for i in 0..5 {
+        let n = events
+            .iter()
+            .filter(|e| e["message"] == format!("before {i}"))
+            .count();
+        assert_eq!(n, 1, "event before {i} stored {n} times");
+        assert_eq!(events[i]["message"], format!("before {i}"));
+    }
+    assert_eq!(events[5]["step"], "detect");
+    assert_eq!(events[5]["kind"], "started");
+    let _ = std::fs::remove_dir_all(&state);
 }
 
 fn console() -> Console {

@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use super::guards::{LuksGuard, MountGuard};
+use super::journal::{Done, Journal};
 use super::layout::KeySource;
 use super::nixos::NixosConfig;
 use super::plan::{DiskPlan, Mount, Op, Plan};
@@ -100,6 +101,53 @@ pub struct ApplyOptions {
     pub luks_format_args: Vec<String>,
     pub keys: Arc<dyn KeyProvider>,
     pub progress: Option<ProgressFn>,
+    /// The attempt's disk journal ([`super::journal`]): each applied
+    /// operation is recorded there; when it already holds entries, this is a
+    /// resume: they are checked against the disks and not run again.
+    pub journal: Option<JournalFile>,
+}
+
+/// A journal and the file it is saved to after each applied operation.
+#[derive(Clone)]
+pub struct JournalFile {
+    pub path: PathBuf,
+    pub journal: Arc<std::sync::Mutex<Journal>>,
+}
+
+impl JournalFile {
+    pub fn new(path: PathBuf, journal: Journal) -> Self {
+        Self {
+            path,
+            journal: Arc::new(std::sync::Mutex::new(journal)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_done(&self, d: &Done) -> bool {
+        self.lock().is_done(d)
+    }
+
+    fn record(&self, d: Done) -> Result<()> {
+        let mut j = self.lock();
+        if !j.is_done(&d) {
+            j.done.push(d);
+        }
+        j.save(&self.path)
+    }
+
+    fn reset(&self) -> Result<()> {
+        let mut j = self.lock();
+        j.done.clear();
+        j.save(&self.path)
+    }
+
+    /// A copy of the journal as it is now.
+    pub fn snapshot(&self) -> Journal {
+        self.lock().clone()
+    }
 }
 
 impl Default for ApplyOptions {
@@ -112,6 +160,7 @@ impl Default for ApplyOptions {
             luks_format_args: Vec::new(),
             keys: Arc::new(Keys::default()),
             progress: None,
+            journal: None,
         }
     }
 }
@@ -230,7 +279,20 @@ pub fn is_refusal(e: &anyhow::Error) -> bool {
 
 /// Run the plan. See the module documentation.
 pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
-    check_safety(plan, opts.wipe).await?;
+    let resuming = opts
+        .journal
+        .as_ref()
+        .is_some_and(|j| !j.snapshot().done.is_empty());
+    if resuming {
+        let j = opts.journal.as_ref().expect("resuming").snapshot();
+        // The disks hold what this attempt made (and may still be mounted
+        // by the agent that was killed): compare them with the journal
+        // instead of refusing them as in use or holding data.
+        unmount_below(&opts.root)?;
+        j.check().map_err(|m| anyhow::Error::new(*m))?;
+    } else {
+        check_safety(plan, opts.wipe).await?;
+    }
     let progress = Arc::new(Progress {
         f: opts.progress.clone(),
         total: plan.op_count(),
@@ -247,6 +309,8 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
             keys: opts.keys.clone(),
             open_luks: opts.open_luks,
             luks_format_args: opts.luks_format_args.clone(),
+            journal: opts.journal.clone(),
+            plan: Arc::new(plan.clone()),
         };
         base += d.ops.len();
         set.spawn(async move {
@@ -289,6 +353,12 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
     };
     if let Some(e) = failure {
         cleanup(mounts, luks, &written).await;
+        if let Some(j) = &opts.journal {
+            // The new tables were wiped: nothing of this attempt is left to
+            // resume; a retry starts the disk step over on the same disks.
+            j.reset()
+                .with_context(|| format!("resetting the disk journal {}", j.path.display()))?;
+        }
         return Err(e.context(format!(
             "applying the layout failed; unmounted, closed LUKS and wiped the new partition tables of {}",
             if written.is_empty() { "no disk".to_owned() } else { written.join(", ") }
@@ -340,6 +410,8 @@ struct DiskCtx {
     keys: Arc<dyn KeyProvider>,
     open_luks: bool,
     luks_format_args: Vec<String>,
+    journal: Option<JournalFile>,
+    plan: Arc<Plan>,
 }
 
 async fn run_disk(
@@ -369,13 +441,39 @@ async fn run_disk(
             );
             continue;
         }
+        let entry = Journal::entry(&ctx.plan, &d.name, op);
+        if let Some(j) = &ctx.journal {
+            if j.is_done(&entry) {
+                // Made by this attempt before the agent restarted, and
+                // checked against the disk ([`Journal::check`]).
+                if let Op::LuksOpen { name, .. } = op {
+                    if Path::new(&format!("/dev/mapper/{name}")).exists() {
+                        luks.push(LuksGuard::opened(name));
+                    } else {
+                        run_op(op, d, ctx, luks).await?;
+                    }
+                }
+                ctx.progress.emit(
+                    index,
+                    Some(&d.name),
+                    &what,
+                    OpState::Skipped {
+                        because: "journal: done before the agent restarted",
+                    },
+                );
+                continue;
+            }
+        }
         ctx.progress
             .emit(index, Some(&d.name), &what, OpState::Started);
         let t0 = Instant::now();
         if matches!(op, Op::WriteGpt { .. }) {
             *wrote = true;
         }
-        let r = run_op(op, d, ctx, luks).await;
+        let mut r = run_op(op, d, ctx, luks).await;
+        if let (Ok(()), Some(j)) = (&r, &ctx.journal) {
+            r = j.record(entry);
+        }
         match r {
             Ok(()) => ctx.progress.emit(
                 index,
@@ -674,6 +772,27 @@ async fn btrfs_subvolumes(device: &str, names: &[String]) -> Result<()> {
     let _ = std::fs::remove_dir(&dir);
     r?;
     closed
+}
+
+/// Unmount everything mounted at or below `root`, deepest first: the
+/// mounts a killed agent of this attempt left (a resume mounts again).
+pub fn unmount_below(root: &Path) -> Result<()> {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let r = root.to_string_lossy().into_owned();
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mut below: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|t| *t == r || t.starts_with(&format!("{}/", r.trim_end_matches('/'))))
+        .map(str::to_owned)
+        .collect();
+    below.reverse();
+    for t in below {
+        nix::mount::umount2(Path::new(&t), nix::mount::MntFlags::empty())
+            .with_context(|| format!("unmounting {t}, left by the agent that was killed"))?;
+    }
+    Ok(())
 }
 
 /// Mount target of a mountpoint below the root.

@@ -29,10 +29,14 @@ pub fn write(d: &DiskPlan) -> Result<()> {
     let mbr = ProtectiveMBR::with_lb_size(u32::try_from(sectors - 1).unwrap_or(0xFFFF_FFFF));
     mbr.overwrite_lba0(&mut file)
         .with_context(|| format!("writing the protective MBR to {dev}"))?;
+    let parse = |g: &str| {
+        uuid::Uuid::parse_str(g).map_err(|e| anyhow::anyhow!("GUID {g:?} in the plan: {e}"))
+    };
+    let disk_guid = d.disk_guid.as_deref().map(parse).transpose()?;
     let mut disk = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(lb)
-        .create_from_device(file, None)
+        .create_from_device(file, disk_guid)
         .with_context(|| format!("creating a GPT on {dev}"))?;
     for p in &d.partitions {
         let t = Type::from_str(&p.type_guid)
@@ -51,6 +55,16 @@ pub fn write(d: &DiskPlan) -> Result<()> {
                 p.number, p.label, p.first_lba, p.last_lba
             )
         })?;
+    }
+    if d.partitions.iter().any(|p| p.guid.is_some()) {
+        let mut parts = disk.partitions().clone();
+        for p in &d.partitions {
+            if let (Some(g), Some(e)) = (&p.guid, parts.get_mut(&p.number)) {
+                e.part_guid = parse(g)?;
+            }
+        }
+        disk.update_partitions(parts)
+            .with_context(|| format!("setting the partition GUIDs of {dev}"))?;
     }
     let file = disk
         .write()

@@ -9,6 +9,8 @@
 pub mod apply;
 pub mod gpt;
 pub mod guards;
+pub mod ids;
+pub mod journal;
 /// The layout model lives in landfall-disko (disko/), shared with the server.
 pub use landfall_disko as layout;
 pub mod nixos;
@@ -17,10 +19,14 @@ pub mod probe;
 pub mod safety;
 pub mod select;
 
-pub use apply::{apply, check_safety, Applied, ApplyOptions, KeyProvider, Keys, OpEvent, OpState};
+pub use apply::{
+    apply, check_safety, Applied, ApplyOptions, JournalFile, KeyProvider, Keys, OpEvent, OpState,
+};
+pub use ids::Ids;
+pub use journal::Journal;
 pub use layout::{Layout, LayoutError};
 pub use nixos::NixosConfig;
-pub use plan::{plan, Plan, Target};
+pub use plan::{plan, plan_pinned, Plan, Target};
 
 /// Parse a layout from its rendered JSON text.
 pub fn parse_layout_json(text: &str) -> anyhow::Result<Layout> {

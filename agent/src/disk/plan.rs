@@ -15,11 +15,12 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
+use super::ids::Ids;
 use super::layout::{human, Bound, Content, Filesystem, KeySource, Layout, LayoutError};
 use super::nixos::{self, NixosConfig};
 
 /// A disk the layout's disk is mapped to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Target {
     /// Device node used to write ("/dev/vda", "/dev/loop3").
     pub device: String,
@@ -61,6 +62,9 @@ pub struct DiskPlan {
     pub name: String,
     pub target: Target,
     pub partitions: Vec<PartPlan>,
+    /// The GPT's disk GUID, when pinned ([`plan_pinned`]); else the writer picks one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_guid: Option<String>,
     /// Operations for this disk, in order. Disks are independent: they run in parallel.
     pub ops: Vec<Op>,
 }
@@ -79,6 +83,9 @@ pub struct PartPlan {
     pub device: String,
     /// Stable name for the installed system ("/dev/disk/by-partlabel/disk-main-root").
     pub stable_device: String,
+    /// The partition's own GUID (PARTUUID), when pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guid: Option<String>,
 }
 
 /// One operation. Keys are never part of an operation: they are looked up
@@ -87,14 +94,9 @@ pub struct PartPlan {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// Remove every signature (old tables, filesystems, LUKS, RAID/LVM members).
-    Wipe {
-        device: String,
-    },
+    Wipe { device: String },
     /// Protective MBR + GPT with the disk's partitions.
-    WriteGpt {
-        device: String,
-        partitions: usize,
-    },
+    WriteGpt { device: String, partitions: usize },
     /// Make the kernel see the new partitions and wait for their nodes.
     Reread {
         device: String,
@@ -104,21 +106,25 @@ pub enum Op {
         device: String,
         format: String,
         args: Vec<String>,
+        /// The UUID (vfat: the 8-hex-digit volume id) given to mkfs, when pinned.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        uuid: Option<String>,
     },
     /// Subvolumes created on a temporarily mounted btrfs.
-    BtrfsSubvolumes {
-        device: String,
-        names: Vec<String>,
-    },
+    BtrfsSubvolumes { device: String, names: Vec<String> },
     Mkswap {
         device: String,
         args: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        uuid: Option<String>,
     },
     LuksFormat {
         device: String,
         name: String,
         key: KeySource,
         args: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        uuid: Option<String>,
     },
     LuksOpen {
         device: String,
@@ -161,21 +167,32 @@ impl Op {
                 device,
                 format,
                 args,
+                uuid,
             } => {
                 let mut a = v(&[&format!("mkfs.{format}")]);
                 a.extend(default_mkfs_args(format));
+                if let Some(u) = uuid {
+                    a.extend(uuid_args(format, u));
+                }
                 a.extend(args.iter().cloned());
                 a.push(device.clone());
                 a
             }
-            Op::Mkswap { device, args } => {
+            Op::Mkswap { device, args, uuid } => {
                 let mut a = v(&["mkswap"]);
+                if let Some(u) = uuid {
+                    a.extend(v(&["-U", u]));
+                }
                 a.extend(args.iter().cloned());
                 a.push(device.clone());
                 a
             }
             Op::LuksFormat {
-                device, key, args, ..
+                device,
+                key,
+                args,
+                uuid,
+                ..
             } => {
                 let mut a = v(&[
                     "cryptsetup",
@@ -186,6 +203,9 @@ impl Op {
                 ]);
                 if matches!(key, KeySource::KeyFile(_)) {
                     a.extend(v(&["--key-file", "-"]));
+                }
+                if let Some(u) = uuid {
+                    a.extend(v(&["--uuid", u]));
                 }
                 a.extend(args.iter().cloned());
                 a.push(device.clone());
@@ -208,6 +228,52 @@ impl Op {
             }
             _ => return None,
         })
+    }
+}
+
+/// The formats whose UUID the plan pins, and how each mkfs takes it.
+pub const PINNED_FORMATS: &[&str] = &["ext4", "ext3", "ext2", "xfs", "btrfs", "vfat"];
+
+fn uuid_args(format: &str, u: &str) -> Vec<String> {
+    match format {
+        "xfs" => vec!["-m".into(), format!("uuid={u}")],
+        "vfat" => vec!["-i".into(), u.to_owned()],
+        _ => vec!["-U".into(), u.to_owned()],
+    }
+}
+
+impl Op {
+    /// The device an operation makes a signature on, and the UUID blkid
+    /// must find there afterwards (vfat's volume id as blkid shows it:
+    /// "ABCD-1234").
+    pub fn pinned_uuid(&self) -> Option<(&str, String)> {
+        match self {
+            Op::Mkfs {
+                device,
+                format,
+                uuid: Some(u),
+                ..
+            } if format == "vfat" => Some((
+                device,
+                format!("{}-{}", &u[..4], &u[4..]).to_ascii_uppercase(),
+            )),
+            Op::Mkfs {
+                device,
+                uuid: Some(u),
+                ..
+            }
+            | Op::Mkswap {
+                device,
+                uuid: Some(u),
+                ..
+            }
+            | Op::LuksFormat {
+                device,
+                uuid: Some(u),
+                ..
+            } => Some((device, u.clone())),
+            _ => None,
+        }
     }
 }
 
@@ -271,8 +337,29 @@ pub fn partition_node(disk: &str, n: u32) -> String {
     }
 }
 
-/// Compute the plan. `targets` maps every layout disk to its device.
+/// Compute the plan. `targets` maps every layout disk to its device. The
+/// tools pick the disk, partition and filesystem ids ([`plan_pinned`] fixes them).
 pub fn plan(layout: &Layout, targets: &BTreeMap<String, Target>) -> Result<Plan, LayoutError> {
+    plan_with(layout, targets, None)
+}
+
+/// [`plan`] with every id pinned from `ids`: the GPT disk and partition
+/// GUIDs and the UUIDs given to mkfs, mkswap and `cryptsetup luksFormat`
+/// (not where the layout's own `extraArgs` set one). The disk journal
+/// records them; a restarted agent compares them with the disks.
+pub fn plan_pinned(
+    layout: &Layout,
+    targets: &BTreeMap<String, Target>,
+    ids: &Ids,
+) -> Result<Plan, LayoutError> {
+    plan_with(layout, targets, Some(ids))
+}
+
+fn plan_with(
+    layout: &Layout,
+    targets: &BTreeMap<String, Target>,
+    ids: Option<&Ids>,
+) -> Result<Plan, LayoutError> {
     let mut disks = Vec::new();
     let mut mounts = Vec::new();
     for (name, disk) in &layout.disks {
@@ -369,6 +456,7 @@ pub fn plan(layout: &Layout, targets: &BTreeMap<String, Target>) -> Result<Plan,
                 size_bytes: (end - start + 1) * ss,
                 device: partition_node(&t.device, number),
                 stable_device: nixos::by_partlabel(&p.label),
+                guid: ids.map(|i| i.uuid(&format!("part {name} {number}")).to_string()),
             });
         }
         let mut ops = vec![
@@ -386,13 +474,14 @@ pub fn plan(layout: &Layout, targets: &BTreeMap<String, Target>) -> Result<Plan,
         ];
         for (p, pp) in disk.partitions.iter().zip(&parts) {
             if let Some(c) = &p.content {
-                content_ops(c, &pp.device, name, &mut ops, &mut mounts);
+                content_ops(c, &pp.device, name, ids, &mut ops, &mut mounts);
             }
         }
         disks.push(DiskPlan {
             name: name.clone(),
             target: t.clone(),
             partitions: parts,
+            disk_guid: ids.map(|i| i.uuid(&format!("disk {name}")).to_string()),
             ops,
         });
     }
@@ -435,15 +524,41 @@ fn free_blocks(used: &[(u64, u64)], first: u64, last: u64) -> Vec<(u64, u64)> {
     free
 }
 
-fn content_ops(c: &Content, device: &str, disk: &str, ops: &mut Vec<Op>, mounts: &mut Vec<Mount>) {
+/// The id for what `what` makes on `device`, unless the layout's own
+/// arguments already set one (`flag`).
+fn pin(ids: Option<&Ids>, device: &str, args: &[String], flag: &str, vfat: bool) -> Option<String> {
+    let ids = ids?;
+    if args
+        .iter()
+        .any(|a| a == flag || a.starts_with(&format!("{flag}=")) || a.starts_with("uuid="))
+    {
+        return None;
+    }
+    let what = format!("fs {device}");
+    Some(if vfat {
+        ids.volume_id(&what)
+    } else {
+        ids.uuid(&what).to_string()
+    })
+}
+
+fn content_ops(
+    c: &Content,
+    device: &str,
+    disk: &str,
+    ids: Option<&Ids>,
+    ops: &mut Vec<Op>,
+    mounts: &mut Vec<Mount>,
+) {
     match c {
-        Content::Filesystem(f) => fs_ops(f, device, disk, ops, mounts),
+        Content::Filesystem(f) => fs_ops(f, device, disk, ids, ops, mounts),
         // disko (lib/types/swap.nix) makes no signature for a randomly
         // encrypted swap: NixOS sets it up with a fresh key at every boot.
         Content::Swap(s) if s.random_encryption => {}
         Content::Swap(s) => ops.push(Op::Mkswap {
             device: device.to_owned(),
             args: s.extra_args.clone(),
+            uuid: pin(ids, device, &s.extra_args, "-U", false),
         }),
         Content::Luks(l) => {
             ops.push(Op::LuksFormat {
@@ -451,6 +566,7 @@ fn content_ops(c: &Content, device: &str, disk: &str, ops: &mut Vec<Op>, mounts:
                 name: l.name.clone(),
                 key: l.key.clone(),
                 args: l.extra_format_args.clone(),
+                uuid: pin(ids, device, &l.extra_format_args, "--uuid", false),
             });
             let mut args = l.extra_open_args.clone();
             if l.allow_discards {
@@ -463,17 +579,42 @@ fn content_ops(c: &Content, device: &str, disk: &str, ops: &mut Vec<Op>, mounts:
                 args,
             });
             if let Some(inner) = &l.content {
-                content_ops(inner, &format!("/dev/mapper/{}", l.name), disk, ops, mounts);
+                content_ops(
+                    inner,
+                    &format!("/dev/mapper/{}", l.name),
+                    disk,
+                    ids,
+                    ops,
+                    mounts,
+                );
             }
         }
     }
 }
 
-fn fs_ops(f: &Filesystem, device: &str, disk: &str, ops: &mut Vec<Op>, mounts: &mut Vec<Mount>) {
+fn fs_ops(
+    f: &Filesystem,
+    device: &str,
+    disk: &str,
+    ids: Option<&Ids>,
+    ops: &mut Vec<Op>,
+    mounts: &mut Vec<Mount>,
+) {
+    let uuid = if PINNED_FORMATS.contains(&f.format.as_str()) {
+        let flag = match f.format.as_str() {
+            "xfs" => "-m",
+            "vfat" => "-i",
+            _ => "-U",
+        };
+        pin(ids, device, &f.extra_args, flag, f.format == "vfat")
+    } else {
+        None
+    };
     ops.push(Op::Mkfs {
         device: device.to_owned(),
         format: f.format.clone(),
         args: f.extra_args.clone(),
+        uuid,
     });
     if !f.subvolumes.is_empty() {
         ops.push(Op::BtrfsSubvolumes {

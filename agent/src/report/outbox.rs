@@ -33,6 +33,36 @@ struct State {
     pending: VecDeque<Event>,
     binding: Option<Binding>,
     last_error: Option<String>,
+    /// Where the pending events are kept across an agent restart.
+    file: Option<std::path::PathBuf>,
+    /// Events at the front of `pending` left by the agent before this one,
+    /// and the attempt they belong to.
+    restored: usize,
+    restored_attempt: Option<String>,
+}
+
+/// The outbox file: the events not yet acknowledged.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    attempt_id: Option<String>,
+    pending: Vec<Event>,
+}
+
+impl State {
+    /// Rewrite the file (atomically); a failure is logged, the events stay in memory.
+    fn save(&self) {
+        let Some(path) = &self.file else { return };
+        let saved = Saved {
+            attempt_id: self.binding.as_ref().map(|b| b.attempt_id.clone()),
+            pending: self.pending.iter().cloned().collect(),
+        };
+        let r = serde_json::to_vec(&saved)
+            .map_err(anyhow::Error::new)
+            .and_then(|b| crate::disk::journal::write_atomic(path, &b));
+        if let Err(e) = r {
+            tracing::warn!("keeping the outbox in {}: {e:#}", path.display());
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -62,6 +92,28 @@ impl Outbox {
         }
     }
 
+    /// An outbox kept in `path` too: the events a killed agent had not got
+    /// acknowledged are sent by the next one (the server stores each seq once).
+    pub fn persistent(path: std::path::PathBuf) -> Self {
+        let ob = Self::new();
+        {
+            let mut st = ob.state();
+            if let Ok(text) = std::fs::read(&path) {
+                match serde_json::from_slice::<Saved>(&text) {
+                    Ok(saved) => {
+                        st.restored = saved.pending.len();
+                        st.restored_attempt = saved.attempt_id;
+                        st.next_seq = saved.pending.last().map_or(1, |e| e.seq + 1);
+                        st.pending = saved.pending.into();
+                    }
+                    Err(e) => tracing::warn!("ignoring the outbox {}: {e}", path.display()),
+                }
+            }
+            st.file = Some(path);
+        }
+        ob
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -87,6 +139,7 @@ impl Outbox {
         };
         st.next_seq += 1;
         st.pending.push_back(ev.clone());
+        st.save();
         drop(st);
         self.shared.wake.notify_one();
         ev
@@ -101,6 +154,21 @@ impl Outbox {
             let mut st = self.state();
             let first = st.binding.is_none();
             if first {
+                // Left by the agent before this one: of another attempt, or
+                // already stored by the server (below its next seq): dropped.
+                let restored = std::mem::take(&mut st.restored);
+                // Events recorded before a bind are this boot's, whose token
+                // gives the same attempt.
+                let same = st
+                    .restored_attempt
+                    .as_deref()
+                    .is_none_or(|a| a == attempt_id);
+                let old: Vec<Event> = st.pending.drain(..restored).collect();
+                for ev in old.into_iter().rev() {
+                    if same && ev.seq >= first_seq {
+                        st.pending.push_front(ev);
+                    }
+                }
                 let mut seq = first_seq.max(1);
                 for ev in st.pending.iter_mut() {
                     ev.seq = seq;
@@ -113,6 +181,7 @@ impl Outbox {
                 attempt_id,
                 token,
             });
+            st.save();
             first
         };
         if first {
@@ -168,6 +237,7 @@ impl Outbox {
                     while st.pending.front().is_some_and(|e| e.seq <= resp.acked_seq) {
                         st.pending.pop_front();
                     }
+                    st.save();
                     st.last_error = None;
                     drop(st);
                     self.shared.acked.send_if_modified(|a| {
