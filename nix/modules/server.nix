@@ -29,9 +29,17 @@ let
       })
       files);
 
-  rendered = renderToml {
+  artifactsText = if cfg.artifacts == null then null else "${cfg.artifacts}";
+
+  # A directory outside the store (`artifacts = "/srv/landfall/artifacts"`)
+  # exists only on the server, and the server refuses a missing one: the
+  # build-time check gets an empty stand-in beside the config instead; the
+  # service's ExecStartPre checks the real one before every start.
+  artifactsOnServer = artifactsText != null && !(lib.hasPrefix builtins.storeDir artifactsText);
+
+  renderArgs = {
     inherit (cfg) publicUrl bootTokenTtl enroll roles machines;
-    artifacts = if cfg.artifacts == null then null else "${cfg.artifacts}";
+    artifacts = artifactsText;
     # "${path}" copies a CA given as a Nix path into the store (toString would
     # keep the path of the operator's checkout).
     vault = cfg.vault // lib.optionalAttrs (cfg.vault.caFile != null) { caFile = "${cfg.vault.caFile}"; };
@@ -43,6 +51,11 @@ let
     layouts = if cfg.layouts == null then null else layoutsDir;
   };
 
+  rendered = renderToml renderArgs;
+
+  renderedForCheck =
+    if artifactsOnServer then renderToml (renderArgs // { artifacts = "artifacts-stand-in"; }) else rendered;
+
   # Checked at build time by the server itself, so `nixos-rebuild build` fails on
   # a configuration the server would refuse. Not with [vault]: the check reads the
   # Vault token file, which exists only on the server at run time.
@@ -52,12 +65,14 @@ let
         {
           nativeBuildInputs = [ cfg.package ];
           text = rendered;
-          passAsFile = [ "text" ];
+          checkText = renderedForCheck;
+          passAsFile = [ "text" "checkText" ];
         }
         ''
-          cp "$textPath" landfall.toml
+          mkdir artifacts-stand-in
+          cp "$checkTextPath" landfall.toml
           landfall serve --check-config --config landfall.toml --data "$TMPDIR/data"
-          cp landfall.toml $out
+          cp "$textPath" $out
         ''
     else
       pkgs.writeText "landfall.toml" rendered;
