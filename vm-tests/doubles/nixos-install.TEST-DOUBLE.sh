@@ -24,9 +24,14 @@
 # this boot only (remembered in /run), so a retry succeeds (eval fails only
 # with --flake: nothing is evaluated for --system). A failure prints
 # the error real nix / switch-to-configuration prints and exits 1.
+# hold-once (the restart VM test): the first run of this boot stops in the
+# middle of its output, creates /run/landfall-test-double.holding and keeps
+# printing a line every 0.5 s until it is killed (with the agent); not
+# killed within 300 s, it exits 2. Later runs of the boot are `ok`.
 #
 # LANDFALL_TEST_DOUBLE_PREFIX=DIR (host tests only) reads DIR/proc/..., works
-# on DIR/mnt and remembers in DIR/run instead of the real paths.
+# on DIR/mnt and remembers in DIR/run instead of the real paths;
+# LANDFALL_TEST_DOUBLE_HOLD_SECS=N (host tests only) holds N s instead of 300.
 
 set -u
 P=${LANDFALL_TEST_DOUBLE_PREFIX:-}
@@ -110,7 +115,7 @@ mode=$(stat -c %a "$mnt/etc/landfall")
 [ "$mode" = 700 ] || die "/mnt/etc/landfall has mode $mode, want 700"
 
 # ---- the failure mode -----------------------------------------------
-fail=
+fail= hold=
 mode=$(tr ' ' '\n' <"$P/proc/cmdline" 2>/dev/null | sed -n 's/^landfall_test\.nixos_install=//p' | tail -n 1)
 case "${mode:-ok}" in
 ok) ;;
@@ -123,7 +128,15 @@ fail-once-*)
     fi
     ;;
 fail-*) fail=${mode#fail-} ;;
-*) die "unknown landfall_test.nixos_install=$mode (ok, fail-KIND, fail-once-KIND)" ;;
+hold-once)
+    mkdir -p "$P/run"
+    state=$P/run/landfall-test-double.held-once
+    if [ ! -e "$state" ]; then
+        : >"$state"
+        hold=1
+    fi
+    ;;
+*) die "unknown landfall_test.nixos_install=$mode (ok, fail-KIND, fail-once-KIND, hold-once)" ;;
 esac
 case "$fail" in
 '' | eval | build | download | bootloader) ;;
@@ -163,6 +176,19 @@ these 214 paths will be fetched (287.62 MiB download, 1.21 GiB unpacked):
 EOF
 fi
 tick
+if [ -n "$hold" ]; then
+    # Mid-install until killed: the restart test's watcher sees the file and
+    # kills the agent, and this run with it.
+    : >"$P/run/landfall-test-double.holding"
+    secs=${LANDFALL_TEST_DOUBLE_HOLD_SECS:-300}
+    i=0
+    while [ "$i" -lt $((secs * 2)) ]; do
+        i=$((i + 1))
+        echo "$ME: hold-once: holding mid-install until killed ($i)"
+        sleep 0.5
+    done
+    die "hold-once: not killed within $secs s (nothing killed the agent mid-install)"
+fi
 for path in /nix/store/0k9x7dzqk0wbmvj2m1ln3xrwgr0i9xsa-glibc-2.40-36 \
     /nix/store/c5hy2w8dlq0r9mkbzfnxs3g1vj7ai4p6-linux-6.6.63 \
     /nix/store/l8f2hq0w6zkc3xm9rvj4sy1pdg5ab7ni-systemd-256.8; do

@@ -14,8 +14,13 @@ pub const NIXOS_INSTALL_GUEST_PATH: &str = "usr/local/sbin/nixos-install";
 pub const NIXOS_INSTALL_MARKER: &str = "/etc/landfall-test-double.json";
 
 /// Kernel parameter choosing its failure mode: `ok`, `fail-KIND` or `fail-once-KIND`
-/// (KIND: eval, build, download, bootloader).
+/// (KIND: eval, build, download, bootloader), or `hold-once`: the first run of the boot
+/// creates [`NIXOS_INSTALL_HOLDING`] mid-output and prints a line every 0.5 s until it is
+/// killed (the restart test kills the agent then).
 pub const NIXOS_INSTALL_MODE_PARAM: &str = "landfall_test.nixos_install";
+
+/// Created by a `hold-once` run when it starts holding (guest path).
+pub const NIXOS_INSTALL_HOLDING: &str = "/run/landfall-test-double.holding";
 
 #[cfg(test)]
 mod tests {
@@ -93,6 +98,10 @@ mod tests {
 
         /// (exit code, stdout, stderr)
         fn run(&self, args: &[&str]) -> (i32, String, String) {
+            self.run_env(args, &[])
+        }
+
+        fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
             let script = self.path("nixos-install");
             fs::write(&script, NIXOS_INSTALL).unwrap();
             let out = Command::new(self.path("bin/sh"))
@@ -101,6 +110,7 @@ mod tests {
                 .env_clear()
                 .env("PATH", self.path("bin"))
                 .env("LANDFALL_TEST_DOUBLE_PREFIX", self.dir.path())
+                .envs(env.iter().copied())
                 .output()
                 .unwrap();
             (
@@ -364,6 +374,32 @@ mod tests {
         // A new boot (an empty /run) fails once again.
         fs::remove_dir_all(f.path("run")).unwrap();
         assert_eq!(f.run(FLAKE_ARGS).0, 1);
+    }
+
+    #[test]
+    fn hold_once_holds_the_first_run_of_the_boot_until_killed() {
+        let f = Fake::new();
+        f.write(
+            "proc/cmdline",
+            &format!("{NIXOS_INSTALL_MODE_PARAM}=hold-once\n"),
+            0o444,
+        );
+        let holding = f.path(NIXOS_INSTALL_HOLDING.trim_start_matches('/'));
+        // Not killed (the hold is 1 s here): it says so and fails the contract.
+        let got = f.run_env(FLAKE_ARGS, &[("LANDFALL_TEST_DOUBLE_HOLD_SECS", "1")]);
+        assert!(holding.exists(), "{got:?}");
+        assert!(
+            got.1
+                .contains("hold-once: holding mid-install until killed (2)"),
+            "{got:?}"
+        );
+        assert!(!got.1.contains("installation finished!"), "{got:?}");
+        assert_contract_error(got, "not killed within 1 s");
+        // The next run of the boot goes through.
+        let (code, out, err) = f.run(FLAKE_ARGS);
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(!out.contains("hold-once"), "{out}");
+        assert_eq!(f.marker()["run"], 2);
     }
 
     #[test]

@@ -25,6 +25,25 @@ pub const AGENT_EXITED: &str = "landfall-test-image: agent exited with status";
 /// Printed at the end of the first-boot stand-in ([`FIRSTBOOT_PARAM`]), with verify's status.
 pub const FIRSTBOOT_EXITED: &str = "landfall-test-image: firstboot exited with status";
 
+/// The agent under the RESTART LOOP ([`RESTART_LOOP`]): set it as [`ImageSpec::agent_command`]
+/// to run the agent as systemd runs it in the real image (`Restart=on-abnormal`).
+pub const RESTART_LOOP_COMMAND: &str = "sh /bin/landfall-test-restart-loop /bin/landfall-agent run";
+
+/// Kernel parameter of the restart loop: `landfall_test.kill=POINT[,POINT]` kills the agent
+/// (`kill -9`) once at each point: `disks` when the attempt's disk journal holds a written GPT
+/// (mid-disks), `install` when the `nixos-install` double holds (its mode `hold-once`,
+/// [`crate::doubles::NIXOS_INSTALL_MODE_PARAM`]). Before each kill the server is cut off (a
+/// `prohibit` route to 10.0.2.2) until the outbox holds [`KILL_PENDING`] events, so the kill
+/// leaves unacknowledged events behind; the loop restores the route when the agent is dead.
+pub const KILL_PARAM: &str = "landfall_test.kill";
+/// How many unacknowledged events the outbox holds when the restart loop kills the agent.
+pub const KILL_PENDING: usize = 3;
+/// Printed by the restart loop after a kill: `... at POINT: OUTBOX-JSON`, the agent's
+/// `outbox.json` as the kill found it (the events the next agent must send).
+pub const OUTBOX_AT_KILL: &str = "landfall-test-image: outbox at the kill at ";
+/// Printed by the restart loop each time it starts the agent again after a signal.
+pub const AGENT_RESTARTED: &str = "landfall-test-image: agent killed by signal";
+
 /// Kernel parameter `landfall_test.mode=firstboot`: /init runs the FIRST-BOOT STAND-IN
 /// (`/bin/landfall-test-firstboot`) instead of the agent. No NixOS closure exists (its
 /// `nixos-install` is a TEST DOUBLE), so the installed disk cannot boot by itself; the harness
@@ -207,6 +226,7 @@ impl Image {
         )?;
         w.file("etc/udhcpc.script", 0o755, UDHCPC_SCRIPT.as_bytes())?;
         w.file(FIRSTBOOT_PATH, 0o755, FIRSTBOOT.as_bytes())?;
+        w.file(RESTART_LOOP_PATH, 0o755, RESTART_LOOP.as_bytes())?;
 
         let mut guest_modules = Vec::new();
         for host in &module_files {
@@ -520,6 +540,88 @@ umount /sysroot
 exit $rc
 "#;
 
+const RESTART_LOOP_PATH: &str = "bin/landfall-test-restart-loop";
+
+/// The RESTART LOOP ([`RESTART_LOOP_COMMAND`], [`KILL_PARAM`]): runs its arguments (the agent)
+/// like systemd's `Restart=on-abnormal` with `KillMode=control-group`, the way the real
+/// image's `landfall-agent.service` runs it (iso-module/default.nix; `RestartSec` 1 s here
+/// instead of 5). /run is a tmpfs that outlives the agent, as the real STATE_DIR does.
+pub const RESTART_LOOP: &str = r#"#!/bin/sh
+# RESTART LOOP of the test image: the agent ("$@") is started again after it was
+# killed by a signal, not after it exited (systemd's Restart=on-abnormal); what it
+# started dies with it (it runs in its own session, killed as a process group, like
+# KillMode=control-group). landfall_test.kill=POINT[,POINT]: kill -9 the agent once
+# at each point (disks: the disk journal holds a written GPT; install: the
+# nixos-install double holds), with the server cut off until the outbox holds
+# unacknowledged events; the outbox file as the kill found it is printed.
+say() { echo "landfall-test-image: $*"; }
+param() { tr ' ' '\n' < /proc/cmdline | sed -n "s|^$1=||p" | tail -n 1; }
+state=${LANDFALL_STATE_DIR:-$(param landfall.state_dir)}
+state=${state:-/run/landfall}
+flags=/run/landfall-test
+mkdir -p "$flags"
+points=$(param landfall_test.kill | tr , ' ')
+server=10.0.2.2/32
+want=3
+
+reached() {
+    case "$1" in
+    disks) grep -qs '"step": "gpt"' "$state"/disks-*.json ;;
+    install) [ -e /run/landfall-test-double.holding ] ;;
+    *) return 1 ;;
+    esac
+}
+
+pending() { grep -o '"seq":' "$state/outbox.json" 2>/dev/null | wc -l; }
+
+kill_at() { # POINT PID
+    : >"$flags/killed-$1"
+    ip route add prohibit "$server"
+    i=0
+    while [ "$(pending)" -lt "$want" ] && [ "$i" -lt 600 ]; do
+        i=$((i + 1))
+        sleep 0.1
+    done
+    cp "$state/outbox.json" "$flags/outbox-$1.json"
+    echo "$1" >"$flags/last-kill"
+    kill -9 "$2"
+}
+
+watch() { # PID
+    while kill -0 "$1" 2>/dev/null; do
+        for p in $points; do
+            [ -e "$flags/killed-$p" ] && continue
+            if reached "$p"; then
+                kill_at "$p" "$1"
+                return
+            fi
+        done
+        sleep 0.1
+    done
+}
+
+while :; do
+    setsid "$@" &
+    pid=$!
+    watcher=
+    if [ -n "$points" ]; then
+        watch "$pid" &
+        watcher=$!
+    fi
+    wait "$pid"
+    rc=$?
+    [ -n "$watcher" ] && wait "$watcher"
+    kill -9 "-$pid" 2>/dev/null
+    ip route del prohibit "$server" 2>/dev/null
+    [ "$rc" -gt 128 ] || exit "$rc"
+    say "agent killed by signal $((rc - 128)); starting it again (Restart=on-abnormal)"
+    p=$(cat "$flags/last-kill" 2>/dev/null)
+    rm -f "$flags/last-kill"
+    [ -n "$p" ] && say "outbox at the kill at $p: $(cat "$flags/outbox-$p.json")"
+    sleep 1
+done
+"#;
+
 /// PID 1 of the test image. Kernel parameter `landfall.test.shell=1`: a console shell after
 /// the agent exits, instead of powering off. [`FIRSTBOOT_PARAM`]: the first-boot stand-in
 /// instead of the agent.
@@ -598,6 +700,23 @@ mod tests {
             guest_module_path(Path::new("/lib/modules/v/x.ko")).unwrap(),
             "lib/modules/v/x.ko"
         );
+    }
+
+    #[test]
+    fn the_restart_loop_is_valid_sh_and_waits_for_kill_pending_events() {
+        assert!(RESTART_LOOP.contains(&format!("\nwant={KILL_PENDING}\n")));
+        assert!(RESTART_LOOP_COMMAND.contains(&format!("/{RESTART_LOOP_PATH} {AGENT_PATH} ")));
+        for (what, script) in [("restart loop", RESTART_LOOP), ("init", INIT)] {
+            let out = Command::new(BUSYBOX)
+                .args(["sh", "-n", "-c", script])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     #[test]

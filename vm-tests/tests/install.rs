@@ -30,7 +30,6 @@ mod openbao;
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -166,112 +165,6 @@ role = "vmtest"
     )
 }
 
-/// The admin API of the in-process server.
-struct Admin {
-    base: String,
-    token: String,
-}
-
-impl Admin {
-    fn new(base: &str, data: &Path) -> Admin {
-        let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
-        Admin {
-            base: base.to_owned(),
-            token: token.trim().to_owned(),
-        }
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let r = reqwest::blocking::Client::new()
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200, "GET {path}");
-        r.json().unwrap()
-    }
-
-    fn post(&self, path: &str) -> (u16, String) {
-        let r = reqwest::blocking::Client::new()
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .unwrap();
-        (r.status().as_u16(), r.text().unwrap_or_default())
-    }
-
-    fn machine(&self, mac: &str) -> Value {
-        self.get(&format!("/api/v1/machines/{mac}"))
-    }
-
-    /// What the machine's next PXE boot gets.
-    fn boot_script(&self, mac: &str) -> String {
-        reqwest::blocking::get(format!("{}/boot.ipxe?mac={mac}", self.base))
-            .unwrap()
-            .text()
-            .unwrap()
-    }
-}
-
-/// An age bundle of the machine's secrets for one X25519 key, made the way an
-/// operator would: `age-keygen` (Debian's age) and `landfall-agent bundle create`.
-/// Returns (bundle file, identity file).
-fn make_bundle(agent: &Path, dir: &Path, hostname: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join("bundle.key");
-    let out = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "age-keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let recipient = String::from_utf8_lossy(&out.stderr)
-        .split_whitespace()
-        .find(|w| w.starts_with("age1"))
-        .expect("age-keygen names the public key")
-        .to_owned();
-    let from = dir.join("bundle-src");
-    let host = from.join("hosts").join(hostname);
-    std::fs::create_dir_all(&host).unwrap();
-    std::fs::write(host.join("ssh_host_ed25519_key"), CANARY_SSH).unwrap();
-    std::fs::write(host.join("age_key"), CANARY_AGE).unwrap();
-    std::fs::write(host.join("smb_credentials"), common::smb_credentials()).unwrap();
-    std::fs::write(host.join("luks_key"), format!("{CANARY_LUKS}\n")).unwrap();
-    let bundle = dir.join("secrets.age");
-    let out = Command::new(agent)
-        .args(["bundle", "create", "--from"])
-        .arg(&from)
-        .args(["--recipient", &recipient, "-o"])
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bundle create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_dir_all(&from).unwrap();
-    (bundle, key)
-}
-
-/// `step/kind` of the events that are neither progress nor log lines.
-fn step_kinds(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["kind"] != "progress" && e["kind"] != "log")
-        .map(|e| {
-            format!(
-                "{}/{}",
-                e["step"].as_str().unwrap(),
-                e["kind"].as_str().unwrap()
-            )
-        })
-        .collect()
-}
-
 /// The messages of the install step's progress and log events (nixos-install's lines).
 fn install_lines(events: &[Value]) -> String {
     events
@@ -384,7 +277,17 @@ fn install(s: Scenario) -> Vec<Part> {
         }
         Secrets::Bundle => {
             // The bundle in the image, its key on "a USB stick" (here: the image too).
-            let (bundle, key) = make_bundle(&agent, dir.path(), hostname);
+            let (bundle, key) = common::make_bundle(
+                &agent,
+                dir.path(),
+                hostname,
+                &[
+                    ("ssh_host_ed25519_key", CANARY_SSH.to_owned()),
+                    ("age_key", CANARY_AGE.to_owned()),
+                    ("smb_credentials", common::smb_credentials()),
+                    ("luks_key", format!("{CANARY_LUKS}\n")),
+                ],
+            );
             spec.extra_files
                 .push((bundle, "etc/landfall/secrets.age".into(), 0o400));
             spec.extra_files
@@ -406,7 +309,7 @@ fn install(s: Scenario) -> Vec<Part> {
         }))
         .unwrap();
     let port = server.local_addr().port();
-    let admin = Admin::new(&format!("http://127.0.0.1:{port}"), &data);
+    let admin = common::Admin::new(&format!("http://127.0.0.1:{port}"), &data);
     let image_built = t0.elapsed();
 
     let vm_dir = dir.path().join("vm");
@@ -593,7 +496,7 @@ fn install(s: Scenario) -> Vec<Part> {
         "finish/finished",
         "done/finished",
     ]);
-    assert_eq!(step_kinds(events), expected);
+    assert_eq!(common::step_kinds(events), expected);
     let disk_ops = events
         .iter()
         .filter(|e| e["step"] == "disks" && e["kind"] == "progress")

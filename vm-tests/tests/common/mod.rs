@@ -407,3 +407,113 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The admin API of the in-process server.
+pub struct Admin {
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    pub fn new(base: &str, data: &Path) -> Admin {
+        let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+        Admin {
+            base: base.to_owned(),
+            token: token.trim().to_owned(),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let r = reqwest::blocking::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().unwrap()
+    }
+
+    pub fn post(&self, path: &str) -> (u16, String) {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+
+    pub fn machine(&self, mac: &str) -> Value {
+        self.get(&format!("/api/v1/machines/{mac}"))
+    }
+
+    /// What the machine's next PXE boot gets.
+    pub fn boot_script(&self, mac: &str) -> String {
+        reqwest::blocking::get(format!("{}/boot.ipxe?mac={mac}", self.base))
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+}
+
+/// An age bundle of the machine's secrets for one X25519 key, made the way an
+/// operator would: `age-keygen` (Debian's age) and `landfall-agent bundle create`:
+/// `files` are (key, value) under `hosts/HOSTNAME/`. Returns (bundle file, identity file).
+pub fn make_bundle(
+    agent: &Path,
+    dir: &Path,
+    hostname: &str,
+    files: &[(&str, String)],
+) -> (PathBuf, PathBuf) {
+    let key = dir.join("bundle.key");
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "age-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recipient = String::from_utf8_lossy(&out.stderr)
+        .split_whitespace()
+        .find(|w| w.starts_with("age1"))
+        .expect("age-keygen names the public key")
+        .to_owned();
+    let from = dir.join("bundle-src");
+    let host = from.join("hosts").join(hostname);
+    std::fs::create_dir_all(&host).unwrap();
+    for (key, value) in files {
+        std::fs::write(host.join(key), value).unwrap();
+    }
+    let bundle = dir.join("secrets.age");
+    let out = Command::new(agent)
+        .args(["bundle", "create", "--from"])
+        .arg(&from)
+        .args(["--recipient", &recipient, "-o"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bundle create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&from).unwrap();
+    (bundle, key)
+}
+
+/// `step/kind` of the events that are neither progress nor log lines.
+pub fn step_kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["kind"] != "progress" && e["kind"] != "log")
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["step"].as_str().unwrap(),
+                e["kind"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
