@@ -341,7 +341,7 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
         }
     }
     let verified = if failure.is_none() {
-        match verify(plan, opts, &mounts).await {
+        match verify(plan, &mounts).await {
             Ok(v) => Some(v),
             Err(e) => {
                 failure = Some(e.context("verification by reading back failed"));
@@ -779,13 +779,10 @@ async fn btrfs_subvolumes(device: &str, names: &[String]) -> Result<()> {
 pub fn unmount_below(root: &Path) -> Result<()> {
     let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let r = root.to_string_lossy().into_owned();
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let mut below: Vec<String> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
+    let mut below: Vec<String> = crate::hw::mountinfo::read()?
+        .into_iter()
+        .map(|m| m.mountpoint)
         .filter(|t| *t == r || t.starts_with(&format!("{}/", r.trim_end_matches('/'))))
-        .map(str::to_owned)
         .collect();
     below.reverse();
     for t in below {
@@ -864,7 +861,7 @@ fn skip_mount(m: &Mount, opts: &ApplyOptions) -> Option<&'static str> {
 
 /// Read back: every partition's PARTLABEL, type GUID and signature (blkid
 /// low-level probe), and every mount.
-pub async fn verify(plan: &Plan, opts: &ApplyOptions, mounts: &[MountGuard]) -> Result<Verified> {
+pub async fn verify(plan: &Plan, mounts: &[MountGuard]) -> Result<Verified> {
     let mut v = Verified::default();
     for d in &plan.disks {
         let expect = expected_types(d);
@@ -918,22 +915,18 @@ pub async fn verify(plan: &Plan, opts: &ApplyOptions, mounts: &[MountGuard]) -> 
             });
         }
     }
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mounted = crate::hw::mountinfo::read()?;
     for g in mounts {
         let t = std::fs::canonicalize(g.target())
             .unwrap_or_else(|_| g.target().to_path_buf())
             .to_string_lossy()
             .into_owned();
-        let found = mountinfo
-            .lines()
-            .any(|l| l.split(' ').nth(4) == Some(t.as_str()));
+        let found = mounted.iter().any(|m| m.mountpoint == t);
         if !found {
             bail!("{} is not mounted on {t} after mounting it", g.device());
         }
         v.mounted.push(t);
     }
-    let _ = opts;
     Ok(v)
 }
 

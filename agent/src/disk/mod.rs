@@ -156,7 +156,7 @@ pub fn use_of(device: &str) -> Option<String> {
     let (_, name) = safety::kernel_name(device).ok()?;
     let mut names = vec![name.clone()];
     names.extend(safety::kernel_partitions(&name));
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounts = crate::hw::mountinfo::read().unwrap_or_default();
     let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
     names.iter().find_map(|n| {
         let dev = std::fs::read_to_string(format!("/sys/class/block/{n}/dev")).unwrap_or_default();
@@ -166,12 +166,8 @@ pub fn use_of(device: &str) -> Option<String> {
         } else {
             format!("{n} ")
         };
-        if let Some(at) = mountinfo
-            .lines()
-            .find(|l| !dev.is_empty() && l.split(' ').nth(2) == Some(dev))
-            .and_then(|l| l.split(' ').nth(4))
-        {
-            return Some(format!("{part}mounted at {at}"));
+        if let Some(m) = mounts.iter().find(|m| !dev.is_empty() && m.dev == dev) {
+            return Some(format!("{part}mounted at {}", m.mountpoint));
         }
         let holders = crate::hw::list_dir(std::path::Path::new(&format!(
             "/sys/class/block/{n}/holders"

@@ -127,20 +127,16 @@ pub async fn probe(device: &str) -> Result<Probe> {
     // them (e.g. left on a reused loop device) are not data: `wipe` drops them.
 
     // Mounts: by major:minor in mountinfo.
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounts = crate::hw::mountinfo::read().unwrap_or_default();
     for (kname, node) in &nodes {
         let Some(num) = dev_number(kname) else {
             continue;
         };
-        for line in mountinfo.lines() {
-            let f: Vec<&str> = line.split(' ').collect();
-            if f.len() > 4 && f[2] == num {
-                let mp = unescape(f[4]);
-                if BOOT_MOUNTS.contains(&mp.as_str()) {
-                    p.boot_medium = true;
-                }
-                p.mounted.push(format!("{node} on {mp}"));
+        for m in mounts.iter().filter(|m| m.dev == num) {
+            if BOOT_MOUNTS.contains(&m.mountpoint.as_str()) {
+                p.boot_medium = true;
             }
+            p.mounted.push(format!("{node} on {}", m.mountpoint));
         }
         for h in crate::hw::list_dir(&Path::new("/sys/class/block").join(kname).join("holders")) {
             p.busy.push(format!("{node} held by {h}"));
@@ -228,27 +224,6 @@ pub fn parse_export(s: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// mountinfo escapes spaces etc. as \040.
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v as char);
-            i += 4;
-        } else {
-            out.push(b[i] as char);
-            i += 1;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +267,5 @@ mod tests {
             check("main", &ro, true),
             Err(Refusal::ReadOnly { .. })
         ));
-        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
     }
 }

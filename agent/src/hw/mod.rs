@@ -11,6 +11,7 @@ mod disks;
 mod dmi;
 mod firmware;
 mod gpus;
+pub mod mountinfo;
 mod nics;
 mod pci;
 mod probe;

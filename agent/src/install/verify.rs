@@ -539,50 +539,7 @@ async fn path_readable(path: &Path, limit: Duration) -> Result<String, String> {
     .await
 }
 
-/// One line of /proc/self/mountinfo: mount point, filesystem type, source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    pub mountpoint: String,
-    pub fstype: String,
-    pub source: String,
-}
-
-/// Parse mountinfo (proc(5)): field 5 is the mount point (octal escapes
-/// `\040` etc.), after the ` - ` separator come type and source.
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mountpoint = unescape(left.split(' ').nth(4)?);
-            let mut r = right.split(' ');
-            Some(MountEntry {
-                mountpoint,
-                fstype: r.next()?.to_owned(),
-                source: unescape(r.next().unwrap_or("")),
-            })
-        })
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use crate::hw::mountinfo::{parse as parse_mountinfo, MountEntry};
 
 /// The SMB check's logic with the accepted filesystem types as a parameter
 /// (`Check::Smb` passes [`SMB_FSTYPES`]): list `mountpoint` (which triggers
