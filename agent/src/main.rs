@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the hardware inventory.
+    /// Print the hardware inventory: a summary, or JSON with --json.
     Detect {
         /// Print JSON (the `Inventory` type of the protocol).
         #[arg(long)]
@@ -389,11 +389,12 @@ fn real_main(cli: Cli) -> Result<()> {
             ))
         }
         Command::Detect { json, sysroot } => {
-            let _ = json; // JSON is the only output format so far.
-            out(format_args!(
-                "{}\n",
-                serde_json::to_string_pretty(&hw::detect(&sysroot)?)?
-            ))
+            let inv = hw::detect(&sysroot)?;
+            if json {
+                out(format_args!("{}\n", serde_json::to_string_pretty(&inv)?))
+            } else {
+                out(hw::describe(&inv))
+            }
         }
         Command::Run {
             server,

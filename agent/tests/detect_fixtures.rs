@@ -292,3 +292,34 @@ fn blank_node_has_no_data_and_unreadable_node_is_not_an_error() {
         assert!(!d.has_data(), "{d:?}");
     }
 }
+
+#[test]
+fn detect_prints_a_summary_and_json_only_with_the_flag() {
+    let run = |json: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_landfall-agent"));
+        c.arg("detect").arg("--sysroot").arg(fixture("qemu-bios"));
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run(false);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text).is_err(),
+        "{text}"
+    );
+    let inv = qemu("qemu-bios");
+    assert!(
+        text.contains("disk /dev/vda: 64 MiB") && text.contains("virtio-LFSERIAL01"),
+        "{text}"
+    );
+    assert!(text.contains("disk /dev/vdb: 16 MiB"), "{text}");
+    for n in &inv.nics {
+        assert!(text.contains(&n.mac), "{} missing:\n{text}", n.mac);
+    }
+    assert!(text.contains("bios firmware"), "{text}");
+    let json: Inventory = serde_json::from_str(&run(true)).unwrap();
+    assert_eq!(json.disks.len(), inv.disks.len());
+}

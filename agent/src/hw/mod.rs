@@ -148,6 +148,71 @@ pub(crate) fn list_dir(path: &Path) -> Vec<String> {
     names
 }
 
+/// The inventory as a technician reads it (`landfall-agent detect` without
+/// `--json`): one line for the machine, one per disk and NIC.
+pub fn describe(inv: &Inventory) -> String {
+    let mib = |b: u64| b >> 20;
+    let opt = |v: &Option<String>| v.as_deref().unwrap_or("-").to_owned();
+    let mut s = format!(
+        "{} {} (serial {}), {} firmware{}, virtualization {}\n\
+         cpu: {} ({} cores, {} threads), memory {} MiB\n",
+        opt(&inv.dmi.vendor),
+        opt(&inv.dmi.product),
+        opt(&inv.dmi.serial),
+        serde_json::to_value(inv.firmware.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        match inv.firmware.secure_boot {
+            Some(true) => " (Secure Boot on)",
+            _ => "",
+        },
+        if inv.virtualization.is_empty() {
+            "none"
+        } else {
+            &inv.virtualization
+        },
+        opt(&inv.cpu.model),
+        inv.cpu.cores,
+        inv.cpu.threads,
+        mib(inv.memory.total_bytes),
+    );
+    for d in &inv.disks {
+        let used: Vec<String> = d
+            .signatures
+            .iter()
+            .map(|g| g.kind.clone())
+            .chain(d.partition_table.iter().map(|t| format!("{t} table")))
+            .collect();
+        s.push_str(&format!(
+            "disk {}: {} MiB, {}, {}{} [{}]\n",
+            d.path,
+            mib(d.size_bytes),
+            opt(&d.model),
+            d.by_id.as_deref().unwrap_or("no by-id name"),
+            if d.removable { ", removable" } else { "" },
+            if used.is_empty() {
+                "empty".to_owned()
+            } else {
+                used.join(", ")
+            },
+        ));
+    }
+    for n in &inv.nics {
+        s.push_str(&format!(
+            "nic {}: {} link {}{} {}\n",
+            n.name,
+            n.mac,
+            if n.link_up { "up" } else { "down" },
+            n.speed_mbps
+                .map(|m| format!(" {m} Mb/s"))
+                .unwrap_or_default(),
+            n.addresses.join(" "),
+        ));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
