@@ -328,12 +328,9 @@ fn sensitive(token: &SecretString) -> Result<reqwest::header::HeaderValue, MintE
 
 /// A reqwest error with its sources on one line (they carry the TLS reason).
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    let chain = std::iter::successors(Some(e), |e| e.source());
+    chain
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
