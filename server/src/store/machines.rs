@@ -207,15 +207,6 @@ impl Store {
         Ok(RetryOutcome::Requested)
     }
 
-    /// Set a machine's state directly (tests, future admin commands).
-    pub fn set_state(&self, mac: &str, state: MachineState, now: i64) -> Result<()> {
-        self.lock().execute(
-            "UPDATE machines SET state = ?2, updated_at = ?3 WHERE mac = ?1",
-            params![mac, state_str(state), now],
-        )?;
-        Ok(())
-    }
-
     pub fn summaries(&self) -> Result<Vec<MachineSummary>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!(
