@@ -1,7 +1,9 @@
 //! landfall-agent: the in-image installer.
 //!
-//! `main.rs` only parses arguments; everything else lives here so it can be
-//! tested. The install order is decided in one place: [`pipeline`].
+//! `main.rs` parses arguments, calls into this library for each subcommand
+//! and prints the result (text, or JSON with `--json`) and the error chain;
+//! the work lives here so it can be tested. The install order is decided in
+//! one place: [`pipeline`].
 
 pub mod cmd;
 pub mod cmdline;
