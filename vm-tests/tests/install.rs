@@ -370,12 +370,16 @@ fn install(s: Scenario) -> Vec<Part> {
         );
         // The technician at the console sees the step, the error's class, the
         // last output lines, the operator's commands and how to get a shell.
+        let t_console = std::time::Instant::now();
         let console = common::wait_until(
             "the failure on the console",
             Duration::from_secs(60),
             || {
+                // The failure block is drawn line by line: the shell line is
+                // its last, so wait for it (the hint line alone already names
+                // `landfall retry`), or for the time to run out and show all.
                 let log = vm.serial_log();
-                log.contains(&format!("landfall retry {hostname}"))
+                (log.contains("shell: ") || t_console.elapsed() > Duration::from_secs(55))
                     .then_some(log)
             },
         );
