@@ -242,12 +242,12 @@ pub struct VerifiedPart {
     pub uuid: String,
 }
 
-struct Progress {
+struct OpProgress {
     f: Option<ProgressFn>,
     total: usize,
 }
 
-impl Progress {
+impl OpProgress {
     fn emit(&self, index: usize, disk: Option<&str>, what: &str, state: OpState) {
         if let Some(f) = &self.f {
             f(&OpEvent {
@@ -293,7 +293,7 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
     } else {
         check_safety(plan, opts.wipe).await?;
     }
-    let progress = Arc::new(Progress {
+    let progress = Arc::new(OpProgress {
         f: opts.progress.clone(),
         total: plan.op_count(),
     });
@@ -406,7 +406,7 @@ async fn cleanup(mut mounts: Vec<MountGuard>, mut luks: Vec<LuksGuard>, written:
 
 struct DiskCtx {
     base: usize,
-    progress: Arc<Progress>,
+    progress: Arc<OpProgress>,
     keys: Arc<dyn KeyProvider>,
     open_luks: bool,
     luks_format_args: Vec<String>,
@@ -805,7 +805,7 @@ pub fn target_of(root: &Path, mountpoint: &str) -> PathBuf {
 async fn mount_all(
     plan: &Plan,
     opts: &ApplyOptions,
-    progress: &Progress,
+    progress: &OpProgress,
     base: usize,
     mounts: &mut Vec<MountGuard>,
 ) -> Result<()> {

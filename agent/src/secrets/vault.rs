@@ -248,7 +248,7 @@ pub async fn fetch(
             "sys/wrapping/lookup",
             None,
             Some(Body::WrapToken(vault.wrap_token.expose())),
-            Step::Lookup,
+            VaultCall::Lookup,
         )
         .await?;
     if looked.data.creation_path != vault.creation_path {
@@ -267,7 +267,7 @@ pub async fn fetch(
             "sys/wrapping/unwrap",
             Some(vault.wrap_token.expose().as_bytes()),
             None,
-            Step::Unwrap,
+            VaultCall::Unwrap,
         )
         .await?;
     let secret_id = unwrapped.data.secret_id;
@@ -283,7 +283,7 @@ pub async fn fetch(
                 role_id,
                 secret_id: &secret_id,
             }),
-            Step::Login,
+            VaultCall::Login,
         )
         .await?;
     drop(secret_id);
@@ -297,7 +297,7 @@ pub async fn fetch(
             "auth/token/revoke-self",
             Some(token.expose()),
             None,
-            Step::Revoke,
+            VaultCall::Revoke,
         )
         .await;
     if let Err(e) = revoked {
@@ -320,7 +320,7 @@ async fn read_all(
                 &api_path,
                 Some(token.expose()),
                 None,
-                Step::Read {
+                VaultCall::Read {
                     kv_hint: format!("-mount={} {p}", vault.kv_mount),
                 },
             )
@@ -436,7 +436,7 @@ impl Body<'_> {
 
 /// What a call is, for mapping 4xx answers to the right error.
 #[derive(Clone)]
-enum Step {
+enum VaultCall {
     Lookup,
     Unwrap,
     Login,
@@ -506,7 +506,7 @@ impl VaultClient {
         path: &str,
         token: Option<&[u8]>,
         body: Option<Body<'_>>,
-        step: Step,
+        call: VaultCall,
     ) -> Result<T, SecretsError> {
         let url = format!("{}/v1/{path}", self.base);
         let body = body.map(|b| b.to_bytes()).transpose()?;
@@ -514,9 +514,9 @@ impl VaultClient {
             .retry
             .run(
                 |_| {
-                    let (method, url, step) = (method.clone(), url.clone(), step.clone());
+                    let (method, url, call) = (method.clone(), url.clone(), call.clone());
                     let body = body.as_ref();
-                    async move { self.once(method, &url, path, token, body, &step).await }
+                    async move { self.once(method, &url, path, token, body, &call).await }
                 },
                 |e, n, d| {
                     tracing::warn!(path, try_ = n, delay = ?d, error = %e, "Vault call failed; retrying");
@@ -541,7 +541,7 @@ impl VaultClient {
         path: &str,
         token: Option<&[u8]>,
         body: Option<&SecretBytes>,
-        step: &Step,
+        call: &VaultCall,
     ) -> Attempt<T, SecretsError> {
         let mut req = self.http.request(method, url);
         if let Some(t) = token {
@@ -609,35 +609,35 @@ impl VaultClient {
                 hint: "",
             });
         }
-        Attempt::Fatal(client_error(path, status, errors, step))
+        Attempt::Fatal(client_error(path, status, errors, call))
     }
 }
 
 /// A 4xx answer as the error the caller can act on.
-fn client_error(path: &str, status: StatusCode, errors: String, step: &Step) -> SecretsError {
-    match step {
-        Step::Lookup => SecretsError::SecurityAlarm {
+fn client_error(path: &str, status: StatusCode, errors: String, call: &VaultCall) -> SecretsError {
+    match call {
+        VaultCall::Lookup => SecretsError::SecurityAlarm {
             reason: format!(
                 "the wrap token failed sys/wrapping/lookup ({status}: {errors}): it was already \
                  unwrapped, expired, or never existed"
             ),
         },
-        Step::Unwrap => SecretsError::SecurityAlarm {
+        VaultCall::Unwrap => SecretsError::SecurityAlarm {
             reason: format!(
                 "the wrap token could not be unwrapped ({status}: {errors}) right after a \
                  successful lookup: someone else unwrapped it"
             ),
         },
-        Step::Read { kv_hint } if status == StatusCode::NOT_FOUND => SecretsError::NotFound {
+        VaultCall::Read { kv_hint } if status == StatusCode::NOT_FOUND => SecretsError::NotFound {
             path: path.to_owned(),
             kv_hint: kv_hint.clone(),
         },
-        Step::Read { .. } if status == StatusCode::FORBIDDEN => SecretsError::Denied {
+        VaultCall::Read { .. } if status == StatusCode::FORBIDDEN => SecretsError::Denied {
             path: path.to_owned(),
             status: status.as_u16(),
             errors,
         },
-        Step::Login => SecretsError::Vault {
+        VaultCall::Login => SecretsError::Vault {
             path: path.to_owned(),
             status: status.as_u16(),
             errors,
