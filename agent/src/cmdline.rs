@@ -174,6 +174,14 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// The text the agent reads its `landfall.*` words from: the image's
+/// agent.conf, then the kernel command line, one after the other on their
+/// own lines so a comment in the file never swallows a kernel word, and the
+/// kernel's words win ([`landfall_params`] keeps the last).
+pub fn layered_text(config_file: &str, cmdline: &str) -> String {
+    format!("{config_file}\n{cmdline}")
+}
+
 /// The `landfall.*` parameters of a command line or config file, keyed without
 /// the `landfall.` prefix. Later words win, as for the kernel.
 pub fn landfall_params(text: &str) -> BTreeMap<String, String> {
@@ -281,6 +289,25 @@ mod tests {
 
     const LINE: &str = "vmlinuz initrd=initrd landfall.server=http://10.0.2.2:8080/ \
                         landfall.token=abc123 console=ttyS0 quiet\n";
+
+    #[test]
+    fn agent_conf_words_reach_the_steps_and_the_kernel_line_wins() {
+        let conf = "landfall.vault_role_id=from-conf\n\
+                    landfall.secrets_identity=/media/key.txt # on the USB stick";
+        let text = layered_text(conf, "quiet landfall.vault_role_id=from-kernel\n");
+        let p = landfall_params(&text);
+        assert_eq!(p["vault_role_id"], "from-kernel");
+        // The file's trailing comment does not swallow the kernel's words.
+        assert_eq!(p["secrets_identity"], "/media/key.txt");
+        let dir = tempfile::tempdir().unwrap();
+        let none = dir.path().join("vault-role-id");
+        let id = crate::secrets::role_id_from(&none, &layered_text(conf, "quiet")).unwrap();
+        assert_eq!(id.expose_str(), Some("from-conf"));
+        assert!(matches!(
+            crate::secrets::IdentitySource::from_cmdline(&text),
+            crate::secrets::IdentitySource::IdentityFile(p) if p == std::path::Path::new("/media/key.txt")
+        ));
+    }
 
     #[test]
     fn words_and_quotes() {

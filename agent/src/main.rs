@@ -418,15 +418,16 @@ fn real_main(cli: Cli) -> Result<()> {
                 },
             )?;
             let rt = runtime()?;
-            let cmdline_text = std::fs::read_to_string(&cmdline).unwrap_or_default();
-            let config_text = std::fs::read_to_string(&config).unwrap_or_default();
+            // agent.conf < kernel command line, for the words the steps read
+            // themselves (state_dir, vault_role_id, secrets_identity, ...).
+            let words = landfall_agent::cmdline::layered_text(
+                &std::fs::read_to_string(&config).unwrap_or_default(),
+                &std::fs::read_to_string(&cmdline).unwrap_or_default(),
+            );
             let opts = pipeline::RunOptions {
                 sysroot,
-                state_dir: pipeline::state_dir_from(
-                    std::env::var_os("LANDFALL_STATE_DIR"),
-                    &format!("{config_text} {cmdline_text}"),
-                ),
-                cmdline: cmdline_text,
+                state_dir: pipeline::state_dir_from(std::env::var_os("LANDFALL_STATE_DIR"), &words),
+                cmdline: words,
                 ..Default::default()
             };
             let console = Console::system(cfg.console, pipeline::STEPS);

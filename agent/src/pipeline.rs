@@ -54,7 +54,8 @@ pub struct RunOptions {
     /// Retry policy for `hello` while the server is unreachable.
     pub hello_retry: Retry,
     pub final_ack_timeout: Duration,
-    /// The kernel command line's text (`landfall.vault_role_id=`, ...).
+    /// The image's agent.conf and then the kernel command line
+    /// ([`crate::cmdline::layered_text`]): `landfall.vault_role_id=`, ...
     pub cmdline: String,
     /// Where the image carries its own files: `vault-role-id`, `vault-ca.pem`.
     pub etc_dir: PathBuf,
