@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use landfall_proto::names::{check_hostname, check_simple_name, normalize_mac};
 use landfall_proto::{Assignment, BootAction, MachineState};
 
-use crate::api::{new_token, token_hash, App, AppState};
+use crate::app::{new_token, token_hash, App, AppState};
 
 /// The iPXE loop back to this server, with iPXE's own variables for the machine.
 const CHAIN_QUERY: &str = "boot.ipxe?mac=${net0/mac}&arch=${buildarch}&platform=${platform}";
@@ -38,15 +38,7 @@ pub fn decide(state: MachineState) -> BootAction {
     }
 }
 
-/// `http://` + a Host header, if the header is a plain host[:port].
-pub fn base_from_host(host: &str) -> Option<String> {
-    let ok = !host.is_empty()
-        && host.len() <= 261
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
-    ok.then(|| format!("http://{host}"))
-}
+pub use crate::app::base_from_host;
 
 /// The install script, or why a value failed validation (the caller holds instead).
 pub fn install_script(

@@ -4,6 +4,7 @@
 //! bound address; `main.rs` and the integration tests both use it.
 
 pub mod api;
+pub mod app;
 pub mod artifacts;
 pub mod boot;
 pub mod cli;
@@ -20,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::App;
+use crate::app::App;
 use crate::config::{Config, Settings};
 use crate::store::Store;
 

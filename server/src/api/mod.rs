@@ -1,12 +1,9 @@
-//! The HTTP surface: router, shared state, JSON errors, auth extractors.
+//! The HTTP surface: router, JSON errors, auth extractors (the shared state
+//! is [`crate::app`]).
 
 pub mod admin;
 pub mod agent;
 pub mod verify;
-
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
@@ -17,86 +14,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use landfall_proto::agent::ErrorBody;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 
-use crate::config::Settings;
-use crate::store::{AttemptRow, Store};
+pub use crate::app::{new_token, random_hex, token_hash, App, AppState};
+use crate::store::AttemptRow;
 
 /// Largest request body accepted (an events batch or a hello with its inventory).
 pub const MAX_BODY: usize = 1024 * 1024;
-
-/// Shared state of every handler.
-pub struct App {
-    pub store: Store,
-    pub settings: Settings,
-    pub artifacts: PathBuf,
-    /// SHA-256 of the admin token.
-    pub admin_token_hash: String,
-    /// Mints wrapped Vault `secret_id`s when `[vault]` is configured.
-    pub orchestrator: Option<crate::orchestrator::Orchestrator>,
-    /// Woken when a machine's state changes in a way a waiting agent
-    /// (`POST /agent/wait`) must see: retry, reinstall, a new attempt.
-    pub changes: Notify,
-    /// Set at shutdown: pending waits answer `wait` at once.
-    pub stopping: AtomicBool,
-    /// Serialises granting retries (mint tokens, then move the machine), so
-    /// two waits of one attempt cannot both mint.
-    pub retry_lock: tokio::sync::Mutex<()>,
-    /// Serialises choosing and storing a new machine's assignment at its
-    /// first PXE boot (auto-enrolled hostnames are unique).
-    pub enrol_lock: std::sync::Mutex<()>,
-}
-
-pub type AppState = Arc<App>;
-
-impl App {
-    pub fn new(
-        store: Store,
-        settings: Settings,
-        artifacts: PathBuf,
-        admin_token_hash: String,
-        orchestrator: Option<crate::orchestrator::Orchestrator>,
-    ) -> Self {
-        Self {
-            store,
-            settings,
-            artifacts,
-            admin_token_hash,
-            orchestrator,
-            changes: Notify::new(),
-            stopping: AtomicBool::new(false),
-            retry_lock: tokio::sync::Mutex::new(()),
-            enrol_lock: std::sync::Mutex::new(()),
-        }
-    }
-
-    /// Wake the waiting agents to look at their machines again.
-    pub fn machines_changed(&self) {
-        self.changes.notify_waiters();
-    }
-
-    /// The server is stopping: pending waits answer now.
-    pub fn begin_shutdown(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.changes.notify_waiters();
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    /// The base URL machines reach us at: `server.public_url`, else `http://` + Host.
-    pub fn base_url(&self, headers: &HeaderMap) -> Option<String> {
-        if let Some(u) = &self.settings.public_url {
-            return Some(u.clone());
-        }
-        headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(crate::boot::base_from_host)
-    }
-}
 
 pub fn router(app: AppState) -> Router {
     Router::new()
@@ -233,30 +156,6 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
     }
-}
-
-/// SHA-256 of a token, lower-case hex: what the database stores.
-pub fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-/// A new random token: 32 bytes, hex.
-pub fn new_token() -> anyhow::Result<String> {
-    random_hex(32)
-}
-
-pub fn random_hex(bytes: usize) -> anyhow::Result<String> {
-    let mut buf = vec![0u8; bytes];
-    getrandom::getrandom(&mut buf).map_err(|e| anyhow::anyhow!("reading random bytes: {e}"))?;
-    Ok(hex(&buf))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// Compare two equal-length strings without an early exit.

@@ -1,0 +1,120 @@
+//! The server's shared state and the token helpers every part uses. Below
+//! both `api` (the HTTP handlers) and `boot` (the iPXE decision): they import
+//! from here, never from each other's state.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::config::Settings;
+use crate::store::Store;
+
+/// Shared state of every handler.
+pub struct App {
+    pub store: Store,
+    pub settings: Settings,
+    pub artifacts: PathBuf,
+    /// SHA-256 of the admin token.
+    pub admin_token_hash: String,
+    /// Mints wrapped Vault `secret_id`s when `[vault]` is configured.
+    pub orchestrator: Option<crate::orchestrator::Orchestrator>,
+    /// Woken when a machine's state changes in a way a waiting agent
+    /// (`POST /agent/wait`) must see: retry, reinstall, a new attempt.
+    pub changes: Notify,
+    /// Set at shutdown: pending waits answer `wait` at once.
+    pub stopping: AtomicBool,
+    /// Serialises granting retries (mint tokens, then move the machine), so
+    /// two waits of one attempt cannot both mint.
+    pub retry_lock: tokio::sync::Mutex<()>,
+    /// Serialises choosing and storing a new machine's assignment at its
+    /// first PXE boot (auto-enrolled hostnames are unique).
+    pub enrol_lock: std::sync::Mutex<()>,
+}
+
+pub type AppState = Arc<App>;
+
+impl App {
+    pub fn new(
+        store: Store,
+        settings: Settings,
+        artifacts: PathBuf,
+        admin_token_hash: String,
+        orchestrator: Option<crate::orchestrator::Orchestrator>,
+    ) -> Self {
+        Self {
+            store,
+            settings,
+            artifacts,
+            admin_token_hash,
+            orchestrator,
+            changes: Notify::new(),
+            stopping: AtomicBool::new(false),
+            retry_lock: tokio::sync::Mutex::new(()),
+            enrol_lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Wake the waiting agents to look at their machines again.
+    pub fn machines_changed(&self) {
+        self.changes.notify_waiters();
+    }
+
+    /// The server is stopping: pending waits answer now.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.changes.notify_waiters();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The base URL machines reach us at: `server.public_url`, else `http://` + Host.
+    pub fn base_url(&self, headers: &HeaderMap) -> Option<String> {
+        if let Some(u) = &self.settings.public_url {
+            return Some(u.clone());
+        }
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(base_from_host)
+    }
+}
+
+/// `http://` + a Host header, if the header is a plain host[:port].
+pub fn base_from_host(host: &str) -> Option<String> {
+    let ok = !host.is_empty()
+        && host.len() <= 261
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    ok.then(|| format!("http://{host}"))
+}
+
+/// SHA-256 of a token, lower-case hex: what the database stores.
+pub fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// A new random token: 32 bytes, hex.
+pub fn new_token() -> anyhow::Result<String> {
+    random_hex(32)
+}
+
+pub fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::getrandom(&mut buf).map_err(|e| anyhow::anyhow!("reading random bytes: {e}"))?;
+    Ok(hex(&buf))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
