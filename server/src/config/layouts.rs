@@ -26,7 +26,7 @@ pub(super) fn load_all(
     Ok(layouts)
 }
 
-/// `DIR/NAME.json`, or `DIR/NAME.nix` rendered with `nix-instantiate --eval --strict --json`,
+/// `DIR/NAME.json`, or `DIR/NAME.nix` rendered by `landfall_cmd::nix` (`nix-instantiate --eval --strict --json`),
 /// parsed and validated by landfall-disko, the parser the agent uses: a layout the agent
 /// would refuse is refused here, with the file and the field's path.
 fn load_layout(dir: &Path, name: &str) -> Result<(serde_json::Value, landfall_disko::Layout)> {
@@ -37,7 +37,7 @@ fn load_layout(dir: &Path, name: &str) -> Result<(serde_json::Value, landfall_di
             .with_context(|| format!("reading {}", json.display()))?;
         (json, text)
     } else if nix.is_file() {
-        let text = render_nix(&nix)?;
+        let text = landfall_cmd::nix::render_json_blocking(&nix)?;
         (nix, text)
     } else {
         bail!(
@@ -54,25 +54,4 @@ fn load_layout(dir: &Path, name: &str) -> Result<(serde_json::Value, landfall_di
         )
     })?;
     Ok((value, layout))
-}
-
-fn render_nix(path: &Path) -> Result<String> {
-    let out = std::process::Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json"])
-        .arg(path)
-        .output()
-        .with_context(|| {
-            format!(
-                "rendering {} needs nix-instantiate (Debian: nix-bin); or render it to .json yourself",
-                path.display()
-            )
-        })?;
-    if !out.status.success() {
-        bail!(
-            "nix-instantiate --eval --strict --json {} failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    String::from_utf8(out.stdout).context("nix-instantiate printed non-UTF-8")
 }
