@@ -34,6 +34,7 @@ pub struct Cmd {
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     env: Vec<(OsString, OsString)>,
+    env_clear: bool,
     dir: Option<PathBuf>,
 }
 
@@ -70,6 +71,7 @@ impl Cmd {
             args: Vec::new(),
             stdin: None,
             env: Vec::new(),
+            env_clear: false,
             dir: None,
         }
     }
@@ -90,6 +92,12 @@ impl Cmd {
 
     pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Start the program with only the variables given by [`Cmd::env`].
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
         self
     }
 
@@ -123,6 +131,9 @@ impl Cmd {
     /// stdin piped when there is input, else null.
     fn std_command(&self) -> std::process::Command {
         let mut c = std::process::Command::new(&self.program);
+        if self.env_clear {
+            c.env_clear();
+        }
         c.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(if self.stdin.is_some() {
