@@ -5,11 +5,13 @@
 //! unchecked. Every refusal names the field and says how to fix it.
 //!
 //! The module splits by what happens to the file: [`schema`] is the file as
-//! written (the serde types), `validate` refuses what must not be served,
+//! written (the serde types), `validate` refuses what must not be served
+//! (reading files only through the loaders `layouts` and `files`),
 //! `layouts` loads the disko layouts it names, and `resolve` turns a role and
 //! a machine into an [`Assignment`](landfall_proto::Assignment), the one
 //! place where a machine's keys are layered over its role's ([`Mergeable`]).
 
+mod files;
 mod layouts;
 mod resolve;
 pub mod schema;

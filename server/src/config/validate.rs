@@ -1,6 +1,7 @@
 //! Validation of a parsed [`Config`] into [`Settings`]: every refusal names
 //! the field and says how to fix it. No I/O of its own: files are read
-//! through the loaders (`layouts`, and `[vault]`'s CA and token files).
+//! through the loaders (`layouts`, and `files` for `[vault]`'s CA and token
+//! files and the artifacts directory).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -10,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use landfall_proto::names::{check_hostname, check_simple_name, normalize_mac};
 use landfall_proto::{Check, NamedCheck};
 
-use super::layouts;
 use super::resolve::{layered, InstallKeys};
+use super::{files, layouts};
 use super::{
     Config, MachineConfig, RoleConfig, SecretFileConfig, Settings, Unknown, VaultSection,
     VaultSettings, DEFAULT_BOOT_TOKEN_TTL,
@@ -199,7 +200,7 @@ impl Config {
 
         let artifacts = self.server.artifacts.map(|p| base_dir.join(p));
         if let Some(a) = &artifacts {
-            if !a.is_dir() {
+            if !files::is_dir(a) {
                 bail!(
                     "server.artifacts: {} is not a directory; create it and put the netboot \
                      build's vmlinuz and initrd there, or fix the path (relative paths are \
@@ -278,8 +279,7 @@ fn check_vault(v: &VaultSection, base_dir: &Path) -> Result<VaultSettings> {
 
         Some(f) => {
             let p = base_dir.join(f);
-            let pem = std::fs::read_to_string(&p)
-                .with_context(|| format!("ca_file: reading {}", p.display()))?;
+            let pem = files::read("ca_file", &p, "")?;
             reqwest::Certificate::from_pem_bundle(pem.as_bytes())
                 .ok()
                 .filter(|c| !c.is_empty())
@@ -298,12 +298,7 @@ fn check_vault(v: &VaultSection, base_dir: &Path) -> Result<VaultSettings> {
         None => None,
     };
     let token_file = base_dir.join(&v.token_file);
-    let token = std::fs::read_to_string(&token_file).with_context(|| {
-        format!(
-            "token_file: reading {} (the server's own Vault token)",
-            token_file.display()
-        )
-    })?;
+    let token = files::read("token_file", &token_file, " (the server's own Vault token)")?;
     if token.trim().is_empty() {
         bail!(
             "token_file {} is empty; write the server's Vault token into it",
