@@ -107,7 +107,7 @@ pub fn run() -> Result<()> {
     if !out.status.success() {
         bail!(
             "landfall serve --check-config refused {} (rendered from nix/tests/sample-fleet.nix \
-             by nix/lib/landfall-toml.nix): the renderer and server/src/config.rs disagree:\n{}",
+             by nix/lib/landfall-toml.nix): the renderer and server/src/config/ disagree:\n{}",
             good.display(),
             stderr_text(&out)
         );
