@@ -85,33 +85,38 @@ impl Mergeable for Layer {
     }
 }
 
+impl Layer {
+    /// A layer of the keys as written (a role's or a machine's).
+    fn of(
+        layout: &Option<String>,
+        disks: &BTreeMap<String, String>,
+        [flake, system, cache]: [&Option<String>; 3],
+    ) -> Self {
+        Layer {
+            layout: layout.clone(),
+            disks: disks.clone(),
+            install: InstallKeys {
+                flake: flake.clone(),
+                system: system.clone(),
+                cache: cache.clone(),
+            },
+        }
+    }
+}
+
 impl RoleConfig {
     /// This role's layer, the base a machine's is merged over.
     pub fn layer(&self) -> Layer {
-        Layer {
-            layout: self.layout.clone(),
-            disks: self.disks.clone(),
-            install: InstallKeys {
-                flake: self.flake.clone(),
-                system: self.system.clone(),
-                cache: self.cache.clone(),
-            },
-        }
+        let install = [&self.flake, &self.system, &self.cache];
+        Layer::of(&self.layout, &self.disks, install)
     }
 }
 
 impl MachineConfig {
     /// What this machine sets over its role.
     pub fn layer(&self) -> Layer {
-        Layer {
-            layout: self.layout.clone(),
-            disks: self.disks.clone(),
-            install: InstallKeys {
-                flake: self.flake.clone(),
-                system: self.system.clone(),
-                cache: self.cache.clone(),
-            },
-        }
+        let install = [&self.flake, &self.system, &self.cache];
+        Layer::of(&self.layout, &self.disks, install)
     }
 }
 
