@@ -239,9 +239,10 @@ pub struct RoleConfig {
     #[serde(default)]
     pub cache: Option<String>,
     /// `[[roles.NAME.checks]]`: first-boot checks, in the form of
-    /// [`NamedCheck`] (`kind` = ssh | rdp | vnc | smb | tcp | unit | path |
-    /// hostname with its fields). Kept as written here; [`Config::validate`]
-    /// parses them strictly into [`Settings::checks`].
+    /// [`NamedCheck`](landfall_proto::NamedCheck) (`kind` = ssh | rdp | vnc |
+    /// smb | tcp | unit | path | hostname with its fields). Kept as written
+    /// here; [`Config::validate`] parses them strictly into
+    /// [`Settings::checks`](super::Settings::checks).
     #[serde(default)]
     pub checks: Vec<toml::Table>,
 }
