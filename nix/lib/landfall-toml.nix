@@ -1,4 +1,4 @@
-# landfall.toml (server/src/config.rs) from the values of `services.landfall`
+# landfall.toml (server/src/config/schema.rs) from the values of `services.landfall`
 # (nix/modules/server.nix). builtins only: the module calls it with its option
 # values, and nixcheck calls it on nix/tests/sample-fleet.nix without nixpkgs, so
 # the file the module writes is the file `landfall serve --check-config` accepts.

@@ -3,7 +3,6 @@
 //! flag stays off build scripts and proc macros.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Result};
 
@@ -39,8 +38,8 @@ pub fn static_agent() -> Result<PathBuf> {
 /// with `+crt-static`, into `target_dir` (the image builder refuses a dynamic binary).
 pub fn build_static_agent(target_dir: &Path) -> Result<PathBuf> {
     eprintln!("building the static landfall-agent (release, {TARGET})");
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root())
+    crate::cmd::Cmd::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
         .args([
             "build",
             "--release",
@@ -50,7 +49,7 @@ pub fn build_static_agent(target_dir: &Path) -> Result<PathBuf> {
             "landfall-agent",
         ])
         .env("CARGO_TARGET_DIR", target_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static");
-    crate::cmd::run(&mut cmd)?;
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .run_blocking()?;
     Ok(target_dir.join(format!("{TARGET}/release/landfall-agent")))
 }

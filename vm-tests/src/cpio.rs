@@ -177,16 +177,12 @@ mod tests {
     /// Cross-checks with GNU cpio (Debian package `cpio`, which ./x installs).
     #[test]
     fn gnu_cpio_reads_it() {
-        let mut child = std::process::Command::new("cpio")
+        let out = crate::cmd::Cmd::new("cpio")
             .args(["-t", "-v", "--quiet"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("cpio is not installed (Debian package cpio; ./x installs it)");
-        child.stdin.take().unwrap().write_all(&sample()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        let listing = String::from_utf8(out.stdout).unwrap();
+            .stdin(sample())
+            .run_blocking()
+            .expect("cpio (Debian package cpio; ./x installs it)");
+        let listing = out.stdout;
         let lines: Vec<&str> = listing.lines().collect();
         assert_eq!(lines.len(), 6, "{listing}");
         assert!(

@@ -30,7 +30,8 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
-    use std::process::Command;
+
+    use crate::cmd::Cmd;
 
     use super::*;
 
@@ -56,12 +57,11 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let d = dir.path();
             fs::create_dir_all(d.join("bin")).unwrap();
-            let st = Command::new(BUSYBOX)
+            Cmd::new(BUSYBOX)
                 .args(["--install", "-s"])
                 .arg(d.join("bin"))
-                .status()
-                .unwrap();
-            assert!(st.success(), "busybox --install");
+                .run_blocking()
+                .expect("busybox --install");
             fs::create_dir_all(d.join("proc")).unwrap();
             fs::create_dir_all(d.join("mnt/etc/nixos")).unwrap();
             fs::create_dir_all(d.join("mnt/etc/landfall")).unwrap();
@@ -104,15 +104,16 @@ mod tests {
         fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
             let script = self.path("nixos-install");
             fs::write(&script, NIXOS_INSTALL).unwrap();
-            let out = Command::new(self.path("bin/sh"))
+            let mut c = Cmd::new(self.path("bin/sh"))
                 .arg(&script)
                 .args(args)
                 .env_clear()
                 .env("PATH", self.path("bin"))
-                .env("LANDFALL_TEST_DOUBLE_PREFIX", self.dir.path())
-                .envs(env.iter().copied())
-                .output()
-                .unwrap();
+                .env("LANDFALL_TEST_DOUBLE_PREFIX", self.dir.path());
+            for (k, v) in env {
+                c = c.env(k, v);
+            }
+            let out = c.output_blocking().unwrap();
             (
                 out.status.code().unwrap_or(-1),
                 String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -1,14 +1,12 @@
 //! The test boot image: the host's kernel and an initrd (busybox, kernel modules, the agent)
 //! whose /init does what the real image's systemd does before the agent starts.
 
+use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{bail, Context, Result};
-
-use crate::cmd;
+use crate::cmd::Cmd;
 use crate::cpio::CpioWriter;
 
 /// Where the agent lives in the image, and how /init runs it by default (like its service).
@@ -303,16 +301,17 @@ fn resolve_modules(kver: &str, names: &[String]) -> Result<(Vec<PathBuf>, Vec<St
     let mut files: Vec<PathBuf> = Vec::new();
     let mut notes = Vec::new();
     for name in names {
-        let mut c = Command::new("modprobe");
-        c.args(["-d", "/", "-S", kver, "--show-depends", name]);
-        let out = match cmd::run(&mut c) {
+        let out = match Cmd::new("modprobe")
+            .args(["-d", "/", "-S", kver, "--show-depends", name])
+            .run_blocking()
+        {
             Ok(out) => out,
             Err(e) => {
                 notes.push(format!("{name}: skipped ({e:#})"));
                 continue;
             }
         };
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        for line in out.stdout.lines() {
             let mut words = line.split_whitespace();
             match (words.next(), words.next()) {
                 (Some("insmod"), Some(path)) => {
@@ -350,9 +349,7 @@ fn read_module(host: &Path) -> Result<Vec<u8>> {
         Some("gz") => "gzip",
         _ => return fs::read(host).with_context(|| format!("reading {}", host.display())),
     };
-    let mut c = Command::new(tool);
-    c.arg("-dc").arg(host);
-    Ok(cmd::run(&mut c)?.stdout)
+    Ok(Cmd::new(tool).arg("-dc").arg(host).run_bytes_blocking()?)
 }
 
 /// `name` on this host's PATH (and the sbin directories, which root's PATH may lack).
@@ -373,8 +370,9 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 
 /// Absolute paths of the shared libraries and the loader `ldd` lists for `program`.
 fn shared_libraries(program: &Path) -> Result<Vec<String>> {
-    let out = cmd::run(Command::new("ldd").arg(program))?;
-    Ok(String::from_utf8_lossy(&out.stdout)
+    let out = Cmd::new("ldd").arg(program).run_blocking()?;
+    Ok(out
+        .stdout
         .lines()
         .filter_map(|l| {
             // "libblkid.so.1 => /lib/x86_64-linux-gnu/libblkid.so.1 (0x...)" or
@@ -707,9 +705,9 @@ mod tests {
         assert!(RESTART_LOOP.contains(&format!("\nwant={KILL_PENDING}\n")));
         assert!(RESTART_LOOP_COMMAND.contains(&format!("/{RESTART_LOOP_PATH} {AGENT_PATH} ")));
         for (what, script) in [("restart loop", RESTART_LOOP), ("init", INIT)] {
-            let out = Command::new(BUSYBOX)
+            let out = Cmd::new(BUSYBOX)
                 .args(["sh", "-n", "-c", script])
-                .output()
+                .output_blocking()
                 .unwrap();
             assert!(
                 out.status.success(),

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -233,23 +233,16 @@ impl Vm {
         let stderr_log = work_dir.join("qemu.stderr");
         let stderr = fs::File::create(&stderr_log)
             .with_context(|| format!("creating {}", stderr_log.display()))?;
-        let mut c = match which("setpriv") {
-            Some(setpriv) => {
-                let mut c = Command::new(setpriv);
-                c.args(["--pdeathsig", "KILL", "--", QEMU]);
-                c
-            }
-            None => Command::new(QEMU),
-        };
-        c.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        let command_line = cmd::display(&c);
+        let c = match which("setpriv") {
+            Some(setpriv) => cmd::Cmd::new(setpriv).args(["--pdeathsig", "KILL", "--", QEMU]),
+            None => cmd::Cmd::new(QEMU),
+        }
+        .args(&args);
+        let command_line = c.display();
         let started = Instant::now();
         let child = c
-            .spawn()
-            .with_context(|| format!("starting {command_line} (Debian: qemu-system-x86)"))?;
+            .spawn(Stdio::null(), stderr)
+            .context("starting QEMU (Debian: qemu-system-x86)")?;
         Ok(Vm {
             child,
             status: None,
@@ -346,9 +339,9 @@ impl Vm {
             self.accel.as_str(),
             self.started.elapsed(),
             self.command_line,
-            cmd::tail(&stderr, 2000),
+            cmd::tail(&stderr, 2000).trim(),
             self.serial_log.display(),
-            cmd::tail(&serial, 3000)
+            cmd::tail(&serial, 3000).trim()
         )
     }
 }

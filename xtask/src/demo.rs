@@ -6,14 +6,14 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use landfall_vm_tests::{DiskSpec, Firmware, Image, ImageSpec, Vm, VmSpec};
 
-use crate::build::{server_release, static_agent, workspace_root};
+use crate::build::{server_release, static_agent, workspace_root, Cmd};
 
 const MAC: &str = "52:54:00:1a:0f:a1";
 const DISK_SERIAL: &str = "LANDFALL-DEMO-0";
@@ -161,18 +161,18 @@ pub fn run(args: &[&str]) -> Result<()> {
         }
     }
     // The machine's disk, as the layout left it.
-    if let Ok(out) = Command::new("sfdisk")
+    if let Ok(out) = Cmd::new("sfdisk")
         .arg("-l")
         .arg(vm_dir.join("disk0.raw"))
-        .output()
+        .output_blocking()
     {
         println!("\n$ sfdisk -l {}", vm_dir.join("disk0.raw").display());
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
-    let out = Command::new(&server)
+    let out = Cmd::new(&server)
         .args(["machines", "--server", &base, "--token-file"])
         .arg(data.join("admin.token"))
-        .output()?;
+        .output_blocking()?;
     println!(
         "\n$ landfall machines\n{}",
         String::from_utf8_lossy(&out.stdout)
@@ -196,14 +196,12 @@ type Lines = Option<mpsc::Receiver<String>>;
 
 /// Start `landfall serve` on a free loopback port; returns the process and its address.
 fn start_server(server: &Path, data: &PathBuf, config: &Path) -> Result<((Child, Lines), String)> {
-    let mut child = Command::new(server)
+    let mut child = Cmd::new(server)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(config)
         .arg("--data")
         .arg(data)
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", server.display()))?;
+        .spawn(Stdio::inherit(), Stdio::piped())?;
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

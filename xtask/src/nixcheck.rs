@@ -10,12 +10,13 @@
 //!    `landfall serve --check-config`, and `nix/tests/broken-fleet.nix` is refused.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use landfall_cmd::nix::StateDir;
 
-use crate::build::{run as run_cmd, workspace_root};
+use crate::build::{run as run_cmd, workspace_root, Cmd};
 
 /// crates.io tools, pinned so formatting does not change under us.
 const TOOLS: &[(&str, &str)] = &[("deadnix", "1.3.1"), ("nixpkgs-fmt", "1.3.0")];
@@ -37,7 +38,7 @@ pub fn run() -> Result<()> {
     let root = workspace_root();
     let work = root.join("target/nixcheck");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let nix = Nix::new(&work)?;
+    let nix = Nix::new()?;
 
     let files = tracked_nix_files(&root)?;
     eprintln!(
@@ -83,11 +84,11 @@ pub fn run() -> Result<()> {
     // 3. Lints (their own output, with colours on a terminal).
     let bin = tools(&root)?;
     lint(
-        Command::new(bin.join("deadnix")).arg("--fail").args(&files),
+        Cmd::new(bin.join("deadnix")).arg("--fail").args(&files),
         "deadnix found unused code (above): remove it, or prefix an unused argument with _",
     )?;
     lint(
-        Command::new(bin.join("nixpkgs-fmt")).arg("--check").args(&files),
+        Cmd::new(bin.join("nixpkgs-fmt")).arg("--check").args(&files),
         "nixpkgs-fmt: the files above are not formatted; run `target/tools/bin/nixpkgs-fmt FILE...`",
     )?;
 
@@ -106,7 +107,7 @@ pub fn run() -> Result<()> {
     if !out.status.success() {
         bail!(
             "landfall serve --check-config refused {} (rendered from nix/tests/sample-fleet.nix \
-             by nix/lib/landfall-toml.nix): the renderer and server/src/config.rs disagree:\n{}",
+             by nix/lib/landfall-toml.nix): the renderer and server/src/config/ disagree:\n{}",
             good.display(),
             stderr_text(&out)
         );
@@ -139,22 +140,17 @@ fn is_layout(f: &str) -> bool {
 }
 
 /// Run a linter over the files; its output goes straight to the terminal.
-fn lint(cmd: &mut Command, what: &str) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let status = cmd
-        .current_dir(workspace_root())
-        .status()
-        .with_context(|| format!("starting {shown}"))?;
-    if !status.success() {
-        bail!("{what}");
+fn lint(cmd: Cmd, what: &str) -> Result<()> {
+    match cmd.current_dir(workspace_root()).status_blocking() {
+        Err(e) if e.status.is_some() => bail!("{what}"),
+        r => Ok(r?),
     }
-    Ok(())
 }
 
 /// `git ls-files '*.nix'`: what CI's clean clone holds.
 fn tracked_nix_files(root: &Path) -> Result<Vec<String>> {
     let out = capture(
-        Command::new("git")
+        Cmd::new("git")
             .args(["ls-files", "-z", "--", "*.nix"])
             .current_dir(root),
     )?;
@@ -169,21 +165,18 @@ fn tracked_nix_files(root: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Debian's nix-instantiate with its store and state under target/ (parsing and
-/// pure evaluation need no daemon, no /nix, no nixbld group and no root).
+/// Debian's nix-instantiate with the Nix renderer's private state directory
+/// (`landfall_cmd::nix`), a store inside it, read-only and without NIX_PATH
+/// (parsing and pure evaluation need no daemon, no /nix, no nixbld group and
+/// no root).
 struct Nix {
-    state: PathBuf,
+    state: StateDir,
 }
 
 impl Nix {
-    fn new(work: &Path) -> Result<Self> {
-        let state = work.join("state");
-        for d in ["var/log", "home"] {
-            let p = state.join(d);
-            std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        }
-        let probe = Command::new("nix-instantiate").arg("--version").output();
-        match probe {
+    fn new() -> Result<Self> {
+        let state = StateDir::new()?;
+        match state.instantiate().arg("--version").output_blocking() {
             Ok(o) if o.status.success() => Ok(Self { state }),
             Ok(o) => bail!("nix-instantiate --version failed:\n{}", stderr_text(&o)),
             Err(e) => bail!(
@@ -194,15 +187,13 @@ impl Nix {
 
     fn instantiate(&self, root: &Path, args: &[&str]) -> Result<Output> {
         capture(
-            Command::new("nix-instantiate")
+            self.state
+                .instantiate()
                 .arg("--readonly-mode")
                 .args(["--option", "build-users-group", ""])
                 .args(args)
                 .current_dir(root)
-                .env("NIX_STORE_DIR", self.state.join("store"))
-                .env("NIX_STATE_DIR", self.state.join("var"))
-                .env("NIX_LOG_DIR", self.state.join("var/log"))
-                .env("HOME", self.state.join("home"))
+                .env("NIX_STORE_DIR", self.state.path().join("store"))
                 .env("NIX_PATH", ""),
         )
     }
@@ -225,7 +216,7 @@ fn tools(root: &Path) -> Result<PathBuf> {
         );
         let started = Instant::now();
         run_cmd(
-            Command::new("cargo")
+            Cmd::new("cargo")
                 .args(["install", "--locked", "--root"])
                 .arg(&prefix)
                 .args(&missing),
@@ -241,9 +232,9 @@ fn tools(root: &Path) -> Result<PathBuf> {
 /// The binary is there and says it is `version` (nixpkgs-fmt 1.3.0 prints its
 /// version and exits 1, so only the output counts).
 fn installed(bin: &Path, name: &str, version: &str) -> bool {
-    Command::new(bin.join(name))
+    Cmd::new(bin.join(name))
         .arg("--version")
-        .output()
+        .output_blocking()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{name} {version}")))
 }
 
@@ -288,17 +279,17 @@ fn check_config(config: &Path) -> Result<Output> {
     );
     // Built with the workspace's feature set, so `cargo test --workspace`
     // reuses these artifacts instead of building the server a second time.
-    crate::build::run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]))?;
+    crate::build::run(Cmd::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]))?;
     capture(
-        Command::new(workspace_root().join("target/debug/landfall"))
+        Cmd::new(workspace_root().join("target/debug/landfall"))
             .args(["serve", "--check-config", "--config"])
             .arg(config),
     )
 }
 
-fn capture(cmd: &mut Command) -> Result<Output> {
-    let shown = format!("{cmd:?}");
-    cmd.output().with_context(|| format!("starting {shown}"))
+/// Run to completion whatever the exit status (the caller judges it).
+fn capture(cmd: Cmd) -> Result<Output> {
+    Ok(cmd.output_blocking()?)
 }
 
 /// stderr without Debian nix-bin's harmless warning about the nixbld group.

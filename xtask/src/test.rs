@@ -1,17 +1,15 @@
 //! `./x test`: formatting, lints, then every test (unit, API, fixtures,
 //! privileged and VM tests: CI runs as root, nothing is skipped).
 
-use std::process::Command;
-
 use anyhow::Result;
 
-use crate::build::{run, static_agent};
+use crate::build::{run, static_agent, Cmd};
 
 pub fn run_all() -> Result<()> {
     eprintln!("xtask: cargo fmt --check");
-    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    run(Cmd::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
     eprintln!("xtask: cargo clippy -D warnings");
-    run(Command::new("cargo").args([
+    run(Cmd::new("cargo").args([
         "clippy",
         "--workspace",
         "--all-targets",
@@ -22,7 +20,7 @@ pub fn run_all() -> Result<()> {
     crate::nixcheck::run()?;
     let agent = static_agent()?;
     eprintln!("xtask: cargo test (VM tests use {})", agent.display());
-    run(Command::new("cargo")
+    run(Cmd::new("cargo")
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("LANDFALL_TEST_AGENT", &agent))?;
     Ok(())

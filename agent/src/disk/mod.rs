@@ -50,26 +50,7 @@ pub async fn load_layout(path: &std::path::Path) -> anyhow::Result<Layout> {
 /// `nix-instantiate --eval --strict --json FILE`, with a private state
 /// directory so it also works as a user without a Nix daemon.
 pub async fn render_nix(path: &std::path::Path) -> anyhow::Result<String> {
-    use anyhow::Context;
-    // A state directory of this call's own: nix-instantiate initialises it
-    // (gcroots, its SQLite db) on first use, so two renders at once (the
-    // server loading layouts, tests in threads) must not share one, and one
-    // call's clean-up must not pull it from under another.
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let state = std::env::temp_dir().join(format!("landfall-nix-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
-    let out = crate::cmd::Cmd::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json"])
-        .arg(path)
-        .env("NIX_STATE_DIR", state.join("state"))
-        .env("NIX_LOG_DIR", state.join("log"))
-        .env("HOME", &state)
-        .run()
-        .await
-        .with_context(|| format!("rendering {}", path.display()));
-    let _ = std::fs::remove_dir_all(&state);
-    Ok(out?.stdout)
+    landfall_cmd::nix::render_json(path).await
 }
 
 /// Targets for the CLI: `--disk NAME=DEV` overrides, `--size NAME=SIZE` for

@@ -5,13 +5,12 @@
 //! and NIC lshw reports must be in our inventory.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::build;
+use crate::build::{self, output, Cmd};
 
 const ITERATIONS: u32 = 20;
 
@@ -82,7 +81,7 @@ pub fn run(agent: &Path) -> Result<()> {
 
 /// The example that times detect in-process (`--bench N` prints mean ns).
 fn example_binary() -> Result<PathBuf> {
-    build::run(Command::new("cargo").args([
+    build::run(Cmd::new("cargo").args([
         "build",
         "--quiet",
         "--release",
@@ -92,22 +91,6 @@ fn example_binary() -> Result<PathBuf> {
         "detect",
     ]))?;
     Ok(build::workspace_root().join("target/release/examples/detect"))
-}
-
-fn output(cmd: &[&str]) -> Result<String> {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .with_context(|| format!("starting {}", cmd.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed ({}): {}",
-            cmd.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8(out.stdout).with_context(|| format!("{} printed non-UTF-8", cmd.join(" ")))
 }
 
 fn mean(cmd: &[&str]) -> Result<Duration> {

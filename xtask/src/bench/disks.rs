@@ -18,12 +18,11 @@
 //! each (the cost with the least interference from other load on the machine).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::build;
+use crate::build::{self, output, Cmd};
 
 const ROUNDS: usize = 11;
 const DISK_BYTES: u64 = 4 << 30;
@@ -162,36 +161,27 @@ fn measure(
                 .to_owned(),
         );
         // A reused loop device may still list partitions of its last user.
-        let _ = Command::new("partx")
+        let _ = Cmd::new("partx")
             .args(["-d", devs.last().context("dev")?])
-            .output();
+            .output_blocking();
         files.push(f);
     }
     let root_s = root.to_string_lossy().into_owned();
     let a = argv(&devs, &root_s);
     // Settle the page cache so both sides start from the same state.
-    let _ = Command::new("sync").status();
+    let _ = Cmd::new("sync").output_blocking();
     let t0 = Instant::now();
-    let out = Command::new(&a[0])
-        .args(&a[1..])
-        .output()
-        .with_context(|| format!("running {}", a[0]))?;
+    let out = Cmd::new(&a[0]).args(&a[1..]).run_blocking();
     let took = t0.elapsed();
-    let _ = Command::new("umount").args(["-R", &root_s]).output();
+    let _ = Cmd::new("umount").args(["-R", &root_s]).output_blocking();
     for d in &devs {
-        let _ = Command::new("partx").args(["-d", d]).output();
-        let _ = Command::new("losetup").args(["-d", d]).output();
+        let _ = Cmd::new("partx").args(["-d", d]).output_blocking();
+        let _ = Cmd::new("losetup").args(["-d", d]).output_blocking();
     }
     for f in files {
         let _ = std::fs::remove_file(f);
     }
-    if !out.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            a.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    out?;
     Ok(took)
 }
 
@@ -280,22 +270,7 @@ mkdir -p "$R/boot"
 }
 
 fn render(layout: &Path, dir: &Path) -> Result<PathBuf> {
-    let state = dir.join("nix");
-    let out = Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json"])
-        .arg(layout)
-        .env("NIX_STATE_DIR", state.join("state"))
-        .env("NIX_LOG_DIR", state.join("log"))
-        .env("HOME", &state)
-        .output()
-        .context("running nix-instantiate (apt install nix-bin)")?;
-    if !out.status.success() {
-        bail!(
-            "rendering {}: {}",
-            layout.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let rendered = landfall_cmd::nix::render_json_blocking(layout)?;
     let json = dir.join(format!(
         "{}.json",
         layout
@@ -303,23 +278,8 @@ fn render(layout: &Path, dir: &Path) -> Result<PathBuf> {
             .and_then(|s| s.to_str())
             .unwrap_or("layout")
     ));
-    std::fs::write(&json, &out.stdout)?;
+    std::fs::write(&json, rendered)?;
     Ok(json)
-}
-
-fn output(argv: &[&str]) -> Result<String> {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .with_context(|| format!("running {}", argv[0]))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            argv.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn is_root() -> bool {

@@ -4,11 +4,9 @@
 pub mod detect;
 pub mod disks;
 
-use std::process::Command;
-
 use anyhow::Result;
 
-use crate::build;
+use crate::build::{self, Cmd};
 
 /// Static agent size against its budget.
 const AGENT_BUDGET: u64 = 12 << 20;
@@ -35,7 +33,7 @@ pub fn run(which: &[&str]) -> Result<()> {
             "bench vm: the BIOS install VM test, QEMU start -> installed -> first boot ready, time per step (printed by the test)"
         );
         build::run(
-            Command::new("cargo")
+            Cmd::new("cargo")
                 .args([
                     "test",
                     "--quiet",

@@ -1,0 +1,269 @@
+//! `landfall.toml` as written by the operator: the serde types, strict
+//! (`deny_unknown_fields`). What the values may be is `validate`'s.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use landfall_proto::{LuksUnlock, WipePolicy};
+use serde::Deserialize;
+
+/// Default lifetime of a boot token, in seconds.
+pub const DEFAULT_BOOT_TOKEN_TTL: u64 = 3600;
+
+/// The file as written by the operator.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub enroll: EnrollSection,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleConfig>,
+    #[serde(default)]
+    pub machines: Vec<MachineConfig>,
+    /// Vault/OpenBao as trusted orchestrator (see docs/security.md).
+    #[serde(default)]
+    pub vault: Option<VaultSection>,
+}
+
+/// `[vault]`: where the server mints wrapped AppRole `secret_id`s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSection {
+    /// `https://vault.lan:8200` (plain `http://` only with `insecure_http = true`).
+    pub address: String,
+    /// The address the machines use, when it differs from the server's view
+    /// (another network segment, a load balancer, 10.0.2.2 from a QEMU guest).
+    /// Default: `address`. The same scheme rules apply.
+    #[serde(default)]
+    pub agent_address: Option<String>,
+    /// PEM file of the CA that signs Vault's certificate; the only root trusted
+    /// (by the server, and sent to the agent). Relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// File holding the server's own Vault token (it needs `update` on
+    /// `auth/APPROLE_MOUNT/role/*/secret-id`). Relative to the config file;
+    /// read at every mint, so a token agent may rotate it.
+    pub token_file: PathBuf,
+    /// Allow an `http://` address (development only: tokens travel in clear).
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// Lifetime of the wrap token around each `secret_id`, e.g. "120s".
+    #[serde(default = "default_wrap_ttl")]
+    pub wrap_ttl: String,
+    /// Mount of the KV v2 engine holding the secrets.
+    #[serde(default = "default_kv_mount")]
+    pub kv_mount: String,
+    /// Mount of the AppRole auth method.
+    #[serde(default = "default_approle_mount")]
+    pub approle_mount: String,
+}
+
+fn default_wrap_ttl() -> String {
+    "120s".to_owned()
+}
+
+fn default_kv_mount() -> String {
+    "landfall".to_owned()
+}
+
+fn default_approle_mount() -> String {
+    "approle".to_owned()
+}
+
+/// `[roles.NAME.vault]`: the AppRole this role's machines log in with and
+/// the KV v2 paths (under `vault.kv_mount`) they read. `{hostname}` and
+/// `{role}` are replaced per machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleVault {
+    pub approle: String,
+    #[serde(default)]
+    pub reads: Vec<String>,
+}
+
+/// `[[roles.NAME.secret_files]]`: a file written into the target from a secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretFileConfig {
+    /// Absolute path in the installed system.
+    pub path: String,
+    /// `kv:PATH#KEY`, PATH one of the role's `vault.reads` (as written), or
+    /// `bundle:PATH`, a file in the installer's age bundle
+    /// (`/etc/landfall/secrets.age`; docs/security.md). One kind per role.
+    pub from: String,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default = "default_root")]
+    pub owner: String,
+    #[serde(default = "default_root")]
+    pub group: String,
+}
+
+fn default_mode() -> String {
+    "0600".to_owned()
+}
+
+fn default_root() -> String {
+    "root".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Base URL machines use to reach this server, e.g. "http://10.0.0.1:8080".
+    /// Default: `http://` + the Host header of the boot.ipxe request.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Directory holding vmlinuz, initrd, ...; relative to the config file.
+    #[serde(default)]
+    pub artifacts: Option<PathBuf>,
+    /// Directory of disko layouts (`NAME.nix` or `NAME.json`); relative to the
+    /// config file. Default: `layouts` beside the config file.
+    #[serde(default)]
+    pub layouts: Option<PathBuf>,
+    /// Extra kernel arguments appended to the install kernel line.
+    #[serde(default)]
+    pub kernel_args: String,
+    /// Lifetime of a boot token in seconds.
+    #[serde(default = "default_ttl")]
+    pub boot_token_ttl: u64,
+}
+
+fn default_ttl() -> u64 {
+    DEFAULT_BOOT_TOKEN_TTL
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            artifacts: None,
+            layouts: None,
+            kernel_args: String::new(),
+            boot_token_ttl: DEFAULT_BOOT_TOKEN_TTL,
+        }
+    }
+}
+
+/// What happens to a MAC that is not listed in `[[machines]]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unknown {
+    /// Record it as discovered and hold it until an operator lists it.
+    #[default]
+    Hold,
+    /// Give it `enroll.role` and a hostname `ROLE-XXXXXX` and install it.
+    Install,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollSection {
+    #[serde(default)]
+    pub unknown: Unknown,
+    /// Role of auto-enrolled machines; required when `unknown = "install"`.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// Wipe policy as written in the config (strict: no unknown values).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wipe {
+    #[default]
+    Never,
+    Always,
+}
+
+impl From<Wipe> for WipePolicy {
+    fn from(w: Wipe) -> Self {
+        match w {
+            Wipe::Never => WipePolicy::Never,
+            Wipe::Always => WipePolicy::Always,
+        }
+    }
+}
+
+/// `[roles.NAME] luks_unlock`: the values an operator may write (the wire
+/// type also has `Unknown`, for readers older than the writer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LuksUnlockConfig {
+    #[default]
+    InitrdKey,
+    Prompt,
+}
+
+impl From<LuksUnlockConfig> for LuksUnlock {
+    fn from(u: LuksUnlockConfig) -> Self {
+        match u {
+            LuksUnlockConfig::InitrdKey => LuksUnlock::InitrdKey,
+            LuksUnlockConfig::Prompt => LuksUnlock::Prompt,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub layout: Option<String>,
+    #[serde(default)]
+    pub wipe: Wipe,
+    /// How the installed system opens the layout's LUKS volumes at boot:
+    /// `"initrd_key"` (default, unattended) or `"prompt"` (docs/disks.md).
+    #[serde(default)]
+    pub luks_unlock: LuksUnlockConfig,
+    /// Layout disk name -> device (`/dev/disk/by-id/...`) or "auto".
+    #[serde(default)]
+    pub disks: BTreeMap<String, String>,
+    /// The AppRole and KV paths of this role (needs `[vault]`).
+    #[serde(default)]
+    pub vault: Option<RoleVault>,
+    #[serde(default)]
+    pub secret_files: Vec<SecretFileConfig>,
+    /// What `nixos-install` installs: a flake `REF#ATTR` (`{hostname}` and
+    /// `{role}` are replaced per machine). Beside `system`, the source written
+    /// into the target's generated `/etc/nixos/flake.nix`.
+    #[serde(default)]
+    pub flake: Option<String>,
+    /// A prebuilt system closure (`/nix/store/...-nixos-system-...`), copied
+    /// from `cache`; needs `cache`.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// The binary cache holding `system`, e.g. `http://cache.lan:5000`.
+    #[serde(default)]
+    pub cache: Option<String>,
+    /// `[[roles.NAME.checks]]`: first-boot checks, in the form of
+    /// [`NamedCheck`](landfall_proto::NamedCheck) (`kind` = ssh | rdp | vnc |
+    /// smb | tcp | unit | path | hostname with its fields). Kept as written
+    /// here; [`Config::validate`] parses them strictly into
+    /// [`Settings::checks`](super::Settings::checks).
+    #[serde(default)]
+    pub checks: Vec<toml::Table>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    pub mac: String,
+    pub hostname: String,
+    pub role: String,
+    #[serde(default)]
+    pub layout: Option<String>,
+    /// Overrides the role's `disks` entry by entry.
+    #[serde(default)]
+    pub disks: BTreeMap<String, String>,
+    /// Override the role's `flake`, `system` and `cache`, key by key (e.g. a
+    /// machine's own `system` closure from the role's `cache`).
+    #[serde(default)]
+    pub flake: Option<String>,
+    #[serde(default)]
+    pub system: Option<String>,
+    #[serde(default)]
+    pub cache: Option<String>,
+}
