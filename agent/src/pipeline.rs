@@ -92,7 +92,7 @@ impl Default for RunOptions {
             },
             final_ack_timeout: FINAL_ACK_TIMEOUT,
             cmdline: String::new(),
-            etc_dir: PathBuf::from("/etc/landfall"),
+            etc_dir: PathBuf::from(crate::secrets::ETC_DIR),
             target_root: crate::disk::ApplyOptions::default().root,
             wait_secs: 25,
             state_dir: PathBuf::from("/run/landfall"),
@@ -917,8 +917,8 @@ async fn secrets_step(
     assignment: &landfall_proto::Assignment,
 ) -> Result<(crate::secrets::Fetched, String)> {
     use crate::secrets;
-    let role_id = secrets::role_id_from(&opts.etc_dir.join("vault-role-id"), &opts.cmdline)?;
-    let fetch_opts = secrets::options_from(&opts.etc_dir.join("vault-ca.pem"), &opts.cmdline)?;
+    let role_id = secrets::role_id_from(&opts.etc_dir.join(secrets::ROLE_ID_FILE), &opts.cmdline)?;
+    let fetch_opts = secrets::options_from(&opts.etc_dir.join(secrets::CA_FILE), &opts.cmdline)?;
     let fetched = {
         let _waiting = crate::timing::waiting();
         secrets::fetch(vault, &role_id, &assignment.secret_files, &fetch_opts).await?
@@ -936,7 +936,7 @@ async fn secrets_step(
 pub fn bundle_path(cfg: &AgentConfig, opts: &RunOptions) -> PathBuf {
     cfg.bundle
         .clone()
-        .unwrap_or_else(|| opts.etc_dir.join("secrets.age"))
+        .unwrap_or_else(|| opts.etc_dir.join(crate::secrets::BUNDLE_FILE))
 }
 
 /// The offline path: the age bundle at `path` ([`bundle_path`]), unlocked by
