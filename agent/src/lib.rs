@@ -12,4 +12,5 @@ pub mod pipeline;
 pub mod report;
 pub mod retry;
 pub mod secrets;
+pub mod steps;
 pub mod timing;

@@ -428,7 +428,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 cmdline: cmdline_text,
                 ..Default::default()
             };
-            let console = Console::system(cfg.console, pipeline::STEPS);
+            let console = Console::system(cfg.console, &pipeline::console_steps());
             let outcome = rt.block_on(pipeline::run(&cfg, &opts, console))?;
             if outcome.stopped {
                 tracing::warn!(

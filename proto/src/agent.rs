@@ -257,11 +257,6 @@ fn default_root() -> String {
     "root".to_owned()
 }
 
-/// Key in a failed event's `data` that marks a security alarm (e.g. an
-/// intercepted wrap token): `{"security": true}`. A terminal failure with it
-/// moves the machine to `compromised`.
-pub const SECURITY_FLAG: &str = "security";
-
 /// May the agent destroy data it finds on the target disks?
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

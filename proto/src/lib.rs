@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod agent;
 pub mod event;
+pub mod failure;
 pub mod inventory;
 pub mod names;
 pub mod verify;
@@ -14,9 +15,10 @@ pub mod verify;
 pub use agent::{
     Assignment, EventsRequest, EventsResponse, HelloRequest, HelloResponse, InstallTarget,
     LuksUnlock, SecretFile, SecretString, VaultAssignment, WaitAction, WaitRequest, WaitResponse,
-    WipePolicy, SECURITY_FLAG,
+    WipePolicy,
 };
 pub use event::{Event, EventKind, Step};
+pub use failure::{FailureClass, FailureData, StepTiming, Timing};
 pub use inventory::Inventory;
 pub use verify::{Check, CheckResult, NamedCheck, VerifyConfig, VerifyRequest, VerifyResponse};
 

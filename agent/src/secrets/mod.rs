@@ -23,7 +23,7 @@
 //! ```
 //!
 //! A [`SecretsError::SecurityAlarm`] must be reported as a failed event with
-//! `data = err.event_data()` (`{"security": true}`) on the `secrets` step and
+//! `data = err.failure_data()` (`{"security": true}`) on the `secrets` step and
 //! on the terminal `done` event: the server then marks the machine compromised.
 
 pub mod bundle;
