@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use landfall_proto::{
-    Assignment, EventKind, FailureData, HelloRequest, HelloResponse, Inventory, Step, WaitAction,
-    WaitRequest, PROTOCOL_VERSION,
+    Assignment, ErrorCode, EventKind, FailureData, HelloRequest, HelloResponse, Inventory, Step,
+    WaitAction, WaitRequest, PROTOCOL_VERSION,
 };
 
 use crate::cmdline::{AgentConfig, FinalAction};
-use crate::report::{ApiError, Client, Console, Outbox, Reporter};
+use crate::report::{Client, Console, Outbox, Reporter};
 use crate::retry::{Attempt, Retry, RetryError};
 use crate::steps::{Cx, Env, Start, StepHandle, Steps, Timings};
 
@@ -501,9 +501,11 @@ async fn wait_for_operator(cx: &Cx, hello: &HelloResponse) -> Result<Option<Assi
             .await;
         let r = match answer {
             Ok(r) => r,
-            Err(RetryError::Fatal(e @ ApiError::Status { status, .. }))
-                if status == reqwest::StatusCode::UNAUTHORIZED
-                    || status == reqwest::StatusCode::FORBIDDEN =>
+            Err(RetryError::Fatal(e))
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::AgentTokenInvalid | ErrorCode::AttemptMismatch)
+                ) =>
             {
                 // Another boot of this machine took the attempt over.
                 tracing::warn!("{e}");
@@ -965,10 +967,17 @@ async fn register(env: &Env, inventory: Inventory) -> Result<(HelloResponse, Str
         )
         .await
         .map_err(|e| match e {
-            RetryError::Fatal(e) => anyhow::Error::new(e).context(
-                "the server refused this boot's token: boot the machine again through the \
-                 landfall server's boot.ipxe to get a fresh one",
-            ),
+            RetryError::Fatal(e)
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::BootTokenInvalid | ErrorCode::BootTokenMacMismatch)
+                ) =>
+            {
+                anyhow::Error::new(e).context(
+                    "the server refused this boot's token: boot the machine again through the \
+                     landfall server's boot.ipxe to get a fresh one",
+                )
+            }
             e => anyhow::Error::new(e).context("registering with the server"),
         })?;
     let a = &hello.assignment;

@@ -765,7 +765,10 @@ async fn a_step_registered_between_configure_and_install_runs_there_and_is_retri
     let events = m["attempts"][0]["events"].as_array().unwrap();
     let done = events.last().unwrap();
     assert_eq!(done["data"]["step"], "probe", "{done}");
-    assert!(done["data"]["timing"]["steps"]["probe"].is_object(), "{done}");
+    assert!(
+        done["data"]["timing"]["steps"]["probe"].is_object(),
+        "{done}"
+    );
 
     // The operator retries: the run resumes at the new step, then install.
     let admin = std::fs::read_to_string(server.dir.path().join("data/admin.token")).unwrap();

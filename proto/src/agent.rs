@@ -304,11 +304,7 @@ pub struct EventsResponse {
     pub acked_seq: u64,
 }
 
-/// The error body of every 4xx/5xx answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
+pub use crate::error::{ErrorBody, ErrorCode};
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod error;
 pub mod event;
 pub mod failure;
 pub mod inventory;
@@ -17,6 +18,7 @@ pub use agent::{
     LuksUnlock, SecretFile, SecretString, VaultAssignment, WaitAction, WaitRequest, WaitResponse,
     WipePolicy,
 };
+pub use error::{ErrorBody, ErrorCode};
 pub use event::{Event, EventKind, Step};
 pub use failure::{FailureClass, FailureData, StepTiming, Timing};
 pub use inventory::Inventory;

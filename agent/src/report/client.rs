@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use landfall_proto::agent::ErrorBody;
 use landfall_proto::verify::{VerifyRequest, VerifyResponse};
+use landfall_proto::{ErrorBody, ErrorCode};
 use landfall_proto::{
     EventsRequest, EventsResponse, HelloRequest, HelloResponse, WaitRequest, WaitResponse,
     AGENT_API,
@@ -31,6 +31,9 @@ pub enum ApiError {
         url: String,
         status: StatusCode,
         message: String,
+        /// The body's code; for a body without one (an older server, a
+        /// proxy), the status's generic code ([`ErrorCode::from_status`]).
+        code: ErrorCode,
     },
     #[error("{url} answered with a body that is not the expected JSON: {source}")]
     Decode {
@@ -41,16 +44,21 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Connection problems and 408/429/5xx are worth retrying; other 4xx are not.
+    /// Connection problems and the codes of a passing trouble (5xx, 408,
+    /// 429: [`ErrorCode::retryable`]) are worth retrying; others are not.
     pub fn retryable(&self) -> bool {
         match self {
             Self::Transport { .. } => true,
-            Self::Status { status, .. } => {
-                status.is_server_error()
-                    || *status == StatusCode::REQUEST_TIMEOUT
-                    || *status == StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::Status { code, .. } => code.retryable(),
             Self::Decode { .. } => false,
+        }
+    }
+
+    /// The server's code for an answer that was an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Status { code, .. } => Some(*code),
+            _ => None,
         }
     }
 }
@@ -104,13 +112,19 @@ impl Client {
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
-            let message = serde_json::from_str::<ErrorBody>(&text)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| text.chars().take(300).collect());
+            let (message, code) = match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(b) => (b.error, b.code),
+                Err(_) => (text.chars().take(300).collect(), ErrorCode::Unknown),
+            };
+            let code = match code {
+                ErrorCode::Unknown => ErrorCode::from_status(status.as_u16()),
+                code => code,
+            };
             return Err(ApiError::Status {
                 url,
                 status,
                 message,
+                code,
             });
         }
         resp.json()
