@@ -807,3 +807,61 @@ async fn a_step_registered_between_configure_and_install_runs_there_and_is_retri
         "the operator asked for a retry: running again from probe"
     );
 }
+
+/// A waiting agent whose attempt another boot took over (a second hello with
+/// the same boot token revokes the first agent token) stops waiting: the
+/// server answers `agent_token_invalid`, which the agent reads as "replaced".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_agent_whose_attempt_was_taken_over_stops() {
+    use landfall_agent::steps::{Start, StepId};
+
+    let server = Server::start().await;
+    let token = server.boot_token().await;
+    let opts = RunOptions {
+        wait_secs: 1,
+        ..opts()
+    };
+    let (base, first_token) = (server.base(), token.clone());
+    let agent = tokio::spawn(async move {
+        pipeline::run_with(&config(base, first_token), &opts, console(), |steps| {
+            steps
+                .new_step(StepId::extension("broken"), "Always fails", |_cx| {
+                    Start::<()>::Fail(anyhow::anyhow!("broken on purpose"))
+                })
+                .register();
+        })
+        .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = server.machine().await;
+        if m["state"] == "failed" {
+            assert!(m["error"].as_str().unwrap().contains("step broken"), "{m}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never failed: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!agent.is_finished(), "the agent waits for the operator");
+
+    // Another boot of the machine says hello with the same boot token.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/agent/hello", server.base()))
+        .json(&landfall_proto::HelloRequest {
+            boot_token: token,
+            agent_version: "test".into(),
+            protocol: 1,
+            inventory: landfall_agent::hw::detect(&fixture()).unwrap(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let outcome = tokio::time::timeout(Duration::from_secs(20), agent)
+        .await
+        .expect("the wait ended")
+        .unwrap()
+        .unwrap();
+    assert!(outcome.stopped);
+}
