@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use landfall_proto::{
-    Assignment, ErrorCode, EventKind, FailureData, HelloRequest, HelloResponse, Inventory, Step,
-    WaitAction, WaitRequest, PROTOCOL_VERSION,
+    Assignment, DoneData, ErrorCode, EventKind, FailureData, HelloRequest, HelloResponse,
+    Inventory, Step, WaitAction, WaitRequest, PROTOCOL_VERSION,
 };
 
 use crate::cmdline::{AgentConfig, FinalAction};
@@ -402,7 +402,10 @@ async fn run_until_done(steps: &Steps, h: &Handles, cx: &mut Cx) -> Result<Outco
         EventKind::Finished,
         "install finished",
         Some(1.0),
-        Some(serde_json::json!({ "timing": timings.timing() })),
+        serde_json::to_value(DoneData {
+            timing: timings.timing(),
+        })
+        .ok(),
     );
     reporter
         .console()

@@ -806,6 +806,10 @@ async fn a_step_registered_between_configure_and_install_runs_there_and_is_retri
         events[10]["message"],
         "the operator asked for a retry: running again from probe"
     );
+    // The registry timed both runs of the new step, under its name.
+    let timing = &events.last().unwrap()["data"]["timing"];
+    assert!(timing["steps"]["probe"]["wall_ms"].is_u64(), "{timing}");
+    assert!(timing["steps"]["detect"]["wall_ms"].is_u64(), "{timing}");
 }
 
 /// A waiting agent whose attempt another boot took over (a second hello with

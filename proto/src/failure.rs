@@ -1,4 +1,5 @@
-//! What a failed event carries in its `data`, and the agent's timing.
+//! What a failed event carries in its `data`, and the agent's timing (also
+//! the `data` of the successful terminal event).
 //!
 //! Every field is `#[serde(default)]` and the enums carry `Unknown`, so an
 //! older reader reads a newer writer's data and the other way round; fields
@@ -61,6 +62,13 @@ impl FailureData {
         data.and_then(|d| serde_json::from_value(d.clone()).ok())
             .unwrap_or_default()
     }
+}
+
+/// The `data` of the terminal `done` `finished` event: `{"timing": ...}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DoneData {
+    pub timing: Timing,
 }
 
 /// What went wrong in `nixos-install`, as far as the output tells.

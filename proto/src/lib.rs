@@ -20,7 +20,7 @@ pub use agent::{
 };
 pub use error::{ErrorBody, ErrorCode};
 pub use event::{Event, EventKind, Step};
-pub use failure::{FailureClass, FailureData, StepTiming, Timing};
+pub use failure::{DoneData, FailureClass, FailureData, StepTiming, Timing};
 pub use inventory::Inventory;
 pub use verify::{Check, CheckResult, NamedCheck, VerifyConfig, VerifyRequest, VerifyResponse};
 
