@@ -243,6 +243,13 @@ impl<T> NewStep<'_, T> {
             "step {} registered twice",
             self.def.id
         );
+        if let Some(earlier) = self.def.retry_from {
+            assert!(
+                self.steps.position(earlier).is_some_and(|p| p < at),
+                "step {} retries from {earlier}, which is not registered before it",
+                self.def.id
+            );
+        }
         self.steps.defs.insert(at, self.def);
         StepHandle {
             slot,
@@ -252,6 +259,7 @@ impl<T> NewStep<'_, T> {
 }
 
 /// A step's failure, as the runner sees it.
+#[derive(Debug)]
 pub struct StepFailure {
     pub id: StepId,
     /// Its position in the order.
@@ -300,19 +308,13 @@ impl Steps {
         self.defs.iter().map(|d| d.id).collect()
     }
 
-    /// Where a retry after the step at `failed` starts.
+    /// Where a retry after the step at `failed` starts: its retry target
+    /// (registered before it, [`NewStep::register`] checks), else itself.
     pub fn retry_position(&self, failed: usize) -> usize {
-        let def = &self.defs[failed];
-        match def.retry_from {
-            None => failed,
-            Some(id) => {
-                let at = self
-                    .position(id)
-                    .unwrap_or_else(|| panic!("step {} retries from unknown {id}", def.id));
-                assert!(at <= failed, "step {} retries from a later {id}", def.id);
-                at
-            }
-        }
+        self.defs[failed]
+            .retry_from
+            .and_then(|id| self.position(id))
+            .unwrap_or(failed)
     }
 
     /// The context the steps run in: the environment and no output yet.
@@ -468,5 +470,150 @@ impl Timings {
         t.cpu_ms = ms(cpu_all);
         t.user_ms = ms(user_all);
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::cmdline::{ConsoleMode, FinalAction};
+    use crate::report::{Console, Outbox};
+
+    fn env(dir: &Path) -> Env {
+        let server = "http://127.0.0.1:9";
+        Env {
+            cfg: AgentConfig {
+                server: server.into(),
+                token: String::new(),
+                final_action: FinalAction::None,
+                console: ConsoleMode::Lines,
+                bundle: None,
+            },
+            opts: RunOptions::default(),
+            client: Client::new(server).unwrap(),
+            reporter: Reporter::new(
+                Outbox::persistent(dir.join("outbox.json")),
+                Console::new(Box::new(std::io::sink()), false, ConsoleMode::Lines, &[]),
+            ),
+        }
+    }
+
+    /// `step kind message` of every event recorded (none sent: unbound).
+    fn events(dir: &Path) -> Vec<String> {
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("outbox.json")).unwrap()).unwrap();
+        saved["pending"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{} {} {}", e["step"], e["kind"], e["message"]).replace('"', ""))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn outputs_reach_later_steps_and_a_retry_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut steps = Steps::default();
+        let two = steps
+            .new_step(Step::Detect, "Two", |_| {
+                Start::run("making", async { Ok((2u32, "made 2".to_owned())) })
+            })
+            .register();
+        let tries = Arc::new(AtomicUsize::new(0));
+        let seen = tries.clone();
+        steps
+            .new_step(Step::Register, "Times ten", move |cx| {
+                let cx: &Cx = cx;
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                Start::run("multiplying", async move {
+                    anyhow::ensure!(n > 0, "first try fails");
+                    let v = *cx.get(two) * 10;
+                    Ok((v, format!("got {v}")))
+                })
+            })
+            .register();
+        steps
+            .new_step(Step::Secrets, "Nothing", |_| {
+                Start::skip((), "nothing to do")
+            })
+            .register();
+        let mut cx = steps.context(env(dir.path()));
+        let timings = Timings::default();
+
+        let f = steps.run_from(&mut cx, 0, &timings).await.unwrap_err();
+        assert_eq!((f.id, f.position), (Step::Register.into(), 1));
+        assert_eq!(steps.retry_position(f.position), 1);
+        assert_eq!(cx.output(two), Some(&2));
+        steps.run_from(&mut cx, 1, &timings).await.unwrap();
+        assert_eq!(
+            events(dir.path()),
+            [
+                "detect started making",
+                "detect finished made 2",
+                "register started multiplying",
+                "register failed first try fails",
+                "register started multiplying",
+                "register finished got 20",
+                "secrets finished nothing to do",
+            ]
+        );
+        // Each run is timed, the failed one too; a skipped step is not.
+        let t = timings.timing();
+        assert_eq!(
+            t.steps.keys().collect::<Vec<_>>(),
+            ["detect", "register"],
+            "{t:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_before_the_start_is_reported_and_timed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut steps = Steps::default();
+        steps
+            .new_step(StepId::extension("check"), "Check", |_| {
+                Start::<()>::Fail(anyhow::anyhow!("nothing to check"))
+            })
+            .register();
+        let mut cx = steps.context(env(dir.path()));
+        let timings = Timings::default();
+        let f = steps.run_from(&mut cx, 0, &timings).await.unwrap_err();
+        assert_eq!(f.id.name(), "check");
+        assert_eq!(events(dir.path()), ["unknown failed nothing to check"]);
+        assert!(timings.timing().steps.contains_key("check"));
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "registered after it")]
+    async fn a_step_cannot_read_the_output_of_a_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut steps = Steps::default();
+        let later = steps
+            .new_step(Step::Install, "Later", |_| {
+                Start::run("", async { Ok((1u8, String::new())) })
+            })
+            .register();
+        steps
+            .new_step(Step::Configure, "Earlier", move |cx| {
+                let v = *cx.get(later);
+                Start::skip(v, "")
+            })
+            .before(Step::Install)
+            .register();
+        let mut cx = steps.context(env(dir.path()));
+        let _ = steps.run_from(&mut cx, 0, &Timings::default()).await;
+    }
+
+    #[test]
+    #[should_panic(expected = "not registered before it")]
+    fn a_retry_target_is_registered_before_the_step() {
+        let mut steps = Steps::default();
+        steps
+            .new_step(Step::Install, "Install", |_| Start::skip((), ""))
+            .retry_from(Step::Configure)
+            .register();
     }
 }
