@@ -171,7 +171,8 @@ fn register_steps(steps: &mut Steps) -> Handles {
                 install_step(cx.reporter(), target, &cx.opts().target_root),
             )
         })
-        // The generated files carry the fixed role and the fresh verify token.
+        // A failed install runs again from configure, so the generated files
+        // carry the fixed role and the fresh verify token.
         .retry_from(Step::Configure)
         .register();
 
@@ -225,6 +226,7 @@ fn titles(steps: &Steps) -> Vec<(Step, &'static str)> {
         .collect()
 }
 
+/// How long the terminal event may wait for the server's ack.
 const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
