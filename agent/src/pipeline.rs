@@ -87,37 +87,7 @@ fn register_steps(steps: &mut Steps) -> Handles {
         .new_step(
             Step::Disks,
             "Partition, format and mount disks",
-            move |cx| {
-                let cx: &Cx = cx;
-                let (opts, reporter) = (cx.opts(), cx.reporter());
-                let hello = cx.get(hello);
-                let a = &hello.assignment;
-                let Some(layout) = &a.disko else {
-                    return Start::skip(None, "no layout assigned: disks left as they are");
-                };
-                // LUKS keys named by the layout come from the secrets, never from argv.
-                let keys = crate::disk::apply::Keys {
-                    by_path: cx.get(fetched).as_ref().map(luks_keys).unwrap_or_default(),
-                };
-                Start::run(
-                    format!(
-                        "preparing disks from layout {}",
-                        a.layout.as_deref().unwrap_or("(unnamed)")
-                    ),
-                    some(disk_step(
-                        reporter,
-                        a,
-                        layout,
-                        cx.get(inventory),
-                        crate::disk::ApplyOptions {
-                            root: opts.target_root.clone(),
-                            keys: std::sync::Arc::new(keys),
-                            ..Default::default()
-                        },
-                        Some((opts.state_dir.as_path(), hello.attempt_id.as_str())),
-                    )),
-                )
-            },
+            move |cx| start_disks(cx, inventory, hello, fetched),
         )
         .register();
 
@@ -201,6 +171,44 @@ fn register_steps(steps: &mut Steps) -> Handles {
         hello,
         disks,
     }
+}
+
+/// How the disk step begins: skipped without a layout, else [`disk_step`]
+/// with the LUKS keys named by the layout taken from the secrets.
+fn start_disks<'c>(
+    cx: &'c Cx,
+    inventory: StepHandle<Inventory>,
+    hello: StepHandle<HelloResponse>,
+    fetched: StepHandle<Option<crate::secrets::Fetched>>,
+) -> Start<'c, Option<crate::disk::Applied>> {
+    let (opts, reporter) = (cx.opts(), cx.reporter());
+    let hello = cx.get(hello);
+    let a = &hello.assignment;
+    let Some(layout) = &a.disko else {
+        return Start::skip(None, "no layout assigned: disks left as they are");
+    };
+    // LUKS keys named by the layout come from the secrets, never from argv.
+    let keys = crate::disk::apply::Keys {
+        by_path: cx.get(fetched).as_ref().map(luks_keys).unwrap_or_default(),
+    };
+    Start::run(
+        format!(
+            "preparing disks from layout {}",
+            a.layout.as_deref().unwrap_or("(unnamed)")
+        ),
+        some(disk_step(
+            reporter,
+            a,
+            layout,
+            cx.get(inventory),
+            crate::disk::ApplyOptions {
+                root: opts.target_root.clone(),
+                keys: std::sync::Arc::new(keys),
+                ..Default::default()
+            },
+            Some((opts.state_dir.as_path(), hello.attempt_id.as_str())),
+        )),
+    )
 }
 
 /// A step's output that may be absent (nothing assigned) from one that ran.
