@@ -165,3 +165,65 @@ impl Client {
         self.post("verify", Some(verify_token), req).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request with `status` and `body`.
+    async fn answering(status: &'static str, body: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 16384];
+                let _ = s.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    async fn hello_error(status: &'static str, body: &'static str) -> ApiError {
+        let client = Client::new(&answering(status, body).await).unwrap();
+        let req = HelloRequest {
+            boot_token: "t".into(),
+            agent_version: "test".into(),
+            protocol: 1,
+            inventory: Default::default(),
+        };
+        client.hello(&req).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn the_code_of_the_body_decides_and_a_body_without_one_falls_back_to_the_status() {
+        let e = hello_error(
+            "401 Unauthorized",
+            r#"{"error":"boot token unknown or expired","code":"boot_token_invalid"}"#,
+        )
+        .await;
+        assert_eq!(e.code(), Some(ErrorCode::BootTokenInvalid), "{e}");
+        assert!(!e.retryable());
+        assert!(e.to_string().contains("401"), "{e}");
+        // A proxy's page, or a server older than the codes.
+        let e = hello_error("502 Bad Gateway", "<html>bad gateway</html>").await;
+        assert_eq!(e.code(), Some(ErrorCode::Unavailable), "{e}");
+        assert!(e.retryable());
+        let e = hello_error("409 Conflict", r#"{"error":"no role"}"#).await;
+        assert_eq!(e.code(), Some(ErrorCode::Conflict), "{e}");
+        assert!(!e.retryable());
+        // A code newer than this agent: the status's generic code.
+        let e = hello_error(
+            "503 Service Unavailable",
+            r#"{"error":"x","code":"new_thing"}"#,
+        )
+        .await;
+        assert_eq!(e.code(), Some(ErrorCode::Unavailable), "{e}");
+        assert!(e.retryable());
+    }
+}
