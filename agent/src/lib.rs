@@ -14,4 +14,5 @@ pub mod pipeline;
 pub mod report;
 pub mod retry;
 pub mod secrets;
+pub mod steps;
 pub mod timing;

@@ -430,7 +430,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 cmdline: words,
                 ..Default::default()
             };
-            let console = Console::system(cfg.console, pipeline::STEPS);
+            let console = Console::system(cfg.console, &pipeline::console_steps());
             let outcome = rt.block_on(pipeline::run(&cfg, &opts, console))?;
             if outcome.stopped {
                 tracing::warn!(

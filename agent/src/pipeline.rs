@@ -1,5 +1,6 @@
-//! The install pipeline: the ordered list of typed steps. Nothing else
-//! decides order. Each step's result is kept for the next ones.
+//! The install pipeline: the steps registered in [`register_steps`], in
+//! order, on the step registry ([`crate::steps`]). Nothing else decides
+//! order. Each step's output is a typed handle the later steps read.
 //!
 //! detect -> register -> secrets -> disks -> configure -> install -> finish,
 //! then the terminal `done` event. When a step fails after `register`, the
@@ -14,40 +15,229 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use landfall_proto::{
-    Assignment, EventKind, HelloRequest, HelloResponse, Inventory, Step, WaitAction, WaitRequest,
-    PROTOCOL_VERSION,
+    Assignment, DoneData, ErrorCode, EventKind, FailureData, HelloRequest, HelloResponse,
+    Inventory, Step, WaitAction, WaitRequest, PROTOCOL_VERSION,
 };
 
 use crate::cmdline::{AgentConfig, FinalAction};
-use crate::report::{ApiError, Client, Console, Outbox, Reporter};
+use crate::report::{Client, Console, Outbox, Reporter};
 use crate::retry::{Attempt, Retry, RetryError};
+use crate::steps::{Cx, Env, Start, StepHandle, Steps, Timings};
 
-/// The steps this agent runs, with what the console shows for each.
-pub const STEPS: &[(Step, &str)] = &[
-    (Step::Detect, "Detect hardware"),
-    (Step::Register, "Register with the server"),
-    (Step::Secrets, "Fetch secrets"),
-    (Step::Disks, "Partition, format and mount disks"),
-    (Step::Configure, "Write the configuration, place secrets"),
-    (Step::Install, "Install NixOS (nixos-install)"),
-    (Step::Finish, "Unmount and close the disks"),
-    (Step::Done, "Report the result"),
-];
+/// What the console shows for the terminal `done` event.
+const DONE_TITLE: &str = "Report the result";
 
-/// The steps that do work, in order (`done` is the report).
-const ORDER: [Step; 7] = [
-    Step::Detect,
-    Step::Register,
-    Step::Secrets,
-    Step::Disks,
-    Step::Configure,
-    Step::Install,
-    Step::Finish,
-];
+/// The outputs the runner reads after a failure and at the end.
+struct Handles {
+    inventory: StepHandle<Inventory>,
+    hello: StepHandle<HelloResponse>,
+    /// Mounted (and LUKS open) until the finish step closes them.
+    disks: StepHandle<Option<crate::disk::Applied>>,
+}
+
+/// The agent's steps, in order: the one list of id, console title, retry
+/// target and body.
+fn register_steps(steps: &mut Steps) -> Handles {
+    let inventory = steps
+        .new_step(Step::Detect, "Detect hardware", |cx| {
+            let cx: &Cx = cx;
+            Start::run("detecting hardware", async move {
+                let (inventory, summary) = detect(cx.opts()).await?;
+                cx.reporter().console().set_ip(primary_ip(&inventory));
+                Ok((inventory, summary))
+            })
+        })
+        .register();
+
+    let hello = steps
+        .new_step(Step::Register, "Register with the server", move |cx| {
+            let cx: &Cx = cx;
+            let inventory = cx.get(inventory).clone();
+            Start::run(
+                format!("registering with {}", cx.cfg().server),
+                register(cx.env(), inventory),
+            )
+        })
+        .register();
+
+    let fetched = steps
+        .new_step(Step::Secrets, "Fetch secrets", move |cx| {
+            let cx: &Cx = cx;
+            let (cfg, opts, reporter) = (cx.cfg(), cx.opts(), cx.reporter());
+            let a = &cx.get(hello).assignment;
+            let from_bundle = a.secret_files.iter().any(|f| f.from.starts_with("bundle:"));
+            match (&a.vault, from_bundle) {
+                (Some(vault), _) => Start::run(
+                    format!("fetching secrets from {}", vault.address),
+                    some(secrets_step(opts, vault, a)),
+                ),
+                (None, true) => {
+                    let path = bundle_path(cfg, opts);
+                    Start::run(
+                        format!("opening the age bundle {}", path.display()),
+                        some(bundle_step(path, opts, reporter, a)),
+                    )
+                }
+                (None, false) => Start::skip(None, "no secrets assigned"),
+            }
+        })
+        .register();
+
+    let disks = steps
+        .new_step(
+            Step::Disks,
+            "Partition, format and mount disks",
+            move |cx| start_disks(cx, inventory, hello, fetched),
+        )
+        .register();
+
+    // The verify token the written verify.json carries.
+    let configured = steps
+        .new_step(
+            Step::Configure,
+            "Write the configuration, place secrets",
+            move |cx| {
+                let cx: &Cx = cx;
+                let hello = cx.get(hello);
+                let a = &hello.assignment;
+                let Some(applied) = cx.get(disks) else {
+                    if !a.secret_files.is_empty() || a.install.is_some() {
+                        return Start::Fail(anyhow::anyhow!(
+                            "the role has secret files or an install target but no layout: there \
+                             is no target to write into; give the role a layout"
+                        ));
+                    }
+                    return Start::skip(None, "no layout: nothing to configure");
+                };
+                Start::run(
+                    format!(
+                        "writing the configuration under {}",
+                        cx.opts().target_root.display()
+                    ),
+                    configure_step(
+                        cx.cfg(),
+                        cx.opts(),
+                        hello,
+                        cx.get(inventory),
+                        applied,
+                        cx.get(fetched).as_ref(),
+                    ),
+                )
+            },
+        )
+        .register();
+
+    steps
+        .new_step(Step::Install, "Install NixOS (nixos-install)", move |cx| {
+            let cx: &Cx = cx;
+            let Some(target) = &cx.get(hello).assignment.install else {
+                return Start::skip(
+                    (),
+                    "no install target assigned: the disks and files are ready, nothing installed",
+                );
+            };
+            Start::run(
+                "running nixos-install",
+                install_step(cx.reporter(), target, &cx.opts().target_root),
+            )
+        })
+        // A failed install runs again from configure, so the generated files
+        // carry the fixed role and the fresh verify token.
+        .retry_from(Step::Configure)
+        .register();
+
+    steps
+        .new_step(Step::Finish, "Unmount and close the disks", move |cx| {
+            let Some(mut applied) = cx.get_mut(disks).take() else {
+                return Start::skip((), "nothing mounted");
+            };
+            let hello = cx.get(hello).clone();
+            // A retry after configure brought a fresh verify token.
+            let stale = hello.assignment.verify_token.is_some()
+                && *cx.get(configured) != hello.assignment.verify_token;
+            Start::run("unmounting and closing the disks", async move {
+                let result = finish_step(cx.env(), &hello, stale, &mut applied).await;
+                if result.is_err() {
+                    // What fails to unmount stays held for a retry.
+                    *cx.get_mut(disks) = Some(applied);
+                }
+                result.map(|summary| ((), summary))
+            })
+        })
+        .register();
+
+    Handles {
+        inventory,
+        hello,
+        disks,
+    }
+}
+
+/// How the disk step begins: skipped without a layout, else [`disk_step`]
+/// with the LUKS keys named by the layout taken from the secrets.
+fn start_disks<'c>(
+    cx: &'c Cx,
+    inventory: StepHandle<Inventory>,
+    hello: StepHandle<HelloResponse>,
+    fetched: StepHandle<Option<crate::secrets::Fetched>>,
+) -> Start<'c, Option<crate::disk::Applied>> {
+    let (opts, reporter) = (cx.opts(), cx.reporter());
+    let hello = cx.get(hello);
+    let a = &hello.assignment;
+    let Some(layout) = &a.disko else {
+        return Start::skip(None, "no layout assigned: disks left as they are");
+    };
+    // LUKS keys named by the layout come from the secrets, never from argv.
+    let keys = crate::disk::apply::Keys {
+        by_path: cx.get(fetched).as_ref().map(luks_keys).unwrap_or_default(),
+    };
+    Start::run(
+        format!(
+            "preparing disks from layout {}",
+            a.layout.as_deref().unwrap_or("(unnamed)")
+        ),
+        some(disk_step(
+            reporter,
+            a,
+            layout,
+            cx.get(inventory),
+            crate::disk::ApplyOptions {
+                root: opts.target_root.clone(),
+                keys: std::sync::Arc::new(keys),
+                ..Default::default()
+            },
+            Some((opts.state_dir.as_path(), hello.attempt_id.as_str())),
+        )),
+    )
+}
+
+/// A step's output that may be absent (nothing assigned) from one that ran.
+async fn some<T>(
+    work: impl std::future::Future<Output = Result<(T, String)>>,
+) -> Result<(Option<T>, String)> {
+    work.await.map(|(v, summary)| (Some(v), summary))
+}
+
+/// The console's list: every registered step with its title, then `done`.
+pub fn console_steps() -> Vec<(Step, &'static str)> {
+    let mut steps = Steps::default();
+    register_steps(&mut steps);
+    titles(&steps)
+}
+
+fn titles(steps: &Steps) -> Vec<(Step, &'static str)> {
+    steps
+        .titles()
+        .into_iter()
+        .map(|(id, title)| (id.wire(), title))
+        .chain([(Step::Done, DONE_TITLE)])
+        .collect()
+}
 
 /// How long the terminal event may wait for the server's ack.
 const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(300);
 
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Root of the machine to inventory ("/" in the installer image).
     pub sysroot: PathBuf,
@@ -93,7 +283,7 @@ impl Default for RunOptions {
             },
             final_ack_timeout: FINAL_ACK_TIMEOUT,
             cmdline: String::new(),
-            etc_dir: PathBuf::from("/etc/landfall"),
+            etc_dir: PathBuf::from(crate::secrets::ETC_DIR),
             target_root: crate::disk::ApplyOptions::default().root,
             wait_secs: 25,
             state_dir: PathBuf::from("/run/landfall"),
@@ -112,173 +302,108 @@ pub struct Outcome {
     pub stopped: bool,
 }
 
-/// Wall time of each step run and the part of it spent waiting on programs,
-/// the server or Vault ([`crate::timing`]).
-#[derive(Debug, Default)]
-struct Timings(std::sync::Mutex<Vec<(Step, Duration, Duration, crate::timing::Cpu)>>);
-
-impl Timings {
-    fn add(&self, step: Step, wall: Duration, tools: Duration, cpu: crate::timing::Cpu) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((step, wall, tools, cpu));
-    }
-
-    /// `{"steps": {STEP: {wall_ms, tools_ms, cpu_ms, user_ms}}, "agent_ms",
-    /// "tools_ms", "cpu_ms", "user_ms", "wall_ms"}`; a step run twice (retry)
-    /// adds up.
-    fn to_json(&self) -> serde_json::Value {
-        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let mut steps = serde_json::Map::new();
-        let (mut wall_all, mut tools_all, mut cpu_all, mut user_all) = (
-            Duration::ZERO,
-            Duration::ZERO,
-            Duration::ZERO,
-            Duration::ZERO,
-        );
-        for (step, wall, tools, cpu) in v.iter() {
-            let e = steps.entry(step.as_str()).or_insert_with(
-                || serde_json::json!({"wall_ms": 0, "tools_ms": 0, "cpu_ms": 0, "user_ms": 0}),
-            );
-            let add = |e: &mut serde_json::Value, k: &str, d: Duration| {
-                e[k] = (e[k].as_u64().unwrap_or(0) + d.as_millis() as u64).into()
-            };
-            add(e, "wall_ms", *wall);
-            add(e, "tools_ms", *tools);
-            add(e, "cpu_ms", cpu.total());
-            add(e, "user_ms", cpu.user);
-            wall_all += *wall;
-            tools_all += *tools;
-            cpu_all += cpu.total();
-            user_all += cpu.user;
-        }
-        serde_json::json!({
-            "steps": steps,
-            "wall_ms": wall_all.as_millis() as u64,
-            "agent_ms": wall_all.saturating_sub(tools_all).as_millis() as u64,
-            "tools_ms": tools_all.as_millis() as u64,
-            "cpu_ms": cpu_all.as_millis() as u64,
-            "user_ms": user_all.as_millis() as u64,
-        })
-    }
-}
-
-/// What the steps have produced so far.
-#[derive(Default)]
-struct State {
-    inventory: Option<Inventory>,
-    hello: Option<HelloResponse>,
-    fetched: Option<crate::secrets::Fetched>,
-    /// Mounted (and LUKS open) until the finish step closes them.
-    disks: Option<crate::disk::Applied>,
-    /// The verify token in the target's verify.json: a retry brings a new
-    /// one, which the finish step writes when configure did not run again.
-    verify_written: Option<landfall_proto::SecretString>,
-}
-
-impl State {
-    fn assignment(&self) -> &Assignment {
-        &self.hello.as_ref().expect("register ran").assignment
-    }
-}
-
-struct Ctx<'a> {
-    cfg: &'a AgentConfig,
-    opts: &'a RunOptions,
-    client: &'a Client,
-    reporter: &'a Reporter,
-    timings: Timings,
-}
-
 /// Run the whole pipeline. On a step's failure the failure is reported (when
 /// the server knows the attempt), and the agent waits for the operator.
 pub async fn run(cfg: &AgentConfig, opts: &RunOptions, console: Console) -> Result<Outcome> {
+    run_with(cfg, opts, console, |_| {}).await
+}
+
+/// [`run`] with more steps: `extend` registers them on the agent's own
+/// (a test's no-op step between configure and install is one registration).
+pub async fn run_with(
+    cfg: &AgentConfig,
+    opts: &RunOptions,
+    console: Console,
+    extend: impl FnOnce(&mut Steps),
+) -> Result<Outcome> {
+    let mut steps = Steps::default();
+    let handles = register_steps(&mut steps);
+    extend(&mut steps);
     let client = Client::new(&cfg.server)?;
     let reporter = Reporter::new(
         Outbox::persistent(opts.state_dir.join("outbox.json")),
         console,
     );
+    reporter.console().set_steps(&titles(&steps));
     reporter.console().set_server(&cfg.server);
     let ticker = spawn_ticker(reporter.clone());
-    let ctx = Ctx {
-        cfg,
-        opts,
-        client: &client,
-        reporter: &reporter,
-        timings: Timings::default(),
-    };
-    let result = run_until_done(&ctx).await;
+    let mut cx = steps.context(Env {
+        cfg: cfg.clone(),
+        opts: opts.clone(),
+        client,
+        reporter,
+    });
+    let result = run_until_done(&steps, &handles, &mut cx).await;
     ticker.abort();
     result
 }
 
-async fn run_until_done(ctx: &Ctx<'_>) -> Result<Outcome> {
-    let reporter = ctx.reporter;
-    let mut st = State::default();
+async fn run_until_done(steps: &Steps, h: &Handles, cx: &mut Cx) -> Result<Outcome> {
+    let reporter = cx.reporter().clone();
+    let timings = Timings::default();
     let mut from = 0;
     loop {
-        let failure = match steps(ctx, &mut st, from).await {
+        let failure = match steps.run_from(cx, from, &timings).await {
             Ok(()) => break,
             Err(f) => f,
         };
-        let StepFailure { step, error } = failure;
+        let crate::steps::StepFailure {
+            id,
+            position,
+            error,
+        } = failure;
         let message = format!("{error:#}");
-        if !reporter.outbox.is_bound() {
-            return Err(error.context(format!("step {step} failed")));
-        }
-        let mut data = serde_json::json!({
-            "step": step,
-            "error": message,
-            "timing": ctx.timings.to_json(),
-        });
-        let extra = failure_data(&error);
-        let alarm = extra
-            .as_ref()
-            .and_then(|d| d.get(landfall_proto::SECURITY_FLAG))
-            .is_some();
-        if let Some(serde_json::Value::Object(extra)) = extra {
-            data.as_object_mut().expect("an object").extend(extra);
-        }
+        // Registered means the server knows the attempt and takes events.
+        let Some(hello) = cx.output(h.hello).cloned() else {
+            return Err(error.context(format!("step {id} failed")));
+        };
+        let data = FailureData {
+            step: Some(id.name().to_owned()),
+            error: Some(message.clone()),
+            timing: Some(timings.timing()),
+            ..crate::report::failure::failure_data(&error)
+        };
         reporter.emit(
             Step::Done,
             EventKind::Failed,
-            format!("{step} failed: {message}"),
+            format!("{id} failed: {message}"),
             None,
-            Some(data.clone()),
+            data.to_data(),
         );
-        if let Err(e) = reporter.outbox.flush(ctx.opts.final_ack_timeout).await {
+        if let Err(e) = reporter.outbox.flush(cx.opts().final_ack_timeout).await {
             tracing::warn!("{e:#}");
         }
-        if alarm {
+        if data.security {
             // A compromised install is not retried: the operator investigates
             // and reinstalls.
-            return Err(error.context(format!("step {step} failed")));
+            return Err(error.context(format!("step {id} failed")));
         }
-        show_failure(ctx, &st, step, &message, &data);
-        match wait_for_operator(ctx, &st).await {
+        let again = steps.retry_position(position);
+        let retry_runs = steps.ids()[again..].iter().map(|s| s.name()).collect();
+        show_failure(cx, h, &hello, id.name(), retry_runs, &message, &data);
+        match wait_for_operator(cx, &hello).await {
             Ok(Some(assignment)) => {
                 reporter.console().set_detail(Vec::new());
-                let st_hello = st.hello.as_mut().expect("register ran");
-                st_hello.assignment = assignment;
-                let again = retry_from(step);
-                from = ORDER.iter().position(|s| *s == again).unwrap_or(0);
+                cx.replace(
+                    h.hello,
+                    HelloResponse {
+                        assignment,
+                        ..hello
+                    },
+                );
+                from = again;
+                let id = steps.ids()[from];
                 reporter.emit(
-                    ORDER[from],
+                    id.wire(),
                     EventKind::Log,
-                    format!(
-                        "the operator asked for a retry: running again from {}",
-                        ORDER[from]
-                    ),
+                    format!("the operator asked for a retry: running again from {id}"),
                     None,
                     None,
                 );
             }
-            Ok(None) => return Ok(outcome(&st, reporter, true)),
+            Ok(None) => return Ok(outcome(&hello, &reporter, true)),
             Err(e) => {
-                return Err(e.context(format!(
-                    "step {step} failed; waiting for the operator failed"
-                )))
+                return Err(e.context(format!("step {id} failed; waiting for the operator failed")))
             }
         }
     }
@@ -288,17 +413,19 @@ async fn run_until_done(ctx: &Ctx<'_>) -> Result<Outcome> {
         EventKind::Finished,
         "install finished",
         Some(1.0),
-        Some(serde_json::json!({ "timing": ctx.timings.to_json() })),
+        serde_json::to_value(DoneData {
+            timing: timings.timing(),
+        })
+        .ok(),
     );
     reporter
         .console()
         .note("waiting for the server to acknowledge every event");
-    reporter.outbox.flush(ctx.opts.final_ack_timeout).await?;
-    Ok(outcome(&st, reporter, false))
+    reporter.outbox.flush(cx.opts().final_ack_timeout).await?;
+    Ok(outcome(cx.get(h.hello), &reporter, false))
 }
 
-fn outcome(st: &State, reporter: &Reporter, stopped: bool) -> Outcome {
-    let hello = st.hello.as_ref().expect("register ran");
+fn outcome(hello: &HelloResponse, reporter: &Reporter, stopped: bool) -> Outcome {
     Outcome {
         attempt_id: hello.attempt_id.clone(),
         hostname: hello.assignment.hostname.clone(),
@@ -310,341 +437,146 @@ fn outcome(st: &State, reporter: &Reporter, stopped: bool) -> Outcome {
 /// The failure on the console: step, error, the install's last lines, what
 /// the operator can do, how to get a shell and what is still mounted
 /// ([`crate::report::failure`]).
-fn show_failure(ctx: &Ctx<'_>, st: &State, step: Step, message: &str, data: &serde_json::Value) {
-    let host = st
-        .hello
-        .as_ref()
-        .map(|h| h.assignment.hostname.clone())
+fn show_failure(
+    cx: &Cx,
+    h: &Handles,
+    hello: &HelloResponse,
+    step: &str,
+    retry_runs: Vec<&str>,
+    message: &str,
+    data: &FailureData,
+) {
+    let inventory = cx.output(h.inventory);
+    let host = Some(hello.assignment.hostname.clone())
         .filter(|h| !h.is_empty())
-        .or_else(|| {
-            let inv = st.inventory.as_ref()?;
-            inv.nics.first().map(|n| n.mac.clone())
-        })
+        .or_else(|| inventory?.nics.first().map(|n| n.mac.clone()))
         .unwrap_or_else(|| "MAC".to_owned());
-    let ip = st.inventory.as_ref().and_then(primary_ip);
+    let ip = inventory.and_then(primary_ip);
+    let opts = cx.opts();
     let sshd = [
         "etc/ssh/sshd_config",
         "usr/sbin/sshd",
         "run/current-system/sw/bin/sshd",
     ]
     .iter()
-    .any(|p| ctx.opts.sysroot.join(p).exists());
-    let again = retry_from(step);
+    .any(|p| opts.sysroot.join(p).exists());
+    let disks = cx.output(h.disks).and_then(Option::as_ref);
     let failure = crate::report::failure::Failure {
         step,
         message,
-        hint: data.get("hint").and_then(|h| h.as_str()),
-        last_lines: data
-            .get("last_lines")
-            .and_then(|l| l.as_array())
-            .map(|l| l.iter().filter_map(|l| l.as_str()).collect())
-            .unwrap_or_default(),
+        hint: data.hint.as_deref(),
+        last_lines: data.last_lines.iter().map(String::as_str).collect(),
         host: &host,
         ip: ip.as_deref(),
         sshd,
-        retry_runs: ORDER.iter().copied().skip_while(|s| *s != again).collect(),
-        target_root: &ctx.opts.target_root,
-        mounted: st.disks.as_ref().map_or(0, |d| d.mounts.len()),
-        luks_open: st.disks.as_ref().map_or(0, |d| d.luks.len()),
+        retry_runs,
+        target_root: &opts.target_root,
+        mounted: disks.map_or(0, |d| d.mounts.len()),
+        luks_open: disks.map_or(0, |d| d.luks.len()),
     };
-    ctx.reporter.console().set_detail(failure.lines());
+    cx.reporter().console().set_detail(failure.lines());
 }
 
-/// Where `landfall retry` starts again after `failed`: a failed install
-/// starts from `configure`, so the generated files carry the fixed role and
-/// the fresh verify token; any other step runs again itself.
-fn retry_from(failed: Step) -> Step {
-    if failed == Step::Install {
-        Step::Configure
-    } else {
-        failed
-    }
-}
+/// How a wait that could not reach the server is asked again: from 1 s,
+/// doubling to 10 s, as long as it takes.
+const WAIT_RETRY: Retry = Retry {
+    initial: Duration::from_secs(1),
+    cap: Duration::from_secs(10),
+    max_tries: None,
+};
 
 /// Long-poll the server until the operator answers. `Some(assignment)`:
 /// retry with it; `None`: stop (reinstall, or the attempt was replaced).
-async fn wait_for_operator(ctx: &Ctx<'_>, st: &State) -> Result<Option<Assignment>> {
-    let hello = st.hello.as_ref().expect("register ran");
+async fn wait_for_operator(cx: &Cx, hello: &HelloResponse) -> Result<Option<Assignment>> {
     let req = WaitRequest {
         attempt_id: hello.attempt_id.clone(),
-        timeout_secs: ctx.opts.wait_secs,
+        timeout_secs: cx.opts().wait_secs,
     };
-    let mut backoff = Duration::from_secs(1);
+    let client = &cx.env().client;
+    // When the last try was asked.
+    let asked = std::sync::Mutex::new(Instant::now());
     loop {
-        let asked = Instant::now();
-        match ctx.client.wait(&hello.agent_token, &req).await {
-            Ok(r) => {
-                backoff = Duration::from_secs(1);
-                match r.action {
-                    // A server that answers at once (shutting down) is not
-                    // asked more than once a second.
-                    WaitAction::Wait if asked.elapsed() >= Duration::from_secs(1) => continue,
-                    WaitAction::Wait => {}
-                    WaitAction::Retry => match r.assignment {
-                        Some(a) => return Ok(Some(a)),
-                        None => anyhow::bail!("the server answered retry without an assignment"),
-                    },
-                    WaitAction::Stop => return Ok(None),
-                    WaitAction::Unknown => {
-                        tracing::warn!("the server answered an unknown wait action; asking again");
+        let answer = WAIT_RETRY
+            .run(
+                |_| async {
+                    *asked.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                    match client.wait(&hello.agent_token, &req).await {
+                        Ok(r) => Attempt::Done(r),
+                        Err(e) if e.retryable() => Attempt::Retry(e),
+                        Err(e) => Attempt::Fatal(e),
                     }
-                }
-            }
-            Err(e @ ApiError::Status { status, .. })
-                if status == reqwest::StatusCode::UNAUTHORIZED
-                    || status == reqwest::StatusCode::FORBIDDEN =>
+                },
+                |e, _, backoff| {
+                    cx.reporter().console().note(&format!(
+                        "server not reachable while waiting ({e}); asking again in {backoff:?}"
+                    ))
+                },
+            )
+            .await;
+        let r = match answer {
+            Ok(r) => r,
+            Err(RetryError::Fatal(e))
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::AgentTokenInvalid | ErrorCode::AttemptMismatch)
+                ) =>
             {
                 // Another boot of this machine took the attempt over.
                 tracing::warn!("{e}");
                 return Ok(None);
             }
-            Err(e) if e.retryable() => {
-                ctx.reporter.console().note(&format!(
-                    "server not reachable while waiting ({e}); asking again in {backoff:?}"
-                ));
-            }
-            Err(e) => {
+            Err(RetryError::Fatal(e) | RetryError::Exhausted { last: e, .. }) => {
                 return Err(anyhow::Error::new(e).context(
                     "the server does not offer the wait endpoint (older than landfall retry): \
                      PXE-boot the machine again to reinstall",
                 ))
             }
+        };
+        match r.action {
+            // A server that answers at once (shutting down) is not
+            // asked more than once a second.
+            WaitAction::Wait
+                if asked.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+                    >= Duration::from_secs(1) =>
+            {
+                continue
+            }
+            WaitAction::Wait => {}
+            WaitAction::Retry => match r.assignment {
+                Some(a) => return Ok(Some(a)),
+                None => anyhow::bail!("the server answered retry without an assignment"),
+            },
+            WaitAction::Stop => return Ok(None),
+            WaitAction::Unknown => {
+                tracing::warn!("the server answered an unknown wait action; asking again");
+            }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        tokio::time::sleep(WAIT_RETRY.initial).await;
     }
 }
 
-struct StepFailure {
-    step: Step,
-    error: anyhow::Error,
-}
-
-/// Run one step: `started`, then `finished` with the step's summary, or `failed`.
-async fn step<T>(
-    ctx: &Ctx<'_>,
-    step: Step,
-    start_message: &str,
-    work: impl std::future::Future<Output = Result<(T, String)>>,
-) -> Result<T, StepFailure> {
-    let reporter = ctx.reporter;
-    let (t0, w0, c0) = (
-        Instant::now(),
-        crate::timing::waited(),
-        crate::timing::cpu(),
-    );
-    reporter.emit(step, EventKind::Started, start_message, Some(0.0), None);
-    let result = work.await;
-    ctx.timings.add(
-        step,
-        t0.elapsed(),
-        crate::timing::waited().saturating_sub(w0),
-        crate::timing::cpu().since(c0),
-    );
-    match result {
-        Ok((value, summary)) => {
-            reporter.emit(step, EventKind::Finished, summary, Some(1.0), None);
-            Ok(value)
-        }
-        Err(error) => {
-            let data = failure_data(&error);
-            reporter.emit(step, EventKind::Failed, format!("{error:#}"), None, data);
-            Err(StepFailure { step, error })
-        }
+/// The finish step: verify.json rewritten when `stale` (a retry brought a
+/// fresh verify token that configure did not write), sync, unmount and close.
+async fn finish_step(
+    env: &Env,
+    hello: &HelloResponse,
+    stale: bool,
+    applied: &mut crate::disk::Applied,
+) -> Result<String> {
+    let mut summary = String::new();
+    if stale {
+        write_verify(&env.cfg, &env.opts, hello)?;
+        summary.push_str("verify.json refreshed; ");
     }
-}
-
-/// A step with nothing to do: `finished` at once with why.
-fn skip(ctx: &Ctx<'_>, step: Step, why: &str) {
-    ctx.reporter
-        .emit(step, EventKind::Finished, why, Some(1.0), None);
-}
-
-/// What a failed event carries besides its message: `{"security": true}` for
-/// an interception alarm, so the server marks the machine compromised; the
-/// class, hint and last lines of a failed `nixos-install`.
-fn failure_data(error: &anyhow::Error) -> Option<serde_json::Value> {
-    if let Some(f) = error
-        .chain()
-        .find_map(|e| e.downcast_ref::<crate::install::nixos_install::InstallFailure>())
-    {
-        return Some(f.event_data());
-    }
-    error
-        .chain()
-        .find_map(|e| e.downcast_ref::<crate::secrets::SecretsError>())
-        .filter(|e| e.is_security_alarm())
-        .map(|e| e.event_data())
-}
-
-/// Run the steps of [`ORDER`] from index `from`.
-async fn steps(ctx: &Ctx<'_>, st: &mut State, from: usize) -> Result<(), StepFailure> {
-    let (cfg, opts, reporter) = (ctx.cfg, ctx.opts, ctx.reporter);
-    for &s in &ORDER[from..] {
-        match s {
-            Step::Detect => {
-                let inventory = step(ctx, s, "detecting hardware", detect(opts)).await?;
-                reporter.console().set_ip(primary_ip(&inventory));
-                st.inventory = Some(inventory);
-            }
-            Step::Register => {
-                let inventory = st.inventory.clone().expect("detect ran");
-                let hello = step(
-                    ctx,
-                    s,
-                    &format!("registering with {}", cfg.server),
-                    register(cfg, opts, ctx.client, reporter, inventory),
-                )
-                .await?;
-                st.hello = Some(hello);
-            }
-            Step::Secrets => {
-                let a = st.assignment();
-                let from_bundle = a.secret_files.iter().any(|f| f.from.starts_with("bundle:"));
-                st.fetched = match (&a.vault, from_bundle) {
-                    (Some(vault), _) => Some(
-                        step(
-                            ctx,
-                            s,
-                            &format!("fetching secrets from {}", vault.address),
-                            secrets_step(opts, vault, a),
-                        )
-                        .await?,
-                    ),
-                    (None, true) => {
-                        let path = bundle_path(cfg, opts);
-                        Some(
-                            step(
-                                ctx,
-                                s,
-                                &format!("opening the age bundle {}", path.display()),
-                                bundle_step(path, opts, reporter, a),
-                            )
-                            .await?,
-                        )
-                    }
-                    (None, false) => {
-                        skip(ctx, s, "no secrets assigned");
-                        None
-                    }
-                };
-            }
-            Step::Disks => {
-                let a = st.assignment();
-                let Some(layout) = &a.disko else {
-                    skip(ctx, s, "no layout assigned: disks left as they are");
-                    continue;
-                };
-                // LUKS keys named by the layout come from the secrets, never from argv.
-                let keys = crate::disk::apply::Keys {
-                    by_path: st.fetched.as_ref().map(luks_keys).unwrap_or_default(),
-                };
-                let applied = step(
-                    ctx,
-                    s,
-                    &format!(
-                        "preparing disks from layout {}",
-                        a.layout.as_deref().unwrap_or("(unnamed)")
-                    ),
-                    disk_step(
-                        reporter,
-                        a,
-                        layout,
-                        st.inventory.as_ref().expect("detect ran"),
-                        crate::disk::ApplyOptions {
-                            root: opts.target_root.clone(),
-                            keys: std::sync::Arc::new(keys),
-                            ..Default::default()
-                        },
-                        Some((
-                            opts.state_dir.as_path(),
-                            st.hello.as_ref().expect("register ran").attempt_id.as_str(),
-                        )),
-                    ),
-                )
-                .await?;
-                st.disks = Some(applied);
-            }
-            Step::Configure => {
-                let a = st.assignment();
-                let Some(applied) = &st.disks else {
-                    if !a.secret_files.is_empty() || a.install.is_some() {
-                        let error = anyhow::anyhow!(
-                            "the role has secret files or an install target but no layout: there \
-                             is no target to write into; give the role a layout"
-                        );
-                        reporter.emit(s, EventKind::Failed, format!("{error:#}"), None, None);
-                        return Err(StepFailure { step: s, error });
-                    }
-                    skip(ctx, s, "no layout: nothing to configure");
-                    continue;
-                };
-                step(
-                    ctx,
-                    s,
-                    &format!(
-                        "writing the configuration under {}",
-                        opts.target_root.display()
-                    ),
-                    configure_step(
-                        cfg,
-                        opts,
-                        st.hello.as_ref().expect("register ran"),
-                        st.inventory.as_ref().expect("detect ran"),
-                        applied,
-                        st.fetched.as_ref(),
-                    ),
-                )
-                .await?;
-            }
-            Step::Install => {
-                let a = st.assignment();
-                let Some(target) = &a.install else {
-                    skip(ctx, s, "no install target assigned: the disks and files are ready, nothing installed");
-                    continue;
-                };
-                step(
-                    ctx,
-                    s,
-                    "running nixos-install",
-                    install_step(reporter, target, &opts.target_root),
-                )
-                .await?;
-            }
-            Step::Finish => {
-                let Some(applied) = st.disks.as_mut() else {
-                    skip(ctx, s, "nothing mounted");
-                    continue;
-                };
-                let hello = st.hello.as_ref().expect("register ran");
-                let stale = hello.assignment.verify_token.is_some()
-                    && st.verify_written != hello.assignment.verify_token;
-                step(ctx, s, "unmounting and closing the disks", async {
-                    let mut summary = String::new();
-                    if stale {
-                        // A retry of this step brought a fresh verify token.
-                        write_verify(cfg, opts, hello)?;
-                        summary.push_str("verify.json refreshed; ");
-                    }
-                    let (mounts, luks) = (applied.mounts.len(), applied.luks.len());
-                    tokio::task::spawn_blocking(nix::unistd::sync)
-                        .await
-                        .context("the sync task panicked")?;
-                    // What fails to unmount stays held for a retry.
-                    applied.release().await?;
-                    summary.push_str(&format!(
-                        "{mounts} mount(s) unmounted, {luks} LUKS mapping(s) closed"
-                    ));
-                    Ok(((), summary))
-                })
-                .await?;
-                st.verify_written = hello.assignment.verify_token.clone();
-                st.disks = None;
-            }
-            _ => unreachable!("ORDER holds only working steps"),
-        }
-    }
-    Ok(())
+    let (mounts, luks) = (applied.mounts.len(), applied.luks.len());
+    tokio::task::spawn_blocking(nix::unistd::sync)
+        .await
+        .context("the sync task panicked")?;
+    applied.release().await?;
+    summary.push_str(&format!(
+        "{mounts} mount(s) unmounted, {luks} LUKS mapping(s) closed"
+    ));
+    Ok(summary)
 }
 
 /// The configure step: the generated files (hardware configuration,
@@ -918,8 +850,8 @@ async fn secrets_step(
     assignment: &landfall_proto::Assignment,
 ) -> Result<(crate::secrets::Fetched, String)> {
     use crate::secrets;
-    let role_id = secrets::role_id_from(&opts.etc_dir.join("vault-role-id"), &opts.cmdline)?;
-    let fetch_opts = secrets::options_from(&opts.etc_dir.join("vault-ca.pem"), &opts.cmdline)?;
+    let role_id = secrets::role_id_from(&opts.etc_dir.join(secrets::ROLE_ID_FILE), &opts.cmdline)?;
+    let fetch_opts = secrets::options_from(&opts.etc_dir.join(secrets::CA_FILE), &opts.cmdline)?;
     let fetched = {
         let _waiting = crate::timing::waiting();
         secrets::fetch(vault, &role_id, &assignment.secret_files, &fetch_opts).await?
@@ -937,7 +869,7 @@ async fn secrets_step(
 pub fn bundle_path(cfg: &AgentConfig, opts: &RunOptions) -> PathBuf {
     cfg.bundle
         .clone()
-        .unwrap_or_else(|| opts.etc_dir.join("secrets.age"))
+        .unwrap_or_else(|| opts.etc_dir.join(crate::secrets::BUNDLE_FILE))
 }
 
 /// The offline path: the age bundle at `path` ([`bundle_path`]), unlocked by
@@ -1022,13 +954,8 @@ async fn detect(opts: &RunOptions) -> Result<(Inventory, String)> {
     Ok((inv, summary))
 }
 
-async fn register(
-    cfg: &AgentConfig,
-    opts: &RunOptions,
-    client: &Client,
-    reporter: &Reporter,
-    inventory: Inventory,
-) -> Result<(HelloResponse, String)> {
+async fn register(env: &Env, inventory: Inventory) -> Result<(HelloResponse, String)> {
+    let (cfg, opts, client, reporter) = (&env.cfg, &env.opts, &env.client, &env.reporter);
     let req = HelloRequest {
         boot_token: cfg.token.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -1054,10 +981,17 @@ async fn register(
         )
         .await
         .map_err(|e| match e {
-            RetryError::Fatal(e) => anyhow::Error::new(e).context(
-                "the server refused this boot's token: boot the machine again through the \
-                 landfall server's boot.ipxe to get a fresh one",
-            ),
+            RetryError::Fatal(e)
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::BootTokenInvalid | ErrorCode::BootTokenMacMismatch)
+                ) =>
+            {
+                anyhow::Error::new(e).context(
+                    "the server refused this boot's token: boot the machine again through the \
+                     landfall server's boot.ipxe to get a fresh one",
+                )
+            }
             e => anyhow::Error::new(e).context("registering with the server"),
         })?;
     let a = &hello.assignment;

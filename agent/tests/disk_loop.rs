@@ -501,7 +501,7 @@ fn pipeline_disk_step_selects_by_rule_honours_the_wipe_policy_and_reports_each_o
             Box::new(buf.clone()),
             false,
             ConsoleMode::Lines,
-            pipeline::STEPS,
+            &pipeline::console_steps(),
         ),
     );
     let base = || ApplyOptions {

@@ -196,7 +196,7 @@ fn console() -> Console {
         Box::new(std::io::sink()),
         false,
         ConsoleMode::Lines,
-        pipeline::STEPS,
+        &pipeline::console_steps(),
     )
 }
 
@@ -686,6 +686,183 @@ async fn the_bundle_named_on_the_kernel_line_is_the_one_opened() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let outcome = tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("the wait ended")
+        .unwrap()
+        .unwrap();
+    assert!(outcome.stopped);
+}
+
+/// A step added by one registration runs where it is registered (between
+/// configure and install), reports like the agent's own steps, and a retry
+/// after its failure resumes from it (issue 11 item 1). The wire names it
+/// `unknown` (the protocol's steps are a closed set read with
+/// `#[serde(other)]`); its own name is in the failure data and the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_registered_between_configure_and_install_runs_there_and_is_retried_from() {
+    use landfall_agent::steps::{Start, StepId};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let server = Server::start().await;
+    let token = server.boot_token().await;
+    let opts = RunOptions {
+        wait_secs: 1,
+        ..opts()
+    };
+    let base = server.base();
+    // Fails on its first run, succeeds on the second.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let seen = runs.clone();
+    let agent = tokio::spawn(async move {
+        pipeline::run_with(&config(base, token), &opts, console(), move |steps| {
+            steps
+                .new_step(StepId::extension("probe"), "Probe", move |_cx| {
+                    let n = seen.fetch_add(1, Ordering::SeqCst);
+                    Start::run("probing", async move {
+                        anyhow::ensure!(n > 0, "the probe failed on its first run");
+                        Ok(((), "probed".to_owned()))
+                    })
+                })
+                .before(Step::Install)
+                .register();
+        })
+        .await
+    });
+
+    // The first run fails in the new step: the machine is failed, held.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = server.machine().await;
+        if m["state"] == "failed" {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "never failed: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(m["error"].as_str().unwrap().contains("step probe"), "{m}");
+    let sk = steps_and_kinds(&m["attempts"][0]["events"]);
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        sk,
+        pairs(&[
+            ("detect", "started"),
+            ("detect", "finished"),
+            ("register", "started"),
+            ("register", "finished"),
+            ("secrets", "finished"),
+            ("disks", "finished"),
+            ("configure", "finished"),
+            ("unknown", "started"),
+            ("unknown", "failed"),
+            ("done", "failed"),
+        ])
+    );
+    let events = m["attempts"][0]["events"].as_array().unwrap();
+    let done = events.last().unwrap();
+    assert_eq!(done["data"]["step"], "probe", "{done}");
+    assert!(
+        done["data"]["timing"]["steps"]["probe"].is_object(),
+        "{done}"
+    );
+
+    // The operator retries: the run resumes at the new step, then install.
+    let admin = std::fs::read_to_string(server.dir.path().join("data/admin.token")).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/machines/{MAC}/retry", server.base()))
+        .bearer_auth(admin.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let outcome = tokio::time::timeout(Duration::from_secs(30), agent)
+        .await
+        .expect("the install finished")
+        .unwrap()
+        .unwrap();
+    assert!(!outcome.stopped);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    let m = server.machine().await;
+    assert_eq!(m["state"], "installed", "{m}");
+    let sk = steps_and_kinds(&m["attempts"][0]["events"]);
+    assert_eq!(
+        sk[10..],
+        pairs(&[
+            ("unknown", "log"),
+            ("unknown", "started"),
+            ("unknown", "finished"),
+            ("install", "finished"),
+            ("finish", "finished"),
+            ("done", "finished"),
+        ])[..],
+        "{sk:?}"
+    );
+    let events = m["attempts"][0]["events"].as_array().unwrap();
+    assert_eq!(
+        events[10]["message"],
+        "the operator asked for a retry: running again from probe"
+    );
+    // The registry timed both runs of the new step, under its name.
+    let timing = &events.last().unwrap()["data"]["timing"];
+    assert!(timing["steps"]["probe"]["wall_ms"].is_u64(), "{timing}");
+    assert!(timing["steps"]["detect"]["wall_ms"].is_u64(), "{timing}");
+}
+
+/// A waiting agent whose attempt another boot took over (a second hello with
+/// the same boot token revokes the first agent token) stops waiting: the
+/// server answers `agent_token_invalid`, which the agent reads as "replaced".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_agent_whose_attempt_was_taken_over_stops() {
+    use landfall_agent::steps::{Start, StepId};
+
+    let server = Server::start().await;
+    let token = server.boot_token().await;
+    let opts = RunOptions {
+        wait_secs: 1,
+        ..opts()
+    };
+    let (base, first_token) = (server.base(), token.clone());
+    let agent = tokio::spawn(async move {
+        pipeline::run_with(&config(base, first_token), &opts, console(), |steps| {
+            steps
+                .new_step(StepId::extension("broken"), "Always fails", |_cx| {
+                    Start::<()>::Fail(anyhow::anyhow!("broken on purpose"))
+                })
+                .register();
+        })
+        .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = server.machine().await;
+        if m["state"] == "failed" {
+            assert!(m["error"].as_str().unwrap().contains("step broken"), "{m}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never failed: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!agent.is_finished(), "the agent waits for the operator");
+
+    // Another boot of the machine says hello with the same boot token.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/agent/hello", server.base()))
+        .json(&landfall_proto::HelloRequest {
+            boot_token: token,
+            agent_version: "test".into(),
+            protocol: 1,
+            inventory: landfall_agent::hw::detect(&fixture()).unwrap(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let outcome = tokio::time::timeout(Duration::from_secs(20), agent)
         .await
         .expect("the wait ended")
         .unwrap()

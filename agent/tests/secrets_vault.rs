@@ -254,8 +254,11 @@ impl Fleet {
     /// Report a fetch failure the way the pipeline does: the `secrets` step
     /// failed, then the terminal `done` failed, both with the error's data.
     async fn report_failure(&self, h: &HelloResponse, e: &SecretsError) {
-        let mut data = e.event_data();
-        data["step"] = json!("secrets");
+        let data = landfall_proto::FailureData {
+            step: Some("secrets".into()),
+            ..e.failure_data()
+        }
+        .to_data();
         self.report(
             h,
             vec![
@@ -265,9 +268,9 @@ impl Fleet {
                     Step::Secrets,
                     EventKind::Failed,
                     e.to_string(),
-                    Some(e.event_data()),
+                    e.failure_data().to_data(),
                 ),
-                event(3, Step::Done, EventKind::Failed, e.to_string(), Some(data)),
+                event(3, Step::Done, EventKind::Failed, e.to_string(), data),
             ],
         )
         .await;
@@ -455,7 +458,7 @@ async fn a_reused_wrap_token_is_an_alarm_and_the_machine_is_compromised() {
         msg.contains("sys/wrapping/lookup") && msg.contains("before any disk"),
         "{msg}"
     );
-    assert_eq!(e.event_data()["security"], true);
+    assert_eq!(e.failure_data().to_data().unwrap()["security"], true);
 
     f.report_failure(&h, &e).await;
     let m = f.machine().await;

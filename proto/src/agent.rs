@@ -257,11 +257,6 @@ fn default_root() -> String {
     "root".to_owned()
 }
 
-/// Key in a failed event's `data` that marks a security alarm (e.g. an
-/// intercepted wrap token): `{"security": true}`. A terminal failure with it
-/// moves the machine to `compromised`.
-pub const SECURITY_FLAG: &str = "security";
-
 /// May the agent destroy data it finds on the target disks?
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -309,11 +304,7 @@ pub struct EventsResponse {
     pub acked_seq: u64,
 }
 
-/// The error body of every 4xx/5xx answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
+pub use crate::error::{ErrorBody, ErrorCode};
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,10 @@
 use serde::{Deserialize, Serialize};
 
 /// The pipeline's steps, in order. The agent's `pipeline.rs` decides which run.
+/// A closed set on the wire: a step the agent registers beyond it (a test's,
+/// or one not yet named here) is sent as `unknown`, which every server,
+/// older ones included, stores and acks (`#[serde(other)]`); its name is in
+/// the failure data's `step` and the timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {

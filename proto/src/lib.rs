@@ -6,7 +6,9 @@
 
 pub mod admin;
 pub mod agent;
+pub mod error;
 pub mod event;
+pub mod failure;
 pub mod inventory;
 pub mod names;
 pub mod verify;
@@ -14,9 +16,11 @@ pub mod verify;
 pub use agent::{
     Assignment, EventsRequest, EventsResponse, HelloRequest, HelloResponse, InstallTarget,
     LuksUnlock, SecretFile, SecretString, VaultAssignment, WaitAction, WaitRequest, WaitResponse,
-    WipePolicy, SECURITY_FLAG,
+    WipePolicy,
 };
+pub use error::{ErrorBody, ErrorCode};
 pub use event::{Event, EventKind, Step};
+pub use failure::{DoneData, FailureClass, FailureData, StepTiming, Timing};
 pub use inventory::Inventory;
 pub use verify::{Check, CheckResult, NamedCheck, VerifyConfig, VerifyRequest, VerifyResponse};
 

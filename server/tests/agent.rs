@@ -16,7 +16,69 @@ async fn error_of(r: reqwest::Response) -> (u16, String) {
         "error body is not JSON"
     );
     let v: Value = r.json().await.unwrap();
+    // Every error body names its code beside the message (issue 11 item 2).
+    let code = v["code"].as_str().expect("code field");
+    assert_ne!(code, "unknown", "{v}");
     (status, v["error"].as_str().expect("error field").to_owned())
+}
+
+/// The status and the body's `code`.
+async fn code_of(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    (status, v["code"].as_str().expect("code field").to_owned())
+}
+
+/// Each refusal an agent branches on has its own code; the statuses are
+/// those of before the codes.
+#[tokio::test]
+async fn errors_carry_a_stable_code_beside_the_message() {
+    let s = Server::start(Some(CONFIG)).await;
+    let token = s.boot_token(MAC1).await;
+    let code = |status: u16, code: &str| (status, code.to_owned());
+    assert_eq!(
+        code_of(s.hello(&"0".repeat(64), MAC1).await).await,
+        code(401, "boot_token_invalid")
+    );
+    assert_eq!(
+        code_of(s.hello(&token, MAC2).await).await,
+        code(403, "boot_token_mac_mismatch")
+    );
+    let (attempt1, agent1) = s.start_attempt(MAC1).await;
+    let (attempt2, _) = s.start_attempt(MAC2).await;
+    let e = [event(1, Step::Detect, EventKind::Started, "")];
+    assert_eq!(
+        code_of(s.events("not-a-token", &attempt1, &e).await).await,
+        code(401, "agent_token_invalid")
+    );
+    let r = s
+        .http
+        .post(s.url("/api/v1/agent/events"))
+        .json(&serde_json::json!({"attempt_id": attempt1, "events": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, code(401, "agent_token_missing"));
+    assert_eq!(
+        code_of(s.events(&agent1, &attempt2, &e).await).await,
+        code(403, "attempt_mismatch")
+    );
+    let zero = [event(0, Step::Detect, EventKind::Started, "")];
+    assert_eq!(
+        code_of(s.events(&agent1, &attempt1, &zero).await).await,
+        code(400, "bad_request")
+    );
+    let r = s.http.get(s.url("/nope")).send().await.unwrap();
+    assert_eq!(code_of(r).await, code(404, "not_found"));
+    let r = s
+        .http
+        .get(s.url("/api/v1/machines"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, code(401, "admin_token_invalid"));
+    s.stop().await;
 }
 
 #[tokio::test]

@@ -201,7 +201,7 @@ impl Applied {
     /// can try again (a technician's shell left in /mnt) or drop it.
     pub async fn release(&mut self) -> Result<()> {
         while let Some(m) = self.mounts.last_mut() {
-            m.unmount()?;
+            m.unmount().await?;
             self.mounts.pop();
         }
         while let Some(l) = self.luks.last_mut() {
@@ -388,7 +388,7 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
 
 async fn cleanup(mut mounts: Vec<MountGuard>, mut luks: Vec<LuksGuard>, written: &[String]) {
     while let Some(m) = mounts.pop() {
-        if let Err(e) = m.close() {
+        if let Err(e) = m.close().await {
             tracing::warn!("cleanup: {e:#}");
         }
     }
@@ -768,7 +768,7 @@ async fn btrfs_subvolumes(device: &str, names: &[String]) -> Result<()> {
         Ok::<(), anyhow::Error>(())
     }
     .await;
-    let closed = m.close();
+    let closed = m.close().await;
     let _ = std::fs::remove_dir(&dir);
     r?;
     closed

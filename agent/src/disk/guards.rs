@@ -3,10 +3,10 @@
 //! `close() -> Result` that reports failure, and a best-effort `Drop` for
 //! error paths and panics.
 //!
-//! Unmounting uses umount2(2) directly (no process; works in `Drop`). LUKS
-//! and loop devices need `cryptsetup`/`losetup`, run through [`Cmd`]; in
-//! `Drop` that happens on a helper thread with its own small runtime, since
-//! `Drop` cannot await.
+//! Unmounting uses umount2(2) directly (no process), retried while busy by
+//! the one retry helper ([`crate::retry`]). LUKS and loop devices need
+//! `cryptsetup`/`losetup`, run through [`Cmd`]. In `Drop`, which cannot
+//! await, both happen on a helper thread with its own small runtime.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,28 +15,38 @@ use anyhow::{Context, Result};
 use nix::mount::{umount2, MntFlags};
 
 use crate::cmd::{Cmd, CmdError, Output};
+use crate::retry::{Attempt, Retry, RetryError};
+
+/// Run a future to completion from synchronous code (including `Drop`
+/// inside an async runtime, where blocking the runtime's thread or nesting a
+/// `block_on` is wrong): on a separate thread with its own runtime.
+fn block_on_own_thread<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+    failed: impl FnOnce(String) -> T,
+) -> T {
+    let joined = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(work))
+            .map_err(|e| format!("could not start a runtime: {e}"))
+    })
+    .join();
+    match joined {
+        Ok(Ok(v)) => v,
+        Ok(Err(what)) => failed(what),
+        Err(_) => failed("panicked".to_owned()),
+    }
+}
 
 /// Run a command to completion from synchronous code (including `Drop`
 /// inside an async runtime): on a separate thread with its own runtime.
 pub fn run_blocking(cmd: Cmd) -> Result<Output, CmdError> {
     let shown = cmd.display();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| CmdError {
-                cmdline: cmd.display(),
-                what: format!("could not start a runtime: {e}"),
-                status: None,
-                stderr_tail: String::new(),
-            })?;
-        rt.block_on(cmd.run())
-    })
-    .join()
-    .unwrap_or_else(|_| {
+    block_on_own_thread(cmd.run(), |what| {
         Err(CmdError {
             cmdline: shown,
-            what: "panicked".into(),
+            what,
             status: None,
             stderr_tail: String::new(),
         })
@@ -78,15 +88,15 @@ impl MountGuard {
     }
 
     /// Unmount, retrying while busy (up to 20 times, 100 ms apart, as coreos-installer does).
-    pub fn close(mut self) -> Result<()> {
+    pub async fn close(mut self) -> Result<()> {
         self.active = false;
-        unmount(&self.target)
+        unmount(&self.target).await
     }
 
     /// Unmount like [`MountGuard::close`], but keep the guard when it fails
     /// (the caller may try again later).
-    pub fn unmount(&mut self) -> Result<()> {
-        unmount(&self.target)?;
+    pub async fn unmount(&mut self) -> Result<()> {
+        unmount(&self.target).await?;
         self.active = false;
         Ok(())
     }
@@ -97,30 +107,49 @@ impl MountGuard {
     }
 }
 
-fn unmount(target: &Path) -> Result<()> {
-    let mut last = None;
-    for _ in 0..20 {
-        match umount2(target, MntFlags::empty()) {
-            Ok(()) => return Ok(()),
-            Err(nix::errno::Errno::EBUSY) => {
-                last = Some(nix::errno::Errno::EBUSY);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => return Err(e).with_context(|| format!("unmounting {}", target.display())),
-        }
-    }
-    Err(last.unwrap_or(nix::errno::Errno::EBUSY)).with_context(|| {
-        format!(
-            "unmounting {} (still busy after 20 tries)",
-            target.display()
+/// How an unmount is retried while the filesystem is busy: 20 tries, 100 ms
+/// apart (as coreos-installer does).
+const UNMOUNT_RETRY: Retry = Retry {
+    initial: Duration::from_millis(100),
+    cap: Duration::from_millis(100),
+    max_tries: Some(20),
+};
+
+async fn unmount(target: &Path) -> Result<()> {
+    UNMOUNT_RETRY
+        .run(
+            |_| async {
+                match umount2(target, MntFlags::empty()) {
+                    Ok(()) => Attempt::Done(()),
+                    Err(e @ nix::errno::Errno::EBUSY) => Attempt::Retry(e),
+                    Err(e) => Attempt::Fatal(e),
+                }
+            },
+            |_, _, _| {},
         )
-    })
+        .await
+        .map_err(|e| match e {
+            RetryError::Fatal(e) => {
+                anyhow::Error::new(e).context(format!("unmounting {}", target.display()))
+            }
+            RetryError::Exhausted { tries, last } => anyhow::Error::new(last).context(format!(
+                "unmounting {} (still busy after {tries} tries)",
+                target.display()
+            )),
+        })
 }
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
         if self.active {
-            if let Err(e) = unmount(&self.target) {
+            let target = self.target.clone();
+            let r = block_on_own_thread(async move { unmount(&target).await }, |what| {
+                Err(anyhow::anyhow!(
+                    "unmounting {}: {what}",
+                    self.target.display()
+                ))
+            });
+            if let Err(e) = r {
                 tracing::warn!("{e:#}");
             }
         }

@@ -11,7 +11,6 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use landfall_proto::InstallTarget;
-use serde::Serialize;
 
 use super::configure::{FlakeRef, FLAKE_DIR};
 use crate::cmd::{Cmd, Stream};
@@ -57,53 +56,17 @@ pub fn commands(target: &InstallTarget, root: &Path) -> Result<Vec<Cmd>> {
     })
 }
 
-/// What went wrong, as far as the output tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureClass {
-    /// The configuration did not evaluate (a Nix error in the fleet or the
-    /// generated files, a missing attribute): fix the fleet, `landfall retry`.
-    Evaluation,
-    /// A derivation failed to build.
-    Build,
-    /// A substituter or source could not be fetched (network, cache, 404).
-    Download,
-    /// Installing GRUB / systemd-boot failed.
-    Bootloader,
-    /// Nothing recognisable: read the last lines.
-    Unknown,
-}
+pub use landfall_proto::FailureClass;
 
-impl FailureClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Evaluation => "evaluation",
-            Self::Build => "build",
-            Self::Download => "download",
-            Self::Bootloader => "bootloader",
-            Self::Unknown => "unknown",
-        }
-    }
-
-    fn rank(self) -> u8 {
-        match self {
-            Self::Download => 4,
-            Self::Evaluation => 3,
-            Self::Build => 2,
-            Self::Bootloader => 1,
-            Self::Unknown => 0,
-        }
-    }
-
-    /// One sentence for the technician.
-    pub fn hint(self) -> &'static str {
-        match self {
-            Self::Evaluation => "the configuration does not evaluate: fix the fleet flake (or the role's install target), then `landfall retry HOST`",
-            Self::Build => "a derivation failed to build: read the builder's log lines, fix the package or pin, then `landfall retry HOST`",
-            Self::Download => "a download failed: check the binary cache / network from the installer, then `landfall retry HOST`",
-            Self::Bootloader => "installing the boot loader failed: check the firmware mode and the boot partition of the layout, then `landfall retry HOST`",
-            Self::Unknown => "read the last lines of output, then `landfall retry HOST` or `landfall reinstall HOST`",
-        }
+/// Which class wins when the output shows several: a failed download makes
+/// builds fail too; an evaluation error stops everything before the builds.
+fn rank(c: FailureClass) -> u8 {
+    match c {
+        FailureClass::Download => 4,
+        FailureClass::Evaluation => 3,
+        FailureClass::Build => 2,
+        FailureClass::Bootloader => 1,
+        FailureClass::Unknown => 0,
     }
 }
 
@@ -158,7 +121,7 @@ pub fn classify<'a>(
         };
         // The most telling class wins: a failed download makes builds fail
         // too; an evaluation error stops everything before the builds.
-        class = class.into_iter().chain(c).max_by_key(|c| c.rank());
+        class = class.into_iter().chain(c).max_by_key(|c| rank(*c));
     }
     match class {
         Some(c) => c,
@@ -283,15 +246,16 @@ pub struct InstallFailure {
 }
 
 impl InstallFailure {
-    /// The failed event's `data` (besides `step`/`error`).
-    pub fn event_data(&self) -> serde_json::Value {
-        serde_json::json!({
-            "class": self.class,
-            "hint": self.class.hint(),
-            "command": self.error.cmdline,
-            "exit_code": self.error.status.and_then(|s| s.code()),
-            "last_lines": self.last_lines,
-        })
+    /// What the failed event's `data` says besides `step`/`error`.
+    pub fn failure_data(&self) -> landfall_proto::FailureData {
+        landfall_proto::FailureData {
+            class: Some(self.class),
+            hint: Some(self.class.hint().to_owned()),
+            command: Some(self.error.cmdline.clone()),
+            exit_code: self.error.status.and_then(|s| s.code()),
+            last_lines: self.last_lines.clone(),
+            ..Default::default()
+        }
     }
 }
 
@@ -607,8 +571,9 @@ mod tests {
         assert_eq!(e.class, FailureClass::Build);
         assert_eq!(e.last_lines.len(), 2);
         assert!(e.to_string().starts_with("build failure: `sh -c"), "{e}");
-        assert_eq!(e.event_data()["class"], "build");
-        assert_eq!(e.event_data()["exit_code"], 1);
+        let data = e.failure_data().to_data().unwrap();
+        assert_eq!(data["class"], "build");
+        assert_eq!(data["exit_code"], 1);
         // stdout and stderr interleave in any order; the building line moved progress.
         let building = seen
             .iter()

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use landfall_proto::agent::ErrorBody;
 use landfall_proto::verify::{VerifyRequest, VerifyResponse};
+use landfall_proto::{ErrorBody, ErrorCode};
 use landfall_proto::{
     EventsRequest, EventsResponse, HelloRequest, HelloResponse, WaitRequest, WaitResponse,
     AGENT_API,
@@ -31,6 +31,9 @@ pub enum ApiError {
         url: String,
         status: StatusCode,
         message: String,
+        /// The body's code; for a body without one (an older server, a
+        /// proxy), the status's generic code ([`ErrorCode::from_status`]).
+        code: ErrorCode,
     },
     #[error("{url} answered with a body that is not the expected JSON: {source}")]
     Decode {
@@ -41,16 +44,21 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Connection problems and 408/429/5xx are worth retrying; other 4xx are not.
+    /// Connection problems and the codes of a passing trouble (5xx, 408,
+    /// 429: [`ErrorCode::retryable`]) are worth retrying; others are not.
     pub fn retryable(&self) -> bool {
         match self {
             Self::Transport { .. } => true,
-            Self::Status { status, .. } => {
-                status.is_server_error()
-                    || *status == StatusCode::REQUEST_TIMEOUT
-                    || *status == StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::Status { code, .. } => code.retryable(),
             Self::Decode { .. } => false,
+        }
+    }
+
+    /// The server's code for an answer that was an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Status { code, .. } => Some(*code),
+            _ => None,
         }
     }
 }
@@ -104,13 +112,19 @@ impl Client {
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
-            let message = serde_json::from_str::<ErrorBody>(&text)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| text.chars().take(300).collect());
+            let (message, code) = match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(b) => (b.error, b.code),
+                Err(_) => (text.chars().take(300).collect(), ErrorCode::Unknown),
+            };
+            let code = match code {
+                ErrorCode::Unknown => ErrorCode::from_status(status.as_u16()),
+                code => code,
+            };
             return Err(ApiError::Status {
                 url,
                 status,
                 message,
+                code,
             });
         }
         resp.json()
@@ -149,5 +163,67 @@ impl Client {
         req: &VerifyRequest,
     ) -> Result<VerifyResponse, ApiError> {
         self.post("verify", Some(verify_token), req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request with `status` and `body`.
+    async fn answering(status: &'static str, body: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 16384];
+                let _ = s.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    async fn hello_error(status: &'static str, body: &'static str) -> ApiError {
+        let client = Client::new(&answering(status, body).await).unwrap();
+        let req = HelloRequest {
+            boot_token: "t".into(),
+            agent_version: "test".into(),
+            protocol: 1,
+            inventory: Default::default(),
+        };
+        client.hello(&req).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn the_code_of_the_body_decides_and_a_body_without_one_falls_back_to_the_status() {
+        let e = hello_error(
+            "401 Unauthorized",
+            r#"{"error":"boot token unknown or expired","code":"boot_token_invalid"}"#,
+        )
+        .await;
+        assert_eq!(e.code(), Some(ErrorCode::BootTokenInvalid), "{e}");
+        assert!(!e.retryable());
+        assert!(e.to_string().contains("401"), "{e}");
+        // A proxy's page, or a server older than the codes.
+        let e = hello_error("502 Bad Gateway", "<html>bad gateway</html>").await;
+        assert_eq!(e.code(), Some(ErrorCode::Unavailable), "{e}");
+        assert!(e.retryable());
+        let e = hello_error("409 Conflict", r#"{"error":"no role"}"#).await;
+        assert_eq!(e.code(), Some(ErrorCode::Conflict), "{e}");
+        assert!(!e.retryable());
+        // A code newer than this agent: the status's generic code.
+        let e = hello_error(
+            "503 Service Unavailable",
+            r#"{"error":"x","code":"new_thing"}"#,
+        )
+        .await;
+        assert_eq!(e.code(), Some(ErrorCode::Unavailable), "{e}");
+        assert!(e.retryable());
     }
 }

@@ -113,6 +113,15 @@ impl Console {
         }
     }
 
+    /// The pipeline's steps with their titles, in order (its registry's).
+    pub fn set_steps(&mut self, steps: &[(Step, &'static str)]) {
+        self.steps = steps
+            .iter()
+            .map(|&(s, d)| (s, d, StepState::Pending))
+            .collect();
+        self.dirty = true;
+    }
+
     /// The console on stdout, redrawing when stdout is a terminal.
     pub fn stdout(mode: ConsoleMode, steps: &[(Step, &'static str)]) -> Self {
         use std::io::IsTerminal;

@@ -4,12 +4,11 @@
 
 use std::path::Path;
 
-use landfall_proto::Step;
-
 /// What is true when a step failed.
 #[derive(Debug, Clone)]
 pub struct Failure<'a> {
-    pub step: Step,
+    /// The failed step's name.
+    pub step: &'a str,
     /// The error chain; its first line is shown.
     pub message: &'a str,
     /// The step's advice (may name the machine as `HOST`).
@@ -23,11 +22,28 @@ pub struct Failure<'a> {
     /// Whether the installer runs sshd.
     pub sshd: bool,
     /// The steps a retry runs, in order (the first is where it starts).
-    pub retry_runs: Vec<Step>,
+    pub retry_runs: Vec<&'a str>,
     pub target_root: &'a Path,
     /// The target's file systems still mounted, and LUKS mappings still open.
     pub mounted: usize,
     pub luks_open: usize,
+}
+
+/// What a failed event carries besides its message: `security` for an
+/// interception alarm, so the server marks the machine compromised; the
+/// class, hint and last lines of a failed `nixos-install`.
+pub fn failure_data(error: &anyhow::Error) -> landfall_proto::FailureData {
+    if let Some(f) = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<crate::install::nixos_install::InstallFailure>())
+    {
+        return f.failure_data();
+    }
+    error
+        .chain()
+        .find_map(|e| e.downcast_ref::<crate::secrets::SecretsError>())
+        .map(|e| e.failure_data())
+        .unwrap_or_default()
 }
 
 /// Lines of output shown at most.
@@ -55,7 +71,7 @@ impl Failure<'_> {
             let skip = self.last_lines.len().saturating_sub(LAST_LINES);
             lines.extend(self.last_lines[skip..].iter().map(|l| format!("  | {l}")));
         }
-        let runs: Vec<&str> = self.retry_runs.iter().map(|s| s.as_str()).collect();
+        let runs = &self.retry_runs;
         let retry = match runs.as_slice() {
             [] => "runs the install again".to_owned(),
             [only] => format!("runs the {only} step again"),
@@ -92,10 +108,11 @@ impl Failure<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use landfall_proto::Step;
 
     fn failure(step: Step) -> Failure<'static> {
         Failure {
-            step,
+            step: step.as_str(),
             message: "nixos-install failed\ncaused by: exit 1",
             hint: Some("fix the fleet flake, then `landfall retry HOST`"),
             last_lines: (0..15)
@@ -104,7 +121,7 @@ mod tests {
             host: "ws-07",
             ip: Some("192.0.2.2/24"),
             sshd: true,
-            retry_runs: vec![Step::Configure, Step::Install, Step::Finish],
+            retry_runs: vec!["configure", "install", "finish"],
             target_root: Path::new("/mnt"),
             mounted: 3,
             luks_open: 1,
@@ -144,7 +161,7 @@ mod tests {
     #[test]
     fn after_the_disks_were_unmounted_the_screen_does_not_say_mounted() {
         let mut f = failure(Step::Finish);
-        f.retry_runs = vec![Step::Finish];
+        f.retry_runs = vec!["finish"];
         f.mounted = 0;
         f.luks_open = 1;
         f.hint = None;

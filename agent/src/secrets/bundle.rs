@@ -38,8 +38,8 @@ use super::prompt::Prompt;
 use super::secret::SecretBytes;
 use super::vault::{Fetched, SecretsError};
 
-/// Where the installer image carries a bundle.
-pub const BUNDLE_FILE: &str = "/etc/landfall/secrets.age";
+/// The bundle the installer image carries, in [`super::ETC_DIR`].
+pub const BUNDLE_FILE: &str = "secrets.age";
 /// Most file content a bundle may hold (it is held in memory).
 pub const MAX_PLAINTEXT: u64 = 64 << 20;
 /// Passphrase tries at the console.

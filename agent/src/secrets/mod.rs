@@ -7,7 +7,7 @@
 //! touch anything, so a LUKS key is at hand and an alarm stops early):
 //!
 //! ```text
-//! let role_id = secrets::role_id_from(Path::new(secrets::ROLE_ID_FILE), &cmdline)?;
+//! let role_id = secrets::role_id_from(&etc_dir.join(secrets::ROLE_ID_FILE), &cmdline)?;
 //! let fetched = secrets::fetch(vault, &role_id, &assignment.secret_files, &opts).await?;
 //! // ... disks (fetched.get("hosts/HOST", "luks_key")), mount under /mnt ...
 //! let placed = secrets::place(Path::new("/mnt"), &fetched)?;
@@ -17,13 +17,13 @@
 //!
 //! ```text
 //! let source = secrets::IdentitySource::from_cmdline(&cmdline);
-//! let bundle = secrets::open_bundle(Path::new(secrets::BUNDLE_FILE), &source)?;
+//! let bundle = secrets::open_bundle(&etc_dir.join(secrets::BUNDLE_FILE), &source)?;
 //! let fetched = bundle.into_fetched(&assignment.secret_files)?;
 //! // ... disks (fetched.bundle_file("luks.key")), mount, then place as above
 //! ```
 //!
 //! A [`SecretsError::SecurityAlarm`] must be reported as a failed event with
-//! `data = err.event_data()` (`{"security": true}`) on the `secrets` step and
+//! `data = err.failure_data()` (`{"security": true}`) on the `secrets` step and
 //! on the terminal `done` event: the server then marks the machine compromised.
 
 pub mod bundle;
@@ -41,10 +41,13 @@ pub use place::{place, place_except, PlacedFile};
 pub use secret::SecretBytes;
 pub use vault::{fetch, parse_from, FetchOptions, Fetched, SecretsError};
 
-/// Where the image carries the AppRole `role_id` (the recommended channel).
-pub const ROLE_ID_FILE: &str = "/etc/landfall/vault-role-id";
-/// Where the image may pin the CA of Vault's certificate.
-pub const CA_FILE: &str = "/etc/landfall/vault-ca.pem";
+/// Where the installer image carries its own files (`RunOptions::etc_dir`
+/// in tests): the file names below are inside it, and nowhere else spelled.
+pub const ETC_DIR: &str = "/etc/landfall";
+/// The AppRole `role_id` the image carries (the recommended channel), in [`ETC_DIR`].
+pub const ROLE_ID_FILE: &str = "vault-role-id";
+/// The CA of Vault's certificate the image may pin, in [`ETC_DIR`].
+pub const CA_FILE: &str = "vault-ca.pem";
 
 /// The AppRole `role_id`: from `file` (baked into the image, mode 0400), else
 /// from `landfall.vault_role_id=` on the kernel command line `cmdline`.

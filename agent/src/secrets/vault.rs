@@ -70,13 +70,12 @@ impl SecretsError {
         matches!(self, Self::SecurityAlarm { .. })
     }
 
-    /// The `data` of the failed event: `{"security": true}` for an alarm
-    /// (the server then marks the machine compromised), `{}` otherwise.
-    pub fn event_data(&self) -> serde_json::Value {
-        if self.is_security_alarm() {
-            serde_json::json!({ landfall_proto::SECURITY_FLAG: true })
-        } else {
-            serde_json::json!({})
+    /// What the failed event's `data` says: `security` for an alarm (the
+    /// server then marks the machine compromised), nothing otherwise.
+    pub fn failure_data(&self) -> landfall_proto::FailureData {
+        landfall_proto::FailureData {
+            security: self.is_security_alarm(),
+            ..Default::default()
         }
     }
 }

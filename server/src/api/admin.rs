@@ -7,7 +7,7 @@ use landfall_proto::admin::{MachineDetail, MachineSummary, RetryResponse};
 
 use super::{AdminAuth, ApiError, AppState, Json};
 use landfall_proto::names::normalize_mac;
-use landfall_proto::MachineState;
+use landfall_proto::{ErrorCode, MachineState};
 
 use crate::store::{now, MachineRow, RetryOutcome};
 
@@ -116,7 +116,8 @@ pub async fn reinstall(
 ) -> Result<Json<MachineSummary>, ApiError> {
     let row = find(&app, key)?;
     if row.assignment().is_none() {
-        return Err(ApiError::new(
+        return Err(ApiError::coded(
+            ErrorCode::NoAssignment,
             StatusCode::CONFLICT,
             format!(
                 "machine {} has no hostname and role to install; list it in [[machines]] of landfall.toml",

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use landfall_proto::{
-    Assignment, EventsRequest, EventsResponse, HelloRequest, HelloResponse, WaitAction,
+    Assignment, ErrorCode, EventsRequest, EventsResponse, HelloRequest, HelloResponse, WaitAction,
     WaitRequest, WaitResponse, PROTOCOL_VERSION,
 };
 
@@ -45,17 +45,20 @@ pub async fn hello(
         now: now(),
     })?;
     match outcome {
-        HelloOutcome::BadToken => Err(ApiError::new(
+        HelloOutcome::BadToken => Err(ApiError::coded(
+            ErrorCode::BootTokenInvalid,
             StatusCode::UNAUTHORIZED,
             "boot token unknown or expired; PXE-boot the machine again to get a fresh one",
         )),
-        HelloOutcome::MacMismatch { token_mac } => Err(ApiError::new(
+        HelloOutcome::MacMismatch { token_mac } => Err(ApiError::coded(
+            ErrorCode::BootTokenMacMismatch,
             StatusCode::FORBIDDEN,
             format!(
                 "this boot token was issued to MAC {token_mac}, which is not among the NICs in the inventory"
             ),
         )),
-        HelloOutcome::NoAssignment { mac } => Err(ApiError::new(
+        HelloOutcome::NoAssignment { mac } => Err(ApiError::coded(
+            ErrorCode::NoAssignment,
             StatusCode::CONFLICT,
             format!("machine {mac} has no hostname and role; list it in [[machines]] of landfall.toml"),
         )),
@@ -156,7 +159,8 @@ async fn mint_vault(
             } else {
                 StatusCode::BAD_GATEWAY
             };
-            Err(ApiError::new(
+            Err(ApiError::coded(
+                ErrorCode::VaultUnavailable,
                 status,
                 format!("cannot mint this machine's Vault secret_id: {e}"),
             ))
@@ -169,7 +173,8 @@ fn same_attempt(attempt: &crate::store::AttemptRow, attempt_id: &str) -> Result<
     if attempt_id == attempt.id {
         return Ok(());
     }
-    Err(ApiError::new(
+    Err(ApiError::coded(
+        ErrorCode::AttemptMismatch,
         StatusCode::FORBIDDEN,
         format!(
             "this agent token belongs to attempt {}, not {attempt_id:?}",
@@ -321,7 +326,8 @@ async fn grant_retry(app: &AppState, attempt: &AttemptRow) -> Result<Option<Assi
     let Some(mut assignment) =
         crate::boot::current_assignment(app, &attempt.mac)?.or_else(|| row.assignment())
     else {
-        return Err(ApiError::new(
+        return Err(ApiError::coded(
+            ErrorCode::NoAssignment,
             StatusCode::CONFLICT,
             format!(
                 "machine {} has no hostname and role; list it in [[machines]] of landfall.toml",

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use landfall_proto::agent::ErrorBody;
+use landfall_proto::{ErrorBody, ErrorCode};
 use serde::de::DeserializeOwned;
 
 pub use crate::app::{new_token, random_hex, token_hash, App, AppState};
@@ -82,18 +82,30 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     )
 }
 
-/// Every error answer: a status and `{"error": "..."}`.
+/// Every error answer: a status and `{"error": "...", "code": "..."}`.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// The stable code beside the message ([`ErrorCode`]).
+    pub code: ErrorCode,
 }
 
 impl ApiError {
+    /// An error with the status's generic code ([`ErrorCode::from_status`]).
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
+            code: ErrorCode::from_status(status.as_u16()),
+        }
+    }
+
+    /// An error with its own code.
+    pub fn coded(code: ErrorCode, status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            ..Self::new(status, message)
         }
     }
 
@@ -125,6 +137,7 @@ impl IntoResponse for ApiError {
             self.status,
             axum::Json(ErrorBody {
                 error: self.message,
+                code: self.code,
             }),
         )
             .into_response();
@@ -185,11 +198,13 @@ impl FromRequestParts<AppState> for AdminAuth {
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         match bearer(parts) {
             Some(t) if same(&token_hash(t), &app.admin_token_hash) => Ok(AdminAuth),
-            Some(_) => Err(ApiError::new(
+            Some(_) => Err(ApiError::coded(
+                ErrorCode::AdminTokenInvalid,
                 StatusCode::UNAUTHORIZED,
                 "wrong admin token; use the token in the server's DATA/admin.token",
             )),
-            None => Err(ApiError::new(
+            None => Err(ApiError::coded(
+                ErrorCode::AdminTokenMissing,
                 StatusCode::UNAUTHORIZED,
                 "missing admin token: send Authorization: Bearer <token from DATA/admin.token>",
             )),
@@ -205,14 +220,16 @@ impl FromRequestParts<AppState> for AgentAuth {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let Some(t) = bearer(parts) else {
-            return Err(ApiError::new(
+            return Err(ApiError::coded(
+                ErrorCode::AgentTokenMissing,
                 StatusCode::UNAUTHORIZED,
                 "missing agent token: send Authorization: Bearer <agent_token from hello>",
             ));
         };
         match app.store.attempt_by_agent_token(&token_hash(t))? {
             Some(a) => Ok(AgentAuth(a)),
-            None => Err(ApiError::new(
+            None => Err(ApiError::coded(
+                ErrorCode::AgentTokenInvalid,
                 StatusCode::UNAUTHORIZED,
                 "agent token unknown or revoked; say hello again with the boot token",
             )),

@@ -4,7 +4,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use landfall_proto::verify::{CheckResult, VerifyRequest, VerifyResponse};
-use landfall_proto::{Assignment, SecretString};
+use landfall_proto::{Assignment, ErrorCode, SecretString};
 
 use super::{bearer, new_token, token_hash, ApiError, AppState, Json};
 use crate::store::{now, VerifyAuth, VerifyOutcome};
@@ -37,14 +37,16 @@ impl FromRequestParts<AppState> for VerifyTokenAuth {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let Some(t) = bearer(parts) else {
-            return Err(ApiError::new(
+            return Err(ApiError::coded(
+                ErrorCode::VerifyTokenMissing,
                 StatusCode::UNAUTHORIZED,
                 "missing verify token: send Authorization: Bearer <token from /etc/landfall/verify.json>",
             ));
         };
         match app.store.attempt_by_verify_token(&token_hash(t))? {
             Some(a) => Ok(Self(a)),
-            None => Err(ApiError::new(
+            None => Err(ApiError::coded(
+                ErrorCode::VerifyTokenInvalid,
                 StatusCode::UNAUTHORIZED,
                 "verify token unknown or replaced by a later hello; reinstall the machine to get a new one",
             )),
@@ -59,7 +61,8 @@ pub async fn verify(
 ) -> Result<Json<VerifyResponse>, ApiError> {
     if let Some(a) = &req.attempt_id {
         if *a != auth.attempt_id {
-            return Err(ApiError::new(
+            return Err(ApiError::coded(
+                ErrorCode::AttemptMismatch,
                 StatusCode::FORBIDDEN,
                 format!(
                     "this verify token belongs to attempt {}, not {a:?}",
@@ -112,7 +115,8 @@ pub async fn verify(
             );
             Ok(Json(VerifyResponse { state }))
         }
-        VerifyOutcome::NotCurrent => Err(ApiError::new(
+        VerifyOutcome::NotCurrent => Err(ApiError::coded(
+            ErrorCode::AttemptSuperseded,
             StatusCode::FORBIDDEN,
             format!(
                 "attempt {} is no longer the machine's current install; its verify token is void",

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use landfall_proto::admin::InstallerWait;
-use landfall_proto::{Assignment, Event, EventKind, Inventory, MachineState};
+use landfall_proto::{Assignment, Event, EventKind, FailureData, Inventory, MachineState};
 use rusqlite::{params, OptionalExtension};
 
 use super::{machines, state_str, MachineRow, Store};
@@ -378,24 +378,15 @@ fn last_event_failed_terminal(conn: &rusqlite::Connection, attempt_id: &str) -> 
         .is_some_and(|e| e.is_terminal() && e.kind == EventKind::Failed))
 }
 
-/// A failure whose `data` carries `"security": true` (e.g. an intercepted
-/// Vault wrap token): the machine is `compromised`, not merely `failed`.
+/// A failure whose data says `security` (e.g. an intercepted Vault wrap
+/// token): the machine is `compromised`, not merely `failed`.
 fn is_security_alarm(e: &Event) -> bool {
-    e.data
-        .as_ref()
-        .and_then(|d| d.get(landfall_proto::SECURITY_FLAG))
-        .and_then(|v| v.as_bool())
-        == Some(true)
+    FailureData::from_data(e.data.as_ref()).security
 }
 
 /// "step disks: no disk matched" from a failed `done` event.
 fn failure_text(e: &Event) -> String {
-    let step = e
-        .data
-        .as_ref()
-        .and_then(|d| d.get("step"))
-        .and_then(|s| s.as_str());
-    match step {
+    match FailureData::from_data(e.data.as_ref()).step {
         Some(s) => format!("step {s}: {}", e.message),
         None => e.message.clone(),
     }
