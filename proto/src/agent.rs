@@ -78,6 +78,28 @@ pub struct Assignment {
     pub checks: Vec<crate::verify::NamedCheck>,
 }
 
+impl Assignment {
+    /// An assignment with what the server's database keeps of it (hostname,
+    /// role, layout, wipe) and every other part empty: the server's config
+    /// resolution fills in the rest for a hello.
+    pub fn new(hostname: String, role: String, layout: Option<String>, wipe: WipePolicy) -> Self {
+        Self {
+            hostname,
+            role,
+            layout,
+            wipe,
+            luks_unlock: LuksUnlock::default(),
+            disko: None,
+            disks: BTreeMap::new(),
+            vault: None,
+            secret_files: Vec::new(),
+            verify_token: None,
+            install: None,
+            checks: Vec::new(),
+        }
+    }
+}
+
 /// What the install step installs (docs/install.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -340,20 +340,7 @@ mod tests {
     use landfall_proto::WipePolicy;
 
     fn assignment(host: &str, role: &str) -> Assignment {
-        Assignment {
-            hostname: host.into(),
-            role: role.into(),
-            layout: None,
-            wipe: WipePolicy::Never,
-            luks_unlock: Default::default(),
-            disko: None,
-            disks: Default::default(),
-            vault: None,
-            secret_files: Vec::new(),
-            verify_token: None,
-            install: None,
-            checks: Vec::new(),
-        }
+        Assignment::new(host.into(), role.into(), None, WipePolicy::Never)
     }
 
     #[test]

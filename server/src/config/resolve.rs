@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use landfall_proto::names::check_hostname;
-use landfall_proto::{Assignment, InstallTarget, LuksUnlock, SecretFile};
+use landfall_proto::{Assignment, InstallTarget, SecretFile};
 
 use super::{MachineConfig, RoleConfig, Settings, Unknown};
 
@@ -212,20 +212,12 @@ impl Settings {
         machine: Option<&MachineConfig>,
     ) -> Assignment {
         let role = self.roles.get(role_name);
-        Assignment {
+        Assignment::new(
             hostname,
-            role: role_name.to_owned(),
-            layout: layered(role, machine).layout,
-            wipe: role.map(|r| r.wipe.into()).unwrap_or_default(),
-            luks_unlock: LuksUnlock::default(),
-            disko: None,
-            disks: Default::default(),
-            vault: None,
-            secret_files: Vec::new(),
-            verify_token: None,
-            install: None,
-            checks: Vec::new(),
-        }
+            role_name.to_owned(),
+            layered(role, machine).layout,
+            role.map(|r| r.wipe.into()).unwrap_or_default(),
+        )
     }
 }
 

@@ -24,20 +24,12 @@ pub struct MachineRow {
 impl MachineRow {
     /// The stored assignment, when the machine has a hostname and a role.
     pub fn assignment(&self) -> Option<Assignment> {
-        Some(Assignment {
-            hostname: self.hostname.clone()?,
-            role: self.role.clone()?,
-            layout: self.layout.clone(),
-            wipe: self.wipe,
-            luks_unlock: Default::default(),
-            disko: None,
-            disks: Default::default(),
-            vault: None,
-            secret_files: Vec::new(),
-            verify_token: None,
-            install: None,
-            checks: Vec::new(),
-        })
+        Some(Assignment::new(
+            self.hostname.clone()?,
+            self.role.clone()?,
+            self.layout.clone(),
+            self.wipe,
+        ))
     }
 }
 
