@@ -354,6 +354,7 @@ mod tests {
             layout: None,
             wipe: WipePolicy::Never,
             luks_unlock: Default::default(),
+            tpm2_pcrs: Vec::new(),
             disko: None,
             disks: Default::default(),
             vault: None,

@@ -218,6 +218,7 @@ pub enum LuksUnlockConfig {
     #[default]
     InitrdKey,
     Prompt,
+    Tpm2,
 }
 
 impl From<LuksUnlockConfig> for LuksUnlock {
@@ -225,7 +226,36 @@ impl From<LuksUnlockConfig> for LuksUnlock {
         match u {
             LuksUnlockConfig::InitrdKey => LuksUnlock::InitrdKey,
             LuksUnlockConfig::Prompt => LuksUnlock::Prompt,
+            LuksUnlockConfig::Tpm2 => LuksUnlock::Tpm2,
         }
+    }
+}
+
+/// `[roles.NAME] tpm2_pcrs`: PCR numbers 0..=23, only with `luks_unlock = "tpm2"`.
+fn check_tpm2_pcrs(at: &str, role: &RoleConfig) -> Result<()> {
+    let Some(pcrs) = &role.tpm2_pcrs else {
+        return Ok(());
+    };
+    if role.luks_unlock != LuksUnlockConfig::Tpm2 {
+        bail!(
+            "{at}.tpm2_pcrs is only used with luks_unlock = \"tpm2\"; set {at}.luks_unlock = \"tpm2\" \
+             or remove tpm2_pcrs"
+        );
+    }
+    if let Some(bad) = pcrs.iter().find(|p| !(0..=23).contains(*p)) {
+        bail!(
+            "{at}.tpm2_pcrs: {bad} is not a PCR number; a TPM2 has PCRs 0 to 23, e.g. \
+             tpm2_pcrs = [7] (Secure Boot state, the default) or [] (the TPM alone)"
+        );
+    }
+    Ok(())
+}
+
+/// The PCRs a role's TPM2 key is sealed to (validated by [`check_tpm2_pcrs`]).
+fn tpm2_pcrs(role: Option<&RoleConfig>) -> Vec<u8> {
+    match role.and_then(|r| r.tpm2_pcrs.as_ref()) {
+        Some(p) => p.iter().map(|n| *n as u8).collect(),
+        None => landfall_proto::agent::DEFAULT_TPM2_PCRS.to_vec(),
     }
 }
 
@@ -239,9 +269,12 @@ pub struct RoleConfig {
     #[serde(default)]
     pub wipe: Wipe,
     /// How the installed system opens the layout's LUKS volumes at boot:
-    /// `"initrd_key"` (default, unattended) or `"prompt"` (docs/disks.md).
+    /// `"initrd_key"` (default, unattended), `"prompt"` or `"tpm2"` (docs/disks.md).
     #[serde(default)]
     pub luks_unlock: LuksUnlockConfig,
+    /// With `luks_unlock = "tpm2"`: the PCRs the key is sealed to (default `[7]`).
+    #[serde(default)]
+    pub tpm2_pcrs: Option<Vec<i64>>,
     /// Layout disk name -> device (`/dev/disk/by-id/...`) or "auto".
     #[serde(default)]
     pub disks: BTreeMap<String, String>,
@@ -325,6 +358,7 @@ impl Config {
                 layout: None,
                 wipe: Wipe::Never,
                 luks_unlock: LuksUnlockConfig::InitrdKey,
+                tpm2_pcrs: None,
                 disks: BTreeMap::new(),
                 vault: None,
                 secret_files: Vec::new(),
@@ -393,6 +427,7 @@ impl Config {
                 })?;
             }
             let at = format!("roles.{name}");
+            check_tpm2_pcrs(&at, role)?;
             check_install_keys(&at, &role.flake, &role.system, &role.cache)?;
             if role.system.is_some() && role.cache.is_none() {
                 bail!(
@@ -1165,6 +1200,7 @@ impl Settings {
                     .or_else(|| role.and_then(|r| r.layout.clone())),
                 wipe: role.map(|r| r.wipe.into()).unwrap_or_default(),
                 luks_unlock: LuksUnlock::default(),
+                tpm2_pcrs: Vec::new(),
                 disko: None,
                 disks: Default::default(),
                 vault: None,
@@ -1217,6 +1253,7 @@ impl Settings {
             .get(&a.role)
             .map(|r| r.luks_unlock.into())
             .unwrap_or_default();
+        a.tpm2_pcrs = tpm2_pcrs(self.roles.get(&a.role));
         a.disko = a.layout.as_ref().and_then(|l| self.layouts.get(l).cloned());
         let mut disks = self
             .roles
@@ -1275,6 +1312,7 @@ impl Settings {
             layout: role.and_then(|r| r.layout.clone()),
             wipe: role.map(|r| r.wipe.into()).unwrap_or_default(),
             luks_unlock: LuksUnlock::default(),
+            tpm2_pcrs: Vec::new(),
             disko: None,
             disks: Default::default(),
             vault: None,
@@ -1392,6 +1430,38 @@ layout = "raid1"
             "[roles.server]\nluks_unlock = \"tpm3\"\n",
         ));
         assert!(e.contains("luks_unlock") && e.contains("initrd_key"), "{e}");
+    }
+
+    #[test]
+    fn tpm2_unlock_takes_its_pcrs_from_the_role_checked_and_defaults_to_pcr_7() {
+        let role = |extra: &str| {
+            GOOD.replace(
+                "[roles.server]\n",
+                &format!("[roles.server]\nluks_unlock = \"tpm2\"\n{extra}"),
+            )
+        };
+        let srv = |text: &str| {
+            check(text)
+                .unwrap()
+                .assignment_for("52:54:00:ab:cd:02")
+                .unwrap()
+        };
+        let a = srv(&role(""));
+        assert_eq!((a.luks_unlock, a.tpm2_pcrs), (LuksUnlock::Tpm2, vec![7]));
+        assert_eq!(srv(&role("tpm2_pcrs = [0, 7, 23]\n")).tpm2_pcrs, [0, 7, 23]);
+        assert!(srv(&role("tpm2_pcrs = []\n")).tpm2_pcrs.is_empty());
+        for bad in ["[24]", "[-1]", "[7, 99]"] {
+            let e = err(&role(&format!("tpm2_pcrs = {bad}\n")));
+            assert!(
+                e.contains("roles.server.tpm2_pcrs") && e.contains("0 to 23"),
+                "{bad}: {e}"
+            );
+        }
+        let e = err(&GOOD.replace("[roles.server]\n", "[roles.server]\ntpm2_pcrs = [7]\n"));
+        assert!(
+            e.contains("roles.server.tpm2_pcrs") && e.contains("luks_unlock = \"tpm2\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ impl MachineRow {
             layout: self.layout.clone(),
             wipe: self.wipe,
             luks_unlock: Default::default(),
+            tpm2_pcrs: Vec::new(),
             disko: None,
             disks: Default::default(),
             vault: None,
