@@ -553,6 +553,7 @@ async fn steps(ctx: &Ctx<'_>, st: &mut State, from: usize) -> Result<(), StepFai
                         crate::disk::ApplyOptions {
                             root: opts.target_root.clone(),
                             keys: std::sync::Arc::new(keys),
+                            state_dir: opts.state_dir.clone(),
                             ..Default::default()
                         },
                         Some((
@@ -826,8 +827,7 @@ pub async fn disk_step(
         }
         None => None,
     };
-    plan.nixos
-        .set_luks_unlock(&layout, assignment.luks_unlock)?;
+    plan.set_luks_unlock(&layout, assignment.luks_unlock, &assignment.tpm2_pcrs)?;
     for w in plan.boot_warnings(inventory.firmware.mode) {
         reporter.emit(
             Step::Disks,
