@@ -246,15 +246,14 @@ fn hwconfig_with_tpm2_unlock_evaluates_with_a_systemd_initrd_and_no_key() {
         .args(["--luks-unlock", "tpm2"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hardware-configuration.nix");
-    std::fs::write(&file, &text).unwrap();
+    std::fs::write(&file, text.as_bytes()).unwrap();
     let m = eval_module(&file);
     let initrd = &m["boot"]["initrd"];
     assert_eq!(initrd["systemd"]["enable"], true, "{text}");

@@ -824,11 +824,8 @@ fn luks_metadata(image: &std::path::Path, part: &Part) -> Value {
         .arg(&copy)
         .output()
         .expect("cryptsetup (Debian: cryptsetup-bin)");
-    assert!(
-        out.status.success(),
-        "cryptsetup luksDump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cryptsetup luksDump: {err}");
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -903,18 +900,19 @@ fn failed_build_holds_the_machine_until_retry_installs_it() {
     });
 }
 
-#[test]
-fn uefi_machine_installs_luks_btrfs_and_its_first_boot_unlocks_from_the_disk_alone() {
+/// A UEFI machine installs luks-btrfs (the key from an age bundle) and its first boot
+/// opens the root: with the key the installed initrd carries, or with `tpm2` the machine's TPM.
+fn luks_btrfs(mac: &'static str, serial: &'static str, hostname: &'static str, tpm2: bool) {
     let parts = install(Scenario {
         firmware: Firmware::Uefi,
-        mac: "52:54:00:4c:46:04",
-        serial: "LFLUKS0001",
-        hostname: "vm-luks",
+        mac,
+        serial,
+        hostname,
         layout: "luks-btrfs",
         secrets: Secrets::Bundle,
         nixos_install: None,
         first_boot: true,
-        tpm2: false,
+        tpm2,
     });
     assert_eq!(
         summary(&parts),
@@ -926,24 +924,12 @@ fn uefi_machine_installs_luks_btrfs_and_its_first_boot_unlocks_from_the_disk_alo
 }
 
 #[test]
+fn uefi_machine_installs_luks_btrfs_and_its_first_boot_unlocks_from_the_disk_alone() {
+    luks_btrfs("52:54:00:4c:46:04", "LFLUKS0001", "vm-luks", false);
+}
+
+#[test]
 fn uefi_machine_with_a_tpm_installs_luks_btrfs_enrols_the_tpm2_and_its_first_boot_unlocks_with_it()
 {
-    let parts = install(Scenario {
-        firmware: Firmware::Uefi,
-        mac: "52:54:00:4c:46:05",
-        serial: "LFTPM20001",
-        hostname: "vm-tpm2",
-        layout: "luks-btrfs",
-        secrets: Secrets::Bundle,
-        nixos_install: None,
-        first_boot: true,
-        tpm2: true,
-    });
-    assert_eq!(
-        summary(&parts),
-        [
-            ("disk-main-ESP", ESP, Some("vfat")),
-            ("disk-main-luks", LINUX_FS, Some("crypto_LUKS")),
-        ]
-    );
+    luks_btrfs("52:54:00:4c:46:05", "LFTPM20001", "vm-tpm2", true);
 }
