@@ -737,6 +737,33 @@ fn install(s: Scenario) -> Vec<Part> {
     let tpm = s.tpm2.then(|| Swtpm::start(&tpm_state).unwrap());
 
     if let Some(services) = &services {
+        let append = services.firstboot_append(&if s.luks() {
+            let esp = parts.iter().find(|p| p.name == "disk-main-ESP").unwrap();
+            format!("landfall_test.boot=/dev/vda{}", esp.number)
+        } else {
+            format!("landfall_test.root=/dev/vda{}", root_part.number)
+        });
+        if s.tpm2 {
+            // The disk in a machine with another TPM: the TPM2 key does not unseal (the
+            // installed initrd would ask for the recovery passphrase), nothing is mounted.
+            let other = Swtpm::start(&dir.path().join("tpm-other")).unwrap();
+            let (log, _) = common::first_boot(
+                &image,
+                firmware,
+                mac,
+                &vm_dir,
+                disk.clone(),
+                append.clone(),
+                other.qemu_args(),
+            );
+            for want in [
+                "error: LUKS crypted: systemd-cryptsetup attach /dev/vda2 with tpm2-device=auto failed",
+                "firstboot exited with status 2",
+            ] {
+                assert!(log.contains(want), "{want:?} not in:\n{log}");
+            }
+            assert_eq!(admin.machine(mac)["state"], "installed");
+        }
         // First boot of the installed machine (the stand-in), then `ready`.
         let (fb_log, fb_time) = common::first_boot(
             &image,
@@ -744,12 +771,7 @@ fn install(s: Scenario) -> Vec<Part> {
             mac,
             &vm_dir,
             disk.clone(),
-            services.firstboot_append(&if s.luks() {
-                let esp = parts.iter().find(|p| p.name == "disk-main-ESP").unwrap();
-                format!("landfall_test.boot=/dev/vda{}", esp.number)
-            } else {
-                format!("landfall_test.root=/dev/vda{}", root_part.number)
-            }),
+            append,
             tpm.as_ref().map(Swtpm::qemu_args).unwrap_or_default(),
         );
         let m = admin.machine(mac);
