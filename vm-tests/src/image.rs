@@ -715,15 +715,6 @@ while read -r m; do
     err=$(insmod "/$m" 2>&1) || say "insmod /$m failed (ignored): $err"
 done < /etc/landfall-test/modules
 
-# No udev here: record the TPM's device nodes in udev's database as udevd would, because
-# systemd's device enumeration (systemd-cryptenroll and systemd-cryptsetup with
-# tpm2-device=auto) lists a device node only once udev has initialised it.
-for d in /sys/class/tpm/* /sys/class/tpmrm/*; do
-    [ -e "$d/dev" ] || continue
-    mkdir -p /run/udev/data
-    echo "I:1" > "/run/udev/data/c$(cat "$d/dev")"
-done
-
 ip link set lo up
 nic=
 for i in $(seq 1 50); do
