@@ -229,6 +229,16 @@ fn luks_tpm2_enrols_after_luks_format_and_gives_the_systemd_initrd_no_key() {
         text.contains("systemd-cryptenroll --tpm2-device=auto --tpm2-pcrs=0+7 --wipe-slot=tpm2 --unlock-key-file=KEYFILE /dev/<main>2   # KEYFILE: /run/landfall/secrets/luks.key in a 0600 file on tmpfs, removed after"),
         "{text}"
     );
+    // Journalled like every operation: a resumed agent finds it done and skips it (the
+    // entry names no per-run file, so replanning gives the same entry).
+    use landfall_agent::disk::journal::{Done, Journal};
+    assert_eq!(
+        Journal::entry(&p, "main", &ops[enrol]),
+        Done::Op {
+            disk: "main".into(),
+            what: ops[enrol].describe(),
+        }
+    );
     let j = serde_json::to_value(&p).unwrap();
     assert!(
         j["disks"][0]["ops"]
