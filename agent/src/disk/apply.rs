@@ -554,9 +554,9 @@ async fn run_op(op: &Op, d: &DiskPlan, ctx: &DiskCtx, luks: &mut Vec<LuksGuard>)
             let file = KeyFile::new(&ctx.state_dir, &k)?;
             let argv = super::plan::cryptenroll_argv(device, pcrs, &file.path().to_string_lossy());
             let r = Cmd::new(&argv[0]).args(&argv[1..]).run().await;
-            file.close()?;
+            let removed = file.close();
             r?;
-            Ok(())
+            removed
         }
     }
 }
