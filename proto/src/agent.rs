@@ -383,6 +383,25 @@ mod tests {
     }
 
     #[test]
+    fn luks_unlock_tpm2_and_its_pcrs_parse_with_defaults() {
+        let a: Assignment = serde_json::from_str(r#"{"hostname":"a","role":"r"}"#).unwrap();
+        assert_eq!(
+            (a.luks_unlock, a.tpm2_pcrs),
+            (LuksUnlock::InitrdKey, vec![7])
+        );
+        let a: Assignment = serde_json::from_str(
+            r#"{"hostname":"a","role":"r","luks_unlock":"tpm2","tpm2_pcrs":[]}"#,
+        )
+        .unwrap();
+        assert_eq!((a.luks_unlock, a.tpm2_pcrs.len()), (LuksUnlock::Tpm2, 0));
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["luks_unlock"], "tpm2");
+        let a: Assignment =
+            serde_json::from_str(r#"{"hostname":"a","role":"r","luks_unlock":"fido2"}"#).unwrap();
+        assert_eq!(a.luks_unlock, LuksUnlock::Unknown);
+    }
+
+    #[test]
     fn old_assignments_and_minimal_vault_parse_with_defaults() {
         let a: Assignment = serde_json::from_str(r#"{"hostname":"a","role":"r"}"#).unwrap();
         assert!(a.vault.is_none() && a.secret_files.is_empty());
