@@ -526,6 +526,7 @@ if [ -n "$boot" ]; then
                     exit 2
                 fi
                 say "LUKS $a ($dev) unlocked by systemd-cryptsetup with the TPM2 (tpm2-device=auto), no key file in the initrd"
+                say "PCR 7 (sha256) at this boot: $(cat /sys/class/tpm/tpm0/pcr-sha256/7 2>/dev/null || echo unreadable)"
                 continue
             fi
             if [ "$c" = - ]; then

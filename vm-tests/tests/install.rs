@@ -805,6 +805,18 @@ fn install(s: Scenario) -> Vec<Part> {
             ] {
                 assert!(fb_log.contains(want), "{want:?} not in:\n{fb_log}");
             }
+            // The firmware measured the Secure Boot state into PCR 7 (the key is sealed to
+            // it): a zero PCR would make the binding to PCR 7 an empty one.
+            let pcr7 = fb_log
+                .lines()
+                .find_map(|l| l.split("PCR 7 (sha256) at this boot: ").nth(1))
+                .unwrap_or_else(|| panic!("no PCR 7 line in:\n{fb_log}"))
+                .trim();
+            assert!(
+                pcr7.len() == 64 && pcr7.chars().any(|c| c != '0'),
+                "PCR 7 is {pcr7:?}"
+            );
+            eprintln!("{hostname}: PCR 7 at the first boot: {pcr7}");
         } else if s.luks() {
             // Opened as the installed initrd would: its own key, from the boot partition.
             for want in [
