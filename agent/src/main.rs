@@ -41,6 +41,8 @@ enum Command {
         /// Plan for a hypothetical disk of this size: NAME=SIZE (e.g. main=20G).
         #[arg(long = "size", value_parser = parse_kv)]
         sizes: Vec<(String, String)>,
+        #[command(flatten)]
+        unlock: UnlockArgs,
     },
     /// Print what `apply` would do with a disko layout. Pure: touches nothing.
     Plan {
@@ -53,6 +55,8 @@ enum Command {
         /// Plan for a hypothetical disk of this size: NAME=SIZE (e.g. main=20G).
         #[arg(long = "size", value_parser = parse_kv)]
         sizes: Vec<(String, String)>,
+        #[command(flatten)]
+        unlock: UnlockArgs,
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
@@ -74,6 +78,8 @@ enum Command {
         /// Write LUKS headers but do not open them (hosts without device-mapper).
         #[arg(long)]
         no_open_luks: bool,
+        #[command(flatten)]
+        unlock: UnlockArgs,
         /// Print the result (read-back and NixOS configuration) as JSON, and
         /// progress as JSON lines on stderr.
         #[arg(long)]
@@ -216,6 +222,50 @@ fn out(text: impl std::fmt::Display) -> Result<()> {
     }
 }
 
+/// How the installed system unlocks LUKS (the role's `luks_unlock`, docs/disks.md).
+#[derive(Args)]
+struct UnlockArgs {
+    /// initrd_key (default), prompt or tpm2 (tpm2 adds a systemd-cryptenroll
+    /// operation after each luksFormat).
+    #[arg(long, default_value = "initrd_key", value_parser = parse_unlock)]
+    luks_unlock: landfall_proto::LuksUnlock,
+    /// With --luks-unlock tpm2: the PCRs to seal to, e.g. 7 or 0+7; "" for the TPM alone.
+    #[arg(long, default_value = "7", value_parser = parse_pcrs)]
+    tpm2_pcrs: Pcrs,
+}
+
+#[derive(Clone)]
+struct Pcrs(Vec<u8>);
+
+impl UnlockArgs {
+    fn apply(self, plan: &mut disk::Plan, layout: &disk::Layout) -> Result<()> {
+        plan.set_luks_unlock(layout, self.luks_unlock, &self.tpm2_pcrs.0)
+    }
+}
+
+fn parse_unlock(s: &str) -> Result<landfall_proto::LuksUnlock, String> {
+    use landfall_proto::LuksUnlock;
+    match s {
+        "initrd_key" => Ok(LuksUnlock::InitrdKey),
+        "prompt" => Ok(LuksUnlock::Prompt),
+        "tpm2" => Ok(LuksUnlock::Tpm2),
+        _ => Err(format!("{s:?}: use initrd_key, prompt or tpm2")),
+    }
+}
+
+fn parse_pcrs(s: &str) -> Result<Pcrs, String> {
+    s.split(['+', ','])
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| match p.trim().parse::<u8>() {
+            Ok(n) if n <= 23 => Ok(n),
+            _ => Err(format!(
+                "{p:?} is not a PCR number (0 to 23); e.g. 7 or 0+7"
+            )),
+        })
+        .collect::<Result<_, _>>()
+        .map(Pcrs)
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -285,6 +335,7 @@ fn real_main(cli: Cli) -> Result<()> {
             layout,
             disks,
             sizes,
+            unlock,
             json,
         } => {
             let rt = runtime()?;
@@ -294,7 +345,8 @@ fn real_main(cli: Cli) -> Result<()> {
                 &disks.into_iter().collect(),
                 &sizes.into_iter().collect(),
             )?;
-            let plan = disk::plan(&layout, &targets)?;
+            let mut plan = disk::plan(&layout, &targets)?;
+            unlock.apply(&mut plan, &layout)?;
             if json {
                 out(format_args!("{}\n", serde_json::to_string_pretty(&plan)?))
             } else {
@@ -308,13 +360,15 @@ fn real_main(cli: Cli) -> Result<()> {
             root,
             no_mount,
             no_open_luks,
+            unlock,
             json,
         } => {
             let rt = runtime()?;
             let layout = rt.block_on(disk::load_layout(&layout))?;
             let targets =
                 disk::cli_targets(&layout, &disks.into_iter().collect(), &Default::default())?;
-            let plan = disk::plan(&layout, &targets)?;
+            let mut plan = disk::plan(&layout, &targets)?;
+            unlock.apply(&mut plan, &layout)?;
             let opts = disk::ApplyOptions {
                 root,
                 wipe,
@@ -359,6 +413,7 @@ fn real_main(cli: Cli) -> Result<()> {
             layout,
             disks,
             sizes,
+            unlock,
         } => {
             let inv = hw::detect(&sysroot)?;
             let storage = match layout {
@@ -381,7 +436,9 @@ fn real_main(cli: Cli) -> Result<()> {
                                 .and_then(|d| d.by_id.clone());
                         }
                     }
-                    disk::plan(&layout, &targets)?.nixos
+                    let mut plan = disk::plan(&layout, &targets)?;
+                    unlock.apply(&mut plan, &layout)?;
+                    plan.nixos
                 }
             };
             out(landfall_agent::install::configure::hardware_file(

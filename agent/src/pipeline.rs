@@ -204,6 +204,7 @@ fn start_disks<'c>(
             crate::disk::ApplyOptions {
                 root: opts.target_root.clone(),
                 keys: std::sync::Arc::new(keys),
+                state_dir: opts.state_dir.clone(),
                 ..Default::default()
             },
             Some((opts.state_dir.as_path(), hello.attempt_id.as_str())),
@@ -759,8 +760,7 @@ pub async fn disk_step(
         }
         None => None,
     };
-    plan.nixos
-        .set_luks_unlock(&layout, assignment.luks_unlock)?;
+    plan.set_luks_unlock(&layout, assignment.luks_unlock, &assignment.tpm2_pcrs)?;
     for w in plan.boot_warnings(inventory.firmware.mode) {
         reporter.emit(
             Step::Disks,

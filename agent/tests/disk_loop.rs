@@ -53,6 +53,7 @@ fn options(root: &Path, events: Arc<Mutex<Vec<OpEvent>>>) -> ApplyOptions {
             events.lock().unwrap().push(e.clone())
         })),
         journal: None,
+        ..Default::default()
     }
 }
 

@@ -190,6 +190,164 @@ fn luks_prompt_gives_the_initrd_no_key_and_unknown_methods_are_refused() {
     assert!(e.contains("luks_unlock") && e.contains("initrd_key"), "{e}");
 }
 
+#[test]
+fn luks_tpm2_enrols_after_luks_format_and_gives_the_systemd_initrd_no_key() {
+    use landfall_agent::disk::plan::Op;
+    use landfall_proto::LuksUnlock;
+    let l = layout("luks-btrfs");
+    let mut p = plan(&l, &sized(&l, 4 * GIB)).unwrap();
+    p.set_luks_unlock(&l, LuksUnlock::Tpm2, &[0, 7]).unwrap();
+    assert!(p.needs_tpm2());
+    let ops = &p.disks[0].ops;
+    let at = |f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap();
+    let format = at(&|o| matches!(o, Op::LuksFormat { .. }));
+    let enrol = at(&|o| matches!(o, Op::Tpm2Enroll { .. }));
+    let open = at(&|o| matches!(o, Op::LuksOpen { .. }));
+    let mkfs = at(&|o| matches!(o, Op::Mkfs { device, .. } if device == "/dev/mapper/crypted"));
+    assert!(format < enrol && enrol < open && open < mkfs, "{ops:#?}");
+    assert_eq!(
+        ops.iter()
+            .filter(|o| matches!(o, Op::Tpm2Enroll { .. }))
+            .count(),
+        1
+    );
+    // The command: the TPM2 sealed to the PCRs, an earlier run's TPM2 slot wiped, the key
+    // read from a file (never argv): printed with a stand-in name and where the key is from.
+    assert_eq!(
+        ops[enrol].argv().unwrap(),
+        [
+            "systemd-cryptenroll",
+            "--tpm2-device=auto",
+            "--tpm2-pcrs=0+7",
+            "--wipe-slot=tpm2",
+            "--unlock-key-file=KEYFILE",
+            "/dev/<main>2",
+        ]
+    );
+    let text = p.to_string();
+    assert!(
+        text.contains("systemd-cryptenroll --tpm2-device=auto --tpm2-pcrs=0+7 --wipe-slot=tpm2 --unlock-key-file=KEYFILE /dev/<main>2   # KEYFILE: /run/landfall/secrets/luks.key in a 0600 file on tmpfs, removed after"),
+        "{text}"
+    );
+    // Journalled like every operation: a resumed agent finds it done and skips it (the
+    // entry names no per-run file, so replanning gives the same entry).
+    use landfall_agent::disk::journal::{Done, Journal};
+    assert_eq!(
+        Journal::entry(&p, "main", &ops[enrol]),
+        Done::Op {
+            disk: "main".into(),
+            what: ops[enrol].describe(),
+        }
+    );
+    let j = serde_json::to_value(&p).unwrap();
+    assert!(
+        j["disks"][0]["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["op"] == "tpm2_enroll" && o["pcrs"] == serde_json::json!([0, 7])),
+        "{j:#}"
+    );
+    // The installed system: systemd's initrd unseals the token; no key on the target.
+    let nix = p.nixos.to_json();
+    assert_eq!(nix["boot"]["initrd"]["systemd"]["enable"], true, "{nix:#}");
+    assert_eq!(
+        nix["boot"]["initrd"]["luks"]["devices"]["crypted"],
+        serde_json::json!({
+            "device": "/dev/disk/by-partlabel/disk-main-luks",
+            "allowDiscards": true,
+            "crypttabExtraOpts": ["tpm2-device=auto"],
+        })
+    );
+    assert!(nix["boot"]["initrd"].get("secrets").is_none(), "{nix:#}");
+    assert!(p.nixos.initrd_keys.is_empty());
+    // The key still feeds luksFormat and the enrolment; it is never placed in the target.
+    assert_eq!(
+        p.key_paths().into_iter().collect::<Vec<_>>(),
+        ["/run/landfall/secrets/luks.key"]
+    );
+    // An empty PCR list binds to the TPM alone.
+    p.set_luks_unlock(&l, LuksUnlock::Tpm2, &[]).unwrap();
+    assert!(p.disks[0].ops.iter().any(|o| o
+        .argv()
+        .is_some_and(|a| a.contains(&"--tpm2-pcrs=".to_owned()))));
+    // Another method takes the enrolment out again.
+    p.set_luks_unlock(&l, LuksUnlock::Prompt, &[7]).unwrap();
+    assert!(!p.needs_tpm2());
+    assert!(p.nixos.to_json()["boot"]["initrd"].get("systemd").is_none());
+    // A layout without LUKS has nothing to enrol.
+    let l = layout("simple-efi");
+    let mut p = plan(&l, &sized(&l, 4 * GIB)).unwrap();
+    p.set_luks_unlock(&l, LuksUnlock::Tpm2, &[7]).unwrap();
+    assert!(!p.needs_tpm2());
+}
+
+/// No TPM: `luks_unlock = "tpm2"` is refused before anything is probed or written, with
+/// the fix; a machine whose sysfs shows a TPM 2.0 passes the check.
+#[test]
+fn tpm2_without_a_tpm_is_refused_before_any_disk_is_touched() {
+    use landfall_agent::disk::apply::check_tpm2;
+    use landfall_proto::LuksUnlock;
+    let l = layout("luks-btrfs");
+    let mut p = plan(&l, &sized(&l, 4 * GIB)).unwrap();
+    p.set_luks_unlock(&l, LuksUnlock::Tpm2, &[7]).unwrap();
+    let sys = tempfile::tempdir().unwrap();
+    let opts = landfall_agent::disk::ApplyOptions {
+        sysfs_root: sys.path().to_owned(),
+        ..Default::default()
+    };
+    // The plan's disk is `/dev/<main>`: any probe or write would fail differently.
+    let e = format!(
+        "{:#}",
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(landfall_agent::disk::apply(&p, &opts))
+            .unwrap_err()
+    );
+    for want in [
+        "luks_unlock = \"tpm2\" needs a TPM",
+        "no disk was touched",
+        "enable the TPM",
+        "\"initrd_key\" or \"prompt\"",
+    ] {
+        assert!(e.contains(want), "{want:?} not in: {e}");
+    }
+    let tpm = sys.path().join("sys/class/tpm/tpm0");
+    std::fs::create_dir_all(&tpm).unwrap();
+    std::fs::write(tpm.join("tpm_version_major"), "1\n").unwrap();
+    let e = format!("{:#}", check_tpm2(sys.path()).unwrap_err());
+    assert!(e.contains("TPM 2.0") && e.contains("version 1"), "{e}");
+    std::fs::write(tpm.join("tpm_version_major"), "2\n").unwrap();
+    check_tpm2(sys.path()).unwrap();
+}
+
+/// The unlock key for systemd-cryptenroll: 0600 in a fresh 0700 directory on tmpfs, gone
+/// after; a state directory on a disk is refused.
+#[test]
+fn the_unlock_key_file_lives_on_tmpfs_only_while_it_is_used() {
+    use landfall_agent::disk::apply::KeyFile;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs)");
+    let f = KeyFile::new(shm.path(), b"secret").unwrap();
+    let path = f.path().to_owned();
+    assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    f.close().unwrap();
+    assert!(!path.parent().unwrap().exists());
+    // Dropped on an error path: removed too.
+    let f = KeyFile::new(shm.path(), b"secret").unwrap();
+    let path = f.path().to_owned();
+    drop(f);
+    assert!(!path.parent().unwrap().exists());
+    assert_eq!(std::fs::read_dir(shm.path()).unwrap().count(), 0);
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let e = format!("{:#}", KeyFile::new(disk.path(), b"secret").err().unwrap());
+    assert!(e.contains("is not on tmpfs"), "{e}");
+    assert_eq!(std::fs::read_dir(disk.path()).unwrap().count(), 0);
+}
+
 /// The issue this guards: a layout's installer-side key path reached the installed
 /// initrd's config, so the installed machine could not unlock.
 #[test]
@@ -198,9 +356,9 @@ fn no_emitted_config_names_a_path_only_the_installer_has() {
     use landfall_proto::LuksUnlock;
     for name in LAYOUTS {
         let l = layout(name);
-        for unlock in [LuksUnlock::InitrdKey, LuksUnlock::Prompt] {
+        for unlock in [LuksUnlock::InitrdKey, LuksUnlock::Prompt, LuksUnlock::Tpm2] {
             let mut p = plan(&l, &sized(&l, 4 * GIB)).unwrap();
-            p.nixos.set_luks_unlock(&l, unlock).unwrap();
+            p.set_luks_unlock(&l, unlock, &[7]).unwrap();
             let text = format!("{}\n{}", p.nixos.to_json(), p.nixos.to_nix());
             for prefix in INSTALLER_ONLY {
                 assert!(

@@ -230,3 +230,44 @@ fn generated_flake_parses_and_points_at_the_fleet() {
             .to_string()
     );
 }
+
+/// `luks_unlock = "tpm2"`: the generated file evaluates, the initrd is systemd's and unseals
+/// the TPM2 token (`crypttabExtraOpts`), and nothing of the key reaches the target's config.
+#[test]
+fn hwconfig_with_tpm2_unlock_evaluates_with_a_systemd_initrd_and_no_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(env!("CARGO_BIN_EXE_landfall-agent"))
+        .arg("hwconfig")
+        .arg("--sysroot")
+        .arg(root.join("agent/tests/fixtures/qemu-uefi"))
+        .arg("--layout")
+        .arg(root.join("disko-layouts/luks-btrfs.nix"))
+        .args(["--disk", "main=/dev/vda", "--size", "main=8G"])
+        .args(["--luks-unlock", "tpm2"])
+        .output()
+        .unwrap();
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hardware-configuration.nix");
+    std::fs::write(&file, text.as_bytes()).unwrap();
+    let m = eval_module(&file);
+    let initrd = &m["boot"]["initrd"];
+    assert_eq!(initrd["systemd"]["enable"], true, "{text}");
+    assert_eq!(
+        initrd["luks"]["devices"]["crypted"],
+        serde_json::json!({
+            "device": "/dev/disk/by-partlabel/disk-main-luks",
+            "allowDiscards": true,
+            "crypttabExtraOpts": ["tpm2-device=auto"],
+        }),
+        "{text}"
+    );
+    assert!(initrd.get("secrets").is_none(), "{text}");
+    for word in ["keyFile", "secrets", "fallbackToPassword", "/run/landfall"] {
+        assert!(!text.contains(word), "{word} in:\n{text}");
+    }
+}

@@ -49,6 +49,8 @@ toTOML {
       layout = r.layout or null;
       wipe = r.wipe or null;
       luks_unlock = r.luksUnlock or null;
+      # [ ] (the TPM alone) is a value here, not "unset".
+      tpm2_pcrs = r.tpm2Pcrs or null;
       disks = nonEmpty (r.disks or { });
       vault = r.vault or null;
       secret_files = nonEmpty (r.secretFiles or [ ]);

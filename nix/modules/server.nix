@@ -105,12 +105,23 @@ let
         description = "Whether the agent may destroy existing data on the target disks.";
       };
       luksUnlock = mkOption {
-        type = types.enum [ "initrd_key" "prompt" ];
+        type = types.enum [ "initrd_key" "prompt" "tpm2" ];
         default = "initrd_key";
         description = ''
           How installed machines of role `${name}` open their layout's LUKS volumes at boot:
-          `initrd_key` (unattended: the key in the installed initrd, on the boot partition) or
-          `prompt` (a passphrase at the console at every boot). See landfall's docs/disks.md.
+          `initrd_key` (unattended: the key in the installed initrd, on the boot partition),
+          `prompt` (a passphrase at the console at every boot) or `tpm2` (unattended and bound
+          to the machine: the agent enrols its TPM2; the installed systemd initrd unseals it).
+          See landfall's docs/disks.md.
+        '';
+      };
+      tpm2Pcrs = mkOption {
+        type = types.nullOr (types.listOf (types.ints.between 0 23));
+        default = null;
+        example = [ 7 ];
+        description = ''
+          With `luksUnlock = "tpm2"`: the PCRs the key is sealed to; `null` is the server's
+          default `[ 7 ]` (Secure Boot state), `[ ]` binds to the TPM alone (docs/disks.md).
         '';
       };
       disks = diskMap;

@@ -63,6 +63,10 @@
       description = "hardened SSH";
       layout = "two-disk";
       wipe = "never";
+      # Unattended LUKS bound to the machine's TPM2 (two-disk has no LUKS: this exercises
+      # the renderer and the server's check of both keys).
+      luksUnlock = "tpm2";
+      tpm2Pcrs = [ 0 7 ];
       disks = {
         system = "auto";
         data = "auto";

@@ -34,6 +34,15 @@ fn first_seq() -> u64 {
     1
 }
 
+/// PCR 7, the Secure Boot state: the same for the PXE-booted installer and
+/// the installed system when both boot in the same Secure Boot state
+/// (docs/disks.md "Unlocking at boot").
+pub const DEFAULT_TPM2_PCRS: &[u8] = &[7];
+
+fn default_tpm2_pcrs() -> Vec<u8> {
+    DEFAULT_TPM2_PCRS.to_vec()
+}
+
 /// What the server wants installed on this machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
@@ -47,6 +56,10 @@ pub struct Assignment {
     /// How the installed system opens the layout's LUKS volumes at boot.
     #[serde(default)]
     pub luks_unlock: LuksUnlock,
+    /// With `luks_unlock = tpm2`: the PCRs (0..=23) the TPM2 key is sealed
+    /// to; empty: the TPM alone. Default `[7]` (Secure Boot state).
+    #[serde(default = "default_tpm2_pcrs")]
+    pub tpm2_pcrs: Vec<u8>,
     /// The layout rendered to JSON (`nix-instantiate --eval --strict --json`):
     /// the whole file, `{disko: {devices}}` or `{devices}`. The agent
     /// partitions from it (see docs/disks.md); `None`: no disk step.
@@ -89,6 +102,7 @@ impl Assignment {
             layout,
             wipe,
             luks_unlock: LuksUnlock::default(),
+            tpm2_pcrs: Vec::new(),
             disko: None,
             disks: BTreeMap::new(),
             vault: None,
@@ -308,6 +322,11 @@ pub enum LuksUnlock {
     /// A person types the passphrase at the console at every boot; the key
     /// is not written to the target.
     Prompt,
+    /// Unattended and bound to this machine: the agent enrols the machine's
+    /// TPM2 (`systemd-cryptenroll`, sealed to [`Assignment::tpm2_pcrs`]); the
+    /// installed systemd initrd unseals it. No key is written to the target;
+    /// the format-time key stays in its slot as the recovery key.
+    Tpm2,
     /// Unknown to this reader: refused before any disk is touched.
     #[serde(other)]
     Unknown,
@@ -375,6 +394,25 @@ mod tests {
         assert_eq!(t, InstallTarget::Unknown);
         let w: WaitResponse = serde_json::from_str(r#"{"action":"teleport"}"#).unwrap();
         assert_eq!(w.action, WaitAction::Unknown);
+    }
+
+    #[test]
+    fn luks_unlock_tpm2_and_its_pcrs_parse_with_defaults() {
+        let a: Assignment = serde_json::from_str(r#"{"hostname":"a","role":"r"}"#).unwrap();
+        assert_eq!(
+            (a.luks_unlock, a.tpm2_pcrs),
+            (LuksUnlock::InitrdKey, vec![7])
+        );
+        let a: Assignment = serde_json::from_str(
+            r#"{"hostname":"a","role":"r","luks_unlock":"tpm2","tpm2_pcrs":[]}"#,
+        )
+        .unwrap();
+        assert_eq!((a.luks_unlock, a.tpm2_pcrs.len()), (LuksUnlock::Tpm2, 0));
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["luks_unlock"], "tpm2");
+        let a: Assignment =
+            serde_json::from_str(r#"{"hostname":"a","role":"r","luks_unlock":"fido2"}"#).unwrap();
+        assert_eq!(a.luks_unlock, LuksUnlock::Unknown);
     }
 
     #[test]

@@ -238,9 +238,12 @@ fi
 # appends each boot.initrd.secrets file (append-initrd-secrets, which fails when a source
 # is missing) and bakes in boot.initrd.luks.devices and fileSystems."/". The double writes
 # that view, read from the generated hardware configuration, to
-# /mnt/boot/landfall-test-initrd: `stage1` (lines `luks NAME DEVICE KEYFILE|-`,
+# /mnt/boot/landfall-test-initrd: `stage1` (lines `luks NAME DEVICE METHOD`,
 # `root DEVICE FSTYPE OPTIONS`, `secret PATH`) and secrets/PATH. The first-boot stand-in
-# boots from it.
+# boots from it. METHOD is the keyFile's path; or `tpm2` when crypttabExtraOpts holds
+# tpm2-device=auto and boot.initrd.systemd.enable = true (nixpkgs luksroot.nix reads
+# crypttabExtraOpts only with systemd stage 1: the scripted initrd would ignore it); else
+# `-` (a passphrase prompt).
 if awk '$2 == "/mnt/boot" { found = 1 } END { exit !found }' "$P/proc/mounts" 2>/dev/null; then
     initrd=$mnt/boot/landfall-test-initrd
     rm -rf "$initrd"
@@ -249,16 +252,17 @@ if awk '$2 == "/mnt/boot" { found = 1 } END { exit !found }' "$P/proc/mounts" 2>
     function value(l) { sub(/^[^=]*= "?/, "", l); sub(/"?;$/, "", l); return l }
     { l = $0; sub(/^ +/, "", l) }
     l ~ /^boot\.initrd\.secrets\."/ { p = l; sub(/^boot\.initrd\.secrets\."/, "", p); sub(/" = null;$/, "", p); print "secret", p; next }
+    l ~ /^boot\.initrd\.systemd\.enable = true;$/ { systemd = 1; next }
     sect == "" && l ~ /^boot\.initrd\.luks\.devices = \{$/ { sect = "luks"; depth = 1; next }
     sect == "" && l ~ /^fileSystems = \{$/ { sect = "fs"; depth = 1; next }
     sect == "" { next }
     l ~ /= \{$/ {
         depth++
-        if (depth == 2) { name = l; sub(/ = \{$/, "", name); gsub(/"/, "", name); dev = ""; key = "-"; fstype = ""; opts = "" }
+        if (depth == 2) { name = l; sub(/ = \{$/, "", name); gsub(/"/, "", name); dev = ""; key = "-"; tpm2 = 0; fstype = ""; opts = "" }
         next
     }
     l ~ /^\};$/ {
-        if (depth == 2 && sect == "luks") print "luks", name, dev, key
+        if (depth == 2 && sect == "luks") { nluks++; luks[nluks] = name " " dev " " key; tpm[nluks] = tpm2 }
         if (depth == 2 && sect == "fs" && name == "/") print "root", dev, fstype, opts
         depth--
         if (depth == 0) sect = ""
@@ -266,8 +270,16 @@ if awk '$2 == "/mnt/boot" { found = 1 } END { exit !found }' "$P/proc/mounts" 2>
     }
     depth == 2 && l ~ /^device = / { dev = value(l) }
     depth == 2 && l ~ /^keyFile = / { key = value(l) }
+    depth == 2 && l ~ /^crypttabExtraOpts = \[.*"tpm2-device=auto"/ { tpm2 = 1 }
     depth == 2 && l ~ /^fsType = / { fstype = value(l) }
     depth == 2 && l ~ /^options = \[/ { opts = l; sub(/^options = \[ */, "", opts); sub(/ *\];$/, "", opts); gsub(/" "/, ",", opts); gsub(/"/, "", opts) }
+    END {
+        for (i = 1; i <= nluks; i++) {
+            e = luks[i]
+            if (tpm[i] && systemd && e ~ / -$/) sub(/ -$/, " tpm2", e)
+            print "luks", e
+        }
+    }
     ' "$mnt/etc/nixos/hardware-configuration.nix" >"$initrd/stage1"
     while read -r kind path; do
         [ "$kind" = secret ] || continue

@@ -195,6 +195,48 @@ mod tests {
         assert_eq!(m["run"], 1);
     }
 
+    /// The installed initrd's view (`stage1`) of each LUKS unlock method, from a hardware
+    /// file shaped as the agent writes it: the keyFile; `tpm2` only with the systemd
+    /// initrd (nixpkgs reads crypttabExtraOpts there only); else a prompt (`-`).
+    #[test]
+    fn the_initrd_view_carries_the_luks_unlock_method() {
+        let hw = |luks_extra: &str, tail: &str| {
+            format!(
+                "{{ config, lib, modulesPath, ... }}:\n{{\n  boot.initrd.luks.devices = {{\n    crypted = {{\n      allowDiscards = true;\n{luks_extra}      device = \"/dev/disk/by-partlabel/disk-main-luks\";\n    }};\n  }};\n{tail}  fileSystems = {{\n    \"/\" = {{\n      device = \"/dev/mapper/crypted\";\n      fsType = \"btrfs\";\n      options = [ \"compress=zstd\" \"subvol=/root\" ];\n    }};\n  }};\n}}\n"
+            )
+        };
+        let tpm2 = "      crypttabExtraOpts = [ \"tpm2-device=auto\" ];\n";
+        let systemd = "  boot.initrd.systemd.enable = true;\n";
+        for (what, text, method) in [
+            ("tpm2", hw(tpm2, systemd), "tpm2"),
+            ("tpm2 without the systemd initrd", hw(tpm2, ""), "-"),
+            ("prompt", hw("", ""), "-"),
+            (
+                "initrd_key",
+                hw(
+                    "      keyFile = \"/etc/secrets/initrd/luks-crypted.key\";\n",
+                    "",
+                ),
+                "/etc/secrets/initrd/luks-crypted.key",
+            ),
+        ] {
+            let f = Fake::new();
+            f.write("mnt/etc/nixos/hardware-configuration.nix", &text, 0o644);
+            let (code, out, err) = f.run(FLAKE_ARGS);
+            assert_eq!(code, 0, "{what}: {out}\n{err}");
+            let stage1 =
+                fs::read_to_string(f.path("mnt/boot/landfall-test-initrd/stage1")).unwrap();
+            assert_eq!(
+                stage1,
+                format!(
+                    "root /dev/mapper/crypted btrfs compress=zstd,subvol=/root\n\
+                     luks crypted /dev/disk/by-partlabel/disk-main-luks {method}\n"
+                ),
+                "{what}:\n{text}"
+            );
+        }
+    }
+
     #[test]
     fn a_prebuilt_system_needs_no_flake_nix() {
         let f = Fake::new();

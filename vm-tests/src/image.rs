@@ -50,7 +50,10 @@ pub const AGENT_RESTARTED: &str = "landfall-test-image: agent killed by signal";
 /// - `landfall_test.boot=DEV`: the installed boot partition. The stand-in runs stage 1 from
 ///   what the bootloader install left there (the nixos-install TEST DOUBLE writes the
 ///   initrd's view, `landfall-test-initrd/`): the initrd's secrets at their paths, each
-///   `boot.initrd.luks.devices` entry opened with its `keyFile`, `fileSystems."/"` mounted;
+///   `boot.initrd.luks.devices` entry opened with its `keyFile`, or, for a `tpm2` entry
+///   (`luks_unlock = "tpm2"`), by `systemd-cryptsetup attach NAME DEV - tpm2-device=auto`
+///   as the installed systemd initrd does, with no key file anywhere ([`TPM2_PROGRAMS`],
+///   a TPM on the VM: the installer's swtpm state); `fileSystems."/"` mounted;
 /// - or `landfall_test.root=DEV`: the installed root filesystem (ext4); either way mounted
 ///   read-write on /sysroot. Refused unless it holds `etc/NIXOS` (what nixos-install leaves);
 /// - the hostname from its `etc/hostname`;
@@ -115,6 +118,24 @@ pub const LUKS_MODULES: &[&str] = &["ecb", "xts", "af_alg", "algif_skcipher", "a
 /// the first-boot stand-in (which opens the volume as the installed initrd would).
 pub const LUKS_PROGRAMS: &[&str] = &["cryptsetup", "mkfs.btrfs", "btrfs"];
 
+/// What `luks_unlock = "tpm2"` needs beside [`LUKS_PROGRAMS`]: the agent's
+/// `systemd-cryptenroll`, and the first-boot stand-in's `systemd-cryptsetup` (what the
+/// installed systemd initrd runs for a crypttab line; Debian keeps it in /lib/systemd).
+/// The kernel's TPM drivers (tpm_crb, tpm_tis) are built in on Debian (CONFIG_TCG_CRB=y).
+pub const TPM2_PROGRAMS: &[&str] = &["systemd-cryptenroll", "/lib/systemd/systemd-cryptsetup"];
+
+/// What [`TPM2_PROGRAMS`] dlopen() and `ldd` does not show (Debian packages libtss2-esys,
+/// -mu, -rc, -tcti-device; the token plugin is systemd's): systemd's TPM2 code loads the
+/// TSS2 libraries and its TCTI module at run time, libcryptsetup its token plugins from
+/// its plugin directory.
+pub const TPM2_LIBRARIES: &[&str] = &[
+    "/lib/x86_64-linux-gnu/libtss2-esys.so.0",
+    "/lib/x86_64-linux-gnu/libtss2-mu.so.0",
+    "/lib/x86_64-linux-gnu/libtss2-rc.so.0",
+    "/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0",
+    "/lib/x86_64-linux-gnu/cryptsetup/libcryptsetup-token-systemd-tpm2.so",
+];
+
 const BUSYBOX: &str = "/bin/busybox";
 
 pub struct ImageSpec {
@@ -134,8 +155,12 @@ pub struct ImageSpec {
     pub kernel_version: Option<String>,
     /// Dynamically linked programs of this host (by name, found on PATH) the
     /// agent calls, copied to `/usr/local/sbin` with the shared libraries and
-    /// the loader `ldd` names: the installer image's tools (mkfs, partx, ...).
+    /// the loader `ldd` names: the installer image's tools (mkfs, partx, ...). An absolute
+    /// path is taken as is (a program off PATH) and placed under its file name.
     pub host_programs: Vec<String>,
+    /// Shared libraries of this host that programs dlopen() (so `ldd` does not list
+    /// them), placed at the same path with the libraries they need.
+    pub host_libraries: Vec<String>,
 }
 
 /// What the agent's disk step calls (util-linux, e2fsprogs, dosfstools), as
@@ -163,6 +188,7 @@ impl ImageSpec {
             modules: DEFAULT_MODULES.iter().map(|m| m.to_string()).collect(),
             kernel_version: None,
             host_programs: Vec::new(),
+            host_libraries: Vec::new(),
         }
     }
 
@@ -238,8 +264,18 @@ impl Image {
         let mut libs = std::collections::BTreeSet::new();
         for name in &spec.host_programs {
             let host = find_program(name)?;
-            w.file(&format!("usr/local/sbin/{name}"), 0o755, &read_file(&host)?)?;
+            let file = name.rsplit('/').next().unwrap_or(name);
+            w.file(&format!("usr/local/sbin/{file}"), 0o755, &read_file(&host)?)?;
             libs.extend(shared_libraries(&host)?);
+        }
+        for lib in &spec.host_libraries {
+            let host = Path::new(lib);
+            anyhow::ensure!(
+                host.is_file(),
+                "{lib} is not installed on this host (see PACKAGES in ./x)"
+            );
+            libs.extend(shared_libraries(host)?);
+            libs.insert(lib.clone());
         }
         for lib in &libs {
             w.file(
@@ -354,6 +390,14 @@ fn read_module(host: &Path) -> Result<Vec<u8>> {
 
 /// `name` on this host's PATH (and the sbin directories, which root's PATH may lack).
 fn find_program(name: &str) -> Result<PathBuf> {
+    if name.starts_with('/') {
+        let p = PathBuf::from(name);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            bail!("{name} is not installed on this host (see PACKAGES in ./x)")
+        };
+    }
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
         .split(':')
@@ -466,6 +510,23 @@ if [ -n "$boot" ]; then
         case "$kind" in
         luks)
             dev=$(resolve "$b")
+            if [ "$c" = tpm2 ]; then
+                # systemd stage 1, crypttab `NAME DEV - tpm2-device=auto`: systemd-cryptsetup
+                # unseals the volume key from the systemd-tpm2 token in the LUKS header with
+                # this machine's TPM. headless: a failed unseal is an error here, not a prompt.
+                n=$(find /bootpart/landfall-test-initrd/secrets /etc/secrets -type f 2>/dev/null | wc -l)
+                if [ "$n" != 0 ]; then
+                    say "error: LUKS $a: tpm2, but the initrd holds $n key file(s)"
+                    exit 2
+                fi
+                if ! systemd-cryptsetup attach "$a" "$dev" - tpm2-device=auto,headless=true; then
+                    say "error: LUKS $a: systemd-cryptsetup attach $dev with tpm2-device=auto failed"
+                    exit 2
+                fi
+                say "LUKS $a ($dev) unlocked by systemd-cryptsetup with the TPM2 (tpm2-device=auto), no key file in the initrd"
+                say "PCR 7 (sha256) at this boot: $(cat /sys/class/tpm/tpm0/pcr-sha256/7 2>/dev/null || echo unreadable)"
+                continue
+            fi
             if [ "$c" = - ]; then
                 say "error: LUKS $a ($b) has no keyFile: the initrd would ask for the passphrase"
                 exit 2
@@ -494,7 +555,16 @@ if ! mount -t "$fstype" -o "rw${opts:+,$opts}" "$root" /sysroot; then
     exit 2
 fi
 for k in $(sed -n 's/^luks [^ ]* [^ ]* //p' "${stage1:-/dev/null}"); do
-    say "initrd key $k in the installed root: mode $(stat -c %a "/sysroot$k")"
+    case "$k" in
+    tpm2)
+        if [ -e /sysroot/etc/secrets/initrd ]; then
+            say "error: tpm2, but the installed root holds /etc/secrets/initrd: $(ls /sysroot/etc/secrets/initrd)"
+            exit 2
+        fi
+        say "no initrd key in the installed root (tpm2)"
+        ;;
+    *) say "initrd key $k in the installed root: mode $(stat -c %a "/sysroot$k")" ;;
+    esac
 done
 if [ ! -e /sysroot/etc/NIXOS ]; then
     say "error: $root holds no installed system (no /etc/NIXOS): nothing to boot"
@@ -704,7 +774,11 @@ mod tests {
     fn the_restart_loop_is_valid_sh_and_waits_for_kill_pending_events() {
         assert!(RESTART_LOOP.contains(&format!("\nwant={KILL_PENDING}\n")));
         assert!(RESTART_LOOP_COMMAND.contains(&format!("/{RESTART_LOOP_PATH} {AGENT_PATH} ")));
-        for (what, script) in [("restart loop", RESTART_LOOP), ("init", INIT)] {
+        for (what, script) in [
+            ("restart loop", RESTART_LOOP),
+            ("init", INIT),
+            ("first-boot stand-in", FIRSTBOOT),
+        ] {
             let out = Cmd::new(BUSYBOX)
                 .args(["sh", "-n", "-c", script])
                 .output_blocking()

@@ -6,6 +6,8 @@
 //! - [`qemu::Vm`] boots a QEMU machine (SeaBIOS or OVMF) through the iPXE ROM of its NIC
 //!   against an HTTP bootfile URL, captures the serial console, and never outlives its owner.
 //!
+//! [`tpm::Swtpm`] gives a VM a software TPM 2.0 whose state outlives one boot.
+//!
 //! [`testsrv::TestServer`] is a tiny static HTTP server that records requests, for tests that
 //! do not need the real landfall server.
 //!
@@ -45,7 +47,9 @@ pub mod doubles;
 pub mod image;
 pub mod qemu;
 pub mod testsrv;
+pub mod tpm;
 
 pub use image::{Image, ImageSpec};
 pub use qemu::{Accel, DiskSpec, Firmware, KernelBoot, Vm, VmSpec};
 pub use testsrv::TestServer;
+pub use tpm::Swtpm;

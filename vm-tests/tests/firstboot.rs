@@ -81,6 +81,7 @@ fn first_boot_stand_in_mounts_the_share_and_verifies_real_services() {
             size_bytes: 0,
         },
         services.firstboot_append("landfall_test.root=/dev/vda"),
+        Vec::new(),
     );
     assert!(
         log.contains(&format!("{} 0", image::FIRSTBOOT_EXITED)),

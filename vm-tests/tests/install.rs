@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use common::{Ext4, HostServices, Part, SMB_CREDENTIALS, SMB_PASSWORD};
 use landfall::{serve, ServeOptions};
 use landfall_vm_tests::doubles::{NIXOS_INSTALL_MARKER, NIXOS_INSTALL_MODE_PARAM};
-use landfall_vm_tests::{agent, image, DiskSpec, Firmware, Image, ImageSpec, Vm, VmSpec};
+use landfall_vm_tests::{agent, image, DiskSpec, Firmware, Image, ImageSpec, Swtpm, Vm, VmSpec};
 use serde_json::Value;
 
 const DISK_BYTES: u64 = 2 << 30;
@@ -76,6 +76,9 @@ struct Scenario {
     nixos_install: Option<&'static str>,
     /// Boot the installed disk (the first-boot stand-in) and expect `ready`.
     first_boot: bool,
+    /// `luks_unlock = "tpm2"`: the machine has a TPM (swtpm, its state kept for the first
+    /// boot); the agent enrols it, the first-boot stand-in unseals with it.
+    tpm2: bool,
 }
 
 impl Scenario {
@@ -146,7 +149,7 @@ unknown = "hold"
 [roles.vmtest]
 description = "VM test machine"
 layout = "{layout}"
-flake = "{FLEET_FLAKE}#{{hostname}}"
+{unlock}flake = "{FLEET_FLAKE}#{{hostname}}"
 {checks}
 {secret_toml}
 [[machines]]
@@ -157,6 +160,11 @@ role = "vmtest"
         console = image::CONSOLE_ARGS,
         layouts = agent::workspace_root().join("disko-layouts").display(),
         layout = s.layout,
+        unlock = if s.tpm2 {
+            "luks_unlock = \"tpm2\"\n"
+        } else {
+            ""
+        },
         checks = services
             .map(|h| h.checks_toml("vmtest"))
             .unwrap_or_default(),
@@ -251,6 +259,16 @@ fn install(s: Scenario) -> Vec<Part> {
         spec.modules
             .extend(image::LUKS_MODULES.iter().map(|m| m.to_string()));
     }
+    if s.tpm2 {
+        assert!(s.luks(), "tpm2 unlocks a LUKS layout");
+        spec.host_programs
+            .extend(image::TPM2_PROGRAMS.iter().map(|p| p.to_string()));
+        spec.host_libraries
+            .extend(image::TPM2_LIBRARIES.iter().map(|l| l.to_string()));
+    }
+    // The machine's TPM: its state lives in the test's directory, for the first boot too.
+    let tpm_state = dir.path().join("tpm");
+    let tpm = s.tpm2.then(|| Swtpm::start(&tpm_state).unwrap());
     // `_bao` keeps the OpenBao server (Vault variant only) alive to the end.
     let (_bao, bao_port, role_id) = match s.secrets {
         Secrets::Vault => {
@@ -325,6 +343,9 @@ fn install(s: Scenario) -> Vec<Part> {
         &vm_dir,
     );
     spec.disks.push(disk.clone());
+    if let Some(t) = &tpm {
+        spec.extra_args.extend(t.qemu_args());
+    }
     let mut vm = Vm::start(spec).unwrap();
     let net_up = vm
         .wait_for_serial(image::NETWORK_UP, Duration::from_secs(600))
@@ -539,6 +560,41 @@ fn install(s: Scenario) -> Vec<Part> {
             .find(|p| p.name == "disk-main-luks")
             .expect("a LUKS partition");
         assert_eq!(p.fs.as_deref(), Some("crypto_LUKS"), "{parts:?}");
+        let meta = luks_metadata(&disk_image, p);
+        let tpm2_tokens: Vec<&Value> = meta["tokens"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|t| t["type"] == "systemd-tpm2")
+            .collect();
+        let keyslots = meta["keyslots"].as_object().unwrap().len();
+        if s.tpm2 {
+            // Enrolled once (a resumed agent wipes an earlier TPM2 slot), sealed to PCR 7;
+            // the format-time passphrase keeps its slot: the recovery key.
+            assert_eq!(tpm2_tokens.len(), 1, "{meta:#}");
+            assert_eq!(
+                tpm2_tokens[0]["tpm2-pcrs"],
+                serde_json::json!([7]),
+                "{meta:#}"
+            );
+            assert_eq!(keyslots, 2, "passphrase + TPM2: {meta:#}");
+            let enrol = events
+                .iter()
+                .find(|e| {
+                    e["step"] == "disks"
+                        && e["message"].as_str().is_some_and(|m| {
+                            m.contains("done in")
+                                && m.contains(
+                                    "systemd-cryptenroll --tpm2-device=auto --tpm2-pcrs=7",
+                                )
+                        })
+                })
+                .unwrap_or_else(|| panic!("no TPM2 enrolment event: {events:#?}"));
+            eprintln!("{hostname}: {}", enrol["message"].as_str().unwrap());
+        } else {
+            assert!(tpm2_tokens.is_empty(), "{meta:#}");
+            assert_eq!(keyslots, 1, "{meta:#}");
+        }
         (p, String::new())
     } else {
         let root_part = parts
@@ -680,8 +736,38 @@ fn install(s: Scenario) -> Vec<Part> {
     );
     common::print_timing(hostname, events);
     drop(vm);
+    // The same TPM at the first boot: QEMU's exit shut swtpm down; its state stays.
+    drop(tpm);
+    let tpm = s.tpm2.then(|| Swtpm::start(&tpm_state).unwrap());
 
     if let Some(services) = &services {
+        let append = services.firstboot_append(&if s.luks() {
+            let esp = parts.iter().find(|p| p.name == "disk-main-ESP").unwrap();
+            format!("landfall_test.boot=/dev/vda{}", esp.number)
+        } else {
+            format!("landfall_test.root=/dev/vda{}", root_part.number)
+        });
+        if s.tpm2 {
+            // The disk in a machine with another TPM: the TPM2 key does not unseal (the
+            // installed initrd would ask for the recovery passphrase), nothing is mounted.
+            let other = Swtpm::start(&dir.path().join("tpm-other")).unwrap();
+            let (log, _) = common::first_boot(
+                &image,
+                firmware,
+                mac,
+                &vm_dir,
+                disk.clone(),
+                append.clone(),
+                other.qemu_args(),
+            );
+            for want in [
+                "error: LUKS crypted: systemd-cryptsetup attach /dev/vda2 with tpm2-device=auto failed",
+                "firstboot exited with status 2",
+            ] {
+                assert!(log.contains(want), "{want:?} not in:\n{log}");
+            }
+            assert_eq!(admin.machine(mac)["state"], "installed");
+        }
         // First boot of the installed machine (the stand-in), then `ready`.
         let (fb_log, fb_time) = common::first_boot(
             &image,
@@ -689,12 +775,8 @@ fn install(s: Scenario) -> Vec<Part> {
             mac,
             &vm_dir,
             disk.clone(),
-            services.firstboot_append(&if s.luks() {
-                let esp = parts.iter().find(|p| p.name == "disk-main-ESP").unwrap();
-                format!("landfall_test.boot=/dev/vda{}", esp.number)
-            } else {
-                format!("landfall_test.root=/dev/vda{}", root_part.number)
-            }),
+            append,
+            tpm.as_ref().map(Swtpm::qemu_args).unwrap_or_default(),
         );
         let m = admin.machine(mac);
         assert_eq!(m["state"], "ready", "{m:#}\n{fb_log}\n{}", services.logs());
@@ -718,7 +800,28 @@ fn install(s: Scenario) -> Vec<Part> {
                 "a secret reached the console"
             );
         }
-        if s.luks() {
+        if s.tpm2 {
+            // Opened as the installed systemd initrd would: the TPM2 token, no key file.
+            for want in [
+                "LUKS crypted (/dev/vda2) unlocked by systemd-cryptsetup with the TPM2 (tpm2-device=auto), no key file in the initrd",
+                "no initrd key in the installed root (tpm2)",
+                "verify.json left the installed root",
+            ] {
+                assert!(fb_log.contains(want), "{want:?} not in:\n{fb_log}");
+            }
+            // The firmware measured the Secure Boot state into PCR 7 (the key is sealed to
+            // it): a zero PCR would make the binding to PCR 7 an empty one.
+            let pcr7 = fb_log
+                .lines()
+                .find_map(|l| l.split("PCR 7 (sha256) at this boot: ").nth(1))
+                .unwrap_or_else(|| panic!("no PCR 7 line in:\n{fb_log}"))
+                .trim();
+            assert!(
+                pcr7.len() == 64 && pcr7.chars().any(|c| c != '0'),
+                "PCR 7 is {pcr7:?}"
+            );
+            eprintln!("{hostname}: PCR 7 at the first boot: {pcr7}");
+        } else if s.luks() {
             // Opened as the installed initrd would: its own key, from the boot partition.
             for want in [
                 "LUKS crypted (/dev/vda2) unlocked with /etc/secrets/initrd/luks-crypted.key from the initrd on /dev/vda1",
@@ -739,6 +842,29 @@ fn install(s: Scenario) -> Vec<Part> {
     }
     rt.block_on(server.shutdown()).unwrap();
     parts
+}
+
+/// The LUKS2 metadata of `part` (`cryptsetup luksDump --dump-json-metadata` on a copy of
+/// its header area: the host has no device-mapper and needs none for this).
+fn luks_metadata(image: &std::path::Path, part: &Part) -> Value {
+    use std::io::{Read, Seek, SeekFrom};
+    // The default LUKS2 header: 16 MiB of metadata and key slots.
+    let len = (16u64 << 20).min(part.size);
+    let mut f = std::fs::File::open(image).unwrap();
+    f.seek(SeekFrom::Start(part.offset)).unwrap();
+    let mut header = vec![0; len as usize];
+    f.read_exact(&mut header).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("luks-header");
+    std::fs::write(&copy, header).unwrap();
+    let out = Command::new("cryptsetup")
+        .args(["luksDump", "--dump-json-metadata"])
+        .arg(&copy)
+        .output()
+        .expect("cryptsetup (Debian: cryptsetup-bin)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cryptsetup luksDump: {err}");
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
@@ -763,6 +889,7 @@ fn bios_machine_installs_hybrid_with_secrets_from_an_age_bundle_and_verifies_rea
         secrets: Secrets::Bundle,
         nixos_install: None,
         first_boot: true,
+        tpm2: false,
     });
     assert_eq!(
         summary(&parts),
@@ -785,6 +912,7 @@ fn uefi_machine_installs_simple_efi_with_secrets_from_openbao_and_verifies_ready
         secrets: Secrets::Vault,
         nixos_install: None,
         first_boot: true,
+        tpm2: false,
     });
     assert_eq!(
         summary(&parts),
@@ -806,20 +934,23 @@ fn failed_build_holds_the_machine_until_retry_installs_it() {
         secrets: Secrets::Bundle,
         nixos_install: Some("fail-once-build"),
         first_boot: false,
+        tpm2: false,
     });
 }
 
-#[test]
-fn uefi_machine_installs_luks_btrfs_and_its_first_boot_unlocks_from_the_disk_alone() {
+/// A UEFI machine installs luks-btrfs (the key from an age bundle) and its first boot
+/// opens the root: with the key the installed initrd carries, or with `tpm2` the machine's TPM.
+fn luks_btrfs(mac: &'static str, serial: &'static str, hostname: &'static str, tpm2: bool) {
     let parts = install(Scenario {
         firmware: Firmware::Uefi,
-        mac: "52:54:00:4c:46:04",
-        serial: "LFLUKS0001",
-        hostname: "vm-luks",
+        mac,
+        serial,
+        hostname,
         layout: "luks-btrfs",
         secrets: Secrets::Bundle,
         nixos_install: None,
         first_boot: true,
+        tpm2,
     });
     assert_eq!(
         summary(&parts),
@@ -828,4 +959,15 @@ fn uefi_machine_installs_luks_btrfs_and_its_first_boot_unlocks_from_the_disk_alo
             ("disk-main-luks", LINUX_FS, Some("crypto_LUKS")),
         ]
     );
+}
+
+#[test]
+fn uefi_machine_installs_luks_btrfs_and_its_first_boot_unlocks_from_the_disk_alone() {
+    luks_btrfs("52:54:00:4c:46:04", "LFLUKS0001", "vm-luks", false);
+}
+
+#[test]
+fn uefi_machine_with_a_tpm_installs_luks_btrfs_enrols_the_tpm2_and_its_first_boot_unlocks_with_it()
+{
+    luks_btrfs("52:54:00:4c:46:05", "LFTPM20001", "vm-tpm2", true);
 }

@@ -105,6 +105,12 @@ pub struct ApplyOptions {
     /// operation is recorded there; when it already holds entries, this is a
     /// resume: they are checked against the disks and not run again.
     pub journal: Option<JournalFile>,
+    /// The installer's runtime directory (tmpfs): `systemd-cryptenroll`
+    /// reads the unlock key from a file, made in a fresh 0700 directory here
+    /// and removed right after.
+    pub state_dir: PathBuf,
+    /// Where the TPM is looked for (`/sys/class/tpm/tpm0` below it): "/".
+    pub sysfs_root: PathBuf,
 }
 
 /// A journal and the file it is saved to after each applied operation.
@@ -161,6 +167,8 @@ impl Default for ApplyOptions {
             keys: Arc::new(Keys::default()),
             progress: None,
             journal: None,
+            state_dir: PathBuf::from("/run/landfall"),
+            sysfs_root: PathBuf::from("/"),
         }
     }
 }
@@ -279,6 +287,9 @@ pub fn is_refusal(e: &anyhow::Error) -> bool {
 
 /// Run the plan. See the module documentation.
 pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
+    if plan.needs_tpm2() {
+        check_tpm2(&opts.sysfs_root)?;
+    }
     let resuming = opts
         .journal
         .as_ref()
@@ -311,6 +322,7 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
             luks_format_args: opts.luks_format_args.clone(),
             journal: opts.journal.clone(),
             plan: Arc::new(plan.clone()),
+            state_dir: opts.state_dir.clone(),
         };
         base += d.ops.len();
         set.spawn(async move {
@@ -412,6 +424,7 @@ struct DiskCtx {
     luks_format_args: Vec<String>,
     journal: Option<JournalFile>,
     plan: Arc<Plan>,
+    state_dir: PathBuf,
 }
 
 async fn run_disk(
@@ -529,7 +542,122 @@ async fn run_op(op: &Op, d: &DiskPlan, ctx: &DiskCtx, luks: &mut Vec<LuksGuard>)
             Cmd::new(&argv[0]).args(&argv[1..]).run().await?;
             Ok(())
         }
+        Op::Tpm2Enroll {
+            device, key, pcrs, ..
+        } => {
+            let mut k = zeroize::Zeroizing::new(ctx.keys.key(key)?);
+            if matches!(key, KeySource::PasswordFile(_)) {
+                // Keys ends a passphrase with the newline cryptsetup's stdin
+                // wants; the key file is read whole: the passphrase alone.
+                k.pop();
+            }
+            let file = KeyFile::new(&ctx.state_dir, &k)?;
+            let argv = super::plan::cryptenroll_argv(device, pcrs, &file.path().to_string_lossy());
+            let r = Cmd::new(&argv[0]).args(&argv[1..]).run().await;
+            let removed = file.close();
+            r?;
+            removed
+        }
     }
+}
+
+/// `luks_unlock = "tpm2"` needs a TPM 2.0 the kernel sees: refused before
+/// any disk is touched otherwise.
+pub fn check_tpm2(sysfs_root: &Path) -> Result<()> {
+    let tpm = sysfs_root.join("sys/class/tpm/tpm0");
+    if !tpm.exists() {
+        bail!(
+            "luks_unlock = \"tpm2\" needs a TPM, and this machine has none ({} does not exist); \
+             no disk was touched: enable the TPM (TPM 2.0, \"PTT\"/\"fTPM\"/\"Security Chip\") \
+             in the firmware setup, or set the role's luks_unlock to \"initrd_key\" or \"prompt\", \
+             then `landfall retry HOST`",
+            tpm.display()
+        );
+    }
+    let major = std::fs::read_to_string(tpm.join("tpm_version_major")).unwrap_or_default();
+    if !major.trim().is_empty() && major.trim() != "2" {
+        bail!(
+            "luks_unlock = \"tpm2\" needs a TPM 2.0; this machine's TPM is version {}; \
+             no disk was touched: switch the TPM to 2.0 in the firmware setup, or set the role's \
+             luks_unlock to \"initrd_key\" or \"prompt\"",
+            major.trim()
+        );
+    }
+    Ok(())
+}
+
+/// A key in a 0600 file in a fresh 0700 directory on tmpfs, for a tool that
+/// reads its key from a file only: removed by [`KeyFile::close`], or by
+/// `Drop` on every other path.
+pub struct KeyFile {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl KeyFile {
+    pub fn new(state_dir: &Path, key: &[u8]) -> Result<Self> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let fs = nix::sys::statfs::statfs(state_dir)
+            .with_context(|| format!("statfs {}", state_dir.display()))?
+            .filesystem_type();
+        // ramfs (0x858458f6) has no constant in nix: compare the number.
+        const RAMFS_MAGIC: i64 = 0x8584_58f6;
+        if fs != nix::sys::statfs::TMPFS_MAGIC && fs.0 as i64 != RAMFS_MAGIC {
+            bail!(
+                "{} is not on tmpfs: the LUKS key for systemd-cryptenroll must not touch a disk; \
+                 set LANDFALL_STATE_DIR (landfall.state_dir=) to a directory under /run",
+                state_dir.display()
+            );
+        }
+        let dir = loop {
+            let d = state_dir.join(format!(".unlock-{:016x}", rand_u64()?));
+            match std::fs::DirBuilder::new().mode(0o700).create(&d) {
+                Ok(()) => break d,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("creating {}", d.display())),
+            }
+        };
+        let kf = KeyFile {
+            file: dir.join("key"),
+            dir,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&kf.file)
+            .with_context(|| format!("creating {}", kf.file.display()))?;
+        f.write_all(key)
+            .with_context(|| format!("writing {}", kf.file.display()))?;
+        Ok(kf)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+
+    /// Remove the file and its directory.
+    pub fn close(mut self) -> Result<()> {
+        let dir = std::mem::take(&mut self.dir);
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn rand_u64() -> Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).map_err(|e| anyhow!("getrandom: {e}"))?;
+    Ok(u64::from_le_bytes(b))
 }
 
 /// Remove every signature from a disk and the partitions the kernel knows,

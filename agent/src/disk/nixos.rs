@@ -10,8 +10,11 @@
 //! formats with. With `initrd_key` the installed initrd gets its own copy: the
 //! configure step writes it to [`initrd_key_path`] in the target (0400) and
 //! `boot.initrd.secrets` appends it to the initrd, whose
-//! `boot.initrd.luks.devices.NAME.keyFile` names it. Nothing emitted here
-//! names a path only the installer has.
+//! `boot.initrd.luks.devices.NAME.keyFile` names it. With `tpm2` the agent
+//! enrols the machine's TPM2 ([`super::plan::Op::Tpm2Enroll`]) and the
+//! installed initrd is systemd's (`boot.initrd.systemd.enable`), which
+//! unseals it (`crypttabExtraOpts = [ "tpm2-device=auto" ]`): no key on the
+//! target. Nothing emitted here names a path only the installer has.
 
 use std::collections::BTreeMap;
 
@@ -42,7 +45,14 @@ pub struct NixosConfig {
     /// Key files the installed initrd reads (`boot.initrd.secrets`): path in
     /// the target -> the layout's key, whose bytes the configure step writes.
     pub initrd_keys: BTreeMap<String, KeySource>,
+    /// `boot.initrd.systemd.enable = true` (`luks_unlock = tpm2`: only
+    /// systemd's stage 1 reads `crypttabExtraOpts` and has the TPM2 token plugin).
+    pub systemd_initrd: bool,
 }
+
+/// Settings that name a key file for the initrd: with `tpm2` the installed
+/// system has none (the layout's key is for formatting and recovery only).
+const KEY_FILE_SETTINGS: &[&str] = &["keyFile", "keyFileSize", "keyFileOffset", "keyFileTimeout"];
 
 impl Serialize for NixosConfig {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -60,6 +70,9 @@ impl NixosConfig {
         let mut initrd = Map::new();
         if !self.luks_devices.is_empty() {
             initrd.insert("luks".into(), json!({"devices": self.luks_devices}));
+        }
+        if self.systemd_initrd {
+            initrd.insert("systemd".into(), json!({"enable": true}));
         }
         if !self.initrd_keys.is_empty() {
             // null: the file at the same path on the system the bootloader is
@@ -172,11 +185,12 @@ impl NixosConfig {
         if unlock == LuksUnlock::Unknown {
             bail!(
                 "the assignment's luks_unlock is a method this agent does not know \
-                 (it knows initrd_key and prompt): boot an installer image as new as the server"
+                 (it knows initrd_key, prompt and tpm2): boot an installer image as new as the server"
             );
         }
         self.luks_devices.clear();
         self.initrd_keys.clear();
+        self.systemd_initrd = false;
         let mut luks = Vec::new();
         for d in layout.disks.values() {
             for p in &d.partitions {
@@ -194,6 +208,23 @@ impl NixosConfig {
             v.insert("device".into(), json!(device));
             for (k, val) in &l.settings {
                 v.insert(k.clone(), val.clone());
+            }
+            if unlock == LuksUnlock::Tpm2 {
+                // nixpkgs luksroot.nix: with systemd stage 1 `fallbackToPassword`
+                // must not be set (an assertion; the prompt is implied).
+                if l.settings.contains_key("fallbackToPassword") {
+                    bail!(
+                        "LUKS {}: settings.fallbackToPassword cannot be used with luks_unlock = \"tpm2\" \
+                         (the systemd initrd asserts against it and asks for the passphrase \
+                         anyway when the TPM does not unseal): remove it from the layout",
+                        l.name
+                    );
+                }
+                for k in KEY_FILE_SETTINGS {
+                    v.remove(*k);
+                }
+                v.insert("crypttabExtraOpts".into(), json!(["tpm2-device=auto"]));
+                self.systemd_initrd = true;
             }
             if unlock == LuksUnlock::InitrdKey {
                 // The layout's own settings.keyFile when it names one (the

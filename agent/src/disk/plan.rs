@@ -18,6 +18,7 @@ use serde::Serialize;
 use super::ids::Ids;
 use super::layout::{human, Bound, Content, Filesystem, KeySource, Layout, LayoutError};
 use super::nixos::{self, NixosConfig};
+use landfall_proto::LuksUnlock;
 
 /// A disk the layout's disk is mapped to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -41,6 +42,52 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Set how the installed system unlocks the layout's LUKS volumes: the
+    /// NixOS configuration ([`NixosConfig::set_luks_unlock`]) and, for
+    /// [`LuksUnlock::Tpm2`], an [`Op::Tpm2Enroll`] right after the
+    /// `luksFormat` of each volume the initrd opens (before anything is made
+    /// inside it). Pure: the plan stays printable.
+    pub fn set_luks_unlock(
+        &mut self,
+        layout: &Layout,
+        unlock: LuksUnlock,
+        tpm2_pcrs: &[u8],
+    ) -> anyhow::Result<()> {
+        self.nixos.set_luks_unlock(layout, unlock)?;
+        for d in &mut self.disks {
+            d.ops.retain(|op| !matches!(op, Op::Tpm2Enroll { .. }));
+            if unlock != LuksUnlock::Tpm2 {
+                continue;
+            }
+            let mut ops = Vec::with_capacity(d.ops.len() + 1);
+            for op in std::mem::take(&mut d.ops) {
+                let enroll = match &op {
+                    Op::LuksFormat {
+                        device, name, key, ..
+                    } if self.nixos.luks_devices.contains_key(name) => Some(Op::Tpm2Enroll {
+                        device: device.clone(),
+                        name: name.clone(),
+                        key: key.clone(),
+                        pcrs: tpm2_pcrs.to_vec(),
+                    }),
+                    _ => None,
+                };
+                ops.push(op);
+                ops.extend(enroll);
+            }
+            d.ops = ops;
+        }
+        Ok(())
+    }
+
+    /// Whether applying needs this machine's TPM2.
+    pub fn needs_tpm2(&self) -> bool {
+        self.disks
+            .iter()
+            .flat_map(|d| &d.ops)
+            .any(|op| matches!(op, Op::Tpm2Enroll { .. }))
+    }
+
     /// The installer paths the layout reads LUKS keys from (`keyFile`,
     /// `passwordFile`): secrets meant for formatting, not for the target.
     pub fn key_paths(&self) -> std::collections::BTreeSet<String> {
@@ -48,9 +95,9 @@ impl Plan {
             .iter()
             .flat_map(|d| &d.ops)
             .filter_map(|op| match op {
-                Op::LuksFormat { key, .. } | Op::LuksOpen { key, .. } => {
-                    Some(key.path().to_owned())
-                }
+                Op::LuksFormat { key, .. }
+                | Op::LuksOpen { key, .. }
+                | Op::Tpm2Enroll { key, .. } => Some(key.path().to_owned()),
                 _ => None,
             })
             .collect()
@@ -132,6 +179,34 @@ pub enum Op {
         key: KeySource,
         args: Vec<String>,
     },
+    /// Bind the volume to this machine's TPM2 (`luks_unlock = tpm2`):
+    /// `systemd-cryptenroll` adds a `systemd-tpm2` token and key slot sealed
+    /// to `pcrs`, unlocking with the format-time key (which keeps its slot:
+    /// the recovery key). Any TPM2 slot an earlier run of this attempt left
+    /// is wiped in the same call (`--wipe-slot=tpm2` spares the new one).
+    Tpm2Enroll {
+        device: String,
+        name: String,
+        key: KeySource,
+        pcrs: Vec<u8>,
+    },
+}
+
+/// Stands for the unlock key file in a printed [`Op::Tpm2Enroll`] command line.
+pub const UNLOCK_KEY_FILE: &str = "KEYFILE";
+
+/// `systemd-cryptenroll` enrolling the TPM2 for `device`, unlocking with the
+/// key in `key_file` (a file: this tool takes no key on stdin).
+pub fn cryptenroll_argv(device: &str, pcrs: &[u8], key_file: &str) -> Vec<String> {
+    let pcrs: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+    vec![
+        "systemd-cryptenroll".into(),
+        "--tpm2-device=auto".into(),
+        format!("--tpm2-pcrs={}", pcrs.join("+")),
+        "--wipe-slot=tpm2".into(),
+        format!("--unlock-key-file={key_file}"),
+        device.into(),
+    ]
 }
 
 impl Op {
@@ -154,6 +229,13 @@ impl Op {
             Op::LuksFormat { key, .. } | Op::LuksOpen { key, .. } => {
                 let argv = self.argv().unwrap_or_default().join(" ");
                 format!("{argv}   # key: {} on stdin", key.path())
+            }
+            Op::Tpm2Enroll { key, .. } => {
+                let argv = self.argv().unwrap_or_default().join(" ");
+                format!(
+                    "{argv}   # {UNLOCK_KEY_FILE}: {} in a 0600 file on tmpfs, removed after",
+                    key.path()
+                )
             }
             _ => self.argv().unwrap_or_default().join(" "),
         }
@@ -226,6 +308,7 @@ impl Op {
                 a.push(name.clone());
                 a
             }
+            Op::Tpm2Enroll { device, pcrs, .. } => cryptenroll_argv(device, pcrs, UNLOCK_KEY_FILE),
             _ => return None,
         })
     }

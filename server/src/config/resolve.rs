@@ -184,6 +184,11 @@ impl Settings {
         a.install = layer.install.target(&a.hostname, &a.role);
         a.checks = self.checks.get(&a.role).cloned().unwrap_or_default();
         a.luks_unlock = role.map(|r| r.luks_unlock.into()).unwrap_or_default();
+        a.tpm2_pcrs = match role.and_then(|r| r.tpm2_pcrs.as_ref()) {
+            // Checked at load: 0..=23 (validate.rs check_tpm2_pcrs).
+            Some(p) => p.iter().map(|n| *n as u8).collect(),
+            None => landfall_proto::agent::DEFAULT_TPM2_PCRS.to_vec(),
+        };
         a.disko = a.layout.as_ref().and_then(|l| self.layouts.get(l).cloned());
         a.disks = layer.disks;
         a.secret_files = role

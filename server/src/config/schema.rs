@@ -194,6 +194,7 @@ pub enum LuksUnlockConfig {
     #[default]
     InitrdKey,
     Prompt,
+    Tpm2,
 }
 
 impl From<LuksUnlockConfig> for LuksUnlock {
@@ -201,6 +202,7 @@ impl From<LuksUnlockConfig> for LuksUnlock {
         match u {
             LuksUnlockConfig::InitrdKey => LuksUnlock::InitrdKey,
             LuksUnlockConfig::Prompt => LuksUnlock::Prompt,
+            LuksUnlockConfig::Tpm2 => LuksUnlock::Tpm2,
         }
     }
 }
@@ -215,9 +217,12 @@ pub struct RoleConfig {
     #[serde(default)]
     pub wipe: Wipe,
     /// How the installed system opens the layout's LUKS volumes at boot:
-    /// `"initrd_key"` (default, unattended) or `"prompt"` (docs/disks.md).
+    /// `"initrd_key"` (default, unattended), `"prompt"` or `"tpm2"` (docs/disks.md).
     #[serde(default)]
     pub luks_unlock: LuksUnlockConfig,
+    /// With `luks_unlock = "tpm2"`: the PCRs the key is sealed to (default `[7]`).
+    #[serde(default)]
+    pub tpm2_pcrs: Option<Vec<i64>>,
     /// Layout disk name -> device (`/dev/disk/by-id/...`) or "auto".
     #[serde(default)]
     pub disks: BTreeMap<String, String>,

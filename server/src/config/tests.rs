@@ -788,3 +788,35 @@ fn checks_are_parsed_strictly() {
         }
     );
 }
+
+#[test]
+fn tpm2_unlock_takes_its_pcrs_from_the_role_checked_and_defaults_to_pcr_7() {
+    let role = |extra: &str| {
+        GOOD.replace(
+            "[roles.server]\n",
+            &format!("[roles.server]\nluks_unlock = \"tpm2\"\n{extra}"),
+        )
+    };
+    let srv = |text: &str| {
+        check(text)
+            .unwrap()
+            .assignment_for("52:54:00:ab:cd:02")
+            .unwrap()
+    };
+    let a = srv(&role(""));
+    assert_eq!((a.luks_unlock, a.tpm2_pcrs), (LuksUnlock::Tpm2, vec![7]));
+    assert_eq!(srv(&role("tpm2_pcrs = [0, 7, 23]\n")).tpm2_pcrs, [0, 7, 23]);
+    assert!(srv(&role("tpm2_pcrs = []\n")).tpm2_pcrs.is_empty());
+    for bad in ["[24]", "[-1]", "[7, 99]"] {
+        let e = err(&role(&format!("tpm2_pcrs = {bad}\n")));
+        assert!(
+            e.contains("roles.server.tpm2_pcrs") && e.contains("0 to 23"),
+            "{bad}: {e}"
+        );
+    }
+    let e = err(&GOOD.replace("[roles.server]\n", "[roles.server]\ntpm2_pcrs = [7]\n"));
+    assert!(
+        e.contains("roles.server.tpm2_pcrs") && e.contains("luks_unlock = \"tpm2\""),
+        "{e}"
+    );
+}

@@ -14,8 +14,8 @@ use landfall_proto::{Check, NamedCheck};
 use super::resolve::{layered, InstallKeys};
 use super::{files, layouts};
 use super::{
-    Config, MachineConfig, RoleConfig, SecretFileConfig, Settings, Unknown, VaultSection,
-    VaultSettings, DEFAULT_BOOT_TOKEN_TTL,
+    Config, LuksUnlockConfig, MachineConfig, RoleConfig, SecretFileConfig, Settings, Unknown,
+    VaultSection, VaultSettings, DEFAULT_BOOT_TOKEN_TTL,
 };
 
 impl Config {
@@ -46,6 +46,7 @@ impl Config {
                 })?;
             }
             let at = format!("roles.{name}");
+            check_tpm2_pcrs(&at, role)?;
             check_install_keys(&at, &role.layer().install)?;
             if role.system.is_some() && role.cache.is_none() {
                 bail!(
@@ -738,4 +739,24 @@ fn check_http_url(field: &str, u: &str, example: &str) -> Result<String> {
         );
     }
     Ok(u.trim_end_matches('/').to_owned())
+}
+
+/// `[roles.NAME] tpm2_pcrs`: PCR numbers 0..=23, only with `luks_unlock = "tpm2"`.
+fn check_tpm2_pcrs(at: &str, role: &RoleConfig) -> Result<()> {
+    let Some(pcrs) = &role.tpm2_pcrs else {
+        return Ok(());
+    };
+    if role.luks_unlock != LuksUnlockConfig::Tpm2 {
+        bail!(
+            "{at}.tpm2_pcrs is only used with luks_unlock = \"tpm2\"; set {at}.luks_unlock = \"tpm2\" \
+             or remove tpm2_pcrs"
+        );
+    }
+    if let Some(bad) = pcrs.iter().find(|p| !(0..=23).contains(*p)) {
+        bail!(
+            "{at}.tpm2_pcrs: {bad} is not a PCR number; a TPM2 has PCRs 0 to 23, e.g. \
+             tpm2_pcrs = [7] (Secure Boot state, the default) or [] (the TPM alone)"
+        );
+    }
+    Ok(())
 }

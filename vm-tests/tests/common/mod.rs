@@ -108,6 +108,7 @@ impl HostServices {
 /// The FIRST-BOOT STAND-IN: boots `disk` (the installed machine's disk, same MAC, same
 /// work dir so UEFI keeps its NVRAM) with the test image's kernel and initrd directly, in
 /// firstboot mode; waits for it to power off. Returns (serial log, VM wall time).
+/// `extra_args`: more QEMU arguments (the machine's TPM, [`landfall_vm_tests::Swtpm`]).
 pub fn first_boot(
     image: &Image,
     firmware: Firmware,
@@ -115,10 +116,12 @@ pub fn first_boot(
     work_dir: &Path,
     disk: DiskSpec,
     append: String,
+    extra_args: Vec<String>,
 ) -> (String, Duration) {
     let mut spec = VmSpec::new(firmware, mac, "none", work_dir);
     spec.serial_log = work_dir.join("serial-firstboot.log");
     spec.disks.push(disk);
+    spec.extra_args = extra_args;
     spec.kernel_boot = Some(KernelBoot {
         kernel: image.kernel.clone(),
         initrd: image.initrd.clone(),
