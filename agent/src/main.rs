@@ -396,7 +396,7 @@ fn real_main(cli: Cli) -> Result<()> {
             let text = if json {
                 serde_json::to_string_pretty(&serde_json::json!({
                     "disks": applied.disks,
-                    "verified": applied.verified,
+                    "read_back": applied.read_back,
                     "nixos": applied.nixos,
                 }))
                 .map(|j| j + "\n")
@@ -405,7 +405,7 @@ fn real_main(cli: Cli) -> Result<()> {
             };
             // Mounted and open before anything is printed: a closed stdout
             // must not unmount what was applied.
-            applied.keep();
+            applied.leak();
             out(text?)
         }
         Command::Hwconfig {

@@ -573,7 +573,7 @@ async fn finish_step(
     tokio::task::spawn_blocking(nix::unistd::sync)
         .await
         .context("the sync task panicked")?;
-    applied.release().await?;
+    applied.try_close().await?;
     summary.push_str(&format!(
         "{mounts} mount(s) unmounted, {luks} LUKS mapping(s) closed"
     ));
@@ -833,7 +833,7 @@ pub async fn disk_step(
             .map(|(n, d)| format!("{n}={d}"))
             .collect::<Vec<_>>()
             .join(", "),
-        applied.verified.partitions.len(),
+        applied.read_back.partitions.len(),
         applied.mounts.len(),
         opts.root.display()
     );

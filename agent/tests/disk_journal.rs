@@ -151,7 +151,7 @@ fn an_interrupted_apply_resumes_with_the_same_disk_guid() {
     assert_eq!(Some(&guid), s.plan.disks[0].disk_guid.as_ref());
     // A kill after the GPT and the first filesystem: the mounts stay, the
     // journal holds what was done up to there.
-    first.keep();
+    first.leak();
     let mut j = Journal::load(&path).unwrap().unwrap();
     let gpt_at = j
         .done

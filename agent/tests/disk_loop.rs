@@ -176,7 +176,7 @@ fn simple_efi_on_a_loop_device() {
             .map(String::as_str),
         Some("ext4")
     );
-    assert_eq!(run.applied.verified.partitions.len(), 2);
+    assert_eq!(run.applied.read_back.partitions.len(), 2);
     assert!(run.applied.nixos.to_nix().contains("disk-main-root"));
     check(run, root.path());
     // sgdisk agrees the table is sound.
@@ -747,7 +747,7 @@ fn a_busy_target_stays_held_until_it_can_be_released() {
     let held = run.applied.mounts.len();
     assert!(held >= 1);
     let busy = std::fs::File::create(root.path().join("busy")).unwrap();
-    let e = rt().block_on(run.applied.release()).unwrap_err();
+    let e = rt().block_on(run.applied.try_close()).unwrap_err();
     assert!(format!("{e:#}").contains("still busy"), "{e:#}");
     assert!(
         !run.applied.mounts.is_empty(),
@@ -755,7 +755,7 @@ fn a_busy_target_stays_held_until_it_can_be_released() {
     );
     assert!(mounted_below(root.path()).contains(&"/".to_owned()));
     drop(busy);
-    rt().block_on(run.applied.release()).unwrap();
+    rt().block_on(run.applied.try_close()).unwrap();
     assert!(run.applied.mounts.is_empty());
     assert!(
         mounted_below(root.path()).is_empty(),

@@ -1,6 +1,7 @@
 //! `apply()`: execute a [`Plan`]. Safety first (every target probed and
 //! checked before anything is written), then each disk's operations — disks
-//! in parallel — then the mounts in order, then verification by reading back.
+//! in parallel — then the mounts in order, then the read-back (what the disks hold
+//! now, compared with the plan).
 //! On failure: unmount, close LUKS, wipe the new tables so a half-made disk
 //! never boots, and say which operation failed and why.
 
@@ -183,14 +184,14 @@ pub struct Applied {
     pub mounts: Vec<MountGuard>,
     pub luks: Vec<LuksGuard>,
     pub nixos: NixosConfig,
-    pub verified: Verified,
+    pub read_back: ReadBack,
     /// Layout disk -> device written (by-id when known).
     pub disks: BTreeMap<String, String>,
 }
 
 impl Applied {
     /// Leave everything mounted and open (the CLI's `apply`, like `disko --mode mount`).
-    pub fn keep(mut self) {
+    pub fn leak(mut self) {
         std::mem::take(&mut self.mounts)
             .into_iter()
             .for_each(MountGuard::leak);
@@ -201,19 +202,19 @@ impl Applied {
 
     /// Unmount (children first) and close LUKS.
     pub async fn close(mut self) -> Result<()> {
-        self.release().await
+        self.try_close().await
     }
 
     /// Unmount (children first) and close LUKS, stopping at the first
     /// failure: what is still mounted or open stays held here, so the caller
     /// can try again (a technician's shell left in /mnt) or drop it.
-    pub async fn release(&mut self) -> Result<()> {
+    pub async fn try_close(&mut self) -> Result<()> {
         while let Some(m) = self.mounts.last_mut() {
-            m.unmount().await?;
+            m.try_close().await?;
             self.mounts.pop();
         }
         while let Some(l) = self.luks.last_mut() {
-            l.shut().await?;
+            l.try_close().await?;
             self.luks.pop();
         }
         Ok(())
@@ -233,16 +234,16 @@ impl Drop for Applied {
     }
 }
 
-/// What verification read back.
+/// What the read-back found on the disks after applying.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Verified {
-    pub partitions: Vec<VerifiedPart>,
+pub struct ReadBack {
+    pub partitions: Vec<ReadBackPart>,
     /// Targets found mounted, in order.
     pub mounted: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct VerifiedPart {
+pub struct ReadBackPart {
     pub device: String,
     pub partlabel: String,
     /// blkid TYPE ("" when the partition holds nothing, e.g. BIOS boot).
@@ -352,11 +353,11 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
             failure = Some(e);
         }
     }
-    let verified = if failure.is_none() {
-        match verify(plan, &mounts).await {
+    let read_back = if failure.is_none() {
+        match read_back(plan, &mounts).await {
             Ok(v) => Some(v),
             Err(e) => {
-                failure = Some(e.context("verification by reading back failed"));
+                failure = Some(e.context("reading the disks back failed"));
                 None
             }
         }
@@ -381,7 +382,7 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
         mounts,
         luks,
         nixos: plan.nixos.clone(),
-        verified: verified.unwrap_or_default(),
+        read_back: read_back.unwrap_or_default(),
         disks: plan
             .disks
             .iter()
@@ -989,8 +990,8 @@ fn skip_mount(m: &Mount, opts: &ApplyOptions) -> Option<&'static str> {
 
 /// Read back: every partition's PARTLABEL, type GUID and signature (blkid
 /// low-level probe), and every mount.
-pub async fn verify(plan: &Plan, mounts: &[MountGuard]) -> Result<Verified> {
-    let mut v = Verified::default();
+pub async fn read_back(plan: &Plan, mounts: &[MountGuard]) -> Result<ReadBack> {
+    let mut v = ReadBack::default();
     for d in &plan.disks {
         let expect = expected_types(d);
         for (p, want) in d.partitions.iter().zip(expect) {
@@ -1031,7 +1032,7 @@ pub async fn verify(plan: &Plan, mounts: &[MountGuard]) -> Result<Verified> {
                     );
                 }
             }
-            v.partitions.push(VerifiedPart {
+            v.partitions.push(ReadBackPart {
                 device: p.device.clone(),
                 partlabel: if label.is_empty() {
                     p.label.clone()

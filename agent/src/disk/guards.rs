@@ -1,7 +1,9 @@
 //! RAII guards for what the disk step sets up: mounts, LUKS mappings and
-//! (for tests and benchmarks) loop devices. Each has an explicit
-//! `close() -> Result` that reports failure, and a best-effort `Drop` for
-//! error paths and panics.
+//! (for tests and benchmarks) loop devices. One set of verbs for all of them
+//! (and [`super::Applied`], which holds the disk step's guards): `close(self)
+//! -> Result` ends it and reports failure, `try_close(&mut self)` keeps the
+//! guard when it fails (to try again later), `leak(self)` leaves it in place
+//! and forgets it; a best-effort `Drop` covers error paths and panics.
 //!
 //! Unmounting uses umount2(2) directly (no process), retried while busy by
 //! the one retry helper ([`crate::retry`]). LUKS and loop devices need
@@ -95,7 +97,7 @@ impl MountGuard {
 
     /// Unmount like [`MountGuard::close`], but keep the guard when it fails
     /// (the caller may try again later).
-    pub async fn unmount(&mut self) -> Result<()> {
+    pub async fn try_close(&mut self) -> Result<()> {
         unmount(&self.target).await?;
         self.active = false;
         Ok(())
@@ -182,7 +184,7 @@ impl LuksGuard {
     }
 
     /// Close like [`LuksGuard::close`], but keep the guard when it fails.
-    pub async fn shut(&mut self) -> Result<()> {
+    pub async fn try_close(&mut self) -> Result<()> {
         Cmd::new("cryptsetup")
             .args(["close", &self.name])
             .run()
@@ -192,14 +194,11 @@ impl LuksGuard {
         Ok(())
     }
 
+    /// `cryptsetup close NAME`; the guard is spent whatever the result.
     pub async fn close(mut self) -> Result<()> {
+        let r = self.try_close().await;
         self.active = false;
-        Cmd::new("cryptsetup")
-            .args(["close", &self.name])
-            .run()
-            .await
-            .with_context(|| format!("closing LUKS mapping {}", self.name))?;
-        Ok(())
+        r
     }
 }
 

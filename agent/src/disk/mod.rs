@@ -3,7 +3,7 @@
 //! layout (parse + validate, field paths in errors) -> select (which device
 //! each layout disk is) -> plan (pure, printable, serialisable) -> safety
 //! (probe, refuse) -> apply (wipe, GPT, re-read, mkfs/LUKS/swap, mounts,
-//! disks in parallel) -> verify (read back) -> the NixOS configuration the
+//! disks in parallel) -> read back -> the NixOS configuration the
 //! installed system needs. See docs/disks.md.
 
 pub mod apply;
