@@ -1,6 +1,7 @@
 //! landfall-agent: thin CLI over the library. Prints the whole error chain and
 //! exits non-zero on failure.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,12 +36,8 @@ enum Command {
         /// Layout for fileSystems/swapDevices/LUKS and the GRUB disk.
         #[arg(long)]
         layout: Option<PathBuf>,
-        /// Map a layout disk to a device (or "auto"): NAME=DEV. Repeatable.
-        #[arg(long = "disk", value_parser = parse_kv)]
-        disks: Vec<(String, String)>,
-        /// Plan for a hypothetical disk of this size: NAME=SIZE (e.g. main=20G).
-        #[arg(long = "size", value_parser = parse_kv)]
-        sizes: Vec<(String, String)>,
+        #[command(flatten)]
+        targets: TargetArgs,
         #[command(flatten)]
         unlock: UnlockArgs,
     },
@@ -49,12 +46,8 @@ enum Command {
         /// Layout: rendered JSON, or a .nix file (rendered with nix-instantiate).
         #[arg(long)]
         layout: PathBuf,
-        /// Map a layout disk to a device (or "auto"): NAME=DEV. Repeatable.
-        #[arg(long = "disk", value_parser = parse_kv)]
-        disks: Vec<(String, String)>,
-        /// Plan for a hypothetical disk of this size: NAME=SIZE (e.g. main=20G).
-        #[arg(long = "size", value_parser = parse_kv)]
-        sizes: Vec<(String, String)>,
+        #[command(flatten)]
+        targets: TargetArgs,
         #[command(flatten)]
         unlock: UnlockArgs,
         /// Print the plan as JSON.
@@ -222,6 +215,27 @@ fn out(text: impl std::fmt::Display) -> Result<()> {
     }
 }
 
+/// Which device each layout disk is, for commands that plan without applying.
+#[derive(Args)]
+struct TargetArgs {
+    /// Map a layout disk to a device (or "auto"): NAME=DEV. Repeatable.
+    #[arg(long = "disk", value_parser = parse_kv)]
+    disks: Vec<(String, String)>,
+    /// Plan for a hypothetical disk of this size: NAME=SIZE (e.g. main=20G).
+    #[arg(long = "size", value_parser = parse_kv)]
+    sizes: Vec<(String, String)>,
+}
+
+impl TargetArgs {
+    fn resolve(self, layout: &disk::Layout) -> Result<BTreeMap<String, disk::Target>> {
+        disk::cli_targets(
+            layout,
+            &self.disks.into_iter().collect(),
+            &self.sizes.into_iter().collect(),
+        )
+    }
+}
+
 /// How the installed system unlocks LUKS (the role's `luks_unlock`, docs/disks.md).
 #[derive(Args)]
 struct UnlockArgs {
@@ -333,18 +347,13 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Command::Plan {
             layout,
-            disks,
-            sizes,
+            targets,
             unlock,
             json,
         } => {
             let rt = runtime()?;
             let layout = rt.block_on(disk::load_layout(&layout))?;
-            let targets = disk::cli_targets(
-                &layout,
-                &disks.into_iter().collect(),
-                &sizes.into_iter().collect(),
-            )?;
+            let targets = targets.resolve(&layout)?;
             let mut plan = disk::plan(&layout, &targets)?;
             unlock.apply(&mut plan, &layout)?;
             if json {
@@ -411,8 +420,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Hwconfig {
             sysroot,
             layout,
-            disks,
-            sizes,
+            targets,
             unlock,
         } => {
             let inv = hw::detect(&sysroot)?;
@@ -421,11 +429,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 Some(layout) => {
                     let rt = runtime()?;
                     let layout = rt.block_on(disk::load_layout(&layout))?;
-                    let mut targets = disk::cli_targets(
-                        &layout,
-                        &disks.into_iter().collect(),
-                        &sizes.into_iter().collect(),
-                    )?;
+                    let mut targets = targets.resolve(&layout)?;
                     // The installed system names disks by id, as the agent does.
                     for t in targets.values_mut() {
                         if t.by_id.is_none() {

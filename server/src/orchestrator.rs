@@ -186,7 +186,7 @@ impl Orchestrator {
             .await
             .map_err(|e| MintError::Unreachable {
                 url: url.clone(),
-                detail: error_chain(&e),
+                detail: chain(e),
             })?;
         let status = resp.status();
         if !status.is_success() {
@@ -214,7 +214,7 @@ impl Orchestrator {
         }
         let body: WrapResponse = resp.json().await.map_err(|e| MintError::Protocol {
             url: url.clone(),
-            detail: error_chain(&e),
+            detail: chain(e),
         })?;
         let Some(info) = body.wrap_info else {
             return Err(MintError::Protocol {
@@ -306,7 +306,7 @@ impl Orchestrator {
                 ),
                 Err(e) => tracing::warn!(
                     %path,
-                    error = %error_chain(&e),
+                    error = %chain(e),
                     "could not revoke the previous wrapped secret_id of a retried hello"
                 ),
             }
@@ -327,10 +327,6 @@ fn sensitive(token: &SecretString) -> Result<reqwest::header::HeaderValue, MintE
 }
 
 /// A reqwest error with its sources on one line (they carry the TLS reason).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let chain = std::iter::successors(Some(e), |e| e.source());
-    chain
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+fn chain(e: reqwest::Error) -> String {
+    format!("{:#}", anyhow::Error::new(e))
 }

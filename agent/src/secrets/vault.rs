@@ -565,7 +565,7 @@ impl VaultClient {
             Err(e) => {
                 return Attempt::Retry(SecretsError::Setup(format!(
                     "cannot reach {url}: {}",
-                    error_chain(&e)
+                    chain(e)
                 )))
             }
         };
@@ -575,7 +575,7 @@ impl VaultClient {
             Err(e) => {
                 return Attempt::Retry(SecretsError::Setup(format!(
                     "reading the answer of {url}: {}",
-                    error_chain(&e)
+                    chain(e)
                 )))
             }
         };
@@ -652,11 +652,7 @@ fn client_error(path: &str, status: StatusCode, errors: String, call: &VaultCall
     }
 }
 
-/// An error with its sources on one line (they carry the TLS reason).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let chain = std::iter::successors(Some(e), |e| e.source());
-    chain
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+/// A reqwest error with its sources on one line (they carry the TLS reason).
+fn chain(e: reqwest::Error) -> String {
+    format!("{:#}", anyhow::Error::new(e))
 }
