@@ -285,6 +285,19 @@ pub struct SecretFile {
     pub group: String,
 }
 
+impl SecretFile {
+    /// A file at `path` from `from` with the defaults: mode 0600, root:root.
+    pub fn new(path: String, from: String) -> Self {
+        Self {
+            path,
+            from,
+            mode: default_mode(),
+            owner: default_root(),
+            group: default_root(),
+        }
+    }
+}
+
 fn default_mode() -> String {
     "0600".to_owned()
 }

@@ -196,11 +196,8 @@ impl Settings {
                 r.secret_files
                     .iter()
                     .map(|f| SecretFile {
-                        path: f.path.clone(),
                         from: expand_template(&f.from, &a.hostname, &a.role),
-                        mode: f.mode.clone(),
-                        owner: f.owner.clone(),
-                        group: f.group.clone(),
+                        ..f.0.clone()
                     })
                     .collect()
             })

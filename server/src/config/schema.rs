@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use landfall_proto::{LuksUnlock, WipePolicy};
+use landfall_proto::{LuksUnlock, SecretFile, WipePolicy};
 use serde::Deserialize;
 
 /// Default lifetime of a boot token, in seconds.
@@ -83,30 +83,40 @@ pub struct RoleVault {
     pub reads: Vec<String>,
 }
 
-/// `[[roles.NAME.secret_files]]`: a file written into the target from a secret.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretFileConfig {
-    /// Absolute path in the installed system.
-    pub path: String,
-    /// `kv:PATH#KEY`, PATH one of the role's `vault.reads` (as written), or
-    /// `bundle:PATH`, a file in the installer's age bundle
-    /// (`/etc/landfall/secrets.age`; docs/security.md). One kind per role.
-    pub from: String,
-    #[serde(default = "default_mode")]
-    pub mode: String,
-    #[serde(default = "default_root")]
-    pub owner: String,
-    #[serde(default = "default_root")]
-    pub group: String,
+/// `[[roles.NAME.secret_files]]`: a file written into the target from a
+/// secret: the wire's [`SecretFile`] (its defaults: mode 0600, owner and
+/// group root), read strictly (an unknown key is refused). `from` is
+/// `kv:PATH#KEY`, PATH one of the role's `vault.reads` (as written), or
+/// `bundle:PATH`, a file in the installer's age bundle
+/// (`/etc/landfall/secrets.age`; docs/security.md). One kind per role.
+#[derive(Debug, Clone)]
+pub struct SecretFileConfig(pub SecretFile);
+
+impl std::ops::Deref for SecretFileConfig {
+    type Target = SecretFile;
+    fn deref(&self) -> &SecretFile {
+        &self.0
+    }
 }
 
-fn default_mode() -> String {
-    "0600".to_owned()
-}
-
-fn default_root() -> String {
-    "root".to_owned()
+impl<'de> Deserialize<'de> for SecretFileConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Strict {
+            path: String,
+            from: String,
+            mode: Option<String>,
+            owner: Option<String>,
+            group: Option<String>,
+        }
+        let s = Strict::deserialize(d)?;
+        let mut f = SecretFile::new(s.path, s.from);
+        f.mode = s.mode.unwrap_or(f.mode);
+        f.owner = s.owner.unwrap_or(f.owner);
+        f.group = s.group.unwrap_or(f.group);
+        Ok(Self(f))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
