@@ -8,8 +8,10 @@
 pub mod cmd;
 pub mod cmdline;
 pub mod disk;
+pub mod failure;
 pub mod hw;
 pub mod install;
+pub mod options;
 pub mod pipeline;
 pub mod report;
 pub mod retry;

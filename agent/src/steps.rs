@@ -28,7 +28,7 @@ use anyhow::Result;
 use landfall_proto::{EventKind, Step, StepTiming, Timing};
 
 use crate::cmdline::AgentConfig;
-use crate::pipeline::RunOptions;
+use crate::options::RunOptions;
 use crate::report::{Client, Reporter};
 
 /// A step's id: the wire's [`Step`] and the step's name. A built-in step's
@@ -366,7 +366,7 @@ impl Steps {
                 }
                 Err(error) => {
                     timings.add(def.id.name, clock.stop());
-                    let data = crate::report::failure::failure_data(&error).to_data();
+                    let data = crate::failure::failure_data(&error).to_data();
                     reporter.emit(step, EventKind::Failed, format!("{error:#}"), None, data);
                     return Err(StepFailure {
                         id: def.id,

@@ -5,7 +5,6 @@
 
 pub mod api;
 pub mod app;
-pub mod artifacts;
 pub mod boot;
 pub mod cli;
 pub mod config;

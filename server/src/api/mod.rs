@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod artifacts;
 pub mod verify;
 
 use axum::extract::rejection::PathRejection;
@@ -65,7 +66,7 @@ async fn artifact(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(ApiError::from_rejection)?;
-    crate::artifacts::serve_file(&app.artifacts, &name, &method, &headers).await
+    artifacts::serve_file(&app.artifacts, &name, &method, &headers).await
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use crate::api::ApiError;
+use super::ApiError;
 
 /// A file name, not a path: no `/`, `\`, `..`, leading dot or control characters.
 pub fn valid_name(name: &str) -> bool {
