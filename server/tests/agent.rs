@@ -352,9 +352,12 @@ async fn oversized_batches_are_refused() {
 
 #[tokio::test]
 async fn events_of_a_superseded_attempt_are_stored_but_change_nothing() {
-    let s = Server::start(Some(CONFIG)).await;
+    let cfg = CONFIG.replace("[server]\n", "[server]\nagent_alive_secs = 1\n");
+    let s = Server::start(Some(&cfg)).await;
     let (old_attempt, old_agent) = s.start_attempt(MAC1).await;
-    // The machine reboots mid-install: a new attempt becomes current.
+    // The machine reboots mid-install (its agent silent since): a new
+    // attempt becomes current.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let (new_attempt, new_agent) = s.start_attempt(MAC1).await;
     assert_ne!(old_attempt, new_attempt);
     let done = [event(1, Step::Done, EventKind::Finished, "late")];

@@ -393,9 +393,12 @@ async fn reinstall_while_waiting_stops_the_agent() {
 
 #[tokio::test]
 async fn a_superseded_attempt_is_told_to_stop() {
-    let s = Server::start(Some(&config())).await;
+    let cfg = config().replace("[server]\n", "[server]\nagent_alive_secs = 1\n");
+    let s = Server::start(Some(&cfg)).await;
     let old = hello(&s, MAC1).await;
-    // The machine rebooted mid-install and started over.
+    // The machine rebooted mid-install (its agent silent since) and started
+    // over.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let _new = hello(&s, MAC1).await;
     let (w, took) = wait(&s, &old, 5).await;
     assert_eq!(w.action, WaitAction::Stop);

@@ -15,7 +15,7 @@ use axum::Router;
 use landfall_proto::{ErrorBody, ErrorCode};
 use serde::de::DeserializeOwned;
 
-pub use crate::app::{new_token, random_hex, token_hash, App, AppState};
+pub use crate::app::{new_token, random_hex, token_hash, App, AppState, Peer};
 use crate::store::AttemptRow;
 
 /// Largest request body accepted (an events batch or a hello with its inventory).

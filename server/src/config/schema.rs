@@ -10,6 +10,11 @@ use serde::Deserialize;
 /// Default lifetime of a boot token, in seconds.
 pub const DEFAULT_BOOT_TOKEN_TTL: u64 = 3600;
 
+/// Default seconds since an install attempt's agent was last heard from
+/// during which the attempt counts as alive (a second hello for its MAC is
+/// an alarm, not a reboot).
+pub const DEFAULT_AGENT_ALIVE_SECS: u64 = 60;
+
 /// The file as written by the operator.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,10 +134,20 @@ pub struct ServerSection {
     /// Lifetime of a boot token in seconds.
     #[serde(default = "default_ttl")]
     pub boot_token_ttl: u64,
+    /// Seconds since its agent was last heard from (hello, events, wait)
+    /// that an installing attempt counts as alive: a hello for the same MAC
+    /// with a fresh boot token within it is a security alarm; after it, a
+    /// reboot that starts a new attempt (docs/security.md).
+    #[serde(default = "default_alive")]
+    pub agent_alive_secs: u64,
 }
 
 fn default_ttl() -> u64 {
     DEFAULT_BOOT_TOKEN_TTL
+}
+
+fn default_alive() -> u64 {
+    DEFAULT_AGENT_ALIVE_SECS
 }
 
 impl Default for ServerSection {
@@ -143,6 +158,7 @@ impl Default for ServerSection {
             layouts: None,
             kernel_args: String::new(),
             boot_token_ttl: DEFAULT_BOOT_TOKEN_TTL,
+            agent_alive_secs: DEFAULT_AGENT_ALIVE_SECS,
         }
     }
 }

@@ -226,6 +226,7 @@ impl Config {
             artifacts,
             kernel_args: self.server.kernel_args.trim().to_owned(),
             boot_token_ttl: self.server.boot_token_ttl,
+            agent_alive_secs: self.server.agent_alive_secs,
             unknown: self.enroll.unknown,
             enroll_role,
             roles: self.roles,
