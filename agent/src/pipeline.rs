@@ -525,6 +525,20 @@ async fn wait_for_operator(cx: &Cx, hello: &HelloResponse) -> Result<Option<Assi
                 tracing::warn!("{e}");
                 return Ok(None);
             }
+            Err(RetryError::Fatal(e))
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::AttemptAlive | ErrorCode::BootTokenClaimed)
+                ) =>
+            {
+                // Another client took this install over: the server raised
+                // the alarm (the machine is compromised); nothing to wait for.
+                cx.reporter()
+                    .console()
+                    .note(&format!("SECURITY ALARM: {e}"));
+                tracing::error!("{e}");
+                return Ok(None);
+            }
             Err(RetryError::Fatal(e) | RetryError::Exhausted { last: e, .. }) => {
                 return Err(anyhow::Error::new(e).context(
                     "the server does not offer the wait endpoint (older than landfall retry): \

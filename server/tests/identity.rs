@@ -214,7 +214,7 @@ async fn a_takeover_after_the_alive_window_is_caught_by_the_live_first_claimant(
     let (status, code, msg) = refusal(s.hello(&token, MAC1).await).await;
     assert_eq!(
         (status, code.as_str()),
-        (409, "boot_token_claimed"),
+        (409, "attempt_alive"),
         "{msg}"
     );
     assert_compromised(&s, MAC1, &[0, 1]).await;
@@ -240,5 +240,68 @@ async fn the_first_claimant_may_repeat_its_hello() {
     let b: Value = s.hello(&token, MAC1).await.json().await.unwrap();
     assert_eq!(a["attempt_id"], b["attempt_id"]);
     assert_eq!(s.state_of(MAC1).await, "installing");
+    s.stop().await;
+}
+
+/// Item 3: the superseded attempt's agent token is dead. Used while the
+/// newer attempt installs, its agent is alive, so that was no reboot: an
+/// alarm over both attempts.
+#[tokio::test]
+async fn a_superseded_agent_speaking_during_the_newer_install_is_an_alarm() {
+    let cfg = CONFIG.replace("[server]\n", "[server]\nagent_alive_secs = 1\n");
+    let s = Server::start(Some(&cfg)).await;
+    let (old_attempt, old_agent) = s.start_attempt(MAC1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (new_attempt, new_agent) = s.start_attempt(MAC1).await;
+    let e = [event(1, Step::Detect, EventKind::Started, "")];
+    let (status, code, msg) = refusal(s.events(&old_agent, &old_attempt, &e).await).await;
+    assert_eq!((status, code.as_str()), (409, "attempt_alive"), "{msg}");
+    assert_compromised(&s, MAC1, &[0, 1]).await;
+    assert_eq!(s.events(&new_agent, &new_attempt, &e).await.status(), 401);
+    s.stop().await;
+}
+
+/// Item 3: after a reboot that finished, the old agent token is refused
+/// (not an alarm: the machine is no longer installing) and stores nothing.
+#[tokio::test]
+async fn a_superseded_agent_token_is_refused_after_the_newer_install() {
+    let cfg = CONFIG.replace("[server]\n", "[server]\nagent_alive_secs = 1\n");
+    let s = Server::start(Some(&cfg)).await;
+    let (old_attempt, old_agent) = s.start_attempt(MAC1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (new_attempt, new_agent) = s.start_attempt(MAC1).await;
+    let done = [event(1, Step::Done, EventKind::Finished, "")];
+    assert_eq!(s.ack(&new_agent, &new_attempt, &done).await, 1);
+    assert_eq!(s.state_of(MAC1).await, "installed");
+    let (status, code, msg) = refusal(s.events(&old_agent, &old_attempt, &done).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (401, "agent_token_invalid"),
+        "{msg}"
+    );
+    assert!(msg.contains("newer install attempt"), "{msg}");
+    let d = s.admin_get(&format!("/api/v1/machines/{MAC1}")).await;
+    assert!(d["attempts"][0]["events"].as_array().unwrap().is_empty());
+    assert_eq!(s.state_of(MAC1).await, "installed");
+    s.stop().await;
+}
+
+/// Item 3: an agent token unused for `agent_token_idle_secs` expires.
+#[tokio::test]
+async fn an_unused_agent_token_expires() {
+    let cfg = CONFIG.replace("[server]\n", "[server]\nagent_token_idle_secs = 1\n");
+    let s = Server::start(Some(&cfg)).await;
+    let (attempt, agent) = s.start_attempt(MAC1).await;
+    let e = [event(1, Step::Detect, EventKind::Started, "")];
+    assert_eq!(s.ack(&agent, &attempt, &e).await, 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let e = [event(2, Step::Detect, EventKind::Finished, "")];
+    let (status, code, msg) = refusal(s.events(&agent, &attempt, &e).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (401, "agent_token_invalid"),
+        "{msg}"
+    );
+    assert!(msg.contains("agent_token_idle_secs"), "{msg}");
     s.stop().await;
 }

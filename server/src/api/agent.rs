@@ -120,7 +120,7 @@ pub async fn hello(
 /// addresses, wake waiting agents, and answer the claimant with the alarm's
 /// code. Whoever is the real agent gets the same answer and says so on its
 /// console.
-async fn sound_alarm(app: &AppState, alarm: Alarm, client: &str) -> ApiError {
+pub(crate) async fn sound_alarm(app: &AppState, alarm: Alarm, client: &str) -> ApiError {
     tracing::error!(
         mac = %alarm.mac,
         attempts = ?alarm.attempts,
@@ -142,8 +142,9 @@ async fn sound_alarm(app: &AppState, alarm: Alarm, client: &str) -> ApiError {
             "this machine's install attempt is alive and another client said hello for its MAC",
         ),
         AlarmKind::TakenOver => (
-            ErrorCode::BootTokenClaimed,
-            "another client took this machine's install over with a newer boot token",
+            ErrorCode::AttemptAlive,
+            "another client took this machine's install over with a newer boot token while \
+             this attempt's agent is alive",
         ),
     };
     ApiError::coded(

@@ -15,6 +15,9 @@ pub const DEFAULT_BOOT_TOKEN_TTL: u64 = 3600;
 /// an alarm, not a reboot).
 pub const DEFAULT_AGENT_ALIVE_SECS: u64 = 60;
 
+/// Default seconds an agent token may go unused before it expires.
+pub const DEFAULT_AGENT_TOKEN_IDLE_SECS: u64 = 86_400;
+
 /// The file as written by the operator.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +143,10 @@ pub struct ServerSection {
     /// reboot that starts a new attempt (docs/security.md).
     #[serde(default = "default_alive")]
     pub agent_alive_secs: u64,
+    /// Seconds an agent token may go unused (no hello, events or wait of
+    /// its attempt) before it expires; the agent then says hello again.
+    #[serde(default = "default_idle")]
+    pub agent_token_idle_secs: u64,
 }
 
 fn default_ttl() -> u64 {
@@ -148,6 +155,10 @@ fn default_ttl() -> u64 {
 
 fn default_alive() -> u64 {
     DEFAULT_AGENT_ALIVE_SECS
+}
+
+fn default_idle() -> u64 {
+    DEFAULT_AGENT_TOKEN_IDLE_SECS
 }
 
 impl Default for ServerSection {
@@ -159,6 +170,7 @@ impl Default for ServerSection {
             kernel_args: String::new(),
             boot_token_ttl: DEFAULT_BOOT_TOKEN_TTL,
             agent_alive_secs: DEFAULT_AGENT_ALIVE_SECS,
+            agent_token_idle_secs: DEFAULT_AGENT_TOKEN_IDLE_SECS,
         }
     }
 }

@@ -71,6 +71,11 @@ pub struct AttemptRow {
     pub id: String,
     pub mac: String,
     pub acked_seq: u64,
+    /// A newer attempt became the machine's current one: the agent token
+    /// is dead (its use is refused, or an alarm, see [`Store::superseded_use`]).
+    pub superseded: bool,
+    /// When its agent was last heard from (hello, events, wait).
+    pub last_seen_at: Option<i64>,
 }
 
 /// Everything `hello` needs from the request, already hashed.
@@ -266,6 +271,13 @@ impl Store {
             }
         }
 
+        // A reboot: the previous attempt is superseded, its agent token dies.
+        if let Some(old) = &machine.current_attempt {
+            tx.execute(
+                "UPDATE attempts SET superseded_at = ?2 WHERE id = ?1 AND superseded_at IS NULL",
+                params![old, h.now],
+            )?;
+        }
         tx.execute(
             "INSERT INTO attempts (id, mac, agent_token_hash, agent_version, protocol, started_at,
                                    client_addr, last_seen_at)
@@ -350,17 +362,65 @@ impl Store {
         Ok(mints)
     }
 
+    /// The agent of a superseded attempt spoke (events, wait) from
+    /// `client`. While the machine is installing under the newer attempt,
+    /// that agent is alive, so the newer one was no reboot: an alarm over
+    /// both attempts. Otherwise `None` (the caller refuses the token).
+    pub fn superseded_use(
+        &self,
+        attempt: &AttemptRow,
+        client: &str,
+        now: i64,
+    ) -> Result<Option<Alarm>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let Some(machine) = machines::get(&tx, &attempt.mac)? else {
+            return Ok(None);
+        };
+        let Some(newer) = machine.current_attempt.clone() else {
+            return Ok(None);
+        };
+        if machine.state != MachineState::Installing || newer == attempt.id {
+            return Ok(None);
+        }
+        let first = attempt_client(&tx, &attempt.id)?;
+        let message = format!(
+            "security alarm: the agent of superseded attempt {} ({}) still speaks, from {client}, \
+             while attempt {newer} (from {}) installs the machine: that was no reboot",
+            attempt.id,
+            first.as_deref().unwrap_or("an unrecorded address"),
+            attempt_client(&tx, &newer)?
+                .as_deref()
+                .unwrap_or("an unrecorded address"),
+        );
+        let alarm = raise_alarm_at(
+            &tx,
+            AlarmKind::TakenOver,
+            &attempt.mac,
+            vec![attempt.id.clone(), newer],
+            first,
+            message,
+            client,
+            now,
+        )?;
+        tx.commit()?;
+        Ok(Some(alarm))
+    }
+
     pub fn attempt_by_agent_token(&self, hash: &str) -> Result<Option<AttemptRow>> {
         Ok(self
             .lock()
             .query_row(
-                "SELECT id, mac, acked_seq FROM attempts WHERE agent_token_hash = ?1",
+                "SELECT id, mac, acked_seq, superseded_at, last_seen_at FROM attempts
+                  WHERE agent_token_hash = ?1",
                 [hash],
                 |r| {
                     Ok(AttemptRow {
                         id: r.get(0)?,
                         mac: r.get(1)?,
                         acked_seq: r.get::<_, i64>(2)?.max(0) as u64,
+                        superseded: r.get::<_, Option<i64>>(3)?.is_some(),
+                        last_seen_at: r.get(4)?,
                     })
                 },
             )
@@ -598,9 +658,33 @@ fn raise_alarm(
     message: String,
     h: &HelloInput<'_>,
 ) -> Result<Alarm> {
+    raise_alarm_at(
+        tx,
+        kind,
+        mac,
+        attempts,
+        first_client,
+        message,
+        h.client,
+        h.now,
+    )
+}
+
+/// [`raise_alarm`] with the second client and the time given.
+#[allow(clippy::too_many_arguments)]
+fn raise_alarm_at(
+    tx: &rusqlite::Transaction<'_>,
+    kind: AlarmKind,
+    mac: &str,
+    attempts: Vec<String>,
+    first_client: Option<String>,
+    message: String,
+    client: &str,
+    now: i64,
+) -> Result<Alarm> {
     tx.execute(
         "UPDATE machines SET state = ?2, error = ?3, updated_at = ?4 WHERE mac = ?1",
-        params![mac, state_str(MachineState::Compromised), message, h.now],
+        params![mac, state_str(MachineState::Compromised), message, now],
     )?;
     let mut revoke = Vec::new();
     for id in &attempts {
@@ -617,7 +701,7 @@ fn raise_alarm(
         )?;
         let event = Event {
             seq: seq.max(1) as u64,
-            time: super::rfc3339(h.now),
+            time: super::rfc3339(now),
             step: Step::Register,
             kind: EventKind::Failed,
             progress: None,
@@ -626,19 +710,19 @@ fn raise_alarm(
                 "security": true,
                 "alarm": format!("{kind:?}"),
                 "first_client": first_client,
-                "second_client": h.client,
+                "second_client": client,
                 "recorded_by": "server",
             })),
         };
         tx.execute(
             "INSERT OR IGNORE INTO events (attempt_id, seq, mac, body, received_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, seq, mac, serde_json::to_string(&event)?, h.now],
+            params![id, seq, mac, serde_json::to_string(&event)?, now],
         )?;
         revoke.extend(unrevoked_mints(tx, id)?);
         tx.execute(
             "UPDATE vault_mints SET revoked_at = ?2 WHERE attempt_id = ?1 AND revoked_at IS NULL",
-            params![id, h.now],
+            params![id, now],
         )?;
     }
     Ok(Alarm {
