@@ -270,7 +270,14 @@ fn decide_and_render(
             };
             app.store
                 .add_boot_token(mac, &token_hash(&token), now, settings.boot_token_ttl)?;
-            tracing::info!(%mac, %client, state = %row.state, "boot token minted");
+            if row.state == MachineState::Installing {
+                // A reboot mid-install, or someone asking with this MAC: the
+                // hello decides (a new attempt, or an alarm while the current
+                // one is alive; docs/security.md).
+                tracing::warn!(%mac, %client, "boot token minted for a machine that is installing");
+            } else {
+                tracing::info!(%mac, %client, state = %row.state, "boot token minted");
+            }
             s
         }
         BootAction::Local => local_script(row.hostname.as_deref()),

@@ -212,11 +212,7 @@ async fn a_takeover_after_the_alive_window_is_caught_by_the_live_first_claimant(
 
     // The real agent lost its connection and says hello again: alive.
     let (status, code, msg) = refusal(s.hello(&token, MAC1).await).await;
-    assert_eq!(
-        (status, code.as_str()),
-        (409, "attempt_alive"),
-        "{msg}"
-    );
+    assert_eq!((status, code.as_str()), (409, "attempt_alive"), "{msg}");
     assert_compromised(&s, MAC1, &[0, 1]).await;
     let e = [event(1, Step::Done, EventKind::Finished, "")];
     let r = s
@@ -303,5 +299,86 @@ async fn an_unused_agent_token_expires() {
         "{msg}"
     );
     assert!(msg.contains("agent_token_idle_secs"), "{msg}");
+    s.stop().await;
+}
+
+/// Everything this test binary's in-process servers log.
+fn logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let w = buf.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(w.clone()))
+            .init();
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The operator sees the alarm: `landfall machine HOST` prints it with both
+/// clients' addresses, and the server log has it; every minted boot token and
+/// every hello is logged with the client's address.
+#[tokio::test]
+async fn the_operator_sees_the_alarm_and_the_log_has_both_addresses() {
+    let logs = logs();
+    let s = Server::start(Some(CONFIG)).await;
+    let token = s.boot_token(MAC1).await;
+    assert_eq!(s.hello(&token, MAC1).await.status(), 200);
+    assert_eq!(s.hello_as(&token, MAC1, Some("thief")).await.status(), 409);
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_landfall"))
+        .args(["machine", "ws-01", "--server", &s.base, "--token-file"])
+        .arg(s.data().join("admin.token"))
+        .env_remove("LANDFALL_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("state:   compromised"), "{text}");
+    let error = text.lines().find(|l| l.contains("error:")).unwrap();
+    assert!(error.contains("security alarm"), "{text}");
+    assert_eq!(
+        error.matches("127.0.0.1:").count(),
+        2,
+        "both clients: {error}"
+    );
+
+    let log = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let minted = log
+        .lines()
+        .find(|l| l.contains("boot token minted"))
+        .unwrap();
+    assert!(minted.contains("client=127.0.0.1:"), "{minted}");
+    let hello = log.lines().find(|l| l.contains("agent hello")).unwrap();
+    assert!(hello.contains("client=127.0.0.1:"), "{hello}");
+    let alarm = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("security alarm"))
+        .unwrap_or_else(|| panic!("no alarm in the log:\n{log}"));
+    assert!(
+        alarm.contains("first_client=127.0.0.1:") && alarm.contains("client=127.0.0.1:"),
+        "{alarm}"
+    );
     s.stop().await;
 }

@@ -124,7 +124,7 @@ pub(crate) async fn sound_alarm(app: &AppState, alarm: Alarm, client: &str) -> A
     tracing::error!(
         mac = %alarm.mac,
         attempts = ?alarm.attempts,
-        first_client = alarm.first_client.as_deref().unwrap_or("-"),
+        first_client = %alarm.first_client.as_deref().unwrap_or("-"),
         %client,
         "{}",
         alarm.message
