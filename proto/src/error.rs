@@ -33,6 +33,9 @@ pub enum ErrorCode {
     /// heard from moments ago) and another client says hello for the same
     /// MAC. A security alarm, as [`ErrorCode::BootTokenClaimed`].
     AttemptAlive,
+    /// 409 on `hello`: the machine's identifying facts differ from those
+    /// pinned at its first install; held until `landfall approve`.
+    IdentityHeld,
     /// 409: the machine has no hostname and role to install.
     NoAssignment,
     /// 401: no agent token was sent.

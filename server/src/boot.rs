@@ -34,6 +34,7 @@ pub fn decide(state: MachineState) -> BootAction {
         | MachineState::Failed
         | MachineState::RetryRequested
         | MachineState::Compromised
+        | MachineState::IdentityHeld
         | MachineState::Unknown => BootAction::Hold,
     }
 }
@@ -302,6 +303,10 @@ fn decide_and_render(
                     ),
                     format!("run: landfall reinstall {mac}"),
                 ),
+                MachineState::IdentityHeld => (
+                    format!("{mac} presented an identity other than the one pinned at its first install"),
+                    format!("check it (landfall machine {mac}), then run: landfall approve {mac}"),
+                ),
                 MachineState::Compromised => (
                     format!("security alarm on {mac}"),
                     format!("investigate, then run: landfall reinstall {mac}"),
@@ -375,7 +380,14 @@ mod tests {
         for s in [Installed, Ready, Degraded] {
             assert_eq!(decide(s), BootAction::Local, "{s}");
         }
-        for s in [Discovered, Failed, RetryRequested, Compromised, Unknown] {
+        for s in [
+            Discovered,
+            Failed,
+            RetryRequested,
+            Compromised,
+            IdentityHeld,
+            Unknown,
+        ] {
             assert_eq!(decide(s), BootAction::Hold, "{s}");
         }
     }

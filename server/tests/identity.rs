@@ -382,3 +382,135 @@ async fn the_operator_sees_the_alarm_and_the_log_has_both_addresses() {
     );
     s.stop().await;
 }
+
+/// A hello as the agent of a machine with DMI `uuid` (a nonce of its own).
+async fn hello_with_uuid(s: &Server, token: &str, uuid: &str) -> reqwest::Response {
+    let mut inventory = inventory(MAC1);
+    inventory.dmi.uuid = Some(uuid.into());
+    inventory.dmi.serial = Some("SERIAL-1".into());
+    s.http
+        .post(s.url("/api/v1/agent/hello"))
+        .json(&landfall_proto::HelloRequest {
+            boot_token: token.into(),
+            agent_version: "0.1.0-test".into(),
+            protocol: 1,
+            inventory,
+            nonce: Some(format!("nonce-of-{token}")),
+        })
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn admin_post(s: &Server, path: &str) -> reqwest::Response {
+    s.http
+        .post(s.url(path))
+        .bearer_auth(s.admin_token())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Install ws-01 as the machine with DMI UUID `u-1`, then reinstall it.
+async fn installed_then_reinstall(s: &Server) {
+    let token = s.boot_token(MAC1).await;
+    let h: Value = hello_with_uuid(s, &token, "U-1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let done = [event(1, Step::Done, EventKind::Finished, "")];
+    s.ack(
+        h["agent_token"].as_str().unwrap(),
+        h["attempt_id"].as_str().unwrap(),
+        &done,
+    )
+    .await;
+    assert_eq!(s.state_of(MAC1).await, "installed");
+    assert_eq!(
+        admin_post(s, "/api/v1/machines/ws-01/reinstall")
+            .await
+            .status(),
+        200
+    );
+}
+
+/// Item 4: the identity pinned at the first install; a hello from another
+/// machine with the same MAC is held for approval, with both identities
+/// shown; `approve` pins the new one.
+#[tokio::test]
+async fn another_identity_is_held_until_approved() {
+    let s = Server::start(Some(CONFIG)).await;
+    installed_then_reinstall(&s).await;
+    let d = s.admin_get("/api/v1/machines/ws-01").await;
+    assert_eq!(d["identity"]["pinned"]["system_uuid"], "u-1", "{d:#}");
+
+    let token = s.boot_token(MAC1).await;
+    let (status, code, msg) = refusal(hello_with_uuid(&s, &token, "u-2").await).await;
+    assert_eq!((status, code.as_str()), (409, "identity_held"), "{msg}");
+    assert!(msg.contains("system UUID u-1 -> u-2"), "{msg}");
+    let d = s.admin_get("/api/v1/machines/ws-01").await;
+    assert_eq!(d["state"], "identity_held");
+    assert_eq!(d["identity"]["pinned"]["system_uuid"], "u-1");
+    assert_eq!(d["identity"]["presented"]["system_uuid"], "u-2");
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap()
+            .contains("landfall approve ws-01"),
+        "{d:#}"
+    );
+    let (_, script) = s.boot(MAC1).await;
+    assert!(token_in(&script).is_none(), "{script}");
+    assert!(script.contains("landfall approve"), "{script}");
+    let list = s.admin_get("/api/v1/machines").await;
+    assert!(
+        list[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("identity differs"),
+        "machines shows why it is held: {list:#}"
+    );
+
+    // `landfall approve ws-01` (the CLI, through the admin API).
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_landfall"))
+        .args(["approve", "ws-01", "--server", &s.base, "--token-file"])
+        .arg(s.data().join("admin.token"))
+        .env_remove("LANDFALL_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.state_of(MAC1).await, "reinstall_requested");
+    let d = s.admin_get("/api/v1/machines/ws-01").await;
+    assert_eq!(d["identity"]["pinned"]["system_uuid"], "u-2", "re-pinned");
+    let token = s.boot_token(MAC1).await;
+    assert_eq!(hello_with_uuid(&s, &token, "u-2").await.status(), 200);
+    // Approve applies only to a held machine.
+    assert_eq!(
+        admin_post(&s, "/api/v1/machines/ws-01/approve")
+            .await
+            .status(),
+        409
+    );
+    s.stop().await;
+}
+
+/// Item 4: `[roles.NAME] pin_identity = false` turns the hold off.
+#[tokio::test]
+async fn a_role_without_pinning_installs_another_identity() {
+    let cfg = CONFIG.replace(
+        "[roles.workstation]\n",
+        "[roles.workstation]\npin_identity = false\n",
+    );
+    let s = Server::start(Some(&cfg)).await;
+    installed_then_reinstall(&s).await;
+    let token = s.boot_token(MAC1).await;
+    assert_eq!(hello_with_uuid(&s, &token, "u-2").await.status(), 200);
+    assert_eq!(s.state_of(MAC1).await, "installing");
+    s.stop().await;
+}

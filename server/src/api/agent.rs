@@ -55,10 +55,23 @@ pub async fn hello(
         nonce_hash: nonce_hash.as_deref(),
         client: &client,
         alive_secs: i64::try_from(app.settings.agent_alive_secs).unwrap_or(i64::MAX),
+        pin_identity: &|role| app.settings.pin_identity(role),
         now: now(),
     })?;
     match outcome {
         HelloOutcome::Alarm(alarm) => Err(sound_alarm(&app, alarm, &client).await),
+        HelloOutcome::IdentityHeld { mac, differences } => {
+            tracing::warn!(%mac, %client, %differences, "hello held: the identity differs from the pinned one");
+            app.machines_changed();
+            Err(ApiError::coded(
+                ErrorCode::IdentityHeld,
+                StatusCode::CONFLICT,
+                format!(
+                    "machine {mac} is held: its identity differs from the one pinned at its first \
+                     install ({differences}). An operator checks it and runs: landfall approve {mac}"
+                ),
+            ))
+        }
         HelloOutcome::BadToken => Err(ApiError::coded(
             ErrorCode::BootTokenInvalid,
             StatusCode::UNAUTHORIZED,

@@ -35,6 +35,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/machines/{key}", get(admin::detail))
         .route("/api/v1/machines/{key}/reinstall", post(admin::reinstall))
         .route("/api/v1/machines/{key}/retry", post(admin::retry))
+        .route("/api/v1/machines/{key}/approve", post(admin::approve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

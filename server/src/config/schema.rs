@@ -273,6 +273,11 @@ pub struct RoleConfig {
     /// [`Settings::checks`](super::Settings::checks).
     #[serde(default)]
     pub checks: Vec<toml::Table>,
+    /// Hold a hello whose identifying facts (DMI UUID and serial, disk
+    /// serials, NIC MACs) differ from those pinned at the machine's first
+    /// install until `landfall approve` (docs/security.md). Default: on.
+    #[serde(default)]
+    pub pin_identity: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,7 +1,7 @@
 //! Boot tokens, attempts and events: the agent side of the store.
 
 use anyhow::Result;
-use landfall_proto::admin::InstallerWait;
+use landfall_proto::admin::{IdentityFacts, InstallerWait};
 use landfall_proto::{Assignment, Event, EventKind, FailureData, Inventory, MachineState, Step};
 use rusqlite::{params, OptionalExtension};
 
@@ -19,6 +19,9 @@ pub enum HelloOutcome {
     NoAssignment { mac: String },
     /// A second claimant: the machine is now `compromised`; nothing is served.
     Alarm(Alarm),
+    /// The presented identity differs from the pinned one: the machine is
+    /// now `identity_held`; `differences` says how.
+    IdentityHeld { mac: String, differences: String },
     Ok {
         attempt_id: String,
         mac: String,
@@ -92,6 +95,8 @@ pub struct HelloInput<'a> {
     pub client: &'a str,
     /// `server.agent_alive_secs`.
     pub alive_secs: i64,
+    /// Whether the machine's role checks the pinned identity (by role name).
+    pub pin_identity: &'a dyn Fn(&str) -> bool,
     pub now: i64,
 }
 
@@ -268,6 +273,41 @@ impl Store {
                 )?;
                 tx.commit()?;
                 return Ok(HelloOutcome::Alarm(alarm));
+            }
+        }
+
+        // A new attempt of a machine installed before: the same machine?
+        if (h.pin_identity)(&assignment.role) {
+            let pinned: Option<String> = tx.query_row(
+                "SELECT pinned_identity FROM machines WHERE mac = ?1",
+                [&mac],
+                |r| r.get(0),
+            )?;
+            if let Some(pinned) =
+                pinned.and_then(|p| serde_json::from_str::<IdentityFacts>(&p).ok())
+            {
+                let presented = IdentityFacts::from_inventory(h.inventory);
+                let differences = presented.differences(&pinned);
+                if !differences.is_empty() {
+                    let differences = differences.join("; ");
+                    tx.execute(
+                        "UPDATE machines SET state = ?2, error = ?3, presented_identity = ?4,
+                                updated_at = ?5 WHERE mac = ?1",
+                        params![
+                            mac,
+                            state_str(MachineState::IdentityHeld),
+                            format!(
+                                "identity differs from the one pinned at the first install ({differences}), \
+                                 presented by {}; check the machine, then run: landfall approve {}",
+                                h.client, assignment.hostname
+                            ),
+                            serde_json::to_string(&presented)?,
+                            h.now
+                        ],
+                    )?;
+                    tx.commit()?;
+                    return Ok(HelloOutcome::IdentityHeld { mac, differences });
+                }
             }
         }
 
@@ -503,6 +543,9 @@ impl Store {
                     "UPDATE machines SET state = ?2, error = ?3, updated_at = ?4 WHERE mac = ?1",
                     params![attempt.mac, state_str(state), error, now],
                 )?;
+                if state == MachineState::Installed {
+                    pin_identity_once(&tx, &attempt.mac)?;
+                }
                 new_state = Some(state);
             }
         }
@@ -613,6 +656,29 @@ impl Store {
         )?;
         Ok(n == 1)
     }
+}
+
+/// Pin the machine's identity from its stored inventory (the one of its
+/// current attempt's hello) unless one is pinned already.
+fn pin_identity_once(conn: &rusqlite::Connection, mac: &str) -> Result<()> {
+    let inventory: Option<String> = conn
+        .query_row(
+            "SELECT inventory FROM machines WHERE mac = ?1 AND pinned_identity IS NULL",
+            [mac],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    if let Some(inv) = inventory.and_then(|i| serde_json::from_str::<Inventory>(&i).ok()) {
+        conn.execute(
+            "UPDATE machines SET pinned_identity = ?2 WHERE mac = ?1",
+            params![
+                mac,
+                serde_json::to_string(&IdentityFacts::from_inventory(&inv))?
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// The Vault mints of an attempt not yet revoked.
