@@ -372,6 +372,14 @@ async fn the_operator_sees_the_alarm_and_the_log_has_both_addresses() {
     assert!(minted.contains("client=127.0.0.1:"), "{minted}");
     let hello = log.lines().find(|l| l.contains("agent hello")).unwrap();
     assert!(hello.contains("client=127.0.0.1:"), "{hello}");
+    // A refused hello is logged with its client too.
+    assert_eq!(s.hello(&"0".repeat(64), MAC1).await.status(), 401);
+    let log = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("agent hello refused"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(refused.contains("client=127.0.0.1:"), "{refused}");
     let alarm = log
         .lines()
         .find(|l| l.contains("ERROR") && l.contains("security alarm"))

@@ -58,6 +58,19 @@ pub async fn hello(
         pin_identity: &|role| app.settings.pin_identity(role),
         now: now(),
     })?;
+    // Every refused hello is logged with the client's address too.
+    match &outcome {
+        HelloOutcome::BadToken => {
+            tracing::warn!(%client, "agent hello refused: boot token unknown, expired or dead");
+        }
+        HelloOutcome::MacMismatch { token_mac } => {
+            tracing::warn!(%client, mac = %token_mac, "agent hello refused: the token's MAC is not in the inventory");
+        }
+        HelloOutcome::NoAssignment { mac } => {
+            tracing::warn!(%client, %mac, "agent hello refused: no assignment");
+        }
+        _ => {}
+    }
     match outcome {
         HelloOutcome::Alarm(alarm) => Err(sound_alarm(&app, alarm, &client).await),
         HelloOutcome::IdentityHeld { mac, differences } => {
