@@ -471,6 +471,20 @@ async fn wait_for_operator(cx: &Cx, hello: &HelloResponse) -> Result<Option<Assi
                 tracing::warn!("{e}");
                 return Ok(None);
             }
+            Err(RetryError::Fatal(e))
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::AttemptAlive | ErrorCode::BootTokenClaimed)
+                ) =>
+            {
+                // Another client took this install over: the server raised
+                // the alarm (the machine is compromised); nothing to wait for.
+                cx.reporter()
+                    .console()
+                    .note(&format!("SECURITY ALARM: {e}"));
+                tracing::error!("{e}");
+                return Ok(None);
+            }
             Err(RetryError::Fatal(e) | RetryError::Exhausted { last: e, .. }) => {
                 return Err(anyhow::Error::new(e).context(
                     "the server does not offer the wait endpoint (older than landfall retry): \
@@ -901,11 +915,15 @@ async fn detect(opts: &RunOptions) -> Result<(Inventory, String)> {
 
 async fn register(env: &Env, inventory: Inventory) -> Result<(HelloResponse, String)> {
     let (cfg, opts, client, reporter) = (&env.cfg, &env.opts, &env.client, &env.reporter);
+    // Saved before it is first sent: a restarted agent proves with it that
+    // it is the boot token's first claimant.
+    let nonce = crate::report::nonce::for_token(&opts.state_dir, &cfg.token)?;
     let req = HelloRequest {
         boot_token: cfg.token.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol: PROTOCOL_VERSION,
         inventory,
+        nonce: Some(nonce),
     };
     let hello = opts
         .hello_retry
@@ -935,6 +953,22 @@ async fn register(env: &Env, inventory: Inventory) -> Result<(HelloResponse, Str
                 anyhow::Error::new(e).context(
                     "the server refused this boot's token: boot the machine again through the \
                      landfall server's boot.ipxe to get a fresh one",
+                )
+            }
+            RetryError::Fatal(e)
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::BootTokenClaimed | ErrorCode::AttemptAlive)
+                ) =>
+            {
+                reporter.console().note(
+                    "SECURITY ALARM: another client claimed this machine's install; the server \
+                     marked it compromised and revoked its secrets. Nothing was touched here.",
+                );
+                anyhow::Error::new(e).context(
+                    "SECURITY ALARM: another client already used this boot's token or this \
+                     machine's install; nothing on this machine was touched. Tell the operator: \
+                     `landfall machine` shows both clients' addresses",
                 )
             }
             e => anyhow::Error::new(e).context("registering with the server"),

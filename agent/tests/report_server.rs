@@ -130,6 +130,9 @@ fn fresh_state_dir() -> PathBuf {
 async fn events_a_killed_agent_had_not_sent_are_sent_by_the_next_once() {
     let server = Server::start().await;
     let token = server.boot_token().await;
+    let state = fresh_state_dir();
+    // The first agent process of this boot: its nonce is in the state dir.
+    let nonce = landfall_agent::report::nonce::for_token(&state, &token).unwrap();
     let hello: landfall_proto::HelloResponse = reqwest::Client::new()
         .post(format!("{}/api/v1/agent/hello", server.base()))
         .json(&landfall_proto::HelloRequest {
@@ -137,6 +140,7 @@ async fn events_a_killed_agent_had_not_sent_are_sent_by_the_next_once() {
             agent_version: "test".into(),
             protocol: 1,
             inventory: landfall_agent::hw::detect(&fixture()).unwrap(),
+            nonce: Some(nonce),
         })
         .send()
         .await
@@ -144,7 +148,6 @@ async fn events_a_killed_agent_had_not_sent_are_sent_by_the_next_once() {
         .json()
         .await
         .unwrap();
-    let state = fresh_state_dir();
     // The first agent reaches no server (port 9 refuses): its five events
     // stay pending, in the outbox file, when it is killed.
     let first = Outbox::persistent(state.join("outbox.json"));
@@ -291,6 +294,7 @@ async fn a_server_restart_loses_no_event() {
             agent_version: "test".into(),
             protocol: 1,
             inventory: landfall_agent::hw::detect(&fixture()).unwrap(),
+            nonce: None,
         })
         .send()
         .await
@@ -350,7 +354,10 @@ async fn a_server_restart_loses_no_event() {
 async fn an_agent_restarted_mid_attempt_continues_the_numbering() {
     let server = Server::start().await;
     let token = server.boot_token().await;
-    // The first agent process: registers, reports five events, then dies.
+    let opts = opts();
+    // The first agent process: registers (its nonce kept in the state dir),
+    // reports five events, then dies.
+    let nonce = landfall_agent::report::nonce::for_token(&opts.state_dir, &token).unwrap();
     let hello: landfall_proto::HelloResponse = reqwest::Client::new()
         .post(format!("{}/api/v1/agent/hello", server.base()))
         .json(&landfall_proto::HelloRequest {
@@ -358,6 +365,7 @@ async fn an_agent_restarted_mid_attempt_continues_the_numbering() {
             agent_version: "test".into(),
             protocol: 1,
             inventory: landfall_agent::hw::detect(&fixture()).unwrap(),
+            nonce: Some(nonce),
         })
         .send()
         .await
@@ -385,9 +393,10 @@ async fn an_agent_restarted_mid_attempt_continues_the_numbering() {
     first.flush(Duration::from_secs(10)).await.unwrap();
     drop(first);
 
-    // The restarted process presents the same boot token: same attempt, and
-    // its events follow the five instead of overwriting nothing silently.
-    let outcome = pipeline::run(&config(server.base(), token), &opts(), console())
+    // The restarted process presents the same boot token and nonce: same
+    // attempt, and its events follow the five instead of overwriting
+    // nothing silently.
+    let outcome = pipeline::run(&config(server.base(), token), &opts, console())
         .await
         .unwrap();
     assert_eq!(outcome.attempt_id, hello.attempt_id);
@@ -812,9 +821,10 @@ async fn a_step_registered_between_configure_and_install_runs_there_and_is_retri
     assert!(timing["steps"]["detect"]["wall_ms"].is_u64(), "{timing}");
 }
 
-/// A waiting agent whose attempt another boot took over (a second hello with
-/// the same boot token revokes the first agent token) stops waiting: the
-/// server answers `agent_token_invalid`, which the agent reads as "replaced".
+/// A waiting agent whose attempt another client claimed (a second hello with
+/// the same boot token is an alarm that revokes the first agent token) stops
+/// waiting: the server answers `agent_token_invalid`, which the agent reads
+/// as "replaced".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_agent_whose_attempt_was_taken_over_stops() {
     use landfall_agent::steps::{Start, StepId};
@@ -849,7 +859,9 @@ async fn a_waiting_agent_whose_attempt_was_taken_over_stops() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!agent.is_finished(), "the agent waits for the operator");
 
-    // Another boot of the machine says hello with the same boot token.
+    // Another client says hello with the same boot token (without this
+    // boot's nonce): a security alarm (issue 12), which revokes the
+    // attempt's agent token.
     let r = reqwest::Client::new()
         .post(format!("{}/api/v1/agent/hello", server.base()))
         .json(&landfall_proto::HelloRequest {
@@ -857,11 +869,13 @@ async fn a_waiting_agent_whose_attempt_was_taken_over_stops() {
             agent_version: "test".into(),
             protocol: 1,
             inventory: landfall_agent::hw::detect(&fixture()).unwrap(),
+            nonce: None,
         })
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(r.status(), 409, "{}", r.text().await.unwrap());
+    assert_eq!(server.machine().await["state"], "compromised");
     let outcome = tokio::time::timeout(Duration::from_secs(20), agent)
         .await
         .expect("the wait ended")

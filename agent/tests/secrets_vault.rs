@@ -18,7 +18,8 @@ use landfall_agent::retry::Retry;
 use landfall_agent::secrets::{self, FetchOptions, SecretBytes, SecretsError};
 use landfall_proto::inventory::Nic;
 use landfall_proto::{
-    Assignment, Event, EventKind, EventsRequest, HelloRequest, HelloResponse, Inventory, Step,
+    Assignment, ErrorCode, Event, EventKind, EventsRequest, HelloRequest, HelloResponse, Inventory,
+    Step,
 };
 use openbao::OpenBao;
 use reqwest::Method;
@@ -70,6 +71,9 @@ struct Fleet {
 }
 
 /// `reads`: the role's templates; `policy`: the KV paths the AppRole may read.
+/// The fleets start attempt after attempt for one MAC: `agent_alive_secs =
+/// 0` (no alive window) makes each a reboot, not a takeover, except in
+/// [`takeover_fleet`].
 async fn fleet(vault_extra: &str, reads: &[&str], policy: &[&str]) -> Fleet {
     fleet_on(
         OpenBao::start().await,
@@ -81,12 +85,45 @@ async fn fleet(vault_extra: &str, reads: &[&str], policy: &[&str]) -> Fleet {
     .await
 }
 
+/// A fleet with the default alive window (a second hello for a live
+/// attempt's MAC is an alarm).
+async fn takeover_fleet() -> Fleet {
+    fleet_with(
+        OpenBao::start().await,
+        "insecure_http = true",
+        "",
+        ALL_READS,
+        ALL_POLICY,
+        "",
+    )
+    .await
+}
+
 async fn fleet_on(
     bao: OpenBao,
     transport: &str,
     vault_extra: &str,
     reads: &[&str],
     policy: &[&str],
+) -> Fleet {
+    fleet_with(
+        bao,
+        transport,
+        vault_extra,
+        reads,
+        policy,
+        "agent_alive_secs = 0",
+    )
+    .await
+}
+
+async fn fleet_with(
+    bao: OpenBao,
+    transport: &str,
+    vault_extra: &str,
+    reads: &[&str],
+    policy: &[&str],
+    server_extra: &str,
 ) -> Fleet {
     logs();
     let (role_id, server_token) = bao.setup("workstation", policy).await;
@@ -108,6 +145,9 @@ async fn fleet_on(
     let reads: Vec<String> = reads.iter().map(|r| format!("{r:?}")).collect();
     let config = format!(
         r#"
+[server]
+{server_extra}
+
 [vault]
 address = "{addr}"
 token_file = "vault.token"
@@ -221,6 +261,7 @@ impl Fleet {
                 }],
                 ..Default::default()
             },
+            nonce: Some(format!("nonce-of-{token}")),
         }
     }
 
@@ -702,4 +743,118 @@ fn the_harness_caches_the_bao_binary() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(openbao::VERSION));
+}
+
+/// Secret_ids alive for AppRole `workstation` (their accessors), by root.
+async fn secret_id_count(bao: &OpenBao) -> usize {
+    let r = reqwest::Client::new()
+        .request(
+            Method::from_bytes(b"LIST").unwrap(),
+            format!("{}/v1/auth/approle/role/workstation/secret-id", bao.addr),
+        )
+        .header("X-Vault-Token", &bao.root_token)
+        .send()
+        .await
+        .unwrap();
+    if r.status() == 404 {
+        return 0;
+    }
+    assert!(r.status().is_success(), "{}", r.status());
+    let v: Value = r.json().await.unwrap();
+    v["data"]["keys"].as_array().map_or(0, Vec::len)
+}
+
+/// Unwrap a wrap token as the agent would: the secret_id inside.
+async fn unwrap_secret_id(bao: &OpenBao, wrap_token: &str) -> String {
+    let v: Value = reqwest::Client::new()
+        .post(format!("{}/v1/sys/wrapping/unwrap", bao.addr))
+        .header("X-Vault-Token", wrap_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"]["secret_id"].as_str().unwrap().to_owned()
+}
+
+/// AppRole login status with a secret_id.
+async fn login_status(f: &Fleet, secret_id: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/v1/auth/approle/login", f.bao.addr))
+        .json(&json!({
+            "role_id": String::from_utf8_lossy(f.role_id.expose()),
+            "secret_id": secret_id,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A hello the agent's client sends, with `nonce`; its error code.
+async fn hello_code(f: &Fleet, token: &str, nonce: Option<&str>) -> Option<ErrorCode> {
+    let mut req = Fleet::hello_req(token);
+    req.nonce = nonce.map(str::to_owned);
+    Client::new(&f.base)
+        .unwrap()
+        .hello(&req)
+        .await
+        .err()
+        .and_then(|e| e.code())
+}
+
+/// Issue 12 item 2 against the real OpenBao: a replayed boot token (after a
+/// retried hello: two mints) ends in `compromised` with every wrapped
+/// secret_id of the attempt revoked, not in a second install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_boot_token_revokes_every_secret_id_of_the_attempt() {
+    let f = fleet("", ALL_READS, ALL_POLICY).await;
+    let token = f.boot_token().await;
+    let _lost = f.hello_with(&token).await;
+    let h = f.hello_with(&token).await;
+    let wrap = vault_of(&h.assignment).wrap_token.expose().to_owned();
+    assert_eq!(
+        secret_id_count(&f.bao).await,
+        1,
+        "the retry destroyed the first"
+    );
+
+    assert_eq!(
+        hello_code(&f, &token, Some("replayer")).await,
+        Some(ErrorCode::BootTokenClaimed)
+    );
+    let m = f.machine().await;
+    assert_eq!(m["state"], "compromised", "{m:#}");
+    assert_eq!(m["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(wrap_lookup_status(&f.bao, &wrap).await, 400, "wrap revoked");
+    assert_eq!(secret_id_count(&f.bao).await, 0, "secret_id destroyed");
+    let log = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    assert!(
+        !log.contains("revoking a Vault secret_id failed"),
+        "every revocation succeeded:\n{log}"
+    );
+    f.shutdown().await;
+}
+
+/// Issue 12 item 1 against the real OpenBao: the real agent has unwrapped
+/// its secret_id (not logged in yet); a takeover by MAC is an alarm, and the
+/// secret_id no longer logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_by_mac_revokes_the_live_attempts_secret_id() {
+    let f = takeover_fleet().await;
+    let h = f.hello().await;
+    let secret_id = unwrap_secret_id(&f.bao, vault_of(&h.assignment).wrap_token.expose()).await;
+    assert_eq!(secret_id_count(&f.bao).await, 1);
+
+    let stolen = f.boot_token().await;
+    assert_eq!(
+        hello_code(&f, &stolen, Some("attacker")).await,
+        Some(ErrorCode::AttemptAlive)
+    );
+    assert_eq!(f.machine().await["state"], "compromised");
+    assert_eq!(secret_id_count(&f.bao).await, 0, "secret_id destroyed");
+    assert_eq!(login_status(&f, &secret_id).await, 400, "login refused");
+    f.shutdown().await;
 }

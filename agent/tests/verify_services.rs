@@ -362,6 +362,7 @@ impl Landfall {
                     }],
                     ..Default::default()
                 },
+                nonce: None,
             })
             .send()
             .await

@@ -29,6 +29,96 @@ pub struct MachineDetail {
     /// The last first-boot verification reported, if any.
     #[serde(default)]
     pub verify: Option<crate::verify::VerifySummary>,
+    /// The identifying facts pinned at the first install, and those a held
+    /// hello presented (docs/security.md, "Identity pinning").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityCheck>,
+}
+
+/// The pinned identity of a machine and, while it is `identity_held`, the
+/// one presented.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IdentityCheck {
+    pub pinned: Option<IdentityFacts>,
+    #[serde(default)]
+    pub presented: Option<IdentityFacts>,
+}
+
+/// What identifies a machine beyond its MAC: DMI system UUID and serial,
+/// the serials of its disks and the MACs of its NICs (sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityFacts {
+    #[serde(default)]
+    pub system_uuid: Option<String>,
+    #[serde(default)]
+    pub system_serial: Option<String>,
+    #[serde(default)]
+    pub disk_serials: Vec<String>,
+    #[serde(default)]
+    pub macs: Vec<String>,
+}
+
+impl IdentityFacts {
+    pub fn from_inventory(inv: &Inventory) -> Self {
+        let clean = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let mut disk_serials: Vec<String> = inv
+            .disks
+            .iter()
+            .filter(|d| !d.removable)
+            .filter_map(|d| clean(&d.serial))
+            .collect();
+        disk_serials.sort();
+        disk_serials.dedup();
+        let mut macs: Vec<String> = inv.nics.iter().map(|n| n.mac.to_lowercase()).collect();
+        macs.sort();
+        macs.dedup();
+        Self {
+            system_uuid: clean(&inv.dmi.uuid).map(|u| u.to_lowercase()),
+            system_serial: clean(&inv.dmi.serial),
+            disk_serials,
+            macs,
+        }
+    }
+
+    /// What differs from `pinned`, one phrase each ("system UUID a -> b").
+    pub fn differences(&self, pinned: &Self) -> Vec<String> {
+        let mut out = Vec::new();
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+        if self.system_uuid != pinned.system_uuid {
+            out.push(format!(
+                "system UUID {} -> {}",
+                opt(&pinned.system_uuid),
+                opt(&self.system_uuid)
+            ));
+        }
+        if self.system_serial != pinned.system_serial {
+            out.push(format!(
+                "system serial {} -> {}",
+                opt(&pinned.system_serial),
+                opt(&self.system_serial)
+            ));
+        }
+        if self.disk_serials != pinned.disk_serials {
+            out.push(format!(
+                "disk serials [{}] -> [{}]",
+                pinned.disk_serials.join(", "),
+                self.disk_serials.join(", ")
+            ));
+        }
+        if self.macs != pinned.macs {
+            out.push(format!(
+                "NIC MACs [{}] -> [{}]",
+                pinned.macs.join(", "),
+                self.macs.join(", ")
+            ));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -15,6 +15,12 @@ pub struct HelloRequest {
     #[serde(default)]
     pub protocol: u32,
     pub inventory: Inventory,
+    /// A random per-boot secret (hex) the agent keeps in its state directory:
+    /// it proves that a repeated hello with the same boot token comes from the
+    /// client that exchanged it first. Older servers ignore it; a server that
+    /// knows it serves a repeated hello only with the same nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -25,6 +25,17 @@ pub enum ErrorCode {
     BootTokenInvalid,
     /// 403 on `hello`: the boot token was issued to a MAC the inventory lacks.
     BootTokenMacMismatch,
+    /// 409 on `hello`: this boot token was already exchanged by another
+    /// client (another nonce, or none). A security alarm: the server marked
+    /// the machine `compromised` and revoked the attempt's secrets.
+    BootTokenClaimed,
+    /// 409 on `hello`: the machine's install attempt is alive (its agent was
+    /// heard from moments ago) and another client says hello for the same
+    /// MAC. A security alarm, as [`ErrorCode::BootTokenClaimed`].
+    AttemptAlive,
+    /// 409 on `hello`: the machine's identifying facts differ from those
+    /// pinned at its first install; held until `landfall approve`.
+    IdentityHeld,
     /// 409: the machine has no hostname and role to install.
     NoAssignment,
     /// 401: no agent token was sent.

@@ -58,6 +58,10 @@ pub enum MachineState {
     /// An operator asked the failed, still waiting agent to run again from
     /// the failed step (`landfall retry`); PXE boot holds meanwhile.
     RetryRequested,
+    /// A hello presented identifying facts (DMI UUID and serial, disk
+    /// serials, NIC MACs) other than those pinned at the first install:
+    /// held until an operator runs `landfall approve`.
+    IdentityHeld,
     #[serde(other)]
     Unknown,
 }
@@ -76,6 +80,7 @@ impl MachineState {
             Self::Compromised => "compromised",
             Self::ReinstallRequested => "reinstall_requested",
             Self::RetryRequested => "retry_requested",
+            Self::IdentityHeld => "identity_held",
             Self::Unknown => "unknown",
         }
     }
@@ -113,6 +118,7 @@ mod tests {
             MachineState::Discovered,
             MachineState::Installing,
             MachineState::ReinstallRequested,
+            MachineState::IdentityHeld,
         ] {
             assert_eq!(MachineState::parse(s.as_str()), s);
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));

@@ -118,3 +118,28 @@ fn hex(bytes: &[u8]) -> String {
         s
     })
 }
+
+/// The client's address (`ip:port`) from axum's `ConnectInfo`, for the log
+/// and the record; `unknown` when the server runs without it (a router
+/// driven in-process).
+pub struct Peer(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(peer_of(parts)))
+    }
+}
+
+/// The client's address of a request, as [`Peer`] has it.
+pub fn peer_of(parts: &axum::http::request::Parts) -> String {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use landfall_proto::names::{check_hostname, check_simple_name, normalize_mac};
 use landfall_proto::{Assignment, BootAction, MachineState};
 
-use crate::app::{new_token, token_hash, App, AppState};
+use crate::app::{new_token, token_hash, App, AppState, Peer};
 
 /// The iPXE loop back to this server, with iPXE's own variables for the machine.
 const CHAIN_QUERY: &str = "boot.ipxe?mac=${net0/mac}&arch=${buildarch}&platform=${platform}";
@@ -34,6 +34,7 @@ pub fn decide(state: MachineState) -> BootAction {
         | MachineState::Failed
         | MachineState::RetryRequested
         | MachineState::Compromised
+        | MachineState::IdentityHeld
         | MachineState::Unknown => BootAction::Hold,
     }
 }
@@ -157,6 +158,7 @@ fn sanitize(s: &str) -> String {
 /// `GET /boot.ipxe?mac=..&arch=..&platform=..`: always an iPXE script, never a 5xx.
 pub async fn boot_ipxe(
     State(app): State<AppState>,
+    Peer(client): Peer,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
@@ -186,7 +188,7 @@ pub async fn boot_ipxe(
     };
     let arch = q.get("arch").map(String::as_str).filter(|v| plain(v));
     let platform = q.get("platform").map(String::as_str).filter(|v| plain(v));
-    match decide_and_render(&app, &base, &mac, arch, platform) {
+    match decide_and_render(&app, &base, &mac, arch, platform, &client) {
         Ok(s) => script(StatusCode::OK, s),
         Err(e) => {
             tracing::error!(%mac, "boot.ipxe: {e:#}");
@@ -230,6 +232,7 @@ fn decide_and_render(
     mac: &str,
     arch: Option<&str>,
     platform: Option<&str>,
+    client: &str,
 ) -> anyhow::Result<String> {
     let settings = &app.settings;
     let now = crate::store::now();
@@ -268,6 +271,14 @@ fn decide_and_render(
             };
             app.store
                 .add_boot_token(mac, &token_hash(&token), now, settings.boot_token_ttl)?;
+            if row.state == MachineState::Installing {
+                // A reboot mid-install, or someone asking with this MAC: the
+                // hello decides (a new attempt, or an alarm while the current
+                // one is alive; docs/security.md).
+                tracing::warn!(%mac, %client, "boot token minted for a machine that is installing");
+            } else {
+                tracing::info!(%mac, %client, state = %row.state, "boot token minted");
+            }
             s
         }
         BootAction::Local => local_script(row.hostname.as_deref()),
@@ -291,6 +302,10 @@ fn decide_and_render(
                         "a retry of {mac} was requested, but its installer is no longer running"
                     ),
                     format!("run: landfall reinstall {mac}"),
+                ),
+                MachineState::IdentityHeld => (
+                    format!("{mac} presented an identity other than the one pinned at its first install"),
+                    format!("check it (landfall machine {mac}), then run: landfall approve {mac}"),
                 ),
                 MachineState::Compromised => (
                     format!("security alarm on {mac}"),
@@ -352,7 +367,14 @@ mod tests {
         for s in [Installed, Ready, Degraded] {
             assert_eq!(decide(s), BootAction::Local, "{s}");
         }
-        for s in [Discovered, Failed, RetryRequested, Compromised, Unknown] {
+        for s in [
+            Discovered,
+            Failed,
+            RetryRequested,
+            Compromised,
+            IdentityHeld,
+            Unknown,
+        ] {
             assert_eq!(decide(s), BootAction::Hold, "{s}");
         }
     }

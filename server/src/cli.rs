@@ -44,6 +44,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Release a machine held because its identity differs from the one
+    /// pinned at its first install, pinning the presented one; it installs
+    /// on its next PXE boot.
+    Approve {
+        /// MAC address or hostname.
+        machine: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Reinstall a machine on its next PXE boot.
     Reinstall {
         /// MAC address or hostname.
@@ -115,6 +124,21 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", machine_text(&d));
             }
+            Ok(())
+        }
+        Command::Approve { machine, client } => {
+            let s: MachineSummary = Client::new(&client)?
+                .post(&format!(
+                    "/api/v1/machines/{}/approve",
+                    path_segment(&machine)?
+                ))
+                .await?;
+            println!(
+                "{} ({}): identity approved and pinned; {}: it installs on its next PXE boot",
+                s.hostname.as_deref().unwrap_or("-"),
+                s.mac,
+                s.state
+            );
             Ok(())
         }
         Command::Reinstall { machine, client } => {
@@ -420,6 +444,28 @@ fn machine_text(d: &MachineDetail) -> String {
             ));
         }
     }
+    if let Some(id) = &d.identity {
+        let facts = |f: &Option<landfall_proto::admin::IdentityFacts>| match f {
+            Some(f) => format!(
+                "uuid {}, serial {}, disks [{}], MACs [{}]",
+                f.system_uuid.as_deref().unwrap_or("-"),
+                f.system_serial.as_deref().unwrap_or("-"),
+                f.disk_serials.join(", "),
+                f.macs.join(", ")
+            ),
+            None => "-".to_owned(),
+        };
+        out.push_str(&format!(
+            "  identity pinned:    {}\n",
+            one_line(&facts(&id.pinned), 300)
+        ));
+        if id.presented.is_some() {
+            out.push_str(&format!(
+                "  identity presented: {}\n",
+                one_line(&facts(&id.presented), 300)
+            ));
+        }
+    }
     for a in &d.attempts {
         out.push_str(&format!(
             "attempt {} started {} (acked up to seq {})\n",
@@ -512,6 +558,7 @@ mod tests {
                     },
                 ],
             }),
+            identity: None,
         };
         let t = machine_text(&d);
         assert!(

@@ -132,13 +132,18 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
     let (tx, rx) = oneshot::channel::<()>();
     let router = api::router(app.clone());
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-                // Long-polling agents answer now instead of holding the shutdown.
-                app.begin_shutdown();
-            })
-            .await
+        // The peer address reaches handlers as `ConnectInfo` (api::Peer):
+        // boot tokens and hellos are logged with it, alarms record it.
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.await;
+            // Long-polling agents answer now instead of holding the shutdown.
+            app.begin_shutdown();
+        })
+        .await
     });
     Ok(ServerHandle {
         addr,

@@ -8,9 +8,7 @@
 //! lives only in the answer to `hello`; the server's own token only in the
 //! request header.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use landfall_proto::{SecretString, VaultAssignment};
@@ -52,18 +50,21 @@ impl MintError {
 pub struct Orchestrator {
     settings: VaultSettings,
     http: reqwest::Client,
-    /// Attempt id -> the last mint, so a retried hello revokes the previous
-    /// one. In memory only: after a restart the old one expires within
-    /// `wrap_ttl`. Entries older than `wrap_ttl` are dropped at each mint.
-    last: Mutex<HashMap<String, LastMint>>,
 }
 
-/// Accessors (not secrets: they can only look up or revoke) of a mint.
-struct LastMint {
-    at: Instant,
-    wrap_accessor: String,
-    secret_id_accessor: String,
-    approle: String,
+/// What a mint gives: the assignment's `vault` part, and the accessors to
+/// record for revoking it later (none when Vault answered without them).
+pub struct Minted {
+    pub assignment: VaultAssignment,
+    pub accessors: Option<MintAccessors>,
+}
+
+/// The accessors (not secrets: they can only look up or revoke) of a mint.
+#[derive(Debug, Clone)]
+pub struct MintAccessors {
+    pub approle: String,
+    pub wrap_accessor: String,
+    pub secret_id_accessor: String,
 }
 
 #[derive(Deserialize)]
@@ -111,7 +112,6 @@ impl Orchestrator {
         Ok(Self {
             settings: settings.clone(),
             http: b.build().context("building the Vault HTTP client")?,
-            last: Mutex::new(HashMap::new()),
         })
     }
 
@@ -141,28 +141,16 @@ impl Orchestrator {
     }
 
     /// Mint a wrapped `secret_id` for `attempt_id` and build the assignment's
-    /// `vault` part. A second mint for the same attempt (a retried hello)
-    /// revokes the previous wrap token and destroys its `secret_id` first
-    /// (best effort; it would expire within `wrap_ttl` anyway).
+    /// `vault` part, with the accessors to record (the caller revokes the
+    /// attempt's previous mints, recorded in the store, first).
     pub async fn mint(
         &self,
         attempt_id: &str,
         role_vault: &RoleVault,
         hostname: &str,
         role: &str,
-    ) -> Result<VaultAssignment, MintError> {
+    ) -> Result<Minted, MintError> {
         let token = self.token()?;
-        let previous = {
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            let ttl = self.settings.wrap_ttl;
-            last.retain(|_, m| m.at.elapsed() <= ttl);
-            last.remove(attempt_id)
-        };
-        if let Some(m) = previous {
-            self.revoke_previous(&token, &m.wrap_accessor, &m.secret_id_accessor, &m.approle)
-                .await;
-        }
-
         let creation_path = self.creation_path(&role_vault.approle);
         let url = format!("{}/v1/{creation_path}", self.settings.address);
         // The metadata lands on the token the agent logs in with: audit logs
@@ -233,18 +221,12 @@ impl Orchestrator {
                 ),
             });
         }
-        if !info.accessor.is_empty() {
-            self.last.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                attempt_id.to_owned(),
-                LastMint {
-                    at: Instant::now(),
-                    wrap_accessor: info.accessor,
-                    secret_id_accessor: info.wrapped_accessor,
-                    approle: role_vault.approle.clone(),
-                },
-            );
-        }
-        Ok(VaultAssignment {
+        let accessors = (!info.accessor.is_empty()).then(|| MintAccessors {
+            approle: role_vault.approle.clone(),
+            wrap_accessor: info.accessor.clone(),
+            secret_id_accessor: info.wrapped_accessor.clone(),
+        });
+        let assignment = VaultAssignment {
             address: self.settings.agent_address.clone(),
             wrap_token: info.token,
             creation_path,
@@ -256,18 +238,34 @@ impl Orchestrator {
                 .map(|r| expand_template(r, hostname, role))
                 .collect(),
             ca_pem: self.settings.ca_pem.clone(),
+        };
+        Ok(Minted {
+            assignment,
+            accessors,
         })
     }
 
-    /// Revoke the previous wrap token (by accessor) and destroy the
-    /// `secret_id` it wrapped. Failures are logged (paths only) and ignored.
-    async fn revoke_previous(
+    /// Revoke a mint (a security alarm): the wrap token by its accessor and
+    /// the `secret_id` it wrapped by its accessor, with the server's token.
+    /// A wrap token already unwrapped is gone (Vault answers 400): that
+    /// counts as revoked. The error names the paths that failed, no token.
+    pub async fn revoke(&self, m: &MintAccessors) -> Result<(), String> {
+        let token = self.token().map_err(|e| e.to_string())?;
+        self.revoke_with(&token, &m.wrap_accessor, &m.secret_id_accessor, &m.approle)
+            .await
+    }
+
+    /// Revoke the wrap token (by accessor) and destroy the `secret_id` it
+    /// wrapped; both are tried. A wrap token already used or expired is
+    /// fine (nothing left to revoke); a failed destroy is an error.
+    async fn revoke_with(
         &self,
         token: &SecretString,
         wrap_accessor: &str,
         secret_accessor: &str,
         approle: &str,
-    ) {
+    ) -> Result<(), String> {
+        let mut failed = Vec::new();
         let calls = [
             (
                 "auth/token/revoke-accessor".to_owned(),
@@ -281,35 +279,28 @@ impl Orchestrator {
                 serde_json::json!({ "secret_id_accessor": secret_accessor }),
             ),
         ];
-        for (path, body) in calls {
+        let header = sensitive(token).map_err(|e| e.to_string())?;
+        for (i, (path, body)) in calls.into_iter().enumerate() {
             let url = format!("{}/v1/{path}", self.settings.address);
             let r = self
                 .http
                 .post(&url)
-                .header(
-                    "X-Vault-Token",
-                    match sensitive(token) {
-                        Ok(v) => v,
-                        Err(_) => return,
-                    },
-                )
+                .header("X-Vault-Token", header.clone())
                 .json(&body)
                 .send()
                 .await;
             match r {
                 Ok(resp) if resp.status().is_success() => {}
-                Ok(resp) => tracing::warn!(
-                    %path,
-                    status = %resp.status(),
-                    "could not revoke the previous wrapped secret_id of a retried hello; \
-                     it expires with its wrap TTL"
-                ),
-                Err(e) => tracing::warn!(
-                    %path,
-                    error = %chain(e),
-                    "could not revoke the previous wrapped secret_id of a retried hello"
-                ),
+                // The wrap token was unwrapped or expired: nothing to revoke.
+                Ok(resp) if i == 0 && resp.status() == StatusCode::BAD_REQUEST => {}
+                Ok(resp) => failed.push(format!("{path}: {}", resp.status())),
+                Err(e) => failed.push(format!("{path}: {}", chain(e))),
             }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
         }
     }
 }

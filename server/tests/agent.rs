@@ -351,26 +351,6 @@ async fn oversized_batches_are_refused() {
 }
 
 #[tokio::test]
-async fn events_of_a_superseded_attempt_are_stored_but_change_nothing() {
-    let s = Server::start(Some(CONFIG)).await;
-    let (old_attempt, old_agent) = s.start_attempt(MAC1).await;
-    // The machine reboots mid-install: a new attempt becomes current.
-    let (new_attempt, new_agent) = s.start_attempt(MAC1).await;
-    assert_ne!(old_attempt, new_attempt);
-    let done = [event(1, Step::Done, EventKind::Finished, "late")];
-    assert_eq!(s.ack(&old_agent, &old_attempt, &done).await, 1);
-    assert_eq!(s.state_of(MAC1).await, "installing");
-    let d = s.admin_get(&format!("/api/v1/machines/{MAC1}")).await;
-    let attempts = d["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 2);
-    assert_eq!(attempts[0]["events"].as_array().unwrap().len(), 1);
-    // The current attempt's terminal event counts.
-    assert_eq!(s.ack(&new_agent, &new_attempt, &done).await, 1);
-    assert_eq!(s.state_of(MAC1).await, "installed");
-    s.stop().await;
-}
-
-#[tokio::test]
 async fn terminal_event_installs_and_next_boot_is_local() {
     let s = Server::start(Some(CONFIG)).await;
     let (attempt, agent) = s.start_attempt(MAC1).await;

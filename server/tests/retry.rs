@@ -392,14 +392,19 @@ async fn reinstall_while_waiting_stops_the_agent() {
 }
 
 #[tokio::test]
-async fn a_superseded_attempt_is_told_to_stop() {
-    let s = Server::start(Some(&config())).await;
+async fn a_superseded_attempt_waiting_during_the_newer_install_is_an_alarm() {
+    let cfg = config().replace("[server]\n", "[server]\nagent_alive_secs = 1\n");
+    let s = Server::start(Some(&cfg)).await;
     let old = hello(&s, MAC1).await;
-    // The machine rebooted mid-install and started over.
+    // A newer attempt (a reboot, as far as the server can tell) ...
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let _new = hello(&s, MAC1).await;
-    let (w, took) = wait(&s, &old, 5).await;
-    assert_eq!(w.action, WaitAction::Stop);
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    // ... yet the old agent is alive and asks: no reboot, an alarm (issue 12).
+    let r = wait_raw(&s, &old.token, &old.attempt, 5).await;
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "attempt_alive", "{v}");
+    assert_eq!(s.state_of(MAC1).await, "compromised");
     s.stop().await;
 }
 

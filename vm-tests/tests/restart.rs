@@ -345,7 +345,7 @@ fn agent_killed_mid_disks_and_mid_install_resumes_and_installs_once() {
     // After the mid-install kill no disk operation ran again.
     let after_second_resume = events
         .iter()
-        .position(|e| message(e) == resumes[1])
+        .rposition(|e| message(e) == resumes[1])
         .map(|i| &events[i..])
         .unwrap_or_default()
         .iter()

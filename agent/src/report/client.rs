@@ -196,6 +196,7 @@ mod tests {
             agent_version: "test".into(),
             protocol: 1,
             inventory: Default::default(),
+            nonce: None,
         };
         client.hello(&req).await.unwrap_err()
     }

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod console;
 pub mod failure;
+pub mod nonce;
 pub mod outbox;
 
 use std::sync::{Arc, Mutex};

@@ -100,6 +100,7 @@ pub async fn detail(
             inventory: None,
             attempts: Vec::new(),
             verify: None,
+            identity: None,
         }));
     };
     let detail = app
@@ -128,6 +129,32 @@ pub async fn reinstall(
     app.store.request_reinstall(&row.mac, now())?;
     app.machines_changed();
     tracing::info!(mac = %row.mac, from = %row.state, "reinstall requested");
+    summary_of(&app, &row.mac)
+}
+
+/// `identity_held` -> `reinstall_requested`: the identity the held hello
+/// presented becomes the pinned one; the machine installs at its next PXE
+/// boot. 409 in any other state.
+pub async fn approve(
+    State(app): State<AppState>,
+    _auth: AdminAuth,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Json<MachineSummary>, ApiError> {
+    let row = find(&app, key)?;
+    if !app.store.approve_identity(&row.mac, now())? {
+        return Err(ApiError::coded(
+            ErrorCode::Conflict,
+            StatusCode::CONFLICT,
+            format!(
+                "machine {} is {}; approve applies only to a machine held for its identity \
+                 (identity_held)",
+                row.hostname.as_deref().unwrap_or(&row.mac),
+                row.state
+            ),
+        ));
+    }
+    app.machines_changed();
+    tracing::info!(mac = %row.mac, "identity approved and pinned again; it installs on its next PXE boot");
     summary_of(&app, &row.mac)
 }
 

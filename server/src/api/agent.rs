@@ -10,8 +10,11 @@ use landfall_proto::{
     WaitRequest, WaitResponse, PROTOCOL_VERSION,
 };
 
-use super::{new_token, random_hex, token_hash, AgentAuth, ApiError, App, AppState, Json};
-use crate::store::{now, AttemptRow, HelloInput, HelloOutcome, WaitCheck};
+use super::{new_token, random_hex, token_hash, AgentAuth, ApiError, App, AppState, Json, Peer};
+use crate::orchestrator::MintAccessors;
+use crate::store::{
+    now, Alarm, AlarmKind, AttemptRow, HelloInput, HelloOutcome, VaultMint, WaitCheck,
+};
 
 /// Most events accepted in one request.
 pub const MAX_EVENTS: usize = 1000;
@@ -31,10 +34,17 @@ const WAIT_POLL: Duration = Duration::from_secs(2);
 /// Exchange the one-time boot token for an attempt and an agent token.
 pub async fn hello(
     State(app): State<AppState>,
+    Peer(client): Peer,
     Json(req): Json<HelloRequest>,
 ) -> Result<Json<HelloResponse>, ApiError> {
     let agent_token = new_token()?;
     let new_attempt_id = random_hex(16)?;
+    let nonce_hash = req
+        .nonce
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(token_hash);
     let outcome = app.store.hello(&HelloInput {
         boot_token_hash: &token_hash(req.boot_token.trim()),
         agent_token_hash: &token_hash(&agent_token),
@@ -42,9 +52,39 @@ pub async fn hello(
         agent_version: &req.agent_version,
         protocol: req.protocol,
         inventory: &req.inventory,
+        nonce_hash: nonce_hash.as_deref(),
+        client: &client,
+        alive_secs: i64::try_from(app.settings.agent_alive_secs).unwrap_or(i64::MAX),
+        pin_identity: &|role| app.settings.pin_identity(role),
         now: now(),
     })?;
+    // Every refused hello is logged with the client's address too.
+    match &outcome {
+        HelloOutcome::BadToken => {
+            tracing::warn!(%client, "agent hello refused: boot token unknown, expired or dead");
+        }
+        HelloOutcome::MacMismatch { token_mac } => {
+            tracing::warn!(%client, mac = %token_mac, "agent hello refused: the token's MAC is not in the inventory");
+        }
+        HelloOutcome::NoAssignment { mac } => {
+            tracing::warn!(%client, %mac, "agent hello refused: no assignment");
+        }
+        _ => {}
+    }
     match outcome {
+        HelloOutcome::Alarm(alarm) => Err(sound_alarm(&app, alarm, &client).await),
+        HelloOutcome::IdentityHeld { mac, differences } => {
+            tracing::warn!(%mac, %client, %differences, "hello held: the identity differs from the pinned one");
+            app.machines_changed();
+            Err(ApiError::coded(
+                ErrorCode::IdentityHeld,
+                StatusCode::CONFLICT,
+                format!(
+                    "machine {mac} is held: its identity differs from the one pinned at its first \
+                     install ({differences}). An operator checks it and runs: landfall approve {mac}"
+                ),
+            ))
+        }
         HelloOutcome::BadToken => Err(ApiError::coded(
             ErrorCode::BootTokenInvalid,
             StatusCode::UNAUTHORIZED,
@@ -88,6 +128,7 @@ pub async fn hello(
                 role = %assignment.role,
                 agent_version = %req.agent_version,
                 retried,
+                %client,
                 "agent hello"
             );
             Ok(Json(HelloResponse {
@@ -96,6 +137,80 @@ pub async fn hello(
                 assignment: *assignment,
                 next_seq,
             }))
+        }
+    }
+}
+
+/// A second claimant (the store already made the machine `compromised`):
+/// revoke the attempts' Vault mints, log the alarm with both clients'
+/// addresses, wake waiting agents, and answer the claimant with the alarm's
+/// code. Whoever is the real agent gets the same answer and says so on its
+/// console.
+pub(crate) async fn sound_alarm(app: &AppState, alarm: Alarm, client: &str) -> ApiError {
+    tracing::error!(
+        mac = %alarm.mac,
+        attempts = ?alarm.attempts,
+        first_client = %alarm.first_client.as_deref().unwrap_or("-"),
+        %client,
+        "{}",
+        alarm.message
+    );
+    revoke_mints(app, &alarm.mac, &alarm.revoke, "security alarm").await;
+    // A waiting agent of the attempt must stop.
+    app.machines_changed();
+    let (code, what) = match alarm.kind {
+        AlarmKind::TokenClaimed => (
+            ErrorCode::BootTokenClaimed,
+            "this boot token was already exchanged by another client",
+        ),
+        AlarmKind::AttemptAlive => (
+            ErrorCode::AttemptAlive,
+            "this machine's install attempt is alive and another client said hello for its MAC",
+        ),
+        AlarmKind::TakenOver => (
+            ErrorCode::AttemptAlive,
+            "another client took this machine's install over with a newer boot token while \
+             this attempt's agent is alive",
+        ),
+    };
+    ApiError::coded(
+        code,
+        StatusCode::CONFLICT,
+        format!(
+            "security alarm: {what}; machine {} is now compromised and the attempt's secrets \
+             are revoked. An operator must investigate, then run: landfall reinstall {}",
+            alarm.mac, alarm.mac
+        ),
+    )
+}
+
+/// Revoke Vault mints in Vault (they are already marked revoked in the
+/// store). Failures are logged with the accessor (not a secret) for revoking
+/// by hand.
+async fn revoke_mints(app: &AppState, mac: &str, mints: &[VaultMint], why: &str) {
+    for m in mints {
+        let Some(orch) = &app.orchestrator else {
+            tracing::error!(%mac, attempt = %m.attempt_id, secret_id_accessor = %m.secret_id_accessor, "{why}: a Vault secret_id to revoke, but the server has no [vault] any more; revoke it by hand");
+            continue;
+        };
+        let accessors = MintAccessors {
+            approle: m.approle.clone(),
+            wrap_accessor: m.wrap_accessor.clone(),
+            secret_id_accessor: m.secret_id_accessor.clone(),
+        };
+        match orch.revoke(&accessors).await {
+            Ok(()) => tracing::info!(
+                %mac,
+                attempt = %m.attempt_id,
+                secret_id_accessor = %m.secret_id_accessor,
+                "{why}: wrapped Vault secret_id revoked"
+            ),
+            Err(e) => tracing::error!(
+                %mac,
+                attempt = %m.attempt_id,
+                secret_id_accessor = %m.secret_id_accessor,
+                "{why}: revoking a Vault secret_id failed ({e}); revoke it by hand"
+            ),
         }
     }
 }
@@ -139,6 +254,10 @@ async fn mint_vault(
             assignment.role
         )));
     };
+    // A retried hello or a granted retry: the previous wrap token and its
+    // secret_id are replaced.
+    let previous = app.store.take_vault_mints(attempt_id, now())?;
+    revoke_mints(app, mac, &previous, "a new mint replaces it").await;
     match orch
         .mint(
             attempt_id,
@@ -148,8 +267,25 @@ async fn mint_vault(
         )
         .await
     {
-        Ok(v) => {
-            assignment.vault = Some(v);
+        Ok(minted) => {
+            if let Some(a) = &minted.accessors {
+                let mint = VaultMint {
+                    attempt_id: attempt_id.to_owned(),
+                    approle: a.approle.clone(),
+                    wrap_accessor: a.wrap_accessor.clone(),
+                    secret_id_accessor: a.secret_id_accessor.clone(),
+                };
+                if !app.store.add_vault_mint(&mint, now())? {
+                    // An alarm killed the attempt while we minted.
+                    revoke_mints(app, mac, &[mint], "security alarm").await;
+                    return Err(ApiError::coded(
+                        ErrorCode::BootTokenClaimed,
+                        StatusCode::CONFLICT,
+                        format!("security alarm: machine {mac} was marked compromised while this answer was prepared"),
+                    ));
+                }
+            }
+            assignment.vault = Some(minted.assignment);
             Ok(())
         }
         Err(e) => {

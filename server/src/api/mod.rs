@@ -16,7 +16,7 @@ use axum::Router;
 use landfall_proto::{ErrorBody, ErrorCode};
 use serde::de::DeserializeOwned;
 
-pub use crate::app::{new_token, random_hex, token_hash, App, AppState};
+pub use crate::app::{new_token, random_hex, token_hash, App, AppState, Peer};
 use crate::store::AttemptRow;
 
 /// Largest request body accepted (an events batch or a hello with its inventory).
@@ -36,6 +36,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/machines/{key}", get(admin::detail))
         .route("/api/v1/machines/{key}/reinstall", post(admin::reinstall))
         .route("/api/v1/machines/{key}/retry", post(admin::retry))
+        .route("/api/v1/machines/{key}/approve", post(admin::approve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -227,13 +228,32 @@ impl FromRequestParts<AppState> for AgentAuth {
                 "missing agent token: send Authorization: Bearer <agent_token from hello>",
             ));
         };
-        match app.store.attempt_by_agent_token(&token_hash(t))? {
-            Some(a) => Ok(AgentAuth(a)),
-            None => Err(ApiError::coded(
+        let invalid = |why: &str| {
+            ApiError::coded(
                 ErrorCode::AgentTokenInvalid,
                 StatusCode::UNAUTHORIZED,
-                "agent token unknown or revoked; say hello again with the boot token",
-            )),
+                format!("agent token {why}; say hello again with the boot token"),
+            )
+        };
+        let Some(a) = app.store.attempt_by_agent_token(&token_hash(t))? else {
+            return Err(invalid("unknown or revoked"));
+        };
+        let now = crate::store::now();
+        if a.superseded {
+            let client = crate::app::peer_of(parts);
+            if let Some(alarm) = app.store.superseded_use(&a, &client, now)? {
+                return Err(agent::sound_alarm(app, alarm, &client).await);
+            }
+            return Err(invalid(
+                "expired: a newer install attempt of the machine began",
+            ));
         }
+        let idle = i64::try_from(app.settings.agent_token_idle_secs).unwrap_or(i64::MAX);
+        if a.last_seen_at.is_some_and(|t| now.saturating_sub(t) > idle) {
+            return Err(invalid(
+                "expired: unused for longer than server.agent_token_idle_secs",
+            ));
+        }
+        Ok(AgentAuth(a))
     }
 }

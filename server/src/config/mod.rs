@@ -52,6 +52,8 @@ pub struct Settings {
     pub artifacts: Option<PathBuf>,
     pub kernel_args: String,
     pub boot_token_ttl: u64,
+    pub agent_alive_secs: u64,
+    pub agent_token_idle_secs: u64,
     pub unknown: Unknown,
     pub enroll_role: Option<String>,
     pub roles: BTreeMap<String, RoleConfig>,

@@ -130,6 +130,15 @@ pub(super) fn layered(role: Option<&RoleConfig>, machine: Option<&MachineConfig>
 }
 
 impl Settings {
+    /// Whether hellos of machines with `role` are checked against the
+    /// pinned identity (`[roles.NAME] pin_identity`, default on).
+    pub fn pin_identity(&self, role: &str) -> bool {
+        self.roles
+            .get(role)
+            .and_then(|r| r.pin_identity)
+            .unwrap_or(true)
+    }
+
     /// The assignment for a MAC (normalised), from `[[machines]]` or auto-enrolment.
     /// `None` means: hold it as discovered.
     pub fn assignment_for(&self, mac: &str) -> Option<Assignment> {

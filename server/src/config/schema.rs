@@ -10,6 +10,14 @@ use serde::Deserialize;
 /// Default lifetime of a boot token, in seconds.
 pub const DEFAULT_BOOT_TOKEN_TTL: u64 = 3600;
 
+/// Default seconds since an install attempt's agent was last heard from
+/// during which the attempt counts as alive (a second hello for its MAC is
+/// an alarm, not a reboot).
+pub const DEFAULT_AGENT_ALIVE_SECS: u64 = 60;
+
+/// Default seconds an agent token may go unused before it expires.
+pub const DEFAULT_AGENT_TOKEN_IDLE_SECS: u64 = 86_400;
+
 /// The file as written by the operator.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,10 +147,28 @@ pub struct ServerSection {
     /// Lifetime of a boot token in seconds.
     #[serde(default = "default_ttl")]
     pub boot_token_ttl: u64,
+    /// Seconds since its agent was last heard from (hello, events, wait)
+    /// that an installing attempt counts as alive: a hello for the same MAC
+    /// with a fresh boot token within it is a security alarm; after it, a
+    /// reboot that starts a new attempt (docs/security.md).
+    #[serde(default = "default_alive")]
+    pub agent_alive_secs: u64,
+    /// Seconds an agent token may go unused (no hello, events or wait of
+    /// its attempt) before it expires; the agent then says hello again.
+    #[serde(default = "default_idle")]
+    pub agent_token_idle_secs: u64,
 }
 
 fn default_ttl() -> u64 {
     DEFAULT_BOOT_TOKEN_TTL
+}
+
+fn default_alive() -> u64 {
+    DEFAULT_AGENT_ALIVE_SECS
+}
+
+fn default_idle() -> u64 {
+    DEFAULT_AGENT_TOKEN_IDLE_SECS
 }
 
 impl Default for ServerSection {
@@ -153,6 +179,8 @@ impl Default for ServerSection {
             layouts: None,
             kernel_args: String::new(),
             boot_token_ttl: DEFAULT_BOOT_TOKEN_TTL,
+            agent_alive_secs: DEFAULT_AGENT_ALIVE_SECS,
+            agent_token_idle_secs: DEFAULT_AGENT_TOKEN_IDLE_SECS,
         }
     }
 }
@@ -260,6 +288,11 @@ pub struct RoleConfig {
     /// [`Settings::checks`](super::Settings::checks).
     #[serde(default)]
     pub checks: Vec<toml::Table>,
+    /// Hold a hello whose identifying facts (DMI UUID and serial, disk
+    /// serials, NIC MACs) differ from those pinned at the machine's first
+    /// install until `landfall approve` (docs/security.md). Default: on.
+    #[serde(default)]
+    pub pin_identity: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

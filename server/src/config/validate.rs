@@ -31,6 +31,12 @@ impl Config {
                  write the arguments on one line separated by spaces"
             );
         }
+        if self.server.agent_token_idle_secs == 0 {
+            bail!(
+                "server.agent_token_idle_secs must be at least 1 (seconds); the default is {}",
+                super::schema::DEFAULT_AGENT_TOKEN_IDLE_SECS
+            );
+        }
         if self.server.boot_token_ttl == 0 {
             bail!("server.boot_token_ttl must be at least 1 (seconds); the default is {DEFAULT_BOOT_TOKEN_TTL}");
         }
@@ -227,6 +233,8 @@ impl Config {
             artifacts,
             kernel_args: self.server.kernel_args.trim().to_owned(),
             boot_token_ttl: self.server.boot_token_ttl,
+            agent_alive_secs: self.server.agent_alive_secs,
+            agent_token_idle_secs: self.server.agent_token_idle_secs,
             unknown: self.enroll.unknown,
             enroll_role,
             roles: self.roles,

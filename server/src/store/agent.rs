@@ -1,8 +1,8 @@
 //! Boot tokens, attempts and events: the agent side of the store.
 
 use anyhow::Result;
-use landfall_proto::admin::InstallerWait;
-use landfall_proto::{Assignment, Event, EventKind, FailureData, Inventory, MachineState};
+use landfall_proto::admin::{IdentityFacts, InstallerWait};
+use landfall_proto::{Assignment, Event, EventKind, FailureData, Inventory, MachineState, Step};
 use rusqlite::{params, OptionalExtension};
 
 use super::{machines, state_str, MachineRow, Store};
@@ -10,12 +10,18 @@ use super::{machines, state_str, MachineRow, Store};
 /// What `hello` found for a boot token.
 #[derive(Debug)]
 pub enum HelloOutcome {
-    /// Unknown or expired token.
+    /// Unknown or expired token, or an exchanged one whose attempt is over
+    /// (no longer current, or the machine left `installing`).
     BadToken,
     /// The inventory has no NIC with the MAC the token was minted for.
     MacMismatch { token_mac: String },
     /// The machine has no hostname/role (any more).
     NoAssignment { mac: String },
+    /// A second claimant: the machine is now `compromised`; nothing is served.
+    Alarm(Alarm),
+    /// The presented identity differs from the pinned one: the machine is
+    /// now `identity_held`; `differences` says how.
+    IdentityHeld { mac: String, differences: String },
     Ok {
         attempt_id: String,
         mac: String,
@@ -27,11 +33,52 @@ pub enum HelloOutcome {
     },
 }
 
+/// Which second claimant raised an alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlarmKind {
+    /// An exchanged boot token presented with another nonce, or none.
+    TokenClaimed,
+    /// A fresh boot token for a MAC whose installing attempt is alive.
+    AttemptAlive,
+    /// The first claimant of an attempt (its nonce) is alive, but a newer
+    /// attempt took the machine over.
+    TakenOver,
+}
+
+/// A security alarm raised by `hello`: the machine is `compromised`, the
+/// attempts' agent, verify and boot tokens are dead, an event says what
+/// happened in each attempt, and `revoke` lists the Vault mints the caller
+/// must revoke (already marked revoked in the store).
+#[derive(Debug)]
+pub struct Alarm {
+    pub kind: AlarmKind,
+    pub mac: String,
+    pub attempts: Vec<String>,
+    /// Client address of the attempt's first claimant, when recorded.
+    pub first_client: Option<String>,
+    pub message: String,
+    pub revoke: Vec<VaultMint>,
+}
+
+/// The accessors of one Vault mint (they can look up and revoke, nothing else).
+#[derive(Debug, Clone)]
+pub struct VaultMint {
+    pub attempt_id: String,
+    pub approle: String,
+    pub wrap_accessor: String,
+    pub secret_id_accessor: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct AttemptRow {
     pub id: String,
     pub mac: String,
     pub acked_seq: u64,
+    /// A newer attempt became the machine's current one: the agent token
+    /// is dead (its use is refused, or an alarm, see [`Store::superseded_use`]).
+    pub superseded: bool,
+    /// When its agent was last heard from (hello, events, wait).
+    pub last_seen_at: Option<i64>,
 }
 
 /// Everything `hello` needs from the request, already hashed.
@@ -42,6 +89,14 @@ pub struct HelloInput<'a> {
     pub agent_version: &'a str,
     pub protocol: u32,
     pub inventory: &'a Inventory,
+    /// SHA-256 of the request's nonce, when it sent one.
+    pub nonce_hash: Option<&'a str>,
+    /// The client's address (for the record and the alarm).
+    pub client: &'a str,
+    /// `server.agent_alive_secs`.
+    pub alive_secs: i64,
+    /// Whether the machine's role checks the pinned identity (by role name).
+    pub pin_identity: &'a dyn Fn(&str) -> bool,
     pub now: i64,
 }
 
@@ -74,20 +129,23 @@ impl Store {
         Ok(())
     }
 
-    /// Exchange a boot token for an attempt. Idempotent within the token's TTL:
-    /// a token already exchanged returns its attempt again, with the agent token
-    /// replaced by the new one (the old one stops working).
+    /// Exchange a boot token for an attempt. The first claimant wins: a
+    /// token already exchanged is served again (its attempt, with the agent
+    /// token replaced by the new one) only with the first claimant's nonce,
+    /// and only while its attempt is current and the machine `installing`.
+    /// Any other claimant raises an [`Alarm`] (docs/security.md).
     pub fn hello(&self, h: &HelloInput<'_>) -> Result<HelloOutcome> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let token: Option<(String, Option<String>)> = tx
+        let token: Option<(String, Option<String>, Option<String>)> = tx
             .query_row(
-                "SELECT mac, attempt_id FROM boot_tokens WHERE hash = ?1 AND expires_at > ?2",
+                "SELECT mac, attempt_id, nonce_hash FROM boot_tokens
+                  WHERE hash = ?1 AND expires_at > ?2",
                 params![h.boot_token_hash, h.now],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let Some((mac, exchanged)) = token else {
+        let Some((mac, exchanged, first_nonce)) = token else {
             return Ok(HelloOutcome::BadToken);
         };
         if h.inventory.nic_by_mac(&mac).is_none() {
@@ -102,16 +160,69 @@ impl Store {
         let inventory = serde_json::to_string(h.inventory)?;
 
         if let Some(attempt_id) = exchanged {
-            tx.execute(
-                "UPDATE attempts SET agent_token_hash = ?2 WHERE id = ?1",
-                params![attempt_id, h.agent_token_hash],
-            )?;
-            if machine.current_attempt.as_deref() == Some(&attempt_id) {
-                tx.execute(
-                    "UPDATE machines SET inventory = ?2 WHERE mac = ?1",
-                    params![mac, inventory],
+            let first = attempt_client(&tx, &attempt_id)?;
+            let same_claimant = first_nonce.is_some() && first_nonce.as_deref() == h.nonce_hash;
+            if !same_claimant {
+                let message = format!(
+                    "security alarm: boot token of attempt {attempt_id} presented again by {} \
+                     ({}); it was first exchanged by {}",
+                    h.client,
+                    if h.nonce_hash.is_some() {
+                        "another nonce"
+                    } else {
+                        "no nonce"
+                    },
+                    first.as_deref().unwrap_or("an unrecorded address"),
+                );
+                let alarm = raise_alarm(
+                    &tx,
+                    AlarmKind::TokenClaimed,
+                    &mac,
+                    vec![attempt_id],
+                    first,
+                    message,
+                    h,
                 )?;
+                tx.commit()?;
+                return Ok(HelloOutcome::Alarm(alarm));
             }
+            let current = machine.current_attempt.as_deref() == Some(&attempt_id);
+            if !current && machine.state == MachineState::Installing {
+                // Our first claimant is alive, yet another attempt took over.
+                let newer = machine.current_attempt.clone().unwrap_or_default();
+                let message = format!(
+                    "security alarm: the agent of attempt {attempt_id} ({}) is alive at {}, \
+                     but attempt {newer} (from {}) took the machine over",
+                    first.as_deref().unwrap_or("an unrecorded address"),
+                    h.client,
+                    attempt_client(&tx, &newer)?
+                        .as_deref()
+                        .unwrap_or("an unrecorded address"),
+                );
+                let alarm = raise_alarm(
+                    &tx,
+                    AlarmKind::TakenOver,
+                    &mac,
+                    vec![attempt_id, newer],
+                    first,
+                    message,
+                    h,
+                )?;
+                tx.commit()?;
+                return Ok(HelloOutcome::Alarm(alarm));
+            }
+            if !current || machine.state != MachineState::Installing {
+                // The exchanged token died with its attempt.
+                return Ok(HelloOutcome::BadToken);
+            }
+            tx.execute(
+                "UPDATE attempts SET agent_token_hash = ?2, last_seen_at = ?3 WHERE id = ?1",
+                params![attempt_id, h.agent_token_hash, h.now],
+            )?;
+            tx.execute(
+                "UPDATE machines SET inventory = ?2 WHERE mac = ?1",
+                params![mac, inventory],
+            )?;
             let max_seq: i64 = tx.query_row(
                 "SELECT COALESCE(MAX(seq), 0) FROM events WHERE attempt_id = ?1",
                 params![attempt_id],
@@ -127,21 +238,103 @@ impl Store {
             });
         }
 
+        // A fresh token while the current attempt's agent is alive: not a
+        // reboot (the agent spoke moments ago), a second claimant.
+        if let (MachineState::Installing, Some(live)) = (machine.state, &machine.current_attempt) {
+            let last: Option<i64> = tx
+                .query_row(
+                    "SELECT last_seen_at FROM attempts WHERE id = ?1",
+                    [live],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            if last.is_some_and(|t| h.now - t < h.alive_secs) {
+                let first = attempt_client(&tx, live)?;
+                let message = format!(
+                    "security alarm: {} said hello for {mac} with a new boot token while \
+                     attempt {live} (from {}) is installing and its agent was heard from {}s ago",
+                    h.client,
+                    first.as_deref().unwrap_or("an unrecorded address"),
+                    h.now - last.unwrap_or(h.now),
+                );
+                tx.execute(
+                    "DELETE FROM boot_tokens WHERE hash = ?1",
+                    [h.boot_token_hash],
+                )?;
+                let alarm = raise_alarm(
+                    &tx,
+                    AlarmKind::AttemptAlive,
+                    &mac,
+                    vec![live.clone()],
+                    first,
+                    message,
+                    h,
+                )?;
+                tx.commit()?;
+                return Ok(HelloOutcome::Alarm(alarm));
+            }
+        }
+
+        // A new attempt of a machine installed before: the same machine?
+        if (h.pin_identity)(&assignment.role) {
+            let pinned: Option<String> = tx.query_row(
+                "SELECT pinned_identity FROM machines WHERE mac = ?1",
+                [&mac],
+                |r| r.get(0),
+            )?;
+            if let Some(pinned) =
+                pinned.and_then(|p| serde_json::from_str::<IdentityFacts>(&p).ok())
+            {
+                let presented = IdentityFacts::from_inventory(h.inventory);
+                let differences = presented.differences(&pinned);
+                if !differences.is_empty() {
+                    let differences = differences.join("; ");
+                    tx.execute(
+                        "UPDATE machines SET state = ?2, error = ?3, presented_identity = ?4,
+                                updated_at = ?5 WHERE mac = ?1",
+                        params![
+                            mac,
+                            state_str(MachineState::IdentityHeld),
+                            format!(
+                                "identity differs from the one pinned at the first install ({differences}), \
+                                 presented by {}; check the machine, then run: landfall approve {}",
+                                h.client, assignment.hostname
+                            ),
+                            serde_json::to_string(&presented)?,
+                            h.now
+                        ],
+                    )?;
+                    tx.commit()?;
+                    return Ok(HelloOutcome::IdentityHeld { mac, differences });
+                }
+            }
+        }
+
+        // A reboot: the previous attempt is superseded, its agent token dies.
+        if let Some(old) = &machine.current_attempt {
+            tx.execute(
+                "UPDATE attempts SET superseded_at = ?2 WHERE id = ?1 AND superseded_at IS NULL",
+                params![old, h.now],
+            )?;
+        }
         tx.execute(
-            "INSERT INTO attempts (id, mac, agent_token_hash, agent_version, protocol, started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO attempts (id, mac, agent_token_hash, agent_version, protocol, started_at,
+                                   client_addr, last_seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6)",
             params![
                 h.new_attempt_id,
                 mac,
                 h.agent_token_hash,
                 h.agent_version,
                 h.protocol,
-                h.now
+                h.now,
+                h.client,
             ],
         )?;
         tx.execute(
-            "UPDATE boot_tokens SET attempt_id = ?2 WHERE hash = ?1",
-            params![h.boot_token_hash, h.new_attempt_id],
+            "UPDATE boot_tokens SET attempt_id = ?2, nonce_hash = ?3 WHERE hash = ?1",
+            params![h.boot_token_hash, h.new_attempt_id, h.nonce_hash],
         )?;
         tx.execute(
             "UPDATE machines SET state = ?2, error = NULL, current_attempt = ?3, inventory = ?4,
@@ -164,17 +357,110 @@ impl Store {
         })
     }
 
+    /// Record the accessors of a Vault mint for an attempt. False when an
+    /// alarm killed the attempt meanwhile (the mint raced it): then the mint
+    /// is stored as revoked, and the caller must revoke it in Vault.
+    pub fn add_vault_mint(&self, m: &VaultMint, now: i64) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let alive: bool = tx
+            .query_row(
+                "SELECT agent_token_hash NOT LIKE 'revoked:%' FROM attempts WHERE id = ?1",
+                [&m.attempt_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false);
+        tx.execute(
+            "INSERT INTO vault_mints (attempt_id, approle, wrap_accessor, secret_id_accessor,
+                                      minted_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?6 THEN NULL ELSE ?5 END)",
+            params![
+                m.attempt_id,
+                m.approle,
+                m.wrap_accessor,
+                m.secret_id_accessor,
+                now,
+                alive
+            ],
+        )?;
+        tx.commit()?;
+        Ok(alive)
+    }
+
+    /// The attempt's Vault mints not yet revoked, now marked revoked: a new
+    /// mint (retried hello, granted retry) replaces them.
+    pub fn take_vault_mints(&self, attempt_id: &str, now: i64) -> Result<Vec<VaultMint>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mints = unrevoked_mints(&tx, attempt_id)?;
+        tx.execute(
+            "UPDATE vault_mints SET revoked_at = ?2 WHERE attempt_id = ?1 AND revoked_at IS NULL",
+            params![attempt_id, now],
+        )?;
+        tx.commit()?;
+        Ok(mints)
+    }
+
+    /// The agent of a superseded attempt spoke (events, wait) from
+    /// `client`. While the machine is installing under the newer attempt,
+    /// that agent is alive, so the newer one was no reboot: an alarm over
+    /// both attempts. Otherwise `None` (the caller refuses the token).
+    pub fn superseded_use(
+        &self,
+        attempt: &AttemptRow,
+        client: &str,
+        now: i64,
+    ) -> Result<Option<Alarm>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let Some(machine) = machines::get(&tx, &attempt.mac)? else {
+            return Ok(None);
+        };
+        let Some(newer) = machine.current_attempt.clone() else {
+            return Ok(None);
+        };
+        if machine.state != MachineState::Installing || newer == attempt.id {
+            return Ok(None);
+        }
+        let first = attempt_client(&tx, &attempt.id)?;
+        let message = format!(
+            "security alarm: the agent of superseded attempt {} ({}) still speaks, from {client}, \
+             while attempt {newer} (from {}) installs the machine: that was no reboot",
+            attempt.id,
+            first.as_deref().unwrap_or("an unrecorded address"),
+            attempt_client(&tx, &newer)?
+                .as_deref()
+                .unwrap_or("an unrecorded address"),
+        );
+        let alarm = raise_alarm_at(
+            &tx,
+            AlarmKind::TakenOver,
+            &attempt.mac,
+            vec![attempt.id.clone(), newer],
+            first,
+            message,
+            client,
+            now,
+        )?;
+        tx.commit()?;
+        Ok(Some(alarm))
+    }
+
     pub fn attempt_by_agent_token(&self, hash: &str) -> Result<Option<AttemptRow>> {
         Ok(self
             .lock()
             .query_row(
-                "SELECT id, mac, acked_seq FROM attempts WHERE agent_token_hash = ?1",
+                "SELECT id, mac, acked_seq, superseded_at, last_seen_at FROM attempts
+                  WHERE agent_token_hash = ?1",
                 [hash],
                 |r| {
                     Ok(AttemptRow {
                         id: r.get(0)?,
                         mac: r.get(1)?,
                         acked_seq: r.get::<_, i64>(2)?.max(0) as u64,
+                        superseded: r.get::<_, Option<i64>>(3)?.is_some(),
+                        last_seen_at: r.get(4)?,
                     })
                 },
             )
@@ -227,6 +513,10 @@ impl Store {
             "UPDATE attempts SET acked_seq = ?2 WHERE id = ?1 AND acked_seq < ?2",
             params![attempt.id, acked as i64],
         )?;
+        tx.execute(
+            "UPDATE attempts SET last_seen_at = ?2 WHERE id = ?1",
+            params![attempt.id, now],
+        )?;
 
         let mut new_state = None;
         let machine = machines::get(&tx, &attempt.mac)?;
@@ -253,6 +543,9 @@ impl Store {
                     "UPDATE machines SET state = ?2, error = ?3, updated_at = ?4 WHERE mac = ?1",
                     params![attempt.mac, state_str(state), error, now],
                 )?;
+                if state == MachineState::Installed {
+                    pin_identity_once(&tx, &attempt.mac)?;
+                }
                 new_state = Some(state);
             }
         }
@@ -284,7 +577,8 @@ impl Store {
     /// `ends_at` at the latest (at its end, `ends_at` is `now`).
     pub fn note_wait(&self, attempt_id: &str, now: i64, ends_at: i64) -> Result<()> {
         self.lock().execute(
-            "UPDATE attempts SET last_wait_at = ?2, wait_ends_at = ?3 WHERE id = ?1",
+            "UPDATE attempts SET last_wait_at = ?2, wait_ends_at = ?3, last_seen_at = ?2
+              WHERE id = ?1",
             params![attempt_id, now, ends_at],
         )?;
         Ok(())
@@ -362,6 +656,149 @@ impl Store {
         )?;
         Ok(n == 1)
     }
+}
+
+/// Pin the machine's identity from its stored inventory (the one of its
+/// current attempt's hello) unless one is pinned already.
+fn pin_identity_once(conn: &rusqlite::Connection, mac: &str) -> Result<()> {
+    let inventory: Option<String> = conn
+        .query_row(
+            "SELECT inventory FROM machines WHERE mac = ?1 AND pinned_identity IS NULL",
+            [mac],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    if let Some(inv) = inventory.and_then(|i| serde_json::from_str::<Inventory>(&i).ok()) {
+        conn.execute(
+            "UPDATE machines SET pinned_identity = ?2 WHERE mac = ?1",
+            params![
+                mac,
+                serde_json::to_string(&IdentityFacts::from_inventory(&inv))?
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The Vault mints of an attempt not yet revoked.
+fn unrevoked_mints(conn: &rusqlite::Connection, attempt_id: &str) -> Result<Vec<VaultMint>> {
+    let mut q = conn.prepare(
+        "SELECT approle, wrap_accessor, secret_id_accessor FROM vault_mints
+          WHERE attempt_id = ?1 AND revoked_at IS NULL ORDER BY id",
+    )?;
+    let mints = q.query_map([attempt_id], |r| {
+        Ok(VaultMint {
+            attempt_id: attempt_id.to_owned(),
+            approle: r.get(0)?,
+            wrap_accessor: r.get(1)?,
+            secret_id_accessor: r.get(2)?,
+        })
+    })?;
+    Ok(mints.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The client address of an attempt's first hello, when recorded.
+fn attempt_client(conn: &rusqlite::Connection, attempt_id: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT client_addr FROM attempts WHERE id = ?1",
+            [attempt_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// The alarm, inside `hello`'s transaction: the machine goes `compromised`
+/// with `message` as its error; each attempt's agent and verify tokens and
+/// its exchanged boot tokens die; each attempt gets an event saying what
+/// happened (both clients' addresses); its Vault mints not yet revoked are
+/// marked revoked and returned, for the caller to revoke in Vault.
+fn raise_alarm(
+    tx: &rusqlite::Transaction<'_>,
+    kind: AlarmKind,
+    mac: &str,
+    attempts: Vec<String>,
+    first_client: Option<String>,
+    message: String,
+    h: &HelloInput<'_>,
+) -> Result<Alarm> {
+    raise_alarm_at(
+        tx,
+        kind,
+        mac,
+        attempts,
+        first_client,
+        message,
+        h.client,
+        h.now,
+    )
+}
+
+/// [`raise_alarm`] with the second client and the time given.
+#[allow(clippy::too_many_arguments)]
+fn raise_alarm_at(
+    tx: &rusqlite::Transaction<'_>,
+    kind: AlarmKind,
+    mac: &str,
+    attempts: Vec<String>,
+    first_client: Option<String>,
+    message: String,
+    client: &str,
+    now: i64,
+) -> Result<Alarm> {
+    tx.execute(
+        "UPDATE machines SET state = ?2, error = ?3, updated_at = ?4 WHERE mac = ?1",
+        params![mac, state_str(MachineState::Compromised), message, now],
+    )?;
+    let mut revoke = Vec::new();
+    for id in &attempts {
+        tx.execute(
+            "UPDATE attempts SET agent_token_hash = 'revoked:' || id, verify_token_hash = NULL
+              WHERE id = ?1",
+            [id],
+        )?;
+        tx.execute("DELETE FROM boot_tokens WHERE attempt_id = ?1", [id])?;
+        let seq: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE attempt_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        let event = Event {
+            seq: seq.max(1) as u64,
+            time: super::rfc3339(now),
+            step: Step::Register,
+            kind: EventKind::Failed,
+            progress: None,
+            message: message.clone(),
+            data: Some(serde_json::json!({
+                "security": true,
+                "alarm": format!("{kind:?}"),
+                "first_client": first_client,
+                "second_client": client,
+                "recorded_by": "server",
+            })),
+        };
+        tx.execute(
+            "INSERT OR IGNORE INTO events (attempt_id, seq, mac, body, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, seq, mac, serde_json::to_string(&event)?, now],
+        )?;
+        revoke.extend(unrevoked_mints(tx, id)?);
+        tx.execute(
+            "UPDATE vault_mints SET revoked_at = ?2 WHERE attempt_id = ?1 AND revoked_at IS NULL",
+            params![id, now],
+        )?;
+    }
+    Ok(Alarm {
+        kind,
+        mac: mac.to_owned(),
+        attempts,
+        first_client,
+        message,
+        revoke,
+    })
 }
 
 /// The attempt's highest-seq event is a terminal failure (`done failed`).

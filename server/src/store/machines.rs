@@ -1,7 +1,7 @@
 //! Machines: recorded on every boot.ipxe hit, read by the admin API.
 
 use anyhow::Result;
-use landfall_proto::admin::{AttemptDetail, MachineDetail, MachineSummary};
+use landfall_proto::admin::{AttemptDetail, IdentityCheck, MachineDetail, MachineSummary};
 use landfall_proto::{Assignment, Event, Inventory, MachineState, WipePolicy};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -169,6 +169,25 @@ impl Store {
         Ok(row)
     }
 
+    /// Approve a machine held for its identity: the presented facts become
+    /// the pinned ones and the machine installs at its next PXE boot
+    /// (`reinstall_requested`). False (nothing changed) unless it was
+    /// `identity_held`.
+    pub fn approve_identity(&self, mac: &str, now: i64) -> Result<bool> {
+        let n = self.lock().execute(
+            "UPDATE machines SET pinned_identity = COALESCE(presented_identity, pinned_identity),
+                    presented_identity = NULL, state = ?2, error = NULL, updated_at = ?3
+              WHERE mac = ?1 AND state = ?4",
+            params![
+                mac,
+                state_str(MachineState::ReinstallRequested),
+                now,
+                state_str(MachineState::IdentityHeld)
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
     /// Ask for a reinstall: the next PXE boot installs again.
     pub fn request_reinstall(&self, mac: &str, now: i64) -> Result<()> {
         self.lock().execute(
@@ -253,11 +272,22 @@ impl Store {
             });
         }
         let verify = super::verify::last(&conn, mac)?;
+        let (pinned, presented): (Option<String>, Option<String>) = conn.query_row(
+            "SELECT pinned_identity, presented_identity FROM machines WHERE mac = ?1",
+            [mac],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+        let identity = IdentityCheck {
+            pinned: parse(pinned),
+            presented: parse(presented),
+        };
         Ok(Some(MachineDetail {
             summary,
             inventory,
             attempts: out,
             verify,
+            identity: (identity != IdentityCheck::default()).then_some(identity),
         }))
     }
 }

@@ -15,7 +15,9 @@ use anyhow::{Context, Result};
 use landfall_proto::{MachineState, WipePolicy};
 use rusqlite::Connection;
 
-pub use agent::{AttemptRow, HelloInput, HelloOutcome, StoredEvents, WaitCheck};
+pub use agent::{
+    Alarm, AlarmKind, AttemptRow, HelloInput, HelloOutcome, StoredEvents, VaultMint, WaitCheck,
+};
 pub use machines::{MachineRow, RetryOutcome};
 pub use verify::{VerifyAuth, VerifyOutcome};
 
@@ -89,6 +91,30 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN last_wait_at INTEGER;
     ALTER TABLE attempts ADD COLUMN wait_ends_at INTEGER;
+    "#,
+    // 4: install identity (issue 12): the hash of the nonce the first
+    // claimant of a boot token sent, the client address of each attempt's
+    // first hello, when its agent was last heard from, when a newer attempt
+    // superseded it (its agent token died then), the identity pinned at a
+    // machine's first install and the one a held hello presented, and the accessors
+    // (not secrets) of every Vault mint, so an alarm can revoke them all.
+    r#"
+    ALTER TABLE boot_tokens ADD COLUMN nonce_hash TEXT;
+    ALTER TABLE attempts ADD COLUMN client_addr TEXT;
+    ALTER TABLE attempts ADD COLUMN last_seen_at INTEGER;
+    ALTER TABLE attempts ADD COLUMN superseded_at INTEGER;
+    ALTER TABLE machines ADD COLUMN pinned_identity TEXT;
+    ALTER TABLE machines ADD COLUMN presented_identity TEXT;
+    CREATE TABLE vault_mints (
+        id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+        attempt_id         TEXT NOT NULL,
+        approle            TEXT NOT NULL,
+        wrap_accessor      TEXT NOT NULL,
+        secret_id_accessor TEXT NOT NULL,
+        minted_at          INTEGER NOT NULL,
+        revoked_at         INTEGER
+    );
+    CREATE INDEX vault_mints_attempt ON vault_mints(attempt_id);
     "#,
 ];
 

@@ -125,7 +125,15 @@ impl Server {
         token_in(&s).unwrap_or_else(|| panic!("not an install script:\n{s}"))
     }
 
+    /// Hello as the boot token's own agent: its nonce is derived from the
+    /// token, so saying hello again is a retry by the same client.
     pub async fn hello(&self, token: &str, mac: &str) -> reqwest::Response {
+        self.hello_as(token, mac, Some(&format!("nonce-of-{token}")))
+            .await
+    }
+
+    /// Hello with the given nonce (`None`: an agent that sends none).
+    pub async fn hello_as(&self, token: &str, mac: &str, nonce: Option<&str>) -> reqwest::Response {
         self.http
             .post(self.url("/api/v1/agent/hello"))
             .json(&HelloRequest {
@@ -133,6 +141,7 @@ impl Server {
                 agent_version: "0.1.0-test".into(),
                 protocol: 1,
                 inventory: inventory(mac),
+                nonce: nonce.map(str::to_owned),
             })
             .send()
             .await
