@@ -245,73 +245,85 @@ impl From<LuksUnlockConfig> for LuksUnlock {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RoleConfig {
-    #[serde(default)]
-    pub description: String,
-    #[serde(default)]
-    pub layout: Option<String>,
-    #[serde(default)]
-    pub wipe: Wipe,
-    /// How the installed system opens the layout's LUKS volumes at boot:
-    /// `"initrd_key"` (default, unattended), `"prompt"` or `"tpm2"` (docs/disks.md).
-    #[serde(default)]
-    pub luks_unlock: LuksUnlockConfig,
-    /// With `luks_unlock = "tpm2"`: the PCRs the key is sealed to (default `[7]`).
-    #[serde(default)]
-    pub tpm2_pcrs: Option<Vec<i64>>,
-    /// Layout disk name -> device (`/dev/disk/by-id/...`) or "auto".
-    #[serde(default)]
-    pub disks: BTreeMap<String, String>,
-    /// The AppRole and KV paths of this role (needs `[vault]`).
-    #[serde(default)]
-    pub vault: Option<RoleVault>,
-    #[serde(default)]
-    pub secret_files: Vec<SecretFileConfig>,
-    /// What `nixos-install` installs: a flake `REF#ATTR` (`{hostname}` and
-    /// `{role}` are replaced per machine). Beside `system`, the source written
-    /// into the target's generated `/etc/nixos/flake.nix`.
-    #[serde(default)]
-    pub flake: Option<String>,
-    /// A prebuilt system closure (`/nix/store/...-nixos-system-...`), copied
-    /// from `cache`; needs `cache`.
-    #[serde(default)]
-    pub system: Option<String>,
-    /// The binary cache holding `system`, e.g. `http://cache.lan:5000`.
-    #[serde(default)]
-    pub cache: Option<String>,
-    /// `[[roles.NAME.checks]]`: first-boot checks, in the form of
-    /// [`NamedCheck`](landfall_proto::NamedCheck) (`kind` = ssh | rdp | vnc |
-    /// smb | tcp | unit | path | hostname with its fields). Kept as written
-    /// here; [`Config::validate`] parses them strictly into
-    /// [`Settings::checks`](super::Settings::checks).
-    #[serde(default)]
-    pub checks: Vec<toml::Table>,
-    /// Hold a hello whose identifying facts (DMI UUID and serial, disk
-    /// serials, NIC MACs) differ from those pinned at the machine's first
-    /// install until `landfall approve` (docs/security.md). Default: on.
-    #[serde(default)]
-    pub pin_identity: Option<bool>,
+/// Declares a table that carries the layered keys, the ones a `[[machines]]`
+/// entry sets over its `[roles.NAME]` (one merge, `resolve.rs` `Layer`):
+/// `layout`, `disks`, `flake`, `system`, `cache`, declared once here for both
+/// tables. A macro rather than `#[serde(flatten)]`: serde cannot combine
+/// flatten with `deny_unknown_fields`, which refuses a misspelt key.
+macro_rules! with_layer_keys {
+    ($(#[$attr:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        $(#[$attr])*
+        pub struct $name {
+            $($fields)*
+            /// Name of the disko layout in `server.layouts` (a machine's wins).
+            #[serde(default)]
+            pub layout: Option<String>,
+            /// Layout disk name -> device (`/dev/disk/by-id/...`) or "auto"; a
+            /// machine's entries override its role's entry by entry.
+            #[serde(default)]
+            pub disks: BTreeMap<String, String>,
+            /// What `nixos-install` installs: a flake `REF#ATTR` (`{hostname}`
+            /// and `{role}` are replaced per machine). Beside `system`, the
+            /// source written into the target's generated `/etc/nixos/flake.nix`.
+            /// A machine's `flake`, `system` and `cache` override its role's
+            /// key by key (e.g. its own `system` closure from the role's `cache`).
+            #[serde(default)]
+            pub flake: Option<String>,
+            /// A prebuilt system closure (`/nix/store/...-nixos-system-...`),
+            /// copied from `cache`; needs `cache`.
+            #[serde(default)]
+            pub system: Option<String>,
+            /// The binary cache holding `system`, e.g. `http://cache.lan:5000`.
+            #[serde(default)]
+            pub cache: Option<String>,
+        }
+    };
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MachineConfig {
-    pub mac: String,
-    pub hostname: String,
-    pub role: String,
-    #[serde(default)]
-    pub layout: Option<String>,
-    /// Overrides the role's `disks` entry by entry.
-    #[serde(default)]
-    pub disks: BTreeMap<String, String>,
-    /// Override the role's `flake`, `system` and `cache`, key by key (e.g. a
-    /// machine's own `system` closure from the role's `cache`).
-    #[serde(default)]
-    pub flake: Option<String>,
-    #[serde(default)]
-    pub system: Option<String>,
-    #[serde(default)]
-    pub cache: Option<String>,
+with_layer_keys! {
+    /// `[roles.NAME]`.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RoleConfig {
+        #[serde(default)]
+        pub description: String,
+        #[serde(default)]
+        pub wipe: Wipe,
+        /// How the installed system opens the layout's LUKS volumes at boot:
+        /// `"initrd_key"` (default, unattended), `"prompt"` or `"tpm2"` (docs/disks.md).
+        #[serde(default)]
+        pub luks_unlock: LuksUnlockConfig,
+        /// With `luks_unlock = "tpm2"`: the PCRs the key is sealed to (default `[7]`).
+        #[serde(default)]
+        pub tpm2_pcrs: Option<Vec<i64>>,
+        /// The AppRole and KV paths of this role (needs `[vault]`).
+        #[serde(default)]
+        pub vault: Option<RoleVault>,
+        #[serde(default)]
+        pub secret_files: Vec<SecretFileConfig>,
+        /// `[[roles.NAME.checks]]`: first-boot checks, in the form of
+        /// [`NamedCheck`](landfall_proto::NamedCheck) (`kind` = ssh | rdp | vnc |
+        /// smb | tcp | unit | path | hostname with its fields). Kept as written
+        /// here; [`Config::validate`] parses them strictly into
+        /// [`Settings::checks`](super::Settings::checks).
+        #[serde(default)]
+        pub checks: Vec<toml::Table>,
+        /// Hold a hello whose identifying facts (DMI UUID and serial, disk
+        /// serials, NIC MACs) differ from those pinned at the machine's first
+        /// install until `landfall approve` (docs/security.md). Default: on.
+        #[serde(default)]
+        pub pin_identity: Option<bool>,
+    }
+}
+
+with_layer_keys! {
+    /// `[[machines]]`: a machine by MAC, its hostname and role, and the
+    /// layered keys it sets over the role.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct MachineConfig {
+        pub mac: String,
+        pub hostname: String,
+        pub role: String,
+    }
 }
