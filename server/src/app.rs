@@ -33,6 +33,8 @@ pub struct App {
     /// Serialises choosing and storing a new machine's assignment at its
     /// first PXE boot (auto-enrolled hostnames are unique).
     pub enrol_lock: std::sync::Mutex<()>,
+    /// The bound port of the HTTPS listener, when TLS is on.
+    pub tls_port: Option<u16>,
 }
 
 pub type AppState = Arc<App>;
@@ -55,7 +57,38 @@ impl App {
             stopping: AtomicBool::new(false),
             retry_lock: tokio::sync::Mutex::new(()),
             enrol_lock: std::sync::Mutex::new(()),
+            tls_port: None,
         }
+    }
+
+    /// With TLS on: the agent API is at this port ([`App::agent_base`]).
+    pub fn with_tls_port(mut self, port: u16) -> Self {
+        self.tls_port = Some(port);
+        self
+    }
+
+    /// The base URL the agent talks to (`landfall.server=`), from the base
+    /// the machine booted from: the same with TLS off; with TLS on,
+    /// `server.public_tls_url`, else `https://` + its host + the HTTPS port.
+    pub fn agent_base(&self, http_base: &str) -> Option<String> {
+        let Some(port) = self.tls_port else {
+            return Some(http_base.to_owned());
+        };
+        if let Some(u) = self
+            .settings
+            .tls
+            .as_ref()
+            .and_then(|t| t.public_url.clone())
+        {
+            return Some(u);
+        }
+        let host = crate::config::url_host(http_base)?;
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Some(format!("https://{host}:{port}"))
     }
 
     /// Wake the waiting agents to look at their machines again.
