@@ -225,11 +225,14 @@ impl Fleet {
     }
 
     async fn hello_with(&self, token: &str) -> HelloResponse {
-        Client::new(&self.base)
-            .unwrap()
-            .hello(&Self::hello_req(token))
-            .await
-            .unwrap()
+        Client::new(
+            &self.base,
+            &landfall_agent::report::ServerTrust::InsecureHttp,
+        )
+        .unwrap()
+        .hello(&Self::hello_req(token))
+        .await
+        .unwrap()
     }
 
     async fn hello(&self) -> HelloResponse {
@@ -238,17 +241,20 @@ impl Fleet {
     }
 
     async fn report(&self, h: &HelloResponse, events: Vec<Event>) {
-        Client::new(&self.base)
-            .unwrap()
-            .events(
-                &h.agent_token,
-                &EventsRequest {
-                    attempt_id: h.attempt_id.clone(),
-                    events,
-                },
-            )
-            .await
-            .unwrap();
+        Client::new(
+            &self.base,
+            &landfall_agent::report::ServerTrust::InsecureHttp,
+        )
+        .unwrap()
+        .events(
+            &h.agent_token,
+            &EventsRequest {
+                attempt_id: h.attempt_id.clone(),
+                events,
+            },
+        )
+        .await
+        .unwrap();
     }
 
     /// Report a fetch failure the way the pipeline does: the `secrets` step

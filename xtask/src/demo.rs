@@ -71,7 +71,8 @@ pub fn run(args: &[&str]) -> Result<()> {
         format!(
             "# Written by ./x demo: every machine installs as `demo` on the hybrid layout.\n\
              # The demo image's nixos-install is a TEST DOUBLE (vm-tests/doubles).\n\
-             [server]\nkernel_args = \"console=tty0 console=ttyS0,115200\"\nlayouts = \"{}\"\n\n\
+             # Plain HTTP: the demo's agent is told so (landfall.insecure_http=1).\n\
+             [server]\nkernel_args = \"console=tty0 console=ttyS0,115200 landfall.insecure_http=1\"\nlayouts = \"{}\"\n\n\
              [enroll]\nunknown = \"install\"\nrole = \"demo\"\n\n\
              [roles.demo]\ndescription = \"demo install\"\nlayout = \"hybrid\"\n\
              flake = \"git+https://git.example/fleet#{{hostname}}\"\n",

@@ -95,7 +95,8 @@ impl Config {
         Self {
             server: ServerSection {
                 // The installer's progress on the screen and on the first serial port.
-                kernel_args: "console=tty0 console=ttyS0,115200".into(),
+                // The demo serves plain HTTP and tells its agent so.
+                kernel_args: "console=tty0 console=ttyS0,115200 landfall.insecure_http=1".into(),
                 ..ServerSection::default()
             },
             enroll: EnrollSection {
