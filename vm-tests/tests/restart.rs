@@ -45,7 +45,7 @@ fn config() -> String {
     format!(
         r#"
 [server]
-kernel_args = "{console} landfall.console=lines landfall.final=poweroff landfall.secrets_identity=/etc/landfall/bundle.key {NIXOS_INSTALL_MODE_PARAM}=hold-once {kill}=disks,install"
+kernel_args = "{console} landfall.console=lines landfall.final=poweroff landfall.insecure_http=1 landfall.secrets_identity=/etc/landfall/bundle.key {NIXOS_INSTALL_MODE_PARAM}=hold-once {kill}=disks,install"
 layouts = "{layouts}"
 
 [enroll]

@@ -411,20 +411,44 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
 /// The admin API of the in-process server.
 pub struct Admin {
     base: String,
+    /// Where boot scripts are served (the plain-HTTP listener).
+    boot_base: String,
     token: String,
+    http: reqwest::blocking::Client,
 }
 
 impl Admin {
+    /// A server on plain HTTP only.
     pub fn new(base: &str, data: &Path) -> Admin {
         let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
         Admin {
             base: base.to_owned(),
+            boot_base: base.to_owned(),
             token: token.trim().to_owned(),
+            http: reqwest::blocking::Client::new(),
+        }
+    }
+
+    /// A server with TLS on: the admin API at `https_base`, trusted through
+    /// the server's CA alone; boot scripts from `http_base`.
+    pub fn tls(http_base: &str, https_base: &str, ca: &Path, data: &Path) -> Admin {
+        let pem = std::fs::read(ca).unwrap();
+        let http = reqwest::blocking::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .build()
+            .unwrap();
+        Admin {
+            base: https_base.to_owned(),
+            boot_base: http_base.to_owned(),
+            http,
+            ..Admin::new(http_base, data)
         }
     }
 
     pub fn get(&self, path: &str) -> Value {
-        let r = reqwest::blocking::Client::new()
+        let r = self
+            .http
             .get(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .send()
@@ -434,7 +458,8 @@ impl Admin {
     }
 
     pub fn post(&self, path: &str) -> (u16, String) {
-        let r = reqwest::blocking::Client::new()
+        let r = self
+            .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .send()
@@ -448,7 +473,7 @@ impl Admin {
 
     /// What the machine's next PXE boot gets.
     pub fn boot_script(&self, mac: &str) -> String {
-        reqwest::blocking::get(format!("{}/boot.ipxe?mac={mac}", self.base))
+        reqwest::blocking::get(format!("{}/boot.ipxe?mac={mac}", self.boot_base))
             .unwrap()
             .text()
             .unwrap()
