@@ -224,6 +224,7 @@ async fn the_pipeline_stops_at_a_wrong_ca_without_retrying_or_registering() {
     );
     let e = pipeline::run(&cfg, &opts, console).await.unwrap_err();
     let msg = format!("{e:#}");
+    eprintln!("the agent's error: {msg}");
     assert!(msg.contains(&s.fingerprint()), "{msg}");
     assert!(
         t0.elapsed() < Duration::from_secs(1),

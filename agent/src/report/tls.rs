@@ -170,6 +170,15 @@ impl ServerTrust {
         }
     }
 
+    /// Where the pin comes from, for messages.
+    fn origin(&self) -> String {
+        match self {
+            Self::InsecureHttp => "landfall.insecure_http=1".into(),
+            Self::Ca { origin, .. } => origin.clone(),
+            Self::Fingerprint(_) => "landfall.server_ca_sha256=".into(),
+        }
+    }
+
     /// The kernel line's fingerprint, to hand on likewise.
     pub fn sha256(&self) -> Option<String> {
         match self {
@@ -279,8 +288,8 @@ impl PinnedVerifier {
         };
         let msg = format!(
             "refused the server's certificate before registering: expected SHA-256 {expected} \
-             ({}), presented {presented}: {why}",
-            self.trust.describe()
+             (pinned by {}), presented {presented}: {why}",
+            self.trust.origin()
         );
         tracing::error!("{msg}");
         *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
