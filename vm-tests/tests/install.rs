@@ -41,21 +41,6 @@ use serde_json::Value;
 
 const DISK_BYTES: u64 = 2 << 30;
 
-/// HTTPS for the agent and admin API; iPXE keeps plain HTTP for the boot
-/// script and artifacts. slirp's 10.0.2.2 is the host's loopback.
-const TLS_TOML: &str = "listen_tls = \"127.0.0.1:0\"\ntls_sans = [\"10.0.2.2\"]\n";
-/// The names the server's certificate gets from [`TLS_TOML`] (listen_tls's IP, then tls_sans).
-const TLS_NAMES: [&str; 2] = ["127.0.0.1", "10.0.2.2"];
-
-/// The server's CA made before the image is built (the server keeps it at
-/// its start), so the image can carry it as /etc/landfall/server-ca.pem.
-fn server_ca(data: &std::path::Path) -> std::path::PathBuf {
-    let names: Vec<String> = TLS_NAMES.iter().map(|s| s.to_string()).collect();
-    landfall::tls::generate(&data.join(landfall::tls::TLS_DIR), &names).unwrap();
-    data.join(landfall::tls::TLS_DIR)
-        .join(landfall::tls::CA_CERT_FILE)
-}
-
 /// Distinctive secret values: they must reach the target's files and
 /// nothing else (console, events).
 const CANARY_SSH: &str = "canary-vm-ssh-host-key-6f1d";
@@ -154,7 +139,7 @@ fn config(s: &Scenario, bao_port: u16, services: Option<&HostServices>) -> Strin
 [server]
 kernel_args = "{console} landfall.console=lines landfall.final=poweroff {secret_args}{double}"
 layouts = "{layouts}"
-{TLS_TOML}
+{tls}
 [enroll]
 unknown = "hold"
 
@@ -170,6 +155,7 @@ hostname = "{hostname}"
 role = "vmtest"
 "#,
         console = image::CONSOLE_ARGS,
+        tls = common::TLS_TOML,
         layouts = agent::workspace_root().join("disko-layouts").display(),
         layout = s.layout,
         checks = services
@@ -311,7 +297,7 @@ fn install(s: Scenario) -> Vec<Part> {
         }
     };
     let data = dir.path().join("data");
-    let ca = server_ca(&data);
+    let ca = common::server_ca(&data);
     spec.extra_files
         .push((ca.clone(), "etc/landfall/server-ca.pem".into(), 0o444));
     let image = Image::build(spec).unwrap();
@@ -876,7 +862,7 @@ fn an_image_pinning_another_ca_refuses_the_server_and_touches_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let artifacts = dir.path().join("artifacts");
     let data = dir.path().join("data");
-    let right = server_ca(&data);
+    let right = common::server_ca(&data);
     // Another CA, made by the same code: what a stale or foreign image carries.
     let other = dir.path().join("other");
     landfall::tls::generate(&other, &["10.0.2.2".to_owned()]).unwrap();
@@ -899,7 +885,7 @@ fn an_image_pinning_another_ca_refuses_the_server_and_touches_nothing() {
 [server]
 kernel_args = "{console} landfall.console=lines landfall.final=poweroff"
 layouts = "{layouts}"
-{TLS_TOML}
+{tls}
 [enroll]
 unknown = "hold"
 
@@ -915,6 +901,7 @@ hostname = "vm-wrong-ca"
 role = "vmtest"
 "#,
             console = image::CONSOLE_ARGS,
+            tls = common::TLS_TOML,
             layouts = agent::workspace_root().join("disko-layouts").display(),
         ),
     )

@@ -408,6 +408,22 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
+/// `[server]` lines for HTTPS: the agent and admin API on their own
+/// listener, iPXE keeping plain HTTP for the boot script and artifacts.
+/// slirp's 10.0.2.2 is the host's loopback.
+pub const TLS_TOML: &str = "listen_tls = \"127.0.0.1:0\"\ntls_sans = [\"10.0.2.2\"]\n";
+/// The names the server's certificate gets from [`TLS_TOML`] (listen_tls's IP, then tls_sans).
+pub const TLS_NAMES: [&str; 2] = ["127.0.0.1", "10.0.2.2"];
+
+/// The server's CA made before the image is built (the server keeps it at
+/// its start), so the image can carry it as /etc/landfall/server-ca.pem.
+pub fn server_ca(data: &Path) -> PathBuf {
+    let names: Vec<String> = TLS_NAMES.iter().map(|s| s.to_string()).collect();
+    landfall::tls::generate(&data.join(landfall::tls::TLS_DIR), &names).unwrap();
+    data.join(landfall::tls::TLS_DIR)
+        .join(landfall::tls::CA_CERT_FILE)
+}
+
 /// The admin API of the in-process server.
 pub struct Admin {
     base: String,
