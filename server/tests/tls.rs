@@ -266,3 +266,20 @@ async fn tls_settings_are_checked_naming_the_field() {
         assert!(e.contains(field), "{extra}: {e}");
     }
 }
+
+#[tokio::test]
+async fn public_tls_url_is_what_the_agent_is_told() {
+    let config = tls_config().replace(
+        "[server]\n",
+        "[server]\npublic_tls_url = \"https://landfall.test:9443/\"\n",
+    );
+    let srv = Server::start(Some(&config)).await;
+    let (_, script) = srv.boot(MAC1).await;
+    assert!(
+        script.contains("landfall.server=https://landfall.test:9443 "),
+        "{script}"
+    );
+    // Its host is one of the certificate's names.
+    let sans = std::fs::read_to_string(srv.data().join("tls/server.sans")).unwrap();
+    assert!(sans.lines().any(|l| l == "landfall.test"), "{sans}");
+}
