@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use landfall::{serve, ServeOptions, ServerHandle};
 use landfall_agent::report::Client;
+// This file's server is plain HTTP (tests/server_tls.rs covers HTTPS).
+use landfall_agent::report::ServerTrust::InsecureHttp;
 use landfall_agent::retry::Retry;
 use landfall_agent::secrets::{self, FetchOptions, SecretBytes, SecretsError};
 use landfall_proto::inventory::Nic;
@@ -225,14 +227,11 @@ impl Fleet {
     }
 
     async fn hello_with(&self, token: &str) -> HelloResponse {
-        Client::new(
-            &self.base,
-            &landfall_agent::report::ServerTrust::InsecureHttp,
-        )
-        .unwrap()
-        .hello(&Self::hello_req(token))
-        .await
-        .unwrap()
+        Client::new(&self.base, &InsecureHttp)
+            .unwrap()
+            .hello(&Self::hello_req(token))
+            .await
+            .unwrap()
     }
 
     async fn hello(&self) -> HelloResponse {
@@ -241,20 +240,17 @@ impl Fleet {
     }
 
     async fn report(&self, h: &HelloResponse, events: Vec<Event>) {
-        Client::new(
-            &self.base,
-            &landfall_agent::report::ServerTrust::InsecureHttp,
-        )
-        .unwrap()
-        .events(
-            &h.agent_token,
-            &EventsRequest {
-                attempt_id: h.attempt_id.clone(),
-                events,
-            },
-        )
-        .await
-        .unwrap();
+        Client::new(&self.base, &InsecureHttp)
+            .unwrap()
+            .events(
+                &h.agent_token,
+                &EventsRequest {
+                    attempt_id: h.attempt_id.clone(),
+                    events,
+                },
+            )
+            .await
+            .unwrap();
     }
 
     /// Report a fetch failure the way the pipeline does: the `secrets` step
