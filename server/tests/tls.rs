@@ -283,3 +283,26 @@ async fn public_tls_url_is_what_the_agent_is_told() {
     let sans = std::fs::read_to_string(srv.data().join("tls/server.sans")).unwrap();
     assert!(sans.lines().any(|l| l == "landfall.test"), "{sans}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_trusts_the_ca_it_is_given() {
+    let srv = Server::start(Some(&tls_config())).await;
+    let h = srv.handle.as_ref().unwrap();
+    let https = format!("https://{}", h.tls_addr().unwrap());
+    let ca = h.ca_file().unwrap().to_owned();
+    let token = srv.data().join("admin.token");
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["machines", "--server", &https, "--token-file"])
+            .arg(&token)
+            .args(args)
+            .env_remove("LANDFALL_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let ok = tokio::task::block_in_place(|| run(&["--ca", ca.to_str().unwrap()]));
+    assert!(ok.status.success(), "{ok:?}");
+    // Without --ca the public roots do not know this CA.
+    let no = tokio::task::block_in_place(|| run(&[]));
+    assert!(!no.status.success(), "{no:?}");
+}
