@@ -48,6 +48,14 @@ pub fn run(args: &[&str]) -> Result<()> {
     // No NixOS closure can be built here: the image's `nixos-install` is the
     // TEST DOUBLE from vm-tests/doubles (it checks what the agent prepared
     // and writes a marker), so the demo shows the whole flow around it.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data)
+            .with_context(|| format!("creating {}", data.display()))?;
+    }
     let config = data.join("landfall.toml");
     std::fs::write(
         &config,
