@@ -140,6 +140,28 @@ in
       };
     };
 
+    # The landfall server's CA (agent/src/secrets/mod.rs SERVER_CA_FILE): the
+    # only root the agent trusts for the server (issue 12; docs/security.md).
+    serverCa = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = lib.literalExpression "./landfall-data/tls/ca.pem";
+      description = ''
+        PEM of the CA that signs the landfall server's HTTPS certificate (the
+        server's generated `DATA/tls/ca.pem`, or the operator's CA), installed as
+        /etc/landfall/server-ca.pem. The agent then trusts only it for the server,
+        refuses any other certificate before it registers, and refuses plain HTTP
+        even when the kernel line says `landfall.insecure_http=1`. Without it, the
+        kernel line's `landfall.server_ca_sha256=` pins the server.
+      '';
+    };
+
+    insecureHttp = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Let the agent talk to a plain http:// landfall server (`landfall.insecure_http=1`; development only, and refused when `serverCa` is set).";
+    };
+
     ageBundle = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -197,12 +219,16 @@ in
     boot.kernelParams = lib.mkAfter (
       map (c: "console=${c}") cfg.consoles
       ++ optional cfg.vault.insecureHttp "landfall.vault_insecure_http=1"
+      ++ optional cfg.insecureHttp "landfall.insecure_http=1"
       ++ cfg.extraKernelParams
     );
 
     environment.etc."landfall/agent.conf".text = lib.concatMapStrings (l: l + "\n") agentLines;
     environment.etc."landfall/vault-ca.pem" = mkIf (cfg.vault.caCertificate != null) {
       source = cfg.vault.caCertificate;
+    };
+    environment.etc."landfall/server-ca.pem" = mkIf (cfg.serverCa != null) {
+      source = cfg.serverCa;
     };
     environment.etc."landfall/vault-role-id" = mkIf (cfg.vault.roleIdFile != null) {
       source = cfg.vault.roleIdFile;

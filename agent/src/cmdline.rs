@@ -66,6 +66,14 @@ pub const KNOWN_WORDS: &[(&str, &str)] = &[
         "Vault AppRole role_id when the image has no /etc/landfall/vault-role-id",
     ),
     (
+        "server_ca_sha256",
+        "SHA-256 of the landfall server's CA (or leaf) certificate to pin (`landfall ca-fingerprint`)",
+    ),
+    (
+        "insecure_http",
+        "1: allow a plain http:// landfall server (development only)",
+    ),
+    (
         "vault_insecure_http",
         "1: allow an http:// Vault (development only)",
     ),
@@ -87,6 +95,11 @@ pub struct AgentConfig {
     /// The age secrets bundle (`landfall.bundle=`, `--bundle`); `None`: the
     /// image's own, `secrets.age` in [`crate::pipeline::RunOptions::etc_dir`].
     pub bundle: Option<PathBuf>,
+    /// `landfall.server_ca_sha256=`: the server certificate to pin, when the
+    /// image carries no `server-ca.pem` ([`crate::report::ServerTrust`]).
+    pub server_ca_sha256: Option<String>,
+    /// `landfall.insecure_http=1`: a plain `http://` server is allowed.
+    pub insecure_http: bool,
 }
 
 /// Values given as flags; `None` means "not given".
@@ -244,12 +257,23 @@ impl AgentConfig {
                 ),
             },
         };
+        let server_ca_sha256 = params
+            .get("server_ca_sha256")
+            .map(|v| crate::report::tls::parse_fingerprint(v))
+            .transpose()?;
+        let insecure_http = match params.get("insecure_http").map(String::as_str) {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(v) => bail!("landfall.insecure_http={v:?} must be 1 (allow plain HTTP) or 0"),
+        };
         Ok(Self {
             server,
             token,
             final_action,
             console,
             bundle,
+            server_ca_sha256,
+            insecure_http,
         })
     }
 

@@ -265,7 +265,11 @@ pub async fn run_with(
     let mut steps = Steps::default();
     let handles = register_steps(&mut steps);
     extend(&mut steps);
-    let client = Client::new(&cfg.server)?;
+    // The server's certificate pin (or the explicit plain-HTTP opt-in),
+    // settled before anything is sent: a wrong CA stops here or in the
+    // first handshake, before the hello.
+    let trust = crate::report::ServerTrust::for_agent(cfg, &opts.etc_dir)?;
+    let client = Client::new(&cfg.server, &trust)?;
     let reporter = Reporter::new(
         Outbox::persistent(opts.state_dir.join("outbox.json")),
         console,
@@ -616,6 +620,10 @@ fn write_verify(
     let a = &hello.assignment;
     let mut vc = verify::verify_config(a, &cfg.server, a.checks.clone())?;
     vc.attempt_id = Some(hello.attempt_id.clone());
+    let trust = crate::report::ServerTrust::for_agent(cfg, &opts.etc_dir)?;
+    vc.server_ca_pem = trust.ca_pem();
+    vc.server_ca_sha256 = trust.sha256();
+    vc.insecure_http = matches!(trust, crate::report::ServerTrust::InsecureHttp);
     verify::write_verify_config(&opts.target_root, &vc)
 }
 

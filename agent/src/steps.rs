@@ -491,9 +491,11 @@ mod tests {
                 final_action: FinalAction::None,
                 console: ConsoleMode::Lines,
                 bundle: None,
+                server_ca_sha256: None,
+                insecure_http: true,
             },
             opts: RunOptions::default(),
-            client: Client::new(server).unwrap(),
+            client: Client::new(server, &crate::report::ServerTrust::InsecureHttp).unwrap(),
             reporter: Reporter::new(
                 Outbox::persistent(dir.join("outbox.json")),
                 Console::new(Box::new(std::io::sink()), false, ConsoleMode::Lines, &[]),

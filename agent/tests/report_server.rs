@@ -9,7 +9,7 @@ use std::time::Duration;
 use landfall::{serve, ServeOptions, ServerHandle};
 use landfall_agent::cmdline::{AgentConfig, ConsoleMode, FinalAction};
 use landfall_agent::pipeline::{self, RunOptions};
-use landfall_agent::report::{Client, Console, Outbox};
+use landfall_agent::report::{Client, Console, Outbox, ServerTrust};
 use landfall_agent::retry::Retry;
 use landfall_proto::{EventKind, Step};
 use serde_json::Value;
@@ -102,6 +102,9 @@ fn config(server: String, token: String) -> AgentConfig {
         final_action: FinalAction::None,
         console: ConsoleMode::Lines,
         bundle: None,
+        server_ca_sha256: None,
+        // This file's server is plain HTTP (tests/server_tls.rs covers HTTPS).
+        insecure_http: true,
     }
 }
 
@@ -152,7 +155,7 @@ async fn events_a_killed_agent_had_not_sent_are_sent_by_the_next_once() {
     // stay pending, in the outbox file, when it is killed.
     let first = Outbox::persistent(state.join("outbox.json"));
     first.bind(
-        Client::new("http://127.0.0.1:9").unwrap(),
+        Client::new("http://127.0.0.1:9", &ServerTrust::InsecureHttp).unwrap(),
         hello.attempt_id.clone(),
         hello.agent_token.clone(),
         hello.next_seq,
@@ -316,7 +319,7 @@ async fn a_server_restart_loses_no_event() {
         push(i);
     }
     outbox.bind(
-        Client::new(&server.base()).unwrap(),
+        Client::new(&server.base(), &ServerTrust::InsecureHttp).unwrap(),
         hello.attempt_id.clone(),
         hello.agent_token.clone(),
         hello.next_seq,
@@ -385,7 +388,7 @@ async fn an_agent_restarted_mid_attempt_continues_the_numbering() {
         );
     }
     first.bind(
-        Client::new(&server.base()).unwrap(),
+        Client::new(&server.base(), &ServerTrust::InsecureHttp).unwrap(),
         hello.attempt_id.clone(),
         hello.agent_token.clone(),
         hello.next_seq,
@@ -646,7 +649,7 @@ async fn the_bundle_named_on_the_kernel_line_is_the_one_opened() {
     let token = server.boot_token().await;
     let cmdline = format!(
         "console=ttyS0 landfall.server={} landfall.token={token} landfall.final=none \
-         landfall.console=lines landfall.bundle={} landfall.secrets_identity={}",
+         landfall.insecure_http=1 landfall.console=lines landfall.bundle={} landfall.secrets_identity={}",
         server.base(),
         named.display(),
         key.display()

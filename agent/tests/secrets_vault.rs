@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use landfall::{serve, ServeOptions, ServerHandle};
 use landfall_agent::report::Client;
+// This file's server is plain HTTP (tests/server_tls.rs covers HTTPS).
+use landfall_agent::report::ServerTrust::InsecureHttp;
 use landfall_agent::retry::Retry;
 use landfall_agent::secrets::{self, FetchOptions, SecretBytes, SecretsError};
 use landfall_proto::inventory::Nic;
@@ -266,7 +268,7 @@ impl Fleet {
     }
 
     async fn hello_with(&self, token: &str) -> HelloResponse {
-        Client::new(&self.base)
+        Client::new(&self.base, &InsecureHttp)
             .unwrap()
             .hello(&Self::hello_req(token))
             .await
@@ -279,7 +281,7 @@ impl Fleet {
     }
 
     async fn report(&self, h: &HelloResponse, events: Vec<Event>) {
-        Client::new(&self.base)
+        Client::new(&self.base, &InsecureHttp)
             .unwrap()
             .events(
                 &h.agent_token,
@@ -797,7 +799,7 @@ async fn login_status(f: &Fleet, secret_id: &str) -> u16 {
 async fn hello_code(f: &Fleet, token: &str, nonce: Option<&str>) -> Option<ErrorCode> {
     let mut req = Fleet::hello_req(token);
     req.nonce = nonce.map(str::to_owned);
-    Client::new(&f.base)
+    Client::new(&f.base, &InsecureHttp)
         .unwrap()
         .hello(&req)
         .await

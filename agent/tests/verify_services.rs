@@ -455,6 +455,8 @@ async fn end_to_end_ready_then_degraded_then_bad_token() {
     )
     .unwrap();
     cfg.attempt_id = Some(hello.attempt_id.clone());
+    // This file's server is plain HTTP (as the installer would have said).
+    cfg.insecure_http = true;
     // The test machine is not called ws-01: expect this host's name.
     for c in &mut cfg.checks {
         if let Check::Hostname { expected } = &mut c.check {

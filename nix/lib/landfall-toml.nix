@@ -18,6 +18,7 @@ let
   machines = cfg.machines or { };
   kernelArgs = cfg.kernelArgs or [ ];
   vault = cfg.vault or { };
+  tls = cfg.tls or { };
 in
 toTOML {
   server = {
@@ -27,6 +28,12 @@ toTOML {
     layouts = optString (cfg.layouts or null);
     kernel_args = nonEmpty (if isList kernelArgs then concatStringsSep " " kernelArgs else kernelArgs);
     boot_token_ttl = cfg.bootTokenTtl or null;
+    # HTTPS (docs/security.md, TLS): `listenTls` is "ADDRESS:PORT" or null.
+    listen_tls = tls.listen or null;
+    tls_cert = optString (tls.certFile or null);
+    tls_key = optString (tls.keyFile or null);
+    tls_sans = nonEmpty (tls.sans or [ ]);
+    public_tls_url = tls.publicUrl or null;
   };
   enroll = {
     unknown = enroll.unknown or null;

@@ -37,8 +37,18 @@ let
   # service's ExecStartPre checks the real one before every start.
   artifactsOnServer = artifactsText != null && !(lib.hasPrefix builtins.storeDir artifactsText);
 
+  tlsListen =
+    if cfg.tls.port == null then null
+    else if lib.hasInfix ":" cfg.listenAddress
+    then "[${cfg.listenAddress}]:${toString cfg.tls.port}"
+    else "${cfg.listenAddress}:${toString cfg.tls.port}";
+
   renderArgs = {
     inherit (cfg) publicUrl bootTokenTtl enroll roles machines;
+    tls = {
+      listen = tlsListen;
+      inherit (cfg.tls) certFile keyFile sans publicUrl;
+    };
     artifacts = artifactsText;
     # "${path}" copies a CA given as a Nix path into the store (toString would
     # keep the path of the operator's checkout).
@@ -280,6 +290,47 @@ in
       description = "Open `port` in the firewall (machines fetch boot.ipxe, artifacts and call the API on it).";
     };
 
+    # HTTPS for the agent and admin API (docs/security.md, TLS); `port` keeps
+    # serving boot scripts and artifacts in clear for the firmware's iPXE.
+    tls = {
+      port = mkOption {
+        type = types.nullOr types.port;
+        default = null;
+        example = 8443;
+        description = ''
+          HTTPS port (`server.listen_tls` on `listenAddress`): setting it turns TLS
+          on. Without `certFile`, the server makes a CA and a certificate in
+          `dataDir`/tls at its first start; `landfall ca-fingerprint --data DIR`
+          prints the CA's fingerprint for the installer image
+          (`landfall.installer.serverCa`) or the kernel line.
+        '';
+      };
+      certFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/var/lib/landfall/own-tls/server.pem";
+        description = "Your own PEM certificate chain, leaf first (`server.tls_cert`); a path on the server, outside the Nix store.";
+      };
+      keyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/var/lib/landfall/own-tls/server.key";
+        description = "The key of `certFile` (`server.tls_key`); a path on the server, outside the Nix store.";
+      };
+      sans = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "landfall.lan" "10.0.0.1" ];
+        description = "More names of the generated certificate (`server.tls_sans`), besides the hosts of `publicUrl` and `tls.publicUrl`.";
+      };
+      publicUrl = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "https://landfall.lan:8443";
+        description = "The https URL agents use (`server.public_tls_url`). Default: https:// + the boot URL's host + `tls.port`.";
+      };
+    };
+
     dataDir = mkOption {
       type = types.path;
       default = "/var/lib/landfall";
@@ -503,7 +554,7 @@ in
 
     environment.systemPackages = [ cfg.package ];
 
-    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
+    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall ([ cfg.port ] ++ lib.optional (cfg.tls.port != null) cfg.tls.port);
 
     # A data directory outside /var/lib is not a StateDirectory: create it.
     systemd.tmpfiles.rules = lib.optional (cfg.dataDir != "/var/lib/landfall")

@@ -73,6 +73,9 @@ pub enum ErrorCode {
     RequestTimeout,
     /// 429, from a proxy.
     TooManyRequests,
+    /// 403 on the plain-HTTP listener of a server with TLS on: the agent
+    /// and admin API are served over HTTPS only (the message names the URL).
+    HttpsRequired,
     /// 500: the details are in the server's log.
     Internal,
     /// Another 5xx (a proxy, a server shutting down).

@@ -67,6 +67,15 @@ pub struct VerifyConfig {
     /// Seconds a failing check is retried (services still starting); absent: see docs/verify.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
+    /// The server CA the installer pinned (PEM), pinned again for the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_ca_pem: Option<String>,
+    /// The server fingerprint the installer pinned (`landfall.server_ca_sha256=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_ca_sha256: Option<String>,
+    /// The installer ran with `landfall.insecure_http=1` (plain HTTP).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
 }
 
 /// A check with the name it is reported under (default: its kind).
@@ -228,6 +237,9 @@ mod tests {
                 },
             )],
             timeout: None,
+            server_ca_pem: None,
+            server_ca_sha256: Some("ab".repeat(32)),
+            insecure_http: false,
         };
         assert!(!format!("{cfg:?}").contains("CANARY"));
         let json = serde_json::to_string(&cfg).unwrap();

@@ -33,6 +33,8 @@ pub struct App {
     /// Serialises choosing and storing a new machine's assignment at its
     /// first PXE boot (auto-enrolled hostnames are unique).
     pub enrol_lock: std::sync::Mutex<()>,
+    /// The bound port of the HTTPS listener, when TLS is on.
+    pub tls_port: Option<u16>,
 }
 
 pub type AppState = Arc<App>;
@@ -55,7 +57,38 @@ impl App {
             stopping: AtomicBool::new(false),
             retry_lock: tokio::sync::Mutex::new(()),
             enrol_lock: std::sync::Mutex::new(()),
+            tls_port: None,
         }
+    }
+
+    /// With TLS on: the agent API is at this port ([`App::agent_base`]).
+    pub fn with_tls_port(mut self, port: u16) -> Self {
+        self.tls_port = Some(port);
+        self
+    }
+
+    /// The base URL the agent talks to (`landfall.server=`), from the base
+    /// the machine booted from: the same with TLS off; with TLS on,
+    /// `server.public_tls_url`, else `https://` + its host + the HTTPS port.
+    pub fn agent_base(&self, http_base: &str) -> Option<String> {
+        let Some(port) = self.tls_port else {
+            return Some(http_base.to_owned());
+        };
+        if let Some(u) = self
+            .settings
+            .tls
+            .as_ref()
+            .and_then(|t| t.public_url.clone())
+        {
+            return Some(u);
+        }
+        let host = crate::config::url_host(http_base)?;
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Some(format!("https://{host}:{port}"))
     }
 
     /// Wake the waiting agents to look at their machines again.
@@ -135,11 +168,40 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
     }
 }
 
+/// The TCP peer of a connection, plain or TLS: what `serve` asks axum to
+/// put into each request (`into_make_service_with_connect_info::<PeerAddr>`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'a>
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'a, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
+impl<'a>
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, crate::tls::TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'a, crate::tls::TlsListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
 /// The client's address of a request, as [`Peer`] has it.
 pub fn peer_of(parts: &axum::http::request::Parts) -> String {
     parts
         .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .get::<axum::extract::ConnectInfo<PeerAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_else(|| "unknown".to_owned())
 }

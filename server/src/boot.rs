@@ -42,8 +42,11 @@ pub fn decide(state: MachineState) -> BootAction {
 pub use crate::app::base_from_host;
 
 /// The install script, or why a value failed validation (the caller holds instead).
+/// `base` is where iPXE fetches the kernel and initrd; `server` is what the
+/// agent is told (`landfall.server=`: the https URL when TLS is on).
 pub fn install_script(
     base: &str,
+    server: &str,
     a: &Assignment,
     token: &str,
     kernel_args: &str,
@@ -54,7 +57,7 @@ pub fn install_script(
         return Err("boot token is not alphanumeric".into());
     }
     let mut kernel = format!(
-        "kernel {base}/artifacts/vmlinuz initrd=initrd landfall.server={base} landfall.token={token}"
+        "kernel {base}/artifacts/vmlinuz initrd=initrd landfall.server={server} landfall.token={token}"
     );
     if !kernel_args.is_empty() {
         kernel.push(' ');
@@ -264,8 +267,15 @@ fn decide_and_render(
                     .join(" "),
                 Err(e) => return Ok(hold_script(base, &e, None)),
             };
+            let Some(server) = app.agent_base(base) else {
+                return Ok(hold_script(
+                    base,
+                    "no https URL for the agent",
+                    Some("set server.public_tls_url in landfall.toml"),
+                ));
+            };
             let token = new_token()?;
-            let s = match install_script(base, &a, &token, &args) {
+            let s = match install_script(base, &server, &a, &token, &args) {
                 Ok(s) => s,
                 Err(e) => return Ok(hold_script(base, &format!("{mac}: {e}"), None)),
             };
@@ -383,6 +393,7 @@ mod tests {
     fn install_script_has_the_exact_shape() {
         let s = install_script(
             "http://10.0.0.1:8080",
+            "https://10.0.0.1:8443",
             &assignment("ws-01", "workstation"),
             "abc123",
             "console=ttyS0,115200",
@@ -392,7 +403,7 @@ mod tests {
             s,
             "#!ipxe\n\
              echo landfall: installing ws-01 (role workstation)\n\
-             kernel http://10.0.0.1:8080/artifacts/vmlinuz initrd=initrd landfall.server=http://10.0.0.1:8080 landfall.token=abc123 console=ttyS0,115200\n\
+             kernel http://10.0.0.1:8080/artifacts/vmlinuz initrd=initrd landfall.server=https://10.0.0.1:8443 landfall.token=abc123 console=ttyS0,115200\n\
              initrd http://10.0.0.1:8080/artifacts/initrd\n\
              boot\n"
         );
@@ -400,9 +411,18 @@ mod tests {
 
     #[test]
     fn bad_names_never_reach_a_script() {
-        assert!(install_script("http://x", &assignment("a\nshell", "r"), "t", "").is_err());
-        assert!(install_script("http://x", &assignment("a", "r ${x}"), "t", "").is_err());
-        assert!(install_script("http://x", &assignment("a", "r"), "t\nx", "").is_err());
+        assert!(install_script(
+            "http://x",
+            "http://x",
+            &assignment("a\nshell", "r"),
+            "t",
+            ""
+        )
+        .is_err());
+        assert!(
+            install_script("http://x", "http://x", &assignment("a", "r ${x}"), "t", "").is_err()
+        );
+        assert!(install_script("http://x", "http://x", &assignment("a", "r"), "t\nx", "").is_err());
         assert_eq!(
             local_script(Some("x\nshell")),
             "#!ipxe\necho landfall: this machine is installed, booting from local disk\nexit\n"

@@ -60,6 +60,13 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print the SHA-256 fingerprint of the CA the server made for HTTPS
+    /// (what `landfall.server_ca_sha256=` on the kernel line takes).
+    CaFingerprint {
+        /// Data directory of the server (its CA is DATA/tls/ca.pem).
+        #[arg(long, default_value = "./landfall-data")]
+        data: PathBuf,
+    },
     /// Let a failed install run again from the failed step (its installer
     /// is still running and waiting); only for machines in state `failed`.
     Retry {
@@ -78,9 +85,11 @@ pub struct ServeArgs {
     /// Data directory (database, admin token, default artifacts).
     #[arg(long, default_value = "./landfall-data")]
     pub data: PathBuf,
-    /// Address to listen on; port 0 picks a free port.
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
+    /// Plain-HTTP address to listen on (port 0 picks a free port); default
+    /// `server.listen` of the config, else 0.0.0.0:8080. HTTPS is
+    /// `server.listen_tls` in the config.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// Directory of boot artifacts (vmlinuz, initrd); overrides server.artifacts.
     #[arg(long)]
     pub artifacts: Option<PathBuf>,
@@ -97,11 +106,16 @@ pub struct ClientArgs {
     /// File holding the admin token (LANDFALL_ADMIN_TOKEN, when set, wins).
     #[arg(long, default_value = "./landfall-data/admin.token")]
     pub token_file: PathBuf,
+    /// PEM file of the CA to trust for an https:// server (the only one
+    /// trusted then), e.g. ./landfall-data/tls/ca.pem.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(a) => serve(a).await,
+        Command::CaFingerprint { data } => ca_fingerprint(&data),
         Command::Machines { client, json } => {
             let list: Vec<MachineSummary> = Client::new(&client)?.get("/api/v1/machines").await?;
             if json {
@@ -194,6 +208,35 @@ fn retry_text(r: &RetryResponse) -> String {
     )
 }
 
+/// The plain-HTTP port when neither `--listen` nor `server.listen` says.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
+/// `server.listen` of the config file, if set (the whole file is validated by `serve`).
+fn config_listen(config: Option<&std::path::Path>) -> Result<Option<SocketAddr>> {
+    let Some(path) = config else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let cfg = crate::config::Config::parse(&text)
+        .with_context(|| format!("parsing config file {}", path.display()))?;
+    cfg.server
+        .listen
+        .map(|l| {
+            l.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "server.listen = {l:?} in {} is not an IP address and port; write e.g. \"0.0.0.0:8080\"",
+                    path.display()
+                )
+            })
+        })
+        .transpose()
+}
+
+/// `landfall ca-fingerprint`: the generated CA's SHA-256, for `landfall.server_ca_sha256=`.
+fn ca_fingerprint(data: &std::path::Path) -> Result<()> {
+    println!("{}", crate::tls::ca_fingerprint(data)?);
+    Ok(())
+}
+
 async fn serve(a: ServeArgs) -> Result<()> {
     if a.check_config {
         let s = crate::load_settings(a.config.as_deref())?;
@@ -205,10 +248,15 @@ async fn serve(a: ServeArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let listen = match a.listen {
+        Some(l) => l,
+        None => config_listen(a.config.as_deref())?
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_HTTP_PORT))),
+    };
     let handle = crate::serve(ServeOptions {
         config: a.config,
         data: a.data,
-        listen: a.listen,
+        listen,
         artifacts: a.artifacts,
     })
     .await?;
@@ -301,10 +349,18 @@ impl Client {
                 .trim()
                 .to_owned(),
         };
+        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(ca) = &a.ca {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("reading --ca {}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("--ca {} is not a PEM certificate", ca.display()))?;
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(cert);
+        }
         Ok(Self {
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()?,
+            http: http.build()?,
             base: server_base(&a.server)?,
             token,
         })
@@ -653,7 +709,7 @@ mod tests {
             panic!("not serve")
         };
         assert!(a.check_config);
-        assert_eq!(a.listen.port(), 0);
+        assert_eq!(a.listen.unwrap().port(), 0);
         let c = Cli::try_parse_from(["landfall", "machine", "ws-01", "--json"]).unwrap();
         assert!(matches!(c.command, Command::Machine { json: true, .. }));
         let c =

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod orchestrator;
 pub mod store;
+pub mod tls;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ pub struct ServeOptions {
 /// A running server.
 pub struct ServerHandle {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    ca_file: Option<PathBuf>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -51,6 +54,17 @@ impl ServerHandle {
     /// The address actually bound (the real port when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTPS address actually bound, when TLS is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The generated CA's PEM file (what the installer image pins), when
+    /// TLS is on with a generated certificate.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     /// Stop accepting, finish in-flight requests, close the database.
@@ -116,37 +130,99 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
         Some(v) => Some(orchestrator::Orchestrator::new(v)?),
         None => None,
     };
-    let app = Arc::new(App::new(
-        store,
-        settings,
-        artifacts,
-        admin_token_hash,
-        orchestrator,
-    ));
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
+    let tls = match &settings.tls {
+        None => None,
+        Some(t) => {
+            let identity = tls::load_identity(&opts.data, &t.cert)?;
+            let tcp = tokio::net::TcpListener::bind(t.listen)
+                .await
+                .with_context(|| format!("listening on {} (server.listen_tls)", t.listen))?;
+            Some((
+                tls::TlsListener::new(tcp, identity.config)?,
+                identity.ca_file,
+            ))
+        }
+    };
+    let tls_addr = tls
+        .as_ref()
+        .map(|(l, _)| axum::serve::Listener::local_addr(l))
+        .transpose()?;
+    let ca_file = tls.as_ref().and_then(|(_, f)| f.clone());
+
+    let mut app = App::new(store, settings, artifacts, admin_token_hash, orchestrator);
+    if let Some(a) = tls_addr {
+        app = app.with_tls_port(a.port());
+    }
+    let app = Arc::new(app);
     tracing::info!("landfall listening on http://{addr}");
+    if let Some(a) = tls_addr {
+        let fp = match &ca_file {
+            Some(_) => tls::ca_fingerprint(&opts.data)?,
+            None => "(the operator's certificate)".into(),
+        };
+        tracing::info!(
+            "landfall listening on https://{a} (agent and admin API; the plain-HTTP \
+             listener serves boot scripts and artifacts only); CA SHA-256 {fp}"
+        );
+    }
 
     let (tx, rx) = oneshot::channel::<()>();
-    let router = api::router(app.clone());
-    let task = tokio::spawn(async move {
-        // The peer address reaches handlers as `ConnectInfo` (api::Peer):
-        // boot tokens and hellos are logged with it, alarms record it.
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = rx.await;
-            // Long-polling agents answer now instead of holding the shutdown.
-            app.begin_shutdown();
-        })
-        .await
-    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let task = match tls {
+        None => {
+            let router = api::router(app.clone());
+            let stop = stopped(stop_rx);
+            tokio::spawn(async move {
+                // The peer address reaches handlers as `ConnectInfo` (api::Peer):
+                // boot tokens and hellos are logged with it, alarms record it.
+                let serving = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<app::PeerAddr>(),
+                )
+                .with_graceful_shutdown(stop);
+                let (r, ()) = tokio::join!(serving, async move {
+                    let _ = rx.await;
+                    // Long-polling agents answer now instead of holding the shutdown.
+                    app.begin_shutdown();
+                    let _ = stop_tx.send(true);
+                });
+                r
+            })
+        }
+        Some((tls_listener, _)) => {
+            let port = tls_addr.expect("bound").port();
+            let http = axum::serve(
+                listener,
+                api::http_boot_router(app.clone(), port)
+                    .into_make_service_with_connect_info::<app::PeerAddr>(),
+            )
+            .with_graceful_shutdown(stopped(stop_rx.clone()));
+            let https = axum::serve(
+                tls_listener,
+                api::router(app.clone()).into_make_service_with_connect_info::<app::PeerAddr>(),
+            )
+            .with_graceful_shutdown(stopped(stop_rx));
+            tokio::spawn(async move {
+                let (a, b, ()) = tokio::join!(http, https, async move {
+                    let _ = rx.await;
+                    app.begin_shutdown();
+                    let _ = stop_tx.send(true);
+                });
+                a.and(b)
+            })
+        }
+    };
     Ok(ServerHandle {
         addr,
+        tls_addr,
+        ca_file,
         shutdown: Some(tx),
         task,
     })

@@ -51,6 +51,8 @@ fn first_boot_stand_in_mounts_the_share_and_verifies_real_services() {
         "hostname": HOSTNAME,
         "checks": services.checks_json(HOSTNAME),
         "timeout": 20,
+        // The test HTTP server: plain HTTP, as the installer was told.
+        "insecure_http": true,
     });
     write("/etc/landfall/verify.json", &config.to_string(), 0o600);
     std::fs::set_permissions(

@@ -142,7 +142,7 @@ fn config(s: &Scenario, bao_port: u16, services: Option<&HostServices>) -> Strin
 [server]
 kernel_args = "{console} landfall.console=lines landfall.final=poweroff {secret_args}{double}"
 layouts = "{layouts}"
-
+{tls}
 [enroll]
 unknown = "hold"
 
@@ -158,6 +158,7 @@ hostname = "{hostname}"
 role = "vmtest"
 "#,
         console = image::CONSOLE_ARGS,
+        tls = common::TLS_TOML,
         layouts = agent::workspace_root().join("disko-layouts").display(),
         layout = s.layout,
         unlock = if s.tpm2 {
@@ -313,10 +314,13 @@ fn install(s: Scenario) -> Vec<Part> {
             (None, 0, String::new())
         }
     };
+    let data = dir.path().join("data");
+    let ca = common::server_ca(&data);
+    spec.extra_files
+        .push((ca.clone(), "etc/landfall/server-ca.pem".into(), 0o444));
     let image = Image::build(spec).unwrap();
     let conf = dir.path().join("landfall.toml");
     std::fs::write(&conf, config(&s, bao_port, services.as_ref())).unwrap();
-    let data = dir.path().join("data");
     let server = rt
         .block_on(serve(ServeOptions {
             config: Some(conf),
@@ -327,7 +331,18 @@ fn install(s: Scenario) -> Vec<Part> {
         }))
         .unwrap();
     let port = server.local_addr().port();
-    let admin = common::Admin::new(&format!("http://127.0.0.1:{port}"), &data);
+    let tls_addr = server.tls_addr().expect("TLS is on");
+    assert_eq!(
+        server.ca_file(),
+        Some(ca.as_path()),
+        "the server kept the CA"
+    );
+    let admin = common::Admin::tls(
+        &format!("http://127.0.0.1:{port}"),
+        &format!("https://{tls_addr}"),
+        &ca,
+        &data,
+    );
     let image_built = t0.elapsed();
 
     let vm_dir = dir.path().join("vm");
@@ -662,7 +677,13 @@ fn install(s: Scenario) -> Vec<Part> {
         let verify: Value = serde_json::from_str(&verify_json).unwrap();
         assert_eq!(
             verify["server"],
-            format!("http://10.0.2.2:{port}"),
+            format!("https://10.0.2.2:{}", tls_addr.port()),
+            "{verify:#}"
+        );
+        // The first-boot report pins the CA the installer pinned.
+        assert_eq!(
+            verify["server_ca_pem"].as_str().map(str::trim),
+            Some(std::fs::read_to_string(&ca).unwrap().trim()),
             "{verify:#}"
         );
         assert_eq!(verify["hostname"], hostname);
@@ -970,4 +991,133 @@ fn uefi_machine_installs_luks_btrfs_and_its_first_boot_unlocks_from_the_disk_alo
 fn uefi_machine_with_a_tpm_installs_luks_btrfs_enrols_the_tpm2_and_its_first_boot_unlocks_with_it()
 {
     luks_btrfs("52:54:00:4c:46:05", "LFTPM20001", "vm-tpm2", true);
+}
+
+/// Issue 12 item 3: the image pins another CA than the server's. The agent
+/// refuses the server's certificate in the first handshake, naming both
+/// fingerprints, and stops: the server never hears a hello (the machine
+/// stays `assigned`, no attempt, no event) and the disk is never touched.
+#[test]
+fn an_image_pinning_another_ca_refuses_the_server_and_touches_nothing() {
+    const MAC: &str = "52:54:00:4c:46:0c";
+    let agent = agent::static_agent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = dir.path().join("artifacts");
+    let data = dir.path().join("data");
+    let right = common::server_ca(&data);
+    // Another CA, made by the same code: what a stale or foreign image carries.
+    let other = dir.path().join("other");
+    landfall::tls::generate(&other, &["10.0.2.2".to_owned()]).unwrap();
+    let wrong = other.join(landfall::tls::CA_CERT_FILE);
+    let fp =
+        |p: &std::path::Path| landfall::tls::fingerprint(&landfall::tls::read_certs(p).unwrap()[0]);
+    let (right_fp, wrong_fp) = (fp(&right), fp(&wrong));
+    assert_ne!(right_fp, wrong_fp);
+
+    let mut spec = ImageSpec::new(&agent, &artifacts).with_nixos_install_double();
+    spec.host_programs = image::DISK_PROGRAMS.iter().map(|p| p.to_string()).collect();
+    spec.extra_files
+        .push((wrong, "etc/landfall/server-ca.pem".into(), 0o444));
+    Image::build(spec).unwrap();
+    let conf = dir.path().join("landfall.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+[server]
+kernel_args = "{console} landfall.console=lines landfall.final=poweroff"
+layouts = "{layouts}"
+{tls}
+[enroll]
+unknown = "hold"
+
+[roles.vmtest]
+description = "VM test machine"
+layout = "hybrid"
+wipe = "always"
+flake = "{FLEET_FLAKE}#{{hostname}}"
+
+[[machines]]
+mac = "{MAC}"
+hostname = "vm-wrong-ca"
+role = "vmtest"
+"#,
+            console = image::CONSOLE_ARGS,
+            tls = common::TLS_TOML,
+            layouts = agent::workspace_root().join("disko-layouts").display(),
+        ),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt
+        .block_on(serve(ServeOptions {
+            config: Some(conf),
+            data: data.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            artifacts: Some(artifacts),
+        }))
+        .unwrap();
+    let port = server.local_addr().port();
+    let tls_addr = server.tls_addr().unwrap();
+    let admin = common::Admin::tls(
+        &format!("http://127.0.0.1:{port}"),
+        &format!("https://{tls_addr}"),
+        &right,
+        &data,
+    );
+
+    let vm_dir = dir.path().join("vm");
+    let disk = DiskSpec {
+        path: vm_dir.join("disk0.raw"),
+        serial: "LFWRONGCA1".into(),
+        size_bytes: 256 << 20,
+    };
+    let mut spec = VmSpec::new(
+        Firmware::Bios,
+        MAC,
+        &format!("http://10.0.2.2:{port}/boot.ipxe"),
+        &vm_dir,
+    );
+    spec.disks.push(disk.clone());
+    let mut vm = Vm::start(spec).unwrap();
+    let status = vm
+        .wait_exit(Duration::from_secs(900))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = vm.serial_log();
+    assert!(status.success(), "QEMU exited with {status}\n{log}");
+    assert!(
+        log.contains(image::AGENT_EXITED),
+        "the agent did not stop:\n{log}"
+    );
+    // The refusal on the console names both fingerprints.
+    let line = log
+        .lines()
+        .find(|l| l.contains("refused the server's certificate"))
+        .unwrap_or_else(|| panic!("no refusal on the console:\n{log}"));
+    assert!(
+        line.contains(&wrong_fp),
+        "expected (pinned) missing: {line}"
+    );
+    assert!(line.contains(&right_fp), "presented missing: {line}");
+
+    // The server never heard a hello: no attempt, no event.
+    let m = admin.machine(MAC);
+    assert_eq!(m["state"], "assigned", "{m:#}");
+    assert!(
+        m["attempts"].as_array().is_none_or(|a| a.is_empty()),
+        "{m:#}"
+    );
+    // The disk is as it was made: all zeros.
+    let bytes = std::fs::read(&disk.path).unwrap();
+    assert_eq!(bytes.len() as u64, disk.size_bytes);
+    assert!(
+        bytes.iter().all(|b| *b == 0),
+        "the disk was written to (first non-zero byte at {:?})",
+        bytes.iter().position(|b| *b != 0)
+    );
+    rt.block_on(server.shutdown()).unwrap();
 }

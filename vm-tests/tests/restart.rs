@@ -47,7 +47,7 @@ fn config() -> String {
 [server]
 kernel_args = "{console} landfall.console=lines landfall.final=poweroff landfall.secrets_identity=/etc/landfall/bundle.key {NIXOS_INSTALL_MODE_PARAM}=hold-once {kill}=disks,install"
 layouts = "{layouts}"
-
+{tls}
 [enroll]
 unknown = "hold"
 
@@ -67,6 +67,7 @@ hostname = "{HOSTNAME}"
 role = "vmtest"
 "#,
         console = image::CONSOLE_ARGS,
+        tls = common::TLS_TOML,
         kill = image::KILL_PARAM,
         layouts = agent::workspace_root().join("disko-layouts").display(),
     )
@@ -145,10 +146,14 @@ fn agent_killed_mid_disks_and_mid_install_resumes_and_installs_once() {
         .push((bundle, "etc/landfall/secrets.age".into(), 0o400));
     spec.extra_files
         .push((key, "etc/landfall/bundle.key".into(), 0o400));
+    // HTTPS: the server's CA in the image, the only one the agent trusts.
+    let data = dir.path().join("data");
+    let ca = common::server_ca(&data);
+    spec.extra_files
+        .push((ca.clone(), "etc/landfall/server-ca.pem".into(), 0o444));
     let image = Image::build(spec).unwrap();
     let conf = dir.path().join("landfall.toml");
     std::fs::write(&conf, config()).unwrap();
-    let data = dir.path().join("data");
     let server = rt
         .block_on(serve(ServeOptions {
             config: Some(conf),
@@ -158,7 +163,13 @@ fn agent_killed_mid_disks_and_mid_install_resumes_and_installs_once() {
         }))
         .unwrap();
     let port = server.local_addr().port();
-    let admin = common::Admin::new(&format!("http://127.0.0.1:{port}"), &data);
+    let tls_addr = server.tls_addr().expect("TLS is on");
+    let admin = common::Admin::tls(
+        &format!("http://127.0.0.1:{port}"),
+        &format!("https://{tls_addr}"),
+        &ca,
+        &data,
+    );
     let image_built = t0.elapsed();
 
     let vm_dir = dir.path().join("vm");

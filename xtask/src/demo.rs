@@ -43,6 +43,46 @@ pub fn run(args: &[&str]) -> Result<()> {
     if data.exists() {
         std::fs::remove_dir_all(&data).with_context(|| format!("resetting {}", data.display()))?;
     }
+    // The demo default, plus a layout so the machine's disk is really
+    // partitioned (hybrid boots BIOS and UEFI alike) and a flake to install.
+    // No NixOS closure can be built here: the image's `nixos-install` is the
+    // TEST DOUBLE from vm-tests/doubles (it checks what the agent prepared
+    // and writes a marker), so the demo shows the whole flow around it.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data)
+            .with_context(|| format!("creating {}", data.display()))?;
+    }
+    let config = data.join("landfall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "# Written by ./x demo: every machine installs as `demo` on the hybrid layout.\n\
+             # The demo image's nixos-install is a TEST DOUBLE (vm-tests/doubles).\n\
+             # HTTPS for the agent and admin API with the CA the server makes in\n\
+             # DATA/tls (the image carries it); iPXE keeps plain HTTP.\n\
+             [server]\nkernel_args = \"console=tty0 console=ttyS0,115200\"\nlayouts = \"{}\"\n\
+             listen_tls = \"127.0.0.1:0\"\ntls_sans = [\"10.0.2.2\"]\n\n\
+             [enroll]\nunknown = \"install\"\nrole = \"demo\"\n\n\
+             [roles.demo]\ndescription = \"demo install\"\nlayout = \"hybrid\"\n\
+             flake = \"git+https://git.example/fleet#{{hostname}}\"\n",
+            root.join("disko-layouts").display()
+        ),
+    )?;
+    let (mut child, addr, tls_addr) = start_server(&server, &data, &config)?;
+    let lines = child.1.take();
+    let _server = ServerProcess(child.0);
+    let base = format!("http://{addr}");
+    let ca = data.join("tls/ca.pem");
+    let api = Api::new(&format!("https://{tls_addr}"), &data, &ca)?;
+    eprintln!(
+        "xtask: landfall server at {base} (agent and admin API: {}, data in {})",
+        api.base,
+        data.display()
+    );
     let artifacts = data.join("artifacts");
     eprintln!(
         "xtask: building the test boot image into {}",
@@ -53,39 +93,15 @@ pub fn run(args: &[&str]) -> Result<()> {
         .iter()
         .map(|p| p.to_string())
         .collect();
+    // The CA the server made at its start: the only one the agent trusts.
+    spec.extra_files
+        .push((ca.clone(), "etc/landfall/server-ca.pem".into(), 0o444));
     let image = Image::build(spec)?;
     eprintln!(
         "xtask: kernel {}, initrd {} MiB",
         image.kernel_version,
         std::fs::metadata(&image.initrd)?.len() >> 20
     );
-
-    // The demo default, plus a layout so the machine's disk is really
-    // partitioned (hybrid boots BIOS and UEFI alike) and a flake to install.
-    // No NixOS closure can be built here: the image's `nixos-install` is the
-    // TEST DOUBLE from vm-tests/doubles (it checks what the agent prepared
-    // and writes a marker), so the demo shows the whole flow around it.
-    let config = data.join("landfall.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "# Written by ./x demo: every machine installs as `demo` on the hybrid layout.\n\
-             # The demo image's nixos-install is a TEST DOUBLE (vm-tests/doubles).\n\
-             [server]\nkernel_args = \"console=tty0 console=ttyS0,115200\"\nlayouts = \"{}\"\n\n\
-             [enroll]\nunknown = \"install\"\nrole = \"demo\"\n\n\
-             [roles.demo]\ndescription = \"demo install\"\nlayout = \"hybrid\"\n\
-             flake = \"git+https://git.example/fleet#{{hostname}}\"\n",
-            root.join("disko-layouts").display()
-        ),
-    )?;
-    let (mut child, addr) = start_server(&server, &data, &config)?;
-    let base = format!("http://{addr}");
-    eprintln!(
-        "xtask: landfall server at {base} (data in {})",
-        data.display()
-    );
-    let lines = child.1.take();
-    let _server = ServerProcess(child.0);
 
     let port = addr.rsplit(':').next().unwrap_or("8080");
     let vm_dir = data.join("vm");
@@ -108,9 +124,6 @@ pub fn run(args: &[&str]) -> Result<()> {
         serial_log.display()
     );
 
-    let token = std::fs::read_to_string(data.join("admin.token"))?
-        .trim()
-        .to_owned();
     let started = Instant::now();
     let mut seen_events = 0usize;
     let mut console_lines = 0usize;
@@ -131,15 +144,15 @@ pub fn run(args: &[&str]) -> Result<()> {
             }
         }
         console_lines = log.lines().count();
-        seen_events = print_new_events(&base, &token, seen_events)?;
+        seen_events = print_new_events(&api, seen_events)?;
         if let Some(st) = vm.try_wait()? {
             break st;
         }
         // A failed install holds the machine and waits for the operator
         // (`landfall retry`): the demo stops there and says so.
-        let state = machine_state(&base, &token).ok(); // None until the machine's first boot
+        let state = machine_state(&api).ok(); // None until the machine's first boot
         if matches!(state.as_deref(), Some("failed" | "compromised")) {
-            print_new_events(&base, &token, seen_events)?;
+            print_new_events(&api, seen_events)?;
             return Err(vm.failure(
                 "the demo machine's install failed (events above); it waits for `landfall retry`",
             ));
@@ -149,7 +162,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    print_new_events(&base, &token, seen_events)?;
+    print_new_events(&api, seen_events)?;
     eprintln!(
         "xtask: VM exited ({status}) after {:.0}s",
         started.elapsed().as_secs_f64()
@@ -170,14 +183,16 @@ pub fn run(args: &[&str]) -> Result<()> {
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
     let out = Cmd::new(&server)
-        .args(["machines", "--server", &base, "--token-file"])
+        .args(["machines", "--server", &api.base, "--token-file"])
         .arg(data.join("admin.token"))
+        .arg("--ca")
+        .arg(&ca)
         .output_blocking()?;
     println!(
         "\n$ landfall machines\n{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let state = machine_state(&base, &token)?;
+    let state = machine_state(&api)?;
     if state != "installed" {
         bail!(
             "the demo machine ended in state {state:?}; serial console: {}",
@@ -194,8 +209,13 @@ pub fn run(args: &[&str]) -> Result<()> {
 
 type Lines = Option<mpsc::Receiver<String>>;
 
-/// Start `landfall serve` on a free loopback port; returns the process and its address.
-fn start_server(server: &Path, data: &PathBuf, config: &Path) -> Result<((Child, Lines), String)> {
+/// Start `landfall serve` on free loopback ports; returns the process and its
+/// plain-HTTP and HTTPS addresses.
+fn start_server(
+    server: &Path,
+    data: &PathBuf,
+    config: &Path,
+) -> Result<((Child, Lines), String, String)> {
     let mut child = Cmd::new(server)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(config)
@@ -212,22 +232,54 @@ fn start_server(server: &Path, data: &PathBuf, config: &Path) -> Result<((Child,
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut addr = None;
     loop {
         let l = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .context("the server did not say it was listening within 30 s")?;
         println!("server  | {l}");
         if let Some(i) = l.find("listening on http://") {
-            let addr = l[i + "listening on http://".len()..].trim().to_owned();
-            return Ok(((child, Some(rx)), addr));
+            addr = Some(l[i + "listening on http://".len()..].trim().to_owned());
+        }
+        if let Some(i) = l.find("listening on https://") {
+            let rest = &l[i + "listening on https://".len()..];
+            let tls = rest.split_whitespace().next().unwrap_or("").to_owned();
+            let addr = addr.context("the server said https before http")?;
+            return Ok(((child, Some(rx)), addr, tls));
         }
     }
 }
 
-fn admin_get(base: &str, token: &str, path: &str) -> Result<Option<serde_json::Value>> {
-    let r = reqwest::blocking::Client::new()
-        .get(format!("{base}{path}"))
-        .bearer_auth(token)
+/// The admin API over HTTPS, trusting the server's CA alone.
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Api {
+    fn new(base: &str, data: &Path, ca: &Path) -> Result<Self> {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let http = reqwest::blocking::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+            .build()?;
+        let token = std::fs::read_to_string(data.join("admin.token"))?
+            .trim()
+            .to_owned();
+        Ok(Self {
+            base: base.to_owned(),
+            token,
+            http,
+        })
+    }
+}
+
+fn admin_get(api: &Api, path: &str) -> Result<Option<serde_json::Value>> {
+    let r = api
+        .http
+        .get(format!("{}{path}", api.base))
+        .bearer_auth(&api.token)
         .send()?;
     if r.status() == reqwest::StatusCode::NOT_FOUND {
         return Ok(None);
@@ -235,8 +287,8 @@ fn admin_get(base: &str, token: &str, path: &str) -> Result<Option<serde_json::V
     Ok(Some(r.error_for_status()?.json()?))
 }
 
-fn print_new_events(base: &str, token: &str, seen: usize) -> Result<usize> {
-    let Some(m) = admin_get(base, token, &format!("/api/v1/machines/{MAC}"))? else {
+fn print_new_events(api: &Api, seen: usize) -> Result<usize> {
+    let Some(m) = admin_get(api, &format!("/api/v1/machines/{MAC}"))? else {
         return Ok(seen);
     };
     let events: Vec<&serde_json::Value> = m["attempts"]
@@ -257,8 +309,8 @@ fn print_new_events(base: &str, token: &str, seen: usize) -> Result<usize> {
     Ok(events.len().max(seen))
 }
 
-fn machine_state(base: &str, token: &str) -> Result<String> {
-    let m = admin_get(base, token, &format!("/api/v1/machines/{MAC}"))?
+fn machine_state(api: &Api) -> Result<String> {
+    let m = admin_get(api, &format!("/api/v1/machines/{MAC}"))?
         .context("the server never saw the demo machine")?;
     Ok(m["state"].as_str().unwrap_or("unknown").to_owned())
 }

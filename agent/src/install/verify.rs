@@ -62,6 +62,9 @@ pub fn verify_config(
         hostname: assignment.hostname.clone(),
         checks,
         timeout: None,
+        server_ca_pem: None,
+        server_ca_sha256: None,
+        insecure_http: false,
     })
 }
 
@@ -650,7 +653,7 @@ pub async fn report(
     checks: &[CheckResult],
     retry: &Retry,
 ) -> Result<VerifyResponse> {
-    let client = Client::new(&cfg.server)?;
+    let client = Client::new(&cfg.server, &crate::report::ServerTrust::for_verify(cfg)?)?;
     let req = VerifyRequest {
         attempt_id: cfg.attempt_id.clone(),
         hostname: current_hostname(),

@@ -1,5 +1,6 @@
 //! The server's agent API (protocol v1, see docs/protocol.md).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use landfall_proto::verify::{VerifyRequest, VerifyResponse};
@@ -9,12 +10,16 @@ use landfall_proto::{
     AGENT_API,
 };
 use reqwest::StatusCode;
+
+use super::tls::ServerTrust;
 use serde::{de::DeserializeOwned, Serialize};
 
 #[derive(Clone)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// The last certificate refusal of the pinned verifier ([`ServerTrust`]).
+    refusal: Arc<Mutex<Option<String>>>,
 }
 
 /// Why a call failed; [`ApiError::retryable`] says whether trying again can help.
@@ -35,6 +40,9 @@ pub enum ApiError {
         /// proxy), the status's generic code ([`ErrorCode::from_status`]).
         code: ErrorCode,
     },
+    /// The server's certificate is not the pinned one: never retried.
+    #[error("{url}: {message}")]
+    Untrusted { url: String, message: String },
     #[error("{url} answered with a body that is not the expected JSON: {source}")]
     Decode {
         url: String,
@@ -50,7 +58,7 @@ impl ApiError {
         match self {
             Self::Transport { .. } => true,
             Self::Status { code, .. } => code.retryable(),
-            Self::Decode { .. } => false,
+            Self::Decode { .. } | Self::Untrusted { .. } => false,
         }
     }
 
@@ -64,8 +72,11 @@ impl ApiError {
 }
 
 impl Client {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    /// A client of the server at `base` that accepts only what `trust` pins.
+    pub fn new(base: &str, trust: &ServerTrust) -> anyhow::Result<Self> {
+        let refusal = Arc::new(Mutex::new(None));
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(trust.client_config(refusal.clone())?)
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("landfall-agent/", env!("CARGO_PKG_VERSION")))
@@ -73,6 +84,7 @@ impl Client {
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http,
+            refusal,
         })
     }
 
@@ -105,9 +117,22 @@ impl Client {
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
-        let resp = req.send().await.map_err(|source| ApiError::Transport {
-            url: url.clone(),
-            source,
+        let resp = req.send().await.map_err(|source| {
+            let refused = self
+                .refusal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            match refused {
+                Some(message) => ApiError::Untrusted {
+                    url: url.clone(),
+                    message,
+                },
+                None => ApiError::Transport {
+                    url: url.clone(),
+                    source,
+                },
+            }
         })?;
         let status = resp.status();
         if !status.is_success() {
@@ -190,7 +215,8 @@ mod tests {
     }
 
     async fn hello_error(status: &'static str, body: &'static str) -> ApiError {
-        let client = Client::new(&answering(status, body).await).unwrap();
+        let client =
+            Client::new(&answering(status, body).await, &ServerTrust::InsecureHttp).unwrap();
         let req = HelloRequest {
             boot_token: "t".into(),
             agent_version: "test".into(),

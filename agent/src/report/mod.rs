@@ -6,6 +6,7 @@ pub mod console;
 pub mod failure;
 pub mod nonce;
 pub mod outbox;
+pub mod tls;
 
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +15,7 @@ use landfall_proto::{Event, EventKind, Step};
 pub use client::{ApiError, Client};
 pub use console::Console;
 pub use outbox::Outbox;
+pub use tls::ServerTrust;
 
 /// Fans one event out to the outbox, the console and the log.
 #[derive(Clone)]

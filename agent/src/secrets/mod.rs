@@ -48,6 +48,11 @@ pub const ETC_DIR: &str = "/etc/landfall";
 pub const ROLE_ID_FILE: &str = "vault-role-id";
 /// The CA of Vault's certificate the image may pin, in [`ETC_DIR`].
 pub const CA_FILE: &str = "vault-ca.pem";
+/// The CA of the landfall server's certificate the image pins, in [`ETC_DIR`]
+/// (iso module: `landfall.installer.serverCa`).
+pub const SERVER_CA_FILE: &str = "server-ca.pem";
+/// [`SERVER_CA_FILE`] with its directory, for messages.
+pub const SERVER_CA_FILE_PATH: &str = "/etc/landfall/server-ca.pem";
 
 /// The AppRole `role_id`: from `file` (baked into the image, mode 0400), else
 /// from `landfall.vault_role_id=` on the kernel command line `cmdline`.

@@ -23,11 +23,7 @@ use crate::store::AttemptRow;
 pub const MAX_BODY: usize = 1024 * 1024;
 
 pub fn router(app: AppState) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/boot.ipxe", get(crate::boot::boot_ipxe))
-        .route("/chain.ipxe", get(crate::boot::chain_ipxe))
-        .route("/artifacts/{name}", get(artifact))
+    boot_routes()
         .route("/api/v1/agent/hello", post(agent::hello))
         .route("/api/v1/agent/events", post(agent::events))
         .route("/api/v1/agent/wait", post(agent::wait))
@@ -38,6 +34,37 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/machines/{key}/retry", post(admin::retry))
         .route("/api/v1/machines/{key}/approve", post(admin::approve))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+/// What iPXE fetches: served on the plain-HTTP listener too, since the
+/// firmware's iPXE may lack HTTPS (docs/security.md says what that exposes).
+fn boot_routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/boot.ipxe", get(crate::boot::boot_ipxe))
+        .route("/chain.ipxe", get(crate::boot::chain_ipxe))
+        .route("/artifacts/{name}", get(artifact))
+}
+
+/// The plain-HTTP listener's router when TLS is on: the boot routes, and a
+/// 403 `https_required` naming the HTTPS port for everything else (the
+/// agent and admin API never answer in clear).
+pub fn http_boot_router(app: AppState, tls_port: u16) -> Router {
+    boot_routes()
+        .fallback(move |uri: axum::http::Uri| async move {
+            ApiError::coded(
+                ErrorCode::HttpsRequired,
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} is served over HTTPS only (port {tls_port}); this plain-HTTP \
+                     listener serves boot.ipxe, chain.ipxe and /artifacts/",
+                    uri.path()
+                ),
+            )
+        })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)

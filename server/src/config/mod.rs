@@ -26,6 +26,7 @@ use landfall_proto::NamedCheck;
 
 pub use resolve::{auto_hostname, expand_template, InstallKeys, Layer, Mergeable};
 pub use schema::*;
+pub(crate) use validate::url_host;
 
 /// `[vault]` after validation.
 #[derive(Debug, Clone)]
@@ -65,6 +66,19 @@ pub struct Settings {
     pub vault: Option<VaultSettings>,
     /// Role name -> its `[[roles.NAME.checks]]`, parsed and checked.
     pub checks: BTreeMap<String, Vec<NamedCheck>>,
+    /// `server.listen`, when set.
+    pub listen: Option<std::net::SocketAddr>,
+    /// HTTPS, when `server.listen_tls` is set.
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[server] listen_tls` and its certificate, validated.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub listen: std::net::SocketAddr,
+    pub cert: crate::tls::CertSource,
+    /// `public_tls_url` without a trailing slash, when set.
+    pub public_url: Option<String>,
 }
 impl Config {
     /// The configuration used when `serve` gets no `--config`: every machine that
@@ -83,7 +97,8 @@ impl Config {
         Self {
             server: ServerSection {
                 // The installer's progress on the screen and on the first serial port.
-                kernel_args: "console=tty0 console=ttyS0,115200".into(),
+                // The demo serves plain HTTP and tells its agent so.
+                kernel_args: "console=tty0 console=ttyS0,115200 landfall.insecure_http=1".into(),
                 ..ServerSection::default()
             },
             enroll: EnrollSection {

@@ -157,6 +157,29 @@ pub struct ServerSection {
     /// its attempt) before it expires; the agent then says hello again.
     #[serde(default = "default_idle")]
     pub agent_token_idle_secs: u64,
+    /// Plain-HTTP address, e.g. "0.0.0.0:8080" (`serve --listen` wins). With
+    /// TLS on it serves only what iPXE fetches: boot scripts and artifacts.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// HTTPS address, e.g. "0.0.0.0:8443": setting it turns TLS on (the
+    /// agent and admin API are then served there only).
+    #[serde(default)]
+    pub listen_tls: Option<String>,
+    /// The operator's PEM certificate chain (leaf first); with `tls_key`.
+    /// Unset: a CA and a certificate are made in `DATA/tls/` at first start.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Extra names (DNS names or IP addresses) of the generated certificate,
+    /// besides the hosts of `public_url` and `public_tls_url`.
+    #[serde(default)]
+    pub tls_sans: Vec<String>,
+    /// The https base URL agents use, e.g. "https://10.0.0.1:8443". Default:
+    /// `https://` + the host machines boot from + `:` + the port of `listen_tls`.
+    #[serde(default)]
+    pub public_tls_url: Option<String>,
 }
 
 fn default_ttl() -> u64 {
@@ -181,6 +204,12 @@ impl Default for ServerSection {
             boot_token_ttl: DEFAULT_BOOT_TOKEN_TTL,
             agent_alive_secs: DEFAULT_AGENT_ALIVE_SECS,
             agent_token_idle_secs: DEFAULT_AGENT_TOKEN_IDLE_SECS,
+            listen: None,
+            listen_tls: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_sans: Vec::new(),
+            public_tls_url: None,
         }
     }
 }

@@ -820,3 +820,60 @@ fn tpm2_unlock_takes_its_pcrs_from_the_role_checked_and_defaults_to_pcr_7() {
         "{e}"
     );
 }
+
+#[test]
+fn tls_names_come_from_the_urls_the_listen_address_and_tls_sans() {
+    let s = Config::parse(
+        "[server]\npublic_url = \"http://boot.lan:8080\"\n\
+         public_tls_url = \"https://[fd00::1]:8443\"\n\
+         listen_tls = \"10.0.0.1:8443\"\ntls_sans = [\"10.0.0.1\", \"landfall.lan\"]\n",
+    )
+    .unwrap()
+    .validate(Path::new("."))
+    .unwrap();
+    let tls = s.tls.unwrap();
+    assert_eq!(tls.listen, "10.0.0.1:8443".parse().unwrap());
+    assert_eq!(tls.public_url.as_deref(), Some("https://[fd00::1]:8443"));
+    // In order, each once.
+    assert_eq!(
+        tls.cert,
+        crate::tls::CertSource::Generated {
+            sans: vec![
+                "boot.lan".into(),
+                "fd00::1".into(),
+                "10.0.0.1".into(),
+                "landfall.lan".into()
+            ]
+        }
+    );
+    // Nothing to name: the loopback names, so a local test still verifies.
+    let s = Config::parse("[server]\nlisten_tls = \"0.0.0.0:8443\"\n")
+        .unwrap()
+        .validate(Path::new("."))
+        .unwrap();
+    assert_eq!(
+        s.tls.unwrap().cert,
+        crate::tls::CertSource::Generated {
+            sans: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+        }
+    );
+    // TLS off by default.
+    assert!(Config::parse("")
+        .unwrap()
+        .validate(Path::new("."))
+        .unwrap()
+        .tls
+        .is_none());
+}
+
+#[test]
+fn url_host_strips_scheme_port_path_and_brackets() {
+    use super::url_host;
+    assert_eq!(
+        url_host("http://10.0.0.1:8080").as_deref(),
+        Some("10.0.0.1")
+    );
+    assert_eq!(url_host("https://[::1]:8443/x").as_deref(), Some("::1"));
+    assert_eq!(url_host("http://host.lan/p").as_deref(), Some("host.lan"));
+    assert_eq!(url_host("nope"), None);
+}

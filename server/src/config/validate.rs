@@ -4,6 +4,7 @@
 //! files and the artifacts directory).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,11 +13,12 @@ use landfall_proto::names::{check_hostname, check_simple_name, normalize_mac};
 use landfall_proto::{Check, NamedCheck};
 
 use super::resolve::{layered, InstallKeys};
-use super::{files, layouts};
+use super::{files, layouts, TlsSettings};
 use super::{
     Config, LuksUnlockConfig, MachineConfig, RoleConfig, SecretFileConfig, Settings, Unknown,
     VaultSection, VaultSettings, DEFAULT_BOOT_TOKEN_TTL,
 };
+use crate::tls::CertSource;
 
 impl Config {
     /// Check every rule and build the lookup tables.
@@ -37,6 +39,7 @@ impl Config {
                 super::schema::DEFAULT_AGENT_TOKEN_IDLE_SECS
             );
         }
+        let (listen, tls) = check_listen_and_tls(&self.server, public_url.as_deref(), base_dir)?;
         if self.server.boot_token_ttl == 0 {
             bail!("server.boot_token_ttl must be at least 1 (seconds); the default is {DEFAULT_BOOT_TOKEN_TTL}");
         }
@@ -226,6 +229,8 @@ impl Config {
         }
 
         Ok(Settings {
+            listen,
+            tls,
             checks,
             vault,
             layouts,
@@ -722,6 +727,122 @@ fn role_list(roles: &BTreeMap<String, RoleConfig>) -> String {
     } else {
         roles.keys().cloned().collect::<Vec<_>>().join(", ")
     }
+}
+
+/// `server.listen`, and `listen_tls` with its certificate and names.
+fn check_listen_and_tls(
+    server: &super::ServerSection,
+    public_url: Option<&str>,
+    base_dir: &Path,
+) -> Result<(Option<SocketAddr>, Option<TlsSettings>)> {
+    let addr = |field: &str, v: &str, example: &str| -> Result<SocketAddr> {
+        v.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "{field} = {v:?} is not an IP address and port; write e.g. \"{example}\" \
+                 (a host name is not accepted here)"
+            )
+        })
+    };
+    let listen = server
+        .listen
+        .as_deref()
+        .map(|v| addr("server.listen", v, "0.0.0.0:8080"))
+        .transpose()?;
+    let Some(listen_tls) = server.listen_tls.as_deref() else {
+        for (field, set) in [
+            ("tls_cert", server.tls_cert.is_some()),
+            ("tls_key", server.tls_key.is_some()),
+            ("tls_sans", !server.tls_sans.is_empty()),
+            ("public_tls_url", server.public_tls_url.is_some()),
+        ] {
+            if set {
+                bail!(
+                    "server.{field} is set but server.listen_tls is not, so TLS is off; \
+                     add listen_tls = \"0.0.0.0:8443\" to [server] or remove {field}"
+                );
+            }
+        }
+        return Ok((listen, None));
+    };
+    let listen_tls = addr("server.listen_tls", listen_tls, "0.0.0.0:8443")?;
+    if let Some(l) = listen {
+        if l == listen_tls && l.port() != 0 {
+            bail!("server.listen and server.listen_tls are both {l}; give HTTPS its own port, e.g. listen_tls = \"0.0.0.0:8443\"");
+        }
+    }
+    let public_tls_url = match &server.public_tls_url {
+        None => None,
+        Some(u) => {
+            let u = check_http_url("server.public_tls_url", u, "https://10.0.0.1:8443")?;
+            if !u.starts_with("https://") {
+                bail!("server.public_tls_url = {u:?} must start with https:// (it is where agents reach the HTTPS listener)");
+            }
+            Some(u)
+        }
+    };
+    let cert = match (&server.tls_cert, &server.tls_key) {
+        (Some(c), Some(k)) => {
+            if !server.tls_sans.is_empty() {
+                bail!("server.tls_sans names the generated certificate's names, but tls_cert is the operator's own; remove tls_sans (the names are in your certificate)");
+            }
+            CertSource::Files {
+                cert: base_dir.join(c),
+                key: base_dir.join(k),
+            }
+        }
+        (Some(_), None) | (None, Some(_)) => bail!(
+            "server.tls_cert and server.tls_key go together: set both (your PEM certificate \
+             chain and its key), or neither to have the server make a CA and certificate"
+        ),
+        (None, None) => {
+            let mut sans: Vec<String> = Vec::new();
+            for u in [public_url, public_tls_url.as_deref()]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(h) = url_host(u) {
+                    sans.push(h);
+                }
+            }
+            if !listen_tls.ip().is_unspecified() {
+                sans.push(listen_tls.ip().to_string());
+            }
+            for s in &server.tls_sans {
+                let ok = s.parse::<std::net::IpAddr>().is_ok() || check_hostname(s).is_ok();
+                if !ok {
+                    bail!("server.tls_sans: {s:?} is neither an IP address nor a DNS name; write e.g. [\"10.0.0.1\", \"landfall.lan\"]");
+                }
+                sans.push(s.clone());
+            }
+            if sans.is_empty() {
+                sans = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            sans.retain(|s| seen.insert(s.clone()));
+            CertSource::Generated { sans }
+        }
+    };
+    Ok((
+        listen,
+        Some(TlsSettings {
+            listen: listen_tls,
+            cert,
+            public_url: public_tls_url,
+        }),
+    ))
+}
+
+/// The host of `scheme://host[:port][/path]`, without brackets around an IPv6 address.
+pub(crate) fn url_host(u: &str) -> Option<String> {
+    let rest = u.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_owned())
 }
 
 /// `http(s)://host[:port][/path]` with nothing that could break an iPXE script line.

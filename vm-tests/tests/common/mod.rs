@@ -411,23 +411,63 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
+/// `[server]` lines for HTTPS: the agent and admin API on their own
+/// listener, iPXE keeping plain HTTP for the boot script and artifacts.
+/// slirp's 10.0.2.2 is the host's loopback.
+pub const TLS_TOML: &str = "listen_tls = \"127.0.0.1:0\"\ntls_sans = [\"10.0.2.2\"]\n";
+/// The names the server's certificate gets from [`TLS_TOML`] (listen_tls's IP, then tls_sans).
+pub const TLS_NAMES: [&str; 2] = ["127.0.0.1", "10.0.2.2"];
+
+/// The server's CA made before the image is built (the server keeps it at
+/// its start), so the image can carry it as /etc/landfall/server-ca.pem.
+pub fn server_ca(data: &Path) -> PathBuf {
+    let names: Vec<String> = TLS_NAMES.iter().map(|s| s.to_string()).collect();
+    landfall::tls::generate(&data.join(landfall::tls::TLS_DIR), &names).unwrap();
+    data.join(landfall::tls::TLS_DIR)
+        .join(landfall::tls::CA_CERT_FILE)
+}
+
 /// The admin API of the in-process server.
 pub struct Admin {
     base: String,
+    /// Where boot scripts are served (the plain-HTTP listener).
+    boot_base: String,
     token: String,
+    http: reqwest::blocking::Client,
 }
 
 impl Admin {
+    /// A server on plain HTTP only.
     pub fn new(base: &str, data: &Path) -> Admin {
         let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
         Admin {
             base: base.to_owned(),
+            boot_base: base.to_owned(),
             token: token.trim().to_owned(),
+            http: reqwest::blocking::Client::new(),
+        }
+    }
+
+    /// A server with TLS on: the admin API at `https_base`, trusted through
+    /// the server's CA alone; boot scripts from `http_base`.
+    pub fn tls(http_base: &str, https_base: &str, ca: &Path, data: &Path) -> Admin {
+        let pem = std::fs::read(ca).unwrap();
+        let http = reqwest::blocking::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .build()
+            .unwrap();
+        Admin {
+            base: https_base.to_owned(),
+            boot_base: http_base.to_owned(),
+            http,
+            ..Admin::new(http_base, data)
         }
     }
 
     pub fn get(&self, path: &str) -> Value {
-        let r = reqwest::blocking::Client::new()
+        let r = self
+            .http
             .get(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .send()
@@ -437,7 +477,8 @@ impl Admin {
     }
 
     pub fn post(&self, path: &str) -> (u16, String) {
-        let r = reqwest::blocking::Client::new()
+        let r = self
+            .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .send()
@@ -451,7 +492,7 @@ impl Admin {
 
     /// What the machine's next PXE boot gets.
     pub fn boot_script(&self, mac: &str) -> String {
-        reqwest::blocking::get(format!("{}/boot.ipxe?mac={mac}", self.base))
+        reqwest::blocking::get(format!("{}/boot.ipxe?mac={mac}", self.boot_base))
             .unwrap()
             .text()
             .unwrap()
