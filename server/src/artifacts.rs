@@ -69,6 +69,43 @@ pub fn parse_range(value: &str, len: u64) -> RangeReq {
     RangeReq::Partial(start, end)
 }
 
+/// Open `dir/name` for reading when it is a regular file in `dir` itself;
+/// `None` when there is none: missing, or something else under that name. A
+/// symlink is never followed (`O_NOFOLLOW`: it could point at the data
+/// directory's `admin.token`), and the open cannot hang (`O_NONBLOCK`: a FIFO
+/// would wait for a writer; the `fstat` after it refuses FIFOs, devices,
+/// sockets and directories). `name` must be a checked plain file name.
+pub fn open_regular(dir: &Path, name: &str) -> std::io::Result<Option<(std::fs::File, u64)>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            tracing::warn!(
+                "{} is a symlink; artifacts must be regular files in the directory (not served)",
+                path.display()
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        tracing::warn!(
+            "{} is not a regular file ({:?}); not served",
+            path.display(),
+            meta.file_type()
+        );
+        return Ok(None);
+    }
+    Ok(Some((file, meta.len())))
+}
+
 pub async fn serve_file(
     dir: &Path,
     name: &str,
@@ -83,9 +120,9 @@ pub async fn serve_file(
     }
     let path = dir.join(name);
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no artifact named {name:?}"));
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+    let (file, len) = match open_regular(dir, name) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err(not_found()),
         Err(e) => {
             return Err(ApiError::internal(format!(
                 "opening {}: {e}",
@@ -93,14 +130,7 @@ pub async fn serve_file(
             )))
         }
     };
-    let meta = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::internal(format!("stat {}: {e}", path.display())))?;
-    if !meta.is_file() {
-        return Err(not_found());
-    }
-    let len = meta.len();
+    let mut file = tokio::fs::File::from_std(file);
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())

@@ -63,6 +63,8 @@ pub struct Settings {
     pub vault: Option<VaultSettings>,
     /// Role name -> its `[[roles.NAME.checks]]`, parsed and checked.
     pub checks: BTreeMap<String, Vec<NamedCheck>>,
+    /// `[server] max_*`: caps on what clients can make the server store.
+    pub limits: Limits,
 }
 impl Config {
     /// The configuration used when `serve` gets no `--config`: every machine that

@@ -14,7 +14,7 @@ use landfall_proto::{Check, NamedCheck};
 use super::resolve::{layered, InstallKeys};
 use super::{files, layouts};
 use super::{
-    Config, MachineConfig, RoleConfig, SecretFileConfig, Settings, Unknown, VaultSection,
+    Config, Limits, MachineConfig, RoleConfig, SecretFileConfig, Settings, Unknown, VaultSection,
     VaultSettings, DEFAULT_BOOT_TOKEN_TTL,
 };
 
@@ -31,6 +31,23 @@ impl Config {
                  write the arguments on one line separated by spaces"
             );
         }
+        let s = &self.server;
+        for (field, v) in [
+            ("max_discovered", s.max_discovered),
+            ("max_discovered_per_minute", s.max_discovered_per_minute),
+            ("max_events_per_attempt", s.max_events_per_attempt),
+            ("max_event_bytes_per_attempt", s.max_event_bytes_per_attempt),
+        ] {
+            if v == 0 || v > i64::MAX as u64 {
+                bail!("server.{field} = {v} is out of range; give a number from 1 (or leave it out for the default)");
+            }
+        }
+        let limits = Limits {
+            max_discovered: s.max_discovered,
+            max_discovered_per_minute: s.max_discovered_per_minute,
+            max_events_per_attempt: s.max_events_per_attempt,
+            max_event_bytes_per_attempt: s.max_event_bytes_per_attempt,
+        };
         if self.server.boot_token_ttl == 0 {
             bail!("server.boot_token_ttl must be at least 1 (seconds); the default is {DEFAULT_BOOT_TOKEN_TTL}");
         }
@@ -219,6 +236,7 @@ impl Config {
         }
 
         Ok(Settings {
+            limits,
             checks,
             vault,
             layouts,

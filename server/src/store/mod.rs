@@ -15,8 +15,10 @@ use anyhow::{Context, Result};
 use landfall_proto::{MachineState, WipePolicy};
 use rusqlite::Connection;
 
-pub use agent::{AttemptRow, HelloInput, HelloOutcome, StoredEvents, WaitCheck};
-pub use machines::{MachineRow, RetryOutcome};
+pub use agent::{
+    AttemptRow, EventQuota, HelloInput, HelloOutcome, OverQuota, StoredEvents, WaitCheck,
+};
+pub use machines::{DiscoveredCap, EventPage, MachineRow, RetryOutcome};
 pub use verify::{VerifyAuth, VerifyOutcome};
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
@@ -89,6 +91,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN last_wait_at INTEGER;
     ALTER TABLE attempts ADD COLUMN wait_ends_at INTEGER;
+    "#,
+    // 4: caps (issue 12 item 6): new discovered machines per minute, and an
+    // attempt's stored events and their bytes, counted as they are stored.
+    r#"
+    CREATE INDEX machines_state_created ON machines(state, created_at);
+    ALTER TABLE attempts ADD COLUMN event_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN event_bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE attempts SET
+        event_count = (SELECT COUNT(*) FROM events e WHERE e.attempt_id = attempts.id),
+        event_bytes = (SELECT COALESCE(SUM(LENGTH(e.body)), 0) FROM events e
+                        WHERE e.attempt_id = attempts.id);
     "#,
 ];
 
