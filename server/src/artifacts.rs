@@ -69,28 +69,66 @@ pub fn parse_range(value: &str, len: u64) -> RangeReq {
     RangeReq::Partial(start, end)
 }
 
-/// Open `dir/name` for reading when it is a regular file in `dir` itself;
-/// `None` when there is none: missing, or something else under that name. A
-/// symlink is never followed (`O_NOFOLLOW`: it could point at the data
-/// directory's `admin.token`), and the open cannot hang (`O_NONBLOCK`: a FIFO
-/// would wait for a writer; the `fstat` after it refuses FIFOs, devices,
-/// sockets and directories). `name` must be a checked plain file name.
+/// Where a symlink in the artifacts directory may point: the Nix store is
+/// world-readable and immutable by design (the NixOS module's netboot
+/// directory is symlinks into it), so serving from it discloses nothing.
+pub const NIX_STORE: &str = "/nix/store/";
+
+/// Open `dir/name` for reading when it is a regular file in `dir`; `None`
+/// when there is none: missing, or something else under that name. A
+/// symlink is followed only when its whole resolution stays inside `dir` or
+/// ends in the Nix store ([`NIX_STORE`]); one to anywhere else (the data
+/// directory's `admin.token`) is refused. Every open is `O_NOFOLLOW` (the
+/// file opened is the one checked) and `O_NONBLOCK` (a FIFO does not wait for
+/// a writer), and the `fstat` after it refuses FIFOs, devices, sockets and
+/// directories. `name` must be a checked plain file name.
 pub fn open_regular(dir: &Path, name: &str) -> std::io::Result<Option<(std::fs::File, u64)>> {
+    open_regular_with_store(dir, name, Path::new(NIX_STORE))
+}
+
+/// [`open_regular`] with the store directory given (the tests' stand-in).
+fn open_regular_with_store(
+    dir: &Path,
+    name: &str,
+    store: &Path,
+) -> std::io::Result<Option<(std::fs::File, u64)>> {
     use std::os::unix::fs::OpenOptionsExt;
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(p)
+    };
     let path = dir.join(name);
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
-    {
+    let file = match open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            tracing::warn!(
-                "{} is a symlink; artifacts must be regular files in the directory (not served)",
-                path.display()
-            );
-            return Ok(None);
+            let target = match std::fs::canonicalize(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let inside = std::fs::canonicalize(dir).is_ok_and(|d| target.starts_with(d));
+            if !inside && !target.starts_with(store) {
+                tracing::warn!(
+                    "{} is a symlink to {}, outside the artifacts directory and the Nix store: not served",
+                    path.display(),
+                    target.display()
+                );
+                return Ok(None);
+            }
+            match open(&target) {
+                Ok(f) => f,
+                // Changed since it was resolved: there is nothing safe to serve.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ELOOP) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            }
         }
         Err(e) => return Err(e),
     };
@@ -192,6 +230,42 @@ mod tests {
         for bad in ["", ".hidden", "..", "a/b", "../etc", "a..b", "a\\b", "a\nb"] {
             assert!(!valid_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn symlinks_are_followed_into_the_directory_and_the_store_only() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let (dir, store, data) = (
+            t.path().join("a"),
+            t.path().join("store"),
+            t.path().join("d"),
+        );
+        for d in [&dir, &store, &data] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(store.join("bzImage"), b"kernel").unwrap();
+        std::fs::write(data.join("admin.token"), b"secret").unwrap();
+        std::fs::write(dir.join("real"), b"inside").unwrap();
+        symlink(store.join("bzImage"), dir.join("vmlinuz")).unwrap();
+        symlink("real", dir.join("alias")).unwrap();
+        symlink(data.join("admin.token"), dir.join("leak")).unwrap();
+        symlink("../d/admin.token", dir.join("leak2")).unwrap();
+        symlink(store.join("gone"), dir.join("dangling")).unwrap();
+        let read = |name: &str| {
+            open_regular_with_store(&dir, name, &store)
+                .unwrap()
+                .map(|(f, _)| std::io::read_to_string(f).unwrap())
+        };
+        assert_eq!(read("vmlinuz").as_deref(), Some("kernel"));
+        assert_eq!(read("alias").as_deref(), Some("inside"));
+        assert_eq!(read("leak"), None);
+        assert_eq!(read("leak2"), None);
+        assert_eq!(read("dangling"), None);
+        assert_eq!(read("missing"), None);
+        // A symlink to a directory in the store is still not a file.
+        symlink(&store, dir.join("storedir")).unwrap();
+        assert_eq!(read("storedir"), None);
     }
 
     #[test]

@@ -586,6 +586,19 @@ async fn a_symlink_in_the_artifacts_is_not_followed() {
         assert_eq!(r.status(), 404, "{name}");
         assert!(!r.text().await.unwrap().contains(&admin));
     }
+    // A link inside the directory, or into the Nix store (the NixOS module's
+    // netboot directory), is served.
+    write(&s.artifacts().join("real"), b"kernel bytes");
+    std::os::unix::fs::symlink("real", s.artifacts().join("vmlinuz")).unwrap();
+    let r = s
+        .http
+        .get(s.url("/artifacts/vmlinuz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "kernel bytes");
+    // (The Nix store case: artifacts.rs's unit test, with a stand-in store.)
     // Nor is the image's cmdline file read through one.
     std::os::unix::fs::symlink(s.data().join("admin.token"), s.artifacts().join("cmdline"))
         .unwrap();
