@@ -6,6 +6,7 @@
 //! config load, tokens are hex.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -262,11 +263,20 @@ fn decide_and_render(
             .record_boot(mac, assignment.as_ref(), arch, platform, now, cap)?
     };
     let Some(row) = row else {
-        tracing::warn!(
-            %mac,
-            "boot.ipxe: unknown machine not recorded: more than server.max_discovered_per_minute ({}) new ones in the last minute",
-            settings.limits.max_discovered_per_minute
-        );
+        // Once a minute at most: a flood must not flood the log instead.
+        static LAST_WARNED: AtomicI64 = AtomicI64::new(0);
+        let last = LAST_WARNED.load(Ordering::Relaxed);
+        if now - last >= 60
+            && LAST_WARNED
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                %mac,
+                "boot.ipxe: unknown machines not recorded: more than server.max_discovered_per_minute ({}) new ones in the last minute (said once a minute)",
+                settings.limits.max_discovered_per_minute
+            );
+        }
         return Ok(hold_script(
             base,
             &format!("unknown machine {mac}: too many new machines in the last minute"),
