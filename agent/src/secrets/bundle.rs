@@ -268,6 +268,13 @@ fn try_passphrase(bytes: &[u8], what: &str, pass: &SecretBytes) -> Result<Option
     }
 }
 
+/// The tar reader on plaintext bytes, for the fuzzer (`fuzz/`, `./x fuzz`):
+/// what [`open_bytes`] does after decrypting.
+#[doc(hidden)]
+pub fn read_tar_bytes(bytes: &[u8]) -> Result<Bundle> {
+    read_tar(bytes, "fuzz input")
+}
+
 /// Read the tar inside a bundle, refusing anything but regular files with
 /// clean relative paths.
 fn read_tar(r: impl Read, what: &str) -> Result<Bundle> {
