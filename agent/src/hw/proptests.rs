@@ -128,6 +128,7 @@ proptest! {
         source in "[a-z0-9/]{0,20}",
     ) {
         let _ = mountinfo::parse(&garbage);
+        let _ = mountinfo::parse(&format!("1 2 3:4 / /{garbage}\\{dev} - x \\{dev}{garbage}"));
         let line = format!("36 35 {dev} / {mountpoint} rw,noatime shared:1 - {fstype} {source} rw");
         let got = mountinfo::parse(&format!("{garbage}\n{line}\n"));
         let last = got.last().unwrap();
