@@ -465,4 +465,45 @@ mod tests {
         assert_eq!(edit_distance("final", "fianl"), 2);
         assert_eq!(edit_distance("", "abc"), 3);
     }
+
+    mod properties {
+        //! The kernel command line and config file on untrusted text (issue
+        //! 12, fuzzing): a value, or an error naming the word.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn word() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "\\PC{0,24}",
+                "landfall\\.[a-z_]{0,16}(=[ -~]{0,24})?",
+                "\"[ -~]{0,16}\"?",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_text_resolves_or_errs(
+                line in proptest::collection::vec(word(), 0..12).prop_map(|w| w.join(" ")),
+                file in proptest::option::of("\\PC{0,80}"),
+            ) {
+                let _ = split_words(&line);
+                let _ = landfall_params(&line);
+                let _ = check_words(&line, "fuzz");
+                let _ = AgentConfig::resolve(file.as_deref(), &line, Overrides::default());
+            }
+
+            #[test]
+            fn unquoted_words_split_on_whitespace(words in proptest::collection::vec("[!#-~]{1,12}", 0..10)) {
+                prop_assert_eq!(split_words(&words.join("  \t")), words);
+            }
+
+            #[test]
+            fn the_last_landfall_word_wins(key in "[a-z_]{1,12}", a in "[!$-~]{0,12}", b in "[!$-~]{0,12}") {
+                let params = landfall_params(&format!("x landfall.{key}={a} y landfall.{key}={b}"));
+                prop_assert_eq!(params.get(&key), Some(&b));
+            }
+        }
+    }
 }

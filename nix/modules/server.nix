@@ -558,7 +558,7 @@ in
 
     # A data directory outside /var/lib is not a StateDirectory: create it.
     systemd.tmpfiles.rules = lib.optional (cfg.dataDir != "/var/lib/landfall")
-      "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} -";
+      "d ${cfg.dataDir} 0700 ${cfg.user} ${cfg.group} -";
 
     systemd.services.landfall = {
       description = "landfall provisioning server";
@@ -575,7 +575,7 @@ in
         Restart = "on-failure";
         RestartSec = 2;
         StateDirectory = mkIf (cfg.dataDir == "/var/lib/landfall") "landfall";
-        StateDirectoryMode = "0750";
+        StateDirectoryMode = "0700"; # the server enforces 0700 at every start too
         ReadWritePaths = mkIf (cfg.dataDir != "/var/lib/landfall") [ cfg.dataDir ];
         UMask = "0027";
 

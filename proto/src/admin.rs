@@ -127,7 +127,12 @@ pub struct AttemptDetail {
     pub started_at: String,
     /// Highest seq stored without a gap.
     pub acked_seq: u64,
+    /// One page of the attempt's events, by seq (`GET ...?attempt=ID&events_after=SEQ&limit=N`).
     pub events: Vec<Event>,
+    /// More events follow the last one in `events`: ask for the next page.
+    /// (A server older than paging sends every event and no such field.)
+    #[serde(default)]
+    pub more_events: bool,
     /// RFC 3339 time the attempt's agent last asked for an operator's
     /// answer after a failure (`POST /agent/wait`); `None`: it never did.
     #[serde(default)]

@@ -67,6 +67,15 @@ pub enum ErrorCode {
     Conflict,
     /// 413: too many events or checks in one request.
     PayloadTooLarge,
+    /// 400 on `events`: a seq above [`crate::event::MAX_SEQ`]; 409 on a
+    /// repeated `hello` whose attempt has stored seq `MAX_SEQ` (there is no
+    /// next one): PXE-boot again for a new attempt.
+    SeqOutOfRange,
+    /// 413 on `events`: the attempt has stored as many events, or as many
+    /// bytes of them, as the server keeps for one attempt (`[server]
+    /// max_events_per_attempt`, `max_event_bytes_per_attempt`). Not
+    /// retryable: the same attempt stays over its quota.
+    EventQuotaExceeded,
     /// 416.
     RangeNotSatisfiable,
     /// 408, from a proxy.

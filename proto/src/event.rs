@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The highest event seq a server accepts (2^53 - 1: exact as a JSON number
+/// in every reader, and far below SQLite's i64). Seqs count from 1.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+
 /// The pipeline's steps, in order. The agent's `pipeline.rs` decides which run.
 /// A closed set on the wire: a step the agent registers beyond it (a test's,
 /// or one not yet named here) is sent as `unknown`, which every server,

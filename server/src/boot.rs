@@ -6,15 +6,18 @@
 //! config load, tokens are hex.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use landfall_proto::names::{check_hostname, check_simple_name, normalize_mac};
 use landfall_proto::{Assignment, BootAction, MachineState};
 
 use crate::app::{new_token, token_hash, App, AppState, Peer};
+use crate::store::DiscoveredCap;
+use crate::text::Untrusted;
 
 /// The iPXE loop back to this server, with iPXE's own variables for the machine.
 const CHAIN_QUERY: &str = "boot.ipxe?mac=${net0/mac}&arch=${buildarch}&platform=${platform}";
@@ -79,10 +82,17 @@ pub fn install_script(
 /// its `boot.kernelParams`), read at each boot so a new image needs no restart.
 /// They go before `server.kernel_args`, which can therefore override them.
 pub fn image_cmdline(artifacts: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
     let path = artifacts.join("cmdline");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+    let mut text = String::new();
+    // A regular file only, as every artifact: no symlink out of the
+    // directory, no FIFO to hang the boot script on.
+    match crate::safe_file::open_regular(artifacts, "cmdline") {
+        Ok(None) => return Ok(String::new()),
+        Ok(Some((f, _))) => f
+            .take(64 * 1024)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let line = text.trim();
@@ -162,9 +172,16 @@ fn sanitize(s: &str) -> String {
 pub async fn boot_ipxe(
     State(app): State<AppState>,
     Peer(client): Peer,
+    method: Method,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    if method == Method::HEAD {
+        // A script mints a boot token (and revokes the machine's unused one)
+        // and records the boot: HEAD must change nothing, so it gets the
+        // headers of a script and no decision at all.
+        return script(StatusCode::OK, String::new());
+    }
     let Some(base) = app.base_url(&headers) else {
         return script(
             StatusCode::BAD_REQUEST,
@@ -179,7 +196,7 @@ pub async fn boot_ipxe(
         return script(StatusCode::OK, redirect_script(&base));
     };
     let Some(mac) = normalize_mac(raw_mac) else {
-        tracing::warn!(mac = %raw_mac, "boot.ipxe without a valid MAC");
+        tracing::warn!(mac = %Untrusted(raw_mac), "boot.ipxe without a valid MAC");
         return script(
             StatusCode::OK,
             hold_script(
@@ -244,8 +261,33 @@ fn decide_and_render(
         // two new machines booting at once cannot both take it.
         let _one_at_a_time = app.enrol_lock.lock().unwrap_or_else(|p| p.into_inner());
         let assignment = current_assignment(app, mac)?;
+        let cap = DiscoveredCap {
+            max: settings.limits.max_discovered,
+            per_minute: settings.limits.max_discovered_per_minute,
+        };
         app.store
-            .record_boot(mac, assignment.as_ref(), arch, platform, now)?
+            .record_boot(mac, assignment.as_ref(), arch, platform, now, cap)?
+    };
+    let Some(row) = row else {
+        // Once a minute at most: a flood must not flood the log instead.
+        static LAST_WARNED: AtomicI64 = AtomicI64::new(0);
+        let last = LAST_WARNED.load(Ordering::Relaxed);
+        if now - last >= 60
+            && LAST_WARNED
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                %mac,
+                "boot.ipxe: unknown machines not recorded: more than server.max_discovered_per_minute ({}) new ones in the last minute (said once a minute)",
+                settings.limits.max_discovered_per_minute
+            );
+        }
+        return Ok(hold_script(
+            base,
+            &format!("unknown machine {mac}: too many new machines in the last minute"),
+            Some("add it to [[machines]] in landfall.toml"),
+        ));
     };
     let action = decide(row.state);
     tracing::info!(%mac, hostname = row.hostname.as_deref().unwrap_or("-"), state = %row.state, ?action, "boot.ipxe");

@@ -6,8 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use landfall_proto::admin::{MachineDetail, MachineSummary, RetryResponse};
+use std::io::Write;
+
+use landfall_proto::admin::{AttemptDetail, MachineDetail, MachineSummary, RetryResponse};
 use landfall_proto::agent::ErrorBody;
+use landfall_proto::Event;
 
 use crate::ServeOptions;
 
@@ -130,14 +133,34 @@ pub async fn run(cli: Cli) -> Result<()> {
             client,
             json,
         } => {
-            let d: MachineDetail = Client::new(&client)?
-                .get(&format!("/api/v1/machines/{}", path_segment(&machine)?))
-                .await?;
+            let client = Client::new(&client)?;
+            let path = format!("/api/v1/machines/{}", path_segment(&machine)?);
+            let mut d: MachineDetail = client.get(&path).await?;
             if json {
+                for a in &mut d.attempts {
+                    let mut pages = EventPages::new(&client, &path, a);
+                    while let Some(events) = pages.next().await? {
+                        a.events.extend(events);
+                    }
+                    a.more_events = false;
+                }
                 println!("{}", serde_json::to_string_pretty(&d)?);
-            } else {
-                print!("{}", machine_text(&d));
+                return Ok(());
             }
+            // Page by page: neither the server nor this process holds every
+            // event of a long install at once.
+            let mut out = std::io::stdout().lock();
+            out.write_all(machine_head(&d).as_bytes())?;
+            for a in &d.attempts {
+                out.write_all(attempt_text(a).as_bytes())?;
+                let mut pages = EventPages::new(&client, &path, a);
+                while let Some(events) = pages.next().await? {
+                    for e in &events {
+                        out.write_all(event_line(e).as_bytes())?;
+                    }
+                }
+            }
+            out.flush()?;
             Ok(())
         }
         Command::Approve { machine, client } => {
@@ -180,6 +203,61 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{}", retry_text(&r));
             Ok(())
         }
+    }
+}
+
+/// The pages of an attempt's events after the first (which came with the
+/// machine's detail), asked for with `?attempt=ID&events_after=SEQ`.
+struct EventPages<'a> {
+    client: &'a Client,
+    path: &'a str,
+    attempt: String,
+    after: u64,
+    more: bool,
+}
+
+impl<'a> EventPages<'a> {
+    fn new(client: &'a Client, path: &'a str, first: &AttemptDetail) -> Self {
+        Self {
+            client,
+            path,
+            attempt: first.attempt_id.clone(),
+            after: first.events.last().map_or(0, |e| e.seq),
+            more: first.more_events && !first.events.is_empty(),
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Vec<Event>>> {
+        if !self.more {
+            return Ok(None);
+        }
+        let d: MachineDetail = self
+            .client
+            .get(&format!(
+                "{}?attempt={}&events_after={}",
+                self.path,
+                path_segment(&self.attempt)?,
+                self.after
+            ))
+            .await?;
+        let Some(a) = d
+            .attempts
+            .into_iter()
+            .find(|a| a.attempt_id == self.attempt)
+        else {
+            self.more = false;
+            return Ok(None);
+        };
+        // A page that does not move on ends the paging (never a loop).
+        match a.events.last() {
+            Some(e) if e.seq > self.after => self.after = e.seq,
+            _ => {
+                self.more = false;
+                return Ok(None);
+            }
+        }
+        self.more = a.more_events;
+        Ok(Some(a.events))
     }
 }
 
@@ -424,15 +502,15 @@ pub fn machines_table(list: &[MachineSummary]) -> String {
             (None, None) => "-".into(),
         };
         rows.push([
-            m.mac.clone(),
-            m.hostname.clone().unwrap_or_else(|| "-".into()),
-            m.role.clone().unwrap_or_else(|| "-".into()),
+            esc(&m.mac).into_owned(),
+            esc(m.hostname.as_deref().unwrap_or("-")).into_owned(),
+            esc(m.role.as_deref().unwrap_or("-")).into_owned(),
             m.state.to_string(),
             last.trim_end().to_owned(),
             if m.updated_at.is_empty() {
                 "-".into()
             } else {
-                m.updated_at.clone()
+                esc(&m.updated_at).into_owned()
             },
         ]);
     }
@@ -458,24 +536,43 @@ pub fn machines_table(list: &[MachineSummary]) -> String {
     out
 }
 
+/// The whole text view of a machine (the CLI prints it piece by piece, the
+/// attempts' events page by page). Everything an agent or client chose is
+/// shown through [`esc`] or [`one_line`]: it can neither add a line nor
+/// drive the terminal.
+#[cfg(test)]
 fn machine_text(d: &MachineDetail) -> String {
+    let mut out = machine_head(d);
+    for a in &d.attempts {
+        out.push_str(&attempt_text(a));
+    }
+    out
+}
+
+/// `s` with control characters escaped ([`crate::text::escape_controls`]).
+fn esc(s: &str) -> std::borrow::Cow<'_, str> {
+    crate::text::escape_controls(s)
+}
+
+/// The machine and its hardware and verification, without the attempts.
+fn machine_head(d: &MachineDetail) -> String {
     let s = &d.summary;
     let mut out = format!(
         "{} {}\n  role:    {}\n  state:   {}\n  updated: {}\n",
-        s.hostname.as_deref().unwrap_or("-"),
-        s.mac,
-        s.role.as_deref().unwrap_or("-"),
+        esc(s.hostname.as_deref().unwrap_or("-")),
+        esc(&s.mac),
+        esc(s.role.as_deref().unwrap_or("-")),
         s.state,
-        s.updated_at
+        esc(&s.updated_at)
     );
     if let Some(e) = &s.error {
-        out.push_str(&format!("  error:   {e}\n"));
+        out.push_str(&format!("  error:   {}\n", esc(e)));
     }
     if let Some(inv) = &d.inventory {
         out.push_str(&format!(
             "  hardware: {} {}, {} threads, {} MiB RAM, {} disks, {} NICs\n",
-            inv.dmi.vendor.as_deref().unwrap_or("?"),
-            inv.dmi.product.as_deref().unwrap_or("?"),
+            esc(inv.dmi.vendor.as_deref().unwrap_or("?")),
+            esc(inv.dmi.product.as_deref().unwrap_or("?")),
             inv.cpu.threads,
             inv.memory.total_bytes / (1024 * 1024),
             inv.disks.len(),
@@ -487,14 +584,14 @@ fn machine_text(d: &MachineDetail) -> String {
         out.push_str(&format!(
             "  verify:  {} at {} ({} checks, {failed} failed)\n",
             if v.ok { "ok" } else { "FAILED" },
-            v.received_at,
+            esc(&v.received_at),
             v.checks.len()
         ));
         for c in &v.checks {
             out.push_str(&format!(
                 "    {:<4} {:<16} {:>6} ms  {}\n",
                 if c.ok { "ok" } else { "FAIL" },
-                c.name,
+                esc(&c.name),
                 c.millis,
                 one_line(&c.detail, 100)
             ));
@@ -522,35 +619,54 @@ fn machine_text(d: &MachineDetail) -> String {
             ));
         }
     }
-    for a in &d.attempts {
+    out
+}
+
+/// An attempt's header and the events it carries.
+fn attempt_text(a: &AttemptDetail) -> String {
+    let mut out = format!(
+        "attempt {} started {} (acked up to seq {})\n",
+        esc(&a.attempt_id),
+        esc(&a.started_at),
+        a.acked_seq
+    );
+    if let Some(t) = &a.last_wait_at {
         out.push_str(&format!(
-            "attempt {} started {} (acked up to seq {})\n",
-            a.attempt_id, a.started_at, a.acked_seq
+            "  installer last asked for an operator's answer at {}\n",
+            esc(t)
         ));
-        if let Some(t) = &a.last_wait_at {
-            out.push_str(&format!(
-                "  installer last asked for an operator's answer at {t}\n"
-            ));
-        }
-        for e in &a.events {
-            out.push_str(&format!(
-                "  {:>4} {} {:<9} {:<8} {}\n",
-                e.seq,
-                e.time,
-                e.step,
-                e.kind.as_str(),
-                one_line(&e.message, 100)
-            ));
-        }
+    }
+    for e in &a.events {
+        out.push_str(&event_line(e));
     }
     out
 }
 
+fn event_line(e: &Event) -> String {
+    format!(
+        "  {:>4} {} {:<9} {:<8} {}\n",
+        e.seq,
+        one_line(&e.time, 40),
+        e.step,
+        e.kind.as_str(),
+        one_line(&e.message, 100)
+    )
+}
+
+/// `s` on one line, cut at `max` characters: line breaks and tabs are
+/// spaces, every other control character is escaped.
 fn one_line(s: &str, max: usize) -> String {
     let s: String = s
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if matches!(c, '\n' | '\r' | '\t') {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
+    let s = esc(&s).into_owned();
     if s.chars().count() > max {
         let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
         t.push('…');

@@ -9,7 +9,9 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod orchestrator;
+pub mod safe_file;
 pub mod store;
+pub mod text;
 pub mod tls;
 
 use std::io::Write;
@@ -17,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -102,7 +104,18 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
     }
     prepare_data_dir(&opts.data)?;
     let admin_token_hash = api::token_hash(&admin_token(&opts.data)?);
-    let store = Store::open(&opts.data.join(DB_FILE))?;
+    let db = opts.data.join(DB_FILE);
+    private_db_file(&db)?;
+    let store = Store::open(&db)?;
+    // SQLite gives -wal and -shm the database's mode; an older landfall's may
+    // be there from before, with their own.
+    for f in [
+        DB_FILE,
+        &format!("{DB_FILE}-wal"),
+        &format!("{DB_FILE}-shm"),
+    ] {
+        enforce_mode(&opts.data.join(f), 0o600)?;
+    }
 
     let artifacts = opts
         .artifacts
@@ -228,52 +241,105 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
     })
 }
 
+/// Create the data directory (0700), or bring an existing one back to 0700:
+/// it holds the database (inventories, events) and the admin token.
 fn prepare_data_dir(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
     }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating data directory {}", dir.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("setting mode 0700 on {}", dir.display()))?;
+    enforce_mode(dir, 0o700)
+}
+
+/// Set `path`'s permission bits to `mode` when they differ (logging the
+/// change); nothing when it does not exist.
+fn enforce_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading the mode of {}", path.display())),
+    };
+    let old = meta.permissions().mode() & 0o7777;
+    if old != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting mode {mode:04o} on {}", path.display()))?;
+        tracing::warn!(
+            "{} had mode {old:04o}; set to {mode:04o} (it is readable by no one but the server)",
+            path.display()
+        );
     }
     Ok(())
 }
 
-/// Read `DATA/admin.token`, creating it (mode 0600) on first start.
+/// The database file exists, mode 0600, before SQLite opens it: SQLite
+/// creates a new one with the umask's mode, and its -wal and -shm files with
+/// the database's mode.
+fn private_db_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating database {}", path.display()))?;
+    enforce_mode(path, 0o600)
+}
+
+/// Shortest admin token accepted from the file: a shorter one is what a
+/// write cut short left (the server writes 64 hex digits).
+const MIN_ADMIN_TOKEN: usize = 32;
+
+/// Read `DATA/admin.token`, creating it (mode 0600) on first start, or again
+/// when it is empty or cut short (a full disk at the first start), saying so.
 fn admin_token(dir: &Path) -> Result<String> {
     let path = dir.join(ADMIN_TOKEN_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(t) => {
-            let t = t.trim().to_owned();
-            if t.is_empty() {
-                bail!(
-                    "admin token file {} is empty; delete it and restart to generate a new one",
-                    path.display()
-                );
-            }
+        Ok(t) if t.trim().len() >= MIN_ADMIN_TOKEN => {
+            enforce_mode(&path, 0o600)?;
             tracing::info!("admin token is in {}", path.display());
-            Ok(t)
+            Ok(t.trim().to_owned())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let token = api::new_token()?;
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let mut f = opts
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            writeln!(f, "{token}").with_context(|| format!("writing {}", path.display()))?;
-            tracing::info!("admin token written to {} (mode 0600)", path.display());
-            Ok(token)
+        Ok(t) => {
+            tracing::warn!(
+                "admin token file {} is empty or cut short ({} bytes): writing a new token",
+                path.display(),
+                t.len()
+            );
+            new_admin_token(&path)
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_admin_token(&path),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Write a fresh admin token to `path` atomically: a temporary file (0600)
+/// written and fsynced, renamed over `path`, the directory fsynced. A failed
+/// write (a full disk) leaves no file behind, never an empty one.
+fn new_admin_token(path: &Path) -> Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = api::new_token()?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(f, "{token}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing the admin token to {}", path.display()));
+    }
+    tracing::info!("admin token written to {} (mode 0600)", path.display());
+    Ok(token)
 }

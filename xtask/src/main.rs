@@ -1,8 +1,9 @@
-//! Developer commands behind `./x`: `demo`, `test`, `bench`.
+//! Developer commands behind `./x`: `demo`, `test`, `bench`, `fuzz`.
 
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod nixcheck;
 mod test;
 
@@ -14,8 +15,9 @@ fn main() -> std::process::ExitCode {
         ["nixcheck"] => nixcheck::run(),
         ["demo", rest @ ..] => demo::run(rest),
         ["bench", rest @ ..] => bench::run(rest),
+        ["fuzz", rest @ ..] => fuzz::run(rest),
         _ => Err(anyhow::anyhow!(
-            "usage: ./x (demo [--bios|--uefi] | test | nixcheck | bench [detect] [size] [vm] [disks])"
+            "usage: ./x (demo [--bios|--uefi] | test | nixcheck | bench [detect] [size] [vm] [disks] | fuzz [--seconds N] [TARGET...])"
         )),
     };
     match result {

@@ -115,7 +115,8 @@ pub(super) fn parse_meminfo_total(text: &str) -> Option<u64> {
         None => 1,
         Some(_) => return None,
     };
-    Some(n * mult)
+    // A value past u64 is not a real machine's: unknown, not a panic.
+    n.checked_mul(mult)
 }
 
 #[cfg(test)]

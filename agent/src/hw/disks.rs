@@ -37,7 +37,7 @@ fn disk(root: &Root, name: &str) -> Disk {
         name: name.to_string(),
         path: format!("/dev/{name}"),
         // `size` is in 512-byte sectors whatever the logical block size.
-        size_bytes: read_u64(&dir.join("size")).unwrap_or(0) * 512,
+        size_bytes: read_u64(&dir.join("size")).unwrap_or(0).saturating_mul(512),
         logical_sector_size: logical,
         physical_sector_size: read_u64(&dir.join("queue/physical_block_size"))
             .map_or(logical, |v| v as u32),
@@ -243,7 +243,7 @@ fn partitions(dir: &Path, disk: &str) -> Vec<Partition> {
                 path: format!("/dev/{n}"),
                 number,
                 start_sector: read_u64(&p.join("start")).unwrap_or(0),
-                size_bytes: read_u64(&p.join("size")).unwrap_or(0) * 512,
+                size_bytes: read_u64(&p.join("size")).unwrap_or(0).saturating_mul(512),
                 partlabel: uevent_value(&uevent, "PARTNAME"),
                 name: n,
                 ..Default::default()

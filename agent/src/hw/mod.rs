@@ -15,6 +15,8 @@ pub mod mountinfo;
 mod nics;
 mod pci;
 mod probe;
+#[cfg(test)]
+mod proptests;
 mod virt;
 
 use std::fs;

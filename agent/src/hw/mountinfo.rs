@@ -43,16 +43,23 @@ pub fn read() -> anyhow::Result<Vec<MountEntry>> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\OOO` (octal).
+/// An escape above `\377` is no byte (the kernel never writes one): kept as
+/// it is written.
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
+        let octal = (b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)))
+        .then(|| {
+            b[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |v, c| v * 8 + u32::from(c - b'0'))
+        })
+        .and_then(|v| u8::try_from(v).ok());
+        if let Some(v) = octal {
             out.push(v);
             i += 4;
         } else {
@@ -66,6 +73,15 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `./x fuzz` found: `\540` overflowed a u8 (a panic in a debug
+    /// build, a wrong byte in release).
+    #[test]
+    fn an_escape_above_377_is_kept_as_written() {
+        let m = parse("36 35 98:0 / /mnt/my\\540dir rw - ext4 /dev/vda1 rw\n");
+        assert_eq!(m[0].mountpoint, "/mnt/my\\540dir");
+        assert_eq!(unescape("a\\377b\\040c"), "a\u{fffd}b c");
+    }
 
     #[test]
     fn parses_fields_and_escapes() {

@@ -60,8 +60,9 @@ pub(super) fn probe_disk(node: &Path, root: &Root, disk: &mut Disk) {
             Ok(pf) => probe_fd(&pf, 0, None, false),
             Err(_) => probe_fd(
                 &file,
-                (part.start_sector * 512) as i64,
-                Some(part.size_bytes as i64),
+                // A partition table on the disk can say anything: clamp.
+                i64::try_from(part.start_sector.saturating_mul(512)).unwrap_or(i64::MAX),
+                Some(i64::try_from(part.size_bytes).unwrap_or(i64::MAX)),
                 false,
             ),
         };
@@ -126,7 +127,7 @@ fn probe_fd(file: &File, offset: i64, size: Option<i64>, with_table: bool) -> Op
                 partitions.push(Partition {
                     number: number as u32,
                     start_sector: p.start().unwrap_or(0).max(0) as u64,
-                    size_bytes: p.size().unwrap_or(0).max(0) as u64 * 512,
+                    size_bytes: (p.size().unwrap_or(0).max(0) as u64).saturating_mul(512),
                     partlabel: p.name().filter(|s| !s.is_empty()),
                     parttype,
                     partuuid: p.uuid(),

@@ -268,6 +268,13 @@ fn try_passphrase(bytes: &[u8], what: &str, pass: &SecretBytes) -> Result<Option
     }
 }
 
+/// The tar reader on plaintext bytes, for the fuzzer (`fuzz/`, `./x fuzz`):
+/// what [`open_bytes`] does after decrypting.
+#[doc(hidden)]
+pub fn read_tar_bytes(bytes: &[u8]) -> Result<Bundle> {
+    read_tar(bytes, "fuzz input")
+}
+
 /// Read the tar inside a bundle, refusing anything but regular files with
 /// clean relative paths.
 fn read_tar(r: impl Read, what: &str) -> Result<Bundle> {
@@ -557,5 +564,63 @@ mod tests {
             IdentitySource::from_cmdline("landfall.secrets_identity=/run/usb/key.txt"),
             IdentitySource::IdentityFile("/run/usb/key.txt".into())
         );
+    }
+
+    mod properties {
+        //! The tar reader on untrusted bytes (issue 12, fuzzing): a bundle's
+        //! plaintext is whatever its creator wrote.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn tar_of(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+            let mut b = tar::Builder::new(Vec::new());
+            for (name, data) in files {
+                let mut h = tar::Header::new_ustar();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o600);
+                h.set_entry_type(tar::EntryType::Regular);
+                b.append_data(&mut h, name, data.as_slice()).unwrap();
+            }
+            b.into_inner().unwrap()
+        }
+
+        fn files() -> impl Strategy<Value = BTreeMap<String, Vec<u8>>> {
+            proptest::collection::btree_map(
+                "[a-z0-9_.-]{0,6}[a-z0-9](/[a-z0-9_-]{1,8}){0,2}",
+                proptest::collection::vec(any::<u8>(), 0..600),
+                1..5,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_bytes_are_a_bundle_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = read_tar(bytes.as_slice(), "fuzz");
+            }
+
+            #[test]
+            fn a_tar_of_regular_files_reads_back(files in files()) {
+                let b = read_tar(tar_of(&files).as_slice(), "t").unwrap();
+                prop_assert_eq!(b.len(), files.len());
+                for (name, data) in &files {
+                    prop_assert_eq!(b.get(name).map(|v| v.expose()), Some(data.as_slice()));
+                }
+            }
+
+            #[test]
+            fn a_damaged_tar_is_a_bundle_or_an_error(
+                files in files(),
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
+            ) {
+                let mut bytes = tar_of(&files);
+                for (at, v) in flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] = v;
+                }
+                let _ = read_tar(bytes.as_slice(), "fuzz");
+            }
+        }
     }
 }

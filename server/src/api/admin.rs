@@ -1,7 +1,7 @@
 //! The admin API (Bearer admin token): list, detail, reinstall, retry.
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use landfall_proto::admin::{MachineDetail, MachineSummary, RetryResponse};
 
@@ -9,7 +9,7 @@ use super::{AdminAuth, ApiError, AppState, Json};
 use landfall_proto::names::normalize_mac;
 use landfall_proto::{ErrorCode, MachineState};
 
-use crate::store::{now, MachineRow, RetryOutcome};
+use crate::store::{now, EventPage, MachineRow, RetryOutcome};
 
 /// Every machine the database knows and the `[[machines]]` entries that
 /// never booted, as `expected`.
@@ -85,12 +85,35 @@ fn not_found(key: &str) -> ApiError {
     )
 }
 
+/// Most events per attempt in one detail answer (and the default).
+pub const MAX_EVENTS_PAGE: u64 = 1000;
+
+/// `GET /api/v1/machines/{key}?attempt=ID&events_after=SEQ&limit=N`: the
+/// detail with one page of events per attempt (or of the named attempt only,
+/// those after `events_after`), at most `limit` (default and most
+/// [`MAX_EVENTS_PAGE`]); `more_events` says whether to ask for the next.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetailQuery {
+    pub attempt: Option<String>,
+    #[serde(default)]
+    pub events_after: u64,
+    pub limit: Option<u64>,
+}
+
 pub async fn detail(
     State(app): State<AppState>,
     _auth: AdminAuth,
     key: Result<Path<String>, PathRejection>,
+    query: Result<Query<DetailQuery>, QueryRejection>,
 ) -> Result<Json<MachineDetail>, ApiError> {
     let Path(key) = key.map_err(ApiError::from_rejection)?;
+    let Query(q) = query.map_err(ApiError::from_rejection)?;
+    let page = EventPage {
+        attempt: q.attempt,
+        after: q.events_after,
+        limit: q.limit.unwrap_or(MAX_EVENTS_PAGE).min(MAX_EVENTS_PAGE),
+    };
     let Some(row) = app.store.find_machine(&key)? else {
         let summary = configured_mac(&app, &key)
             .and_then(|mac| expected(&app, &mac))
@@ -105,7 +128,7 @@ pub async fn detail(
     };
     let detail = app
         .store
-        .detail(&row.mac)?
+        .detail(&row.mac, &page)?
         .ok_or_else(|| vanished(&row.mac))?;
     Ok(Json(detail))
 }
@@ -198,7 +221,11 @@ pub async fn retry(
 
 /// The machine's summary after a change (404 if it was deleted meanwhile).
 fn summary_of(app: &AppState, mac: &str) -> Result<Json<MachineSummary>, ApiError> {
-    let detail = app.store.detail(mac)?.ok_or_else(|| vanished(mac))?;
+    let no_events = EventPage::default();
+    let detail = app
+        .store
+        .detail(mac, &no_events)?
+        .ok_or_else(|| vanished(mac))?;
     Ok(Json(detail.summary))
 }
 

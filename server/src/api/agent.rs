@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use landfall_proto::event::MAX_SEQ;
 use landfall_proto::{
     Assignment, ErrorCode, EventsRequest, EventsResponse, HelloRequest, HelloResponse, WaitAction,
     WaitRequest, WaitResponse, PROTOCOL_VERSION,
@@ -13,8 +14,9 @@ use landfall_proto::{
 use super::{new_token, random_hex, token_hash, AgentAuth, ApiError, App, AppState, Json, Peer};
 use crate::orchestrator::MintAccessors;
 use crate::store::{
-    now, Alarm, AlarmKind, AttemptRow, HelloInput, HelloOutcome, VaultMint, WaitCheck,
+    now, Alarm, AlarmKind, AttemptRow, EventQuota, HelloInput, HelloOutcome, VaultMint, WaitCheck,
 };
+use crate::text::Untrusted;
 
 /// Most events accepted in one request.
 pub const MAX_EVENTS: usize = 1000;
@@ -109,6 +111,16 @@ pub async fn hello(
             retried,
             next_seq,
         } => {
+            if next_seq > MAX_SEQ {
+                return Err(ApiError::coded(
+                    ErrorCode::SeqOutOfRange,
+                    StatusCode::CONFLICT,
+                    format!(
+                        "attempt {attempt_id} has stored its last event seq ({MAX_SEQ}); \
+                         PXE-boot the machine again for a new attempt"
+                    ),
+                ));
+            }
             issue_assignment(&app, &attempt_id, &mac, &mut assignment).await?;
             if !retried {
                 // A waiting agent of the previous attempt must stop.
@@ -126,7 +138,7 @@ pub async fn hello(
                 attempt = %attempt_id,
                 hostname = %assignment.hostname,
                 role = %assignment.role,
-                agent_version = %req.agent_version,
+                agent_version = %Untrusted(&req.agent_version),
                 retried,
                 %client,
                 "agent hello"
@@ -341,18 +353,50 @@ pub async fn events(
             format!("events[{i}].seq is 0; seq starts at 1"),
         ));
     }
-    if let Some((i, _)) = req
-        .events
-        .iter()
-        .enumerate()
-        .find(|(_, e)| e.seq > i64::MAX as u64)
-    {
-        return Err(ApiError::new(
+    if let Some((i, e)) = req.events.iter().enumerate().find(|(_, e)| e.seq > MAX_SEQ) {
+        return Err(ApiError::coded(
+            ErrorCode::SeqOutOfRange,
             StatusCode::BAD_REQUEST,
-            format!("events[{i}].seq is too large"),
+            format!(
+                "events[{i}].seq is {}, above the highest the server accepts ({MAX_SEQ})",
+                e.seq
+            ),
         ));
     }
-    let stored = app.store.store_events(&attempt, &req.events, now())?;
+    let limits = app.settings.limits;
+    let quota = EventQuota {
+        max_events: limits.max_events_per_attempt,
+        max_bytes: limits.max_event_bytes_per_attempt,
+    };
+    let stored = match app
+        .store
+        .store_events(&attempt, &req.events, now(), quota)?
+    {
+        Ok(s) => s,
+        Err(over) => {
+            tracing::warn!(
+                mac = %attempt.mac,
+                attempt = %attempt.id,
+                events = over.events,
+                bytes = over.bytes,
+                "events refused: the attempt's event quota is used up"
+            );
+            return Err(ApiError::coded(
+                ErrorCode::EventQuotaExceeded,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "attempt {} has stored {} events ({} bytes); the server keeps at most {} events \
+                     and {} bytes per attempt ([server] max_events_per_attempt, \
+                     max_event_bytes_per_attempt)",
+                    attempt.id,
+                    over.events,
+                    over.bytes,
+                    quota.max_events,
+                    quota.max_bytes
+                ),
+            ));
+        }
+    };
     if let Some(state) = stored.new_state {
         tracing::info!(mac = %attempt.mac, attempt = %attempt.id, %state, "install attempt ended");
     }

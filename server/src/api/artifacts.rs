@@ -83,9 +83,9 @@ pub async fn serve_file(
     }
     let path = dir.join(name);
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no artifact named {name:?}"));
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+    let (file, len) = match crate::safe_file::open_regular(dir, name) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err(not_found()),
         Err(e) => {
             return Err(ApiError::internal(format!(
                 "opening {}: {e}",
@@ -93,14 +93,7 @@ pub async fn serve_file(
             )))
         }
     };
-    let meta = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::internal(format!("stat {}: {e}", path.display())))?;
-    if !meta.is_file() {
-        return Err(not_found());
-    }
-    let len = meta.len();
+    let mut file = tokio::fs::File::from_std(file);
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -162,6 +155,42 @@ mod tests {
         for bad in ["", ".hidden", "..", "a/b", "../etc", "a..b", "a\\b", "a\nb"] {
             assert!(!valid_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn symlinks_are_followed_into_the_directory_and_the_store_only() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let (dir, store, data) = (
+            t.path().join("a"),
+            t.path().join("store"),
+            t.path().join("d"),
+        );
+        for d in [&dir, &store, &data] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(store.join("bzImage"), b"kernel").unwrap();
+        std::fs::write(data.join("admin.token"), b"secret").unwrap();
+        std::fs::write(dir.join("real"), b"inside").unwrap();
+        symlink(store.join("bzImage"), dir.join("vmlinuz")).unwrap();
+        symlink("real", dir.join("alias")).unwrap();
+        symlink(data.join("admin.token"), dir.join("leak")).unwrap();
+        symlink("../d/admin.token", dir.join("leak2")).unwrap();
+        symlink(store.join("gone"), dir.join("dangling")).unwrap();
+        let read = |name: &str| {
+            crate::safe_file::open_regular_with_store(&dir, name, &store)
+                .unwrap()
+                .map(|(f, _)| std::io::read_to_string(f).unwrap())
+        };
+        assert_eq!(read("vmlinuz").as_deref(), Some("kernel"));
+        assert_eq!(read("alias").as_deref(), Some("inside"));
+        assert_eq!(read("leak"), None);
+        assert_eq!(read("leak2"), None);
+        assert_eq!(read("dangling"), None);
+        assert_eq!(read("missing"), None);
+        // A symlink to a directory in the store is still not a file.
+        symlink(&store, dir.join("storedir")).unwrap();
+        assert_eq!(read("storedir"), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use landfall_proto::{Assignment, ErrorCode, SecretString};
 
 use super::{bearer, new_token, token_hash, ApiError, AppState, Json};
 use crate::store::{now, VerifyAuth, VerifyOutcome};
+use crate::text::Untrusted;
 
 /// Most checks accepted in one report.
 pub const MAX_CHECKS: usize = 200;
@@ -107,10 +108,10 @@ pub async fn verify(
             tracing::info!(
                 mac = %auth.mac,
                 attempt = %auth.attempt_id,
-                %hostname,
+                hostname = %Untrusted(&hostname),
                 %state,
                 checks = checks.len(),
-                failed = %failed.join(","),
+                failed = %Untrusted(&failed.join(",")),
                 "first-boot verification"
             );
             Ok(Json(VerifyResponse { state }))

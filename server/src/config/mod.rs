@@ -66,6 +66,8 @@ pub struct Settings {
     pub vault: Option<VaultSettings>,
     /// Role name -> its `[[roles.NAME.checks]]`, parsed and checked.
     pub checks: BTreeMap<String, Vec<NamedCheck>>,
+    /// `[server] max_*`: caps on what clients can make the server store.
+    pub limits: Limits,
     /// `server.listen`, when set.
     pub listen: Option<std::net::SocketAddr>,
     /// HTTPS, when `server.listen_tls` is set.

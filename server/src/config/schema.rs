@@ -180,6 +180,55 @@ pub struct ServerSection {
     /// `https://` + the host machines boot from + `:` + the port of `listen_tls`.
     #[serde(default)]
     pub public_tls_url: Option<String>,
+    /// Most `discovered` machines kept (unknown MACs held); past it the
+    /// least recently seen are forgotten.
+    #[serde(default = "default_max_discovered")]
+    pub max_discovered: u64,
+    /// Most new `discovered` machines recorded per minute; more unknown MACs
+    /// in that minute are held without being recorded.
+    #[serde(default = "default_max_discovered_per_minute")]
+    pub max_discovered_per_minute: u64,
+    /// Most events stored for one install attempt.
+    #[serde(default = "default_max_events_per_attempt")]
+    pub max_events_per_attempt: u64,
+    /// Most bytes of events (as stored, JSON) for one install attempt.
+    #[serde(default = "default_max_event_bytes_per_attempt")]
+    pub max_event_bytes_per_attempt: u64,
+}
+
+fn default_max_discovered() -> u64 {
+    Limits::default().max_discovered
+}
+fn default_max_discovered_per_minute() -> u64 {
+    Limits::default().max_discovered_per_minute
+}
+fn default_max_events_per_attempt() -> u64 {
+    Limits::default().max_events_per_attempt
+}
+fn default_max_event_bytes_per_attempt() -> u64 {
+    Limits::default().max_event_bytes_per_attempt
+}
+
+/// The caps on what clients can make the server store (`[server] max_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_discovered: u64,
+    pub max_discovered_per_minute: u64,
+    pub max_events_per_attempt: u64,
+    pub max_event_bytes_per_attempt: u64,
+}
+
+impl Default for Limits {
+    /// Far above a real install (a few thousand events, a few MB) and a
+    /// real LAN's unknown machines; low enough that a flood is a few MB.
+    fn default() -> Self {
+        Self {
+            max_discovered: 1000,
+            max_discovered_per_minute: 60,
+            max_events_per_attempt: 100_000,
+            max_event_bytes_per_attempt: 64 * 1024 * 1024,
+        }
+    }
 }
 
 fn default_ttl() -> u64 {
@@ -210,6 +259,10 @@ impl Default for ServerSection {
             tls_key: None,
             tls_sans: Vec::new(),
             public_tls_url: None,
+            max_discovered: Limits::default().max_discovered,
+            max_discovered_per_minute: Limits::default().max_discovered_per_minute,
+            max_events_per_attempt: Limits::default().max_events_per_attempt,
+            max_event_bytes_per_attempt: Limits::default().max_event_bytes_per_attempt,
         }
     }
 }

@@ -15,8 +15,8 @@ use landfall_proto::{Check, NamedCheck};
 use super::resolve::{layered, InstallKeys};
 use super::{files, layouts, TlsSettings};
 use super::{
-    Config, LuksUnlockConfig, MachineConfig, RoleConfig, SecretFileConfig, Settings, Unknown,
-    VaultSection, VaultSettings, DEFAULT_BOOT_TOKEN_TTL,
+    Config, Limits, LuksUnlockConfig, MachineConfig, RoleConfig, SecretFileConfig, Settings,
+    Unknown, VaultSection, VaultSettings, DEFAULT_BOOT_TOKEN_TTL,
 };
 use crate::tls::CertSource;
 
@@ -40,6 +40,23 @@ impl Config {
             );
         }
         let (listen, tls) = check_listen_and_tls(&self.server, public_url.as_deref(), base_dir)?;
+        let s = &self.server;
+        for (field, v) in [
+            ("max_discovered", s.max_discovered),
+            ("max_discovered_per_minute", s.max_discovered_per_minute),
+            ("max_events_per_attempt", s.max_events_per_attempt),
+            ("max_event_bytes_per_attempt", s.max_event_bytes_per_attempt),
+        ] {
+            if v == 0 || v > i64::MAX as u64 {
+                bail!("server.{field} = {v} is out of range; give a number from 1 (or leave it out for the default)");
+            }
+        }
+        let limits = Limits {
+            max_discovered: s.max_discovered,
+            max_discovered_per_minute: s.max_discovered_per_minute,
+            max_events_per_attempt: s.max_events_per_attempt,
+            max_event_bytes_per_attempt: s.max_event_bytes_per_attempt,
+        };
         if self.server.boot_token_ttl == 0 {
             bail!("server.boot_token_ttl must be at least 1 (seconds); the default is {DEFAULT_BOOT_TOKEN_TTL}");
         }
@@ -231,6 +248,7 @@ impl Config {
         Ok(Settings {
             listen,
             tls,
+            limits,
             checks,
             vault,
             layouts,

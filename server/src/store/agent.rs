@@ -109,6 +109,23 @@ pub struct StoredEvents {
     pub new_state: Option<MachineState>,
 }
 
+/// The caps on what one attempt stores (`[server] max_events_per_attempt`,
+/// `max_event_bytes_per_attempt`).
+#[derive(Debug, Clone, Copy)]
+pub struct EventQuota {
+    pub max_events: u64,
+    /// Bytes of the events as stored (their JSON).
+    pub max_bytes: u64,
+}
+
+/// A batch refused because it would take its attempt past its
+/// [`EventQuota`]; nothing of it was stored. What the attempt holds.
+#[derive(Debug)]
+pub struct OverQuota {
+    pub events: u64,
+    pub bytes: u64,
+}
+
 impl Store {
     /// Store a freshly minted boot token for `mac`. Unexchanged tokens minted
     /// earlier for the same MAC are revoked (only the newest script boots), and
@@ -470,15 +487,19 @@ impl Store {
     /// Store each (attempt, seq) once (the first copy wins), advance the
     /// attempt's gap-free acked_seq, and apply a terminal event to the machine
     /// when the attempt is its current one and it is installing.
+    /// All of a batch or none: one that would take the attempt past `quota`
+    /// stores nothing ([`OverQuota`]).
     pub fn store_events(
         &self,
         attempt: &AttemptRow,
         events: &[Event],
         now: i64,
-    ) -> Result<StoredEvents> {
+        quota: EventQuota,
+    ) -> Result<Result<StoredEvents, OverQuota>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let mut inserted = 0;
+        let mut inserted_bytes = 0;
         let mut terminal: Option<&Event> = None;
         {
             let mut ins = tx.prepare(
@@ -489,10 +510,26 @@ impl Store {
                 let body = serde_json::to_string(e)?;
                 let n = ins.execute(params![attempt.id, e.seq as i64, attempt.mac, body, now])?;
                 inserted += n;
+                if n == 1 {
+                    inserted_bytes += body.len();
+                }
                 if n == 1 && e.is_terminal() {
                     terminal = Some(e);
                 }
             }
+        }
+        let (count, bytes): (i64, i64) = tx.query_row(
+            "UPDATE attempts SET event_count = event_count + ?2, event_bytes = event_bytes + ?3
+              WHERE id = ?1 RETURNING event_count, event_bytes",
+            params![attempt.id, inserted as i64, inserted_bytes as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if count as u64 > quota.max_events || bytes as u64 > quota.max_bytes {
+            // Dropping `tx` rolls the batch back.
+            return Ok(Err(OverQuota {
+                events: (count as u64).saturating_sub(inserted as u64),
+                bytes: (bytes as u64).saturating_sub(inserted_bytes as u64),
+            }));
         }
 
         let mut acked = attempt.acked_seq;
@@ -550,11 +587,11 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok(StoredEvents {
+        Ok(Ok(StoredEvents {
             acked_seq: acked,
             inserted,
             new_state,
-        })
+        }))
     }
 }
 

@@ -33,6 +33,24 @@ impl MachineRow {
     }
 }
 
+/// The caps on `discovered` machines (`[server] max_discovered*`).
+#[derive(Debug, Clone, Copy)]
+pub struct DiscoveredCap {
+    /// Most kept; past it the least recently seen are deleted.
+    pub max: u64,
+    /// Most new ones recorded in the last 60 seconds.
+    pub per_minute: u64,
+}
+
+/// Which events a machine's detail carries: per attempt (or only the named
+/// one) at most `limit`, those with a seq above `after`.
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    pub attempt: Option<String>,
+    pub after: u64,
+    pub limit: u64,
+}
+
 /// What `request_retry` did.
 #[derive(Debug)]
 pub enum RetryOutcome {
@@ -103,6 +121,9 @@ impl Store {
 
     /// Record a boot.ipxe hit: create the machine (assigned when an assignment is
     /// known, else discovered), refresh last_seen, and apply the assignment.
+    /// A new discovered machine is recorded only under `cap`'s rate (`None`:
+    /// not recorded), and the least recently seen discovered machines past
+    /// `cap.max` are deleted.
     pub fn record_boot(
         &self,
         mac: &str,
@@ -110,11 +131,23 @@ impl Store {
         arch: Option<&str>,
         platform: Option<&str>,
         now: i64,
-    ) -> Result<MachineRow> {
+        cap: DiscoveredCap,
+    ) -> Result<Option<MachineRow>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         match get(&tx, mac)? {
             None => {
+                let discovered = state_str(MachineState::Discovered);
+                if assignment.is_none() {
+                    let recent: i64 = tx.query_row(
+                        "SELECT COUNT(*) FROM machines WHERE state = ?1 AND created_at > ?2",
+                        params![discovered, now - 60],
+                        |r| r.get(0),
+                    )?;
+                    if recent as u64 >= cap.per_minute {
+                        return Ok(None);
+                    }
+                }
                 let state = if assignment.is_some() {
                     MachineState::Assigned
                 } else {
@@ -136,6 +169,14 @@ impl Store {
                         now
                     ],
                 )?;
+                if assignment.is_none() {
+                    tx.execute(
+                        "DELETE FROM machines WHERE mac IN (
+                           SELECT mac FROM machines WHERE state = ?1
+                            ORDER BY last_seen DESC, rowid DESC LIMIT -1 OFFSET ?2)",
+                        params![discovered, cap.max as i64],
+                    )?;
+                }
             }
             Some(row) => {
                 tx.execute(
@@ -166,7 +207,7 @@ impl Store {
         }
         let row = get(&tx, mac)?.ok_or_else(|| anyhow::anyhow!("machine {mac} vanished"))?;
         tx.commit()?;
-        Ok(row)
+        Ok(Some(row))
     }
 
     /// Approve a machine held for its identity: the presented facts become
@@ -229,7 +270,9 @@ impl Store {
         rows.iter().map(|r| summary(&conn, r)).collect()
     }
 
-    pub fn detail(&self, mac: &str) -> Result<Option<MachineDetail>> {
+    /// A machine with its inventory, attempts and one page of their events
+    /// ([`EventPage`]): never every event at once.
+    pub fn detail(&self, mac: &str, page: &EventPage) -> Result<Option<MachineDetail>> {
         let conn = self.lock();
         let Some(row) = get(&conn, mac)? else {
             return Ok(None);
@@ -256,18 +299,37 @@ impl Store {
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::new();
+        let limit = page.limit.min(i64::MAX as u64 - 1) as i64;
         for (id, started, acked, last_wait) in attempts {
-            let mut ev =
-                conn.prepare("SELECT body FROM events WHERE attempt_id = ?1 ORDER BY seq")?;
-            let events = ev
-                .query_map([&id], |r| r.get::<_, String>(0))?
-                .filter_map(|b| b.ok().and_then(|b| serde_json::from_str::<Event>(&b).ok()))
+            if page.attempt.as_ref().is_some_and(|a| *a != id) {
+                continue;
+            }
+            let after = if page.attempt.is_some() {
+                page.after
+            } else {
+                0
+            };
+            let mut ev = conn.prepare(
+                "SELECT body FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let mut bodies = ev
+                .query_map(
+                    params![&id, after.min(i64::MAX as u64) as i64, limit + 1],
+                    |r| r.get::<_, String>(0),
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let more_events = bodies.len() as i64 > limit;
+            bodies.truncate(limit as usize);
+            let events = bodies
+                .iter()
+                .filter_map(|b| serde_json::from_str::<Event>(b).ok())
                 .collect();
             out.push(AttemptDetail {
                 attempt_id: id,
                 started_at: rfc3339(started),
                 acked_seq: acked.max(0) as u64,
                 events,
+                more_events,
                 last_wait_at: last_wait.map(rfc3339),
             });
         }

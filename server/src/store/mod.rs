@@ -16,9 +16,10 @@ use landfall_proto::{MachineState, WipePolicy};
 use rusqlite::Connection;
 
 pub use agent::{
-    Alarm, AlarmKind, AttemptRow, HelloInput, HelloOutcome, StoredEvents, VaultMint, WaitCheck,
+    Alarm, AlarmKind, AttemptRow, EventQuota, HelloInput, HelloOutcome, OverQuota, StoredEvents,
+    VaultMint, WaitCheck,
 };
-pub use machines::{MachineRow, RetryOutcome};
+pub use machines::{DiscoveredCap, EventPage, MachineRow, RetryOutcome};
 pub use verify::{VerifyAuth, VerifyOutcome};
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
@@ -115,6 +116,17 @@ const MIGRATIONS: &[&str] = &[
         revoked_at         INTEGER
     );
     CREATE INDEX vault_mints_attempt ON vault_mints(attempt_id);
+    "#,
+    // 5: caps (issue 12 item 6): new discovered machines per minute, and an
+    // attempt's stored events and their bytes, counted as they are stored.
+    r#"
+    CREATE INDEX machines_state_created ON machines(state, created_at);
+    ALTER TABLE attempts ADD COLUMN event_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN event_bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE attempts SET
+        event_count = (SELECT COUNT(*) FROM events e WHERE e.attempt_id = attempts.id),
+        event_bytes = (SELECT COALESCE(SUM(LENGTH(e.body)), 0) FROM events e
+                        WHERE e.attempt_id = attempts.id);
     "#,
 ];
 
