@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod netboot;
 pub mod orchestrator;
 pub mod store;
 
@@ -46,12 +47,26 @@ pub struct ServerHandle {
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    /// TFTP and DHCP of `[netboot]`, when on.
+    netboot: Option<netboot::Netboot>,
+}
+
+/// What `landfall serve`'s options change in `[netboot]`.
+#[derive(Debug, Clone, Default)]
+pub struct NetbootOverrides {
+    /// `--dhcp off|proxy|full` over `[netboot] dhcp`.
+    pub dhcp: Option<config::DhcpMode>,
 }
 
 impl ServerHandle {
     /// The address actually bound (the real port when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TFTP and DHCP servers, when `[netboot]` runs them.
+    pub fn netboot(&self) -> Option<&netboot::Netboot> {
+        self.netboot.as_ref()
     }
 
     /// Stop accepting, finish in-flight requests, close the database.
@@ -62,12 +77,13 @@ impl ServerHandle {
         self.wait().await
     }
 
-    /// Wait until the server stops.
-    pub async fn wait(self) -> Result<()> {
-        self.task
-            .await
-            .context("server task panicked")?
-            .context("serving HTTP")
+    /// Wait until the server stops; the TFTP and DHCP listeners stop with it.
+    pub async fn wait(mut self) -> Result<()> {
+        let r = (&mut self.task).await;
+        if let Some(n) = self.netboot.take() {
+            n.shutdown().await;
+        }
+        r.context("server task panicked")?.context("serving HTTP")
     }
 }
 
@@ -81,7 +97,21 @@ pub fn load_settings(config: Option<&Path>) -> Result<Settings> {
 
 /// Start the server: open the data dir, bind, and serve in a background task.
 pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
-    let settings = load_settings(opts.config.as_deref())?;
+    serve_with(opts, NetbootOverrides::default()).await
+}
+
+/// [`serve`], with `serve`'s command-line overrides of `[netboot]`.
+pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<ServerHandle> {
+    let mut settings = load_settings(opts.config.as_deref())?;
+    if let Some(mode) = ov.dhcp {
+        settings
+            .netboot
+            .set_mode(mode, None)
+            .with_context(|| format!("--dhcp {mode}"))?;
+    }
+    let netboot_settings = settings.netboot.clone();
+    let ipxe = Arc::new(netboot::IpxeFiles::load(&netboot_settings)?);
+    let public_url = settings.public_url.clone();
     if opts.config.is_none() {
         tracing::warn!(
             "no --config given: demo mode, every machine that PXE-boots is installed with role `demo`"
@@ -131,7 +161,21 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
     tracing::info!("landfall listening on http://{addr}");
 
     let (tx, rx) = oneshot::channel::<()>();
-    let router = api::router(app.clone());
+    let router = api::router(app.clone()).merge(netboot::http_router(ipxe.clone()));
+    let netboot = if netboot_settings.tftp || netboot_settings.dhcp != config::DhcpMode::Off {
+        Some(
+            netboot::Netboot::start(
+                &netboot_settings,
+                ipxe,
+                public_url.as_deref(),
+                addr,
+                Store::open(&opts.data.join(DB_FILE))?,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let task = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -145,6 +189,7 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
         addr,
         shutdown: Some(tx),
         task,
+        netboot,
     })
 }
 

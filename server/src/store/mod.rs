@@ -4,6 +4,7 @@
 //! Tokens are never stored, only their SHA-256 (hex). Times are unix seconds.
 
 mod agent;
+mod leases;
 mod machines;
 mod verify;
 
@@ -16,6 +17,7 @@ use landfall_proto::{MachineState, WipePolicy};
 use rusqlite::Connection;
 
 pub use agent::{AttemptRow, HelloInput, HelloOutcome, StoredEvents, WaitCheck};
+pub use leases::Lease;
 pub use machines::{MachineRow, RetryOutcome};
 pub use verify::{VerifyAuth, VerifyOutcome};
 
@@ -89,6 +91,14 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN last_wait_at INTEGER;
     ALTER TABLE attempts ADD COLUMN wait_ends_at INTEGER;
+    "#,
+    // 4: the addresses `[netboot] dhcp = "full"` handed out (issue 13).
+    r#"
+    CREATE TABLE dhcp_leases (
+        mac        TEXT PRIMARY KEY,
+        ip         TEXT NOT NULL UNIQUE,
+        expires_at INTEGER NOT NULL
+    );
     "#,
 ];
 
