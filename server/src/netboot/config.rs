@@ -141,7 +141,7 @@ fn kea(a: &Answers) -> String {
     ] {
         if let Some(u) = url {
             classes.push(format!(
-                "      {{\n        \"name\": \"landfall-{name}\",\n        \"test\": \"{not_ipxe} and {test}\",\n        \"boot-file-name\": {},\n        \"option-data\": [ {{ \"name\": \"vendor-class-identifier\", \"data\": \"HTTPClient\" }} ]\n      }}",
+                "      {{\n        \"name\": \"landfall-{name}\",\n        \"test\": \"{not_ipxe} and {test}\",\n        \"boot-file-name\": {},\n        \"option-data\": [ {{ \"name\": \"vendor-class-identifier\", \"data\": \"HTTPClient\", \"always-send\": true }} ]\n      }}",
                 json_str(u)
             ));
         }
@@ -164,7 +164,7 @@ fn isc(a: &Answers) -> String {
          # iPXE itself (user class iPXE or option 175) gets the boot script: no loop.\n",
     );
     s.push_str(&format!(
-        "if (exists user-class and option user-class = \"iPXE\") or exists landfall-ipxe {{\n  filename \"{}\";\n}}",
+        "if exists landfall-ipxe or (exists user-class and option user-class = \"iPXE\") {{\n  filename \"{}\";\n}}",
         a.ipxe
     ));
     for (test, file) in [
