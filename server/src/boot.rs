@@ -47,13 +47,25 @@ pub fn install_script(
     token: &str,
     kernel_args: &str,
 ) -> Result<String, String> {
+    install_script_from(base, "", a, token, kernel_args)
+}
+
+/// [`install_script`] with the image in `ARTIFACTS/{dir}` (`""`, `"x86_64/"`
+/// or `"arm64/"`: [`crate::artifacts::image_dir`]).
+pub fn install_script_from(
+    base: &str,
+    dir: &str,
+    a: &Assignment,
+    token: &str,
+    kernel_args: &str,
+) -> Result<String, String> {
     check_hostname(&a.hostname).map_err(|e| e.to_string())?;
     check_simple_name("role", &a.role).map_err(|e| e.to_string())?;
     if !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err("boot token is not alphanumeric".into());
     }
     let mut kernel = format!(
-        "kernel {base}/artifacts/vmlinuz initrd=initrd landfall.server={base} landfall.token={token}"
+        "kernel {base}/artifacts/{dir}vmlinuz initrd=initrd landfall.server={base} landfall.token={token}"
     );
     if !kernel_args.is_empty() {
         kernel.push(' ');
@@ -63,7 +75,7 @@ pub fn install_script(
         "#!ipxe\n\
          echo landfall: installing {host} (role {role})\n\
          {kernel}\n\
-         initrd {base}/artifacts/initrd\n\
+         initrd {base}/artifacts/{dir}initrd\n\
          boot\n",
         host = a.hostname,
         role = a.role,
@@ -252,7 +264,11 @@ fn decide_and_render(
                     Some("list it in [[machines]] of landfall.toml"),
                 ));
             };
-            let args = match image_cmdline(&app.artifacts) {
+            let dir = match crate::artifacts::image_dir(&app.artifacts, arch) {
+                Ok(d) => d,
+                Err((why, fix)) => return Ok(hold_script(base, &why, Some(&fix))),
+            };
+            let args = match image_cmdline(&app.artifacts.join(dir)) {
                 Ok(image) => [image.as_str(), settings.kernel_args.as_str()]
                     .iter()
                     .filter(|s| !s.is_empty())
@@ -262,7 +278,7 @@ fn decide_and_render(
                 Err(e) => return Ok(hold_script(base, &e, None)),
             };
             let token = new_token()?;
-            let s = match install_script(base, &a, &token, &args) {
+            let s = match install_script_from(base, dir, &a, &token, &args) {
                 Ok(s) => s,
                 Err(e) => return Ok(hold_script(base, &format!("{mac}: {e}"), None)),
             };

@@ -134,8 +134,12 @@ pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<Serv
             tracing::warn!("artifacts directory {} does not exist", artifacts.display());
         }
     }
+    // A flat directory, or per-architecture ones (`x86_64/`, `arm64/`).
+    let per_arch = artifacts::ARCH_DIRS
+        .iter()
+        .any(|a| artifacts.join(a).join("vmlinuz").is_file());
     for f in ["vmlinuz", "initrd"] {
-        if !artifacts.join(f).is_file() {
+        if !per_arch && !artifacts.join(f).is_file() {
             tracing::warn!(
                 "{} is missing: machines told to install cannot boot the installer",
                 artifacts.join(f).display()
