@@ -240,7 +240,7 @@ fn bind_udp(iface: &str, port: u16) -> Result<UdpSocket> {
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
     s.bind_device(Some(iface.as_bytes())).with_context(|| {
-        format!("binding to interface {iface} (SO_BINDTODEVICE; needs CAP_NET_RAW, and the interface must exist)")
+        format!("binding to interface {iface} (SO_BINDTODEVICE): does [netboot] interface exist? (before Linux 5.7 this needs CAP_NET_RAW)")
     })?;
     let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
     s.bind(&addr.into()).with_context(|| {
