@@ -47,5 +47,5 @@ pub mod qemu;
 pub mod testsrv;
 
 pub use image::{Image, ImageSpec};
-pub use qemu::{Accel, DiskSpec, Firmware, KernelBoot, Vm, VmSpec};
+pub use qemu::{Accel, DiskSpec, Firmware, KernelBoot, Tap, Vm, VmSpec};
 pub use testsrv::TestServer;
