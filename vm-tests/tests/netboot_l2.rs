@@ -1,16 +1,24 @@
-//! Network boot on a real layer-2 network (issue 13, VM test 1): a network
-//! namespace with a Linux bridge, the VM's NIC on a tap device (no QEMU user
-//! network, no QEMU DHCP), OVMF with no option ROM on the NIC, so EDK2's own
-//! PXE boots: it asks DHCP with `PXEClient:Arch:00007`, gets an address from
-//! a dnsmasq that only hands out addresses (in its own namespace, on the
-//! bridge) and the boot file from landfall's proxyDHCP, TFTPs `snponly.efi`
-//! from landfall, and that iPXE asks again with user class `iPXE` and is
-//! handed the `boot.ipxe` URL. Then the install runs as in install.rs: the
-//! machine ends installed, every event acknowledged, the disk read back.
+//! Network boot on a real layer-2 network (issue 13, VM tests 1-4): a
+//! network namespace with a Linux bridge, the VM's NIC on a tap device (no
+//! QEMU user network, no QEMU DHCP), landfall in-process on the bridge, and
+//! the site's DHCP server (dnsmasq or Kea) in a second namespace on a veth
+//! into the bridge. Each machine ends installed as in install.rs: every event
+//! acknowledged, the disk read back, the next boot `exit`.
 //!
-//! landfall runs in-process inside the namespace (this test's thread enters
-//! it with `setns`, so the server's sockets, the admin client and QEMU's tap
-//! are all there). As root.
+//! - OVMF with no option ROM on the NIC, so EDK2's own PXE boots: it asks with
+//!   `PXEClient:Arch:00007`, gets its address from a dnsmasq that only hands
+//!   out addresses and the boot file from landfall's proxyDHCP (a BINL answer
+//!   on 4011), TFTPs `snponly.efi` from landfall, and that iPXE asks again
+//!   with user class `iPXE` and is handed the `boot.ipxe` URL;
+//! - OVMF's UEFI HTTP Boot (PXE switched off by fw_cfg) against landfall's
+//!   full DHCP: `HTTPClient:Arch:00016`, the http URL of the EFI iPXE;
+//! - SeaBIOS with QEMU's iPXE ROM, landfall's proxyDHCP beside dnsmasq;
+//! - OVMF's PXE with landfall's DHCP off and the site's dnsmasq, then Kea,
+//!   configured only by `landfall dhcp-config` (plus their own range).
+//!
+//! landfall runs inside the namespace (this test's thread enters it with
+//! `setns`, so the server's sockets, the admin client and QEMU's tap are all
+//! there). As root; with KVM about a minute a machine.
 
 mod common;
 
@@ -95,28 +103,63 @@ impl Network {
         n
     }
 
-    /// dnsmasq as the site's DHCP: addresses only, no boot options, no DNS.
-    fn site_dhcp(&self, dir: &std::path::Path) -> Site {
-        let log = File::create(dir.join("dnsmasq.log")).unwrap();
-        let leases = dir.join("dnsmasq.leases");
+    /// dnsmasq as the site's DHCP: addresses, and the boot options only if
+    /// `snippet` (`landfall dhcp-config --for dnsmasq`) is given; no DNS.
+    fn site_dnsmasq(&self, dir: &std::path::Path, snippet: &str) -> Site {
+        let conf = dir.join("dnsmasq.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port=0\ninterface=lfsite0\nbind-interfaces\nlog-dhcp\n\
+                 dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h\n\
+                 dhcp-leasefile={}\n{snippet}",
+                dir.join("dnsmasq.leases").display()
+            ),
+        )
+        .unwrap();
+        let conf = conf.display().to_string();
+        self.spawn_site(dir, &["dnsmasq", "--no-daemon", "--user=root", "-C", &conf])
+    }
+
+    /// Kea as the site's DHCP: its subnet and pool, and `landfall dhcp-config
+    /// --for kea`'s client-classes merged in.
+    fn site_kea(&self, dir: &std::path::Path, snippet: &str) -> Site {
+        let json: String = snippet
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let d = v["Dhcp4"].as_object_mut().unwrap();
+        d.insert(
+            "interfaces-config".into(),
+            serde_json::json!({ "interfaces": ["lfsite0"], "dhcp-socket-type": "raw" }),
+        );
+        d.insert(
+            "lease-database".into(),
+            serde_json::json!({ "type": "memfile", "persist": false }),
+        );
+        d.insert(
+            "subnet4".into(),
+            serde_json::json!([{ "id": 1, "subnet": "10.77.0.0/24",
+                "pools": [{ "pool": "10.77.0.100 - 10.77.0.150" }] }]),
+        );
+        let conf = dir.join("kea.conf");
+        std::fs::write(&conf, v.to_string()).unwrap();
+        let conf = conf.display().to_string();
+        self.spawn_site(dir, &["kea-dhcp4", "-c", &conf])
+    }
+
+    /// Run `cmd` in the site namespace, its output in `dir/site.log`.
+    fn spawn_site(&self, dir: &std::path::Path, cmd: &[&str]) -> Site {
+        let log = File::create(dir.join("site.log")).unwrap();
         Site(
             Cmd::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.site,
-                    "dnsmasq",
-                    "--no-daemon",
-                    "--user=root",
-                ])
-                .args([
-                    "--port=0",
-                    "--interface=lfsite0",
-                    "--bind-interfaces",
-                    "--log-dhcp",
-                ])
-                .args(["--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h"])
-                .arg(format!("--dhcp-leasefile={}", leases.display()))
+                // Kea's pid and lock files, not under /run/kea.
+                .env("KEA_PIDFILE_DIR", dir)
+                .env("KEA_LOCKFILE_DIR", dir)
+                .args(["netns", "exec", &self.site])
+                .args(cmd.iter().copied())
                 .spawn(Stdio::from(log.try_clone().unwrap()), Stdio::from(log))
                 .unwrap_or_else(|e| panic!("{e}")),
         )
@@ -148,6 +191,19 @@ impl Drop for Site {
     }
 }
 
+/// The site's own DHCP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SiteDhcp {
+    /// None: landfall's full DHCP is alone on the network.
+    None,
+    /// dnsmasq handing out addresses only (landfall's proxyDHCP does the boot).
+    Addresses,
+    /// dnsmasq configured by `landfall dhcp-config --for dnsmasq` (landfall's DHCP off).
+    DnsmasqByDhcpConfig,
+    /// Kea configured by `landfall dhcp-config --for kea` (landfall's DHCP off).
+    KeaByDhcpConfig,
+}
+
 /// How one machine boots on the L2 network.
 struct Scenario {
     tag: &'static str,
@@ -159,6 +215,8 @@ struct Scenario {
     /// landfall's `[netboot] dhcp`: "proxy" beside the site's dnsmasq, or
     /// "full" alone on the network.
     dhcp: &'static str,
+    /// The site's DHCP server beside landfall.
+    site: SiteDhcp,
     /// Extra QEMU arguments (OVMF's fw_cfg knobs).
     qemu_args: &'static [&'static str],
     /// On the serial console: the firmware's boot path.
@@ -176,6 +234,7 @@ fn ovmf_native_pxe_with_proxy_dhcp_beside_a_site_dnsmasq_installs() {
         hostname: "l2-pxe-01",
         firmware_pxe: true,
         dhcp: "proxy",
+        site: SiteDhcp::Addresses,
         qemu_args: &[],
         serial: &["Start PXE over IPv4", "iPXE"],
         tftp_transfers: 1,
@@ -191,6 +250,7 @@ fn ovmf_uefi_http_boot_with_full_dhcp_installs() {
         hostname: "l2-http-01",
         firmware_pxe: true,
         dhcp: "full",
+        site: SiteDhcp::None,
         // OVMF's fw_cfg switches: no PXE boot options, so the NIC's HTTP Boot runs.
         qemu_args: &[
             "-fw_cfg",
@@ -212,10 +272,56 @@ fn seabios_with_the_ipxe_rom_and_proxy_dhcp_installs() {
         hostname: "l2-bios-01",
         firmware_pxe: false,
         dhcp: "proxy",
+        site: SiteDhcp::Addresses,
         qemu_args: &[],
         serial: &["iPXE"],
         tftp_transfers: 0,
     });
+}
+
+#[test]
+fn ovmf_native_pxe_with_a_dnsmasq_configured_by_dhcp_config_installs() {
+    run(Scenario {
+        tag: "dnsm",
+        firmware: Firmware::Uefi,
+        mac: "52:54:00:13:04:01",
+        hostname: "l2-dnsmasq-01",
+        firmware_pxe: true,
+        dhcp: "off",
+        site: SiteDhcp::DnsmasqByDhcpConfig,
+        qemu_args: &[],
+        serial: &["Start PXE over IPv4", "iPXE"],
+        tftp_transfers: 1,
+    });
+}
+
+#[test]
+fn ovmf_native_pxe_with_a_kea_configured_by_dhcp_config_installs() {
+    run(Scenario {
+        tag: "kea",
+        firmware: Firmware::Uefi,
+        mac: "52:54:00:13:05:01",
+        hostname: "l2-kea-01",
+        firmware_pxe: true,
+        dhcp: "off",
+        site: SiteDhcp::KeaByDhcpConfig,
+        qemu_args: &[],
+        serial: &["Start PXE over IPv4", "iPXE"],
+        tftp_transfers: 1,
+    });
+}
+
+/// What `landfall dhcp-config --for SITE --config CONF` prints (its library
+/// call: the settings' `[netboot]`, the boot URL on port 8080).
+fn dhcp_config(site: landfall::netboot::config::SiteDhcp, conf: &std::path::Path) -> String {
+    let s = landfall::load_settings(Some(conf)).unwrap();
+    let files = landfall::netboot::IpxeFiles::load(&s.netboot).unwrap();
+    let ep = landfall::netboot::Endpoints::new(
+        s.public_url.as_deref(),
+        s.netboot.server_address.unwrap(),
+        8080,
+    );
+    landfall::netboot::config::render(site, &files, &ep).unwrap()
 }
 
 fn run(sc: Scenario) {
@@ -229,7 +335,6 @@ fn run(sc: Scenario) {
     Image::build(spec).unwrap();
 
     let net = Network::new(sc.tag);
-    let _site = (sc.dhcp == "proxy").then(|| net.site_dhcp(dir.path()));
     // From here on this thread (the server's runtime, the admin client and
     // QEMU with its tap) lives on the boot network.
     net.enter_lan();
@@ -256,6 +361,7 @@ role = "vmtest"
 
 [netboot]
 dhcp = "{dhcp}"
+tftp = true
 interface = "{BRIDGE}"
 server_address = "{SERVER_IP}"
 ipxe_bios = "/usr/lib/ipxe/undionly.kpxe"
@@ -272,6 +378,15 @@ prefix_len = 24
         ),
     )
     .unwrap();
+    use landfall::netboot::config::SiteDhcp as For;
+    let _site = match sc.site {
+        SiteDhcp::None => None,
+        SiteDhcp::Addresses => Some(net.site_dnsmasq(dir.path(), "")),
+        SiteDhcp::DnsmasqByDhcpConfig => {
+            Some(net.site_dnsmasq(dir.path(), &dhcp_config(For::Dnsmasq, &conf)))
+        }
+        SiteDhcp::KeaByDhcpConfig => Some(net.site_kea(dir.path(), &dhcp_config(For::Kea, &conf))),
+    };
     let data = dir.path().join("data");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -306,7 +421,7 @@ prefix_len = 24
         .wait_exit(Duration::from_secs(900))
         .unwrap_or_else(|e| panic!("{e:#}"));
     let log = vm.serial_log();
-    let site_log = std::fs::read_to_string(dir.path().join("dnsmasq.log")).unwrap_or_default();
+    let site_log = std::fs::read_to_string(dir.path().join("site.log")).unwrap_or_default();
     assert!(
         status.success(),
         "QEMU exited with {status}\n{log}\n--- dnsmasq:\n{site_log}"
@@ -336,15 +451,18 @@ prefix_len = 24
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    if sc.dhcp == "proxy" {
+    if sc.site != SiteDhcp::None {
         assert!(addrs.iter().any(|a| a.starts_with("10.77.0.1")), "{nic:#}");
+    }
+    if matches!(sc.site, SiteDhcp::Addresses | SiteDhcp::DnsmasqByDhcpConfig) {
         assert!(
             site_log
                 .lines()
                 .any(|l| l.contains("DHCPACK(lfsite0)") && l.contains(mac)),
             "{site_log}"
         );
-    } else {
+    }
+    if sc.site == SiteDhcp::None {
         assert!(
             addrs.iter().any(|a| a.starts_with("10.77.0.160")),
             "{nic:#}"
@@ -374,8 +492,11 @@ prefix_len = 24
         landfall::netboot::tftp::TftpStats::get(&tftp.completed),
         sc.tftp_transfers
     );
-    let dhcp = nb.dhcp.as_ref().unwrap().stats();
-    assert!(landfall::netboot::dhcp::DhcpStats::get(&dhcp.answered) >= 2);
+    if let Some(d) = &nb.dhcp {
+        assert!(landfall::netboot::dhcp::DhcpStats::get(&d.stats().answered) >= 2);
+    } else {
+        assert_eq!(sc.dhcp, "off");
+    }
 
     // The target, read back from the disk image.
     let parts = common::inspect(&disk.path);
