@@ -15,7 +15,7 @@ fn main() -> std::process::ExitCode {
         ["demo", rest @ ..] => demo::run(rest),
         ["bench", rest @ ..] => bench::run(rest),
         _ => Err(anyhow::anyhow!(
-            "usage: ./x (demo [--bios|--uefi] | test | nixcheck | bench [detect] [size] [vm] [disks])"
+            "usage: ./x (demo [--bios|--uefi] | test | nixcheck | bench [detect] [size] [vm] [disks] [netboot])"
         )),
     };
     match result {

@@ -145,7 +145,10 @@ pub fn boot_options(
         Client::Pxe(kind) => BootOptions {
             file: files.name(kind)?.to_owned(),
             class: "PXEClient",
-            pxe_vendor: true,
+            // BIOS PXE ROMs take the file from the offer when told so; UEFI
+            // firmware (EDK2) asks the boot server port (4011) for it instead
+            // (a "BINL" offer), as some ignore the discovery control.
+            pxe_vendor: kind == IpxeKind::Bios,
         },
         Client::HttpBoot(kind) => BootOptions {
             file: ep.binary_url(files.name(kind)?),
@@ -239,6 +242,9 @@ fn bind_udp(iface: &str, port: u16) -> Result<UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
+    // A burst of DISCOVERs (a rack powering on) queues here, not dropped
+    // (the kernel caps it at net.core.rmem_max).
+    s.set_recv_buffer_size(1 << 20)?;
     s.bind_device(Some(iface.as_bytes())).with_context(|| {
         format!("binding to interface {iface} (SO_BINDTODEVICE): does [netboot] interface exist? (before Linux 5.7 this needs CAP_NET_RAW)")
     })?;
