@@ -10,7 +10,7 @@
 
 mod netns;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use landfall::netboot::dhcp::{DhcpOptions, DhcpServer};
 use landfall::netboot::tftp::{Files, Limits, TftpServer};
 use landfall::netboot::{Endpoints, IpxeFiles};
 use landfall_cmd::Cmd;
-use netns::{Pair, CLIENT_IF, SERVER_IF, SERVER_IP};
+use netns::{Pair, SERVER_IF, SERVER_IP};
 
 const STORM: u32 = 1000;
 const ROUNDS: usize = 10;
@@ -87,15 +87,7 @@ fn dhcp_storm() {
     });
     wait.recv().unwrap();
     Pair::enter(&pair.cli);
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.set_broadcast(true).unwrap();
-    s.set_recv_buffer_size(4 << 20).unwrap();
-    s.bind_device(Some(CLIENT_IF.as_bytes())).unwrap();
-    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())
-        .unwrap();
-    let s: UdpSocket = s.into();
+    let s = netns::client_socket(68);
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let packets: Vec<Vec<u8>> = (0..STORM)

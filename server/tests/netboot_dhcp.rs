@@ -6,7 +6,7 @@
 mod netns;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use landfall::netboot::dhcp::{discover, DhcpStats, RATE_LIMIT};
 use landfall::netboot::tftp::TftpStats;
 use landfall::{serve_with, NetbootOverrides, ServeOptions};
 use landfall_cmd::Cmd;
-use netns::{Pair, CLIENT_IF, SERVER_IP};
+use netns::{boot_file, class, client_socket, Pair, CLIENT_IF, SERVER_IP};
 
 const HTTP_PORT: u16 = 8080;
 
@@ -111,21 +111,6 @@ ipxe_efi_x86_64 = "/usr/lib/ipxe/snponly.efi"
     p
 }
 
-/// A DHCP client socket on the client's interface, port `port`.
-fn client_socket(port: u16) -> UdpSocket {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.set_broadcast(true).unwrap();
-    s.bind_device(Some(CLIENT_IF.as_bytes())).unwrap();
-    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
-        .unwrap();
-    let s: UdpSocket = s.into();
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    s
-}
-
 fn encode(m: &Message) -> Vec<u8> {
     let mut b = Vec::new();
     m.encode(&mut Encoder::new(&mut b)).unwrap();
@@ -155,20 +140,6 @@ fn collect(s: &UdpSocket, xid: u32, wait: Duration) -> Vec<Message> {
 
 fn broadcast() -> SocketAddr {
     SocketAddr::from(([255, 255, 255, 255], 67))
-}
-
-fn boot_file(m: &Message) -> String {
-    match m.opts().get(OptionCode::BootfileName) {
-        Some(DhcpOption::BootfileName(b)) => String::from_utf8(b.clone()).unwrap(),
-        _ => String::new(),
-    }
-}
-
-fn class(m: &Message) -> String {
-    match m.opts().get(OptionCode::ClassIdentifier) {
-        Some(DhcpOption::ClassIdentifier(b)) => String::from_utf8(b.clone()).unwrap(),
-        _ => String::new(),
-    }
 }
 
 fn mac(last: u8) -> [u8; 6] {

@@ -6,16 +6,16 @@
 
 mod netns;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use landfall::netboot::dhcp::discover;
 use landfall_cmd::Cmd;
-use netns::{Pair, CLIENT_IF, SERVER_IF, SERVER_IP};
+use netns::{boot_file, class, client_socket, Pair, SERVER_IF, SERVER_IP};
 
 fn landfall_toml(dir: &Path) -> PathBuf {
     let p = dir.join("landfall.toml");
@@ -97,20 +97,6 @@ impl Drop for Site {
     }
 }
 
-fn client_socket() -> UdpSocket {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.set_broadcast(true).unwrap();
-    s.bind_device(Some(CLIENT_IF.as_bytes())).unwrap();
-    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())
-        .unwrap();
-    let s: UdpSocket = s.into();
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    s
-}
-
 /// The first OFFER for `m`, asking again each second for up to `wait`
 /// (the site server may still be starting).
 fn offer(s: &UdpSocket, m: &Message, wait: Duration) -> Option<Message> {
@@ -132,26 +118,6 @@ fn offer(s: &UdpSocket, m: &Message, wait: Duration) -> Option<Message> {
         }
     }
     None
-}
-
-/// The boot file: option 67 (dnsmasq ends it with a NUL), else the `file` field.
-fn boot_file(m: &Message) -> String {
-    let f = match m.opts().get(OptionCode::BootfileName) {
-        Some(DhcpOption::BootfileName(b)) => String::from_utf8(b.clone()).unwrap(),
-        _ => m
-            .fname_str()
-            .and_then(Result::ok)
-            .unwrap_or_default()
-            .to_owned(),
-    };
-    f.trim_end_matches('\0').to_owned()
-}
-
-fn class(m: &Message) -> String {
-    match m.opts().get(OptionCode::ClassIdentifier) {
-        Some(DhcpOption::ClassIdentifier(b)) => String::from_utf8(b.clone()).unwrap(),
-        _ => String::new(),
-    }
 }
 
 /// The answers of a site server configured by `landfall dhcp-config`.
@@ -256,7 +222,7 @@ fn dnsmasq_configured_by_dhcp_config_boots_pxe_http_and_ipxe_clients() {
         ],
     );
     Pair::enter(&pair.cli);
-    let s = client_socket();
+    let s = client_socket(68);
     let r = std::panic::catch_unwind(|| check_answers(&s));
     if let Err(e) = r {
         eprintln!(
@@ -299,7 +265,7 @@ fn kea_configured_by_dhcp_config_boots_pxe_http_and_ipxe_clients() {
     let log = d.join("kea.log");
     let _site = spawn_in(&pair.srv, &log, &["kea-dhcp4", "-c", &conf_s]);
     Pair::enter(&pair.cli);
-    let s = client_socket();
+    let s = client_socket(68);
     let r = std::panic::catch_unwind(|| check_answers(&s));
     if let Err(e) = r {
         eprintln!(

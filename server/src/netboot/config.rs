@@ -200,14 +200,7 @@ fn isc(a: &Answers) -> String {
 mod tests {
     use super::*;
 
-    fn files() -> IpxeFiles {
-        IpxeFiles {
-            bios: Some("undionly.kpxe".into()),
-            efi_x86_64: Some("snponly.efi".into()),
-            efi_arm64: None,
-            files: Default::default(),
-        }
-    }
+    use crate::netboot::test_files as files;
 
     #[test]
     fn snippets_carry_the_loop_break_and_the_files() {

@@ -565,14 +565,7 @@ pub fn discover(mac: [u8; 6], class: Option<&str>, arch: Option<u16>, ipxe: bool
 mod tests {
     use super::*;
 
-    fn files() -> IpxeFiles {
-        IpxeFiles {
-            bios: Some("undionly.kpxe".into()),
-            efi_x86_64: Some("snponly.efi".into()),
-            efi_arm64: None,
-            files: Default::default(),
-        }
-    }
+    use crate::netboot::test_files as files;
 
     fn ep() -> Endpoints {
         Endpoints::new(None, "10.77.0.1".parse().unwrap(), 8080)

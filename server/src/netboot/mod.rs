@@ -91,6 +91,17 @@ impl IpxeFiles {
     }
 }
 
+/// The names of Debian's BIOS and x86-64 EFI iPXE, no arm64 one (unit tests).
+#[cfg(test)]
+pub(crate) fn test_files() -> IpxeFiles {
+    IpxeFiles {
+        bios: Some("undionly.kpxe".into()),
+        efi_x86_64: Some("snponly.efi".into()),
+        efi_arm64: None,
+        files: Default::default(),
+    }
+}
+
 fn served_name(kind: IpxeKind, path: &Path) -> Result<String> {
     let base = path
         .file_name()

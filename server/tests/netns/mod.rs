@@ -6,8 +6,10 @@
 #![allow(dead_code)]
 
 use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
+use dhcproto::v4::{DhcpOption, Message, OptionCode};
 use landfall_cmd::Cmd;
 
 pub const SERVER_IP: &str = "10.77.0.1";
@@ -78,5 +80,44 @@ impl Drop for Pair {
                 .args(["netns", "del", ns.as_str()])
                 .run_blocking();
         }
+    }
+}
+
+/// A DHCP client's socket on the client's interface, `0.0.0.0:port`,
+/// broadcast allowed, reads time out after 100 ms.
+pub fn client_socket(port: u16) -> UdpSocket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_broadcast(true).unwrap();
+    s.set_recv_buffer_size(4 << 20).unwrap();
+    s.bind_device(Some(CLIENT_IF.as_bytes())).unwrap();
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
+        .unwrap();
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    s
+}
+
+/// The boot file of an answer: option 67 (dnsmasq ends it with a NUL), else
+/// the `file` field.
+pub fn boot_file(m: &Message) -> String {
+    let f = match m.opts().get(OptionCode::BootfileName) {
+        Some(DhcpOption::BootfileName(b)) => String::from_utf8(b.clone()).unwrap(),
+        _ => m
+            .fname_str()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    f.trim_end_matches('\0').to_owned()
+}
+
+/// Option 60 of an answer.
+pub fn class(m: &Message) -> String {
+    match m.opts().get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(b)) => String::from_utf8(b.clone()).unwrap(),
+        _ => String::new(),
     }
 }
