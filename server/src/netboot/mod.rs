@@ -10,7 +10,7 @@ pub mod config;
 pub mod dhcp;
 pub mod tftp;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -195,11 +195,9 @@ impl Netboot {
         http: SocketAddr,
         store: Store,
     ) -> Result<Self> {
-        let listen_ip = n.server_address.map(IpAddr::V4);
         let tftp = if n.tftp {
             // Bound to the wildcard address: a PXE ROM asks at `next-server`,
             // whichever interface that is on.
-            let _ = listen_ip;
             Some(
                 tftp::TftpServer::start(
                     SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), n.tftp_port),
