@@ -342,10 +342,16 @@ async fn run(sock: UdpSocket, port: Port, s: Arc<Shared>, mut stop: watch::Recei
             tracing::warn!("DHCP: packet from {peer} without an Ethernet address dropped");
             continue;
         };
-        let s2 = s.clone();
-        let reply = tokio::task::spawn_blocking(move || answer(&s2, port, &msg, &mac))
-            .await
-            .unwrap_or_else(|e| Err(anyhow::anyhow!("answering panicked: {e}")));
+        // Full mode reads and writes leases in the store: off the runtime.
+        // Proxy mode touches nothing but memory: answered here.
+        let reply = if s.o.mode == DhcpMode::Full {
+            let s2 = s.clone();
+            tokio::task::spawn_blocking(move || answer(&s2, port, &msg, &mac))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("answering panicked: {e}")))
+        } else {
+            answer(&s, port, &msg, &mac)
+        };
         let (reply, dest) = match reply {
             Ok(Some(r)) => r,
             Ok(None) => continue,
