@@ -19,6 +19,9 @@ let
   kernelArgs = cfg.kernelArgs or [ ];
   vault = cfg.vault or { };
   tls = cfg.tls or { };
+  # `[netboot]` (services.landfall.dhcp and .ipxe): only what is set.
+  nb = cfg.netbootSection or { };
+  pool = nb.pool or null;
 in
 toTOML {
   server = {
@@ -67,6 +70,24 @@ toTOML {
       checks = nonEmpty (r.checks or [ ]);
     })
     (cfg.roles or { });
+  netboot =
+    if nb == { } then null else {
+      dhcp = nb.dhcp or null;
+      interface = nb.interface or null;
+      server_address = nb.serverAddress or null;
+      tftp = nb.tftp or null;
+      ipxe_bios = optString (nb.ipxeBios or null);
+      ipxe_efi_x86_64 = optString (nb.ipxeEfiX86_64 or null);
+      ipxe_efi_arm64 = optString (nb.ipxeEfiArm64 or null);
+      pool =
+        if pool == null then null else {
+          inherit (pool) start end;
+          prefix_len = pool.prefixLen;
+          router = pool.router or null;
+          dns = nonEmpty (pool.dns or [ ]);
+          lease_time = pool.leaseTime or null;
+        };
+    };
   # Machines are keyed by hostname in Nix; landfall.toml lists them.
   machines = map
     (name:

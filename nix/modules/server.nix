@@ -59,7 +59,20 @@ let
     # initrd it boots come from the same directory.
     inherit (cfg) kernelArgs;
     layouts = if cfg.layouts == null then null else layoutsDir;
+    # `[netboot]`: the iPXE binaries only when DHCP or TFTP serves them (so a
+    # server without network boot does not build iPXE).
+    netbootSection = lib.optionalAttrs netbootOn {
+      dhcp = cfg.dhcp.mode;
+      inherit (cfg.dhcp) interface serverAddress tftp pool;
+      ipxeBios = cfg.ipxe.bios;
+      ipxeEfiX86_64 = cfg.ipxe.efiX86_64;
+      ipxeEfiArm64 = cfg.ipxe.efiArm64;
+    };
   };
+
+  # The built-in DHCP or TFTP runs: UDP 67/4011 and 69 are below 1024.
+  netbootOn = cfg.dhcp.mode != "off" || cfg.dhcp.tftp == true;
+  bindLow = cfg.port < 1024 || netbootOn;
 
   rendered = renderToml renderArgs;
 
@@ -503,6 +516,78 @@ in
       };
     };
 
+    dhcp = {
+      mode = mkOption {
+        type = types.enum [ "off" "proxy" "full" ];
+        default = "off";
+        description = ''
+          The built-in DHCP (`[netboot] dhcp`): `proxy` answers PXE and UEFI HTTP
+          Boot clients with boot options beside the site's DHCP server (UDP 67 and
+          4011), `full` hands out addresses from `pool` on an isolated provisioning
+          network. `off`: the site's DHCP points here (`landfall dhcp-config`).
+          TFTP (UDP 69) serves the iPXE binaries whenever DHCP is on.
+        '';
+      };
+      interface = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "eth1";
+        description = "The boot network's interface (required unless `mode` is off).";
+      };
+      serverAddress = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "10.77.0.1";
+        description = "This server's IPv4 address on the boot network: TFTP next-server, DHCP server id.";
+      };
+      tftp = mkOption {
+        type = types.nullOr types.bool;
+        default = null;
+        description = "Serve the iPXE binaries over TFTP; default: on when `mode` is not off.";
+      };
+      pool = mkOption {
+        type = types.nullOr (types.submodule {
+          options = {
+            start = mkOption { type = types.str; example = "10.77.0.100"; description = "First address."; };
+            end = mkOption { type = types.str; example = "10.77.0.200"; description = "Last address."; };
+            prefixLen = mkOption { type = types.ints.between 8 30; example = 24; description = "Prefix length of the network."; };
+            router = mkOption { type = types.nullOr types.str; default = null; description = "Default gateway handed out."; };
+            dns = mkOption { type = types.listOf types.str; default = [ ]; description = "DNS servers handed out."; };
+            leaseTime = mkOption { type = types.str; default = "1h"; description = "Lease lifetime."; };
+          };
+        });
+        default = null;
+        description = "The address pool of `mode = \"full\"` (`[netboot.pool]`); leases persist in the database.";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = netbootOn;
+        defaultText = lib.literalExpression "DHCP or TFTP on";
+        description = "Open UDP 67, 69 and 4011 on `interface` (all interfaces when it is null).";
+      };
+    };
+
+    ipxe = {
+      bios = mkOption {
+        type = types.nullOr types.path;
+        default = "${pkgs.ipxe}/undionly.kpxe";
+        defaultText = lib.literalExpression "\"\${pkgs.ipxe}/undionly.kpxe\"";
+        description = "iPXE for BIOS PXE clients (arch 0).";
+      };
+      efiX86_64 = mkOption {
+        type = types.nullOr types.path;
+        default = "${pkgs.ipxe}/ipxe.efi";
+        defaultText = lib.literalExpression "\"\${pkgs.ipxe}/ipxe.efi\"";
+        description = "iPXE for x86-64 UEFI PXE (arch 7, 9) and HTTP Boot (arch 16) clients.";
+      };
+      efiArm64 = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = lib.literalExpression "\"\${pkgs.pkgsCross.aarch64-multiplatform.ipxe}/snp.efi\"";
+        description = "iPXE for arm64 UEFI PXE (arch 11) and HTTP Boot (arch 19) clients.";
+      };
+    };
+
     checkConfig = mkOption {
       type = types.bool;
       default = true;
@@ -524,6 +609,14 @@ in
 
   config = mkIf cfg.enable {
     assertions = [
+      {
+        assertion = cfg.dhcp.mode == "off" || (cfg.dhcp.interface != null && cfg.dhcp.serverAddress != null);
+        message = "services.landfall.dhcp.mode = \"${cfg.dhcp.mode}\" needs services.landfall.dhcp.interface and services.landfall.dhcp.serverAddress.";
+      }
+      {
+        assertion = cfg.dhcp.mode != "full" || cfg.dhcp.pool != null;
+        message = "services.landfall.dhcp.mode = \"full\" needs services.landfall.dhcp.pool.";
+      }
       {
         assertion = cfg.enroll.unknown != "install" || cfg.enroll.role != null;
         message = "services.landfall.enroll.unknown = \"install\" needs services.landfall.enroll.role.";
@@ -555,6 +648,11 @@ in
     environment.systemPackages = [ cfg.package ];
 
     networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall ([ cfg.port ] ++ lib.optional (cfg.tls.port != null) cfg.tls.port);
+    # DHCP (67), TFTP (69), the PXE boot server port of proxyDHCP (4011).
+    networking.firewall.allowedUDPPorts = mkIf (cfg.dhcp.openFirewall && cfg.dhcp.interface == null) [ 67 69 4011 ];
+    networking.firewall.interfaces = mkIf (cfg.dhcp.openFirewall && cfg.dhcp.interface != null) {
+      ${cfg.dhcp.interface}.allowedUDPPorts = [ 67 69 4011 ];
+    };
 
     # A data directory outside /var/lib is not a StateDirectory: create it.
     systemd.tmpfiles.rules = lib.optional (cfg.dataDir != "/var/lib/landfall")
@@ -580,14 +678,17 @@ in
         UMask = "0027";
 
         # Hardening (systemd.exec(5)); the server needs the network and its data dir.
-        AmbientCapabilities = mkIf (cfg.port < 1024) [ "CAP_NET_BIND_SERVICE" ];
-        CapabilityBoundingSet = if cfg.port < 1024 then "CAP_NET_BIND_SERVICE" else "";
+        # Ports below 1024: the HTTP port, or DHCP/TFTP (67, 69, 4011). Binding the
+        # DHCP sockets to `dhcp.interface` (SO_BINDTODEVICE) needs no capability
+        # since Linux 5.7, so no CAP_NET_RAW.
+        AmbientCapabilities = mkIf bindLow [ "CAP_NET_BIND_SERVICE" ];
+        CapabilityBoundingSet = if bindLow then "CAP_NET_BIND_SERVICE" else "";
         NoNewPrivileges = true;
         ProtectSystem = "strict";
         ProtectHome = true;
         PrivateTmp = true;
         PrivateDevices = true;
-        PrivateUsers = cfg.port >= 1024;
+        PrivateUsers = !bindLow;
         ProtectHostname = true;
         ProtectClock = true;
         ProtectKernelTunables = true;

@@ -14,6 +14,25 @@
     "loglevel=4"
   ];
   bootTokenTtl = 1800;
+  # services.landfall.dhcp and .ipxe as the module hands them on (here Debian's
+  # ipxe package, which ./x installs; the module's default is nixpkgs' ipxe).
+  netbootSection = {
+    dhcp = "full";
+    interface = "eth1";
+    serverAddress = "10.77.0.1";
+    tftp = null;
+    ipxeBios = "/usr/lib/ipxe/undionly.kpxe";
+    ipxeEfiX86_64 = "/usr/lib/ipxe/snponly.efi";
+    ipxeEfiArm64 = null;
+    pool = {
+      start = "10.77.0.100";
+      end = "10.77.0.200";
+      prefixLen = 24;
+      router = "10.77.0.1";
+      dns = [ "10.77.0.1" ];
+      leaseTime = "1h";
+    };
+  };
   # The repository's layouts, rendered by the server with nix-instantiate.
   # toString: the absolute path of the checkout, not a copy in the Nix store
   # (the module passes its own store path here).

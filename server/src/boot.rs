@@ -54,13 +54,26 @@ pub fn install_script(
     token: &str,
     kernel_args: &str,
 ) -> Result<String, String> {
+    install_script_from(base, server, "", a, token, kernel_args)
+}
+
+/// [`install_script`] with the image in `ARTIFACTS/{dir}` (`""`, `"x86_64/"`
+/// or `"arm64/"`: [`crate::artifact_dir::image_dir`]).
+pub fn install_script_from(
+    base: &str,
+    server: &str,
+    dir: &str,
+    a: &Assignment,
+    token: &str,
+    kernel_args: &str,
+) -> Result<String, String> {
     check_hostname(&a.hostname).map_err(|e| e.to_string())?;
     check_simple_name("role", &a.role).map_err(|e| e.to_string())?;
     if !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err("boot token is not alphanumeric".into());
     }
     let mut kernel = format!(
-        "kernel {base}/artifacts/vmlinuz initrd=initrd landfall.server={server} landfall.token={token}"
+        "kernel {base}/artifacts/{dir}vmlinuz initrd=initrd landfall.server={server} landfall.token={token}"
     );
     if !kernel_args.is_empty() {
         kernel.push(' ');
@@ -70,7 +83,7 @@ pub fn install_script(
         "#!ipxe\n\
          echo landfall: installing {host} (role {role})\n\
          {kernel}\n\
-         initrd {base}/artifacts/initrd\n\
+         initrd {base}/artifacts/{dir}initrd\n\
          boot\n",
         host = a.hostname,
         role = a.role,
@@ -87,7 +100,7 @@ pub fn image_cmdline(artifacts: &std::path::Path) -> Result<String, String> {
     let mut text = String::new();
     // A regular file only, as every artifact: no symlink out of the
     // directory, no FIFO to hang the boot script on.
-    match crate::safe_file::open_regular(artifacts, "cmdline") {
+    match crate::artifact_dir::open_regular(artifacts, "cmdline") {
         Ok(None) => return Ok(String::new()),
         Ok(Some((f, _))) => f
             .take(64 * 1024)
@@ -300,7 +313,11 @@ fn decide_and_render(
                     Some("list it in [[machines]] of landfall.toml"),
                 ));
             };
-            let args = match image_cmdline(&app.artifacts) {
+            let dir = match crate::artifact_dir::image_dir(&app.artifacts, arch) {
+                Ok(d) => d,
+                Err((why, fix)) => return Ok(hold_script(base, &why, Some(&fix))),
+            };
+            let args = match image_cmdline(&app.artifacts.join(dir)) {
                 Ok(image) => [image.as_str(), settings.kernel_args.as_str()]
                     .iter()
                     .filter(|s| !s.is_empty())
@@ -317,7 +334,7 @@ fn decide_and_render(
                 ));
             };
             let token = new_token()?;
-            let s = match install_script(base, &server, &a, &token, &args) {
+            let s = match install_script_from(base, &server, dir, &a, &token, &args) {
                 Ok(s) => s,
                 Err(e) => return Ok(hold_script(base, &format!("{mac}: {e}"), None)),
             };

@@ -78,6 +78,24 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print the network boot options as a snippet for a site's own DHCP
+    /// server (PXE/HTTP Boot classes, the iPXE loop break, the boot URL).
+    DhcpConfig(DhcpConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DhcpConfigArgs {
+    /// The DHCP server to print the snippet for.
+    #[arg(long = "for", value_enum)]
+    pub site: crate::netboot::config::SiteDhcp,
+    /// landfall.toml: its [netboot] iPXE binaries and server_address, and
+    /// server.public_url.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Port of landfall's HTTP server, for the boot URL when server.public_url
+    /// is not set (it is then http://SERVER_ADDRESS:PORT).
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +117,10 @@ pub struct ServeArgs {
     /// Validate the configuration and exit (0 when valid, 1 otherwise).
     #[arg(long)]
     pub check_config: bool,
+    /// Built-in DHCP: off, proxy (boot options only, beside the site's DHCP)
+    /// or full (an address pool); overrides [netboot] dhcp.
+    #[arg(long, value_enum)]
+    pub dhcp: Option<crate::config::DhcpMode>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +141,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(a) => serve(a).await,
         Command::CaFingerprint { data } => ca_fingerprint(&data),
+        Command::DhcpConfig(a) => {
+            print!("{}", dhcp_config(&a)?);
+            Ok(())
+        }
         Command::Machines { client, json } => {
             let list: Vec<MachineSummary> = Client::new(&client)?.get("/api/v1/machines").await?;
             if json {
@@ -331,16 +357,34 @@ async fn serve(a: ServeArgs) -> Result<()> {
         None => config_listen(a.config.as_deref())?
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_HTTP_PORT))),
     };
-    let handle = crate::serve(ServeOptions {
-        config: a.config,
-        data: a.data,
-        listen,
-        artifacts: a.artifacts,
-    })
+    let handle = crate::serve_with(
+        ServeOptions {
+            config: a.config,
+            data: a.data,
+            listen,
+            artifacts: a.artifacts,
+        },
+        crate::NetbootOverrides { dhcp: a.dhcp },
+    )
     .await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     handle.shutdown().await
+}
+
+/// `landfall dhcp-config`: the snippet for the site's DHCP server.
+fn dhcp_config(a: &DhcpConfigArgs) -> Result<String> {
+    let s = crate::load_settings(Some(&a.config))?;
+    let Some(addr) = s.netboot.server_address else {
+        bail!(
+            "{}: netboot.server_address is not set; set it to this server's IPv4 address on the \
+             boot network (the TFTP next-server), e.g. server_address = \"10.77.0.1\"",
+            a.config.display()
+        );
+    };
+    let files = crate::netboot::IpxeFiles::load(&s.netboot)?;
+    let ep = crate::netboot::Endpoints::new(s.public_url.as_deref(), addr, a.http_port);
+    crate::netboot::config::render(a.site, &files, &ep)
 }
 
 async fn shutdown_signal() {

@@ -5,11 +5,12 @@
 
 pub mod api;
 pub mod app;
+pub mod artifact_dir;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod netboot;
 pub mod orchestrator;
-pub mod safe_file;
 pub mod store;
 pub mod text;
 pub mod tls;
@@ -50,6 +51,15 @@ pub struct ServerHandle {
     ca_file: Option<PathBuf>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    /// TFTP and DHCP of `[netboot]`, when on.
+    netboot: Option<netboot::Netboot>,
+}
+
+/// What `landfall serve`'s options change in `[netboot]`.
+#[derive(Debug, Clone, Default)]
+pub struct NetbootOverrides {
+    /// `--dhcp off|proxy|full` over `[netboot] dhcp`.
+    pub dhcp: Option<config::DhcpMode>,
 }
 
 impl ServerHandle {
@@ -69,6 +79,11 @@ impl ServerHandle {
         self.ca_file.as_deref()
     }
 
+    /// The TFTP and DHCP servers, when `[netboot]` runs them.
+    pub fn netboot(&self) -> Option<&netboot::Netboot> {
+        self.netboot.as_ref()
+    }
+
     /// Stop accepting, finish in-flight requests, close the database.
     pub async fn shutdown(mut self) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
@@ -77,12 +92,13 @@ impl ServerHandle {
         self.wait().await
     }
 
-    /// Wait until the server stops.
-    pub async fn wait(self) -> Result<()> {
-        self.task
-            .await
-            .context("server task panicked")?
-            .context("serving HTTP")
+    /// Wait until the server stops; the TFTP and DHCP listeners stop with it.
+    pub async fn wait(mut self) -> Result<()> {
+        let r = (&mut self.task).await;
+        if let Some(n) = self.netboot.take() {
+            n.shutdown().await;
+        }
+        r.context("server task panicked")?.context("serving HTTP")
     }
 }
 
@@ -96,7 +112,21 @@ pub fn load_settings(config: Option<&Path>) -> Result<Settings> {
 
 /// Start the server: open the data dir, bind, and serve in a background task.
 pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
-    let settings = load_settings(opts.config.as_deref())?;
+    serve_with(opts, NetbootOverrides::default()).await
+}
+
+/// [`serve`], with `serve`'s command-line overrides of `[netboot]`.
+pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<ServerHandle> {
+    let mut settings = load_settings(opts.config.as_deref())?;
+    if let Some(mode) = ov.dhcp {
+        settings
+            .netboot
+            .set_mode(mode, None)
+            .with_context(|| format!("--dhcp {mode}"))?;
+    }
+    let netboot_settings = settings.netboot.clone();
+    let ipxe = Arc::new(netboot::IpxeFiles::load(&netboot_settings)?);
+    let public_url = settings.public_url.clone();
     if opts.config.is_none() {
         tracing::warn!(
             "no --config given: demo mode, every machine that PXE-boots is installed with role `demo`"
@@ -130,8 +160,12 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
             tracing::warn!("artifacts directory {} does not exist", artifacts.display());
         }
     }
+    // A flat directory, or per-architecture ones (`x86_64/`, `arm64/`).
+    let per_arch = artifact_dir::ARCH_DIRS
+        .iter()
+        .any(|a| artifacts.join(a).join("vmlinuz").is_file());
     for f in ["vmlinuz", "initrd"] {
-        if !artifacts.join(f).is_file() {
+        if !per_arch && !artifacts.join(f).is_file() {
             tracing::warn!(
                 "{} is missing: machines told to install cannot boot the installer",
                 artifacts.join(f).display()
@@ -184,13 +218,30 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
     }
 
     let (tx, rx) = oneshot::channel::<()>();
+    let netboot = if netboot_settings.tftp || netboot_settings.dhcp != config::DhcpMode::Off {
+        Some(
+            netboot::Netboot::start(
+                &netboot_settings,
+                ipxe.clone(),
+                public_url.as_deref(),
+                addr,
+                Store::open(&opts.data.join(DB_FILE))?,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    // The iPXE binaries over HTTP (UEFI HTTP Boot) go with the plain-HTTP
+    // listener: the firmware cannot do HTTPS.
+    let ipxe_http = netboot::http_router(ipxe);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let task = match tls {
         None => {
-            let router = api::router(app.clone());
+            let router = api::router(app.clone()).merge(ipxe_http);
             let stop = stopped(stop_rx);
             tokio::spawn(async move {
                 // The peer address reaches handlers as `ConnectInfo` (api::Peer):
@@ -214,6 +265,7 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
             let http = axum::serve(
                 listener,
                 api::http_boot_router(app.clone(), port)
+                    .merge(ipxe_http)
                     .into_make_service_with_connect_info::<app::PeerAddr>(),
             )
             .with_graceful_shutdown(stopped(stop_rx.clone()));
@@ -238,6 +290,7 @@ pub async fn serve(opts: ServeOptions) -> Result<ServerHandle> {
         ca_file,
         shutdown: Some(tx),
         task,
+        netboot,
     })
 }
 

@@ -50,6 +50,6 @@ pub mod testsrv;
 pub mod tpm;
 
 pub use image::{Image, ImageSpec};
-pub use qemu::{Accel, DiskSpec, Firmware, KernelBoot, Vm, VmSpec};
+pub use qemu::{Accel, DiskSpec, Firmware, KernelBoot, Tap, Vm, VmSpec};
 pub use testsrv::TestServer;
 pub use tpm::Swtpm;

@@ -80,6 +80,19 @@ pub struct VmSpec {
     pub kernel_boot: Option<KernelBoot>,
     /// Appended to the QEMU command line.
     pub extra_args: Vec<String>,
+    /// `Some`: the NIC is on this tap device (a real L2 network: bridge,
+    /// DHCP servers) instead of QEMU's user network; `bootfile_url` is then
+    /// not used (the network's DHCP says what to boot).
+    pub tap: Option<Tap>,
+}
+
+/// A NIC on a tap device (`-netdev tap,ifname=..,script=no,downscript=no`).
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub ifname: String,
+    /// No option ROM (`romfile=`): the firmware's own network stack boots
+    /// (OVMF: EDK2's PXE and HTTP Boot) instead of QEMU's iPXE ROM.
+    pub firmware_pxe: bool,
 }
 
 impl VmSpec {
@@ -102,6 +115,7 @@ impl VmSpec {
             accel: None,
             kernel_boot: None,
             extra_args: Vec::new(),
+            tap: None,
         }
     }
 }
@@ -130,6 +144,7 @@ impl Vm {
             accel,
             kernel_boot,
             extra_args,
+            tap,
         } = spec;
         fs::create_dir_all(&work_dir)
             .with_context(|| format!("creating {}", work_dir.display()))?;
@@ -197,15 +212,26 @@ impl Vm {
         // Entropy for the guest: TCG's CPU has no RDRAND, so getrandom() in the
         // guest (GPT and filesystem UUIDs) would block until the pool is seeded.
         push(&["-device", "virtio-rng-pci"]);
-        match &kernel_boot {
-            None => {
+        match (&kernel_boot, &tap) {
+            (None, Some(t)) => {
+                push(&[
+                    "-netdev",
+                    &format!("tap,id=n0,ifname={},script=no,downscript=no", t.ifname),
+                ]);
+                let rom = if t.firmware_pxe { ",romfile=" } else { "" };
+                push(&[
+                    "-device",
+                    &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1{rom}"),
+                ]);
+            }
+            (None, None) => {
                 push(&["-netdev", &format!("user,id=n0,bootfile={bootfile_url}")]);
                 push(&[
                     "-device",
                     &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
                 ]);
             }
-            Some(k) => {
+            (Some(k), _) => {
                 push(&["-netdev", "user,id=n0"]);
                 push(&["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
                 push(&["-kernel", &k.kernel.display().to_string()]);

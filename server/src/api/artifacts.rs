@@ -83,7 +83,7 @@ pub async fn serve_file(
     }
     let path = dir.join(name);
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no artifact named {name:?}"));
-    let (file, len) = match crate::safe_file::open_regular(dir, name) {
+    let (file, len) = match crate::artifact_dir::open_regular(dir, name) {
         Ok(Some(f)) => f,
         Ok(None) => return Err(not_found()),
         Err(e) => {
@@ -146,6 +146,39 @@ pub async fn serve_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::artifact_dir::image_dir;
+
+    #[test]
+    fn the_image_directory_follows_the_architecture() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        // Flat: one architecture, whatever iPXE says.
+        for b in [Some("x86_64"), Some("arm64"), None] {
+            assert_eq!(image_dir(root, b), Ok(""));
+        }
+        std::fs::create_dir(root.join("x86_64")).unwrap();
+        std::fs::write(root.join("x86_64/vmlinuz"), b"k").unwrap();
+        assert_eq!(image_dir(root, Some("x86_64")), Ok("x86_64/"));
+        assert_eq!(image_dir(root, Some("i386")), Ok("x86_64/"));
+        assert_eq!(image_dir(root, None), Ok("x86_64/"));
+        let (why, fix) = image_dir(root, Some("arm64")).unwrap_err();
+        assert!(
+            why.contains("no installer image for architecture arm64"),
+            "{why}"
+        );
+        assert!(fix.contains("ARTIFACTS/arm64/"), "{fix}");
+        assert!(image_dir(root, Some("riscv64"))
+            .unwrap_err()
+            .0
+            .contains("riscv64"));
+        std::fs::create_dir(root.join("arm64")).unwrap();
+        std::fs::write(root.join("arm64/vmlinuz"), b"k").unwrap();
+        assert_eq!(image_dir(root, Some("arm64")), Ok("arm64/"));
+        assert!(
+            image_dir(root, None).is_err(),
+            "two architectures, none asked"
+        );
+    }
 
     #[test]
     fn names() {
@@ -178,7 +211,7 @@ mod tests {
         symlink("../d/admin.token", dir.join("leak2")).unwrap();
         symlink(store.join("gone"), dir.join("dangling")).unwrap();
         let read = |name: &str| {
-            crate::safe_file::open_regular_with_store(&dir, name, &store)
+            crate::artifact_dir::open_regular_with_store(&dir, name, &store)
                 .unwrap()
                 .map(|(f, _)| std::io::read_to_string(f).unwrap())
         };

@@ -47,6 +47,7 @@ fn boot_routes() -> Router<AppState> {
         .route("/boot.ipxe", get(crate::boot::boot_ipxe))
         .route("/chain.ipxe", get(crate::boot::chain_ipxe))
         .route("/artifacts/{name}", get(artifact))
+        .route("/artifacts/{arch}/{name}", get(arch_artifact))
 }
 
 /// The plain-HTTP listener's router when TLS is on: the boot routes, and a
@@ -95,6 +96,23 @@ async fn artifact(
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(ApiError::from_rejection)?;
     artifacts::serve_file(&app.artifacts, &name, &method, &headers).await
+}
+
+/// `GET /artifacts/{x86_64|arm64}/{name}`: a per-architecture image's files.
+async fn arch_artifact(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path((arch, name)) = path.map_err(ApiError::from_rejection)?;
+    if !crate::artifact_dir::ARCH_DIRS.contains(&arch.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no artifacts for architecture {arch:?}"),
+        ));
+    }
+    artifacts::serve_file(&app.artifacts.join(&arch), &name, &method, &headers).await
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

@@ -16,3 +16,7 @@ pub(super) fn read(key: &str, path: &Path, what: &str) -> Result<String> {
 pub(super) fn is_dir(path: &Path) -> bool {
     path.is_dir()
 }
+
+pub(super) fn is_file(path: &Path) -> bool {
+    path.is_file()
+}

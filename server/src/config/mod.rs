@@ -18,6 +18,7 @@ pub mod schema;
 mod validate;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,6 +45,34 @@ pub struct VaultSettings {
     pub approle_mount: String,
 }
 
+/// `[netboot]` after validation: every iPXE path named is a file.
+#[derive(Debug, Clone, Default)]
+pub struct NetbootSettings {
+    pub dhcp: DhcpMode,
+    pub interface: Option<String>,
+    pub server_address: Option<Ipv4Addr>,
+    /// Serve the iPXE binaries over TFTP.
+    pub tftp: bool,
+    pub tftp_port: u16,
+    pub dhcp_port: u16,
+    pub pxe_port: u16,
+    pub ipxe_bios: Option<PathBuf>,
+    pub ipxe_efi_x86_64: Option<PathBuf>,
+    pub ipxe_efi_arm64: Option<PathBuf>,
+    pub pool: Option<PoolSettings>,
+}
+
+/// `[netboot.pool]` after validation.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+    pub prefix_len: u8,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub lease_time: Duration,
+}
+
 /// A validated configuration, ready to answer "what is this MAC?".
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -66,6 +95,8 @@ pub struct Settings {
     pub vault: Option<VaultSettings>,
     /// Role name -> its `[[roles.NAME.checks]]`, parsed and checked.
     pub checks: BTreeMap<String, Vec<NamedCheck>>,
+    /// `[netboot]`, validated.
+    pub netboot: NetbootSettings,
     /// `[server] max_*`: caps on what clients can make the server store.
     pub limits: Limits,
     /// `server.listen`, when set.
@@ -110,6 +141,7 @@ impl Config {
             roles,
             machines: Vec::new(),
             vault: None,
+            netboot: NetbootSection::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! (`deny_unknown_fields`). What the values may be is `validate`'s.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use landfall_proto::{LuksUnlock, SecretFile, WipePolicy};
@@ -33,6 +34,10 @@ pub struct Config {
     /// Vault/OpenBao as trusted orchestrator (see docs/security.md).
     #[serde(default)]
     pub vault: Option<VaultSection>,
+    /// `[netboot]`: the built-in DHCP (proxy or full) and TFTP for firmware
+    /// that speaks plain PXE or UEFI HTTP Boot (docs/operator-guide.md).
+    #[serde(default)]
+    pub netboot: NetbootSection,
 }
 
 /// `[vault]`: where the server mints wrapped AppRole `secret_id`s.
@@ -408,4 +413,125 @@ with_layer_keys! {
         pub hostname: String,
         pub role: String,
     }
+}
+
+/// `[netboot] dhcp` (and `landfall serve --dhcp`): what the built-in DHCP does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    /// No DHCP from landfall: the site's DHCP server hands out the boot options
+    /// (`landfall dhcp-config` prints them).
+    #[default]
+    Off,
+    /// proxyDHCP (ports 67 and 4011): boot options to PXE and HTTP Boot clients
+    /// only, never an address; the site's DHCP keeps giving addresses.
+    Proxy,
+    /// A full DHCP server with an address pool, for an isolated provisioning
+    /// network; leases are kept in the store.
+    Full,
+}
+
+impl std::fmt::Display for DhcpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DhcpMode::Off => "off",
+            DhcpMode::Proxy => "proxy",
+            DhcpMode::Full => "full",
+        })
+    }
+}
+
+/// `[netboot]`: network boot of firmware without iPXE (PXE, UEFI HTTP Boot).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetbootSection {
+    #[serde(default)]
+    pub dhcp: DhcpMode,
+    /// The interface DHCP answers on (required with `dhcp = "proxy"|"full"`).
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// This server's IPv4 address on that network: the TFTP server (`next-server`),
+    /// the DHCP server identifier and, without `server.public_url`, the host of
+    /// the boot URL.
+    #[serde(default)]
+    pub server_address: Option<Ipv4Addr>,
+    /// Serve the iPXE binaries over TFTP. Default: on when `dhcp` is not off.
+    #[serde(default)]
+    pub tftp: Option<bool>,
+    /// UDP port of the TFTP server (69; another only for tests).
+    #[serde(default = "default_tftp_port")]
+    pub tftp_port: u16,
+    /// UDP port of the DHCP server (67; another only for tests).
+    #[serde(default = "default_dhcp_port")]
+    pub dhcp_port: u16,
+    /// UDP port of the PXE boot server that proxyDHCP clients ask (4011).
+    #[serde(default = "default_pxe_port")]
+    pub pxe_port: u16,
+    /// iPXE for BIOS PXE clients (arch 0), e.g. `/usr/lib/ipxe/undionly.kpxe`.
+    #[serde(default)]
+    pub ipxe_bios: Option<PathBuf>,
+    /// iPXE for x86-64 UEFI (arch 7, 9, 16), e.g. `/usr/lib/ipxe/snponly.efi`.
+    #[serde(default)]
+    pub ipxe_efi_x86_64: Option<PathBuf>,
+    /// iPXE for arm64 UEFI (arch 11, 19), e.g. nixpkgs' `ipxe` built for aarch64.
+    #[serde(default)]
+    pub ipxe_efi_arm64: Option<PathBuf>,
+    /// `[netboot.pool]`: the addresses `dhcp = "full"` hands out.
+    #[serde(default)]
+    pub pool: Option<PoolSection>,
+}
+
+fn default_tftp_port() -> u16 {
+    69
+}
+
+fn default_dhcp_port() -> u16 {
+    67
+}
+
+fn default_pxe_port() -> u16 {
+    4011
+}
+
+impl Default for NetbootSection {
+    fn default() -> Self {
+        Self {
+            dhcp: DhcpMode::Off,
+            interface: None,
+            server_address: None,
+            tftp: None,
+            tftp_port: default_tftp_port(),
+            dhcp_port: default_dhcp_port(),
+            pxe_port: default_pxe_port(),
+            ipxe_bios: None,
+            ipxe_efi_x86_64: None,
+            ipxe_efi_arm64: None,
+            pool: None,
+        }
+    }
+}
+
+/// `[netboot.pool]`: the address pool of `dhcp = "full"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// First address handed out, e.g. "10.77.0.100".
+    pub start: Ipv4Addr,
+    /// Last address handed out (inclusive).
+    pub end: Ipv4Addr,
+    /// Prefix length of the network, e.g. 24.
+    pub prefix_len: u8,
+    /// Default gateway for the clients, if any.
+    #[serde(default)]
+    pub router: Option<Ipv4Addr>,
+    /// DNS servers for the clients.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// Lease lifetime, e.g. "1h".
+    #[serde(default = "default_lease_time")]
+    pub lease_time: String,
+}
+
+fn default_lease_time() -> String {
+    "1h".to_owned()
 }

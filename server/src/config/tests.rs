@@ -877,3 +877,105 @@ fn url_host_strips_scheme_port_path_and_brackets() {
     assert_eq!(url_host("http://host.lan/p").as_deref(), Some("host.lan"));
     assert_eq!(url_host("nope"), None);
 }
+
+/// `[netboot]` with a BIOS iPXE written into the config directory.
+fn netboot_check(section: &str) -> Result<Settings> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("undionly.kpxe"), b"ipxe").unwrap();
+    Config::parse(&format!("[roles.demo]\n{section}")).and_then(|c| c.validate(dir.path()))
+}
+
+fn netboot_err(section: &str) -> String {
+    format!("{:#}", netboot_check(section).unwrap_err())
+}
+
+#[test]
+fn netboot_defaults_to_off_and_modes_are_checked() {
+    let s = netboot_check("").unwrap();
+    assert_eq!(s.netboot.dhcp, DhcpMode::Off);
+    assert!(!s.netboot.tftp);
+    let s = netboot_check(
+        "[netboot]\ndhcp = \"proxy\"\ninterface = \"eth1\"\nserver_address = \"10.77.0.1\"\nipxe_bios = \"undionly.kpxe\"\n",
+    )
+    .unwrap();
+    assert_eq!(s.netboot.dhcp, DhcpMode::Proxy);
+    assert!(s.netboot.tftp, "TFTP runs with DHCP by default");
+    assert!(s.netboot.ipxe_bios.unwrap().is_absolute());
+    let s = netboot_check(
+        "[netboot]\ndhcp = \"full\"\ninterface = \"eth1\"\nserver_address = \"10.77.0.1\"\nipxe_bios = \"undionly.kpxe\"\n[netboot.pool]\nstart = \"10.77.0.100\"\nend = \"10.77.0.200\"\nprefix_len = 24\nlease_time = \"2h\"\n",
+    )
+    .unwrap();
+    let pool = s.netboot.pool.unwrap();
+    assert_eq!(pool.lease_time, Duration::from_secs(7200));
+    // The same config, DHCP off from the command line: still valid.
+    let mut n = netboot_check("[netboot]\nipxe_bios = \"undionly.kpxe\"\n")
+        .unwrap()
+        .netboot;
+    let e = n.set_mode(DhcpMode::Proxy, None).unwrap_err().to_string();
+    assert!(e.contains("netboot.interface is required"), "{e}");
+}
+
+#[test]
+fn netboot_refusals_name_the_field_and_the_fix() {
+    let base = "[netboot]\ninterface = \"eth1\"\nserver_address = \"10.77.0.1\"\n";
+    let cases: &[(&str, &str)] = &[
+        (
+            "[netboot]\ndhcp = \"proxy\"\nipxe_bios = \"missing.kpxe\"\n",
+            "netboot.ipxe_bios: ",
+        ),
+        (
+            "[netboot]\ndhcp = \"proxy\"\ninterface = \"eth1\"\n",
+            "netboot.server_address is required",
+        ),
+        ("[netboot]\ndhcp = \"weird\"\n", "unknown variant `weird`"),
+        (
+            "[netboot]\ninterface = \"eth 1\"\n",
+            "netboot.interface = \"eth 1\"",
+        ),
+        ("[netboot]\ntftp = true\n", "none is configured"),
+    ];
+    for (text, want) in cases {
+        let e = netboot_err(text);
+        assert!(e.contains(want), "{text}: {e}");
+    }
+    let e = netboot_err("[netboot]\ndhcp = \"proxy\"\nipxe_bios = \"missing.kpxe\"\n");
+    assert!(
+        e.contains("missing.kpxe") && e.contains("`ipxe` package"),
+        "{e}"
+    );
+    let full = |pool: &str| {
+        netboot_err(&format!(
+            "{base}dhcp = \"full\"\nipxe_bios = \"undionly.kpxe\"\n{pool}"
+        ))
+    };
+    assert!(full("").contains("needs [netboot.pool]"));
+    for (pool, want) in [
+        (
+            "start = \"10.77.0.200\"\nend = \"10.77.0.100\"\nprefix_len = 24",
+            "is after end",
+        ),
+        (
+            "start = \"10.77.0.100\"\nend = \"10.78.0.100\"\nprefix_len = 24",
+            "not in one /24",
+        ),
+        (
+            "start = \"10.77.1.100\"\nend = \"10.77.1.200\"\nprefix_len = 24",
+            "not in the pool's network",
+        ),
+        (
+            "start = \"10.77.0.1\"\nend = \"10.77.0.200\"\nprefix_len = 24",
+            "contains server_address",
+        ),
+        (
+            "start = \"10.77.0.100\"\nend = \"10.77.0.200\"\nprefix_len = 33",
+            "prefix_len = 33",
+        ),
+        (
+            "start = \"10.77.0.100\"\nend = \"10.77.0.200\"\nprefix_len = 24\nlease_time = \"5s\"",
+            "under a minute",
+        ),
+    ] {
+        let e = full(&format!("[netboot.pool]\n{pool}\n"));
+        assert!(e.contains(want), "{pool}: {e}");
+    }
+}

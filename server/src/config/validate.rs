@@ -15,8 +15,9 @@ use landfall_proto::{Check, NamedCheck};
 use super::resolve::{layered, InstallKeys};
 use super::{files, layouts, TlsSettings};
 use super::{
-    Config, Limits, LuksUnlockConfig, MachineConfig, RoleConfig, SecretFileConfig, Settings,
-    Unknown, VaultSection, VaultSettings, DEFAULT_BOOT_TOKEN_TTL,
+    Config, DhcpMode, Limits, LuksUnlockConfig, MachineConfig, NetbootSection, NetbootSettings,
+    PoolSettings, RoleConfig, SecretFileConfig, Settings, Unknown, VaultSection, VaultSettings,
+    DEFAULT_BOOT_TOKEN_TTL,
 };
 use crate::tls::CertSource;
 
@@ -244,11 +245,13 @@ impl Config {
         for (name, role) in &self.roles {
             check_role_secrets(name, role, vault.is_some())?;
         }
+        let netboot = check_netboot(&self.netboot, base_dir)?;
 
         Ok(Settings {
             listen,
             tls,
             limits,
+            netboot,
             checks,
             vault,
             layouts,
@@ -906,4 +909,160 @@ fn check_tpm2_pcrs(at: &str, role: &RoleConfig) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Check `[netboot]`: every iPXE path is a file now (relative paths against
+/// the config file's directory), the pool is one network, and what the DHCP
+/// mode needs is there.
+fn check_netboot(n: &NetbootSection, base_dir: &Path) -> Result<NetbootSettings> {
+    let ipxe = |key: &str, p: &Option<PathBuf>| -> Result<Option<PathBuf>> {
+        let Some(p) = p else { return Ok(None) };
+        let p = base_dir.join(p);
+        if !files::is_file(&p) {
+            bail!(
+                "netboot.{key}: {} is not a file; install Debian's `ipxe` package (it ships \
+                 /usr/lib/ipxe/undionly.kpxe and snponly.efi) or nixpkgs' `ipxe`, and point \
+                 netboot.{key} at the binary (relative paths are resolved against the config \
+                 file's directory)",
+                p.display()
+            );
+        }
+        Ok(Some(p))
+    };
+    if let Some(i) = &n.interface {
+        if i.is_empty()
+            || i.len() > 15
+            || !i
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+        {
+            bail!("netboot.interface = {i:?} is not an interface name; write it as `ip link` shows it, e.g. \"eth1\"");
+        }
+    }
+    let pool = match &n.pool {
+        None => None,
+        Some(p) => Some(check_pool(p, n.server_address)?),
+    };
+    let mut s = NetbootSettings {
+        dhcp: DhcpMode::Off,
+        interface: n.interface.clone(),
+        server_address: n.server_address,
+        tftp: false,
+        tftp_port: n.tftp_port,
+        dhcp_port: n.dhcp_port,
+        pxe_port: n.pxe_port,
+        ipxe_bios: ipxe("ipxe_bios", &n.ipxe_bios)?,
+        ipxe_efi_x86_64: ipxe("ipxe_efi_x86_64", &n.ipxe_efi_x86_64)?,
+        ipxe_efi_arm64: ipxe("ipxe_efi_arm64", &n.ipxe_efi_arm64)?,
+        pool,
+    };
+    s.set_mode(n.dhcp, n.tftp)?;
+    Ok(s)
+}
+
+impl NetbootSettings {
+    /// Set the DHCP mode (the config's, or `serve --dhcp` over it) and whether
+    /// TFTP runs (default: with DHCP), refusing what that mode lacks.
+    pub fn set_mode(&mut self, dhcp: DhcpMode, tftp: Option<bool>) -> Result<()> {
+        let tftp = tftp.unwrap_or(dhcp != DhcpMode::Off);
+        if dhcp != DhcpMode::Off {
+            if self.interface.is_none() {
+                bail!(
+                    "netboot.interface is required with dhcp = \"{dhcp}\": the interface of the \
+                     boot network DHCP answers on, e.g. interface = \"eth1\""
+                );
+            }
+            if self.server_address.is_none() {
+                bail!(
+                    "netboot.server_address is required with dhcp = \"{dhcp}\": this server's \
+                     IPv4 address on the boot network, e.g. server_address = \"10.77.0.1\""
+                );
+            }
+        }
+        if dhcp == DhcpMode::Full && self.pool.is_none() {
+            bail!(
+                "dhcp = \"full\" needs [netboot.pool]: start, end and prefix_len of the \
+                 addresses to hand out, e.g. start = \"10.77.0.100\", end = \"10.77.0.200\", \
+                 prefix_len = 24"
+            );
+        }
+        if (dhcp != DhcpMode::Off || tftp)
+            && self.ipxe_bios.is_none()
+            && self.ipxe_efi_x86_64.is_none()
+            && self.ipxe_efi_arm64.is_none()
+        {
+            bail!(
+                "netboot: dhcp = \"{dhcp}\"{} hands firmware an iPXE binary, and none is \
+                 configured; set netboot.ipxe_bios = \"/usr/lib/ipxe/undionly.kpxe\" and \
+                 netboot.ipxe_efi_x86_64 = \"/usr/lib/ipxe/snponly.efi\" (Debian's `ipxe` package)",
+                if tftp { " with tftp" } else { "" }
+            );
+        }
+        self.dhcp = dhcp;
+        self.tftp = tftp;
+        Ok(())
+    }
+}
+
+fn check_pool(p: &super::PoolSection, server: Option<std::net::Ipv4Addr>) -> Result<PoolSettings> {
+    if !(8..=30).contains(&p.prefix_len) {
+        bail!(
+            "netboot.pool.prefix_len = {} must be between 8 and 30, e.g. 24 for a /24",
+            p.prefix_len
+        );
+    }
+    let mask = u32::MAX << (32 - u32::from(p.prefix_len));
+    let (start, end) = (u32::from(p.start), u32::from(p.end));
+    if start > end {
+        bail!(
+            "netboot.pool: start {} is after end {}; swap them",
+            p.start,
+            p.end
+        );
+    }
+    if start & mask != end & mask {
+        bail!(
+            "netboot.pool: start {} and end {} are not in one /{} network; keep the pool inside the boot network",
+            p.start,
+            p.end,
+            p.prefix_len
+        );
+    }
+    if let Some(s) = server {
+        let s32 = u32::from(s);
+        if s32 & mask != start & mask {
+            bail!(
+                "netboot.server_address {s} is not in the pool's network {}/{}; the clients could not reach it",
+                std::net::Ipv4Addr::from(start & mask),
+                p.prefix_len
+            );
+        }
+        if (start..=end).contains(&s32) {
+            bail!(
+                "netboot.pool: {}..{} contains server_address {s}; start the pool after it",
+                p.start,
+                p.end
+            );
+        }
+    }
+    let lease_time = humantime::parse_duration(&p.lease_time).map_err(|e| {
+        anyhow::anyhow!(
+            "netboot.pool.lease_time = {:?}: {e}; write e.g. \"1h\" or \"30m\"",
+            p.lease_time
+        )
+    })?;
+    if lease_time < Duration::from_secs(60) {
+        bail!(
+            "netboot.pool.lease_time = {:?} is under a minute; give at least \"1m\" (e.g. \"1h\")",
+            p.lease_time
+        );
+    }
+    Ok(PoolSettings {
+        start: p.start,
+        end: p.end,
+        prefix_len: p.prefix_len,
+        router: p.router,
+        dns: p.dns.clone(),
+        lease_time,
+    })
 }

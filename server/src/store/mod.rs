@@ -4,6 +4,7 @@
 //! Tokens are never stored, only their SHA-256 (hex). Times are unix seconds.
 
 mod agent;
+mod leases;
 mod machines;
 mod verify;
 
@@ -19,6 +20,7 @@ pub use agent::{
     Alarm, AlarmKind, AttemptRow, EventQuota, HelloInput, HelloOutcome, OverQuota, StoredEvents,
     VaultMint, WaitCheck,
 };
+pub use leases::Lease;
 pub use machines::{DiscoveredCap, EventPage, MachineRow, RetryOutcome};
 pub use verify::{VerifyAuth, VerifyOutcome};
 
@@ -127,6 +129,14 @@ const MIGRATIONS: &[&str] = &[
         event_count = (SELECT COUNT(*) FROM events e WHERE e.attempt_id = attempts.id),
         event_bytes = (SELECT COALESCE(SUM(LENGTH(e.body)), 0) FROM events e
                         WHERE e.attempt_id = attempts.id);
+    "#,
+    // 6: the addresses `[netboot] dhcp = "full"` handed out (issue 13).
+    r#"
+    CREATE TABLE dhcp_leases (
+        mac        TEXT PRIMARY KEY,
+        ip         TEXT NOT NULL UNIQUE,
+        expires_at INTEGER NOT NULL
+    );
     "#,
 ];
 

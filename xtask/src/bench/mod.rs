@@ -28,6 +28,21 @@ pub fn run(which: &[&str]) -> Result<()> {
             100.0 * size as f64 / AGENT_BUDGET as f64
         );
     }
+    if all || which.contains(&"netboot") {
+        // Root: network namespaces; release: the server as it runs.
+        build::run(Cmd::new("cargo").args([
+            "test",
+            "--quiet",
+            "--release",
+            "-p",
+            "landfall",
+            "--test",
+            "netboot_bench",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ]))?;
+    }
     if all || which.contains(&"vm") {
         println!(
             "bench vm: the BIOS install VM test, QEMU start -> installed -> first boot ready, time per step (printed by the test)"

@@ -1,7 +1,8 @@
-//! Opening a file of a served directory safely: regular files inside it (or
-//! in the Nix store) only, never through a symlink out of it, never blocking
-//! on a FIFO. Used by the artifacts handler and the boot decision (which
-//! reads `ARTIFACTS/cmdline`); below both.
+//! The artifacts directory on disk: which image directory a machine boots
+//! (flat, or per architecture), and opening a file of it safely: regular
+//! files inside it (or in the Nix store) only, never through a symlink out of
+//! it, never blocking on a FIFO. Used by the artifacts handler and the boot
+//! decision (which reads `ARTIFACTS/cmdline`); below both.
 
 use std::path::Path;
 
@@ -78,4 +79,57 @@ pub(crate) fn open_regular_with_store(
         return Ok(None);
     }
     Ok(Some((file, meta.len())))
+}
+
+/// The per-architecture directories of the artifacts directory
+/// (`ARTIFACTS/x86_64/`, `ARTIFACTS/arm64/`), by iPXE `${buildarch}`.
+pub const ARCH_DIRS: [&str; 2] = ["x86_64", "arm64"];
+
+/// The directory for iPXE's `${buildarch}`: `i386` (undionly.kpxe is a
+/// 32-bit iPXE, on 64-bit BIOS machines too) and `x86_64` boot the x86_64
+/// image, `arm64` the arm64 one. `None` for another architecture.
+pub fn arch_dir(buildarch: &str) -> Option<&'static str> {
+    match buildarch {
+        "x86_64" | "i386" => Some("x86_64"),
+        "arm64" => Some("arm64"),
+        _ => None,
+    }
+}
+
+/// Where the installer image for a machine is, relative to the artifacts
+/// directory: `""` for a flat directory (one architecture), `"x86_64/"` or
+/// `"arm64/"` for per-architecture ones. `Err` (why, fix) when there is no
+/// image for `buildarch`: the machine holds with that reason.
+pub fn image_dir(root: &Path, buildarch: Option<&str>) -> Result<&'static str, (String, String)> {
+    let has_image = |d: &Path| d.join("vmlinuz").is_file();
+    let per_arch: Vec<&str> = ARCH_DIRS
+        .into_iter()
+        .filter(|a| root.join(a).is_dir())
+        .collect();
+    match buildarch {
+        Some(b) => match arch_dir(b) {
+            Some(a) if has_image(&root.join(a)) => Ok(match a {
+                "x86_64" => "x86_64/",
+                _ => "arm64/",
+            }),
+            // A flat directory serves the one architecture it was built for.
+            _ if per_arch.is_empty() => Ok(""),
+            Some(a) => Err((
+                format!("no installer image for architecture {b}: {a}/vmlinuz is missing in the artifacts directory"),
+                format!("build the {a} installer into ARTIFACTS/{a}/ (vmlinuz, initrd)"),
+            )),
+            None => Err((
+                format!("no installer image for architecture {b}"),
+                format!("landfall installs {}", ARCH_DIRS.join(" and ")),
+            )),
+        },
+        // No `${buildarch}` (an old chain script): the flat directory, else
+        // the only architecture there is.
+        None if per_arch.is_empty() => Ok(""),
+        None if per_arch.len() == 1 => Ok(if per_arch[0] == "x86_64" { "x86_64/" } else { "arm64/" }),
+        None => Err((
+            "the boot request names no architecture and the artifacts directory has several".into(),
+            "chain boot.ipxe?mac=${net0/mac}&arch=${buildarch}".into(),
+        )),
+    }
 }
