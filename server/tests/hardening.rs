@@ -423,7 +423,7 @@ fn serve_opts(data: &Path) -> landfall::ServeOptions {
 async fn a_full_disk_at_first_start_leaves_no_broken_admin_token() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let _fs = Tmpfs::mount(&data, "256k");
+    let _fs = Tmpfs::mount(&data, "4m");
     let filler = fill(&data);
     let e = landfall::serve(serve_opts(&data))
         .await

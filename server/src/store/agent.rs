@@ -189,7 +189,7 @@ impl Store {
                     } else {
                         "no nonce"
                     },
-                    first.as_deref().unwrap_or("an unrecorded address"),
+                    or_unrecorded(&first),
                 );
                 let alarm = raise_alarm(
                     &tx,
@@ -198,7 +198,8 @@ impl Store {
                     vec![attempt_id],
                     first,
                     message,
-                    h,
+                    h.client,
+                    h.now,
                 )?;
                 tx.commit()?;
                 return Ok(HelloOutcome::Alarm(alarm));
@@ -210,11 +211,9 @@ impl Store {
                 let message = format!(
                     "security alarm: the agent of attempt {attempt_id} ({}) is alive at {}, \
                      but attempt {newer} (from {}) took the machine over",
-                    first.as_deref().unwrap_or("an unrecorded address"),
+                    or_unrecorded(&first),
                     h.client,
-                    attempt_client(&tx, &newer)?
-                        .as_deref()
-                        .unwrap_or("an unrecorded address"),
+                    or_unrecorded(&attempt_client(&tx, &newer)?),
                 );
                 let alarm = raise_alarm(
                     &tx,
@@ -223,7 +222,8 @@ impl Store {
                     vec![attempt_id, newer],
                     first,
                     message,
-                    h,
+                    h.client,
+                    h.now,
                 )?;
                 tx.commit()?;
                 return Ok(HelloOutcome::Alarm(alarm));
@@ -258,21 +258,15 @@ impl Store {
         // A fresh token while the current attempt's agent is alive: not a
         // reboot (the agent spoke moments ago), a second claimant.
         if let (MachineState::Installing, Some(live)) = (machine.state, &machine.current_attempt) {
-            let last: Option<i64> = tx
-                .query_row(
-                    "SELECT last_seen_at FROM attempts WHERE id = ?1",
-                    [live],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .flatten();
+            let last: Option<i64> =
+                nullable(&tx, "SELECT last_seen_at FROM attempts WHERE id = ?1", live)?;
             if last.is_some_and(|t| h.now - t < h.alive_secs) {
                 let first = attempt_client(&tx, live)?;
                 let message = format!(
                     "security alarm: {} said hello for {mac} with a new boot token while \
                      attempt {live} (from {}) is installing and its agent was heard from {}s ago",
                     h.client,
-                    first.as_deref().unwrap_or("an unrecorded address"),
+                    or_unrecorded(&first),
                     h.now - last.unwrap_or(h.now),
                 );
                 tx.execute(
@@ -286,7 +280,8 @@ impl Store {
                     vec![live.clone()],
                     first,
                     message,
-                    h,
+                    h.client,
+                    h.now,
                 )?;
                 tx.commit()?;
                 return Ok(HelloOutcome::Alarm(alarm));
@@ -445,12 +440,10 @@ impl Store {
             "security alarm: the agent of superseded attempt {} ({}) still speaks, from {client}, \
              while attempt {newer} (from {}) installs the machine: that was no reboot",
             attempt.id,
-            first.as_deref().unwrap_or("an unrecorded address"),
-            attempt_client(&tx, &newer)?
-                .as_deref()
-                .unwrap_or("an unrecorded address"),
+            or_unrecorded(&first),
+            or_unrecorded(&attempt_client(&tx, &newer)?),
         );
-        let alarm = raise_alarm_at(
+        let alarm = raise_alarm(
             &tx,
             AlarmKind::TakenOver,
             &attempt.mac,
@@ -698,14 +691,11 @@ impl Store {
 /// Pin the machine's identity from its stored inventory (the one of its
 /// current attempt's hello) unless one is pinned already.
 fn pin_identity_once(conn: &rusqlite::Connection, mac: &str) -> Result<()> {
-    let inventory: Option<String> = conn
-        .query_row(
-            "SELECT inventory FROM machines WHERE mac = ?1 AND pinned_identity IS NULL",
-            [mac],
-            |r| r.get(0),
-        )
-        .optional()?
-        .flatten();
+    let inventory: Option<String> = nullable(
+        conn,
+        "SELECT inventory FROM machines WHERE mac = ?1 AND pinned_identity IS NULL",
+        mac,
+    )?;
     if let Some(inv) = inventory.and_then(|i| serde_json::from_str::<Inventory>(&i).ok()) {
         conn.execute(
             "UPDATE machines SET pinned_identity = ?2 WHERE mac = ?1",
@@ -736,13 +726,28 @@ fn unrevoked_mints(conn: &rusqlite::Connection, attempt_id: &str) -> Result<Vec<
 }
 
 /// The client address of an attempt's first hello, when recorded.
+/// A recorded client address, or what a message says without one.
+fn or_unrecorded(addr: &Option<String>) -> &str {
+    addr.as_deref().unwrap_or("an unrecorded address")
+}
+
 fn attempt_client(conn: &rusqlite::Connection, attempt_id: &str) -> Result<Option<String>> {
+    nullable(
+        conn,
+        "SELECT client_addr FROM attempts WHERE id = ?1",
+        attempt_id,
+    )
+}
+
+/// One nullable column of the row `sql` finds by `key`: `None` when there
+/// is no row or the column is NULL.
+fn nullable<T: rusqlite::types::FromSql>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    key: &str,
+) -> Result<Option<T>> {
     Ok(conn
-        .query_row(
-            "SELECT client_addr FROM attempts WHERE id = ?1",
-            [attempt_id],
-            |r| r.get(0),
-        )
+        .query_row(sql, [key], |r| r.get::<_, Option<T>>(0))
         .optional()?
         .flatten())
 }
@@ -752,30 +757,8 @@ fn attempt_client(conn: &rusqlite::Connection, attempt_id: &str) -> Result<Optio
 /// its exchanged boot tokens die; each attempt gets an event saying what
 /// happened (both clients' addresses); its Vault mints not yet revoked are
 /// marked revoked and returned, for the caller to revoke in Vault.
-fn raise_alarm(
-    tx: &rusqlite::Transaction<'_>,
-    kind: AlarmKind,
-    mac: &str,
-    attempts: Vec<String>,
-    first_client: Option<String>,
-    message: String,
-    h: &HelloInput<'_>,
-) -> Result<Alarm> {
-    raise_alarm_at(
-        tx,
-        kind,
-        mac,
-        attempts,
-        first_client,
-        message,
-        h.client,
-        h.now,
-    )
-}
-
-/// [`raise_alarm`] with the second client and the time given.
 #[allow(clippy::too_many_arguments)]
-fn raise_alarm_at(
+fn raise_alarm(
     tx: &rusqlite::Transaction<'_>,
     kind: AlarmKind,
     mac: &str,
