@@ -191,18 +191,15 @@ impl Store {
                     },
                     or_unrecorded(&first),
                 );
-                let alarm = raise_alarm(
-                    &tx,
+                return alarm_outcome(
+                    tx,
                     AlarmKind::TokenClaimed,
                     &mac,
                     vec![attempt_id],
                     first,
                     message,
-                    h.client,
-                    h.now,
-                )?;
-                tx.commit()?;
-                return Ok(HelloOutcome::Alarm(alarm));
+                    h,
+                );
             }
             let current = machine.current_attempt.as_deref() == Some(&attempt_id);
             if !current && machine.state == MachineState::Installing {
@@ -215,18 +212,15 @@ impl Store {
                     h.client,
                     or_unrecorded(&attempt_client(&tx, &newer)?),
                 );
-                let alarm = raise_alarm(
-                    &tx,
+                return alarm_outcome(
+                    tx,
                     AlarmKind::TakenOver,
                     &mac,
                     vec![attempt_id, newer],
                     first,
                     message,
-                    h.client,
-                    h.now,
-                )?;
-                tx.commit()?;
-                return Ok(HelloOutcome::Alarm(alarm));
+                    h,
+                );
             }
             if !current || machine.state != MachineState::Installing {
                 // The exchanged token died with its attempt.
@@ -273,18 +267,15 @@ impl Store {
                     "DELETE FROM boot_tokens WHERE hash = ?1",
                     [h.boot_token_hash],
                 )?;
-                let alarm = raise_alarm(
-                    &tx,
+                return alarm_outcome(
+                    tx,
                     AlarmKind::AttemptAlive,
                     &mac,
                     vec![live.clone()],
                     first,
                     message,
-                    h.client,
-                    h.now,
-                )?;
-                tx.commit()?;
-                return Ok(HelloOutcome::Alarm(alarm));
+                    h,
+                );
             }
         }
 
@@ -750,6 +741,30 @@ fn nullable<T: rusqlite::types::FromSql>(
         .query_row(sql, [key], |r| r.get::<_, Option<T>>(0))
         .optional()?
         .flatten())
+}
+
+/// [`raise_alarm`] for a hello, then commit: what `hello` answers.
+fn alarm_outcome(
+    tx: rusqlite::Transaction<'_>,
+    kind: AlarmKind,
+    mac: &str,
+    attempts: Vec<String>,
+    first_client: Option<String>,
+    message: String,
+    h: &HelloInput<'_>,
+) -> Result<HelloOutcome> {
+    let alarm = raise_alarm(
+        &tx,
+        kind,
+        mac,
+        attempts,
+        first_client,
+        message,
+        h.client,
+        h.now,
+    )?;
+    tx.commit()?;
+    Ok(HelloOutcome::Alarm(alarm))
 }
 
 /// The alarm, inside `hello`'s transaction: the machine goes `compromised`
