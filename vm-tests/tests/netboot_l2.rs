@@ -339,12 +339,15 @@ fn run(sc: Scenario) {
     // QEMU with its tap) lives on the boot network.
     net.enter_lan();
     let conf = dir.path().join("landfall.toml");
+    // These tests are about the firmware's way to the boot script (DHCP,
+    // TFTP, HTTP Boot) on a real L2 network; the agent's API stays plain HTTP
+    // here (insecure_http), HTTPS with a pinned CA is the install tests' part.
     std::fs::write(
         &conf,
         format!(
             r#"
 [server]
-kernel_args = "{console} landfall.console=lines landfall.final=poweroff"
+kernel_args = "{console} landfall.console=lines landfall.final=poweroff landfall.insecure_http=1"
 layouts = "{layouts}"
 
 [enroll]
