@@ -45,6 +45,18 @@ pub struct FailureData {
     /// The failed program's last lines of output.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub last_lines: Vec<String>,
+    /// A server-raised identity alarm: its kind (e.g. `TokenClaimed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<String>,
+    /// The address of the attempt's first claimant, as recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_client: Option<String>,
+    /// The address of the client that raised the alarm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_client: Option<String>,
+    /// Who wrote the event when it was not the agent (`server`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_by: Option<String>,
 }
 
 impl FailureData {

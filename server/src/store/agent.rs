@@ -807,13 +807,15 @@ fn raise_alarm(
             kind: EventKind::Failed,
             progress: None,
             message: message.clone(),
-            data: Some(serde_json::json!({
-                "security": true,
-                "alarm": format!("{kind:?}"),
-                "first_client": first_client,
-                "second_client": client,
-                "recorded_by": "server",
-            })),
+            data: landfall_proto::FailureData {
+                security: true,
+                alarm: Some(format!("{kind:?}")),
+                first_client: first_client.clone(),
+                second_client: Some(client.to_owned()),
+                recorded_by: Some("server".to_owned()),
+                ..Default::default()
+            }
+            .to_data(),
         };
         tx.execute(
             "INSERT OR IGNORE INTO events (attempt_id, seq, mac, body, received_at)
