@@ -30,18 +30,21 @@ pub fn run(which: &[&str]) -> Result<()> {
     }
     if all || which.contains(&"netboot") {
         // Root: network namespaces; release: the server as it runs.
-        build::run(Cmd::new("cargo").args([
-            "test",
-            "--quiet",
-            "--release",
-            "-p",
-            "landfall",
-            "--test",
-            "netboot_bench",
-            "--",
-            "--ignored",
-            "--nocapture",
-        ]))?;
+        build::run(
+            Cmd::new("cargo")
+                .args([
+                    "test",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "landfall",
+                    "--test",
+                    "netboot_bench",
+                    "--",
+                    "--nocapture",
+                ])
+                .env("LANDFALL_BENCH", "full"),
+        )?;
     }
     if all || which.contains(&"vm") {
         println!(
