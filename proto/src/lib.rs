@@ -11,6 +11,7 @@ pub mod event;
 pub mod failure;
 pub mod inventory;
 pub mod names;
+pub mod notify;
 pub mod verify;
 
 pub use agent::{

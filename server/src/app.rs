@@ -35,6 +35,8 @@ pub struct App {
     pub enrol_lock: std::sync::Mutex<()>,
     /// The bound port of the HTTPS listener, when TLS is on.
     pub tls_port: Option<u16>,
+    /// What `/metrics` answers (the store observes its latency into it).
+    pub metrics: crate::metrics::Metrics,
 }
 
 pub type AppState = Arc<App>;
@@ -47,7 +49,10 @@ impl App {
         admin_token_hash: String,
         orchestrator: Option<crate::orchestrator::Orchestrator>,
     ) -> Self {
+        let metrics = crate::metrics::Metrics::new();
+        let store = store.with_latency(metrics.store_latency());
         Self {
+            metrics,
             store,
             settings,
             artifacts,
@@ -144,7 +149,8 @@ pub fn random_hex(bytes: usize) -> anyhow::Result<String> {
     Ok(hex(&buf))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");

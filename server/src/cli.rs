@@ -10,6 +10,7 @@ use std::io::Write;
 
 use landfall_proto::admin::{AttemptDetail, MachineDetail, MachineSummary, RetryResponse};
 use landfall_proto::agent::ErrorBody;
+use landfall_proto::notify::{Delivery, DeliveryStatus};
 use landfall_proto::Event;
 
 use crate::ServeOptions;
@@ -77,6 +78,21 @@ pub enum Command {
         machine: String,
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// List the webhook deliveries, newest first: what was delivered, what
+    /// is still tried, what was given up.
+    Notifications {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only deliveries in this status.
+        #[arg(long, value_parser = ["pending", "delivered", "failed"])]
+        status: Option<String>,
+        /// At most this many (the server sends at most 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the network boot options as a snippet for a site's own DHCP
     /// server (PXE/HTTP Boot classes, the iPXE loop break, the boot URL).
@@ -217,6 +233,24 @@ pub async fn run(cli: Cli) -> Result<()> {
                 s.mac,
                 s.state
             );
+            Ok(())
+        }
+        Command::Notifications {
+            client,
+            status,
+            limit,
+            json,
+        } => {
+            let mut path = format!("/api/v1/notifications?limit={limit}");
+            if let Some(st) = status {
+                path.push_str(&format!("&status={st}"));
+            }
+            let list: Vec<Delivery> = Client::new(&client)?.get(&path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", notifications_table(&list));
+            }
             Ok(())
         }
         Command::Retry { machine, client } => {
@@ -558,14 +592,19 @@ pub fn machines_table(list: &[MachineSummary]) -> String {
             },
         ]);
     }
-    let mut widths = [0usize; 6];
-    for r in &rows {
+    columns(&rows)
+}
+
+/// Rows as left-aligned columns, two spaces apart, the last one unpadded.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
         let mut line = String::new();
         for (i, (c, w)) in r.iter().zip(widths).enumerate() {
             if i + 1 == r.len() {
@@ -578,6 +617,55 @@ pub fn machines_table(list: &[MachineSummary]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The `landfall notifications` table: one delivery a line, what became of it.
+pub fn notifications_table(list: &[Delivery]) -> String {
+    if list.is_empty() {
+        return "no webhook deliveries\n".to_owned();
+    }
+    let mut rows = vec![[
+        "ID".to_owned(),
+        "CHANGED".into(),
+        "MACHINE".into(),
+        "STATE".into(),
+        "WEBHOOK".into(),
+        "STATUS".into(),
+    ]];
+    for d in list {
+        let tries = match d.attempts {
+            1 => "1 try".to_owned(),
+            n => format!("{n} tries"),
+        };
+        let last = || {
+            d.last_error
+                .as_deref()
+                .map(|e| format!(", last: {}", one_line(e, 80)))
+                .unwrap_or_default()
+        };
+        let status = match d.status {
+            DeliveryStatus::Delivered => format!(
+                "delivered {} ({}, {tries})",
+                esc(d.delivered_at.as_deref().unwrap_or("-")),
+                d.last_status.map_or("-".into(), |s| s.to_string())
+            ),
+            DeliveryStatus::Pending => format!(
+                "pending: {tries}, next {}{}",
+                esc(d.next_attempt_at.as_deref().unwrap_or("-")),
+                last()
+            ),
+            other => format!("{other}: {tries}{}", last()),
+        };
+        rows.push([
+            d.id.to_string(),
+            esc(&d.created_at).into_owned(),
+            esc(d.hostname.as_deref().unwrap_or(&d.mac)).into_owned(),
+            d.state.to_string(),
+            esc(&d.url).into_owned(),
+            status,
+        ]);
+    }
+    columns(&rows)
 }
 
 /// The whole text view of a machine (the CLI prints it piece by piece, the
@@ -815,6 +903,54 @@ mod tests {
         assert!(t.contains("`landfall reinstall ws-01`"), "{t}");
         r.installer.last_wait_at = None;
         assert!(retry_text(&r).contains("never asked"));
+    }
+
+    #[test]
+    fn notifications_say_what_became_of_each_delivery() {
+        let d = |id, status, attempts, err: Option<&str>| Delivery {
+            id,
+            change_id: 3,
+            url: "https://hooks.lan/landfall".into(),
+            mac: "52:54:00:00:00:01".into(),
+            hostname: Some("ws-01".into()),
+            state: MachineState::Failed,
+            created_at: "2026-12-07T08:00:00Z".into(),
+            status,
+            attempts,
+            next_attempt_at: (status == DeliveryStatus::Pending)
+                .then(|| "2026-12-07T08:00:04Z".into()),
+            delivered_at: (status == DeliveryStatus::Delivered)
+                .then(|| "2026-12-07T08:00:01Z".into()),
+            last_status: (status == DeliveryStatus::Delivered).then_some(204),
+            last_error: err.map(str::to_owned),
+        };
+        let t = notifications_table(&[
+            d(
+                3,
+                DeliveryStatus::Failed,
+                57,
+                Some("the receiver answered 500"),
+            ),
+            d(2, DeliveryStatus::Pending, 2, Some("cannot connect\x1b[2J")),
+            d(1, DeliveryStatus::Delivered, 1, None),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("ID  CHANGED"), "{t}");
+        assert!(
+            lines[1].ends_with("failed: 57 tries, last: the receiver answered 500"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("pending: 2 tries, next 2026-12-07T08:00:04Z, last: cannot connect"),
+            "{t}"
+        );
+        assert!(!t.contains('\x1b'), "control characters are escaped: {t}");
+        assert!(
+            lines[3].ends_with("delivered 2026-12-07T08:00:01Z (204, 1 try)"),
+            "{t}"
+        );
+        assert!(lines[3].contains("ws-01"), "{t}");
+        assert_eq!(notifications_table(&[]), "no webhook deliveries\n");
     }
 
     #[test]

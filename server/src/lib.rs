@@ -9,7 +9,9 @@ pub mod artifact_dir;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod netboot;
+pub mod notify;
 pub mod orchestrator;
 pub mod store;
 pub mod text;
@@ -53,6 +55,8 @@ pub struct ServerHandle {
     task: JoinHandle<std::io::Result<()>>,
     /// TFTP and DHCP of `[netboot]`, when on.
     netboot: Option<netboot::Netboot>,
+    /// The webhook notifier (it stops with the server).
+    notifier: Option<JoinHandle<()>>,
 }
 
 /// What `landfall serve`'s options change in `[netboot]`.
@@ -97,6 +101,9 @@ impl ServerHandle {
         let r = (&mut self.task).await;
         if let Some(n) = self.netboot.take() {
             n.shutdown().await;
+        }
+        if let Some(n) = self.notifier.take() {
+            let _ = n.await;
         }
         r.context("server task panicked")?.context("serving HTTP")
     }
@@ -232,10 +239,16 @@ pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<Serv
     } else {
         None
     };
+    if let Some(n) = &netboot {
+        let dhcp = n.dhcp.as_ref().map(|d| d.stats());
+        app.metrics
+            .watch_netboot(dhcp, n.tftp.as_ref().map(|t| t.stats()));
+    }
     // The iPXE binaries over HTTP (UEFI HTTP Boot) go with the plain-HTTP
     // listener: the firmware cannot do HTTPS.
     let ipxe_http = netboot::http_router(ipxe);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let notifier = notify::start(app.clone(), stop_rx.clone())?;
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -291,6 +304,7 @@ pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<Serv
         shutdown: Some(tx),
         task,
         netboot,
+        notifier: Some(notifier),
     })
 }
 

@@ -125,6 +125,7 @@ pub async fn hello(
             if !retried {
                 // A waiting agent of the previous attempt must stop.
                 app.machines_changed();
+                app.metrics.install_started(&assignment.role);
             }
             if req.protocol > PROTOCOL_VERSION {
                 tracing::warn!(
@@ -397,8 +398,10 @@ pub async fn events(
             ));
         }
     };
+    app.metrics.events_stored(stored.inserted);
     if let Some(state) = stored.new_state {
         tracing::info!(mac = %attempt.mac, attempt = %attempt.id, %state, "install attempt ended");
+        super::metrics::install_ended(&app, &attempt.mac, state, &req.events);
     }
     tracing::debug!(
         mac = %attempt.mac,

@@ -4,6 +4,8 @@
 pub mod admin;
 pub mod agent;
 pub mod artifacts;
+pub mod metrics;
+pub mod notifications;
 pub mod verify;
 
 use axum::extract::rejection::PathRejection;
@@ -33,9 +35,15 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/machines/{key}/reinstall", post(admin::reinstall))
         .route("/api/v1/machines/{key}/retry", post(admin::retry))
         .route("/api/v1/machines/{key}/approve", post(admin::approve))
+        .route("/api/v1/notifications", get(notifications::list))
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            metrics::count_answers,
+        ))
         .with_state(app)
 }
 
@@ -55,6 +63,7 @@ fn boot_routes() -> Router<AppState> {
 /// agent and admin API never answer in clear).
 pub fn http_boot_router(app: AppState, tls_port: u16) -> Router {
     boot_routes()
+        .merge(metrics::plain_routes(&app))
         .fallback(move |uri: axum::http::Uri| async move {
             ApiError::coded(
                 ErrorCode::HttpsRequired,
@@ -84,6 +93,8 @@ async fn index() -> impl IntoResponse {
             "POST /api/v1/agent/hello, /api/v1/agent/events, /api/v1/agent/wait   installer agent API\n",
             "POST /api/v1/agent/verify                  first-boot verification (Bearer verify token)\n",
             "GET  /api/v1/machines                      admin API (Bearer admin token)\n",
+            "GET  /api/v1/notifications                 webhook deliveries (Bearer admin token)\n",
+            "GET  /metrics                              Prometheus metrics\n",
         ),
     )
 }

@@ -13,6 +13,7 @@
 
 mod files;
 mod layouts;
+mod observe;
 mod resolve;
 pub mod schema;
 mod validate;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use landfall_proto::NamedCheck;
 
+pub use observe::{MetricsSettings, WebhookSettings, DEFAULT_WEBHOOK_STATES};
 pub use resolve::{auto_hostname, expand_template, InstallKeys, Layer, Mergeable};
 pub use schema::*;
 pub(crate) use validate::url_host;
@@ -103,6 +105,9 @@ pub struct Settings {
     pub listen: Option<std::net::SocketAddr>,
     /// HTTPS, when `server.listen_tls` is set.
     pub tls: Option<TlsSettings>,
+    /// `[metrics]` and `[[webhooks]]`, validated.
+    pub metrics: MetricsSettings,
+    pub webhooks: Vec<WebhookSettings>,
 }
 
 /// `[server] listen_tls` and its certificate, validated.
@@ -142,6 +147,8 @@ impl Config {
             machines: Vec::new(),
             vault: None,
             netboot: NetbootSection::default(),
+            metrics: MetricsSection::default(),
+            webhooks: Vec::new(),
         }
     }
 

@@ -38,6 +38,47 @@ pub struct Config {
     /// that speaks plain PXE or UEFI HTTP Boot (docs/operator-guide.md).
     #[serde(default)]
     pub netboot: NetbootSection,
+    /// `[metrics]`: who may read `/metrics` (docs/operator-guide.md).
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// `[[webhooks]]`: who is told of machine state changes.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// `[metrics]`: the Prometheus endpoint `GET /metrics`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// File holding a bearer token `/metrics` requires (relative to the
+    /// config file); unset: `/metrics` is open.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// With `server.listen_tls`: serve `/metrics` on the plain-HTTP listener
+    /// too (a Prometheus on this host that cannot trust the generated CA).
+    #[serde(default)]
+    pub plain_http: bool,
+}
+
+/// `[[webhooks]]`: a URL told of machines entering some states.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `https://...` (or `http://...`) receiving a JSON POST per change.
+    pub url: String,
+    /// Machine states to tell about. Default: failed, compromised,
+    /// installed, ready, degraded, identity_held.
+    #[serde(default)]
+    pub states: Option<Vec<String>>,
+    /// Roles to tell about; empty or unset: every machine.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// File holding the HMAC-SHA256 key of the signature header (relative
+    /// to the config file).
+    pub secret_file: PathBuf,
+    /// PEM CA to trust for an https `url` instead of the public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[vault]`: where the server mints wrapped AppRole `secret_id`s.

@@ -246,8 +246,12 @@ impl Config {
             check_role_secrets(name, role, vault.is_some())?;
         }
         let netboot = check_netboot(&self.netboot, base_dir)?;
+        let (metrics, webhooks) =
+            super::observe::check(&self.metrics, &self.webhooks, &self.roles, base_dir)?;
 
         Ok(Settings {
+            metrics,
+            webhooks,
             listen,
             tls,
             limits,

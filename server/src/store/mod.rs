@@ -4,13 +4,16 @@
 //! Tokens are never stored, only their SHA-256 (hex). Times are unix seconds.
 
 mod agent;
+mod latency;
 mod leases;
 mod machines;
+mod outbox;
+mod stats;
 mod verify;
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use landfall_proto::{MachineState, WipePolicy};
@@ -22,6 +25,8 @@ pub use agent::{
 };
 pub use leases::Lease;
 pub use machines::{DiscoveredCap, EventPage, MachineRow, RetryOutcome};
+pub use outbox::{DeliveryFilter, DueDelivery, SendResult, WebhookTarget};
+pub use stats::MachineCount;
 pub use verify::{VerifyAuth, VerifyOutcome};
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
@@ -138,10 +143,63 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     "#,
+    // 7: notifications (issue 15): every change of a machine's state is
+    // journaled by a trigger, in the transaction that made it, whichever
+    // statement made it; the notifier fans each change out into one
+    // delivery per matching `[[webhooks]]` entry, sent from this outbox with
+    // backoff until the receiver takes it (store/outbox.rs).
+    r#"
+    CREATE TABLE state_changes (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        mac         TEXT NOT NULL,
+        hostname    TEXT,
+        role        TEXT,
+        state       TEXT NOT NULL,
+        previous    TEXT,
+        error       TEXT,
+        attempt_id  TEXT,
+        at          INTEGER NOT NULL
+    );
+    CREATE TRIGGER machines_state_inserted AFTER INSERT ON machines
+    BEGIN
+        INSERT INTO state_changes (mac, hostname, role, state, previous, error, attempt_id, at)
+        VALUES (NEW.mac, NEW.hostname, NEW.role, NEW.state, NULL, NEW.error,
+                NEW.current_attempt, NEW.updated_at);
+    END;
+    CREATE TRIGGER machines_state_changed AFTER UPDATE OF state ON machines
+    WHEN NEW.state IS NOT OLD.state
+    BEGIN
+        INSERT INTO state_changes (mac, hostname, role, state, previous, error, attempt_id, at)
+        VALUES (NEW.mac, NEW.hostname, NEW.role, NEW.state, OLD.state, NEW.error,
+                NEW.current_attempt, NEW.updated_at);
+    END;
+    CREATE TABLE webhook_deliveries (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        change_id     INTEGER NOT NULL,
+        url           TEXT NOT NULL,
+        mac           TEXT NOT NULL,
+        hostname      TEXT,
+        state         TEXT NOT NULL,
+        body          TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        next_at       INTEGER NOT NULL,
+        claimed_until INTEGER NOT NULL DEFAULT 0,
+        last_status   INTEGER,
+        last_error    TEXT,
+        delivered_at  INTEGER,
+        failed_at     INTEGER,
+        UNIQUE (change_id, url)
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_at)
+        WHERE delivered_at IS NULL AND failed_at IS NULL;
+    "#,
 ];
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Observes each call's latency (`/metrics`), when set.
+    latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Store {
@@ -158,13 +216,27 @@ impl Store {
         migrate(&conn).with_context(|| format!("migrating database {}", path.display()))?;
         Ok(Self {
             conn: Mutex::new(conn),
+            latency: None,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    /// Observe every call's latency (waiting for the connection and using
+    /// it) into `h`.
+    pub fn with_latency(mut self, h: prometheus_client::metrics::histogram::Histogram) -> Self {
+        self.latency = Some(h);
+        self
+    }
+
+    fn lock(&self) -> latency::Timed<'_> {
+        let since = Instant::now();
         // A panic while holding the lock cannot leave SQLite inconsistent (each
         // change is a transaction), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        latency::Timed {
+            conn,
+            since,
+            latency: self.latency.as_ref(),
+        }
     }
 }
 
