@@ -579,3 +579,37 @@ async fn webhooks_arrive_signed_once_each_through_a_down_receiver_and_restarts()
     s.stop().await;
     rx.abort();
 }
+
+/// With TLS on, `/metrics` is an HTTPS endpoint like the API; the
+/// plain-HTTP listener serves it only with `[metrics] plain_http = true`.
+#[tokio::test]
+async fn with_tls_metrics_are_https_unless_plain_http_is_asked_for() {
+    let tls = CONFIG.replace(
+        "[server]\n",
+        "[server]\nlisten_tls = \"127.0.0.1:0\"\ntls_sans = [\"127.0.0.1\"]\n",
+    );
+    for plain in [false, true] {
+        let config = format!("{tls}\n[metrics]\nplain_http = {plain}\n");
+        let s = Server::start(Some(&config)).await;
+        let h = s.handle.as_ref().unwrap();
+        let pem = std::fs::read(h.ca_file().unwrap()).unwrap();
+        let https = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .build()
+            .unwrap();
+        let url = format!("https://127.0.0.1:{}/metrics", h.tls_addr().unwrap().port());
+        let r = https.get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await.unwrap().contains("landfall_machines"));
+        let r = s.http.get(s.url("/metrics")).send().await.unwrap();
+        if plain {
+            assert_eq!(r.status(), 200);
+        } else {
+            assert_eq!(r.status(), 403);
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["code"], "https_required");
+        }
+        s.stop().await;
+    }
+}
