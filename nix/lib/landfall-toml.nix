@@ -22,6 +22,7 @@ let
   # `[netboot]` (services.landfall.dhcp and .ipxe): only what is set.
   nb = cfg.netbootSection or { };
   pool = nb.pool or null;
+  metrics = cfg.metrics or { };
 in
 toTOML {
   server = {
@@ -88,6 +89,21 @@ toTOML {
           lease_time = pool.leaseTime or null;
         };
     };
+  # `[metrics]` only when something is set; `[[webhooks]]` as listed.
+  metrics =
+    if (metrics.tokenFile or null) == null && !(metrics.plainHttp or false) then null else {
+      token_file = optString (metrics.tokenFile or null);
+      plain_http = metrics.plainHttp or null;
+    };
+  webhooks = nonEmpty (map
+    (w: {
+      inherit (w) url;
+      states = w.states or null;
+      roles = nonEmpty (w.roles or [ ]);
+      secret_file = toString w.secretFile;
+      ca_file = optString (w.caFile or null);
+    })
+    (cfg.webhooks or [ ]));
   # Machines are keyed by hostname in Nix; landfall.toml lists them.
   machines = map
     (name:

@@ -43,8 +43,17 @@ let
     then "[${cfg.listenAddress}]:${toString cfg.tls.port}"
     else "${cfg.listenAddress}:${toString cfg.tls.port}";
 
+  # The address Prometheus scrapes: this host over loopback when the server
+  # listens on every address.
+  scrapeHost =
+    if cfg.listenAddress == "0.0.0.0" then "127.0.0.1"
+    else if cfg.listenAddress == "::" then "[::1]"
+    else if lib.hasInfix ":" cfg.listenAddress then "[${cfg.listenAddress}]"
+    else cfg.listenAddress;
+
   renderArgs = {
-    inherit (cfg) publicUrl bootTokenTtl enroll roles machines;
+    inherit (cfg) publicUrl bootTokenTtl enroll roles machines webhooks;
+    metrics = { inherit (cfg.metrics) tokenFile plainHttp; };
     tls = {
       listen = tlsListen;
       inherit (cfg.tls) certFile keyFile sans publicUrl;
@@ -80,10 +89,12 @@ let
     if artifactsOnServer then renderToml (renderArgs // { artifacts = "artifacts-stand-in"; }) else rendered;
 
   # Checked at build time by the server itself, so `nixos-rebuild build` fails on
-  # a configuration the server would refuse. Not with [vault]: the check reads the
-  # Vault token file, which exists only on the server at run time.
+  # a configuration the server would refuse. Not with [vault], a metrics token or
+  # webhooks: the check reads their token and key files, which exist only on the
+  # server at run time.
+  runtimeFiles = cfg.vault.address != null || cfg.metrics.tokenFile != null || cfg.webhooks != [ ];
   configFile =
-    if cfg.checkConfig && cfg.vault.address == null then
+    if cfg.checkConfig && !runtimeFiles then
       pkgs.runCommand "landfall.toml"
         {
           nativeBuildInputs = [ cfg.package ];
@@ -588,12 +599,80 @@ in
       };
     };
 
+    metrics = {
+      tokenFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/landfall-metrics-token";
+        description = ''
+          File with the bearer token `GET /metrics` requires (`[metrics] token_file`);
+          null: `/metrics` is open. A string so the token stays out of the Nix store;
+          with `prometheusScrape` the `prometheus` user must be able to read it.
+        '';
+      };
+      plainHttp = mkOption {
+        type = types.bool;
+        default = cfg.metrics.prometheusScrape && cfg.tls.port != null;
+        defaultText = lib.literalExpression "prometheusScrape && tls.port != null";
+        description = ''
+          With TLS on, serve `/metrics` on the plain-HTTP `port` too (`[metrics] plain_http`):
+          the local Prometheus scrapes it there, as it cannot read the CA the server makes
+          in `dataDir`.
+        '';
+      };
+      prometheusScrape = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Add the server to this host's Prometheus (`services.prometheus.scrapeConfigs`, job
+          `landfall`, target `port` on `listenAddress`, loopback when that is a wildcard),
+          with `tokenFile` as its `bearer_token_file`.
+        '';
+      };
+    };
+
+    webhooks = mkOption {
+      type = types.listOf (types.submodule {
+        options = {
+          url = mkOption {
+            type = types.str;
+            example = "https://hooks.lan/landfall";
+            description = "Where the JSON `POST` of each state change goes.";
+          };
+          states = mkOption {
+            type = types.nullOr (types.listOf types.str);
+            default = null;
+            example = [ "failed" "compromised" "discovered" ];
+            description = "Machine states to tell about; null: failed, compromised, installed, ready, degraded, identity_held.";
+          };
+          roles = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+            description = "Roles to tell about; empty: every machine.";
+          };
+          secretFile = mkOption {
+            type = types.str;
+            example = "/run/secrets/landfall-webhook";
+            description = "File with the HMAC-SHA256 key of `X-Landfall-Signature` (at least 16 characters), readable by `user`.";
+          };
+          caFile = mkOption {
+            type = types.nullOr types.path;
+            default = null;
+            description = "PEM CA to trust for an https `url` instead of the public roots.";
+          };
+        };
+      });
+      default = [ ];
+      description = "Webhooks told of machine state changes (`[[webhooks]]`; landfall's docs/operator-guide.md, \"Webhooks\").";
+    };
+
     checkConfig = mkOption {
       type = types.bool;
       default = true;
       description = ''
         Run `landfall serve --check-config` on the rendered landfall.toml at build
-        time (skipped when `vault.address` is set: the check reads the token file).
+        time (skipped with `vault.address`, `metrics.tokenFile` or `webhooks`: the check
+        reads their token and key files).
         The service checks it again before every start.
       '';
     };
@@ -634,6 +713,18 @@ in
         assertion = lib.all (m: cfg.roles ? ${m.role}) (lib.attrValues cfg.machines);
         message = "services.landfall.machines: every machine's role must be defined in services.landfall.roles.";
       }
+    ];
+
+    # nixpkgs nixos/modules/services/monitoring/prometheus/default.nix: scrapeConfigs
+    # is a list of promTypes.scrape_config (job_name, static_configs.targets,
+    # bearer_token_file); a list option, so this entry joins the host's own.
+    services.prometheus.scrapeConfigs = mkIf cfg.metrics.prometheusScrape [
+      ({
+        job_name = "landfall";
+        static_configs = [{ targets = [ "${scrapeHost}:${toString cfg.port}" ]; }];
+      } // lib.optionalAttrs (cfg.metrics.tokenFile != null) {
+        bearer_token_file = cfg.metrics.tokenFile;
+      })
     ];
 
     users.users = mkIf (cfg.user == "landfall") {

@@ -49,6 +49,28 @@
   enroll = {
     unknown = "hold";
   };
+  # `[metrics]` and `[[webhooks]]`: nixcheck writes the token and key files beside
+  # the rendered landfall.toml.
+  metrics = {
+    tokenFile = "metrics.token";
+    plainHttp = false;
+  };
+  webhooks = [
+    {
+      url = "https://hooks.lan/landfall";
+      states = null;
+      roles = [ ];
+      secretFile = "webhook.key";
+      caFile = null;
+    }
+    {
+      url = "http://10.0.0.5:9000/servers";
+      states = [ "failed" "compromised" "discovered" ];
+      roles = [ "server" ];
+      secretFile = "webhook.key";
+      caFile = null;
+    }
+  ];
   roles = {
     workstation = {
       description = "desktop over RDP/VNC, homes on SMB";

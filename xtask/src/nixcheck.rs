@@ -95,9 +95,15 @@ pub fn run() -> Result<()> {
     // 4. The rendered landfall.toml against the real server. The sample fleet's
     //    [vault] names `vault.token` beside the config; the server reads it at load,
     //    and checks that the `artifacts` directory beside it exists.
-    let token = work.join("vault.token");
-    std::fs::write(&token, "s.nixcheck-placeholder\n")
-        .with_context(|| format!("writing {}", token.display()))?;
+    //    Its [metrics] token and [[webhooks]] key files too.
+    for (name, text) in [
+        ("vault.token", "s.nixcheck-placeholder\n"),
+        ("metrics.token", "nixcheck-metrics-token\n"),
+        ("webhook.key", "nixcheck-webhook-key-0123456789\n"),
+    ] {
+        let f = work.join(name);
+        std::fs::write(&f, text).with_context(|| format!("writing {}", f.display()))?;
+    }
     // Its `artifacts = "artifacts"` must exist: the server refuses a missing one.
     let artifacts = work.join("artifacts");
     std::fs::create_dir_all(&artifacts)
