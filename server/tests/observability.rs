@@ -263,38 +263,34 @@ async fn metrics_agree_with_the_store_after_installs_through_the_agent_api() {
         ),
         Some(1.0)
     );
-    // Step durations from both terminal events' Timing.
-    let step = |s: &'static str| [("step", s)];
-    assert_eq!(
-        get(&m, "landfall_step_duration_seconds_count", &step("install")),
-        Some(2.0)
-    );
-    assert_eq!(
-        get(&m, "landfall_step_duration_seconds_sum", &step("install")),
-        Some(91.0)
-    );
-    assert_eq!(
-        get(&m, "landfall_step_duration_seconds_sum", &step("disks")),
-        Some(21.5)
-    );
-    // Answers by status.
-    let st = |c: &'static str| [("status", c)];
-    assert_eq!(
-        get(&m, "landfall_hello_answers_total", &st("200")),
-        Some(2.0)
-    );
-    assert_eq!(
-        get(&m, "landfall_hello_answers_total", &st("401")),
-        Some(1.0)
-    );
-    assert_eq!(
-        get(&m, "landfall_verify_answers_total", &st("200")),
-        Some(1.0)
-    );
-    assert_eq!(
-        get(&m, "landfall_verify_answers_total", &st("401")),
-        Some(1.0)
-    );
+    // Step durations from both terminal events' Timing, and answers by status.
+    for (metric, labels, want) in [
+        (
+            "landfall_step_duration_seconds_count",
+            ("step", "install"),
+            2.0,
+        ),
+        (
+            "landfall_step_duration_seconds_sum",
+            ("step", "install"),
+            91.0,
+        ),
+        (
+            "landfall_step_duration_seconds_sum",
+            ("step", "disks"),
+            21.5,
+        ),
+        ("landfall_hello_answers_total", ("status", "200"), 2.0),
+        ("landfall_hello_answers_total", ("status", "401"), 1.0),
+        ("landfall_verify_answers_total", ("status", "200"), 1.0),
+        ("landfall_verify_answers_total", ("status", "401"), 1.0),
+    ] {
+        assert_eq!(
+            get(&m, metric, &[labels]),
+            Some(want),
+            "{metric} {labels:?}"
+        );
+    }
     // Every store call is timed.
     let calls = get(&m, "landfall_store_call_seconds_count", &[]).unwrap();
     assert!(calls > 20.0, "{calls} store calls");
