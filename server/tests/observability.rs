@@ -497,6 +497,32 @@ async fn webhooks_arrive_signed_once_each_through_a_down_receiver_and_restarts()
         assert_eq!(d["last_error"], Value::Null);
     }
 
+    // `landfall notifications` (the real binary) says the same.
+    let cli = |status: Option<&'static str>| {
+        let mut c = landfall_cmd::Cmd::new(env!("CARGO_BIN_EXE_landfall"))
+            .args(["notifications", "--server", s.base.as_str(), "--token-file"])
+            .arg(s.data().join("admin.token"));
+        if let Some(st) = status {
+            c = c.args(["--status", st]);
+        }
+        c
+    };
+    let out = cli(None).run().await.unwrap().stdout;
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(
+        rows.iter()
+            .all(|r| r.contains("delivered 20") && r.contains("(204, ")),
+        "{out}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("ws-02") && r.contains("failed")),
+        "{out}"
+    );
+    let out = cli(Some("pending")).run().await.unwrap().stdout;
+    assert_eq!(out, "no webhook deliveries\n");
+
     // Once more after a restart: nothing is sent again.
     s.restart().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
