@@ -35,6 +35,9 @@ pub struct App {
     pub enrol_lock: std::sync::Mutex<()>,
     /// The bound port of the HTTPS listener, when TLS is on.
     pub tls_port: Option<u16>,
+    /// What the dashboard's live viewers are told (events as they are
+    /// stored, state changes).
+    pub feed: std::sync::Arc<crate::dashboard::feed::Feed>,
 }
 
 pub type AppState = Arc<App>;
@@ -58,6 +61,7 @@ impl App {
             retry_lock: tokio::sync::Mutex::new(()),
             enrol_lock: std::sync::Mutex::new(()),
             tls_port: None,
+            feed: Default::default(),
         }
     }
 
@@ -94,6 +98,7 @@ impl App {
     /// Wake the waiting agents to look at their machines again.
     pub fn machines_changed(&self) {
         self.changes.notify_waiters();
+        self.feed.changed();
     }
 
     /// The server is stopping: pending waits answer now.

@@ -9,6 +9,7 @@ pub mod artifact_dir;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod netboot;
 pub mod orchestrator;
 pub mod store;

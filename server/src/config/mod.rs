@@ -11,6 +11,7 @@
 //! a machine into an [`Assignment`](landfall_proto::Assignment), the one
 //! place where a machine's keys are layered over its role's ([`Mergeable`]).
 
+mod dashboard;
 mod files;
 mod layouts;
 mod resolve;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use landfall_proto::NamedCheck;
 
+pub use dashboard::{DashboardSection, DashboardSettings, DashboardUser, Role};
 pub use resolve::{auto_hostname, expand_template, InstallKeys, Layer, Mergeable};
 pub use schema::*;
 pub(crate) use validate::url_host;
@@ -103,6 +105,8 @@ pub struct Settings {
     pub listen: Option<std::net::SocketAddr>,
     /// HTTPS, when `server.listen_tls` is set.
     pub tls: Option<TlsSettings>,
+    /// `[dashboard]`, validated.
+    pub dashboard: DashboardSettings,
 }
 
 /// `[server] listen_tls` and its certificate, validated.
@@ -142,6 +146,7 @@ impl Config {
             machines: Vec::new(),
             vault: None,
             netboot: NetbootSection::default(),
+            dashboard: DashboardSection::default(),
         }
     }
 

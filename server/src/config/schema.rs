@@ -38,6 +38,9 @@ pub struct Config {
     /// that speaks plain PXE or UEFI HTTP Boot (docs/operator-guide.md).
     #[serde(default)]
     pub netboot: NetbootSection,
+    /// `[dashboard]`: the web dashboard's users and sessions.
+    #[serde(default)]
+    pub dashboard: super::dashboard::DashboardSection,
 }
 
 /// `[vault]`: where the server mints wrapped AppRole `secret_id`s.

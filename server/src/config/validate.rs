@@ -246,8 +246,10 @@ impl Config {
             check_role_secrets(name, role, vault.is_some())?;
         }
         let netboot = check_netboot(&self.netboot, base_dir)?;
+        let dashboard = self.dashboard.check()?;
 
         Ok(Settings {
+            dashboard,
             listen,
             tls,
             limits,
