@@ -296,7 +296,9 @@ fn step_cell(r: &FleetRow, last: Option<&LastEvent>) -> Markup {
             "done " (progress_bar(1.0, "Install"))
         } @else if let Some(l) = last {
             @let e = &l.event;
-            @if matches!(r.state, MachineState::Installing | MachineState::RetryRequested) {
+            @if e.step == landfall_proto::Step::Done && r.state == MachineState::Installing {
+                "retrying"
+            } @else if matches!(r.state, MachineState::Installing | MachineState::RetryRequested) {
                 (e.step.as_str()) " " (progress_bar(fraction_at(e.step, e.kind, l.progress), "Install"))
             } @else {
                 (e.step.as_str())

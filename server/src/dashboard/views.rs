@@ -133,11 +133,11 @@ pub fn summary(ctx: &Ctx<'_>, h: &Head<'_>, failure: Option<&Failure>) -> Markup
                 " " span.since { "for " (ago(h.now, t)) }
             }
         }
-        @if let Some(e) = h.error {
-            p.error { strong { "Error: " } (e) }
-        }
-        @if matches!(h.state, MachineState::Failed | MachineState::Compromised | MachineState::RetryRequested) {
-            @if let Some(f) = failure { (failure_box(name, f)) }
+        @let failed = matches!(h.state, MachineState::Failed | MachineState::Compromised | MachineState::RetryRequested);
+        @match (failure.filter(|_| failed), h.error) {
+            (Some(f), _) => (failure_box(name, f)),
+            (None, Some(e)) => p.error { strong { "Error: " } (e) },
+            (None, None) => {},
         }
         @if h.stored {
             @if ctx.operator() {
