@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::dash::{https_server, post_login};
 use common::{event, inventory, Server};
 use fantoccini::{Client, ClientBuilder, Locator};
 use landfall_proto::{Event, EventKind, FailureClass, FailureData, HelloRequest, Step};
@@ -92,18 +93,7 @@ password_hash = "{}"
 
 /// The server over HTTPS, with an HTTPS client that trusts its CA.
 async fn start() -> Server {
-    let mut s = Server::start(Some(&config())).await;
-    let h = s.handle.as_ref().unwrap();
-    let tls = h.tls_addr().unwrap();
-    let pem = std::fs::read(h.ca_file().unwrap()).unwrap();
-    s.http = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    s.base = format!("https://127.0.0.1:{}", tls.port());
-    s
+    https_server(&config()).await
 }
 
 fn ev(seq: u64, step: Step, kind: EventKind, progress: Option<f32>, msg: &str) -> Event {
@@ -699,40 +689,6 @@ async fn chromium_login_live_install_retry_viewer_csrf_logout() {
     b.client.clone().close().await.unwrap();
     drop(b);
     s.stop().await;
-}
-
-/// `Set-Cookie` name=value pairs of a response.
-fn cookies(r: &reqwest::Response) -> Vec<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split(';').next())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// GET the login page: (its login cookie, the form's csrf).
-async fn login_form(s: &Server) -> (String, String) {
-    let r = s.http.get(s.url("/ui/login")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let cookie = cookies(&r).into_iter().next().unwrap();
-    let page = r.text().await.unwrap();
-    let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap()[..64].to_owned();
-    (cookie, csrf)
-}
-
-async fn post_login(s: &Server, form: &[(&str, &str)]) -> reqwest::Response {
-    let (cookie, csrf) = login_form(s).await;
-    let mut f: Vec<(&str, &str)> = vec![("csrf", &csrf)];
-    f.extend_from_slice(form);
-    s.http
-        .post(s.url("/ui/login"))
-        .header("cookie", cookie)
-        .form(&f)
-        .send()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -48,14 +48,14 @@ struct Watched {
 #[derive(Default)]
 struct Ring {
     /// (number, attempt, event), numbered from 1 without a gap.
-    events: VecDeque<(u64, Arc<str>, Event)>,
+    events: VecDeque<(u64, Arc<str>, Arc<Event>)>,
     next: u64,
 }
 
 /// What a viewer took since its last look.
 #[derive(Debug, Default)]
 pub struct Taken {
-    pub events: Vec<(Arc<str>, Event)>,
+    pub events: Vec<(Arc<str>, Arc<Event>)>,
     /// Events were dropped from the ring before the viewer took them: it
     /// must read the store again.
     pub lagged: bool,
@@ -88,7 +88,7 @@ impl Feed {
             for e in events {
                 ring.next += 1;
                 let n = ring.next;
-                ring.events.push_back((n, attempt.clone(), e));
+                ring.events.push_back((n, attempt.clone(), Arc::new(e)));
             }
             let extra = ring.events.len().saturating_sub(RING);
             ring.events.drain(..extra);

@@ -118,7 +118,7 @@ async fn run(
             }
             shown.seen = e.seq;
             if is_output(e) {
-                lines.push(e);
+                lines.push(&**e);
             }
             if e.kind != landfall_proto::EventKind::Log {
                 let had = shown.panel.failure.clone();
