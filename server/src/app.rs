@@ -37,6 +37,9 @@ pub struct App {
     pub tls_port: Option<u16>,
     /// What `/metrics` answers (the store observes its latency into it).
     pub metrics: crate::metrics::Metrics,
+    /// What the dashboard's live viewers are told (events as they are
+    /// stored, state changes).
+    pub feed: std::sync::Arc<crate::dashboard::feed::Feed>,
 }
 
 pub type AppState = Arc<App>;
@@ -63,6 +66,7 @@ impl App {
             retry_lock: tokio::sync::Mutex::new(()),
             enrol_lock: std::sync::Mutex::new(()),
             tls_port: None,
+            feed: Default::default(),
         }
     }
 
@@ -99,6 +103,7 @@ impl App {
     /// Wake the waiting agents to look at their machines again.
     pub fn machines_changed(&self) {
         self.changes.notify_waiters();
+        self.feed.changed();
     }
 
     /// The server is stopping: pending waits answer now.

@@ -13,6 +13,7 @@ use landfall_proto::agent::ErrorBody;
 use landfall_proto::notify::{Delivery, DeliveryStatus};
 use landfall_proto::Event;
 
+use crate::api::admin::{approve_text, reinstall_text, retry_text};
 use crate::ServeOptions;
 
 #[derive(Debug, Parser)]
@@ -97,6 +98,9 @@ pub enum Command {
     /// Print the network boot options as a snippet for a site's own DHCP
     /// server (PXE/HTTP Boot classes, the iPXE loop break, the boot URL).
     DhcpConfig(DhcpConfigArgs),
+    /// Read a password on stdin and print its argon2id hash, for
+    /// `password_hash` of `[[dashboard.users]]` in landfall.toml.
+    HashPassword,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +165,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             print!("{}", dhcp_config(&a)?);
             Ok(())
         }
+        Command::HashPassword => {
+            println!("{}", crate::dashboard::auth::hash_password_from_stdin()?);
+            Ok(())
+        }
         Command::Machines { client, json } => {
             let list: Vec<MachineSummary> = Client::new(&client)?.get("/api/v1/machines").await?;
             if json {
@@ -212,12 +220,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     path_segment(&machine)?
                 ))
                 .await?;
-            println!(
-                "{} ({}): identity approved and pinned; {}: it installs on its next PXE boot",
-                s.hostname.as_deref().unwrap_or("-"),
-                s.mac,
-                s.state
-            );
+            println!("{}", approve_text(&s));
             Ok(())
         }
         Command::Reinstall { machine, client } => {
@@ -227,12 +230,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     path_segment(&machine)?
                 ))
                 .await?;
-            println!(
-                "{} ({}): {}; it installs on its next PXE boot",
-                s.hostname.as_deref().unwrap_or("-"),
-                s.mac,
-                s.state
-            );
+            println!("{}", reinstall_text(&s));
             Ok(())
         }
         Command::Notifications {
@@ -319,31 +317,6 @@ impl<'a> EventPages<'a> {
         self.more = a.more_events;
         Ok(Some(a.events))
     }
-}
-
-/// What `landfall retry` prints: who will run the retry, or that nobody is
-/// there to, and what to do then.
-fn retry_text(r: &RetryResponse) -> String {
-    let s = &r.machine;
-    let name = s.hostname.as_deref().unwrap_or(&s.mac);
-    let head = format!(
-        "{} ({}): {}",
-        s.hostname.as_deref().unwrap_or("-"),
-        s.mac,
-        s.state
-    );
-    if r.installer.waiting {
-        return format!("{head}; the waiting installer runs again from the failed step");
-    }
-    let last = match &r.installer.last_wait_at {
-        Some(t) => format!("its installer last asked for an answer at {t}"),
-        None => "its installer never asked for an answer".to_owned(),
-    };
-    format!(
-        "{head}, but no installer is waiting for it: {last}, so the agent stopped or the \
-         machine rebooted. The retry stays requested in case the agent comes back; to start \
-         over run `landfall reinstall {name}` and PXE-boot the machine"
-    )
 }
 
 /// The plain-HTTP port when neither `--listen` nor `server.listen` says.

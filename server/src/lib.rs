@@ -9,6 +9,7 @@ pub mod artifact_dir;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod metrics;
 pub mod netboot;
 pub mod notify;

@@ -1,11 +1,13 @@
-//! The admin API (Bearer admin token): list, detail, reinstall, retry.
+//! The admin API (Bearer admin token): list, detail, reinstall, retry,
+//! approve. The actions' logic and the texts the CLI prints for their
+//! answers are here once: the dashboard calls the same functions.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use landfall_proto::admin::{MachineDetail, MachineSummary, RetryResponse};
 
-use super::{AdminAuth, ApiError, AppState, Json};
+use super::{AdminAuth, ApiError, App, AppState, Json};
 use landfall_proto::names::normalize_mac;
 use landfall_proto::{ErrorCode, MachineState};
 
@@ -38,7 +40,7 @@ pub async fn list(
 }
 
 /// A `[[machines]]` entry the database does not know yet, by MAC or hostname.
-fn configured_mac(app: &AppState, key: &str) -> Option<String> {
+pub fn configured_mac(app: &App, key: &str) -> Option<String> {
     let s = &app.settings;
     let mac = match normalize_mac(key) {
         Some(mac) => s.machines.contains_key(&mac).then_some(mac)?,
@@ -48,7 +50,7 @@ fn configured_mac(app: &AppState, key: &str) -> Option<String> {
 }
 
 /// The summary of a configured machine that never booted.
-fn expected(app: &AppState, mac: &str) -> Option<MachineSummary> {
+pub fn expected(app: &App, mac: &str) -> Option<MachineSummary> {
     let m = app.settings.machines.get(mac)?;
     Some(MachineSummary {
         mac: mac.to_owned(),
@@ -61,12 +63,13 @@ fn expected(app: &AppState, mac: &str) -> Option<MachineSummary> {
     })
 }
 
-fn find(app: &AppState, key: Result<Path<String>, PathRejection>) -> Result<MachineRow, ApiError> {
-    let Path(key) = key.map_err(ApiError::from_rejection)?;
-    if let Some(row) = app.store.find_machine(&key)? {
+/// The stored machine `key` names (MAC or hostname); 409 for a configured
+/// one that never booted, 404 for none.
+pub fn find_key(app: &App, key: &str) -> Result<MachineRow, ApiError> {
+    if let Some(row) = app.store.find_machine(key)? {
         return Ok(row);
     }
-    if let Some(mac) = configured_mac(app, &key) {
+    if let Some(mac) = configured_mac(app, key) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
@@ -75,7 +78,12 @@ fn find(app: &AppState, key: Result<Path<String>, PathRejection>) -> Result<Mach
             ),
         ));
     }
-    Err(not_found(&key))
+    Err(not_found(key))
+}
+
+fn find(app: &App, key: Result<Path<String>, PathRejection>) -> Result<MachineRow, ApiError> {
+    let Path(key) = key.map_err(ApiError::from_rejection)?;
+    find_key(app, &key)
 }
 
 fn not_found(key: &str) -> ApiError {
@@ -138,7 +146,12 @@ pub async fn reinstall(
     _auth: AdminAuth,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<MachineSummary>, ApiError> {
-    let row = find(&app, key)?;
+    reinstall_machine(&app, find(&app, key)?).map(Json)
+}
+
+/// `POST .../reinstall` (the CLI's and the dashboard's): the machine
+/// installs from scratch at its next PXE boot.
+pub fn reinstall_machine(app: &App, row: MachineRow) -> Result<MachineSummary, ApiError> {
     if row.assignment().is_none() {
         return Err(ApiError::coded(
             ErrorCode::NoAssignment,
@@ -152,7 +165,7 @@ pub async fn reinstall(
     app.store.request_reinstall(&row.mac, now())?;
     app.machines_changed();
     tracing::info!(mac = %row.mac, from = %row.state, "reinstall requested");
-    summary_of(&app, &row.mac)
+    summary_of(app, &row.mac)
 }
 
 /// `identity_held` -> `reinstall_requested`: the identity the held hello
@@ -163,7 +176,11 @@ pub async fn approve(
     _auth: AdminAuth,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<MachineSummary>, ApiError> {
-    let row = find(&app, key)?;
+    approve_machine(&app, find(&app, key)?).map(Json)
+}
+
+/// `POST .../approve` (the CLI's and the dashboard's).
+pub fn approve_machine(app: &App, row: MachineRow) -> Result<MachineSummary, ApiError> {
     if !app.store.approve_identity(&row.mac, now())? {
         return Err(ApiError::coded(
             ErrorCode::Conflict,
@@ -178,7 +195,7 @@ pub async fn approve(
     }
     app.machines_changed();
     tracing::info!(mac = %row.mac, "identity approved and pinned again; it installs on its next PXE boot");
-    summary_of(&app, &row.mac)
+    summary_of(app, &row.mac)
 }
 
 /// `failed` -> `retry_requested`: the agent still waiting on the failed
@@ -190,7 +207,11 @@ pub async fn retry(
     _auth: AdminAuth,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RetryResponse>, ApiError> {
-    let row = find(&app, key)?;
+    retry_machine(&app, find(&app, key)?).map(Json)
+}
+
+/// `POST .../retry` (the CLI's and the dashboard's).
+pub fn retry_machine(app: &App, row: MachineRow) -> Result<RetryResponse, ApiError> {
     let name = row.hostname.clone().unwrap_or_else(|| row.mac.clone());
     match app.store.request_retry(&row.mac, now())? {
         RetryOutcome::Requested => {}
@@ -215,18 +236,63 @@ pub async fn retry(
         .store
         .installer_wait(&row.mac, now(), super::agent::WAIT_GRACE_SECS)?;
     tracing::info!(mac = %row.mac, waiting = installer.waiting, "retry requested");
-    let Json(machine) = summary_of(&app, &row.mac)?;
-    Ok(Json(RetryResponse { machine, installer }))
+    let machine = summary_of(app, &row.mac)?;
+    Ok(RetryResponse { machine, installer })
 }
 
 /// The machine's summary after a change (404 if it was deleted meanwhile).
-fn summary_of(app: &AppState, mac: &str) -> Result<Json<MachineSummary>, ApiError> {
+fn summary_of(app: &App, mac: &str) -> Result<MachineSummary, ApiError> {
     let no_events = EventPage::default();
     let detail = app
         .store
         .detail(mac, &no_events)?
         .ok_or_else(|| vanished(mac))?;
-    Ok(Json(detail.summary))
+    Ok(detail.summary)
+}
+
+/// What `landfall reinstall` prints (and the dashboard shows).
+pub fn reinstall_text(s: &MachineSummary) -> String {
+    format!(
+        "{} ({}): {}; it installs on its next PXE boot",
+        s.hostname.as_deref().unwrap_or("-"),
+        s.mac,
+        s.state
+    )
+}
+
+/// What `landfall approve` prints (and the dashboard shows).
+pub fn approve_text(s: &MachineSummary) -> String {
+    format!(
+        "{} ({}): identity approved and pinned; {}: it installs on its next PXE boot",
+        s.hostname.as_deref().unwrap_or("-"),
+        s.mac,
+        s.state
+    )
+}
+
+/// What `landfall retry` prints (and the dashboard shows): who will run
+/// the retry, or that nobody is there to, and what to do then.
+pub fn retry_text(r: &RetryResponse) -> String {
+    let s = &r.machine;
+    let name = s.hostname.as_deref().unwrap_or(&s.mac);
+    let head = format!(
+        "{} ({}): {}",
+        s.hostname.as_deref().unwrap_or("-"),
+        s.mac,
+        s.state
+    );
+    if r.installer.waiting {
+        return format!("{head}; the waiting installer runs again from the failed step");
+    }
+    let last = match &r.installer.last_wait_at {
+        Some(t) => format!("its installer last asked for an answer at {t}"),
+        None => "its installer never asked for an answer".to_owned(),
+    };
+    format!(
+        "{head}, but no installer is waiting for it: {last}, so the agent stopped or the \
+         machine rebooted. The retry stays requested in case the agent comes back; to start \
+         over run `landfall reinstall {name}` and PXE-boot the machine"
+    )
 }
 
 fn vanished(mac: &str) -> ApiError {

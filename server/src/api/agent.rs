@@ -411,6 +411,14 @@ pub async fn events(
         acked_seq = stored.acked_seq,
         "events"
     );
+    if stored.inserted > 0 || stored.new_state.is_some() {
+        app.feed.publish(
+            &attempt.mac,
+            &attempt.id,
+            req.events,
+            stored.new_state.is_some(),
+        );
+    }
     Ok(Json(EventsResponse {
         acked_seq: stored.acked_seq,
     }))

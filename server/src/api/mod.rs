@@ -37,6 +37,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/machines/{key}/approve", post(admin::approve))
         .route("/api/v1/notifications", get(notifications::list))
         .route("/metrics", get(metrics::metrics))
+        .nest_service("/ui", crate::dashboard::router(app.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -64,6 +65,7 @@ fn boot_routes() -> Router<AppState> {
 pub fn http_boot_router(app: AppState, tls_port: u16) -> Router {
     boot_routes()
         .merge(metrics::plain_routes(&app))
+        .nest_service("/ui", crate::dashboard::https_redirect(app.clone()))
         .fallback(move |uri: axum::http::Uri| async move {
             ApiError::coded(
                 ErrorCode::HttpsRequired,
@@ -230,7 +232,7 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
 }
 
 /// Compare two equal-length strings without an early exit.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())

@@ -114,6 +114,7 @@ pub async fn verify(
                 failed = %Untrusted(&failed.join(",")),
                 "first-boot verification"
             );
+            app.feed.changed();
             Ok(Json(VerifyResponse { state }))
         }
         VerifyOutcome::NotCurrent => Err(ApiError::coded(

@@ -11,6 +11,7 @@
 //! a machine into an [`Assignment`](landfall_proto::Assignment), the one
 //! place where a machine's keys are layered over its role's ([`Mergeable`]).
 
+mod dashboard;
 mod files;
 mod layouts;
 mod observe;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use landfall_proto::NamedCheck;
 
+pub use dashboard::{DashboardSection, DashboardSettings, DashboardUser, Role};
 pub use observe::{MetricsSettings, WebhookSettings, DEFAULT_WEBHOOK_STATES};
 pub use resolve::{auto_hostname, expand_template, InstallKeys, Layer, Mergeable};
 pub use schema::*;
@@ -108,6 +110,8 @@ pub struct Settings {
     /// `[metrics]` and `[[webhooks]]`, validated.
     pub metrics: MetricsSettings,
     pub webhooks: Vec<WebhookSettings>,
+    /// `[dashboard]`, validated.
+    pub dashboard: DashboardSettings,
 }
 
 /// `[server] listen_tls` and its certificate, validated.
@@ -149,6 +153,7 @@ impl Config {
             netboot: NetbootSection::default(),
             metrics: MetricsSection::default(),
             webhooks: Vec::new(),
+            dashboard: DashboardSection::default(),
         }
     }
 

@@ -44,6 +44,9 @@ pub struct Config {
     /// `[[webhooks]]`: who is told of machine state changes.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// `[dashboard]`: the web dashboard's users and sessions.
+    #[serde(default)]
+    pub dashboard: super::dashboard::DashboardSection,
 }
 
 /// `[metrics]`: the Prometheus endpoint `GET /metrics`.

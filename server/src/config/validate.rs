@@ -249,9 +249,12 @@ impl Config {
         let (metrics, webhooks) =
             super::observe::check(&self.metrics, &self.webhooks, &self.roles, base_dir)?;
 
+        let dashboard = self.dashboard.check()?;
+
         Ok(Settings {
             metrics,
             webhooks,
+            dashboard,
             listen,
             tls,
             limits,

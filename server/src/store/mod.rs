@@ -4,6 +4,7 @@
 //! Tokens are never stored, only their SHA-256 (hex). Times are unix seconds.
 
 mod agent;
+mod fleet;
 mod latency;
 mod leases;
 mod machines;
@@ -23,6 +24,7 @@ pub use agent::{
     Alarm, AlarmKind, AttemptRow, EventQuota, HelloInput, HelloOutcome, OverQuota, StoredEvents,
     VaultMint, WaitCheck,
 };
+pub use fleet::{FleetRow, LastEvent};
 pub use leases::Lease;
 pub use machines::{DiscoveredCap, EventPage, MachineRow, RetryOutcome};
 pub use outbox::{DeliveryFilter, DueDelivery, SendResult, WebhookTarget};
@@ -193,6 +195,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_at)
         WHERE delivered_at IS NULL AND failed_at IS NULL;
+    "#,
+    // 8: when a machine entered its state (the dashboard's "time in state"),
+    // kept by a trigger so no writer has to; NULL: since created_at.
+    r#"
+    ALTER TABLE machines ADD COLUMN state_since INTEGER;
+    UPDATE machines SET state_since = updated_at;
+    CREATE TRIGGER machines_state_since AFTER UPDATE OF state ON machines
+      FOR EACH ROW WHEN NEW.state IS NOT OLD.state
+      BEGIN
+        UPDATE machines SET state_since = NEW.updated_at WHERE mac = NEW.mac;
+      END;
     "#,
 ];
 

@@ -1,6 +1,8 @@
 //! Shared helpers: a real server on 127.0.0.1:0 with SQLite in a tempdir.
 #![allow(dead_code)]
 
+pub mod dash;
+
 use std::path::{Path, PathBuf};
 
 use landfall::{serve, ServeOptions, ServerHandle};

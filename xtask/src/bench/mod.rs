@@ -12,8 +12,17 @@ use crate::build::{self, Cmd};
 const AGENT_BUDGET: u64 = 12 << 20;
 
 pub fn run(which: &[&str]) -> Result<()> {
-    let agent = build::static_agent()?;
     let all = which.is_empty();
+    // Only the benches that run the agent build it.
+    let agent = if all
+        || which
+            .iter()
+            .any(|w| ["detect", "disks", "size", "vm"].contains(w))
+    {
+        build::static_agent()?
+    } else {
+        Default::default()
+    };
     if all || which.contains(&"detect") {
         detect::run(&agent)?;
     }
@@ -40,6 +49,25 @@ pub fn run(which: &[&str]) -> Result<()> {
                     "landfall",
                     "--test",
                     "netboot_bench",
+                    "--",
+                    "--nocapture",
+                ])
+                .env("LANDFALL_BENCH", "full"),
+        )?;
+    }
+    if all || which.contains(&"ui") {
+        // Release: the server as it runs; the fleet page and the live
+        // viewers' cost to event ingestion (server/tests/dashboard_bench.rs).
+        build::run(
+            Cmd::new("cargo")
+                .args([
+                    "test",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "landfall",
+                    "--test",
+                    "dashboard_bench",
                     "--",
                     "--nocapture",
                 ])
