@@ -192,7 +192,11 @@ pub struct PartedPart {
     pub part_type: String,
     pub fs_type: Option<String>,
     pub flags: Vec<String>,
+    /// `bootable`: `parted set N boot on` (on GPT parted makes that an EFI
+    /// system partition; in an MBR it is the active flag).
     pub bootable: bool,
+    /// The MBR active flag (msdos: `bootable` or a `boot` flag).
+    pub active: bool,
     /// The MBR type byte (msdos), from `fs-type` and `flags` as parted sets it.
     pub mbr_type: u8,
 }

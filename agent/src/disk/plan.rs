@@ -333,7 +333,7 @@ pub fn table_parts(
                 .as_ref()
                 .filter(|_| legacy_msdos)
                 .map(|pp| pp.mbr_type),
-            bootable: legacy_msdos && p.parted.as_ref().is_some_and(|pp| pp.bootable),
+            bootable: legacy_msdos && p.parted.as_ref().is_some_and(|pp| pp.active),
         });
     }
     Ok(parts)
@@ -377,11 +377,13 @@ fn gpt_sectors(
     let end = match p.end {
         Bound::Plus(b) => (start + b / ss).saturating_sub(1),
         Bound::FromEnd(b) => last.saturating_sub(b / ss),
-        Bound::At(b) => (b / ss).saturating_sub(1),
+        // An absolute end is that very sector (sgdisk: "--new=1:1M:128M"
+        // ends at sector 262144, which --align-end leaves as it is).
+        Bound::At(b) => b / ss,
         Bound::Default => last,
     };
-    // --align-end: the sector after the end is aligned.
-    let end = if (end + 1).is_multiple_of(align) {
+    // --align-end: the sector after the end is aligned (relative ends only).
+    let end = if (end + 1).is_multiple_of(align) || matches!(p.end, Bound::At(_)) {
         end
     } else {
         ((end + 1) / align * align).saturating_sub(1)
