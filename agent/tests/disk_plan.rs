@@ -573,7 +573,7 @@ fn gpt_in_image_files_matches_sgdisk_running_diskos_commands() {
 fn legacy_tables_in_image_files_match_parted_running_diskos_commands() {
     use landfall_agent::disk::layout::TableKind;
     require_tool("parted", "parted");
-    let extra = |format: &str, parts: &[(&str, &str, Option<&str>, bool, &[&str])]| {
+    let extra = |format: &str, parts: &[LegacyEntry]| {
         let list: Vec<serde_json::Value> = parts
             .iter()
             .enumerate()
@@ -675,6 +675,9 @@ fn legacy_tables_in_image_files_match_parted_running_diskos_commands() {
         }
     }
 }
+
+/// A legacy table entry: start, end, fs-type, bootable, flags.
+type LegacyEntry<'a> = (&'a str, &'a str, Option<&'a str>, bool, &'a [&'a str]);
 
 /// A tool a test runs: missing fails the test with the package that has it.
 fn require_tool(tool: &str, package: &str) {

@@ -543,13 +543,10 @@ fn tables_attributes_hybrid_and_f2fs() {
     );
 
     let p = plan_of("f2fs");
-    assert!(p.disks[0]
-        .ops
-        .iter()
-        .any(|o| o.argv().is_some_and(|a| {
-            a.join(" ")
-        == "mkfs.f2fs -f -q -O extra_attr,inode_checksum,sb_checksum,compression /dev/<main>2"
-        })));
+    assert!(p.disks[0].ops.iter().any(|o| o.argv().is_some_and(|a| {
+        a.join(" ")
+            == "mkfs.f2fs -f -q -O extra_attr,inode_checksum,sb_checksum,compression /dev/<main>2"
+    })));
     let n = nix(&p);
     assert_eq!(
         n["boot"]["supportedFilesystems"],
@@ -614,8 +611,10 @@ fn btrfs_swap_files_and_split_arguments() {
 fn the_hardware_file_of_every_fixture_evaluates() {
     use landfall_agent::install::configure::hardware_file;
     let dir = tempfile::tempdir().unwrap();
-    let mut inv = landfall_proto::Inventory::default();
-    inv.hostname = Some("ws-01".into());
+    let inv = landfall_proto::Inventory {
+        hostname: Some("ws-01".into()),
+        ..Default::default()
+    };
     for name in all_layouts() {
         let p = plan_of(&name);
         let text = hardware_file(&inv, &p.nixos);
