@@ -73,6 +73,14 @@ fn sfdisk_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&sh(&argv)).unwrap()
 }
 
+/// The partition entries `sfdisk -J ARGS` lists.
+fn entries(args: &[&str]) -> Vec<serde_json::Value> {
+    sfdisk_json(args)["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 #[test]
 fn gpt_attribute_bits_a_fixed_partuuid_and_a_hybrid_mbr() {
     require_root();
@@ -92,10 +100,7 @@ fn gpt_attribute_bits_a_fixed_partuuid_and_a_hybrid_mbr() {
     applied("hybrid-mbr", |p, _| {
         let d = &p.disks[0];
         // The MBR: the firmware partition as a FAT32 (LBA) entry, then the 0xEE one.
-        let j = sfdisk_json(&["--label-nested", "dos", &d.target.device]);
-        let mbr: Vec<(u64, String)> = j["partitiontable"]["partitions"]
-            .as_array()
-            .unwrap()
+        let mbr: Vec<(u64, String)> = entries(&["--label-nested", "dos", &d.target.device])
             .iter()
             .map(|e| {
                 (
@@ -126,9 +131,7 @@ fn mbr_and_legacy_gpt_tables_as_parted_would_make_them() {
         let d = &p.disks[0];
         let j = sfdisk_json(&[&d.target.device]);
         assert_eq!(j["partitiontable"]["label"], "dos");
-        let parts: Vec<(u64, String, bool)> = j["partitiontable"]["partitions"]
-            .as_array()
-            .unwrap()
+        let parts: Vec<(u64, String, bool)> = entries(&[&d.target.device])
             .iter()
             .map(|e| {
                 (
@@ -158,12 +161,9 @@ fn mbr_and_legacy_gpt_tables_as_parted_would_make_them() {
     });
     applied("legacy-table", |p, _| {
         let d = &p.disks[0];
-        let j = sfdisk_json(&[&d.target.device]);
-        let names: Vec<&str> = j["partitiontable"]["partitions"]
-            .as_array()
-            .unwrap()
+        let names: Vec<String> = entries(&[&d.target.device])
             .iter()
-            .map(|e| e["name"].as_str().unwrap())
+            .map(|e| e["name"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(names, ["ESP", "name\\x20with\\x20spaces", "root"]);
     });

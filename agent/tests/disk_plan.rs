@@ -550,14 +550,7 @@ fn gpt_in_image_files_matches_sgdisk_running_diskos_commands() {
             let a = sfdisk_parts(&ours, &fixed);
             let b = sfdisk_parts(&theirs, &fixed);
             assert_eq!(a, b, "{name}/{disk_name}: our GPT differs from sgdisk's");
-            // And the plan says what was written.
-            let planned: Vec<(u64, u64)> = dp
-                .partitions
-                .iter()
-                .map(|p| (p.first_lba, p.last_lba - p.first_lba + 1))
-                .collect();
-            let written: Vec<(u64, u64)> = a.iter().map(|p| (p.start, p.size)).collect();
-            assert_eq!(planned, written, "{name}/{disk_name}");
+            assert_plan_written(dp, &a, &format!("{name}/{disk_name}"));
         }
     }
     assert!(seen.len() >= 12, "only {} table shapes checked", seen.len());
@@ -661,19 +654,22 @@ fn legacy_tables_in_image_files_match_parted_running_diskos_commands() {
             }
             let a = sfdisk_parts(&ours, &[]);
             let b = sfdisk_parts(&theirs, &[]);
-            assert_eq!(
-                a, b,
-                "{name} on {size} bytes: our table differs from parted's"
-            );
-            let planned: Vec<(u64, u64)> = dp
-                .partitions
-                .iter()
-                .map(|p| (p.first_lba, p.last_lba - p.first_lba + 1))
-                .collect();
-            let written: Vec<(u64, u64)> = a.iter().map(|p| (p.start, p.size)).collect();
-            assert_eq!(planned, written, "{name} on {size} bytes");
+            let what = format!("{name} on {size} bytes");
+            assert_eq!(a, b, "{what}: our table differs from parted's");
+            assert_plan_written(dp, &a, &what);
         }
     }
+}
+
+/// The plan says what was written: each partition's first sector and length.
+fn assert_plan_written(dp: &landfall_agent::disk::plan::DiskPlan, written: &[Part], what: &str) {
+    let planned: Vec<(u64, u64)> = dp
+        .partitions
+        .iter()
+        .map(|p| (p.first_lba, p.last_lba - p.first_lba + 1))
+        .collect();
+    let written: Vec<(u64, u64)> = written.iter().map(|p| (p.start, p.size)).collect();
+    assert_eq!(planned, written, "{what}");
 }
 
 /// A legacy table entry: start, end, fs-type, bootable, flags.

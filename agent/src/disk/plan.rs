@@ -1049,37 +1049,14 @@ fn volume_plan(
                     key,
                 });
             }
-            let unique = |mut v: Vec<String>| {
-                let mut seen = std::collections::BTreeSet::new();
-                v.retain(|x| seen.insert(x.clone()));
-                v
-            };
-            if let Some(m) = &b.mountpoint {
-                let mut o = vec!["X-mount.mkdir".to_owned()];
-                o.extend(b.mount_options.clone());
+            for (m, options) in b.mounts() {
                 w.mounts.push(Mount {
                     device: source.clone(),
-                    mountpoint: m.clone(),
+                    mountpoint: m,
                     fs_type: "bcachefs".into(),
-                    options: unique(o),
+                    options,
                     disk: Some(label.clone()),
                 });
-            }
-            for s in &b.subvolumes {
-                if let Some(m) = &s.mountpoint {
-                    let mut o = vec![
-                        "X-mount.mkdir".to_owned(),
-                        format!("X-mount.subdir={}", s.name.trim_start_matches('/')),
-                    ];
-                    o.extend(s.mount_options.clone());
-                    w.mounts.push(Mount {
-                        device: source.clone(),
-                        mountpoint: m.clone(),
-                        fs_type: "bcachefs".into(),
-                        options: unique(o),
-                        disk: Some(label.clone()),
-                    });
-                }
             }
         }
     }
@@ -1092,8 +1069,8 @@ fn volume_plan(
     })
 }
 
-/// zfs_fs.nix `_mount`: a dataset with a mountpoint, unless mountpoint=none
-/// or canmount=off; `zfsutil` unless its mountpoint property is "legacy".
+/// zfs_fs.nix `_mount`: a dataset with a mountpoint, as
+/// [`super::layout::zfs_mount_options`] says.
 fn zfs_mount(
     name: &str,
     mountpoint: Option<&str>,
@@ -1102,16 +1079,12 @@ fn zfs_mount(
     owner: &str,
     w: &mut Walk<'_>,
 ) {
-    let Some(m) = mountpoint else { return };
-    if options.get("mountpoint").map(String::as_str) == Some("none")
-        || options.get("canmount").map(String::as_str) == Some("off")
-    {
+    let (Some(m), Some(o)) = (
+        mountpoint,
+        super::layout::zfs_mount_options(options, mount_options),
+    ) else {
         return;
-    }
-    let mut o = mount_options.to_vec();
-    if options.get("mountpoint").map(String::as_str) != Some("legacy") {
-        o.push("zfsutil".into());
-    }
+    };
     w.mounts.push(Mount {
         device: name.to_owned(),
         mountpoint: m.to_owned(),
