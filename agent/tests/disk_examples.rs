@@ -150,3 +150,44 @@ fn docs_list_every_disko_example_as_the_list_does() {
         missing.join("\n")
     );
 }
+
+/// disko's naming (lib/types/gpt.nix `label`): a partition of a disk is
+/// `disk-<disk name>-<partition name>`, of an md array's table
+/// `mdadm-<array>-<partition name>`, of a table in a LUKS volume
+/// `luks-<mapping>-<partition name>`; over 36 characters, the first 36 hex
+/// digits of its sha256. Checked for every gpt partition of every fixture
+/// (none sets `label` itself).
+#[test]
+fn partition_labels_follow_diskos_naming() {
+    use landfall_agent::disk::layout::{Content, Owner, TableKind};
+    use sha2::{Digest, Sha256};
+    let mut checked = 0;
+    for name in all_layouts() {
+        let l = layout(&name);
+        for (owner, c) in l.all_contents() {
+            let Content::Table(t) = c else { continue };
+            if t.kind != TableKind::Gpt {
+                continue;
+            }
+            let parent = match &owner {
+                Owner::Disk(d) => format!("disk-{}", l.disks[d].disko_name),
+                Owner::Volume(v) => format!("mdadm-{}", v.name),
+            };
+            for p in &t.partitions {
+                let full = format!("{parent}-{}", p.name);
+                let want = if full.len() > 36 {
+                    let h: String = Sha256::digest(full.as_bytes())
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    h[..36].to_owned()
+                } else {
+                    full
+                };
+                assert_eq!(p.label, want, "{name}: {}", p.path);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 60, "only {checked} labels checked");
+}
