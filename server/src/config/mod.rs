@@ -103,6 +103,8 @@ pub struct Settings {
     pub listen: Option<std::net::SocketAddr>,
     /// HTTPS, when `server.listen_tls` is set.
     pub tls: Option<TlsSettings>,
+    /// `[server.http]`: connection timeouts and caps.
+    pub http: HttpSettings,
 }
 
 /// `[server] listen_tls` and its certificate, validated.
