@@ -310,8 +310,14 @@ async fn write_response(
         return Ok(keep);
     }
     if let Some(range) = parts.extensions.get::<FileRange>() {
+        // Corked (as nginx's tcp_nopush): the head and the file leave in
+        // full segments, not one per partial sendfile; uncorking sends the
+        // rest at once.
+        let sock = socket2::SockRef::from(stream);
+        let _ = sock.set_tcp_cork(true);
         write_all(stream, &out, send_timeout).await?;
         send_file(stream, range, send_timeout).await?;
+        let _ = sock.set_tcp_cork(false);
         return Ok(keep);
     }
     let chunked = matches!(framing, Framing::Chunked);
@@ -410,4 +416,222 @@ async fn send_file(stream: &TcpStream, range: &FileRange, limit: Duration) -> io
         left -= sent as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::path::PathBuf;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use axum::body::Bytes;
+    use axum::routing::{get, post};
+
+    use super::*;
+
+    /// A server of `router` through the front, on 127.0.0.1.
+    async fn start(router: Router) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, peer) = l.accept().await.unwrap();
+                let r = router.clone();
+                tokio::spawn(async move {
+                    serve(
+                        s,
+                        peer,
+                        r,
+                        &HttpSettings::default(),
+                        &CancellationToken::new(),
+                    )
+                    .await
+                });
+            }
+        });
+        addr
+    }
+
+    /// Send `req` as is and read until the server closes (at most 5 s):
+    /// (what came back, whether the server closed).
+    async fn exchange(addr: SocketAddr, req: &[u8]) -> (String, bool) {
+        let (out, closed) = exchange_bytes(addr, req).await;
+        (String::from_utf8_lossy(&out).into_owned(), closed)
+    }
+
+    async fn exchange_bytes(addr: SocketAddr, req: &[u8]) -> (Vec<u8>, bool) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        let mut out = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .is_ok();
+        (out, closed)
+    }
+
+    /// Each of `parts` in `text`, in that order.
+    fn in_order(text: &str, parts: &[&str]) {
+        let mut at = 0;
+        for p in parts {
+            match text[at..].find(p) {
+                Some(i) => at += i + p.len(),
+                None => panic!("{p:?} missing (or out of order) after byte {at} of:\n{text}"),
+            }
+        }
+    }
+
+    /// A body of three frames whose size is not known in advance (what
+    /// server-sent events look like).
+    struct Frames(VecDeque<&'static str>);
+
+    impl HttpBody for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(
+                self.0
+                    .pop_front()
+                    .map(|s| Ok(http_body::Frame::data(Bytes::from_static(s.as_bytes())))),
+            )
+        }
+    }
+
+    fn router(dir: PathBuf) -> Router {
+        Router::new()
+            .route("/small", get(|| async { "hello" }))
+            .route(
+                "/stream",
+                get(|| async { Body::new(Frames(["one,", "two,", "three"].into())) }),
+            )
+            .route(
+                "/echo",
+                post(|body: String| async move { format!("echo:{body}") }),
+            )
+            .route(
+                "/peer",
+                get(|ConnectInfo(p): ConnectInfo<PeerAddr>| async move { format!("peer:{p}") }),
+            )
+            .route(
+                "/artifacts/f",
+                get(move |m: Method, h: HeaderMap| async move {
+                    crate::api::artifacts::serve_file(&dir, "f", &m, &h).await
+                }),
+            )
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_every_kind_of_request_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("f"), &file).unwrap();
+        let addr = start(router(dir.path().to_owned())).await;
+        // Pipelined: all sent at once, answered in order on one connection;
+        // the POST hands the connection to hyper, which answers the rest.
+        let (out, closed) = exchange(
+            addr,
+            b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /stream HTTP/1.1\r\nHost: x\r\n\r\n\
+              HEAD /small HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /artifacts/f HTTP/1.1\r\nHost: x\r\nRange: bytes=299990-\r\n\r\n\
+              GET /peer HTTP/1.1\r\nHost: x\r\n\r\n\
+              POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+              GET /small HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            closed,
+            "the server kept the connection after `Connection: close`"
+        );
+        let tail: String = file[299_990..].iter().map(|&b| b as char).collect();
+        in_order(
+            &out,
+            &[
+                "HTTP/1.1 200 OK\r\n",
+                "content-length: 5\r\n\r\nhello",
+                "HTTP/1.1 200 OK\r\n",
+                "transfer-encoding: chunked\r\n",
+                "\r\n4\r\none,\r\n4\r\ntwo,\r\n5\r\nthree\r\n0\r\n\r\n",
+                "HTTP/1.1 200 OK\r\n",
+                "content-length: 5\r\n",
+                "HTTP/1.1 206 Partial Content\r\n",
+                "content-range: bytes 299990-299999/300000\r\n",
+                &format!("\r\n{tail}"),
+                "peer:127.0.0.1:",
+                "echo:abc",
+                "connection: close\r\n",
+                "\r\n\r\nhello",
+            ],
+        );
+        // The HEAD answer had no body: "hello" comes twice only (GETs).
+        assert_eq!(out.matches("hello").count(), 2, "{out}");
+        // A whole file by sendfile, byte for byte.
+        let (out, _) = exchange_bytes(
+            addr,
+            b"GET /artifacts/f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let body_at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(
+            out[body_at..] == file[..],
+            "the file came back different ({} bytes)",
+            out.len() - body_at
+        );
+    }
+
+    #[tokio::test]
+    async fn http_1_0_closes_unless_asked_and_gets_no_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = start(router(dir.path().to_owned())).await;
+        let (out, closed) = exchange(addr, b"GET /small HTTP/1.0\r\n\r\n").await;
+        assert!(closed);
+        in_order(
+            &out,
+            &["HTTP/1.1 200 OK\r\n", "connection: close\r\n", "hello"],
+        );
+        let (out, closed) = exchange(addr, b"GET /stream HTTP/1.0\r\n\r\n").await;
+        assert!(closed);
+        assert!(!out.contains("chunked"), "{out}");
+        assert!(out.ends_with("\r\n\r\none,two,three"), "{out}");
+        // Kept alive when asked: the second request is answered too.
+        let (out, _) = exchange(
+            addr,
+            b"GET /small HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /small HTTP/1.0\r\n\r\n",
+        )
+        .await;
+        in_order(
+            &out,
+            &[
+                "connection: keep-alive\r\n",
+                "hello",
+                "connection: close\r\n",
+                "hello",
+            ],
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_heads_are_answered_and_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = start(router(dir.path().to_owned())).await;
+        let (out, closed) = exchange(addr, b"NOT HTTP AT ALL\r\n\r\n").await;
+        assert!(closed);
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+        let mut huge = b"GET /small HTTP/1.1\r\nX-Big: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', 70 * 1024));
+        let (out, closed) = exchange(addr, &huge).await;
+        assert!(closed);
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+        // A body framed by chunks goes to hyper, which reads it.
+        let (out, _) = exchange(
+            addr,
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(out.contains("echo:hi"), "{out}");
+    }
 }
