@@ -1,6 +1,7 @@
 //! `./x bench`: commands that print ratios and figures against baselines
 //! measured in the same run (not timed tests).
 
+pub mod artifacts;
 pub mod detect;
 pub mod disks;
 
@@ -12,8 +13,20 @@ use crate::build::{self, Cmd};
 const AGENT_BUDGET: u64 = 12 << 20;
 
 pub fn run(which: &[&str]) -> Result<()> {
-    let agent = build::static_agent()?;
     let all = which.is_empty();
+    if all || which.contains(&"artifacts") {
+        artifacts::run()?;
+    }
+    // These measure or run the agent as the image ships it.
+    let needs_agent = all
+        || ["detect", "disks", "size", "vm"]
+            .iter()
+            .any(|b| which.contains(b));
+    let agent = if needs_agent {
+        build::static_agent()?
+    } else {
+        Default::default()
+    };
     if all || which.contains(&"detect") {
         detect::run(&agent)?;
     }
