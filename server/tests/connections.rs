@@ -15,17 +15,20 @@ use landfall_cmd::Cmd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// `CONFIG` with `[server]` keys and a `[server.http]` table.
-fn config(dir: &Path, server_keys: &str, http: &str) -> PathBuf {
-    let layouts = dir.join("layouts");
+/// A tempdir with `CONFIG`, `[server]` keys and a `[server.http]` table
+/// added: (the dir, its data dir, the config file).
+fn setup(server_keys: &str, http: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let layouts = dir.path().join("layouts");
     std::fs::create_dir_all(&layouts).unwrap();
     std::fs::write(layouts.join("single-disk.json"), LAYOUT_JSON).unwrap();
     let text = CONFIG
         .replace("[server]\n", &format!("[server]\n{server_keys}\n"))
         .replace("[enroll]", &format!("[server.http]\n{http}\n\n[enroll]"));
-    let p = dir.join("landfall.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    let cfg = dir.path().join("landfall.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let data = dir.path().join("data");
+    (dir, data, cfg)
 }
 
 async fn connect(addr: &str) -> TcpStream {
@@ -62,16 +65,6 @@ fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
-fn https_client(ca: &Path) -> reqwest::Client {
-    let pem = std::fs::read(ca).unwrap();
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 fn quick_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -81,10 +74,7 @@ fn quick_client() -> reqwest::Client {
 
 #[tokio::test]
 async fn slow_and_idle_clients_plain_and_tls_do_not_starve_others_and_are_closed() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cfg = config(
-        dir.path(),
+    let (_dir, data, cfg) = setup(
         "listen_tls = \"127.0.0.1:0\"\ntls_sans = [\"127.0.0.1\"]",
         "header_timeout_secs = 2\nidle_timeout_secs = 3\ntls_handshake_timeout_secs = 2\nsend_timeout_secs = 3",
     );
@@ -269,9 +259,7 @@ async fn slow_and_idle_clients_plain_and_tls_do_not_starve_others_and_are_closed
 
 #[tokio::test]
 async fn the_connection_cap_keeps_the_server_below_its_descriptor_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cfg = config(dir.path(), "", "header_timeout_secs = 2");
+    let (_dir, data, cfg) = setup("", "header_timeout_secs = 2");
     // 200 descriptors: (200 - 128 reserved) / 2 = 36 connections.
     let srv = ServeProcess::start_under(&["prlimit", "--nofile=200:200", "--"], &cfg, &data);
     assert!(
@@ -319,19 +307,25 @@ async fn the_connection_cap_keeps_the_server_below_its_descriptor_limit() {
     );
 }
 
-fn sigterm(srv: &ServeProcess) {
+/// SIGTERM, then how long until the process exited (successfully).
+fn sigterm_exit(srv: &mut ServeProcess, with: &str) -> Duration {
+    let t = Instant::now();
     Cmd::new("kill")
         .args(["-TERM", &srv.child.id().to_string()])
         .status_blocking()
         .unwrap();
+    let st = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("no exit within 10 s");
+    let took = t.elapsed();
+    println!("SIGTERM with {with}: exit after {took:?}");
+    assert!(st.success(), "{st}");
+    took
 }
 
 #[tokio::test]
 async fn sigterm_with_slow_clients_exits_within_the_grace() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cfg = config(
-        dir.path(),
+    let (_dir, data, cfg) = setup(
         "",
         "header_timeout_secs = 60\nidle_timeout_secs = 60\nsend_timeout_secs = 60\nshutdown_grace_secs = 2",
     );
@@ -348,14 +342,7 @@ async fn sigterm_with_slow_clients_exits_within_the_grace() {
         crowd.push(s);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let t = Instant::now();
-    sigterm(&srv);
-    let st = srv
-        .wait_exit(Duration::from_secs(10))
-        .expect("no exit within 10 s");
-    let took = t.elapsed();
-    println!("SIGTERM with idle connections only: exit after {took:?}");
-    assert!(st.success(), "{st}");
+    let took = sigterm_exit(&mut srv, "idle connections only");
     assert!(took < Duration::from_millis(1500), "{took:?}");
 
     // Downloads that never read hold it for the grace (2 s), no longer.
@@ -374,14 +361,7 @@ async fn sigterm_with_slow_clients_exits_within_the_grace() {
     for _ in 0..20 {
         slow.push(connect(&srv.addr()).await);
     }
-    let t = Instant::now();
-    sigterm(&srv);
-    let st = srv
-        .wait_exit(Duration::from_secs(10))
-        .expect("no exit within 10 s");
-    let took = t.elapsed();
-    println!("SIGTERM with 3 stalled downloads: exit after {took:?}");
-    assert!(st.success(), "{st}");
+    let took = sigterm_exit(&mut srv, "3 stalled downloads");
     assert!(
         took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
         "{took:?} (grace 2 s)"

@@ -360,3 +360,14 @@ impl ServeProcess {
         self.log
     }
 }
+
+/// An HTTPS client that trusts only the CA in `ca` (PEM).
+pub fn https_client(ca: &Path) -> reqwest::Client {
+    let pem = std::fs::read(ca).unwrap();
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
