@@ -25,7 +25,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{
     header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version,
 };
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
@@ -34,6 +34,7 @@ use tower_service::Service;
 
 use super::io::Rewind;
 use crate::api::artifacts::FileRange;
+use crate::api::ApiError;
 use crate::app::PeerAddr;
 use crate::config::HttpSettings;
 
@@ -98,16 +99,17 @@ pub(super) async fn serve(
                 return;
             }
             Ok(Err(HeadError::Bad(status, why))) => {
-                let body = format!("{{\"error\":\"{why}\"}}");
-                let answer = format!(
-                    "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    status.as_u16(),
-                    status.canonical_reason().unwrap_or(""),
-                    body.len()
-                );
-                let _ =
-                    tokio::time::timeout(http.send_timeout, stream.write_all(answer.as_bytes()))
-                        .await;
+                // The API's error body (ErrorBody), then the connection closes.
+                let resp = ApiError::new(status, why).into_response();
+                let _ = write_response(
+                    &stream,
+                    resp,
+                    false,
+                    Version::HTTP_11,
+                    false,
+                    http.send_timeout,
+                )
+                .await;
                 return;
             }
             Ok(Ok(h)) => h,
@@ -621,6 +623,12 @@ mod tests {
         let (out, closed) = exchange(addr, b"NOT HTTP AT ALL\r\n\r\n").await;
         assert!(closed);
         assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+        // The API's error body, as every 4xx has.
+        assert!(
+            out.contains(r#""error":"the request head is not HTTP/1.x""#)
+                && out.contains(r#""code":"#),
+            "{out}"
+        );
         let mut huge = b"GET /small HTTP/1.1\r\nX-Big: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', 70 * 1024));
         let (out, closed) = exchange(addr, &huge).await;
