@@ -763,6 +763,13 @@ in
         ExecStart = "${lib.getExe cfg.package} serve --config ${configFile} --data ${cfg.dataDir} --listen ${listen}";
         Restart = "on-failure";
         RestartSec = 2;
+        # Connections: the server keeps its connection cap below this
+        # (two descriptors each: a socket and an artifact being sent, 128 kept
+        # for the rest), so a boot storm or a slowloris never meets EMFILE.
+        # Soft and hard alike: the server then has no setrlimit to call (the
+        # filter below denies @resources). A stop waits at most
+        # [server.http] shutdown_grace_secs (10 s) for requests in flight.
+        LimitNOFILE = 65536;
         StateDirectory = mkIf (cfg.dataDir == "/var/lib/landfall") "landfall";
         StateDirectoryMode = "0700"; # the server enforces 0700 at every start too
         ReadWritePaths = mkIf (cfg.dataDir != "/var/lib/landfall") [ cfg.dataDir ];

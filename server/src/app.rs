@@ -179,32 +179,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
     }
 }
 
-/// The TCP peer of a connection, plain or TLS: what `serve` asks axum to
-/// put into each request (`into_make_service_with_connect_info::<PeerAddr>`).
+/// The TCP peer of a connection, plain or TLS: what the connection layer
+/// (`crate::conn`) puts into each request as `ConnectInfo<PeerAddr>`.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
 impl std::fmt::Display for PeerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
-    }
-}
-
-impl<'a>
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, tokio::net::TcpListener>>
-    for PeerAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'a, tokio::net::TcpListener>) -> Self {
-        PeerAddr(*s.remote_addr())
-    }
-}
-
-impl<'a>
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, crate::tls::TlsListener>>
-    for PeerAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'a, crate::tls::TlsListener>) -> Self {
-        PeerAddr(*s.remote_addr())
     }
 }
 

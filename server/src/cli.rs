@@ -364,6 +364,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         None => config_listen(a.config.as_deref())?
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_HTTP_PORT))),
     };
+    let stop = shutdown_signal()?;
     let handle = crate::serve_with(
         ServeOptions {
             config: a.config,
@@ -374,7 +375,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         crate::NetbootOverrides { dhcp: a.dhcp },
     )
     .await?;
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     handle.shutdown().await
 }
@@ -394,27 +395,19 @@ fn dhcp_config(a: &DhcpConfigArgs) -> Result<String> {
     crate::netboot::config::render(a.site, &files, &ep)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+/// SIGTERM or SIGINT, listened for from the moment this is called (not from
+/// the first poll): a stop sent right after the server said it listens is
+/// not lost, and does not kill the process with the default action.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    })
 }
 
 /// A MAC or hostname is safe in a URL path as is; refuse anything else.

@@ -9,6 +9,7 @@ pub mod artifact_dir;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod dashboard;
 pub mod metrics;
 pub mod netboot;
@@ -197,16 +198,15 @@ pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<Serv
                 .await
                 .with_context(|| format!("listening on {} (server.listen_tls)", t.listen))?;
             Some((
-                tls::TlsListener::new(tcp, identity.config)?,
+                tcp,
+                tokio_rustls::TlsAcceptor::from(identity.config),
                 identity.ca_file,
             ))
         }
     };
-    let tls_addr = tls
-        .as_ref()
-        .map(|(l, _)| axum::serve::Listener::local_addr(l))
-        .transpose()?;
-    let ca_file = tls.as_ref().and_then(|(_, f)| f.clone());
+    let tls_addr = tls.as_ref().map(|(l, _, _)| l.local_addr()).transpose()?;
+    let ca_file = tls.as_ref().and_then(|(_, _, f)| f.clone());
+    let limits = conn::Limits::resolve(settings.http);
 
     let mut app = App::new(store, settings, artifacts, admin_token_hash, orchestrator);
     if let Some(a) = tls_addr {
@@ -249,55 +249,38 @@ pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<Serv
     // listener: the firmware cannot do HTTPS.
     let ipxe_http = netboot::http_router(ipxe);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let notifier = notify::start(app.clone(), stop_rx.clone())?;
-    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let task = match tls {
-        None => {
-            let router = api::router(app.clone()).merge(ipxe_http);
-            let stop = stopped(stop_rx);
-            tokio::spawn(async move {
-                // The peer address reaches handlers as `ConnectInfo` (api::Peer):
-                // boot tokens and hellos are logged with it, alarms record it.
-                let serving = axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<app::PeerAddr>(),
-                )
-                .with_graceful_shutdown(stop);
-                let (r, ()) = tokio::join!(serving, async move {
-                    let _ = rx.await;
-                    // Long-polling agents answer now instead of holding the shutdown.
-                    app.begin_shutdown();
-                    let _ = stop_tx.send(true);
-                });
-                r
-            })
-        }
-        Some((tls_listener, _)) => {
+    let notifier = notify::start(app.clone(), stop_rx)?;
+    let listeners = match tls {
+        None => vec![(
+            listener,
+            conn::Serve::Plain(api::router(app.clone()).merge(ipxe_http)),
+        )],
+        Some((tls_listener, acceptor, _)) => {
             let port = tls_addr.expect("bound").port();
-            let http = axum::serve(
-                listener,
-                api::http_boot_router(app.clone(), port)
-                    .merge(ipxe_http)
-                    .into_make_service_with_connect_info::<app::PeerAddr>(),
-            )
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
-            let https = axum::serve(
-                tls_listener,
-                api::router(app.clone()).into_make_service_with_connect_info::<app::PeerAddr>(),
-            )
-            .with_graceful_shutdown(stopped(stop_rx));
-            tokio::spawn(async move {
-                let (a, b, ()) = tokio::join!(http, https, async move {
-                    let _ = rx.await;
-                    app.begin_shutdown();
-                    let _ = stop_tx.send(true);
-                });
-                a.and(b)
-            })
+            vec![
+                (
+                    listener,
+                    conn::Serve::Plain(api::http_boot_router(app.clone(), port).merge(ipxe_http)),
+                ),
+                (
+                    tls_listener,
+                    conn::Serve::Tls(acceptor, api::router(app.clone())),
+                ),
+            ]
         }
     };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = conn::run(listeners, limits, stop.clone());
+    let task = tokio::spawn(async move {
+        let (r, ()) = tokio::join!(serving, async move {
+            let _ = rx.await;
+            // Long-polling agents answer now instead of holding the shutdown.
+            app.begin_shutdown();
+            stop.cancel();
+            let _ = stop_tx.send(true);
+        });
+        r
+    });
     Ok(ServerHandle {
         addr,
         tls_addr,

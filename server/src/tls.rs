@@ -7,15 +7,13 @@
 //! The CA is kept across restarts; the leaf is made again when the names
 //! change, so machines that pin the CA keep working.
 //!
-//! [`TlsListener`] does the handshakes off the accept loop (a client that
-//! never finishes its handshake holds only its own task) and hands finished
-//! streams to `axum::serve`.
+//! The handshakes run in each connection's own task (`crate::conn`), bounded
+//! by `[server.http] tls_handshake_timeout_secs`: a client that never
+//! finishes one holds only its task and its connection permit.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rcgen::{
@@ -25,9 +23,6 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 
 /// Directory of the generated CA and server certificate, inside the data dir.
 pub const TLS_DIR: &str = "tls";
@@ -37,9 +32,6 @@ pub const SERVER_CERT_FILE: &str = "server.pem";
 pub const SERVER_KEY_FILE: &str = "server.key";
 /// The names the generated server certificate holds, one a line.
 pub const SANS_FILE: &str = "server.sans";
-
-/// A client gets this long to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,70 +255,4 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-}
-
-/// A TCP listener whose connections come out TLS-wrapped.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
-    accept_task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let addr = tcp.local_addr()?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let (tx, rx) = mpsc::channel(64);
-        let accept_task = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!("accepting a TLS connection: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            rx,
-            addr,
-            accept_task,
-        })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.accept_task.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accept task only ends when aborted (the listener is dropped).
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
 }

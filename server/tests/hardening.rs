@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -14,8 +13,6 @@ use landfall_cmd::Cmd;
 use landfall_proto::event::MAX_SEQ;
 use landfall_proto::{EventKind, HelloRequest, Step};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_landfall");
 
 /// `CONFIG` with extra `[server]` keys.
 fn config_with(server_keys: &str) -> String {
@@ -33,62 +30,6 @@ async fn error_code(r: reqwest::Response) -> (u16, String, String) {
 }
 
 // ---- item 4: log forging ----------------------------------------------------
-
-/// `landfall serve` as a process, its stderr (the log) collected.
-struct ServeProcess {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    base: String,
-}
-
-impl ServeProcess {
-    fn start(config: &Path, data: &Path) -> Self {
-        let mut child = Cmd::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .arg("--data")
-            .arg(data)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .env("LANDFALL_LOG", "info")
-            .spawn(std::process::Stdio::null(), std::process::Stdio::piped())
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in std::io::BufReader::new(stderr).split(b'\n') {
-                let Ok(l) = l else { break };
-                if tx.send(String::from_utf8_lossy(&l).into_owned()).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut s = Self {
-            child,
-            lines,
-            base: String::new(),
-        };
-        loop {
-            let l = s
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .expect("landfall serve did not say where it listens");
-            if let Some(addr) = l.split("listening on ").nth(1) {
-                s.base = addr.trim().to_owned();
-                break;
-            }
-        }
-        s
-    }
-
-    /// Stop it and return every log line it wrote.
-    fn stop(mut self) -> Vec<String> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.lines.iter().collect()
-    }
-}
 
 #[tokio::test]
 async fn client_text_cannot_forge_a_log_line_or_reach_the_log_raw() {

@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{Server, CONFIG, MAC1};
+use common::{https_client, Server, CONFIG, MAC1};
 use landfall::tls;
 use sha2::{Digest, Sha256};
 
@@ -23,15 +23,6 @@ fn tls_config() -> String {
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
-
-fn https_client(ca: &Path) -> reqwest::Client {
-    let pem = std::fs::read(ca).unwrap();
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .build()
-        .unwrap()
 }
 
 #[test]

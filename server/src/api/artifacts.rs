@@ -2,11 +2,14 @@
 
 use std::path::Path;
 
-use axum::body::Body;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::ApiError;
 
@@ -69,6 +72,94 @@ pub fn parse_range(value: &str, len: u64) -> RangeReq {
     RangeReq::Partial(start, end)
 }
 
+/// A response's body is this range of this file: what the plain-HTTP
+/// listener sends with sendfile(2) instead of polling the body
+/// (`crate::conn::front`). The body carries the same bytes for any other
+/// writer (HTTPS, `[server.http] sendfile = false`).
+#[derive(Debug, Clone)]
+pub struct FileRange {
+    pub file: Arc<std::fs::File>,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// Bytes read per blocking read of a [`FileBody`]; one such read runs ahead
+/// of the writer.
+const READ_CHUNK: usize = 1 << 20;
+
+/// A file range as a body: positional reads of [`READ_CHUNK`] on the
+/// blocking pool, started at the first poll (a writer that sends the
+/// [`FileRange`] itself reads nothing here); once a chunk is handed out the
+/// next read starts, so the disk read overlaps the socket write.
+struct FileBody {
+    /// What is left to hand out, the chunk being read included.
+    range: FileRange,
+    reading: Option<tokio::task::JoinHandle<std::io::Result<Bytes>>>,
+}
+
+impl FileBody {
+    fn start_read(&mut self) {
+        let r = &self.range;
+        if r.len == 0 {
+            return;
+        }
+        let (file, at, n) = (r.file.clone(), r.start, r.len.min(READ_CHUNK as u64));
+        self.reading = Some(tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek};
+            // The body is the only user of the file's offset (sendfile
+            // passes its own), and its reads run one at a time.
+            let mut f = &*file;
+            f.seek(std::io::SeekFrom::Start(at))?;
+            let mut buf = Vec::with_capacity(n as usize);
+            f.take(n).read_to_end(&mut buf)?;
+            if (buf.len() as u64) < n {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the artifact shrank while it was being sent",
+                ));
+            }
+            Ok(Bytes::from(buf))
+        }));
+    }
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        if self.reading.is_none() {
+            self.start_read();
+        }
+        let Some(reading) = self.reading.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let read = ready!(Pin::new(reading).poll(cx));
+        self.reading = None;
+        let chunk = match read {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Poll::Ready(Some(Err(e))),
+            Err(e) => return Poll::Ready(Some(Err(std::io::Error::other(e)))),
+        };
+        let n = chunk.len() as u64;
+        self.range.start += n;
+        self.range.len -= n;
+        self.start_read();
+        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.range.len == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.range.len)
+    }
+}
+
 pub async fn serve_file(
     dir: &Path,
     name: &str,
@@ -93,7 +184,6 @@ pub async fn serve_file(
             )))
         }
     };
-    let mut file = tokio::fs::File::from_std(file);
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -131,12 +221,16 @@ pub async fn serve_file(
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        if start > 0 {
-            file.seek(std::io::SeekFrom::Start(start))
-                .await
-                .map_err(|e| ApiError::internal(format!("seeking {}: {e}", path.display())))?;
-        }
-        Body::from_stream(ReaderStream::with_capacity(file.take(count), 64 * 1024))
+        let range = FileRange {
+            file: Arc::new(file),
+            start,
+            len: count,
+        };
+        builder = builder.extension(range.clone());
+        Body::new(FileBody {
+            range,
+            reading: None,
+        })
     };
     builder
         .body(body)

@@ -112,6 +112,8 @@ pub struct Settings {
     pub webhooks: Vec<WebhookSettings>,
     /// `[dashboard]`, validated.
     pub dashboard: DashboardSettings,
+    /// `[server.http]`: connection timeouts and caps.
+    pub http: HttpSettings,
 }
 
 /// `[server] listen_tls` and its certificate, validated.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use landfall_proto::{LuksUnlock, SecretFile, WipePolicy};
 use serde::Deserialize;
@@ -243,6 +244,77 @@ pub struct ServerSection {
     /// Most bytes of events (as stored, JSON) for one install attempt.
     #[serde(default = "default_max_event_bytes_per_attempt")]
     pub max_event_bytes_per_attempt: u64,
+    /// `[server.http]`: connection timeouts and caps, sendfile.
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// `[server.http]`: how the listeners treat connections (docs/operator-guide.md,
+/// "Connections"). Every key has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Seconds a new connection has to send its first request's head (on the
+    /// HTTPS listener: after the handshake).
+    pub header_timeout_secs: u64,
+    /// Seconds a kept-alive connection waits for its next request's head
+    /// after a response; a connection that sends nothing more is closed then.
+    pub idle_timeout_secs: u64,
+    /// Seconds a client has to finish its TLS handshake.
+    pub tls_handshake_timeout_secs: u64,
+    /// Seconds a response may wait on a client that reads nothing.
+    pub send_timeout_secs: u64,
+    /// Most open connections, both listeners together. Unset: what the
+    /// descriptor limit allows (RLIMIT_NOFILE); more than that is lowered to it.
+    pub max_connections: Option<u64>,
+    /// Seconds a shutdown waits for requests in flight before dropping them.
+    pub shutdown_grace_secs: u64,
+    /// Artifacts on the plain-HTTP listener by sendfile(2) (zero-copy); off:
+    /// read and written like any response.
+    pub sendfile: bool,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        let d = HttpSettings::default();
+        Self {
+            header_timeout_secs: d.header_timeout.as_secs(),
+            idle_timeout_secs: d.idle_timeout.as_secs(),
+            tls_handshake_timeout_secs: d.tls_handshake_timeout.as_secs(),
+            send_timeout_secs: d.send_timeout.as_secs(),
+            max_connections: None,
+            shutdown_grace_secs: d.shutdown_grace.as_secs(),
+            sendfile: d.sendfile,
+        }
+    }
+}
+
+/// `[server.http]`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub send_timeout: Duration,
+    pub max_connections: Option<u64>,
+    pub shutdown_grace: Duration,
+    pub sendfile: bool,
+}
+
+impl Default for HttpSettings {
+    /// A slow iPXE on a busy LAN sends its request within a second; iPXE
+    /// itself drops a pooled connection after 10 s idle.
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
+            max_connections: None,
+            shutdown_grace: Duration::from_secs(10),
+            sendfile: true,
+        }
+    }
 }
 
 fn default_max_discovered() -> u64 {
@@ -312,6 +384,7 @@ impl Default for ServerSection {
             max_discovered_per_minute: Limits::default().max_discovered_per_minute,
             max_events_per_attempt: Limits::default().max_events_per_attempt,
             max_event_bytes_per_attempt: Limits::default().max_event_bytes_per_attempt,
+            http: HttpSection::default(),
         }
     }
 }

@@ -251,12 +251,15 @@ impl Config {
 
         let dashboard = self.dashboard.check()?;
 
+        let http = check_http(&self.server.http)?;
+
         Ok(Settings {
             metrics,
             webhooks,
             dashboard,
             listen,
             tls,
+            http,
             limits,
             netboot,
             checks,
@@ -1071,5 +1074,67 @@ fn check_pool(p: &super::PoolSection, server: Option<std::net::Ipv4Addr>) -> Res
         router: p.router,
         dns: p.dns.clone(),
         lease_time,
+    })
+}
+
+/// `[server.http]`: every timeout at least a second and at most a day (the
+/// shutdown grace may be 0: drop at once), a connection cap of at least 1.
+fn check_http(h: &super::HttpSection) -> Result<super::HttpSettings> {
+    const DAY: u64 = 86_400;
+    let d = super::HttpSection::default();
+    for (field, v, min, default) in [
+        (
+            "header_timeout_secs",
+            h.header_timeout_secs,
+            1,
+            d.header_timeout_secs,
+        ),
+        (
+            "idle_timeout_secs",
+            h.idle_timeout_secs,
+            1,
+            d.idle_timeout_secs,
+        ),
+        (
+            "tls_handshake_timeout_secs",
+            h.tls_handshake_timeout_secs,
+            1,
+            d.tls_handshake_timeout_secs,
+        ),
+        (
+            "send_timeout_secs",
+            h.send_timeout_secs,
+            1,
+            d.send_timeout_secs,
+        ),
+        (
+            "shutdown_grace_secs",
+            h.shutdown_grace_secs,
+            0,
+            d.shutdown_grace_secs,
+        ),
+    ] {
+        if v < min || v > DAY {
+            bail!(
+                "server.http.{field} = {v} is out of range; give seconds from {min} to {DAY} \
+                 (or leave it out for the default, {default})"
+            );
+        }
+    }
+    if h.max_connections == Some(0) {
+        bail!(
+            "server.http.max_connections = 0 would refuse every client; give at least 1, or leave \
+             it out to follow the descriptor limit"
+        );
+    }
+    let secs = Duration::from_secs;
+    Ok(super::HttpSettings {
+        header_timeout: secs(h.header_timeout_secs),
+        idle_timeout: secs(h.idle_timeout_secs),
+        tls_handshake_timeout: secs(h.tls_handshake_timeout_secs),
+        send_timeout: secs(h.send_timeout_secs),
+        max_connections: h.max_connections,
+        shutdown_grace: secs(h.shutdown_grace_secs),
+        sendfile: h.sendfile,
     })
 }

@@ -247,3 +247,129 @@ pub fn write(path: &Path, bytes: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, bytes).unwrap();
 }
+
+/// The server binary the tests spawn.
+pub const BIN: &str = env!("CARGO_BIN_EXE_landfall");
+
+/// `landfall serve` as a process (the real binary), its stderr (the log)
+/// collected line by line.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every log line read so far.
+    pub log: Vec<String>,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// `https://127.0.0.1:PORT`, when the config turns TLS on.
+    pub tls_base: Option<String>,
+}
+
+impl ServeProcess {
+    pub fn start(config: &Path, data: &Path) -> Self {
+        Self::start_under(&[], config, data)
+    }
+
+    /// Started by `wrapper` (e.g. `prlimit --nofile=200:200`), when not empty.
+    pub fn start_under(wrapper: &[&str], config: &Path, data: &Path) -> Self {
+        use std::io::BufRead;
+        let cmd = match wrapper.split_first() {
+            Some((prog, args)) => landfall_cmd::Cmd::new(prog).args(args).arg(BIN),
+            None => landfall_cmd::Cmd::new(BIN),
+        };
+        let mut child = cmd
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--data")
+            .arg(data)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("LANDFALL_LOG", "info")
+            .spawn(std::process::Stdio::null(), std::process::Stdio::piped())
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stderr).split(b'\n') {
+                let Ok(l) = l else { break };
+                if tx.send(String::from_utf8_lossy(&l).into_owned()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Self {
+            child,
+            lines,
+            log: Vec::new(),
+            base: String::new(),
+            tls_base: None,
+        };
+        let tls = std::fs::read_to_string(config)
+            .unwrap()
+            .contains("listen_tls");
+        while s.base.is_empty() || (tls && s.tls_base.is_none()) {
+            let l = s
+                .lines
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!("landfall serve did not say where it listens: {:#?}", s.log)
+                });
+            if let Some(addr) = l.split("listening on ").nth(1) {
+                let url = addr.split_whitespace().next().unwrap().to_owned();
+                if url.starts_with("https://") {
+                    s.tls_base = Some(url);
+                } else {
+                    s.base = url;
+                }
+            }
+            s.log.push(l);
+        }
+        s
+    }
+
+    /// `host:port` of the plain listener.
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_owned()
+    }
+
+    /// Every log line so far.
+    pub fn read_log(&mut self) -> &[String] {
+        while let Ok(l) = self.lines.try_recv() {
+            self.log.push(l);
+        }
+        &self.log
+    }
+
+    /// Wait up to `within` for the process to exit on its own.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Kill it and return every line it logged.
+    pub fn stop(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log.extend(self.lines.iter());
+        self.log
+    }
+}
+
+/// An HTTPS client that trusts only the CA in `ca` (PEM).
+pub fn https_client(ca: &Path) -> reqwest::Client {
+    let pem = std::fs::read(ca).unwrap();
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}

@@ -1,6 +1,7 @@
 //! `./x bench`: commands that print ratios and figures against baselines
 //! measured in the same run (not timed tests).
 
+pub mod artifacts;
 pub mod detect;
 pub mod disks;
 
@@ -13,6 +14,9 @@ const AGENT_BUDGET: u64 = 12 << 20;
 
 pub fn run(which: &[&str]) -> Result<()> {
     let all = which.is_empty();
+    if all || which.contains(&"artifacts") {
+        artifacts::run()?;
+    }
     // Only the benches that run the agent build it.
     let agent = if all
         || which
