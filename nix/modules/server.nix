@@ -107,6 +107,12 @@ let
 
   # The built-in DHCP or TFTP runs: UDP 67/4011 and 69 are below 1024.
   netbootOn = cfg.dhcp.mode != "off" || cfg.dhcp.tftp == true;
+  # The UDP ports that listen: TFTP (69) when it runs, DHCP (67) in both modes,
+  # the PXE boot server port (4011) of proxyDHCP (server/src/netboot/dhcp.rs).
+  tftpOn = if cfg.dhcp.tftp == null then cfg.dhcp.mode != "off" else cfg.dhcp.tftp;
+  netbootPorts = lib.optional tftpOn 69
+    ++ lib.optional (cfg.dhcp.mode != "off") 67
+    ++ lib.optional (cfg.dhcp.mode == "proxy") 4011;
   bindLow = cfg.port < 1024 || netbootOn;
 
   rendered = renderToml renderArgs;
@@ -609,7 +615,7 @@ in
         type = types.bool;
         default = netbootOn;
         defaultText = lib.literalExpression "DHCP or TFTP on";
-        description = "Open UDP 67, 69 and 4011 on `interface` (all interfaces when it is null).";
+        description = "Open the UDP ports that listen on `interface` (all interfaces when it is null): 69 with TFTP, 67 with DHCP, 4011 with proxyDHCP.";
       };
     };
 
@@ -714,10 +720,10 @@ in
     environment.systemPackages = [ cfg.package ];
 
     networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall ([ cfg.port ] ++ lib.optional (cfg.tls.port != null) cfg.tls.port);
-    # DHCP (67), TFTP (69), the PXE boot server port of proxyDHCP (4011).
-    networking.firewall.allowedUDPPorts = mkIf (cfg.dhcp.openFirewall && cfg.dhcp.interface == null) [ 67 69 4011 ];
+    # DHCP (67), TFTP (69), the PXE boot server port of proxyDHCP (4011): those that listen.
+    networking.firewall.allowedUDPPorts = mkIf (cfg.dhcp.openFirewall && cfg.dhcp.interface == null) netbootPorts;
     networking.firewall.interfaces = mkIf (cfg.dhcp.openFirewall && cfg.dhcp.interface != null) {
-      ${cfg.dhcp.interface}.allowedUDPPorts = [ 67 69 4011 ];
+      ${cfg.dhcp.interface}.allowedUDPPorts = netbootPorts;
     };
 
     # A data directory outside /var/lib is not a StateDirectory: create it.
