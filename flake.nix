@@ -51,6 +51,9 @@
           landfall = pkgs.callPackage ./nix/packages/landfall.nix { };
           iso = self.nixosConfigurations.${configName "iso" system}.config.system.build.isoImage;
           netboot = self.nixosConfigurations.${configName "netboot" system}.config.system.build.landfallNetboot;
+          # nixpkgs' iPXE with the server's chain script embedded (nix/packages/ipxe-chain.nix):
+          # `.override { serverUrl = "http://10.0.0.1:8080"; }` for your server's URL.
+          ipxe-chain = pkgs.callPackage ./nix/packages/ipxe-chain.nix { };
           default = landfall;
         });
 
@@ -62,14 +65,32 @@
           landfall.installer.package = lib.mkDefault (flakePackages pkgs).landfall-agent;
         };
 
-        # services.landfall with this flake's server and netboot image.
-        server = { lib, pkgs, ... }: {
-          imports = [ ./nix/modules/server.nix ];
-          services.landfall = {
-            package = lib.mkDefault (flakePackages pkgs).landfall;
-            netboot = lib.mkDefault (flakePackages pkgs).netboot;
+        # services.landfall with this flake's server and netboot images: each
+        # architecture's image where this configuration can build it (its own
+        # system, the systems it emulates with binfmt, which NixOS adds to
+        # nix.settings.extra-platforms, and its remote builders' systems), so a
+        # server without an aarch64 builder is not made to build the arm64 image.
+        # Set services.landfall.netboot.arm64 = landfall.packages.aarch64-linux.netboot
+        # to have it anyway (built elsewhere, copied in).
+        server = { config, lib, pkgs, ... }:
+          let
+            buildable = [ pkgs.stdenv.hostPlatform.system ]
+              ++ lib.toList (config.nix.settings.extra-platforms or [ ])
+              ++ config.boot.binfmt.emulatedSystems
+              ++ lib.optionals config.nix.distributedBuilds
+              (lib.concatMap (m: if m.system != null then [ m.system ] else m.systems) config.nix.buildMachines);
+            image = system: if lib.elem system buildable then self.packages.${system}.netboot else null;
+          in
+          {
+            imports = [ ./nix/modules/server.nix ];
+            services.landfall = {
+              package = lib.mkDefault (flakePackages pkgs).landfall;
+              netboot = {
+                x86_64 = lib.mkDefault (image "x86_64-linux");
+                arm64 = lib.mkDefault (image "aarch64-linux");
+              };
+            };
           };
-        };
 
         # What installed machines import: verify, roles, disks (disko), secrets.
         target = { lib, pkgs, ... }: {
@@ -92,7 +113,7 @@
           packages = flakePackages pkgs;
         in
         {
-          inherit (packages) landfall landfall-agent netboot;
+          inherit (packages) landfall landfall-agent netboot ipxe-chain;
         } // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
           # BIOS iPXE in QEMU: x86_64 only, like nixpkgs' biosNetboot test.
           netboot-install = pkgs.testers.runNixOSTest (import ./nix/tests/netboot-install.nix {

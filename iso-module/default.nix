@@ -109,7 +109,7 @@ in
       description = ''
         Extra kernel parameters baked into the image (`boot.kernelParams`). For
         netboot they reach the kernel line through the server (see
-        `services.landfall.netboot`); for the ISO through its boot menu.
+        `services.landfall.netboot.<arch>`); for the ISO through its boot menu.
       '';
     };
 

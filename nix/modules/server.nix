@@ -1,9 +1,11 @@
 # services.landfall: the provisioning server. Machines and roles are Nix
 # attribute sets rendered to landfall.toml by ../lib/landfall-toml.nix (the same
 # renderer nixcheck runs through `landfall serve --check-config`); the artifacts
-# directory is the netboot build (iso-module/netboot.nix, flake `packages.netboot`).
-# The flake exposes this as `nixosModules.server` with `package` and `netboot`
-# defaulting to the flake's own packages.
+# directory holds the netboot builds (iso-module/netboot.nix, flake
+# `packages.SYSTEM.netboot`), one per architecture: ARTIFACTS/x86_64 and
+# ARTIFACTS/arm64, chosen by the server from iPXE's `${buildarch}`.
+# The flake exposes this as `nixosModules.server` with `package` and
+# `netboot.{x86_64,arm64}` defaulting to the flake's own packages.
 { config, lib, pkgs, ... }:
 let
   cfg = config.services.landfall;
@@ -29,7 +31,40 @@ let
       })
       files);
 
+  # The per-architecture netboot images, as ARTIFACTS/x86_64 and ARTIFACTS/arm64
+  # (server/src/artifact_dir.rs `image_dir`): a machine of an architecture
+  # without an image holds with that reason instead of booting the other one.
+  netbootImages = lib.filterAttrs (_: image: image != null) cfg.netboot;
+  netbootArtifacts =
+    if netbootImages == { } then null
+    else pkgs.linkFarm "landfall-artifacts" (lib.mapAttrsToList (name: path: { inherit name path; }) netbootImages);
+
   artifactsText = if cfg.artifacts == null then null else "${cfg.artifacts}";
+
+  # nixpkgs' iPXE for an architecture (pkgs/by-name/ip/ipxe/package.nix builds
+  # bin/undionly.kpxe and bin-x86_64-efi/{ipxe,snp}.efi on x86_64,
+  # bin-arm64-efi/{ipxe,snp}.efi on aarch64, all copied to the top of $out):
+  # the host's own, else cross-compiled; with `ipxe.embedChain`, built with
+  # the chain script to this server embedded (../packages/ipxe-chain.nix).
+  hostArch = if pkgs.stdenv.hostPlatform.isAarch64 then "arm64" else "x86_64";
+  ipxeFor = arch:
+    let
+      set =
+        if arch == hostArch then pkgs
+        else if arch == "arm64" then pkgs.pkgsCross.aarch64-multiplatform
+        else pkgs.pkgsCross.gnu64;
+    in
+    if cfg.ipxe.embedChain
+    then set.callPackage ../packages/ipxe-chain.nix { serverUrl = bootBase; }
+    else set.ipxe;
+  # iPXE is served for the architectures that have a netboot image (the
+  # host's own when `netboot` is not used).
+  servesArch = arch: if netbootImages == { } then arch == hostArch else netbootImages ? ${arch};
+  ipxeDefault = arch: file: if servesArch arch then "${ipxeFor arch}/${file}" else null;
+  # The boot URL base an embedded chain script uses.
+  bootBase =
+    if cfg.publicUrl != null then cfg.publicUrl
+    else "http://${toString cfg.dhcp.serverAddress}:${toString cfg.port}";
 
   # A directory outside the store (`artifacts = "/srv/landfall/artifacts"`)
   # exists only on the server, and the server refuses a missing one: the
@@ -81,6 +116,12 @@ let
 
   # The built-in DHCP or TFTP runs: UDP 67/4011 and 69 are below 1024.
   netbootOn = cfg.dhcp.mode != "off" || cfg.dhcp.tftp == true;
+  # The UDP ports that listen: TFTP (69) when it runs, DHCP (67) in both modes,
+  # the PXE boot server port (4011) of proxyDHCP (server/src/netboot/dhcp.rs).
+  tftpOn = if cfg.dhcp.tftp == null then cfg.dhcp.mode != "off" else cfg.dhcp.tftp;
+  netbootPorts = lib.optional tftpOn 69
+    ++ lib.optional (cfg.dhcp.mode != "off") 67
+    ++ lib.optional (cfg.dhcp.mode == "proxy") 4011;
   bindLow = cfg.port < 1024 || netbootOn;
 
   rendered = renderToml renderArgs;
@@ -387,28 +428,39 @@ in
       '';
     };
 
-    netboot = mkOption {
-      type = types.nullOr types.package;
-      default = null;
-      defaultText = lib.literalExpression "landfall.packages.\${system}.netboot (flake module)";
-      description = ''
-        The netboot image directory (iso-module/netboot.nix,
-        `system.build.landfallNetboot`): vmlinuz, initrd, netboot.ipxe, cmdline.
-        It is the default `artifacts`. Its `cmdline` file (`init=` of the image's
-        system and its kernel parameters) is read by the server from the artifacts
-        directory, so `init=` always belongs to the kernel and initrd served.
-      '';
+    netboot = {
+      x86_64 = mkOption {
+        type = types.nullOr types.package;
+        default = null;
+        defaultText = lib.literalMD "`landfall.packages.x86_64-linux.netboot` (flake module) where this configuration can build it";
+        description = ''
+          The x86_64 netboot image directory (iso-module/netboot.nix,
+          `system.build.landfallNetboot`: vmlinuz, initrd, netboot.ipxe, cmdline),
+          served as ARTIFACTS/x86_64 to machines whose iPXE says `''${buildarch}`
+          `x86_64` or `i386` (BIOS undionly.kpxe). Its `cmdline` file (`init=` of
+          the image's system and its kernel parameters) is read by the server
+          from that directory, so `init=` always belongs to the kernel and initrd
+          served.
+        '';
+      };
+      arm64 = mkOption {
+        type = types.nullOr types.package;
+        default = null;
+        defaultText = lib.literalMD "`landfall.packages.aarch64-linux.netboot` (flake module) where this configuration can build it";
+        description = "The arm64 netboot image directory, served as ARTIFACTS/arm64 (`\${buildarch}` `arm64`).";
+      };
     };
 
     artifacts = mkOption {
       type = types.nullOr types.path;
-      default = cfg.netboot;
-      defaultText = lib.literalExpression "config.services.landfall.netboot";
+      default = netbootArtifacts;
+      defaultText = lib.literalMD "a directory with `x86_64` and `arm64` linked to `netboot.x86_64` and `netboot.arm64` (those not null)";
       description = ''
-        Directory the server serves as /artifacts/ (`server.artifacts`); must hold
-        `vmlinuz` and `initrd`, and `cmdline` for a NixOS netboot image (its `init=`):
-        the server puts ARTIFACTS/cmdline on the install kernel line, so kernel,
-        initrd and `init=` all come from this one directory.
+        Directory the server serves as /artifacts/ (`server.artifacts`): per
+        architecture (`x86_64/`, `arm64/`, each with `vmlinuz`, `initrd` and, for
+        a NixOS netboot image, `cmdline` with its `init=`), or flat for one
+        architecture. The server puts the image's `cmdline` on the install kernel
+        line, so kernel, initrd and `init=` all come from one directory.
       '';
     };
 
@@ -574,28 +626,44 @@ in
         type = types.bool;
         default = netbootOn;
         defaultText = lib.literalExpression "DHCP or TFTP on";
-        description = "Open UDP 67, 69 and 4011 on `interface` (all interfaces when it is null).";
+        description = "Open the UDP ports that listen on `interface` (all interfaces when it is null): 69 with TFTP, 67 with DHCP, 4011 with proxyDHCP.";
       };
     };
 
     ipxe = {
+      embedChain = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Build the iPXE binaries below with the server's chain script embedded
+          (nixpkgs' `ipxe` `embedScript`; ../packages/ipxe-chain.nix): `dhcp`, then
+          `chain` to `publicUrl` (else `http://dhcp.serverAddress:port`)/boot.ipxe.
+          Such an iPXE goes straight to this server under any DHCP server, and on
+          a USB stick (`ipxe.usb`) too. Off: nixpkgs' binaries from the cache,
+          which reach the server through DHCP (`dhcp.mode` or `landfall dhcp-config`).
+        '';
+      };
       bios = mkOption {
         type = types.nullOr types.path;
-        default = "${pkgs.ipxe}/undionly.kpxe";
-        defaultText = lib.literalExpression "\"\${pkgs.ipxe}/undionly.kpxe\"";
+        default = ipxeDefault "x86_64" "undionly.kpxe";
+        defaultText = lib.literalMD "`\${pkgs.ipxe}/undionly.kpxe` when x86_64 is served (`pkgs.pkgsCross.gnu64.ipxe` on aarch64)";
         description = "iPXE for BIOS PXE clients (arch 0).";
       };
       efiX86_64 = mkOption {
         type = types.nullOr types.path;
-        default = "${pkgs.ipxe}/ipxe.efi";
-        defaultText = lib.literalExpression "\"\${pkgs.ipxe}/ipxe.efi\"";
+        default = ipxeDefault "x86_64" "ipxe.efi";
+        defaultText = lib.literalMD "`\${pkgs.ipxe}/ipxe.efi` when x86_64 is served (`pkgs.pkgsCross.gnu64.ipxe` on aarch64)";
         description = "iPXE for x86-64 UEFI PXE (arch 7, 9) and HTTP Boot (arch 16) clients.";
       };
       efiArm64 = mkOption {
         type = types.nullOr types.path;
-        default = null;
-        example = lib.literalExpression "\"\${pkgs.pkgsCross.aarch64-multiplatform.ipxe}/snp.efi\"";
-        description = "iPXE for arm64 UEFI PXE (arch 11) and HTTP Boot (arch 19) clients.";
+        default = ipxeDefault "arm64" "snp.efi";
+        defaultText = lib.literalMD "`\${pkgs.pkgsCross.aarch64-multiplatform.ipxe}/snp.efi` when arm64 is served (`pkgs.ipxe` on aarch64)";
+        description = ''
+          iPXE for arm64 UEFI PXE (arch 11) and HTTP Boot (arch 19) clients. `snp.efi`
+          drives the NIC through the firmware's SNP, as few arm64 NICs have an iPXE
+          driver of their own.
+        '';
       };
     };
 
@@ -697,6 +765,10 @@ in
         message = "services.landfall.dhcp.mode = \"full\" needs services.landfall.dhcp.pool.";
       }
       {
+        assertion = !cfg.ipxe.embedChain || cfg.publicUrl != null || cfg.dhcp.serverAddress != null;
+        message = "services.landfall.ipxe.embedChain needs services.landfall.publicUrl (or dhcp.serverAddress): the URL the embedded script chains to.";
+      }
+      {
         assertion = cfg.enroll.unknown != "install" || cfg.enroll.role != null;
         message = "services.landfall.enroll.unknown = \"install\" needs services.landfall.enroll.role.";
       }
@@ -739,10 +811,10 @@ in
     environment.systemPackages = [ cfg.package ];
 
     networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall ([ cfg.port ] ++ lib.optional (cfg.tls.port != null) cfg.tls.port);
-    # DHCP (67), TFTP (69), the PXE boot server port of proxyDHCP (4011).
-    networking.firewall.allowedUDPPorts = mkIf (cfg.dhcp.openFirewall && cfg.dhcp.interface == null) [ 67 69 4011 ];
+    # DHCP (67), TFTP (69), the PXE boot server port of proxyDHCP (4011): those that listen.
+    networking.firewall.allowedUDPPorts = mkIf (cfg.dhcp.openFirewall && cfg.dhcp.interface == null) netbootPorts;
     networking.firewall.interfaces = mkIf (cfg.dhcp.openFirewall && cfg.dhcp.interface != null) {
-      ${cfg.dhcp.interface}.allowedUDPPorts = [ 67 69 4011 ];
+      ${cfg.dhcp.interface}.allowedUDPPorts = netbootPorts;
     };
 
     # A data directory outside /var/lib is not a StateDirectory: create it.

@@ -1,7 +1,7 @@
 # checks.x86_64-linux.netboot-install: a machine with an empty disk PXE-boots the
 # flake's netboot image through the server module and reaches `installed`.
 #
-#   server  services.landfall (nixosModules.server, artifacts = packages.netboot)
+#   server  services.landfall (nixosModules.server: artifacts/x86_64 = packages.x86_64-linux.netboot)
 #           + dnsmasq handing iPXE clients http://SERVER:8080/boot.ipxe
 #           (the operator guide's `dhcp-match=set:ipxe,175` setup)
 #   client  a bare QEMU machine started with create_machine, as nixpkgs'
@@ -89,8 +89,8 @@ in
         # init= is the served image's own, once (from ARTIFACTS/cmdline, not kernel_args).
         t.assertIn("init=${self.packages.${pkgs.stdenv.hostPlatform.system}.netboot.toplevel}/init", script)
         t.assertEqual(script.count("init=/nix/store/"), 1, script)
-        server.succeed("curl -sfI http://127.0.0.1:8080/artifacts/vmlinuz")
-        server.succeed("curl -sfI http://127.0.0.1:8080/artifacts/initrd")
+        server.succeed("curl -sfI http://127.0.0.1:8080/artifacts/x86_64/vmlinuz")
+        server.succeed("curl -sfI http://127.0.0.1:8080/artifacts/x86_64/initrd")
 
     disk = os.path.join(os.environ["NIX_BUILD_TOP"], "empty-disk.qcow2")
     subprocess.run(["${pkgs.qemu_test}/bin/qemu-img", "create", "-f", "qcow2", disk, "8G"], check=True)

@@ -258,6 +258,64 @@ async fn bad_config_is_refused_at_start_with_the_field_named() {
     );
 }
 
+/// A missing iPXE binary (or a directory where one should be) is refused when
+/// `landfall serve` starts, with the key, the path and the fix, and nothing is
+/// served (issue 13); the same config with the binary in place starts.
+#[tokio::test]
+async fn missing_ipxe_binary_is_refused_at_start_with_the_path_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("landfall.toml");
+    let c = cfg.to_str().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let missing = dir.path().join("ipxe/undionly.kpxe");
+    std::fs::create_dir(dir.path().join("ipxe")).unwrap();
+    let serve = [
+        "serve",
+        "--config",
+        c,
+        "--data",
+        d,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    for (key, path) in [
+        ("ipxe_bios", missing.display().to_string()),
+        // A directory is not a binary either.
+        (
+            "ipxe_efi_x86_64",
+            dir.path().join("ipxe").display().to_string(),
+        ),
+    ] {
+        std::fs::write(
+            &cfg,
+            format!("[netboot]\ntftp = true\ntftp_port = 0\n{key} = \"{path}\"\n"),
+        )
+        .unwrap();
+        let (code, out, err) = run(&serve).await;
+        assert_eq!(code, 1, "{key} = {path} was accepted: {out}{err}");
+        assert!(
+            err.contains(&format!("netboot.{key}: {path} is not a file"))
+                && err.contains("Debian's `ipxe` package")
+                && err.contains("nixpkgs' `ipxe`"),
+            "{err}"
+        );
+        assert!(!out.contains("TFTP serving") && !err.contains("TFTP serving"));
+    }
+    // The binary in place: the same config starts (and is only checked here).
+    std::fs::write(&missing, b"ipxe").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[netboot]\ntftp = true\nipxe_bios = \"{}\"\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(&["serve", "--config", c, "--check-config"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 /// `serve --check-config` refuses what the agent would refuse later: a layout
 /// from disko-layouts/broken/ (read with the agent's parser, the field's path in
 /// the message), a `disks` key the layout does not have, and a configured

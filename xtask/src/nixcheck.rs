@@ -7,7 +7,9 @@
 //! 3. `deadnix --fail` and `nixpkgs-fmt --check` on every tracked `.nix` file;
 //! 4. landfall.toml rendered by the server module's renderer
 //!    (`nix/lib/landfall-toml.nix`) from `nix/tests/sample-fleet.nix` is accepted by
-//!    `landfall serve --check-config`, and `nix/tests/broken-fleet.nix` is refused.
+//!    `landfall serve --check-config`, and `nix/tests/broken-fleet.nix` is refused;
+//! 5. the chain script the flake embeds in iPXE (`nix/lib/chain-ipxe.nix`) is the
+//!    server's own `GET /chain.ipxe` (`landfall::boot::chain_script`).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -129,8 +131,32 @@ pub fn run() -> Result<()> {
         );
     }
 
+    // 5. The embedded chain script is the server's.
+    let out = nix.instantiate(
+        &root,
+        &[
+            "--eval",
+            "--strict",
+            "--json",
+            "--expr",
+            "import ./nix/lib/chain-ipxe.nix \"http://10.0.0.1:8080/\"",
+        ],
+    )?;
+    if !out.status.success() {
+        bail!("evaluating nix/lib/chain-ipxe.nix:\n{}", stderr_text(&out));
+    }
+    let nix_script: String = serde_json::from_slice(&out.stdout)
+        .context("nix/lib/chain-ipxe.nix did not evaluate to a string")?;
+    let server_script = landfall::boot::chain_script("http://10.0.0.1:8080");
+    if nix_script != server_script {
+        bail!(
+            "nix/lib/chain-ipxe.nix renders\n{nix_script}\nbut the server's GET /chain.ipxe \
+             (server/src/boot.rs chain_script) is\n{server_script}\nmake them the same"
+        );
+    }
+
     eprintln!(
-        "xtask: nixcheck: ok ({} parsed, {} evaluated, rendered fleet accepted, broken fleet refused) in {:.1}s",
+        "xtask: nixcheck: ok ({} parsed, {} evaluated, rendered fleet accepted, broken fleet refused, chain script matches) in {:.1}s",
         files.len(),
         evaluated.len(),
         started.elapsed().as_secs_f64()

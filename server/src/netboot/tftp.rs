@@ -6,12 +6,18 @@
 //! Sessions are bounded (a maximum count, a retransmit limit and a timeout
 //! per block); malformed packets are dropped and counted; every refusal is
 //! counted and logged, and the server keeps serving.
+//!
+//! The listener is a task on the runtime; each transfer is a blocking loop
+//! on a pooled thread (`spawn_blocking`), one `send` and one `recv` per
+//! block, the ACK wait being the socket's receive timeout: no reactor round
+//! trip and no timer per block, which is what makes it as fast as dnsmasq's
+//! single-threaded TFTP (`./x bench netboot`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::net::UdpSocket;
@@ -93,7 +99,7 @@ pub type Files = BTreeMap<String, Arc<[u8]>>;
 /// A running TFTP server.
 pub struct TftpServer {
     addr: SocketAddr,
-    stats: Arc<TftpStats>,
+    shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -105,13 +111,19 @@ impl TftpServer {
             .await
             .with_context(|| format!("TFTP: binding UDP {listen}"))?;
         let addr = sock.local_addr()?;
-        let stats = Arc::new(TftpStats::default());
+        let shared = Arc::new(Shared::default());
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(serve(sock, Arc::new(files), limits, stats.clone(), stopped));
+        let task = tokio::spawn(serve(
+            sock,
+            Arc::new(files),
+            limits,
+            shared.clone(),
+            stopped,
+        ));
         tracing::info!("TFTP serving the iPXE binaries on udp {addr}");
         Ok(Self {
             addr,
-            stats,
+            shared,
             stop,
             task,
         })
@@ -122,13 +134,20 @@ impl TftpServer {
     }
 
     pub fn stats(&self) -> Arc<TftpStats> {
-        self.stats.clone()
+        self.shared.stats.clone()
     }
 
-    /// Stop listening and end the running transfers.
+    /// Stop listening and end the running transfers (each sees the stop
+    /// within [`STOP_POLL`]).
     pub async fn shutdown(self) {
+        self.shared.stopping.store(true, Ordering::Release);
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        let end = tokio::time::Instant::now() + 2 * STOP_POLL + Duration::from_secs(1);
+        while self.shared.sessions.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < end
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -253,14 +272,22 @@ fn error_packet(code: u16, msg: &str) -> Vec<u8> {
     p
 }
 
+/// How often a transfer waiting for an ACK looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
 async fn serve(
     sock: UdpSocket,
     files: Arc<Files>,
     limits: Limits,
-    stats: Arc<TftpStats>,
+    shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let sessions = Arc::new(AtomicUsize::new(0));
+    // Transfers reply from this address (the wildcard: the route decides).
+    let local_ip = sock
+        .local_addr()
+        .map(|a| a.ip())
+        .unwrap_or(Ipv4Addr::UNSPECIFIED.into());
+    let stats = &shared.stats;
     let mut buf = vec![0u8; 2048];
     loop {
         let (len, peer) = tokio::select! {
@@ -315,7 +342,7 @@ async fn serve(
                 .await;
             continue;
         }
-        if sessions.load(Ordering::Relaxed) >= limits.max_sessions {
+        let Some(session) = Session::claim(&shared, limits.max_sessions) else {
             bump(&stats.busy);
             tracing::warn!(
                 "TFTP: {peer} asked for {name} while {} transfers run; refused as busy",
@@ -323,51 +350,182 @@ async fn serve(
             );
             let _ = sock.send_to(&error_packet(0, "server busy"), peer).await;
             continue;
-        }
-        bump(&stats.requests);
-        // The transfer runs from its own port (its TID), bound on the
-        // listening address so replies leave from it.
-        let local = SocketAddr::new(sock.local_addr().map(|a| a.ip()).unwrap_or(peer.ip()), 0);
-        let tsock = match UdpSocket::bind(local).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("TFTP: binding a transfer port on {local}: {e}");
-                continue;
-            }
         };
-        if let Err(e) = tsock.connect(peer).await {
-            tracing::warn!("TFTP: connecting to {peer}: {e}");
-            continue;
-        }
-        sessions.fetch_add(1, Ordering::Relaxed);
-        let (sessions, stats, data, name) = (
-            sessions.clone(),
-            stats.clone(),
-            data.clone(),
-            name.to_owned(),
-        );
-        let neg = negotiate(&req.options, data.len());
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                r = transfer(&tsock, &data, &neg, limits, &stats) => match r {
-                    Ok(Done::Complete) => {
-                        bump(&stats.completed);
-                        tracing::info!(
-                            "TFTP: sent {name} ({} bytes, blksize {}) to {peer}",
-                            data.len(),
-                            neg.blksize
-                        );
-                    }
-                    Ok(Done::ClientEnded(why)) => {
-                        tracing::info!("TFTP: {peer} ended the transfer of {name}: {why}");
-                    }
-                    Err(e) => tracing::warn!("TFTP: sending {name} to {peer}: {e:#}"),
-                },
-                _ = stop.changed() => {}
+        bump(&stats.requests);
+        let t = Transfer {
+            peer,
+            name: name.to_owned(),
+            neg: negotiate(&req.options, data.len()),
+            data: data.clone(),
+            limits,
+            session,
+        };
+        // The first packet leaves from here, at once; the rest of the
+        // transfer is a plain blocking loop on a pooled thread: one send and
+        // one recv per block (the ACK wait is the socket's receive timeout),
+        // no reactor round trip and no timer per block.
+        match t.start(SocketAddr::new(local_ip, 0)) {
+            Ok(running) => {
+                tokio::task::spawn_blocking(move || running.run());
             }
-            sessions.fetch_sub(1, Ordering::Relaxed);
-        });
+            Err(e) => tracing::warn!("TFTP: starting the transfer of {name} to {peer}: {e:#}"),
+        }
+    }
+}
+
+/// State shared by the listener and its transfers.
+#[derive(Default)]
+struct Shared {
+    stats: Arc<TftpStats>,
+    /// Running transfers.
+    sessions: AtomicUsize,
+    /// Set at shutdown; transfers look at it while they wait.
+    stopping: AtomicBool,
+}
+
+/// One claimed transfer slot, given back on drop (a transfer that panics too).
+struct Session(Arc<Shared>);
+
+impl Session {
+    fn claim(shared: &Arc<Shared>, max: usize) -> Option<Self> {
+        shared
+            .sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(shared.clone()))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One read transfer.
+struct Transfer {
+    peer: SocketAddr,
+    name: String,
+    neg: Negotiated,
+    data: Arc<[u8]>,
+    limits: Limits,
+    session: Session,
+}
+
+/// A transfer whose first packet is sent, to be run to its end.
+struct Running {
+    t: Transfer,
+    sock: std::net::UdpSocket,
+    packet: Vec<u8>,
+}
+
+impl Transfer {
+    /// Packets of the transfer: the OACK when options were accepted, then
+    /// blocks 1..=n, the last one shorter than blksize (empty when the size
+    /// is a multiple of it).
+    fn packets(&self) -> usize {
+        usize::from(!self.neg.answered.is_empty()) + self.data.len() / self.neg.blksize + 1
+    }
+
+    /// Write packet `i` into `p`; the block number its ACK carries.
+    fn fill(&self, i: usize, p: &mut Vec<u8>) -> u16 {
+        p.clear();
+        let neg = &self.neg;
+        if !neg.answered.is_empty() && i == 0 {
+            p.extend_from_slice(&OACK.to_be_bytes());
+            for (k, v) in &neg.answered {
+                p.extend_from_slice(k.as_bytes());
+                p.push(0);
+                p.extend_from_slice(v.as_bytes());
+                p.push(0);
+            }
+            return 0;
+        }
+        let n = i + usize::from(neg.answered.is_empty()); // 1-based block
+        let len = self.data.len();
+        let chunk = &self.data[((n - 1) * neg.blksize).min(len)..(n * neg.blksize).min(len)];
+        let block = (n % 65536) as u16;
+        p.extend_from_slice(&DATA.to_be_bytes());
+        p.extend_from_slice(&block.to_be_bytes());
+        p.extend_from_slice(chunk);
+        self.session
+            .0
+            .stats
+            .bytes
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        block
+    }
+
+    /// The transfer's own port (its TID), connected to the client so that
+    /// only the client's packets reach it, and its first packet sent.
+    fn start(self, local: SocketAddr) -> Result<Running> {
+        let sock = std::net::UdpSocket::bind(local)
+            .with_context(|| format!("binding a transfer port on {local}"))?;
+        sock.connect(self.peer)
+            .with_context(|| format!("connecting to {}", self.peer))?;
+        let mut packet = Vec::with_capacity(4 + self.neg.blksize);
+        self.fill(0, &mut packet);
+        sock.send(&packet).context("sending")?;
+        Ok(Running {
+            t: self,
+            sock,
+            packet,
+        })
+    }
+}
+
+impl Running {
+    /// Run the transfer to its end and log how it ended (blocking).
+    fn run(mut self) {
+        let (peer, name) = (self.t.peer, self.t.name.clone());
+        let r = self.send_all();
+        let t = &self.t;
+        match r {
+            Ok(Done::Complete) => {
+                bump(&t.session.0.stats.completed);
+                tracing::info!(
+                    "TFTP: sent {name} ({} bytes, blksize {}) to {peer}",
+                    t.data.len(),
+                    t.neg.blksize
+                );
+            }
+            Ok(Done::ClientEnded(why)) => {
+                tracing::info!("TFTP: {peer} ended the transfer of {name}: {why}");
+            }
+            Ok(Done::Stopped) => {
+                tracing::debug!("TFTP: the transfer of {name} to {peer} ended by shutdown");
+            }
+            Err(e) => tracing::warn!("TFTP: sending {name} to {peer}: {e:#}"),
+        }
+    }
+
+    /// Each packet until it is acknowledged (the first one is sent already).
+    fn send_all(&mut self) -> Result<Done> {
+        let t = &self.t;
+        let mut w = AckWait {
+            sock: &self.sock,
+            timeout: t.neg.timeout.unwrap_or(t.limits.timeout),
+            max_sends: t.limits.max_sends,
+            shared: &t.session.0,
+            buf: [0u8; 1024],
+            shortened: false,
+        };
+        w.reset_wait()?;
+        for i in 0..t.packets() {
+            // Packet 0 went out with `start`; its block number is 0 (OACK)
+            // or 1.
+            let (block, sent) = if i == 0 {
+                (u16::from(t.neg.answered.is_empty()), true)
+            } else {
+                (t.fill(i, &mut self.packet), false)
+            };
+            if let Some(d) = w.send_until_acked(&self.packet, block, sent)? {
+                return Ok(d);
+            }
+        }
+        Ok(Done::Complete)
     }
 }
 
@@ -375,102 +533,101 @@ enum Done {
     Complete,
     /// The client sent an ERROR (e.g. after learning the size from the OACK).
     ClientEnded(String),
+    /// The server is shutting down.
+    Stopped,
 }
 
-/// Send `data` to the connected peer: the OACK when options were accepted,
-/// then each block until it is acknowledged.
-async fn transfer(
-    sock: &UdpSocket,
-    data: &[u8],
-    neg: &Negotiated,
-    limits: Limits,
-    stats: &TftpStats,
-) -> Result<Done> {
-    let timeout = neg.timeout.unwrap_or(limits.timeout);
-    let mut buf = vec![0u8; 1024];
-    let mut packet = Vec::with_capacity(4 + neg.blksize);
-    if !neg.answered.is_empty() {
-        packet.extend_from_slice(&OACK.to_be_bytes());
-        for (k, v) in &neg.answered {
-            packet.extend_from_slice(k.as_bytes());
-            packet.push(0);
-            packet.extend_from_slice(v.as_bytes());
-            packet.push(0);
-        }
-        if let Some(d) =
-            send_until_acked(sock, &packet, 0, timeout, limits, stats, &mut buf).await?
-        {
-            return Ok(d);
-        }
-    }
-    // Blocks 1..=n; the last one is shorter than blksize (empty when the
-    // size is a multiple of it).
-    let blocks = data.len() / neg.blksize + 1;
-    for i in 0..blocks {
-        let block = ((i + 1) % 65536) as u16;
-        let chunk =
-            &data[(i * neg.blksize).min(data.len())..((i + 1) * neg.blksize).min(data.len())];
-        packet.clear();
-        packet.extend_from_slice(&DATA.to_be_bytes());
-        packet.extend_from_slice(&block.to_be_bytes());
-        packet.extend_from_slice(chunk);
-        stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        if let Some(d) =
-            send_until_acked(sock, &packet, block, timeout, limits, stats, &mut buf).await?
-        {
-            return Ok(d);
-        }
-    }
-    Ok(Done::Complete)
-}
-
-/// Send `packet` and wait for ACK `block`, resending on timeout up to
-/// `max_sends` times. Duplicate (older) ACKs are ignored, never answered, so
-/// there is no Sorcerer's Apprentice. `Some` when the client ended it.
-async fn send_until_acked(
-    sock: &UdpSocket,
-    packet: &[u8],
-    block: u16,
+/// Sending a packet and waiting for its ACK on a transfer's socket.
+struct AckWait<'a> {
+    sock: &'a std::net::UdpSocket,
     timeout: Duration,
-    limits: Limits,
-    stats: &TftpStats,
-    buf: &mut [u8],
-) -> Result<Option<Done>> {
-    for send in 0..limits.max_sends {
-        if send > 0 {
-            bump(&stats.retransmits);
-        }
-        sock.send(packet).await.context("sending")?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let n = match tokio::time::timeout_at(deadline, sock.recv(buf)).await {
-                Err(_) => break, // resend
-                // ICMP port unreachable: the client is gone.
-                Ok(Err(e)) => return Err(e).context("receiving an ACK"),
-                Ok(Ok(n)) => n,
-            };
-            let p = &buf[..n];
-            if n >= 4 && u16::from_be_bytes([p[0], p[1]]) == ACK {
-                if u16::from_be_bytes([p[2], p[3]]) == block {
-                    return Ok(None);
-                }
-                continue; // an old ACK: wait on
-            }
-            if n >= 4 && u16::from_be_bytes([p[0], p[1]]) == ERROR {
-                let msg = String::from_utf8_lossy(&p[4..]);
-                return Ok(Some(Done::ClientEnded(
-                    msg.trim_end_matches('\0').escape_debug().to_string(),
-                )));
-            }
-            bump(&stats.malformed);
-            tracing::warn!("TFTP: malformed packet ({n} bytes) in a transfer dropped");
-        }
+    max_sends: u32,
+    shared: &'a Shared,
+    buf: [u8; 1024],
+    /// The receive timeout is a remainder of a wait, not a fresh one.
+    shortened: bool,
+}
+
+impl AckWait<'_> {
+    /// The receive timeout of a fresh wait: the ACK timeout, or less so
+    /// that the stop flag is seen soon.
+    fn reset_wait(&mut self) -> Result<()> {
+        self.shortened = false;
+        self.sock
+            .set_read_timeout(Some(self.timeout.min(STOP_POLL)))
+            .context("setting the receive timeout")
     }
-    bump(&stats.timeouts);
-    anyhow::bail!(
-        "no ACK for block {block} after {} sends {timeout:?} apart; transfer abandoned",
-        limits.max_sends
-    )
+
+    /// Send `packet` (unless `sent` already) and wait for ACK `block`,
+    /// resending on timeout up to `max_sends` sends in all. Duplicate (older) ACKs are ignored, never
+    /// answered, so there is no Sorcerer's Apprentice. `Some` when the
+    /// client or the server ended it.
+    fn send_until_acked(&mut self, packet: &[u8], block: u16, sent: bool) -> Result<Option<Done>> {
+        let stats = &self.shared.stats;
+        for send in 0..self.max_sends {
+            if send > 0 {
+                bump(&stats.retransmits);
+            }
+            if self.shortened {
+                self.reset_wait()?;
+            }
+            if send > 0 || !sent {
+                self.sock.send(packet).context("sending")?;
+            }
+            let deadline = Instant::now() + self.timeout;
+            loop {
+                let n = match self.sock.recv(&mut self.buf) {
+                    Ok(n) => n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock
+                                | std::io::ErrorKind::TimedOut
+                                | std::io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        if self.shared.stopping.load(Ordering::Acquire) {
+                            return Ok(Some(Done::Stopped));
+                        }
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break; // resend
+                        }
+                        if left < STOP_POLL {
+                            self.shortened = true;
+                            self.sock
+                                .set_read_timeout(Some(left))
+                                .context("setting the receive timeout")?;
+                        }
+                        continue;
+                    }
+                    // ICMP port unreachable: the client is gone.
+                    Err(e) => return Err(e).context("receiving an ACK"),
+                };
+                let p = &self.buf[..n];
+                if n >= 4 && u16::from_be_bytes([p[0], p[1]]) == ACK {
+                    if u16::from_be_bytes([p[2], p[3]]) == block {
+                        return Ok(None);
+                    }
+                    continue; // an old ACK: wait on
+                }
+                if n >= 4 && u16::from_be_bytes([p[0], p[1]]) == ERROR {
+                    let msg = String::from_utf8_lossy(&p[4..]);
+                    return Ok(Some(Done::ClientEnded(
+                        msg.trim_end_matches('\0').escape_debug().to_string(),
+                    )));
+                }
+                bump(&stats.malformed);
+                tracing::warn!("TFTP: malformed packet ({n} bytes) in a transfer dropped");
+            }
+        }
+        bump(&stats.timeouts);
+        anyhow::bail!(
+            "no ACK for block {block} after {} sends {:?} apart; transfer abandoned",
+            self.max_sends,
+            self.timeout
+        )
+    }
 }
 
 #[cfg(test)]
@@ -546,6 +703,39 @@ mod tests {
         ] {
             assert!(lookup(&files, bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn packets_are_the_oack_then_blocks_ending_short() {
+        let shared = Arc::new(Shared::default());
+        let transfer = |len: usize, options: &[(String, String)]| Transfer {
+            peer: "127.0.0.1:1".parse().unwrap(),
+            name: "x".into(),
+            neg: negotiate(options, len),
+            data: Arc::from(vec![7u8; len]),
+            limits: Limits::default(),
+            session: Session::claim(&shared, 8).unwrap(),
+        };
+        let mut p = Vec::new();
+        // 1024 bytes in 512-byte blocks: two full blocks and an empty one.
+        let t = transfer(1024, &[]);
+        assert_eq!(t.packets(), 3);
+        let sizes: Vec<(u16, usize)> = (0..3).map(|i| (t.fill(i, &mut p), p.len())).collect();
+        assert_eq!(sizes, [(1, 516), (2, 516), (3, 4)]);
+        assert_eq!(&p[..4], &[0, 3, 0, 3]);
+        // With options: the OACK (ACKed as block 0) first.
+        let t = transfer(1000, &[("blksize".into(), "600".into())]);
+        assert_eq!(t.packets(), 3);
+        assert_eq!(t.fill(0, &mut p), 0);
+        assert_eq!(p, b"\x00\x06blksize\x00600\x00");
+        assert_eq!((t.fill(1, &mut p), p.len()), (1, 604));
+        assert_eq!((t.fill(2, &mut p), p.len()), (2, 404));
+        assert_eq!(TftpStats::get(&shared.stats.bytes), 1024 + 1000);
+        // The slots: two claimed above, given back on drop.
+        assert_eq!(shared.sessions.load(Ordering::Acquire), 2);
+        drop(t);
+        assert_eq!(shared.sessions.load(Ordering::Acquire), 1);
+        assert!(Session::claim(&shared, 1).is_none(), "bounded");
     }
 
     #[test]
