@@ -422,7 +422,7 @@ fn show_failure(
         retry_runs,
         target_root: &opts.target_root,
         mounted: disks.map_or(0, |d| d.mounts.len()),
-        luks_open: disks.map_or(0, |d| d.luks.len()),
+        luks_open: disks.map_or(0, |d| d.luks_open()),
     };
     cx.reporter().console().set_detail(failure.lines());
 }
@@ -532,7 +532,7 @@ async fn finish_step(
         write_verify(&env.cfg, &env.opts, hello)?;
         summary.push_str("verify.json refreshed; ");
     }
-    let (mounts, luks) = (applied.mounts.len(), applied.luks.len());
+    let (mounts, luks) = (applied.mounts.len(), applied.luks_open());
     tokio::task::spawn_blocking(nix::unistd::sync)
         .await
         .context("the sync task panicked")?;

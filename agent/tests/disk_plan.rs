@@ -450,7 +450,7 @@ fn gpt_in_image_files_matches_sgdisk_running_diskos_commands() {
             assert!(d.contains("label: gpt"), "{d}");
 
             // disko's own _create (lib/types/gpt.nix): one sgdisk call per partition.
-            for (i, part) in disk.partitions.iter().enumerate() {
+            for (i, part) in disk.partitions().iter().enumerate() {
                 let n = i + 1;
                 let start = match part.start {
                     Bound::Default => "0".to_owned(),

@@ -1,5 +1,5 @@
-# expect: disko.devices.disk.main.content.partitions.pv.content.type
-# expect: "lvm_pv" is not supported yet
+# expect: disko.devices.disk.main.content.partitions.pv.content.vg
+# expect: "pool" names no volume group of the layout (it has none): add disko.devices.lvm_vg.pool
 {
   disko.devices = {
     disk.main = {
@@ -15,6 +15,5 @@
         };
       };
     };
-
   };
 }

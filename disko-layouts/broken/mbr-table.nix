@@ -1,5 +1,5 @@
-# expect: disko.devices.disk.main.content.type
-# expect: "table" (MBR) tables are not supported yet
+# expect: disko.devices.disk.main.content.partitions.1.part-type
+# expect: "logical" partitions are not made by landfall
 {
   disko.devices = {
     disk.main = {
@@ -8,9 +8,19 @@
       content = {
         type = "table";
         format = "msdos";
-        partitions = [ ];
+        partitions = [
+          {
+            start = "1MiB";
+            end = "50%";
+            content = { type = "filesystem"; format = "ext4"; mountpoint = "/"; };
+          }
+          {
+            part-type = "logical";
+            start = "50%";
+            end = "100%";
+          }
+        ];
       };
     };
-
   };
 }

@@ -1,5 +1,5 @@
-# expect: disko.devices.mdadm
-# expect: `mdadm` is not supported yet
+# expect: disko.devices.mdadm.raid3.level
+# expect: 3 is not a RAID level mdadm creates (known: 0, 1, 4, 5, 6, 10)
 {
   disko.devices = {
     disk.main = {
@@ -8,13 +8,17 @@
       content = {
         type = "gpt";
         partitions = {
-          root = {
+          md = {
             size = "100%";
-            content = { type = "filesystem"; format = "ext4"; mountpoint = "/"; };
+            content = { type = "mdraid"; name = "raid3"; };
           };
         };
       };
     };
-    mdadm.raid1 = { type = "mdadm"; level = 1; content = { type = "gpt"; partitions = { }; }; };
+    mdadm.raid3 = {
+      type = "mdadm";
+      level = 3;
+      content = { type = "filesystem"; format = "ext4"; mountpoint = "/"; };
+    };
   };
 }

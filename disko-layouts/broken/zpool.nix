@@ -1,5 +1,5 @@
-# expect: disko.devices.zpool
-# expect: `zpool` is not supported yet
+# expect: disko.devices.zpool.tank.mode.topology.vdev.0.members.0
+# expect: "data9" names no member of pool "tank"
 {
   disko.devices = {
     disk.main = {
@@ -8,13 +8,20 @@
       content = {
         type = "gpt";
         partitions = {
-          root = {
+          zfs = {
             size = "100%";
-            content = { type = "filesystem"; format = "ext4"; mountpoint = "/"; };
+            content = { type = "zfs"; pool = "tank"; };
           };
         };
       };
     };
-    zpool.tank = { type = "zpool"; rootFsOptions.compression = "zstd"; };
+    zpool.tank = {
+      type = "zpool";
+      mode.topology = {
+        type = "topology";
+        vdev = [{ members = [ "data9" ]; }];
+      };
+      rootFsOptions.compression = "zstd";
+    };
   };
 }

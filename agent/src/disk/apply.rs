@@ -1,9 +1,11 @@
 //! `apply()`: execute a [`Plan`]. Safety first (every target probed and
 //! checked before anything is written), then each disk's operations — disks
-//! in parallel — then the mounts in order, then the read-back (what the disks hold
-//! now, compared with the plan).
-//! On failure: unmount, close LUKS, wipe the new tables so a half-made disk
-//! never boots, and say which operation failed and why.
+//! in parallel — then the volumes (md arrays, volume groups, pools, bcachefs)
+//! wave by wave, the volumes of a wave in parallel, then the mounts in
+//! order, then the read-back (what the disks hold now, compared with the plan).
+//! On failure: unmount, close LUKS, deactivate volume groups, stop md arrays,
+//! export pools, wipe the new tables so a half-made disk never boots, and
+//! say which operation failed and why.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,11 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
-use super::guards::{LuksGuard, MountGuard};
+use super::guards::{Holder, HolderKind, MountGuard};
 use super::journal::{Done, Journal};
 use super::layout::KeySource;
 use super::nixos::NixosConfig;
-use super::plan::{DiskPlan, Mount, Op, Plan};
+use super::plan::{DiskPlan, Mount, Op, Plan, Target};
 use super::safety::{self, Refusal};
 use crate::cmd::Cmd;
 use crate::retry::{Attempt, Retry};
@@ -175,14 +177,16 @@ impl Default for ApplyOptions {
 }
 
 /// What the disk step leaves for the next steps: the mounts (kept mounted
-/// until `close()`), the open LUKS mappings, the NixOS configuration and
-/// what was read back.
+/// until `close()`), what holds the devices below them (LUKS mappings, md
+/// arrays, volume groups, pools), the NixOS configuration and what was read
+/// back.
 #[derive(Debug)]
 pub struct Applied {
-    /// The installer paths the layout took LUKS keys from ([`Plan::key_paths`]).
+    /// The installer paths the layout took keys from ([`Plan::key_paths`]).
     pub key_paths: std::collections::BTreeSet<String>,
     pub mounts: Vec<MountGuard>,
-    pub luks: Vec<LuksGuard>,
+    /// In the order they were set up; closed in reverse.
+    pub holders: Vec<Holder>,
     pub nixos: NixosConfig,
     pub read_back: ReadBack,
     /// Layout disk -> device written (by-id when known).
@@ -195,41 +199,50 @@ impl Applied {
         std::mem::take(&mut self.mounts)
             .into_iter()
             .for_each(MountGuard::leak);
-        std::mem::take(&mut self.luks)
+        std::mem::take(&mut self.holders)
             .into_iter()
-            .for_each(LuksGuard::leak);
+            .for_each(Holder::leak);
     }
 
-    /// Unmount (children first) and close LUKS.
+    /// The LUKS mappings still open.
+    pub fn luks_open(&self) -> usize {
+        self.holders
+            .iter()
+            .filter(|h| h.kind() == HolderKind::Luks)
+            .count()
+    }
+
+    /// Unmount (children first), then close what holds the devices.
     pub async fn close(mut self) -> Result<()> {
         self.try_close().await
     }
 
-    /// Unmount (children first) and close LUKS, stopping at the first
-    /// failure: what is still mounted or open stays held here, so the caller
-    /// can try again (a technician's shell left in /mnt) or drop it.
+    /// Unmount (children first) and close the holders (last set up, first
+    /// closed), stopping at the first failure: what is still mounted or
+    /// open stays held here, so the caller can try again (a technician's
+    /// shell left in /mnt) or drop it.
     pub async fn try_close(&mut self) -> Result<()> {
         while let Some(m) = self.mounts.last_mut() {
             m.try_close().await?;
             self.mounts.pop();
         }
-        while let Some(l) = self.luks.last_mut() {
-            l.try_close().await?;
-            self.luks.pop();
+        while let Some(h) = self.holders.last_mut() {
+            h.try_close().await?;
+            self.holders.pop();
         }
         Ok(())
     }
 }
 
 /// Best effort on error paths and panics: children unmounted before parents,
-/// then LUKS closed (each guard's own `Drop` does the work).
+/// then the holders closed in reverse (each guard's own `Drop` does the work).
 impl Drop for Applied {
     fn drop(&mut self) {
         while let Some(m) = self.mounts.pop() {
             drop(m);
         }
-        while let Some(l) = self.luks.pop() {
-            drop(l);
+        while let Some(h) = self.holders.pop() {
+            drop(h);
         }
     }
 }
@@ -238,6 +251,9 @@ impl Drop for Applied {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReadBack {
     pub partitions: Vec<ReadBackPart>,
+    /// Every device the plan made a signature on, with what blkid finds there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<ReadBackPart>,
     /// Targets found mounted, in order.
     pub mounted: Vec<String>,
 }
@@ -286,6 +302,26 @@ pub fn is_refusal(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Refusal>().is_some()
 }
 
+/// One disk or volume and its operations, run in order by one task.
+#[derive(Clone)]
+struct Unit {
+    name: String,
+    /// The disk's plan (table, target) for a disk; `None` for a volume.
+    disk: Option<DiskPlan>,
+    ops: Vec<Op>,
+    /// Index of its first operation in the plan's printed order, minus one.
+    base: usize,
+}
+
+/// What one unit leaves: holders, whether it wrote a table, the tables it
+/// made on volumes (for the read-back), and how it ended.
+#[derive(Default)]
+struct UnitOut {
+    holders: Vec<Holder>,
+    wrote: bool,
+    nested: Vec<DiskPlan>,
+}
+
 /// Run the plan. See the module documentation.
 pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
     if plan.needs_tpm2() {
@@ -309,42 +345,76 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
         f: opts.progress.clone(),
         total: plan.op_count(),
     });
+    let ctx = Arc::new(Ctx {
+        progress: progress.clone(),
+        keys: opts.keys.clone(),
+        open_luks: opts.open_luks,
+        luks_format_args: opts.luks_format_args.clone(),
+        journal: opts.journal.clone(),
+        plan: Arc::new(plan.clone()),
+        state_dir: opts.state_dir.clone(),
+        root: opts.root.clone(),
+    });
 
-    // Each disk's operations, disks in parallel.
-    let mut set = tokio::task::JoinSet::new();
+    // Stage 0: each disk's operations, disks in parallel; then the volumes,
+    // wave by wave, the volumes of a wave in parallel.
+    let mut stages: Vec<Vec<Unit>> = vec![Vec::new()];
     let mut base = 0;
     for d in &plan.disks {
-        let d = d.clone();
-        let ctx = DiskCtx {
+        stages[0].push(Unit {
+            name: d.name.clone(),
+            disk: Some(d.clone()),
+            ops: d.ops.clone(),
             base,
-            progress: progress.clone(),
-            keys: opts.keys.clone(),
-            open_luks: opts.open_luks,
-            luks_format_args: opts.luks_format_args.clone(),
-            journal: opts.journal.clone(),
-            plan: Arc::new(plan.clone()),
-            state_dir: opts.state_dir.clone(),
-        };
-        base += d.ops.len();
-        set.spawn(async move {
-            let mut luks = Vec::new();
-            let mut wrote = false;
-            let r = run_disk(&d, &ctx, &mut luks, &mut wrote).await;
-            (d.name.clone(), d.target.device.clone(), r, luks, wrote)
         });
+        base += d.ops.len();
     }
-    let mut luks: Vec<LuksGuard> = Vec::new();
-    let mut written: Vec<String> = Vec::new();
-    let mut failure: Option<anyhow::Error> = None;
-    while let Some(joined) = set.join_next().await {
-        let (_name, device, r, l, wrote) =
-            joined.map_err(|e| anyhow!("a disk task panicked: {e}"))?;
-        luks.extend(l);
-        if wrote {
-            written.push(device);
+    for v in &plan.volumes {
+        while stages.len() <= v.wave {
+            stages.push(Vec::new());
         }
-        if let Err(e) = r {
-            failure.get_or_insert(e);
+        stages[v.wave].push(Unit {
+            name: v.label.clone(),
+            disk: None,
+            ops: v.ops.clone(),
+            base,
+        });
+        base += v.ops.len();
+    }
+    let mut holders: Vec<Holder> = Vec::new();
+    let mut written: Vec<String> = Vec::new();
+    let mut nested: Vec<DiskPlan> = Vec::new();
+    let mut failure: Option<anyhow::Error> = None;
+    for stage in stages {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, unit) in stage.into_iter().enumerate() {
+            let ctx = ctx.clone();
+            set.spawn(async move {
+                let mut out = UnitOut::default();
+                let r = run_unit(&unit, &ctx, &mut out).await;
+                (i, unit, r, out)
+            });
+        }
+        let mut done = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            done.push(joined.map_err(|e| anyhow!("a disk task panicked: {e}"))?);
+        }
+        // In plan order, so that holders close in a stable order.
+        done.sort_by_key(|(i, ..)| *i);
+        for (_, unit, r, out) in done {
+            holders.extend(out.holders);
+            nested.extend(out.nested);
+            if out.wrote {
+                if let Some(d) = &unit.disk {
+                    written.push(d.target.device.clone());
+                }
+            }
+            if let Err(e) = r {
+                failure.get_or_insert(e);
+            }
+        }
+        if failure.is_some() {
+            break;
         }
     }
     let mut mounts: Vec<MountGuard> = Vec::new();
@@ -354,7 +424,7 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
         }
     }
     let read_back = if failure.is_none() {
-        match read_back(plan, &mounts).await {
+        match read_back(plan, &nested, &mounts, opts).await {
             Ok(v) => Some(v),
             Err(e) => {
                 failure = Some(e.context("reading the disks back failed"));
@@ -365,7 +435,7 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
         None
     };
     if let Some(e) = failure {
-        cleanup(mounts, luks, &written).await;
+        cleanup(mounts, holders, &written).await;
         if let Some(j) = &opts.journal {
             // The new tables were wiped: nothing of this attempt is left to
             // resume; a retry starts the disk step over on the same disks.
@@ -373,14 +443,19 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
                 .with_context(|| format!("resetting the disk journal {}", j.path.display()))?;
         }
         return Err(e.context(format!(
-            "applying the layout failed; unmounted, closed LUKS and wiped the new partition tables of {}",
-            if written.is_empty() { "no disk".to_owned() } else { written.join(", ") }
+            "applying the layout failed; unmounted, closed LUKS, deactivated volume groups, \
+             stopped md arrays and wiped the new partition tables of {}",
+            if written.is_empty() {
+                "no disk".to_owned()
+            } else {
+                written.join(", ")
+            }
         )));
     }
     Ok(Applied {
         key_paths: plan.key_paths(),
         mounts,
-        luks,
+        holders,
         nixos: plan.nixos.clone(),
         read_back: read_back.unwrap_or_default(),
         disks: plan
@@ -399,14 +474,14 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
     })
 }
 
-async fn cleanup(mut mounts: Vec<MountGuard>, mut luks: Vec<LuksGuard>, written: &[String]) {
+async fn cleanup(mut mounts: Vec<MountGuard>, mut holders: Vec<Holder>, written: &[String]) {
     while let Some(m) = mounts.pop() {
         if let Err(e) = m.close().await {
             tracing::warn!("cleanup: {e:#}");
         }
     }
-    while let Some(l) = luks.pop() {
-        if let Err(e) = l.close().await {
+    while let Some(h) = holders.pop() {
+        if let Err(e) = h.close().await {
             tracing::warn!("cleanup: {e:#}");
         }
     }
@@ -417,8 +492,7 @@ async fn cleanup(mut mounts: Vec<MountGuard>, mut luks: Vec<LuksGuard>, written:
     }
 }
 
-struct DiskCtx {
-    base: usize,
+struct Ctx {
     progress: Arc<OpProgress>,
     keys: Arc<dyn KeyProvider>,
     open_luks: bool,
@@ -426,28 +500,28 @@ struct DiskCtx {
     journal: Option<JournalFile>,
     plan: Arc<Plan>,
     state_dir: PathBuf,
+    root: PathBuf,
 }
 
-async fn run_disk(
-    d: &DiskPlan,
-    ctx: &DiskCtx,
-    luks: &mut Vec<LuksGuard>,
-    wrote: &mut bool,
-) -> Result<()> {
-    for (i, op) in d.ops.iter().enumerate() {
-        let index = ctx.base + i + 1;
+/// Whether an operation needs a device-mapper device (skipped with
+/// `open_luks = false`): it is on /dev/mapper, or opens one.
+fn on_mapper(op: &Op) -> bool {
+    match op {
+        Op::LuksOpen { .. } | Op::LuksAddKey { .. } => true,
+        Op::Tpm2Enroll { .. } | Op::LuksFormat { .. } | Op::Wipe { .. } => false,
+        op => op.device().starts_with("/dev/mapper/"),
+    }
+}
+
+async fn run_unit(u: &Unit, ctx: &Ctx, out: &mut UnitOut) -> Result<()> {
+    let label = Some(u.name.as_str());
+    for (i, op) in u.ops.iter().enumerate() {
+        let index = u.base + i + 1;
         let what = op.describe();
-        let on_mapper = match op {
-            Op::Mkfs { device, .. }
-            | Op::Mkswap { device, .. }
-            | Op::BtrfsSubvolumes { device, .. } => device.starts_with("/dev/mapper/"),
-            Op::LuksOpen { .. } => true,
-            _ => false,
-        };
-        if on_mapper && !ctx.open_luks {
+        if on_mapper(op) && !ctx.open_luks {
             ctx.progress.emit(
                 index,
-                Some(&d.name),
+                label,
                 &what,
                 OpState::Skipped {
                     because: "open_luks = false",
@@ -455,21 +529,16 @@ async fn run_disk(
             );
             continue;
         }
-        let entry = Journal::entry(&ctx.plan, &d.name, op);
+        let entry = Journal::entry(&ctx.plan, &u.name, op);
         if let Some(j) = &ctx.journal {
             if j.is_done(&entry) {
                 // Made by this attempt before the agent restarted, and
-                // checked against the disk ([`Journal::check`]).
-                if let Op::LuksOpen { name, .. } = op {
-                    if Path::new(&format!("/dev/mapper/{name}")).exists() {
-                        luks.push(LuksGuard::opened(name));
-                    } else {
-                        run_op(op, d, ctx, luks).await?;
-                    }
-                }
+                // checked against the disk ([`Journal::check`]): take over
+                // what it set up.
+                resume_op(op, u, ctx, out).await?;
                 ctx.progress.emit(
                     index,
-                    Some(&d.name),
+                    label,
                     &what,
                     OpState::Skipped {
                         because: "journal: done before the agent restarted",
@@ -478,31 +547,30 @@ async fn run_disk(
                 continue;
             }
         }
-        ctx.progress
-            .emit(index, Some(&d.name), &what, OpState::Started);
+        ctx.progress.emit(index, label, &what, OpState::Started);
         let t0 = Instant::now();
-        if matches!(op, Op::WriteGpt { .. }) {
-            *wrote = true;
+        if matches!(op, Op::WriteGpt { .. } | Op::WriteMbr { .. }) {
+            out.wrote = true;
         }
-        let mut r = run_op(op, d, ctx, luks).await;
+        let mut r = run_op(op, u, ctx, out).await;
         if let (Ok(()), Some(j)) = (&r, &ctx.journal) {
             r = j.record(entry);
         }
         match r {
             Ok(()) => ctx.progress.emit(
                 index,
-                Some(&d.name),
+                label,
                 &what,
                 OpState::Done {
                     millis: t0.elapsed().as_millis() as u64,
                 },
             ),
             Err(e) => {
-                ctx.progress
-                    .emit(index, Some(&d.name), &what, OpState::Failed);
+                ctx.progress.emit(index, label, &what, OpState::Failed);
                 return Err(e.context(format!(
-                    "operation {index} on disk {} failed: {what}",
-                    d.name
+                    "operation {index} on {} {} failed: {what}",
+                    if u.disk.is_some() { "disk" } else { "volume" },
+                    u.name
                 )));
             }
         }
@@ -510,39 +578,130 @@ async fn run_disk(
     Ok(())
 }
 
-async fn run_op(op: &Op, d: &DiskPlan, ctx: &DiskCtx, luks: &mut Vec<LuksGuard>) -> Result<()> {
+/// A journalled operation: what it set up is taken over (a LUKS mapping
+/// still open, an md array, a volume group, a pool; a table on a volume is
+/// read for the read-back), or set up again when it is gone.
+async fn resume_op(op: &Op, u: &Unit, ctx: &Ctx, out: &mut UnitOut) -> Result<()> {
+    match op {
+        Op::LuksOpen { name, .. } => {
+            if Path::new(&format!("/dev/mapper/{name}")).exists() {
+                out.holders.push(Holder::new(HolderKind::Luks, name));
+            } else {
+                run_op(op, u, ctx, out).await?;
+            }
+        }
+        Op::MdCreate { name, device, .. } if Path::new(device).exists() => {
+            out.holders.push(Holder::new(HolderKind::Md, name));
+        }
+        Op::VgCreate { name, .. } => out.holders.push(Holder::new(HolderKind::Vg, name)),
+        Op::ZpoolCreate { name, .. } => out.holders.push(Holder::new(HolderKind::Zpool, name)),
+        Op::NestedTable { .. } => out.nested.push(nested_plan(op)?),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Run `argv` through the command runner (LVM's tools without their
+/// warnings about inherited descriptors), `stdin` fed when given.
+async fn run_argv(argv: &[String], stdin: Option<Vec<u8>>) -> Result<()> {
+    let mut cmd = Cmd::new(&argv[0]).args(&argv[1..]);
+    if ["pvcreate", "vgcreate", "lvcreate", "vgchange"].contains(&argv[0].as_str()) {
+        cmd = cmd.env("LVM_SUPPRESS_FD_WARNINGS", "1");
+    }
+    if let Some(s) = stdin {
+        cmd = cmd.stdin(s);
+    }
+    cmd.run().await?;
+    Ok(())
+}
+
+async fn run_op(op: &Op, u: &Unit, ctx: &Ctx, out: &mut UnitOut) -> Result<()> {
+    let disk = || {
+        u.disk
+            .clone()
+            .ok_or_else(|| anyhow!("{} is a volume, not a disk", u.name))
+    };
     match op {
         Op::Wipe { device } => wipe(device).await,
         Op::WriteGpt { .. } => {
-            let d2 = d.clone();
-            tokio::task::spawn_blocking(move || super::gpt::write(&d2))
+            let d = disk()?;
+            tokio::task::spawn_blocking(move || super::gpt::write(&d))
                 .await
                 .context("the GPT writer panicked")?
         }
-        Op::Reread { device, partitions } => reread(device, partitions, d).await,
-        Op::BtrfsSubvolumes { device, names } => btrfs_subvolumes(device, names).await,
+        Op::WriteMbr { .. } => {
+            let d = disk()?;
+            tokio::task::spawn_blocking(move || super::mbr::write(&d))
+                .await
+                .context("the MBR writer panicked")?
+        }
+        Op::Reread { device, partitions } => reread(device, partitions, &disk()?).await,
+        Op::NestedTable {
+            device, partitions, ..
+        } => {
+            wait_node(device).await?;
+            let d = nested_plan(op)?;
+            let d2 = d.clone();
+            let table = d.table;
+            tokio::task::spawn_blocking(move || match table {
+                Some(super::layout::TableKind::Msdos) => super::mbr::write(&d2),
+                _ => super::gpt::write(&d2),
+            })
+            .await
+            .context("the table writer panicked")??;
+            let kernel: Vec<String> = d.partitions.iter().map(|p| p.device.clone()).collect();
+            reread(&d.target.device, &kernel, &d).await?;
+            // The names the plan uses (/dev/md/NAMEpN) are udev's; without
+            // udev (a minimal installer) they are made here, as mdadm makes
+            // /dev/md/NAME itself.
+            for (name, node) in partitions.iter().zip(&kernel) {
+                ensure_link(name, node)?;
+            }
+            out.nested.push(d);
+            Ok(())
+        }
+        Op::BtrfsSubvolumes {
+            device,
+            names,
+            swap_files,
+        } => btrfs_subvolumes(device, names, swap_files).await,
         Op::LuksFormat { key, .. } => {
             let mut argv = op.argv().expect("a command");
             // Our own args go before the device (the last argument).
             let dev = argv.pop().expect("device");
             argv.extend(ctx.luks_format_args.iter().cloned());
             argv.push(dev);
-            let k = ctx.keys.key(key)?;
-            Cmd::new(&argv[0]).args(&argv[1..]).stdin(k).run().await?;
-            Ok(())
+            run_argv(&argv, Some(ctx.keys.key(key)?)).await
         }
         Op::LuksOpen { key, name, .. } => {
-            let argv = op.argv().expect("a command");
-            let k = ctx.keys.key(key)?;
-            Cmd::new(&argv[0]).args(&argv[1..]).stdin(k).run().await?;
-            luks.push(LuksGuard::opened(name));
+            run_argv(&op.argv().expect("a command"), Some(ctx.keys.key(key)?)).await?;
+            out.holders.push(Holder::new(HolderKind::Luks, name));
             Ok(())
         }
-        Op::Mkfs { .. } | Op::Mkswap { .. } => {
-            let argv = op.argv().expect("a command");
-            Cmd::new(&argv[0]).args(&argv[1..]).run().await?;
-            Ok(())
+        Op::LuksAddKey {
+            device,
+            key,
+            args,
+            new_key,
+        } => {
+            let new = zeroize::Zeroizing::new(ctx.keys.key(new_key)?);
+            let file = KeyFile::new(&ctx.state_dir, &new)?;
+            let argv =
+                super::ops::luks_add_key_argv(device, key, args, &file.path().to_string_lossy());
+            let r = run_argv(&argv, Some(ctx.keys.key(key)?)).await;
+            let removed = file.close();
+            r?;
+            removed
         }
+        Op::Mkfs { .. }
+        | Op::Mkswap { .. }
+        | Op::HybridMbr { .. }
+        | Op::MbrPartType { .. }
+        | Op::MbrActivate { .. }
+        | Op::PvCreate { .. }
+        | Op::LvCreate { .. }
+        | Op::ZfsCreate { .. }
+        | Op::ZfsVolume { .. } => run_argv(&op.argv().expect("a command"), None).await,
         Op::Tpm2Enroll {
             device, key, pcrs, ..
         } => {
@@ -559,7 +718,175 @@ async fn run_op(op: &Op, d: &DiskPlan, ctx: &DiskCtx, luks: &mut Vec<LuksGuard>)
             r?;
             removed
         }
+        Op::MdCreate { device, name, .. } => {
+            // mdadm asks before using a member that looks used, or metadata
+            // at the start of a boot array: disko answers "y".
+            run_argv(&op.argv().expect("a command"), Some(b"y\n".to_vec())).await?;
+            out.holders.push(Holder::new(HolderKind::Md, name));
+            wait_node(device).await?;
+            // mdadm.nix: a new array may show a stale table; wipe it.
+            Cmd::new("wipefs")
+                .args(["--all", "--force", "--quiet", device])
+                .run()
+                .await?;
+            Ok(())
+        }
+        Op::VgCreate { name, .. } => {
+            run_argv(&op.argv().expect("a command"), None).await?;
+            out.holders.push(Holder::new(HolderKind::Vg, name));
+            Ok(())
+        }
+        Op::ZpoolCreate { name, .. } => {
+            let root = ctx.root.to_string_lossy().into_owned();
+            let argv: Vec<String> = op
+                .argv()
+                .expect("a command")
+                .into_iter()
+                .map(|a| {
+                    if a == super::ops::ROOT {
+                        root.clone()
+                    } else {
+                        a
+                    }
+                })
+                .collect();
+            run_argv(&argv, None).await?;
+            out.holders.push(Holder::new(HolderKind::Zpool, name));
+            // zpool.nix: the root dataset is not left mounted (the mounts come later, in order).
+            let mounted = Cmd::new("zfs")
+                .args(["get", "-H", "-o", "value", "mounted", name])
+                .run()
+                .await?;
+            if mounted.stdout.trim() == "yes" {
+                Cmd::new("zfs").args(["unmount", name]).run().await?;
+            }
+            Ok(())
+        }
+        Op::BcachefsFormat { key, .. } => {
+            let stdin = match key {
+                Some(k) => Some(ctx.keys.key(k)?),
+                None => None,
+            };
+            run_argv(&op.argv().expect("a command"), stdin).await
+        }
+        Op::BcachefsSubvolumes { device, names, key } => {
+            bcachefs_subvolumes(device, names, key.as_ref(), ctx).await
+        }
     }
+}
+
+/// The table an [`Op::NestedTable`] writes, on its device as it is now.
+fn nested_plan(op: &Op) -> Result<DiskPlan> {
+    let Op::NestedTable {
+        device,
+        owner,
+        table,
+        disk_guid,
+        guids,
+        partitions,
+    } = op
+    else {
+        bail!("not a table operation");
+    };
+    let (canon, name) = safety::kernel_name(device)?;
+    let read = |f: &str| -> Result<u64> {
+        std::fs::read_to_string(format!("/sys/class/block/{name}/{f}"))
+            .with_context(|| format!("reading the size of {device} ({name})"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("the size of {device}"))
+    };
+    let sectors = read("size")?;
+    let ss = read("queue/logical_block_size").unwrap_or(512).max(512);
+    let t = Target {
+        device: canon.to_string_lossy().into_owned(),
+        size_bytes: sectors * 512,
+        sector_size: ss as u32,
+        by_id: None,
+    };
+    let parts = super::plan::table_parts(table, &t, guids, |p| {
+        partitions
+            .get(p.number as usize - 1)
+            .cloned()
+            .unwrap_or_default()
+    })
+    .map_err(|e| anyhow!("the table on {device} ({owner}): {e}"))?;
+    Ok(DiskPlan {
+        name: owner.clone(),
+        target: t,
+        table: Some(table.kind),
+        partitions: parts,
+        disk_guid: disk_guid.clone(),
+        ops: Vec::new(),
+    })
+}
+
+/// Wait (10 s at most) for a device node an earlier command makes.
+async fn wait_node(device: &str) -> Result<()> {
+    if !wait_for(|| Path::new(device).exists(), Duration::from_secs(10)).await {
+        bail!("{device} did not appear within 10 s");
+    }
+    Ok(())
+}
+
+/// Make `link` a symlink to `node` when it does not exist (udev's job, done
+/// here when no udev runs).
+fn ensure_link(link: &str, node: &str) -> Result<()> {
+    let l = Path::new(link);
+    if l == Path::new(node) || l.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = l.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::os::unix::fs::symlink(node, l)
+        .with_context(|| format!("linking {link} to {node} (no udev made it)"))
+}
+
+async fn bcachefs_subvolumes(
+    device: &str,
+    names: &[String],
+    key: Option<&KeySource>,
+    ctx: &Ctx,
+) -> Result<()> {
+    if let Some(k) = key {
+        let first = device.split(':').next().unwrap_or(device);
+        Cmd::new("bcachefs")
+            .args(["unlock", "-k", "session", first])
+            .stdin(ctx.keys.key(k)?)
+            .run()
+            .await?;
+    }
+    let dir = temp_mount_dir("bcachefs", device);
+    let m = MountGuard::mount(device, &dir, "bcachefs", "defaults").await?;
+    let r = async {
+        for n in names {
+            let p = dir.join(n);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            Cmd::new("bcachefs")
+                .args(["subvolume", "create"])
+                .arg(&p)
+                .run()
+                .await?;
+        }
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    let closed = m.close().await;
+    let _ = std::fs::remove_dir(&dir);
+    r?;
+    closed
+}
+
+fn temp_mount_dir(what: &str, device: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "landfall-{what}-{}-{}",
+        std::process::id(),
+        device.rsplit('/').next().unwrap_or("dev").replace(':', "_")
+    ))
 }
 
 /// `luks_unlock = "tpm2"` needs a TPM 2.0 the kernel sees: refused before
@@ -662,9 +989,27 @@ fn rand_u64() -> Result<u64> {
 }
 
 /// Remove every signature from a disk and the partitions the kernel knows,
-/// and forget those partitions.
+/// and forget those partitions. md arrays and volume groups still active on
+/// it (an earlier install: the safety check let them through only with the
+/// wipe policy) are stopped and deactivated first.
 pub async fn wipe(device: &str) -> Result<()> {
     let (_, name) = safety::kernel_name(device)?;
+    for stop in safety::stack_above(&name) {
+        let (cmd, what) = match &stop {
+            safety::Stacked::Md(md) => (
+                Cmd::new("mdadm").args(["--stop", &format!("/dev/{md}")]),
+                format!("stopping md array {md} on {device}"),
+            ),
+            safety::Stacked::Vg(vg) => (
+                Cmd::new("vgchange")
+                    .args(["-an", vg])
+                    .env("LVM_SUPPRESS_FD_WARNINGS", "1"),
+                format!("deactivating volume group {vg} on {device}"),
+            ),
+            safety::Stacked::Other(_) => continue,
+        };
+        cmd.run().await.with_context(|| what)?;
+    }
     for p in safety::kernel_partitions(&name) {
         let node = format!("/dev/{p}");
         if Path::new(&node).exists() {
@@ -874,13 +1219,13 @@ async fn wait_for(mut f: impl FnMut() -> bool, max: Duration) -> bool {
     }
 }
 
-async fn btrfs_subvolumes(device: &str, names: &[String]) -> Result<()> {
-    let dir = std::env::temp_dir().join(format!(
-        "landfall-btrfs-{}-{}",
-        std::process::id(),
-        device.rsplit('/').next().unwrap_or("dev")
-    ));
-    let m = MountGuard::mount(device, &dir, "btrfs", "defaults").await?;
+async fn btrfs_subvolumes(
+    device: &str,
+    names: &[String],
+    swap_files: &[(String, String)],
+) -> Result<()> {
+    let dir = temp_mount_dir("btrfs", device);
+    let m = MountGuard::mount(device, &dir, "btrfs", "subvol=/").await?;
     let r = async {
         for n in names {
             let p = dir.join(n.trim_start_matches('/'));
@@ -891,6 +1236,14 @@ async fn btrfs_subvolumes(device: &str, names: &[String]) -> Result<()> {
             Cmd::new("btrfs")
                 .args(["subvolume", "create"])
                 .arg(&p)
+                .run()
+                .await?;
+        }
+        // btrfs.nix `swapCreate`.
+        for (path, size) in swap_files {
+            Cmd::new("btrfs")
+                .args(["filesystem", "mkswapfile", "--size", size])
+                .arg(dir.join(path))
                 .run()
                 .await?;
         }
@@ -988,60 +1341,82 @@ fn skip_mount(m: &Mount, opts: &ApplyOptions) -> Option<&'static str> {
     None
 }
 
-/// Read back: every partition's PARTLABEL, type GUID and signature (blkid
-/// low-level probe), and every mount.
-pub async fn read_back(plan: &Plan, mounts: &[MountGuard]) -> Result<ReadBack> {
+/// Read back: every partition's PARTLABEL, type, GUID and attribute bits
+/// (or MBR type and active flag), on the disks and on the tables made on
+/// volumes; every signature an operation made (filesystem, swap, LUKS,
+/// physical volume, md member), and every mount (blkid low-level probe,
+/// mountinfo).
+pub async fn read_back(
+    plan: &Plan,
+    nested: &[DiskPlan],
+    mounts: &[MountGuard],
+    opts: &ApplyOptions,
+) -> Result<ReadBack> {
     let mut v = ReadBack::default();
-    for d in &plan.disks {
-        let expect = expected_types(d);
-        for (p, want) in d.partitions.iter().zip(expect) {
-            let found = super::probe::probe(&p.device)
-                .with_context(|| format!("reading back {}", p.device))?;
-            if found.ambivalent {
-                bail!("{}: blkid finds several conflicting signatures", p.device);
-            }
-            let kv = found.values;
-            let get = |k: &str| kv.get(k).cloned().unwrap_or_default();
-            let label = get("PART_ENTRY_NAME");
-            if label != p.label {
-                bail!(
-                    "{}: PARTLABEL is {label:?}, the plan says {:?}",
-                    p.device,
-                    p.label
-                );
-            }
-            let ptype = get("PART_ENTRY_TYPE");
-            if !ptype.eq_ignore_ascii_case(&p.type_guid) {
-                bail!(
-                    "{}: partition type is {ptype}, the plan says {}",
-                    p.device,
-                    p.type_guid
-                );
-            }
-            let fs_type = get("TYPE");
-            if let Some(w) = want {
-                if fs_type != w {
-                    bail!(
-                        "{}: blkid finds {}, the plan made {w}",
-                        p.device,
-                        if fs_type.is_empty() {
-                            "no signature".to_owned()
-                        } else {
-                            fs_type
-                        }
-                    );
+    for d in plan.disks.iter().chain(nested) {
+        for p in &d.partitions {
+            v.partitions.push(read_back_partition(d, p)?);
+        }
+    }
+    // The last signature each device got, from the plan's operations.
+    let mut want: Vec<(String, String)> = Vec::new();
+    let set = |want: &mut Vec<(String, String)>, dev: &str, ty: String| {
+        want.retain(|(d, _)| d != dev);
+        want.push((dev.to_owned(), ty));
+    };
+    for (_, op) in plan.all_ops() {
+        if on_mapper(op) && !opts.open_luks {
+            continue;
+        }
+        match op {
+            Op::MdCreate { members, .. } => {
+                for m in members {
+                    set(&mut want, m, "linux_raid_member".into());
                 }
             }
-            v.partitions.push(ReadBackPart {
-                device: p.device.clone(),
-                partlabel: if label.is_empty() {
-                    p.label.clone()
+            Op::BcachefsFormat { members, .. } => {
+                for (_, _, m) in members {
+                    set(&mut want, m, "bcachefs".into());
+                }
+            }
+            // Made on the device (a table on an md array): its partitions are read above.
+            Op::NestedTable { device, .. } => want.retain(|(d, _)| d != device),
+            op => {
+                if let Some(ty) = op.makes_type() {
+                    set(&mut want, op.device(), ty);
+                }
+            }
+        }
+    }
+    for (dev, ty) in want {
+        let found = super::probe::probe(&dev).with_context(|| format!("reading back {dev}"))?;
+        if found.ambivalent {
+            bail!("{dev}: blkid finds several conflicting signatures");
+        }
+        let got = found.get("TYPE").unwrap_or_default().to_owned();
+        if got != ty {
+            bail!(
+                "{dev}: blkid finds {}, the plan made {ty}",
+                if got.is_empty() {
+                    "no signature".to_owned()
                 } else {
-                    label
-                },
-                fs_type,
-                uuid: get("UUID"),
-            });
+                    got
+                }
+            );
+        }
+        v.signatures.push(ReadBackPart {
+            device: dev,
+            partlabel: String::new(),
+            fs_type: got,
+            uuid: found.get("UUID").unwrap_or_default().to_owned(),
+        });
+    }
+    for (_, op) in plan.all_ops() {
+        if let Op::LvCreate { vg, name, .. } = op {
+            let node = format!("/dev/{vg}/{name}");
+            if !Path::new(&node).exists() {
+                bail!("{node} does not exist after lvcreate");
+            }
         }
     }
     let mounted = crate::hw::mountinfo::read()?;
@@ -1059,19 +1434,64 @@ pub async fn read_back(plan: &Plan, mounts: &[MountGuard]) -> Result<ReadBack> {
     Ok(v)
 }
 
-/// The blkid TYPE each partition must show: the outermost thing made on it.
-fn expected_types(d: &DiskPlan) -> Vec<Option<String>> {
-    d.partitions
-        .iter()
-        .map(|p| {
-            d.ops.iter().find_map(|op| match op {
-                Op::Mkfs { device, format, .. } if *device == p.device => Some(format.clone()),
-                Op::Mkswap { device, .. } if *device == p.device => Some("swap".into()),
-                Op::LuksFormat { device, .. } if *device == p.device => Some("crypto_LUKS".into()),
-                _ => None,
-            })
-        })
-        .collect()
+fn read_back_partition(d: &DiskPlan, p: &super::plan::PartPlan) -> Result<ReadBackPart> {
+    let found =
+        super::probe::probe(&p.device).with_context(|| format!("reading back {}", p.device))?;
+    let kv = found.values;
+    let get = |k: &str| kv.get(k).cloned().unwrap_or_default();
+    let label = get("PART_ENTRY_NAME");
+    let msdos = d.table == Some(super::layout::TableKind::Msdos);
+    if !msdos && label != p.label {
+        bail!(
+            "{}: PARTLABEL is {label:?}, the plan says {:?}",
+            p.device,
+            p.label
+        );
+    }
+    let ptype = get("PART_ENTRY_TYPE");
+    let want_type = match p.mbr_type {
+        Some(t) => format!("0x{t:x}"),
+        None => p.type_guid.clone(),
+    };
+    if !ptype.eq_ignore_ascii_case(&want_type) {
+        bail!(
+            "{}: partition type is {ptype}, the plan says {want_type}",
+            p.device
+        );
+    }
+    let flags =
+        u64::from_str_radix(get("PART_ENTRY_FLAGS").trim_start_matches("0x"), 16).unwrap_or(0);
+    let want_flags = if msdos {
+        if p.bootable {
+            0x80
+        } else {
+            0
+        }
+    } else {
+        p.attributes
+    };
+    if flags != want_flags {
+        bail!(
+            "{}: partition flags are {flags:#x}, the plan says {want_flags:#x}",
+            p.device
+        );
+    }
+    if let Some(g) = &p.guid {
+        let found = get("PART_ENTRY_UUID");
+        if !found.eq_ignore_ascii_case(g) {
+            bail!("{}: PARTUUID is {found}, the plan says {g}", p.device);
+        }
+    }
+    Ok(ReadBackPart {
+        device: p.device.clone(),
+        partlabel: if label.is_empty() {
+            p.label.clone()
+        } else {
+            label
+        },
+        fs_type: get("TYPE"),
+        uuid: get("UUID"),
+    })
 }
 
 #[cfg(test)]

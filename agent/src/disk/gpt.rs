@@ -47,7 +47,7 @@ pub fn write(d: &DiskPlan) -> Result<()> {
             p.first_lba,
             p.last_lba - p.first_lba + 1,
             t,
-            0,
+            p.attributes,
         )
         .with_context(|| {
             format!(

@@ -1,5 +1,6 @@
-//! RAII guards for what the disk step sets up: mounts, LUKS mappings and
-//! (for tests and benchmarks) loop devices. One set of verbs for all of them
+//! RAII guards for what the disk step sets up: mounts, LUKS mappings, md
+//! arrays, LVM volume groups, ZFS pools and (for tests and benchmarks) loop
+//! devices. One set of verbs for all of them
 //! (and [`super::Applied`], which holds the disk step's guards): `close(self)
 //! -> Result` ends it and reports failure, `try_close(&mut self)` keeps the
 //! guard when it fails (to try again later), `leak(self)` leaves it in place
@@ -158,43 +159,81 @@ impl Drop for MountGuard {
     }
 }
 
-/// An open LUKS mapping /dev/mapper/NAME; closed by `close()` or on drop.
+/// What holds a device open below the mounts, in the order it was set up:
+/// a LUKS mapping, an md array, an active volume group, an imported pool.
+/// Closed in reverse order (a volume group on a LUKS volume on an md array
+/// is deactivated, then closed, then stopped).
 #[derive(Debug)]
-pub struct LuksGuard {
+pub struct Holder {
+    kind: HolderKind,
     name: String,
     active: bool,
 }
 
-impl LuksGuard {
-    /// Take charge of a mapping the caller just opened.
-    pub fn opened(name: &str) -> Self {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderKind {
+    /// `cryptsetup close NAME`.
+    Luks,
+    /// `mdadm --stop /dev/md/NAME`.
+    Md,
+    /// `vgchange -an NAME`.
+    Vg,
+    /// `zpool export NAME`.
+    Zpool,
+}
+
+impl Holder {
+    /// Take charge of what the caller just set up.
+    pub fn new(kind: HolderKind, name: &str) -> Self {
         Self {
+            kind,
             name: name.to_owned(),
             active: true,
         }
+    }
+
+    pub fn kind(&self) -> HolderKind {
+        self.kind
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Leave it open and forget it.
+    fn cmd(&self) -> Cmd {
+        match self.kind {
+            HolderKind::Luks => Cmd::new("cryptsetup").args(["close", &self.name]),
+            HolderKind::Md => Cmd::new("mdadm").args(["--stop", &format!("/dev/md/{}", self.name)]),
+            HolderKind::Vg => Cmd::new("vgchange")
+                .args(["-an", &self.name])
+                .env("LVM_SUPPRESS_FD_WARNINGS", "1"),
+            HolderKind::Zpool => Cmd::new("zpool").args(["export", &self.name]),
+        }
+    }
+
+    fn what(&self) -> String {
+        match self.kind {
+            HolderKind::Luks => format!("closing LUKS mapping {}", self.name),
+            HolderKind::Md => format!("stopping md array {}", self.name),
+            HolderKind::Vg => format!("deactivating volume group {}", self.name),
+            HolderKind::Zpool => format!("exporting ZFS pool {}", self.name),
+        }
+    }
+
+    /// Leave it set up and forget it.
     pub fn leak(mut self) {
         self.active = false;
     }
 
-    /// Close like [`LuksGuard::close`], but keep the guard when it fails.
+    /// Close like [`Holder::close`], but keep the guard when it fails.
     pub async fn try_close(&mut self) -> Result<()> {
-        Cmd::new("cryptsetup")
-            .args(["close", &self.name])
-            .run()
-            .await
-            .with_context(|| format!("closing LUKS mapping {}", self.name))?;
+        let what = self.what();
+        self.cmd().run().await.with_context(|| what)?;
         self.active = false;
         Ok(())
     }
 
-    /// `cryptsetup close NAME`; the guard is spent whatever the result.
+    /// Close it; the guard is spent whatever the result.
     pub async fn close(mut self) -> Result<()> {
         let r = self.try_close().await;
         self.active = false;
@@ -202,11 +241,11 @@ impl LuksGuard {
     }
 }
 
-impl Drop for LuksGuard {
+impl Drop for Holder {
     fn drop(&mut self) {
         if self.active {
-            if let Err(e) = run_blocking(Cmd::new("cryptsetup").args(["close", &self.name])) {
-                tracing::warn!("closing LUKS mapping {}: {e}", self.name);
+            if let Err(e) = run_blocking(self.cmd()) {
+                tracing::warn!("{}: {e}", self.what());
             }
         }
     }

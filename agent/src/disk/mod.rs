@@ -11,9 +11,12 @@ pub mod gpt;
 pub mod guards;
 pub mod ids;
 pub mod journal;
+pub mod mbr;
 /// The layout model lives in landfall-disko (disko/), shared with the server.
 pub use landfall_disko as layout;
 pub mod nixos;
+pub mod ops;
+pub mod parted;
 pub mod plan;
 pub mod probe;
 pub mod safety;

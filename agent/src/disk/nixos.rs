@@ -2,7 +2,10 @@
 //! `swapDevices`, `boot.initrd.luks.devices` (and `boot.loader.grub.devices`
 //! when there is a BIOS boot partition, `boot.resumeDevice` for a resume
 //! swap) — the same options disko's NixOS module derives from the layout
-//! (disko lib/types/{filesystem,btrfs,swap,luks,nodev,gpt}.nix `_config`).
+//! (disko lib/types/*.nix `_config`) — and what the volumes need to be
+//! assembled at boot: `boot.swraid` (md arrays), `services.lvm.boot.thin`
+//! and the device-mapper modules (LVM), `boot.supportedFilesystems` and
+//! `networking.hostId` (ZFS, bcachefs, f2fs), the initrd kernel modules.
 //! Emitted as a Nix expression and as JSON of the same shape.
 //!
 //! LUKS at boot ([`LuksUnlock`], docs/disks.md "Unlocking at boot"): the
@@ -16,14 +19,18 @@
 //! unseals it (`crypttabExtraOpts = [ "tpm2-device=auto" ]`): no key on the
 //! target. Nothing emitted here names a path only the installer has.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
 use landfall_proto::LuksUnlock;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::layout::{Content, KeySource, Layout, Luks};
+use super::layout::{Content, DatasetKind, KeySource, Layout, Luks, TableKind};
+
+/// Layout content (by its field path) -> the device the installed system
+/// names it by (disko's `device` of that content).
+pub type Sites = BTreeMap<String, String>;
 
 /// Where the installed system keeps the LUKS keys its initrd is given.
 pub const INITRD_KEY_DIR: &str = "/etc/secrets/initrd";
@@ -48,6 +55,34 @@ pub struct NixosConfig {
     /// `boot.initrd.systemd.enable = true` (`luks_unlock = tpm2`: only
     /// systemd's stage 1 reads `crypttabExtraOpts` and has the TPM2 token plugin).
     pub systemd_initrd: bool,
+    /// `boot.swraid.enable = true` and this `boot.swraid.mdadmConf` (md arrays).
+    pub swraid: Option<String>,
+    /// `services.lvm.boot.thin.enable` (a thin pool).
+    pub lvm_thin: bool,
+    /// `boot.initrd.services.lvm.enable` (a volume group: LVM in the systemd stage 1).
+    pub lvm: bool,
+    /// `boot.supportedFilesystems` the layout needs beyond what `fileSystems`
+    /// implies for the initrd: zfs, bcachefs, f2fs.
+    pub supported_filesystems: BTreeSet<String>,
+    /// `boot.initrd.kernelModules`: md personalities, device-mapper targets, f2fs.
+    pub initrd_kernel_modules: BTreeSet<String>,
+    /// `networking.hostId` (ZFS asserts it is set): 8 hex digits, see [`host_id_for`].
+    pub host_id: Option<String>,
+    /// The layout has a ZFS pool: the configuration needs [`NixosConfig::host_id`].
+    pub needs_host_id: bool,
+    /// LUKS mapping name -> the device it is opened from, as the installed
+    /// system names it (for `boot.initrd.luks.devices.NAME.device`).
+    pub luks_sources: BTreeMap<String, String>,
+}
+
+/// `networking.hostId` for a machine: the first 8 hex digits of
+/// sha256("landfall networking.hostId\n" + machine), so the same machine
+/// (its hostname in the fleet) gets the same id at every reinstall and two
+/// machines of the fleet do not share one.
+pub fn host_id_for(machine: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("landfall networking.hostId\n{machine}").as_bytes());
+    h.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Settings that name a key file for the initrd: with `tpm2` the installed
@@ -74,6 +109,12 @@ impl NixosConfig {
         if self.systemd_initrd {
             initrd.insert("systemd".into(), json!({"enable": true}));
         }
+        if !self.initrd_kernel_modules.is_empty() {
+            initrd.insert("kernelModules".into(), json!(self.initrd_kernel_modules));
+        }
+        if self.lvm {
+            initrd.insert("services".into(), json!({"lvm": {"enable": true}}));
+        }
         if !self.initrd_keys.is_empty() {
             // null: the file at the same path on the system the bootloader is
             // installed from (nixos-install's chroot: the target).
@@ -96,8 +137,26 @@ impl NixosConfig {
         if let Some(r) = &self.resume_device {
             boot.insert("resumeDevice".into(), json!(r));
         }
+        if let Some(conf) = &self.swraid {
+            boot.insert("swraid".into(), json!({"enable": true, "mdadmConf": conf}));
+        }
+        if !self.supported_filesystems.is_empty() {
+            boot.insert(
+                "supportedFilesystems".into(),
+                json!(self.supported_filesystems),
+            );
+        }
         if !boot.is_empty() {
             top.insert("boot".into(), Value::Object(boot));
+        }
+        if self.lvm_thin {
+            top.insert(
+                "services".into(),
+                json!({"lvm": {"boot": {"thin": {"enable": true}}}}),
+            );
+        }
+        if let Some(h) = &self.host_id {
+            top.insert("networking".into(), json!({ "hostId": h }));
         }
         Value::Object(top)
     }
@@ -111,9 +170,10 @@ impl NixosConfig {
     }
 
     /// The same as `name = value;` lines, for the inside of a module (the
-    /// generated `hardware-configuration.nix`). `boot` is written as dotted
-    /// paths down to its options (`boot.initrd.luks.devices = ...;`), so the
-    /// module may set other `boot.*` options beside it.
+    /// generated `hardware-configuration.nix`). `boot`, `services` and
+    /// `networking` are written as dotted paths down to their options
+    /// (`boot.initrd.luks.devices = ...;`), so the module may set other
+    /// options of them beside these.
     pub fn to_nix_attrs(&self) -> String {
         fn flat(path: &str, v: &Value, out: &mut String) {
             match v {
@@ -133,8 +193,8 @@ impl NixosConfig {
         let mut out = String::new();
         if let Value::Object(top) = self.to_json() {
             for (k, v) in &top {
-                if k == "boot" {
-                    flat("boot", v, &mut out);
+                if ["boot", "services", "networking"].contains(&k.as_str()) {
+                    flat(k, v, &mut out);
                 } else {
                     out.push_str(&nix_attr(k));
                     out.push_str(" = ");
@@ -147,22 +207,126 @@ impl NixosConfig {
     }
 }
 
-/// Derive the configuration from the layout. `disk_device` gives the device
-/// of a layout disk as the installed system should name it (by-id when known).
-/// LUKS volumes get the default [`LuksUnlock`]; see [`NixosConfig::set_luks_unlock`].
-pub fn derive(layout: &Layout, disk_device: impl Fn(&str) -> Option<String>) -> NixosConfig {
+/// Derive the configuration from the layout. `sites` names each content's
+/// device as the installed system sees it (from the plan); `disk_device`
+/// gives the device of a layout disk as the installed system should name
+/// it (by-id when known). LUKS volumes get the default [`LuksUnlock`]; see
+/// [`NixosConfig::set_luks_unlock`].
+pub fn derive(
+    layout: &Layout,
+    sites: &Sites,
+    disk_device: impl Fn(&str) -> Option<String>,
+) -> NixosConfig {
     let mut c = NixosConfig::default();
+    let site = |path: &str| sites.get(path).cloned().unwrap_or_default();
+    for (_, content) in layout.all_contents() {
+        content_config(content, &site, &mut c);
+    }
     for (name, d) in &layout.disks {
-        for p in &d.partitions {
-            let device = by_partlabel(&p.label);
-            if let Some(content) = &p.content {
-                content_config(content, &device, &mut c);
-            }
-        }
         // gpt.nix: a disk with an EF02 partition is a GRUB (BIOS) install target.
-        if d.partitions.iter().any(|p| p.type_code == "EF02") {
+        if d.table().is_some_and(|t| t.kind == TableKind::Gpt)
+            && d.partitions().iter().any(|p| p.type_code == "EF02")
+        {
             if let Some(dev) = disk_device(name) {
                 c.grub_devices.push(dev);
+            }
+        }
+    }
+    // mdadm.nix: `boot.swraid.enable`; the arrays by name (`--homehost=any`
+    // makes them "any:NAME"), and MAILADDR so mdadm's monitor runs.
+    if !layout.mdadm.is_empty() {
+        let mut conf = String::new();
+        for m in layout.mdadm.values() {
+            conf.push_str(&format!("ARRAY {}", m.device()));
+            if m.metadata != "default" {
+                conf.push_str(&format!(" metadata={}", m.metadata));
+            }
+            conf.push_str(&format!(" name=any:{}\n", m.name));
+            c.initrd_kernel_modules.insert(
+                match m.level {
+                    0 => "raid0",
+                    1 => "raid1",
+                    10 => "raid10",
+                    _ => "raid456",
+                }
+                .to_owned(),
+            );
+        }
+        conf.push_str("MAILADDR root\n");
+        c.swraid = Some(conf);
+    }
+    // lvm_vg.nix `_config`: dm-snapshot, and the target of each lvm_type
+    // (the kernel module names: dm-thin-pool, dm-mirror, dm-raid with its md personality).
+    for g in layout.lvm_vg.values() {
+        c.lvm = true;
+        c.initrd_kernel_modules.insert("dm-snapshot".into());
+        for lv in &g.lvs {
+            let mods: &[&str] = match lv.lvm_type.as_deref() {
+                Some("thin-pool") | Some("thinlv") => {
+                    c.lvm_thin = true;
+                    &["dm-thin-pool"]
+                }
+                Some("mirror") => &["dm-mirror"],
+                Some("raid0") => &["dm-raid", "raid0"],
+                Some("raid1") => &["dm-raid", "raid1"],
+                Some("raid4" | "raid5" | "raid6") => &["dm-raid", "raid456"],
+                _ => &[],
+            };
+            c.initrd_kernel_modules
+                .extend(mods.iter().map(|m| (*m).to_owned()));
+        }
+    }
+    for z in layout.zpool.values() {
+        c.supported_filesystems.insert("zfs".into());
+        c.needs_host_id = true;
+        zfs_config(
+            &z.name,
+            z.mountpoint.as_deref(),
+            &z.root_fs_options,
+            &z.mount_options,
+            &mut c,
+        );
+        for d in &z.datasets {
+            if let DatasetKind::ZfsFs { mountpoint } = &d.kind {
+                zfs_config(
+                    &d.full_name(&z.name),
+                    mountpoint.as_deref(),
+                    &d.options,
+                    &d.mount_options,
+                    &mut c,
+                );
+            }
+        }
+    }
+    // bcachefs_filesystem.nix `_config`.
+    for b in layout.bcachefs.values() {
+        c.supported_filesystems.insert("bcachefs".into());
+        let device = format!("/dev/disk/by-uuid/{}", b.uuid);
+        let unique = |v: Vec<String>| {
+            let mut seen = BTreeSet::new();
+            v.into_iter()
+                .filter(|x| seen.insert(x.clone()))
+                .collect::<Vec<_>>()
+        };
+        if let Some(m) = &b.mountpoint {
+            let mut o = vec!["X-mount.mkdir".to_owned()];
+            o.extend(b.mount_options.clone());
+            c.file_systems.insert(
+                m.clone(),
+                json!({"device": device, "fsType": "bcachefs", "options": unique(o), "neededForBoot": true}),
+            );
+        }
+        for s in &b.subvolumes {
+            if let Some(m) = &s.mountpoint {
+                let mut o = vec![
+                    "X-mount.mkdir".to_owned(),
+                    format!("X-mount.subdir={}", s.name.trim_start_matches('/')),
+                ];
+                o.extend(s.mount_options.clone());
+                c.file_systems.insert(
+                    m.clone(),
+                    json!({"device": device, "fsType": "bcachefs", "options": unique(o), "neededForBoot": true}),
+                );
             }
         }
     }
@@ -175,6 +339,30 @@ pub fn derive(layout: &Layout, disk_device: impl Fn(&str) -> Option<String>) -> 
     c.set_luks_unlock(layout, LuksUnlock::default())
         .expect("the default unlock method is known");
     c
+}
+
+/// zfs_fs.nix `_config`: `fileSystems` for a dataset with a mountpoint,
+/// unless mountpoint=none or canmount=off; `zfsutil` unless legacy.
+fn zfs_config(
+    name: &str,
+    mountpoint: Option<&str>,
+    options: &BTreeMap<String, String>,
+    mount_options: &[String],
+    c: &mut NixosConfig,
+) {
+    let Some(m) = mountpoint else { return };
+    let prop = |k: &str| options.get(k).map(String::as_str);
+    if prop("mountpoint") == Some("none") || prop("canmount") == Some("off") {
+        return;
+    }
+    let mut o = mount_options.to_vec();
+    if prop("mountpoint") != Some("legacy") {
+        o.push("zfsutil".into());
+    }
+    c.file_systems.insert(
+        m.to_owned(),
+        json!({"device": name, "fsType": "zfs", "options": o}),
+    );
 }
 
 impl NixosConfig {
@@ -191,12 +379,11 @@ impl NixosConfig {
         self.luks_devices.clear();
         self.initrd_keys.clear();
         self.systemd_initrd = false;
-        let mut luks = Vec::new();
-        for d in layout.disks.values() {
-            for p in &d.partitions {
-                if let Some(c) = &p.content {
-                    collect_luks(c, &by_partlabel(&p.label), &mut luks);
-                }
+        let mut luks: Vec<(&Luks, String)> = Vec::new();
+        for (_, c) in layout.all_contents() {
+            if let Content::Luks(l) = c {
+                let device = self.luks_sources.get(&l.name).cloned().unwrap_or_default();
+                luks.push((l, device));
             }
         }
         for (l, device) in luks {
@@ -243,16 +430,6 @@ impl NixosConfig {
     }
 }
 
-/// Every LUKS volume under `content` with the device it sits on.
-fn collect_luks<'a>(content: &'a Content, device: &str, out: &mut Vec<(&'a Luks, String)>) {
-    if let Content::Luks(l) = content {
-        out.push((l, device.to_owned()));
-        if let Some(inner) = &l.content {
-            collect_luks(inner, &format!("/dev/mapper/{}", l.name), out);
-        }
-    }
-}
-
 /// `/dev/disk/by-partlabel/LABEL` with LABEL escaped as udev names the
 /// link (disko: `diskoLib.hexEscapeUdevSymlink`).
 pub fn by_partlabel(label: &str) -> String {
@@ -262,9 +439,15 @@ pub fn by_partlabel(label: &str) -> String {
     )
 }
 
-fn content_config(content: &Content, device: &str, c: &mut NixosConfig) {
+/// One content's options (the walk visits nested contents itself).
+fn content_config(content: &Content, site: &dyn Fn(&str) -> String, c: &mut NixosConfig) {
     match content {
         Content::Filesystem(f) => {
+            let device = site(&f.path);
+            if f.format == "f2fs" {
+                c.supported_filesystems.insert("f2fs".into());
+                c.initrd_kernel_modules.insert("f2fs".into());
+            }
             if let Some(m) = &f.mountpoint {
                 c.file_systems.insert(
                     m.clone(),
@@ -281,8 +464,28 @@ fn content_config(content: &Content, device: &str, c: &mut NixosConfig) {
                     );
                 }
             }
+            // btrfs.nix `swapConfig`: swap files below their mountpoint.
+            let files = f.swap.iter().map(|s| (f.mountpoint.as_deref(), s)).chain(
+                f.subvolumes
+                    .iter()
+                    .flat_map(|v| v.swap.iter().map(move |s| (v.mountpoint.as_deref(), s))),
+            );
+            for (mp, s) in files {
+                let Some(mp) = mp else { continue };
+                let mut v = Map::new();
+                v.insert(
+                    "device".into(),
+                    json!(format!("{}/{}", mp.trim_end_matches('/'), s.path)),
+                );
+                if let Some(p) = s.priority {
+                    v.insert("priority".into(), json!(p));
+                }
+                v.insert("options".into(), json!(s.options));
+                c.swap_devices.push(Value::Object(v));
+            }
         }
         Content::Swap(s) => {
+            let device = site(&s.path);
             // lib/types/swap.nix `_config`.
             let mut v = Map::new();
             v.insert("device".into(), json!(device));
@@ -299,15 +502,14 @@ fn content_config(content: &Content, device: &str, c: &mut NixosConfig) {
             }
             c.swap_devices.push(Value::Object(v));
             if s.resume_device {
-                c.resume_device = Some(device.to_owned());
+                c.resume_device = Some(device);
             }
         }
         Content::Luks(l) => {
             // boot.initrd.luks.devices: NixosConfig::set_luks_unlock.
-            if let Some(inner) = &l.content {
-                content_config(inner, &format!("/dev/mapper/{}", l.name), c);
-            }
+            c.luks_sources.insert(l.name.clone(), site(&l.path));
         }
+        _ => {}
     }
 }
 

@@ -1,14 +1,23 @@
 //! `plan()`: pure. From a validated layout and the chosen target disks
 //! (device, size, sector size) it computes every partition's sectors, the
-//! commands that make filesystems, swap and LUKS, and the mount order. The
-//! result is a value: printed by `landfall-agent plan`, serialised with
-//! `--json`, and executed by [`super::apply`].
+//! operations that make tables, filesystems, swap, LUKS, md arrays, volume
+//! groups, pools and bcachefs filesystems, and the mount order. The result
+//! is a value: printed by `landfall-agent plan`, serialised with `--json`,
+//! and executed by [`super::apply`].
 //!
-//! Sector arithmetic follows what disko's `sgdisk --align-end
+//! Order, as disko's: each disk's table and what its partitions hold
+//! (disks in parallel); then the volumes in dependency waves (disko's
+//! `sortDevicesByDependencies`: an md array after the disks holding its
+//! members, a volume group after the md array or LUKS volume holding its
+//! physical volume, ...), volumes of one wave in parallel; then every
+//! mount, parents first.
+//!
+//! Sector arithmetic for gpt follows what disko's `sgdisk --align-end
 //! --new=N:START:END` does (disko lib/types/gpt.nix `_create`): 1 MiB
 //! alignment; start "0" is the first aligned sector of the largest free
 //! block; `+SIZE` ends SIZE after the start; `-SIZE` ends SIZE before the last
 //! usable sector; the end is rounded down so the next partition stays aligned.
+//! The legacy `table` follows parted ([`super::parted`]).
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -16,8 +25,13 @@ use std::fmt::{self, Write as _};
 use serde::Serialize;
 
 use super::ids::Ids;
-use super::layout::{human, Bound, Content, Filesystem, KeySource, Layout, LayoutError};
-use super::nixos::{self, NixosConfig};
+use super::layout::{
+    human, Bound, Content, DatasetKind, Filesystem, KeySource, Layout, LayoutError, Luks, Owner,
+    Table, TableKind, VolumeKind, VolumeRef, ZpoolMode,
+};
+use super::nixos::{self, NixosConfig, Sites};
+pub use super::ops::{cryptenroll_argv, Mount, Op, PINNED_FORMATS, UNLOCK_KEY_FILE};
+use super::parted;
 use landfall_proto::LuksUnlock;
 
 /// A disk the layout's disk is mapped to.
@@ -31,10 +45,15 @@ pub struct Target {
     pub by_id: Option<String>,
 }
 
-/// The whole plan: per disk the table and the operations, then the mounts.
+/// The whole plan: per disk the table and the operations, then the volumes
+/// built over them, then the mounts.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub disks: Vec<DiskPlan>,
+    /// md arrays, volume groups, pools, bcachefs filesystems: after the
+    /// disks, wave by wave ([`VolumePlan::wave`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumePlan>,
     /// In mount order (parents first).
     pub mounts: Vec<Mount>,
     /// What the installed system needs (what disko's NixOS module derives).
@@ -42,6 +61,26 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Every operation of the plan, with the disk or volume it belongs to.
+    pub fn all_ops(&self) -> impl Iterator<Item = (&str, &Op)> {
+        self.disks
+            .iter()
+            .flat_map(|d| d.ops.iter().map(move |o| (d.name.as_str(), o)))
+            .chain(
+                self.volumes
+                    .iter()
+                    .flat_map(|v| v.ops.iter().map(move |o| (v.label.as_str(), o))),
+            )
+    }
+
+    fn ops_lists_mut(&mut self) -> Vec<&mut Vec<Op>> {
+        self.disks
+            .iter_mut()
+            .map(|d| &mut d.ops)
+            .chain(self.volumes.iter_mut().map(|v| &mut v.ops))
+            .collect()
+    }
+
     /// Set how the installed system unlocks the layout's LUKS volumes: the
     /// NixOS configuration ([`NixosConfig::set_luks_unlock`]) and, for
     /// [`LuksUnlock::Tpm2`], an [`Op::Tpm2Enroll`] right after the
@@ -54,17 +93,18 @@ impl Plan {
         tpm2_pcrs: &[u8],
     ) -> anyhow::Result<()> {
         self.nixos.set_luks_unlock(layout, unlock)?;
-        for d in &mut self.disks {
-            d.ops.retain(|op| !matches!(op, Op::Tpm2Enroll { .. }));
+        let initrd: Vec<String> = self.nixos.luks_devices.keys().cloned().collect();
+        for list in self.ops_lists_mut() {
+            list.retain(|op| !matches!(op, Op::Tpm2Enroll { .. }));
             if unlock != LuksUnlock::Tpm2 {
                 continue;
             }
-            let mut ops = Vec::with_capacity(d.ops.len() + 1);
-            for op in std::mem::take(&mut d.ops) {
+            let mut ops = Vec::with_capacity(list.len() + 1);
+            for op in std::mem::take(list) {
                 let enroll = match &op {
                     Op::LuksFormat {
                         device, name, key, ..
-                    } if self.nixos.luks_devices.contains_key(name) => Some(Op::Tpm2Enroll {
+                    } if initrd.contains(name) => Some(Op::Tpm2Enroll {
                         device: device.clone(),
                         name: name.clone(),
                         key: key.clone(),
@@ -75,32 +115,39 @@ impl Plan {
                 ops.push(op);
                 ops.extend(enroll);
             }
-            d.ops = ops;
+            *list = ops;
         }
         Ok(())
     }
 
     /// Whether applying needs this machine's TPM2.
     pub fn needs_tpm2(&self) -> bool {
-        self.disks
-            .iter()
-            .flat_map(|d| &d.ops)
-            .any(|op| matches!(op, Op::Tpm2Enroll { .. }))
+        self.all_ops()
+            .any(|(_, op)| matches!(op, Op::Tpm2Enroll { .. }))
     }
 
-    /// The installer paths the layout reads LUKS keys from (`keyFile`,
-    /// `passwordFile`): secrets meant for formatting, not for the target.
+    /// The installer paths the layout reads keys from (`keyFile`,
+    /// `passwordFile`, `additionalKeyFiles`, a bcachefs `passwordFile`):
+    /// secrets meant for formatting, not for the target.
     pub fn key_paths(&self) -> std::collections::BTreeSet<String> {
-        self.disks
-            .iter()
-            .flat_map(|d| &d.ops)
-            .filter_map(|op| match op {
+        let mut out = std::collections::BTreeSet::new();
+        for (_, op) in self.all_ops() {
+            match op {
                 Op::LuksFormat { key, .. }
                 | Op::LuksOpen { key, .. }
-                | Op::Tpm2Enroll { key, .. } => Some(key.path().to_owned()),
-                _ => None,
-            })
-            .collect()
+                | Op::Tpm2Enroll { key, .. }
+                | Op::BcachefsFormat { key: Some(key), .. }
+                | Op::BcachefsSubvolumes { key: Some(key), .. } => {
+                    out.insert(key.path().to_owned());
+                }
+                Op::LuksAddKey { key, new_key, .. } => {
+                    out.insert(key.path().to_owned());
+                    out.insert(new_key.path().to_owned());
+                }
+                _ => {}
+            }
+        }
+        out
     }
 }
 
@@ -108,18 +155,40 @@ impl Plan {
 pub struct DiskPlan {
     pub name: String,
     pub target: Target,
+    /// The disk's partition table; `None` when the whole disk holds one thing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<TableKind>,
     pub partitions: Vec<PartPlan>,
-    /// The GPT's disk GUID, when pinned ([`plan_pinned`]); else the writer picks one.
+    /// The GPT's disk GUID, or the MBR's disk id (8 hex digits), when
+    /// pinned ([`plan_pinned`]); else the writer picks one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_guid: Option<String>,
     /// Operations for this disk, in order. Disks are independent: they run in parallel.
     pub ops: Vec<Op>,
 }
 
+/// An md array, volume group, ZFS pool or bcachefs filesystem, and what is made on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumePlan {
+    pub kind: VolumeKind,
+    pub name: String,
+    /// "mdadm.raid1", as reports name it.
+    pub label: String,
+    /// 1 for volumes whose members are all on the disks; N for those with
+    /// a member in wave N-1. Volumes of one wave run in parallel, after
+    /// every disk and every earlier wave.
+    pub wave: usize,
+    pub ops: Vec<Op>,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartPlan {
     pub number: u32,
-    /// GPT partition name (PARTLABEL).
+    /// GPT partition name (PARTLABEL); "" in an MBR.
     pub label: String,
     pub type_code: String,
     pub type_guid: String,
@@ -130,271 +199,18 @@ pub struct PartPlan {
     pub device: String,
     /// Stable name for the installed system ("/dev/disk/by-partlabel/disk-main-root").
     pub stable_device: String,
-    /// The partition's own GUID (PARTUUID), when pinned.
+    /// The partition's own GUID (PARTUUID): the layout's `uuid`, or pinned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guid: Option<String>,
-}
-
-/// One operation. Keys are never part of an operation: they are looked up
-/// by their [`KeySource`] when the operation runs and go to stdin.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
-    /// Remove every signature (old tables, filesystems, LUKS, RAID/LVM members).
-    Wipe { device: String },
-    /// Protective MBR + GPT with the disk's partitions.
-    WriteGpt { device: String, partitions: usize },
-    /// Make the kernel see the new partitions and wait for their nodes.
-    Reread {
-        device: String,
-        partitions: Vec<String>,
-    },
-    Mkfs {
-        device: String,
-        format: String,
-        args: Vec<String>,
-        /// The UUID (vfat: the 8-hex-digit volume id) given to mkfs, when pinned.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        uuid: Option<String>,
-    },
-    /// Subvolumes created on a temporarily mounted btrfs.
-    BtrfsSubvolumes { device: String, names: Vec<String> },
-    Mkswap {
-        device: String,
-        args: Vec<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        uuid: Option<String>,
-    },
-    LuksFormat {
-        device: String,
-        name: String,
-        key: KeySource,
-        args: Vec<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        uuid: Option<String>,
-    },
-    LuksOpen {
-        device: String,
-        name: String,
-        key: KeySource,
-        args: Vec<String>,
-    },
-    /// Bind the volume to this machine's TPM2 (`luks_unlock = tpm2`):
-    /// `systemd-cryptenroll` adds a `systemd-tpm2` token and key slot sealed
-    /// to `pcrs`, unlocking with the format-time key (which keeps its slot:
-    /// the recovery key). Any TPM2 slot an earlier run of this attempt left
-    /// is wiped in the same call (`--wipe-slot=tpm2` spares the new one).
-    Tpm2Enroll {
-        device: String,
-        name: String,
-        key: KeySource,
-        pcrs: Vec<u8>,
-    },
-}
-
-/// Stands for the unlock key file in a printed [`Op::Tpm2Enroll`] command line.
-pub const UNLOCK_KEY_FILE: &str = "KEYFILE";
-
-/// `systemd-cryptenroll` enrolling the TPM2 for `device`, unlocking with the
-/// key in `key_file` (a file: this tool takes no key on stdin).
-pub fn cryptenroll_argv(device: &str, pcrs: &[u8], key_file: &str) -> Vec<String> {
-    let pcrs: Vec<String> = pcrs.iter().map(u8::to_string).collect();
-    vec![
-        "systemd-cryptenroll".into(),
-        "--tpm2-device=auto".into(),
-        format!("--tpm2-pcrs={}", pcrs.join("+")),
-        "--wipe-slot=tpm2".into(),
-        format!("--unlock-key-file={key_file}"),
-        device.into(),
-    ]
-}
-
-impl Op {
-    /// The command line this operation runs (or what it does, for built-in ones).
-    pub fn describe(&self) -> String {
-        match self {
-            Op::Wipe { device } => format!("wipefs --all --force {device} (and its partitions)"),
-            Op::WriteGpt { device, partitions } => {
-                format!("write protective MBR + GPT ({partitions} partitions) to {device}")
-            }
-            Op::Reread { device, partitions } => {
-                format!(
-                    "re-read the partition table of {device}, wait for {} and wipe stale signatures in them",
-                    partitions.join(" ")
-                )
-            }
-            Op::BtrfsSubvolumes { device, names } => {
-                format!("btrfs subvolume create {} (on {device})", names.join(" "))
-            }
-            Op::LuksFormat { key, .. } | Op::LuksOpen { key, .. } => {
-                let argv = self.argv().unwrap_or_default().join(" ");
-                format!("{argv}   # key: {} on stdin", key.path())
-            }
-            Op::Tpm2Enroll { key, .. } => {
-                let argv = self.argv().unwrap_or_default().join(" ");
-                format!(
-                    "{argv}   # {UNLOCK_KEY_FILE}: {} in a 0600 file on tmpfs, removed after",
-                    key.path()
-                )
-            }
-            _ => self.argv().unwrap_or_default().join(" "),
-        }
-    }
-
-    /// The argv of an operation that is a single command.
-    pub fn argv(&self) -> Option<Vec<String>> {
-        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        Some(match self {
-            Op::Mkfs {
-                device,
-                format,
-                args,
-                uuid,
-            } => {
-                let mut a = v(&[&format!("mkfs.{format}")]);
-                a.extend(default_mkfs_args(format));
-                if let Some(u) = uuid {
-                    a.extend(uuid_args(format, u));
-                }
-                a.extend(args.iter().cloned());
-                a.push(device.clone());
-                a
-            }
-            Op::Mkswap { device, args, uuid } => {
-                let mut a = v(&["mkswap"]);
-                if let Some(u) = uuid {
-                    a.extend(v(&["-U", u]));
-                }
-                a.extend(args.iter().cloned());
-                a.push(device.clone());
-                a
-            }
-            Op::LuksFormat {
-                device,
-                key,
-                args,
-                uuid,
-                ..
-            } => {
-                let mut a = v(&[
-                    "cryptsetup",
-                    "luksFormat",
-                    "--batch-mode",
-                    "--type",
-                    "luks2",
-                ]);
-                if matches!(key, KeySource::KeyFile(_)) {
-                    a.extend(v(&["--key-file", "-"]));
-                }
-                if let Some(u) = uuid {
-                    a.extend(v(&["--uuid", u]));
-                }
-                a.extend(args.iter().cloned());
-                a.push(device.clone());
-                a
-            }
-            Op::LuksOpen {
-                device,
-                name,
-                key,
-                args,
-            } => {
-                let mut a = v(&["cryptsetup", "open"]);
-                if matches!(key, KeySource::KeyFile(_)) {
-                    a.extend(v(&["--key-file", "-"]));
-                }
-                a.extend(args.iter().cloned());
-                a.push(device.clone());
-                a.push(name.clone());
-                a
-            }
-            Op::Tpm2Enroll { device, pcrs, .. } => cryptenroll_argv(device, pcrs, UNLOCK_KEY_FILE),
-            _ => return None,
-        })
-    }
-}
-
-/// The formats whose UUID the plan pins, and how each mkfs takes it.
-pub const PINNED_FORMATS: &[&str] = &["ext4", "ext3", "ext2", "xfs", "btrfs", "vfat"];
-
-fn uuid_args(format: &str, u: &str) -> Vec<String> {
-    match format {
-        "xfs" => vec!["-m".into(), format!("uuid={u}")],
-        "vfat" => vec!["-i".into(), u.to_owned()],
-        _ => vec!["-U".into(), u.to_owned()],
-    }
-}
-
-impl Op {
-    /// The device an operation makes a signature on, and the UUID blkid
-    /// must find there afterwards (vfat's volume id as blkid shows it:
-    /// "ABCD-1234").
-    pub fn pinned_uuid(&self) -> Option<(&str, String)> {
-        match self {
-            Op::Mkfs {
-                device,
-                format,
-                uuid: Some(u),
-                ..
-            } if format == "vfat" => Some((
-                device,
-                format!("{}-{}", &u[..4], &u[4..]).to_ascii_uppercase(),
-            )),
-            Op::Mkfs {
-                device,
-                uuid: Some(u),
-                ..
-            }
-            | Op::Mkswap {
-                device,
-                uuid: Some(u),
-                ..
-            }
-            | Op::LuksFormat {
-                device,
-                uuid: Some(u),
-                ..
-            } => Some((device, u.clone())),
-            _ => None,
-        }
-    }
-}
-
-/// Arguments the agent always gives, before the layout's `extraArgs`: force
-/// (the disk was checked and wiped) and quiet.
-fn default_mkfs_args(format: &str) -> Vec<String> {
-    match format {
-        "ext4" => vec!["-F".into(), "-q".into()],
-        "xfs" | "btrfs" => vec!["-f".into(), "-q".into()],
-        _ => vec![],
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Mount {
-    pub device: String,
-    pub mountpoint: String,
-    pub fs_type: String,
-    pub options: Vec<String>,
-    /// The layout disk this filesystem lives on (None for nodev).
-    pub disk: Option<String>,
-}
-
-impl Mount {
-    /// Options as given to `mount -o` ("defaults" dropped when others exist).
-    pub fn options_arg(&self) -> String {
-        let o: Vec<&str> = self
-            .options
-            .iter()
-            .map(String::as_str)
-            .filter(|o| *o != "defaults")
-            .collect();
-        if o.is_empty() {
-            "defaults".into()
-        } else {
-            o.join(",")
-        }
-    }
+    /// GPT attribute bits (`attributes`), as a mask.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub attributes: u64,
+    /// MBR partition type (msdos tables).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mbr_type: Option<u8>,
+    /// MBR active flag (msdos tables).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bootable: bool,
 }
 
 /// The first usable LBA of a GPT with 128 entries of 128 bytes.
@@ -407,10 +223,11 @@ pub fn last_usable(sector: u64, total: u64) -> u64 {
     total - 2 - (128 * 128u64).div_ceil(sector)
 }
 
-/// Kernel node of partition `n` of `disk`: "p" before the number when the
-/// disk's name ends in a digit (nvme0n1p2, loop0p2, mmcblk0p1), by-id paths get "-partN".
+/// Kernel node of partition `n` of `disk` (disko's `deviceNumbering`):
+/// "p" before the number when the disk's name ends in a digit (nvme0n1p2,
+/// loop0p2, mmcblk0p1, /dev/md/raid1p1), by-id paths get "-partN".
 pub fn partition_node(disk: &str, n: u32) -> String {
-    if disk.starts_with("/dev/disk/") {
+    if disk.starts_with("/dev/disk/") || disk.starts_with("/dev/zvol/") {
         return format!("{disk}-part{n}");
     }
     if disk.ends_with(|c: char| c.is_ascii_digit()) {
@@ -427,9 +244,10 @@ pub fn plan(layout: &Layout, targets: &BTreeMap<String, Target>) -> Result<Plan,
 }
 
 /// [`plan`] with every id pinned from `ids`: the GPT disk and partition
-/// GUIDs and the UUIDs given to mkfs, mkswap and `cryptsetup luksFormat`
-/// (not where the layout's own `extraArgs` set one). The disk journal
-/// records them; a restarted agent compares them with the disks.
+/// GUIDs, the MBR disk id, md array UUIDs and the UUIDs given to mkfs,
+/// mkswap and `cryptsetup luksFormat` (not where the layout's own
+/// `extraArgs` or `uuid` set one). The disk journal records them; a
+/// restarted agent compares them with the disks.
 pub fn plan_pinned(
     layout: &Layout,
     targets: &BTreeMap<String, Target>,
@@ -438,13 +256,206 @@ pub fn plan_pinned(
     plan_with(layout, targets, Some(ids))
 }
 
+/// What the walk over the layout collects besides each owner's operations.
+struct Walk<'a> {
+    ids: Option<&'a Ids>,
+    /// Volume -> its members in creation order: (content field path, device).
+    members: BTreeMap<VolumeRef, Vec<(String, String)>>,
+    mounts: Vec<Mount>,
+    /// Content field path -> how the installed system names its device.
+    sites: Sites,
+}
+
+/// The sectors of a table's partitions on a device of `target`'s size.
+/// Shared by the plan (disks) and apply (tables on md arrays and LUKS
+/// volumes, whose size is known once they exist).
+pub fn table_parts(
+    table: &Table,
+    t: &Target,
+    guids: &[Option<String>],
+    stable: impl Fn(&super::layout::Partition) -> String,
+) -> Result<Vec<PartPlan>, LayoutError> {
+    let ss = u64::from(t.sector_size.max(512));
+    let total = t.size_bytes / ss;
+    let align = ((1u64 << 20) / ss).max(1);
+    let legacy_msdos = table.kind == TableKind::Msdos;
+    let (first, last) = if legacy_msdos {
+        (1, total.saturating_sub(1))
+    } else {
+        let min_sectors = first_usable(ss) + align + 34;
+        if total < min_sectors {
+            return Err(LayoutError {
+                path: table.path.clone(),
+                message: format!(
+                    "{} is too small ({} bytes) for a partition table",
+                    t.device, t.size_bytes
+                ),
+            });
+        }
+        (first_usable(ss), last_usable(ss, total))
+    };
+    let mut used: Vec<(u64, u64)> = Vec::new();
+    let mut parts = Vec::new();
+    for (i, p) in table.partitions.iter().enumerate() {
+        let number = p.number;
+        let (start, end) = match &p.parted {
+            Some(pp) => {
+                let g = parted::Geometry {
+                    len: total,
+                    sector_size: ss,
+                    first,
+                    last,
+                    grain: align,
+                };
+                parted::place(&g, &pp.start, &pp.end, &used).map_err(|m| LayoutError {
+                    path: format!("{}.start", p.path),
+                    message: format!("{m} (on {}, {})", t.device, human(t.size_bytes)),
+                })?
+            }
+            None => gpt_sectors(p, t, ss, align, first, last, &used)?,
+        };
+        used.push((start, end));
+        let attributes = p.attributes.iter().fold(0u64, |m, b| m | (1 << b));
+        parts.push(PartPlan {
+            number,
+            label: p.label.clone(),
+            type_code: p.type_code.clone(),
+            type_guid: p.type_guid.clone(),
+            first_lba: start,
+            last_lba: end,
+            size_bytes: (end - start + 1) * ss,
+            device: partition_node(&t.device, number),
+            stable_device: stable(p),
+            guid: p.uuid.clone().or_else(|| guids.get(i).cloned().flatten()),
+            attributes,
+            mbr_type: p
+                .parted
+                .as_ref()
+                .filter(|_| legacy_msdos)
+                .map(|pp| pp.mbr_type),
+            bootable: legacy_msdos && p.parted.as_ref().is_some_and(|pp| pp.bootable),
+        });
+    }
+    Ok(parts)
+}
+
+/// Where sgdisk puts a gpt partition (see the module documentation).
+fn gpt_sectors(
+    p: &super::layout::Partition,
+    t: &Target,
+    ss: u64,
+    align: u64,
+    first: u64,
+    last: u64,
+    used: &[(u64, u64)],
+) -> Result<(u64, u64), LayoutError> {
+    let size_path = format!("{}.size", p.path);
+    let free = free_blocks(used, first, last);
+    let start = match p.start {
+        Bound::Default => {
+            let largest = free
+                .iter()
+                .max_by_key(|(s, e)| (e - s, std::cmp::Reverse(*s)));
+            match largest {
+                Some((s, _)) => s.div_ceil(align) * align,
+                None => {
+                    return Err(LayoutError {
+                        path: size_path,
+                        message: format!(
+                            "no space left on {} ({}) for this partition",
+                            t.device,
+                            human(t.size_bytes)
+                        ),
+                    })
+                }
+            }
+        }
+        Bound::At(b) => (b / ss).max(first).div_ceil(align) * align,
+        Bound::Plus(b) => (first + b / ss).div_ceil(align) * align,
+        Bound::FromEnd(b) => (last.saturating_sub(b / ss)).div_ceil(align) * align,
+    };
+    let end = match p.end {
+        Bound::Plus(b) => (start + b / ss).saturating_sub(1),
+        Bound::FromEnd(b) => last.saturating_sub(b / ss),
+        Bound::At(b) => (b / ss).saturating_sub(1),
+        Bound::Default => last,
+    };
+    // --align-end: the sector after the end is aligned.
+    let end = if (end + 1).is_multiple_of(align) {
+        end
+    } else {
+        ((end + 1) / align * align).saturating_sub(1)
+    };
+    let fits = free.iter().any(|(s, e)| start >= *s && end <= *e);
+    if end < start || end > last || !fits {
+        let want = match p.end {
+            Bound::Plus(b) => human(b),
+            _ => "the rest".into(),
+        };
+        let left: u64 = free
+            .iter()
+            .map(|(s, e)| (e + 1).saturating_sub(s.div_ceil(align) * align))
+            .max()
+            .unwrap_or(0)
+            * ss;
+        return Err(LayoutError {
+            path: if matches!(p.end, Bound::Plus(_)) {
+                size_path
+            } else {
+                format!("{}.end", p.path)
+            },
+            message: format!(
+                "{} does not fit on {} ({}): at most {} is left after the partitions before it",
+                want,
+                t.device,
+                human(t.size_bytes),
+                human(left / (1 << 20) * (1 << 20))
+            ),
+        });
+    }
+    Ok((start, end))
+}
+
+/// How the installed system names partition `p` of a table on `parent`
+/// (disko gpt.nix `device`: by-partuuid with a fixed `uuid`, the md by-id
+/// name on an md array, else by-partlabel; a legacy table numbers the
+/// parent's own name, table.nix `deviceNumbering`).
+fn stable_partition(
+    table: &Table,
+    p: &super::layout::Partition,
+    parent_stable: &str,
+    md: Option<&str>,
+) -> String {
+    if table.kind != TableKind::Gpt {
+        return partition_node(parent_stable, p.number);
+    }
+    if let Some(u) = &p.uuid {
+        return format!("/dev/disk/by-partuuid/{u}");
+    }
+    if let Some(md) = md {
+        return format!("/dev/disk/by-id/md-name-any:{md}-part{}", p.number);
+    }
+    nixos::by_partlabel(&p.label)
+}
+
 fn plan_with(
     layout: &Layout,
     targets: &BTreeMap<String, Target>,
     ids: Option<&Ids>,
 ) -> Result<Plan, LayoutError> {
+    let mut w = Walk {
+        ids,
+        members: BTreeMap::new(),
+        mounts: Vec::new(),
+        sites: Sites::default(),
+    };
+    let stable_disk = |name: &str| {
+        targets
+            .get(name)
+            .map(|t| t.by_id.clone().unwrap_or_else(|| t.device.clone()))
+            .unwrap_or_default()
+    };
     let mut disks = Vec::new();
-    let mut mounts = Vec::new();
     for (name, disk) in &layout.disks {
         let t = targets.get(name).ok_or_else(|| LayoutError {
             path: format!("{}.device", disk.path),
@@ -452,124 +463,82 @@ fn plan_with(
                 "no device for disk {name:?}: give --disk {name}=/dev/... (or \"auto\")"
             ),
         })?;
-        let ss = u64::from(t.sector_size.max(512));
-        let total = t.size_bytes / ss;
-        let align = ((1u64 << 20) / ss).max(1);
-        let min_sectors = first_usable(ss) + align + 34;
-        if total < min_sectors {
-            return Err(LayoutError {
-                path: format!("{}.device", disk.path),
-                message: format!(
-                    "{} is too small ({} bytes) for a GPT",
-                    t.device, t.size_bytes
-                ),
-            });
-        }
-        let first = first_usable(ss);
-        let last = last_usable(ss, total);
-        let mut used: Vec<(u64, u64)> = Vec::new();
+        let mut ops = vec![Op::Wipe {
+            device: t.device.clone(),
+        }];
         let mut parts = Vec::new();
-        for (i, p) in disk.partitions.iter().enumerate() {
-            let number = i as u32 + 1;
-            let size_path = format!("{}.size", p.path);
-            let free = free_blocks(&used, first, last);
-            let start = match p.start {
-                Bound::Default => {
-                    let largest = free
-                        .iter()
-                        .max_by_key(|(s, e)| (e - s, std::cmp::Reverse(*s)));
-                    match largest {
-                        Some((s, _)) => s.div_ceil(align) * align,
-                        None => {
-                            return Err(LayoutError {
-                                path: size_path,
-                                message: format!(
-                                    "no space left on {} ({}) for this partition",
-                                    t.device,
-                                    human(t.size_bytes)
-                                ),
-                            })
-                        }
-                    }
-                }
-                Bound::At(b) => (b / ss).max(first).div_ceil(align) * align,
-                Bound::Plus(b) => (first + b / ss).div_ceil(align) * align,
-                Bound::FromEnd(b) => (last.saturating_sub(b / ss)).div_ceil(align) * align,
-            };
-            let end = match p.end {
-                Bound::Plus(b) => (start + b / ss).saturating_sub(1),
-                Bound::FromEnd(b) => last.saturating_sub(b / ss),
-                Bound::At(b) => (b / ss).saturating_sub(1),
-                Bound::Default => last,
-            };
-            // --align-end: the sector after the end is aligned.
-            let end = if (end + 1).is_multiple_of(align) {
-                end
-            } else {
-                ((end + 1) / align * align).saturating_sub(1)
-            };
-            let fits = free.iter().any(|(s, e)| start >= *s && end <= *e);
-            if end < start || end > last || !fits {
-                let want = match p.end {
-                    Bound::Plus(b) => human(b),
-                    _ => "the rest".into(),
-                };
-                let left: u64 = free
-                    .iter()
-                    .map(|(s, e)| (e + 1).saturating_sub(s.div_ceil(align) * align))
-                    .max()
-                    .unwrap_or(0)
-                    * ss;
-                return Err(LayoutError {
-                    path: if matches!(p.end, Bound::Plus(_)) { size_path } else { format!("{}.end", p.path) },
-                    message: format!(
-                        "{} does not fit on {} ({}): at most {} is left after the partitions before it",
-                        want, t.device, human(t.size_bytes), human(left / (1 << 20) * (1 << 20))
-                    ),
-                });
-            }
-            used.push((start, end));
-            parts.push(PartPlan {
-                number,
-                label: p.label.clone(),
-                type_code: p.type_code.clone(),
-                type_guid: p.type_guid.clone(),
-                first_lba: start,
-                last_lba: end,
-                size_bytes: (end - start + 1) * ss,
-                device: partition_node(&t.device, number),
-                stable_device: nixos::by_partlabel(&p.label),
-                guid: ids.map(|i| i.uuid(&format!("part {name} {number}")).to_string()),
+        let stable = stable_disk(name);
+        let table = disk.table();
+        if let Some(table) = table {
+            let guids: Vec<Option<String>> = table
+                .partitions
+                .iter()
+                .map(|p| ids.map(|i| i.uuid(&format!("part {name} {}", p.number)).to_string()))
+                .collect();
+            parts = table_parts(table, t, &guids, |p| {
+                stable_partition(table, p, &stable, None)
+            })?;
+            let n = parts.len();
+            ops.push(match table.kind {
+                TableKind::Msdos => Op::WriteMbr {
+                    device: t.device.clone(),
+                    partitions: n,
+                },
+                _ => Op::WriteGpt {
+                    device: t.device.clone(),
+                    partitions: n,
+                },
             });
-        }
-        let mut ops = vec![
-            Op::Wipe {
-                device: t.device.clone(),
-            },
-            Op::WriteGpt {
-                device: t.device.clone(),
-                partitions: parts.len(),
-            },
-            Op::Reread {
+            hybrid_ops(table, &t.device, &mut ops);
+            ops.push(Op::Reread {
                 device: t.device.clone(),
                 partitions: parts.iter().map(|p| p.device.clone()).collect(),
-            },
-        ];
-        for (p, pp) in disk.partitions.iter().zip(&parts) {
-            if let Some(c) = &p.content {
-                content_ops(c, &pp.device, name, ids, &mut ops, &mut mounts);
+            });
+            for (p, pp) in table.partitions.iter().zip(&parts) {
+                if let Some(c) = &p.content {
+                    content_ops(
+                        c,
+                        &pp.device,
+                        &pp.stable_device,
+                        name,
+                        None,
+                        &mut w,
+                        &mut ops,
+                    )?;
+                }
             }
+        } else {
+            content_ops(
+                &disk.content,
+                &t.device,
+                &stable,
+                name,
+                None,
+                &mut w,
+                &mut ops,
+            )?;
         }
+        let disk_guid = ids.map(|i| match table.map(|t| t.kind) {
+            Some(TableKind::Msdos) => i.volume_id(&format!("disk {name}")),
+            _ => i.uuid(&format!("disk {name}")).to_string(),
+        });
         disks.push(DiskPlan {
             name: name.clone(),
             target: t.clone(),
+            table: table.map(|t| t.kind),
             partitions: parts,
-            disk_guid: ids.map(|i| i.uuid(&format!("disk {name}")).to_string()),
+            disk_guid: table.and(disk_guid),
             ops,
         });
     }
+    let mut volumes = Vec::new();
+    for (i, wave) in layout.waves.iter().enumerate() {
+        for v in wave {
+            volumes.push(volume_plan(layout, v, i + 1, &mut w)?);
+        }
+    }
     for n in layout.nodev.values() {
-        mounts.push(Mount {
+        w.mounts.push(Mount {
             device: n.device.clone(),
             mountpoint: n.mountpoint.clone(),
             fs_type: n.fs_type.clone(),
@@ -578,33 +547,219 @@ fn plan_with(
         });
     }
     // disko mounts in mountpoint order: a parent sorts before its children.
-    mounts.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
+    w.mounts.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
+    let nixos = nixos::derive(layout, &w.sites, |name| {
+        targets
+            .get(name)
+            .map(|t| t.by_id.clone().unwrap_or_else(|| t.device.clone()))
+    });
     Ok(Plan {
         disks,
-        mounts,
-        nixos: nixos::derive(layout, |name| {
-            targets
-                .get(name)
-                .map(|t| t.by_id.clone().unwrap_or_else(|| t.device.clone()))
-        }),
+        volumes,
+        mounts: w.mounts,
+        nixos,
     })
 }
 
-fn free_blocks(used: &[(u64, u64)], first: u64, last: u64) -> Vec<(u64, u64)> {
-    let mut u = used.to_vec();
-    u.sort();
-    let mut free = Vec::new();
-    let mut at = first;
-    for (s, e) in u {
-        if s > at {
-            free.push((at, s - 1));
+/// gpt `hybrid` (disko gpt.nix `_create`): `sgdisk -h` over the hybrid
+/// partitions (":EE" when `efiGptPartitionFirst = false`), then each one's
+/// MBR type and active flag with sfdisk.
+fn hybrid_ops(table: &Table, device: &str, ops: &mut Vec<Op>) {
+    let hybrid: Vec<&super::layout::Partition> = table
+        .partitions
+        .iter()
+        .filter(|p| p.hybrid.is_some())
+        .collect();
+    if hybrid.is_empty() {
+        return;
+    }
+    ops.push(Op::HybridMbr {
+        device: device.to_owned(),
+        partitions: hybrid.iter().map(|p| p.number).collect(),
+        ee_last: !table.efi_gpt_partition_first,
+    });
+    for p in hybrid {
+        let h = p.hybrid.as_ref().expect("filtered");
+        if let Some(t) = &h.mbr_type {
+            ops.push(Op::MbrPartType {
+                device: device.to_owned(),
+                number: p.number,
+                mbr_type: t.clone(),
+            });
         }
-        at = at.max(e + 1);
+        if h.bootable {
+            ops.push(Op::MbrActivate {
+                device: device.to_owned(),
+                number: p.number,
+            });
+        }
     }
-    if at <= last {
-        free.push((at, last));
+}
+
+/// Arguments disko hands to the tool unquoted (`${toString args}`): split
+/// at whitespace, as the shell does ("--iter-time 1", "-d raid1").
+fn split_words(args: &[String]) -> Vec<String> {
+    args.iter()
+        .flat_map(|a| a.split_whitespace().map(str::to_owned))
+        .collect()
+}
+
+/// The operations for one content on `device` (and, inside it, what it holds).
+#[allow(clippy::too_many_arguments)]
+fn content_ops(
+    c: &Content,
+    device: &str,
+    stable: &str,
+    owner: &str,
+    md: Option<&str>,
+    w: &mut Walk<'_>,
+    ops: &mut Vec<Op>,
+) -> Result<(), LayoutError> {
+    w.sites.insert(content_path(c), stable.to_owned());
+    match c {
+        Content::Table(t) => {
+            if t.partitions.iter().any(|p| p.hybrid.is_some()) {
+                return Err(LayoutError {
+                    path: format!("{}.partitions", t.path),
+                    message: "hybrid MBR entries are only made on a disk's own table".into(),
+                });
+            }
+            let nodes: Vec<String> = t
+                .partitions
+                .iter()
+                .map(|p| partition_node(device, p.number))
+                .collect();
+            let mut bare = t.clone();
+            for p in &mut bare.partitions {
+                p.content = None;
+            }
+            ops.push(Op::NestedTable {
+                device: device.to_owned(),
+                owner: owner.to_owned(),
+                table: bare,
+                disk_guid: w
+                    .ids
+                    .map(|i| i.uuid(&format!("table {device}")).to_string()),
+                guids: match w.ids {
+                    Some(i) => t
+                        .partitions
+                        .iter()
+                        .map(|p| Some(i.uuid(&format!("part {device} {}", p.number)).to_string()))
+                        .collect(),
+                    None => Vec::new(),
+                },
+                partitions: nodes.clone(),
+            });
+            for (p, node) in t.partitions.iter().zip(&nodes) {
+                if let Some(inner) = &p.content {
+                    let st = stable_partition(t, p, stable, md);
+                    content_ops(inner, node, &st, owner, None, w, ops)?;
+                }
+            }
+        }
+        Content::Filesystem(f) => fs_ops(f, device, owner, w, ops),
+        // disko (lib/types/swap.nix) makes no signature for a randomly
+        // encrypted swap: NixOS sets it up with a fresh key at every boot.
+        Content::Swap(s) if s.random_encryption => {}
+        Content::Swap(s) => ops.push(Op::Mkswap {
+            device: device.to_owned(),
+            args: s.extra_args.clone(),
+            uuid: pin(w.ids, device, &s.extra_args, "-U", false),
+        }),
+        Content::Luks(l) => luks_ops(l, device, stable, owner, w, ops)?,
+        Content::LvmPv(_) => {
+            ops.push(Op::PvCreate {
+                device: device.to_owned(),
+            });
+            register(c, device, w);
+        }
+        Content::MdRaid(_) | Content::Zfs(_) | Content::Bcachefs(_) => register(c, device, w),
     }
-    free
+    Ok(())
+}
+
+fn content_path(c: &Content) -> String {
+    match c {
+        Content::Table(t) => t.path.clone(),
+        Content::Filesystem(f) => f.path.clone(),
+        Content::Swap(s) => s.path.clone(),
+        Content::Luks(l) => l.path.clone(),
+        Content::MdRaid(m) | Content::LvmPv(m) | Content::Zfs(m) => m.path.clone(),
+        Content::Bcachefs(b) => b.path.clone(),
+    }
+}
+
+fn register(c: &Content, device: &str, w: &mut Walk<'_>) {
+    if let Some(v) = c.member_of() {
+        w.members
+            .entry(v)
+            .or_default()
+            .push((content_path(c), device.to_owned()));
+    }
+}
+
+/// `--keyfile-size` / `--keyfile-offset` for a key file read with limits (`settings`).
+fn key_limits(l: &Luks) -> Vec<String> {
+    let mut a = Vec::new();
+    if let Some(n) = l.key_file_size {
+        a.extend(["--keyfile-size".to_owned(), n.to_string()]);
+    }
+    if let Some(n) = l.key_file_offset {
+        a.extend(["--keyfile-offset".to_owned(), n.to_string()]);
+    }
+    a
+}
+
+fn luks_ops(
+    l: &Luks,
+    device: &str,
+    stable: &str,
+    owner: &str,
+    w: &mut Walk<'_>,
+    ops: &mut Vec<Op>,
+) -> Result<(), LayoutError> {
+    let format_args = split_words(&l.extra_format_args);
+    let mut args = format_args.clone();
+    args.extend(key_limits(l));
+    ops.push(Op::LuksFormat {
+        device: device.to_owned(),
+        name: l.name.clone(),
+        key: l.key.clone(),
+        args,
+        uuid: pin(w.ids, device, &format_args, "--uuid", false),
+    });
+    let mut args = split_words(&l.extra_open_args);
+    if l.allow_discards {
+        args.push("--allow-discards".into());
+    }
+    // luks.nix: bypassWorkqueues.
+    if l.settings.get("bypassWorkqueues") == Some(&serde_json::Value::Bool(true)) {
+        args.extend([
+            "--perf-no_read_workqueue".into(),
+            "--perf-no_write_workqueue".into(),
+        ]);
+    }
+    args.extend(key_limits(l));
+    ops.push(Op::LuksOpen {
+        device: device.to_owned(),
+        name: l.name.clone(),
+        key: l.key.clone(),
+        args,
+    });
+    for k in &l.additional_key_files {
+        ops.push(Op::LuksAddKey {
+            device: device.to_owned(),
+            key: l.key.clone(),
+            args: key_limits(l),
+            new_key: KeySource::KeyFile(k.clone()),
+        });
+    }
+    if let Some(inner) = &l.content {
+        let mapper = format!("/dev/mapper/{}", l.name);
+        content_ops(inner, &mapper, &mapper, owner, None, w, ops)?;
+    }
+    let _ = stable;
+    Ok(())
 }
 
 /// The id for what `what` makes on `device`, unless the layout's own
@@ -625,114 +780,367 @@ fn pin(ids: Option<&Ids>, device: &str, args: &[String], flag: &str, vfat: bool)
     })
 }
 
-fn content_ops(
-    c: &Content,
-    device: &str,
-    disk: &str,
-    ids: Option<&Ids>,
-    ops: &mut Vec<Op>,
-    mounts: &mut Vec<Mount>,
-) {
-    match c {
-        Content::Filesystem(f) => fs_ops(f, device, disk, ids, ops, mounts),
-        // disko (lib/types/swap.nix) makes no signature for a randomly
-        // encrypted swap: NixOS sets it up with a fresh key at every boot.
-        Content::Swap(s) if s.random_encryption => {}
-        Content::Swap(s) => ops.push(Op::Mkswap {
-            device: device.to_owned(),
-            args: s.extra_args.clone(),
-            uuid: pin(ids, device, &s.extra_args, "-U", false),
-        }),
-        Content::Luks(l) => {
-            ops.push(Op::LuksFormat {
-                device: device.to_owned(),
-                name: l.name.clone(),
-                key: l.key.clone(),
-                args: l.extra_format_args.clone(),
-                uuid: pin(ids, device, &l.extra_format_args, "--uuid", false),
-            });
-            let mut args = l.extra_open_args.clone();
-            if l.allow_discards {
-                args.push("--allow-discards".into());
-            }
-            ops.push(Op::LuksOpen {
-                device: device.to_owned(),
-                name: l.name.clone(),
-                key: l.key.clone(),
-                args,
-            });
-            if let Some(inner) = &l.content {
-                content_ops(
-                    inner,
-                    &format!("/dev/mapper/{}", l.name),
-                    disk,
-                    ids,
-                    ops,
-                    mounts,
-                );
-            }
-        }
-    }
-}
-
-fn fs_ops(
-    f: &Filesystem,
-    device: &str,
-    disk: &str,
-    ids: Option<&Ids>,
-    ops: &mut Vec<Op>,
-    mounts: &mut Vec<Mount>,
-) {
+fn fs_ops(f: &Filesystem, device: &str, owner: &str, w: &mut Walk<'_>, ops: &mut Vec<Op>) {
+    // btrfs.nix passes extraArgs unquoted (split); filesystem.nix quotes each.
+    let args = if f.format == "btrfs" {
+        split_words(&f.extra_args)
+    } else {
+        f.extra_args.clone()
+    };
     let uuid = if PINNED_FORMATS.contains(&f.format.as_str()) {
-        let flag = match f.format.as_str() {
-            "xfs" => "-m",
-            "vfat" => "-i",
-            _ => "-U",
-        };
-        pin(ids, device, &f.extra_args, flag, f.format == "vfat")
+        let flag = super::ops::uuid_flag(&f.format);
+        pin(w.ids, device, &args, flag, f.format == "vfat")
     } else {
         None
     };
     ops.push(Op::Mkfs {
         device: device.to_owned(),
         format: f.format.clone(),
-        args: f.extra_args.clone(),
+        args,
         uuid,
     });
-    if !f.subvolumes.is_empty() {
+    let mut swap_files: Vec<(String, String)> = f
+        .swap
+        .iter()
+        .map(|s| (s.path.clone(), s.size.clone()))
+        .collect();
+    for s in &f.subvolumes {
+        for sf in &s.swap {
+            swap_files.push((
+                format!("{}/{}", s.name.trim_matches('/'), sf.path),
+                sf.size.clone(),
+            ));
+        }
+    }
+    if !f.subvolumes.is_empty() || !swap_files.is_empty() {
         ops.push(Op::BtrfsSubvolumes {
             device: device.to_owned(),
             names: f.subvolumes.iter().map(|s| s.name.clone()).collect(),
+            swap_files,
         });
     }
     if let Some(m) = &f.mountpoint {
-        mounts.push(Mount {
+        w.mounts.push(Mount {
             device: device.to_owned(),
             mountpoint: m.clone(),
             fs_type: f.format.clone(),
             options: f.mount_options.clone(),
-            disk: Some(disk.to_owned()),
+            disk: Some(owner.to_owned()),
         });
     }
     for s in &f.subvolumes {
         if let Some(m) = &s.mountpoint {
             let mut options = s.mount_options.clone();
             options.push(format!("subvol={}", s.name));
-            mounts.push(Mount {
+            w.mounts.push(Mount {
                 device: device.to_owned(),
                 mountpoint: m.clone(),
                 fs_type: "btrfs".into(),
                 options,
-                disk: Some(disk.to_owned()),
+                disk: Some(owner.to_owned()),
             });
         }
     }
 }
 
+/// The operations of one volume, its members already registered.
+fn volume_plan(
+    layout: &Layout,
+    v: &VolumeRef,
+    wave: usize,
+    w: &mut Walk<'_>,
+) -> Result<VolumePlan, LayoutError> {
+    let label = v.to_string();
+    let members: Vec<(String, String)> = w.members.get(v).cloned().unwrap_or_default();
+    let devices: Vec<String> = members.iter().map(|(_, d)| d.clone()).collect();
+    let mut ops = Vec::new();
+    match v.kind {
+        VolumeKind::Mdadm => {
+            let m = &layout.mdadm[&v.name];
+            let dev = m.device();
+            ops.push(Op::MdCreate {
+                device: dev.clone(),
+                name: m.name.clone(),
+                level: m.level,
+                metadata: m.metadata.clone(),
+                members: devices,
+                args: m.extra_args.clone(),
+                uuid: w.ids.map(|i| i.uuid(&format!("md {}", m.name)).to_string()),
+            });
+            if let Some(c) = &m.content {
+                content_ops(c, &dev, &dev, &label, Some(&m.name), w, &mut ops)?;
+            }
+        }
+        VolumeKind::LvmVg => {
+            let g = &layout.lvm_vg[&v.name];
+            ops.push(Op::VgCreate {
+                name: g.name.clone(),
+                pvs: devices,
+            });
+            for lv in &g.lvs {
+                ops.push(Op::LvCreate {
+                    vg: g.name.clone(),
+                    name: lv.name.clone(),
+                    size: lv.size.clone(),
+                    lvm_type: lv.lvm_type.clone(),
+                    pool: lv.pool.clone(),
+                    args: split_words(&lv.extra_args),
+                });
+            }
+            for lv in &g.lvs {
+                if let Some(c) = &lv.content {
+                    let dev = lv.device(&g.name);
+                    content_ops(c, &dev, &dev, &label, None, w, &mut ops)?;
+                }
+            }
+        }
+        VolumeKind::Zpool => {
+            let z = &layout.zpool[&v.name];
+            let dev_of = |path: &str| {
+                members
+                    .iter()
+                    .find(|(p, _)| p == path)
+                    .map(|(_, d)| d.clone())
+                    .unwrap_or_default()
+            };
+            let topology = match &z.mode {
+                ZpoolMode::Simple(mode) => {
+                    let mut t: Vec<String> = Vec::new();
+                    if !mode.is_empty() {
+                        t.push(mode.clone());
+                    }
+                    t.extend(devices.iter().cloned());
+                    t
+                }
+                ZpoolMode::Topology(top) => {
+                    // zpool.nix: storage vdevs, spare, log, dedup, special,
+                    // cache; in each list the vdevs without mode first; the
+                    // class keyword once per class.
+                    let mut t: Vec<String> = Vec::new();
+                    let class =
+                        |kind: &str, vdevs: Vec<(String, Vec<String>)>, t: &mut Vec<String>| {
+                            if vdevs.is_empty() {
+                                return;
+                            }
+                            if !kind.is_empty() {
+                                t.push(kind.to_owned());
+                            }
+                            for (mode, ms) in vdevs {
+                                if !mode.is_empty() {
+                                    t.push(mode);
+                                }
+                                let paths = super::layout::topology_members(layout, z, &ms);
+                                t.extend(paths.iter().map(|p| dev_of(p)));
+                            }
+                        };
+                    let list = |vs: &[super::layout::Vdev]| {
+                        let mut l: Vec<(String, Vec<String>)> = vs
+                            .iter()
+                            .filter(|v| v.mode.is_empty())
+                            .chain(vs.iter().filter(|v| !v.mode.is_empty()))
+                            .map(|v| (v.mode.clone(), v.members.clone()))
+                            .collect();
+                        l.dedup();
+                        l
+                    };
+                    class("", list(&top.vdev), &mut t);
+                    if !top.spare.is_empty() {
+                        class("spare", vec![(String::new(), top.spare.clone())], &mut t);
+                    }
+                    class("log", list(&top.log), &mut t);
+                    class("dedup", list(&top.dedup), &mut t);
+                    class("special", list(&top.special), &mut t);
+                    if !top.cache.is_empty() {
+                        class("cache", vec![(String::new(), top.cache.clone())], &mut t);
+                    }
+                    t
+                }
+            };
+            ops.push(Op::ZpoolCreate {
+                name: z.name.clone(),
+                no_mountpoint: z.root_fs_options.get("canmount").map(String::as_str) == Some("off"),
+                options: z.options.clone().into_iter().collect(),
+                root_fs_options: z.root_fs_options.clone().into_iter().collect(),
+                topology,
+            });
+            zfs_mount(
+                &z.name,
+                z.mountpoint.as_deref(),
+                &z.root_fs_options,
+                &z.mount_options,
+                &label,
+                w,
+            );
+            for d in &z.datasets {
+                let full = d.full_name(&z.name);
+                match &d.kind {
+                    DatasetKind::ZfsFs { mountpoint } => {
+                        let mut o = BTreeMap::new();
+                        if let Some(m) = mountpoint {
+                            o.insert("mountpoint".to_owned(), m.clone());
+                        }
+                        o.extend(d.options.clone());
+                        ops.push(Op::ZfsCreate {
+                            name: full.clone(),
+                            options: o.into_iter().collect(),
+                        });
+                        zfs_mount(
+                            &full,
+                            mountpoint.as_deref(),
+                            &d.options,
+                            &d.mount_options,
+                            &label,
+                            w,
+                        );
+                    }
+                    DatasetKind::ZfsVolume {
+                        size,
+                        extra_args,
+                        content,
+                    } => {
+                        ops.push(Op::ZfsVolume {
+                            name: full.clone(),
+                            options: d.options.clone().into_iter().collect(),
+                            size: size.clone(),
+                            args: extra_args.clone(),
+                        });
+                        if let Some(c) = content {
+                            let dev = format!("/dev/zvol/{full}");
+                            content_ops(c, &dev, &dev, &label, None, w, &mut ops)?;
+                        }
+                    }
+                }
+            }
+        }
+        VolumeKind::Bcachefs => {
+            let b = &layout.bcachefs[&v.name];
+            let mut ms = Vec::new();
+            for (path, dev) in &members {
+                let found = layout
+                    .all_contents()
+                    .into_iter()
+                    .find_map(|(_, c)| match c {
+                        Content::Bcachefs(m) if &m.path == path => Some(m.clone()),
+                        _ => None,
+                    });
+                if let Some(m) = found {
+                    ms.push((m.label.clone(), m.extra_format_args.clone(), dev.clone()));
+                }
+            }
+            let key = b.password_file.clone().map(KeySource::PasswordFile);
+            let source = devices.join(":");
+            ops.push(Op::BcachefsFormat {
+                name: b.name.clone(),
+                uuid: b.uuid.clone(),
+                members: ms,
+                args: split_words(&b.extra_format_args),
+                key: key.clone(),
+            });
+            if !b.subvolumes.is_empty() {
+                ops.push(Op::BcachefsSubvolumes {
+                    device: source.clone(),
+                    names: b
+                        .subvolumes
+                        .iter()
+                        .map(|s| s.name.trim_start_matches('/').to_owned())
+                        .collect(),
+                    key,
+                });
+            }
+            let unique = |mut v: Vec<String>| {
+                let mut seen = std::collections::BTreeSet::new();
+                v.retain(|x| seen.insert(x.clone()));
+                v
+            };
+            if let Some(m) = &b.mountpoint {
+                let mut o = vec!["X-mount.mkdir".to_owned()];
+                o.extend(b.mount_options.clone());
+                w.mounts.push(Mount {
+                    device: source.clone(),
+                    mountpoint: m.clone(),
+                    fs_type: "bcachefs".into(),
+                    options: unique(o),
+                    disk: Some(label.clone()),
+                });
+            }
+            for s in &b.subvolumes {
+                if let Some(m) = &s.mountpoint {
+                    let mut o = vec![
+                        "X-mount.mkdir".to_owned(),
+                        format!("X-mount.subdir={}", s.name.trim_start_matches('/')),
+                    ];
+                    o.extend(s.mount_options.clone());
+                    w.mounts.push(Mount {
+                        device: source.clone(),
+                        mountpoint: m.clone(),
+                        fs_type: "bcachefs".into(),
+                        options: unique(o),
+                        disk: Some(label.clone()),
+                    });
+                }
+            }
+        }
+    }
+    Ok(VolumePlan {
+        kind: v.kind,
+        name: v.name.clone(),
+        label,
+        wave,
+        ops,
+    })
+}
+
+/// zfs_fs.nix `_mount`: a dataset with a mountpoint, unless mountpoint=none
+/// or canmount=off; `zfsutil` unless its mountpoint property is "legacy".
+fn zfs_mount(
+    name: &str,
+    mountpoint: Option<&str>,
+    options: &BTreeMap<String, String>,
+    mount_options: &[String],
+    owner: &str,
+    w: &mut Walk<'_>,
+) {
+    let Some(m) = mountpoint else { return };
+    if options.get("mountpoint").map(String::as_str) == Some("none")
+        || options.get("canmount").map(String::as_str) == Some("off")
+    {
+        return;
+    }
+    let mut o = mount_options.to_vec();
+    if options.get("mountpoint").map(String::as_str) != Some("legacy") {
+        o.push("zfsutil".into());
+    }
+    w.mounts.push(Mount {
+        device: name.to_owned(),
+        mountpoint: m.to_owned(),
+        fs_type: "zfs".into(),
+        options: o,
+        disk: Some(owner.to_owned()),
+    });
+}
+
+fn free_blocks(used: &[(u64, u64)], first: u64, last: u64) -> Vec<(u64, u64)> {
+    let mut u = used.to_vec();
+    u.sort();
+    let mut free = Vec::new();
+    let mut at = first;
+    for (s, e) in u {
+        if s > at {
+            free.push((at, s - 1));
+        }
+        at = at.max(e + 1);
+    }
+    if at <= last {
+        free.push((at, last));
+    }
+    free
+}
+
 impl Plan {
     /// What the layout lacks to boot this machine's firmware: an ESP
-    /// (EF00, mounted) for UEFI, a BIOS boot partition (EF02) for GRUB on
-    /// BIOS. Warnings, not errors: the configuration may boot otherwise.
+    /// (EF00, mounted, directly or as an md array of EF00 partitions) for
+    /// UEFI, a BIOS boot partition (EF02) for GRUB on BIOS. Warnings, not
+    /// errors: the configuration may boot otherwise.
     pub fn boot_warnings(&self, firmware: landfall_proto::inventory::FirmwareMode) -> Vec<String> {
         use landfall_proto::inventory::FirmwareMode;
         let has = |code: &str| {
@@ -741,12 +1149,19 @@ impl Plan {
                 .flat_map(|d| &d.partitions)
                 .any(|p| p.type_guid == super::layout::type_guid(code).unwrap_or_default())
         };
-        let esp_mounted = self.disks.iter().any(|d| {
-            d.partitions.iter().any(|p| {
-                p.type_guid == super::layout::EF00
-                    && self.mounts.iter().any(|m| m.device == p.device)
-            })
-        });
+        let esp: Vec<&str> = self
+            .disks
+            .iter()
+            .flat_map(|d| &d.partitions)
+            .filter(|p| p.type_guid == super::layout::EF00)
+            .map(|p| p.device.as_str())
+            .collect();
+        let mounted = |dev: &str| self.mounts.iter().any(|m| m.device == dev);
+        let esp_mounted = esp.iter().any(|d| mounted(d))
+            || self.volumes.iter().flat_map(|v| &v.ops).any(|op| {
+                matches!(op, Op::MdCreate { device, members, .. }
+                    if mounted(device) && members.iter().any(|m| esp.contains(&m.as_str())))
+            });
         let mut w = Vec::new();
         match firmware {
             FirmwareMode::Uefi if !esp_mounted => w.push(
@@ -762,7 +1177,7 @@ impl Plan {
 
     /// Number of operations, mounts included (for progress).
     pub fn op_count(&self) -> usize {
-        self.disks.iter().map(|d| d.ops.len()).sum::<usize>() + self.mounts.len()
+        self.all_ops().count() + self.mounts.len()
     }
 }
 
@@ -783,30 +1198,57 @@ impl fmt::Display for Plan {
                 human(t.size_bytes),
                 t.sector_size
             )?;
-            writeln!(f, "  gpt:")?;
-            writeln!(
-                f,
-                "    {:>2}  {:>12}  {:>12}  {:>8}  {:<36}  {:<4}  device",
-                "#", "first", "last", "size", "label", "type"
-            )?;
-            for p in &d.partitions {
+            if let Some(kind) = d.table {
                 writeln!(
                     f,
-                    "    {:>2}  {:>12}  {:>12}  {:>8}  {:<36}  {:<4}  {}",
-                    p.number,
-                    p.first_lba,
-                    p.last_lba,
-                    human(p.size_bytes),
-                    p.label,
-                    p.type_code,
-                    p.device
+                    "  {}:",
+                    match kind {
+                        TableKind::Gpt => "gpt",
+                        TableKind::PartedGpt => "gpt (legacy table, placed as parted does)",
+                        TableKind::Msdos => "msdos (MBR, placed as parted does)",
+                    }
                 )?;
+                writeln!(
+                    f,
+                    "    {:>2}  {:>12}  {:>12}  {:>8}  {:<36}  {:<4}  device",
+                    "#", "first", "last", "size", "label", "type"
+                )?;
+                for p in &d.partitions {
+                    let ty = match p.mbr_type {
+                        Some(m) => format!("{m:02x}{}", if p.bootable { "*" } else { "" }),
+                        None => p.type_code.clone(),
+                    };
+                    writeln!(
+                        f,
+                        "    {:>2}  {:>12}  {:>12}  {:>8}  {:<36}  {:<4}  {}",
+                        p.number,
+                        p.first_lba,
+                        p.last_lba,
+                        human(p.size_bytes),
+                        p.label,
+                        ty,
+                        p.device
+                    )?;
+                }
             }
             writeln!(
                 f,
                 "  operations (this disk's run in parallel with the other disks'):"
             )?;
             for op in &d.ops {
+                n += 1;
+                writeln!(f, "    {n:>2}. {}", op.describe())?;
+            }
+        }
+        for v in &self.volumes {
+            writeln!(
+                f,
+                "{} (wave {}: after the disks{}; in parallel with the wave's other volumes):",
+                v.label,
+                v.wave,
+                if v.wave > 1 { " and earlier waves" } else { "" }
+            )?;
+            for op in &v.ops {
                 n += 1;
                 writeln!(f, "    {n:>2}. {}", op.describe())?;
             }
@@ -834,6 +1276,13 @@ impl fmt::Display for Plan {
     }
 }
 
+/// Owner label of a layout disk (reports).
+pub fn owner_label(o: &Owner) -> String {
+    match o {
+        Owner::Disk(d) => d.clone(),
+        Owner::Volume(v) => v.to_string(),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

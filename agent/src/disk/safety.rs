@@ -1,8 +1,10 @@
 //! Safety before any write: what is on each target disk, and whether it may
-//! be overwritten. Mounted, busy (held by device-mapper/RAID, active swap),
-//! read-only disks and the boot medium are refused whatever the policy;
-//! a disk holding a partition table or any signature is refused unless the
-//! wipe policy allows it.
+//! be overwritten. Mounted, busy (held by device-mapper other than LVM,
+//! active swap, anything mounted on what is stacked above it), read-only
+//! disks and the boot medium are refused whatever the policy; a disk holding
+//! a partition table or any signature, or that is a member of an active md
+//! array or volume group, is refused unless the wipe policy allows it (the
+//! wipe then stops the array and deactivates the volume group first).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -85,6 +87,112 @@ pub fn kernel_partitions(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// What is stacked on a device (its `holders` in sysfs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stacked {
+    /// An md array ("md127").
+    Md(String),
+    /// An LVM volume group, by name (its logical volumes are device-mapper devices).
+    Vg(String),
+    /// Anything else: a LUKS mapping, a multipath or other device-mapper table.
+    Other(String),
+}
+
+/// The volume group of an LVM device-mapper name ("vg--a-lv" is VG "vg-a",
+/// LV "lv": a '-' inside a name is doubled).
+pub fn dm_vg_name(dm_name: &str) -> Option<String> {
+    let b = dm_name.as_bytes();
+    let mut vg = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'-' {
+            if b.get(i + 1) == Some(&b'-') {
+                vg.push('-');
+                i += 2;
+                continue;
+            }
+            return Some(vg);
+        }
+        vg.push(b[i] as char);
+        i += 1;
+    }
+    None
+}
+
+fn classify(holder: &str) -> Stacked {
+    if holder.starts_with("md") {
+        return Stacked::Md(holder.to_owned());
+    }
+    let dm = |f: &str| {
+        fs::read_to_string(
+            Path::new("/sys/class/block")
+                .join(holder)
+                .join("dm")
+                .join(f),
+        )
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+    };
+    if dm("uuid").starts_with("LVM-") {
+        if let Some(vg) = dm_vg_name(&dm("name")) {
+            return Stacked::Vg(vg);
+        }
+    }
+    Stacked::Other(holder.to_owned())
+}
+
+/// Everything stacked on `name` and its partitions, recursively: the
+/// kernel names, and each classified; the topmost first (the order to take
+/// them down in). A volume group appears once.
+pub fn stack_above(name: &str) -> Vec<Stacked> {
+    fn visit(n: &str, seen: &mut Vec<String>, out: &mut Vec<(String, Stacked)>) {
+        let mut nodes = vec![n.to_owned()];
+        nodes.extend(kernel_partitions(n));
+        for node in nodes {
+            for h in crate::hw::list_dir(&Path::new("/sys/class/block").join(&node).join("holders"))
+            {
+                if seen.contains(&h) {
+                    continue;
+                }
+                seen.push(h.clone());
+                visit(&h, seen, out);
+                out.push((h.clone(), classify(&h)));
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    let mut all = Vec::new();
+    visit(name, &mut seen, &mut all);
+    let mut out: Vec<Stacked> = Vec::new();
+    for (_, s) in all {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// The kernel devices stacked on `name` (recursively), for the mount and swap checks.
+fn stacked_nodes(name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![name.to_owned()];
+    while let Some(n) = todo.pop() {
+        let mut nodes = vec![n.clone()];
+        nodes.extend(kernel_partitions(&n));
+        for node in nodes {
+            for h in crate::hw::list_dir(&Path::new("/sys/class/block").join(&node).join("holders"))
+            {
+                if !out.contains(&h) {
+                    out.push(h.clone());
+                    out.extend(kernel_partitions(&h));
+                    todo.push(h);
+                }
+            }
+        }
+    }
+    out
+}
+
 fn dev_number(name: &str) -> Option<String> {
     fs::read_to_string(Path::new("/sys/class/block").join(name).join("dev"))
         .ok()
@@ -139,14 +247,39 @@ pub async fn probe(device: &str) -> Result<Probe> {
             p.mounted.push(format!("{node} on {}", m.mountpoint));
         }
         for h in crate::hw::list_dir(&Path::new("/sys/class/block").join(kname).join("holders")) {
-            p.busy.push(format!("{node} held by {h}"));
+            match classify(&h) {
+                Stacked::Md(md) => p
+                    .found
+                    .push(format!("{node} is a member of the active md array {md}")),
+                Stacked::Vg(vg) => p.found.push(format!(
+                    "{node} is a physical volume of the active volume group {vg}"
+                )),
+                Stacked::Other(_) => p.busy.push(format!("{node} held by {h}")),
+            }
+        }
+    }
+    // What is stacked higher up (a volume group on an md array, a LUKS
+    // volume on a logical volume) must not be in use either.
+    let stacked = stacked_nodes(&name);
+    for s in &stacked {
+        let Some(num) = dev_number(s) else { continue };
+        for m in mounts.iter().filter(|m| m.dev == num) {
+            p.mounted
+                .push(format!("/dev/{s} (on {canon_s}) on {}", m.mountpoint));
+        }
+    }
+    for s in stack_above(&name) {
+        if let Stacked::Other(h) = s {
+            if !p.busy.iter().any(|b| b.ends_with(&format!("held by {h}"))) {
+                p.busy.push(format!("{h} is stacked on {canon_s}"));
+            }
         }
     }
     let swaps = fs::read_to_string("/proc/swaps").unwrap_or_default();
     for line in swaps.lines().skip(1) {
         if let Some(dev) = line.split_whitespace().next() {
             if let Ok((_, n)) = kernel_name(dev) {
-                if nodes.iter().any(|(k, _)| *k == n) {
+                if nodes.iter().any(|(k, _)| *k == n) || stacked.contains(&n) {
                     p.busy.push(format!("{dev} is active swap"));
                 }
             }
@@ -227,6 +360,13 @@ pub fn parse_export(s: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lvm_names_give_their_volume_group() {
+        assert_eq!(dm_vg_name("pool-root").as_deref(), Some("pool"));
+        assert_eq!(dm_vg_name("vg--a-lv--b").as_deref(), Some("vg-a"));
+        assert_eq!(dm_vg_name("crypted"), None);
+    }
 
     #[test]
     fn refusals_name_disk_found_and_policy() {

@@ -58,7 +58,7 @@ pub fn required_bytes(layout: &Layout, name: &str) -> u64 {
         return 0;
     };
     let fixed: u64 = d
-        .partitions
+        .partitions()
         .iter()
         .map(|p| match p.size {
             Size::Bytes(b) => b.div_ceil(1 << 20) << 20,

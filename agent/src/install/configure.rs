@@ -21,6 +21,7 @@ use landfall_proto::{Assignment, Inventory};
 
 use super::hwconfig::{Bootloader, HwConfig};
 use super::nixstr::quote;
+use crate::disk::nixos::host_id_for;
 use crate::disk::NixosConfig;
 
 pub const HARDWARE_FILE: &str = "/etc/nixos/hardware-configuration.nix";
@@ -76,8 +77,13 @@ impl TargetFiles {
             Some(f) => Some(flake_file(&FlakeRef::parse(f)?)),
             None => None,
         };
+        // networking.hostId (ZFS): from the machine's name in the fleet.
+        let mut storage = storage.clone();
+        if storage.needs_host_id && storage.host_id.is_none() {
+            storage.host_id = Some(host_id_for(&assignment.hostname));
+        }
         Ok(Self {
-            hardware: hardware_file(inv, storage),
+            hardware: hardware_file(inv, &storage),
             inventory_json: serde_json::to_string_pretty(inv)? + "\n",
             flake,
         })
@@ -102,11 +108,23 @@ impl TargetFiles {
 /// id), and the disk step's storage options.
 pub fn hardware_file(inv: &Inventory, storage: &NixosConfig) -> String {
     let mut storage = storage.clone();
+    // A pool needs networking.hostId: the machine's name when the caller
+    // gave none (the CLI: this machine's hostname).
+    if storage.needs_host_id && storage.host_id.is_none() {
+        storage.host_id = Some(host_id_for(inv.hostname.as_deref().unwrap_or("nixos")));
+    }
+    // boot.initrd.kernelModules is the hardware file's own line: the
+    // storage's modules go there, not in a second definition.
+    let initrd_modules: Vec<String> = std::mem::take(&mut storage.initrd_kernel_modules)
+        .into_iter()
+        .collect();
     // The first GRUB device becomes `boot.loader.grub.device`; more (mirrored
     // BIOS boot partitions) stay in `boot.loader.grub.devices`.
     let grub_disk = (!storage.grub_devices.is_empty()).then(|| storage.grub_devices.remove(0));
     let bootloader = Bootloader::for_machine(inv, grub_disk.as_deref());
-    HwConfig::from_inventory(inv, bootloader, storage.to_nix_attrs()).render()
+    let mut hw = HwConfig::from_inventory(inv, bootloader, storage.to_nix_attrs());
+    hw.initrd_kernel_modules = initrd_modules;
+    hw.render()
 }
 
 /// `flake.nix` for `/etc/nixos` of the installed machine.

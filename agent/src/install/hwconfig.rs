@@ -53,6 +53,9 @@ pub struct HwConfig {
     /// Nix expressions, e.g. `(modulesPath + "/profiles/qemu-guest.nix")`.
     pub imports: Vec<String>,
     pub initrd_available_kernel_modules: Vec<String>,
+    /// `boot.initrd.kernelModules`: what the disks need loaded in stage 1
+    /// (md personalities, device-mapper targets, f2fs), from the disk step.
+    pub initrd_kernel_modules: Vec<String>,
     pub kernel_modules: Vec<String>,
     /// Further `option = value;` lines.
     pub attrs: Vec<String>,
@@ -132,6 +135,7 @@ impl HwConfig {
         Self {
             imports,
             initrd_available_kernel_modules: initrd,
+            initrd_kernel_modules: Vec::new(),
             kernel_modules,
             attrs,
             host_platform: inv
@@ -158,7 +162,10 @@ impl HwConfig {
             "  boot.initrd.availableKernelModules = {};\n",
             list(&self.initrd_available_kernel_modules)
         ));
-        s.push_str("  boot.initrd.kernelModules = [ ];\n");
+        s.push_str(&format!(
+            "  boot.initrd.kernelModules = {};\n",
+            list(&self.initrd_kernel_modules)
+        ));
         s.push_str(&format!(
             "  boot.kernelModules = {};\n",
             list(&self.kernel_modules)
