@@ -32,11 +32,12 @@ fn mountpoints(p: &Plan) -> Vec<&str> {
 
 #[test]
 fn every_layout_renders_and_plans() {
-    for name in LAYOUTS {
+    for name in all_layouts() {
+        let name = name.as_str();
         let p = plan_of(name, 4 * GIB);
         let text = p.to_string();
         assert!(
-            text.contains("gpt:") && text.contains("NixOS configuration"),
+            text.contains("disk ") && text.contains("NixOS configuration"),
             "{name}:\n{text}"
         );
         // Serialisable, and the JSON carries the same partitions.
@@ -354,8 +355,8 @@ fn the_unlock_key_file_lives_on_tmpfs_only_while_it_is_used() {
 fn no_emitted_config_names_a_path_only_the_installer_has() {
     use landfall_agent::disk::layout::INSTALLER_ONLY;
     use landfall_proto::LuksUnlock;
-    for name in LAYOUTS {
-        let l = layout(name);
+    for name in all_layouts() {
+        let l = layout(&name);
         for unlock in [LuksUnlock::InitrdKey, LuksUnlock::Prompt, LuksUnlock::Tpm2] {
             let mut p = plan(&l, &sized(&l, 4 * GIB)).unwrap();
             p.set_luks_unlock(&l, unlock, &[7]).unwrap();
@@ -402,21 +403,40 @@ fn xfs_swap_end_from_the_end_swap_and_tmpfs() {
     assert_eq!(mountpoints(&p), ["/", "/boot", "/tmp"]);
 }
 
-/// `sfdisk -J` partitions of an image: (start, size, name, type).
-fn sfdisk_parts(img: &std::path::Path) -> Vec<(u64, u64, String, String)> {
+/// A partition as `sfdisk -J` shows it: start, size, name, type, and the
+/// attribute bits, the PARTUUID and the MBR active flag where set.
+#[derive(Debug, PartialEq, Eq)]
+struct Part {
+    start: u64,
+    size: u64,
+    name: String,
+    ty: String,
+    attrs: String,
+    uuid: Option<String>,
+    bootable: bool,
+}
+
+/// `sfdisk -J` partitions of an image; the PARTUUID of those `fixed` says.
+fn sfdisk_parts(img: &std::path::Path, fixed: &[bool]) -> Vec<Part> {
     let j: serde_json::Value =
         serde_json::from_str(&sh(&["sfdisk", "-J", img.to_str().unwrap()])).unwrap();
     j["partitiontable"]["partitions"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| {
-            (
-                p["start"].as_u64().unwrap(),
-                p["size"].as_u64().unwrap(),
-                p["name"].as_str().unwrap_or("").to_owned(),
-                p["type"].as_str().unwrap().to_ascii_uppercase(),
-            )
+        .enumerate()
+        .map(|(i, p)| Part {
+            start: p["start"].as_u64().unwrap(),
+            size: p["size"].as_u64().unwrap(),
+            name: p["name"].as_str().unwrap_or("").to_owned(),
+            ty: p["type"].as_str().unwrap().to_ascii_uppercase(),
+            attrs: p["attrs"].as_str().unwrap_or("").to_owned(),
+            uuid: fixed
+                .get(i)
+                .copied()
+                .unwrap_or(false)
+                .then(|| p["uuid"].as_str().unwrap_or("").to_ascii_lowercase()),
+            bootable: p["bootable"].as_bool().unwrap_or(false),
         })
         .collect()
 }
@@ -425,21 +445,62 @@ fn kib(b: u64) -> String {
     format!("{}K", b / 1024)
 }
 
+/// Two empty image files of `size`.
+fn images(size: u64) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours.img");
+    let theirs = dir.path().join("theirs.img");
+    for f in [&ours, &theirs] {
+        std::fs::File::create(f).unwrap().set_len(size).unwrap();
+    }
+    (dir, ours, theirs)
+}
+
+/// Plan `layout` with its disk `disk_name` on the image `img`.
+fn plan_on(
+    l: &landfall_agent::disk::Layout,
+    disk_name: &str,
+    img: &std::path::Path,
+    size: u64,
+) -> Plan {
+    let mut t = sized(l, size);
+    t.get_mut(disk_name).unwrap().device = img.to_string_lossy().into_owned();
+    plan(l, &t).unwrap()
+}
+
+/// Every fixture's GPT (attribute bits and fixed partition GUIDs
+/// included), written by our writer, equals what sgdisk makes from
+/// disko's own command lines (lib/types/gpt.nix `_create`: per partition
+/// `sgdisk --align-end --new=N:START:END --partition-guid=N:UUID|R
+/// --change-name=N:LABEL --typecode=N:TYPE --attributes=N:=:0
+/// --attributes=N:set:BIT`). Disks whose tables have the same shape are
+/// checked once.
 #[test]
 fn gpt_in_image_files_matches_sgdisk_running_diskos_commands() {
-    for name in LAYOUTS {
-        let l = layout(name);
+    use landfall_agent::disk::layout::TableKind;
+    let mut seen = std::collections::BTreeSet::new();
+    for name in all_layouts() {
+        let l = layout(&name);
         for (disk_name, disk) in &l.disks {
-            let size = 3 * GIB + 12345 * 512;
-            let dir = tempfile::tempdir().unwrap();
-            let ours = dir.path().join("ours.img");
-            let theirs = dir.path().join("sgdisk.img");
-            for f in [&ours, &theirs] {
-                std::fs::File::create(f).unwrap().set_len(size).unwrap();
+            if disk.table().map(|t| t.kind) != Some(TableKind::Gpt) {
+                continue;
             }
-            let mut t = sized(&l, size);
-            t.get_mut(disk_name).unwrap().device = ours.to_string_lossy().into_owned();
-            let p = plan(&l, &t).unwrap();
+            let shape: Vec<String> = disk
+                .partitions()
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{:?} {:?} {:?} {} {:?} {:?}",
+                        p.start, p.end, p.size, p.type_code, p.attributes, p.uuid
+                    )
+                })
+                .collect();
+            if !seen.insert(shape) {
+                continue;
+            }
+            let size = 3 * GIB + 12345 * 512;
+            let (_dir, ours, theirs) = images(size);
+            let p = plan_on(&l, disk_name, &ours, size);
             let dp = p.disks.iter().find(|d| &d.name == disk_name).unwrap();
             landfall_agent::disk::gpt::write(dp).unwrap();
 
@@ -449,9 +510,12 @@ fn gpt_in_image_files_matches_sgdisk_running_diskos_commands() {
             let d = sh(&["sfdisk", "-d", ours.to_str().unwrap()]);
             assert!(d.contains("label: gpt"), "{d}");
 
-            // disko's own _create (lib/types/gpt.nix): one sgdisk call per partition.
-            for (i, part) in disk.partitions().iter().enumerate() {
-                let n = i + 1;
+            // disko runs one sgdisk per partition; one call with the same
+            // options in the same order makes the same table (sgdisk applies
+            // them in order) without its sleep after each write.
+            let mut argv = vec!["sgdisk".to_owned(), "--align-end".to_owned()];
+            for part in disk.partitions() {
+                let n = part.number;
                 let start = match part.start {
                     Bound::Default => "0".to_owned(),
                     Bound::At(b) => kib(b),
@@ -465,28 +529,162 @@ fn gpt_in_image_files_matches_sgdisk_running_diskos_commands() {
                     (Bound::At(b), _) => kib(b),
                     (Bound::Default, _) => "0".to_owned(),
                 };
-                sh(&[
-                    "sgdisk",
-                    "--align-end",
-                    &format!("--new={n}:{start}:{end}"),
-                    &format!("--change-name={n}:{}", part.label),
-                    &format!("--typecode={n}:{}", part.type_code),
-                    theirs.to_str().unwrap(),
+                argv.extend([
+                    format!("--new={n}:{start}:{end}"),
+                    format!(
+                        "--partition-guid={n}:{}",
+                        part.uuid.clone().unwrap_or_else(|| "R".into())
+                    ),
+                    format!("--change-name={n}:{}", part.label),
+                    format!("--typecode={n}:{}", part.type_code),
+                    format!("--attributes={n}:=:0"),
                 ]);
+                for b in &part.attributes {
+                    argv.push(format!("--attributes={n}:set:{b}"));
+                }
             }
-            let a = sfdisk_parts(&ours);
-            let b = sfdisk_parts(&theirs);
+            argv.push(theirs.to_string_lossy().into_owned());
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            sh(&argv);
+            let fixed: Vec<bool> = disk.partitions().iter().map(|p| p.uuid.is_some()).collect();
+            let a = sfdisk_parts(&ours, &fixed);
+            let b = sfdisk_parts(&theirs, &fixed);
             assert_eq!(a, b, "{name}/{disk_name}: our GPT differs from sgdisk's");
-            // And the plan says what was written.
-            let planned: Vec<(u64, u64)> = dp
-                .partitions
-                .iter()
-                .map(|p| (p.first_lba, p.last_lba - p.first_lba + 1))
-                .collect();
-            let written: Vec<(u64, u64)> = a.iter().map(|p| (p.0, p.1)).collect();
-            assert_eq!(planned, written, "{name}/{disk_name}");
+            assert_plan_written(dp, &a, &format!("{name}/{disk_name}"));
         }
     }
+    assert!(seen.len() >= 12, "only {} table shapes checked", seen.len());
+}
+
+/// disko's legacy `table` (lib/types/table.nix `_create`): `parted -s DEV
+/// -- mklabel FORMAT`, then per partition `mkpart NAME|PART-TYPE [FS-TYPE]
+/// START END`, `set N boot on`, `set N FLAG on`. Our plan places them as
+/// parted does and our writers write the same table; checked on several
+/// disk sizes, with the fixtures and extra positions (decimal units,
+/// percentages, counted from the end).
+#[test]
+fn legacy_tables_in_image_files_match_parted_running_diskos_commands() {
+    use landfall_agent::disk::layout::TableKind;
+    require_tool("parted", "parted");
+    let extra = |format: &str, parts: &[LegacyEntry]| {
+        let list: Vec<serde_json::Value> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, (s, e, fs, boot, flags))| {
+                serde_json::json!({"name": format!("p{i}"), "start": s, "end": e, "fs-type": fs,
+                    "bootable": boot, "flags": flags})
+            })
+            .collect();
+        landfall_agent::disk::Layout::from_json(
+            &serde_json::json!({"disk": {"main": {"device": "auto",
+            "content": {"type": "table", "format": format, "partitions": list}}}}),
+        )
+        .unwrap()
+    };
+    let mut layouts = vec![
+        ("legacy-table".to_owned(), layout("legacy-table")),
+        ("mbr-table".to_owned(), layout("mbr-table")),
+    ];
+    layouts.push((
+        "decimal and percent (gpt)".into(),
+        extra(
+            "gpt",
+            &[
+                ("1M", "50M", None, false, &["lvm"]),
+                ("50M", "40%", Some("linux-swap"), false, &[]),
+                ("40%", "-1GB", Some("fat32"), false, &["legacy_boot"]),
+                ("-1GB", "100%", None, true, &["bios_grub"]),
+            ],
+        ),
+    ));
+    layouts.push((
+        "decimal and percent (msdos)".into(),
+        extra(
+            "msdos",
+            &[
+                ("0%", "10%", Some("fat32"), true, &[]),
+                ("10%", "2.5GB", None, false, &["raid"]),
+                ("2.5GB", "-512MiB", Some("ext4"), false, &["lvm"]),
+                ("-512MiB", "100%", Some("linux-swap"), false, &[]),
+            ],
+        ),
+    ));
+    for (name, l) in &layouts {
+        let disk = &l.disks["main"];
+        let t = disk.table().unwrap();
+        for size in [3 * GIB + 12345 * 512, 4 * GIB, 5 * GIB + 7 * 512] {
+            let (_dir, ours, theirs) = images(size);
+            let p = plan_on(l, "main", &ours, size);
+            let dp = &p.disks[0];
+            if t.kind == TableKind::Msdos {
+                landfall_agent::disk::mbr::write(dp).unwrap();
+            } else {
+                landfall_agent::disk::gpt::write(dp).unwrap();
+            }
+            let dev = theirs.to_str().unwrap();
+            let label = if t.kind == TableKind::Msdos {
+                "msdos"
+            } else {
+                "gpt"
+            };
+            sh(&["parted", "-s", dev, "--", "mklabel", label]);
+            for part in &t.partitions {
+                let pp = part.parted.as_ref().unwrap();
+                let mut argv = vec!["parted", "-s", dev, "--", "mkpart"];
+                if t.kind == TableKind::Msdos {
+                    argv.push(&pp.part_type);
+                } else {
+                    argv.push(&part.label);
+                }
+                if let Some(fs) = &pp.fs_type {
+                    argv.push(fs);
+                }
+                argv.push(&pp.start.text);
+                argv.push(&pp.end.text);
+                sh(&argv);
+                let n = part.number.to_string();
+                let mut flags: Vec<&str> = Vec::new();
+                if pp.bootable {
+                    flags.push("boot");
+                }
+                flags.extend(pp.flags.iter().map(String::as_str));
+                for f in flags {
+                    sh(&["parted", "-s", dev, "--", "set", &n, f, "on"]);
+                }
+            }
+            let a = sfdisk_parts(&ours, &[]);
+            let b = sfdisk_parts(&theirs, &[]);
+            let what = format!("{name} on {size} bytes");
+            assert_eq!(a, b, "{what}: our table differs from parted's");
+            assert_plan_written(dp, &a, &what);
+        }
+    }
+}
+
+/// The plan says what was written: each partition's first sector and length.
+fn assert_plan_written(dp: &landfall_agent::disk::plan::DiskPlan, written: &[Part], what: &str) {
+    let planned: Vec<(u64, u64)> = dp
+        .partitions
+        .iter()
+        .map(|p| (p.first_lba, p.last_lba - p.first_lba + 1))
+        .collect();
+    let written: Vec<(u64, u64)> = written.iter().map(|p| (p.start, p.size)).collect();
+    assert_eq!(planned, written, "{what}");
+}
+
+/// A legacy table entry: start, end, fs-type, bootable, flags.
+type LegacyEntry<'a> = (&'a str, &'a str, Option<&'a str>, bool, &'a [&'a str]);
+
+/// A tool a test runs: missing fails the test with the package that has it.
+fn require_tool(tool: &str, package: &str) {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is missing: install the Debian package {package} (./x installs it)"
+    );
 }
 
 #[test]
@@ -515,7 +713,8 @@ fn the_emitted_nix_evaluates_to_the_emitted_json() {
     // The Nix expression and the JSON are the same configuration: Nix itself
     // evaluates the expression back to the JSON.
     let dir = tempfile::tempdir().unwrap();
-    for name in LAYOUTS {
+    for name in all_layouts() {
+        let name = name.as_str();
         let l = layout(name);
         let mut t = sized(&l, 4 * GIB);
         for (n, target) in t.iter_mut() {

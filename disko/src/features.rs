@@ -179,7 +179,7 @@ pub(crate) fn of(l: &Layout) -> BTreeSet<Feature> {
                         add("gpt.unformatted");
                     }
                     if let Some(pp) = &p.parted {
-                        if pp.bootable || (t.kind == TableKind::PartedGpt && p.type_guid == EF00) {
+                        if pp.bootable {
                             add("table.bootable");
                         }
                         if !plain(&p.name) {

@@ -46,7 +46,7 @@ pub use units::{
     parse_size, type_code_of, type_guid, Bound, LvSize, PartedPos, PartedUnit, Size, EF00, EF02,
 };
 
-pub use volumes::{topology_members, topology_path, zfs_member_names};
+pub use volumes::{topology_members, topology_path, zfs_member_names, zfs_mount_options};
 
 use fields::{as_obj, attr, err};
 
@@ -192,7 +192,11 @@ pub struct PartedPart {
     pub part_type: String,
     pub fs_type: Option<String>,
     pub flags: Vec<String>,
+    /// `bootable`: `parted set N boot on` (on GPT parted makes that an EFI
+    /// system partition; in an MBR it is the active flag).
     pub bootable: bool,
+    /// The MBR active flag (msdos: `bootable` or a `boot` flag).
+    pub active: bool,
     /// The MBR type byte (msdos), from `fs-type` and `flags` as parted sets it.
     pub mbr_type: u8,
 }
@@ -481,6 +485,48 @@ pub struct BcachefsFilesystem {
     pub password_file: Option<String>,
     pub subvolumes: Vec<BcachefsSubvolume>,
     pub path: String,
+}
+
+/// `lib.unique`: the first of each, in order.
+fn unique(v: Vec<String>) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    v.into_iter().filter(|x| seen.insert(x.clone())).collect()
+}
+
+impl BcachefsFilesystem {
+    /// The options it is mounted with (bcachefs_filesystem.nix `_mount`,
+    /// `_config`): `X-mount.mkdir` and the filesystem's own.
+    pub fn mount_options_full(&self) -> Vec<String> {
+        let mut o = vec!["X-mount.mkdir".to_owned()];
+        o.extend(self.mount_options.iter().cloned());
+        unique(o)
+    }
+
+    /// Every mount of the filesystem and its subvolumes: (mountpoint, options).
+    pub fn mounts(&self) -> Vec<(String, Vec<String>)> {
+        self.mountpoint
+            .iter()
+            .map(|m| (m.clone(), self.mount_options_full()))
+            .chain(self.subvolumes.iter().filter_map(|s| {
+                s.mountpoint
+                    .as_ref()
+                    .map(|m| (m.clone(), s.mount_options_full()))
+            }))
+            .collect()
+    }
+}
+
+impl BcachefsSubvolume {
+    /// The options it is mounted with: `X-mount.mkdir`,
+    /// `X-mount.subdir=NAME` (leading "/" removed) and its own.
+    pub fn mount_options_full(&self) -> Vec<String> {
+        let mut o = vec![
+            "X-mount.mkdir".to_owned(),
+            format!("X-mount.subdir={}", self.name.trim_start_matches('/')),
+        ];
+        o.extend(self.mount_options.iter().cloned());
+        unique(o)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -810,7 +856,7 @@ impl Layout {
         }
         for z in self.zpool.values() {
             if let Some(m) = &z.mountpoint {
-                if volumes::zfs_mounted(&z.root_fs_options) {
+                if zfs_mount_options(&z.root_fs_options, &[]).is_some() {
                     add_mount(m, &format!("{}.mountpoint", z.path))?;
                 }
             }
@@ -819,7 +865,7 @@ impl Layout {
                     mountpoint: Some(m),
                 } = &d.kind
                 {
-                    if volumes::zfs_mounted(&d.options) {
+                    if zfs_mount_options(&d.options, &[]).is_some() {
                         add_mount(m, &format!("{}.mountpoint", d.path))?;
                     }
                 }

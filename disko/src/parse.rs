@@ -301,18 +301,14 @@ fn parse_legacy_partition(
         }
     }
     f.ignore(HOOKS);
-    let content = match f.get("content") {
-        None => None,
-        Some(c) => Some(parse_content(
-            c,
-            &f.p("content"),
-            Pos {
-                parent_type: "table",
-                parent_name: "",
-                device: false,
-            },
-        )?),
-    };
+    let content = content_field(
+        &mut f,
+        Pos {
+            parent_type: "table",
+            parent_name: "",
+            device: false,
+        },
+    )?;
     f.done()?;
     let guid = type_guid(guid).expect("a known type");
     let label = match (&name, msdos) {
@@ -346,7 +342,8 @@ fn parse_legacy_partition(
             part_type,
             fs_type,
             flags,
-            bootable: active,
+            bootable,
+            active,
             mbr_type: mbr,
         }),
         content,
@@ -483,17 +480,13 @@ fn parse_partition(
     };
     f.ignore(&["device", "alignment"]);
     f.ignore(HOOKS);
-    let content = match f.get("content") {
-        None => None,
-        Some(c) => Some(parse_content(
-            c,
-            &f.p("content"),
-            Pos {
-                device: false,
-                ..pos
-            },
-        )?),
-    };
+    let content = content_field(
+        &mut f,
+        Pos {
+            device: false,
+            ..pos
+        },
+    )?;
     f.done()?;
     Ok(Partition {
         key: key.to_owned(),
@@ -533,6 +526,17 @@ fn parse_hybrid(v: &Value, path: &str) -> Result<Hybrid, LayoutError> {
     let bootable = f.bool("mbrBootableFlag", false)?;
     f.done()?;
     Ok(Hybrid { mbr_type, bootable })
+}
+
+/// The optional `content` field of `f`, parsed at `pos`.
+pub(crate) fn content_field(
+    f: &mut Fields<'_>,
+    pos: Pos<'_>,
+) -> Result<Option<Content>, LayoutError> {
+    match f.get("content") {
+        None => Ok(None),
+        Some(c) => parse_content(c, &f.p("content"), pos).map(Some),
+    }
 }
 
 /// A content: a table (only where a device is), a filesystem, swap, LUKS,
@@ -743,18 +747,15 @@ fn parse_luks(f: &mut Fields<'_>, path: &str) -> Result<Luks, LayoutError> {
             );
         }
     }
-    let content = match f.get("content") {
-        None => None,
-        Some(c) => Some(Box::new(parse_content(
-            c,
-            &f.p("content"),
-            Pos {
-                parent_type: "luks",
-                parent_name: &name,
-                device: true,
-            },
-        )?)),
-    };
+    let content = content_field(
+        f,
+        Pos {
+            parent_type: "luks",
+            parent_name: &name,
+            device: true,
+        },
+    )?
+    .map(Box::new);
     Ok(Luks {
         key_file_size: setting_uint("keyFileSize")?,
         key_file_offset: setting_uint("keyFileOffset")?,

@@ -201,7 +201,7 @@ fn legacy_tables_follow_parted() {
         .iter()
         .map(|p| {
             let pp = p.parted.as_ref().unwrap();
-            (pp.mbr_type, pp.bootable)
+            (pp.mbr_type, pp.active)
         })
         .collect();
     assert_eq!(p, [(0xef, true), (0x83, false), (0x82, false)]);

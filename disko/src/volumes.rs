@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use crate::fields::{as_obj, attr, err, kind, Fields, HOOKS};
-use crate::parse::{check_mountpoint, defaults, list, mountpoint, parse_content, valid_name, Pos};
+use crate::parse::{check_mountpoint, content_field, defaults, list, mountpoint, valid_name, Pos};
 use crate::units::{is_guid, sha256_hex, LvSize};
 use crate::{
     BcachefsFilesystem, BcachefsSubvolume, Content, Dataset, DatasetKind, Layout, LayoutError,
@@ -81,18 +81,14 @@ pub(crate) fn parse_mdadm(name: &str, v: &Value, path: &str) -> Result<MdArray, 
     }
     let extra_args = f.strings("extraArgs")?.unwrap_or_default();
     f.ignore(HOOKS);
-    let content = match f.get("content") {
-        None => None,
-        Some(c) => Some(parse_content(
-            c,
-            &f.p("content"),
-            Pos {
-                parent_type: "mdadm",
-                parent_name: name,
-                device: true,
-            },
-        )?),
-    };
+    let content = content_field(
+        &mut f,
+        Pos {
+            parent_type: "mdadm",
+            parent_name: name,
+            device: true,
+        },
+    )?;
     f.done()?;
     Ok(MdArray {
         name: name.to_owned(),
@@ -245,18 +241,14 @@ fn parse_lv(vg: &str, key: &str, v: &Value, path: &str) -> Result<LogicalVolume,
     };
     let pool = f.str("pool")?;
     let extra_args = f.strings("extraArgs")?.unwrap_or_default();
-    let content = match f.get("content") {
-        None => None,
-        Some(c) => Some(parse_content(
-            c,
-            &f.p("content"),
-            Pos {
-                parent_type: "lvm_vg",
-                parent_name: vg,
-                device: false,
-            },
-        )?),
-    };
+    let content = content_field(
+        &mut f,
+        Pos {
+            parent_type: "lvm_vg",
+            parent_name: vg,
+            device: false,
+        },
+    )?;
     f.done()?;
     Ok(LogicalVolume {
         name,
@@ -435,18 +427,15 @@ fn parse_dataset(pool: &str, key: &str, v: &Value, path: &str) -> Result<Dataset
                 ": a zvol needs a size (zfs create -V), e.g. \"10G\"",
             )?;
             let extra_args = f.strings("extraArgs")?.unwrap_or_default();
-            let content = match f.get("content") {
-                None => None,
-                Some(c) => Some(Box::new(parse_content(
-                    c,
-                    &f.p("content"),
-                    Pos {
-                        parent_type: "zfs_volume",
-                        parent_name: &name,
-                        device: false,
-                    },
-                )?)),
-            };
+            let content = content_field(
+                &mut f,
+                Pos {
+                    parent_type: "zfs_volume",
+                    parent_name: &name,
+                    device: false,
+                },
+            )?
+            .map(Box::new);
             DatasetKind::ZfsVolume {
                 size,
                 extra_args,
@@ -472,10 +461,23 @@ fn parse_dataset(pool: &str, key: &str, v: &Value, path: &str) -> Result<Dataset
     })
 }
 
-/// zfs_fs.nix: mounted (and in `fileSystems`) unless `mountpoint=none` or `canmount=off`.
-pub(crate) fn zfs_mounted(options: &BTreeMap<String, String>) -> bool {
-    options.get("mountpoint").map(String::as_str) != Some("none")
-        && options.get("canmount").map(String::as_str) != Some("off")
+/// zfs_fs.nix `_mount` and `_config`: a dataset (or a pool's root dataset)
+/// with these properties is mounted, and in `fileSystems`, unless
+/// `mountpoint=none` or `canmount=off`; with its mount options and
+/// `zfsutil` unless its mountpoint property is `legacy`. `None`: not mounted.
+pub fn zfs_mount_options(
+    options: &BTreeMap<String, String>,
+    mount_options: &[String],
+) -> Option<Vec<String>> {
+    let prop = |k: &str| options.get(k).map(String::as_str);
+    if prop("mountpoint") == Some("none") || prop("canmount") == Some("off") {
+        return None;
+    }
+    let mut o = mount_options.to_vec();
+    if prop("mountpoint") != Some("legacy") {
+        o.push("zfsutil".into());
+    }
+    Some(o)
 }
 
 pub(crate) fn parse_bcachefs(

@@ -857,28 +857,44 @@ async fn bcachefs_subvolumes(
             .run()
             .await?;
     }
-    let dir = temp_mount_dir("bcachefs", device);
-    let m = MountGuard::mount(device, &dir, "bcachefs", "defaults").await?;
-    let r = async {
-        for n in names {
-            let p = dir.join(n);
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
-            }
-            Cmd::new("bcachefs")
-                .args(["subvolume", "create"])
-                .arg(&p)
-                .run()
-                .await?;
-        }
-        Ok::<(), anyhow::Error>(())
-    }
-    .await;
+    in_temp_mount(device, "bcachefs", "defaults", |dir| async move {
+        create_subvolumes("bcachefs", &dir, names).await
+    })
+    .await
+}
+
+/// Mount `device` on a fresh temporary directory, run `f` with it, then
+/// unmount and remove the directory whatever `f` returned.
+async fn in_temp_mount<F, Fut>(device: &str, fs_type: &str, options: &str, f: F) -> Result<()>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let dir = temp_mount_dir(fs_type, device);
+    let m = MountGuard::mount(device, &dir, fs_type, options).await?;
+    let r = f(dir.clone()).await;
     let closed = m.close().await;
     let _ = std::fs::remove_dir(&dir);
     r?;
     closed
+}
+
+/// `TOOL subvolume create DIR/NAME` for each name (btrfs, bcachefs), the
+/// parent directories made first.
+async fn create_subvolumes(tool: &str, dir: &Path, names: &[String]) -> Result<()> {
+    for n in names {
+        let p = dir.join(n.trim_start_matches('/'));
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        Cmd::new(tool)
+            .args(["subvolume", "create"])
+            .arg(&p)
+            .run()
+            .await?;
+    }
+    Ok(())
 }
 
 fn temp_mount_dir(what: &str, device: &str) -> PathBuf {
@@ -1224,21 +1240,8 @@ async fn btrfs_subvolumes(
     names: &[String],
     swap_files: &[(String, String)],
 ) -> Result<()> {
-    let dir = temp_mount_dir("btrfs", device);
-    let m = MountGuard::mount(device, &dir, "btrfs", "subvol=/").await?;
-    let r = async {
-        for n in names {
-            let p = dir.join(n.trim_start_matches('/'));
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
-            }
-            Cmd::new("btrfs")
-                .args(["subvolume", "create"])
-                .arg(&p)
-                .run()
-                .await?;
-        }
+    in_temp_mount(device, "btrfs", "subvol=/", |dir| async move {
+        create_subvolumes("btrfs", &dir, names).await?;
         // btrfs.nix `swapCreate`.
         for (path, size) in swap_files {
             Cmd::new("btrfs")
@@ -1247,13 +1250,9 @@ async fn btrfs_subvolumes(
                 .run()
                 .await?;
         }
-        Ok::<(), anyhow::Error>(())
-    }
-    .await;
-    let closed = m.close().await;
-    let _ = std::fs::remove_dir(&dir);
-    r?;
-    closed
+        Ok(())
+    })
+    .await
 }
 
 /// Unmount everything mounted at or below `root`, deepest first: the

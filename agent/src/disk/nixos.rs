@@ -302,32 +302,11 @@ pub fn derive(
     for b in layout.bcachefs.values() {
         c.supported_filesystems.insert("bcachefs".into());
         let device = format!("/dev/disk/by-uuid/{}", b.uuid);
-        let unique = |v: Vec<String>| {
-            let mut seen = BTreeSet::new();
-            v.into_iter()
-                .filter(|x| seen.insert(x.clone()))
-                .collect::<Vec<_>>()
-        };
-        if let Some(m) = &b.mountpoint {
-            let mut o = vec!["X-mount.mkdir".to_owned()];
-            o.extend(b.mount_options.clone());
+        for (m, o) in b.mounts() {
             c.file_systems.insert(
-                m.clone(),
-                json!({"device": device, "fsType": "bcachefs", "options": unique(o), "neededForBoot": true}),
+                m,
+                json!({"device": device, "fsType": "bcachefs", "options": o, "neededForBoot": true}),
             );
-        }
-        for s in &b.subvolumes {
-            if let Some(m) = &s.mountpoint {
-                let mut o = vec![
-                    "X-mount.mkdir".to_owned(),
-                    format!("X-mount.subdir={}", s.name.trim_start_matches('/')),
-                ];
-                o.extend(s.mount_options.clone());
-                c.file_systems.insert(
-                    m.clone(),
-                    json!({"device": device, "fsType": "bcachefs", "options": unique(o), "neededForBoot": true}),
-                );
-            }
         }
     }
     for n in layout.nodev.values() {
@@ -341,8 +320,8 @@ pub fn derive(
     c
 }
 
-/// zfs_fs.nix `_config`: `fileSystems` for a dataset with a mountpoint,
-/// unless mountpoint=none or canmount=off; `zfsutil` unless legacy.
+/// zfs_fs.nix `_config`: `fileSystems` for a dataset with a mountpoint, as
+/// [`super::layout::zfs_mount_options`] says.
 fn zfs_config(
     name: &str,
     mountpoint: Option<&str>,
@@ -350,19 +329,15 @@ fn zfs_config(
     mount_options: &[String],
     c: &mut NixosConfig,
 ) {
-    let Some(m) = mountpoint else { return };
-    let prop = |k: &str| options.get(k).map(String::as_str);
-    if prop("mountpoint") == Some("none") || prop("canmount") == Some("off") {
-        return;
+    if let (Some(m), Some(o)) = (
+        mountpoint,
+        super::layout::zfs_mount_options(options, mount_options),
+    ) {
+        c.file_systems.insert(
+            m.to_owned(),
+            json!({"device": name, "fsType": "zfs", "options": o}),
+        );
     }
-    let mut o = mount_options.to_vec();
-    if prop("mountpoint") != Some("legacy") {
-        o.push("zfsutil".into());
-    }
-    c.file_systems.insert(
-        m.to_owned(),
-        json!({"device": name, "fsType": "zfs", "options": o}),
-    );
 }
 
 impl NixosConfig {

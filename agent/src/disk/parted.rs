@@ -231,18 +231,14 @@ pub fn place(
         if lo > hi {
             return None;
         }
-        let down = x - (x - offset).rem_euclid(grain);
-        let up = if down == x { x } else { down + grain };
-        let ok = |c: i64| lo <= c && c <= hi;
-        match (ok(down), ok(up)) {
-            (true, true) => Some(if x - down <= up - x { down } else { up }),
-            (true, false) => Some(down),
-            (false, true) => Some(up),
-            (false, false) => {
-                let first = lo + (offset - lo).rem_euclid(grain);
-                (first <= hi).then_some(first)
-            }
-        }
+        // The aligned sectors around x (brought into the range), nearest first.
+        let c = x.clamp(lo, hi);
+        let down = c - (c - offset).rem_euclid(grain);
+        let up = if down == c { c } else { down + grain };
+        [down, up]
+            .into_iter()
+            .filter(|s| lo <= *s && *s <= hi)
+            .min_by_key(|s| (s - x).abs())
     };
     let aligned = nearest(s.sector, s.lo.max(gap_lo), s.hi.min(gap_hi), 0).and_then(|a| {
         nearest(

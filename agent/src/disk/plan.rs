@@ -333,7 +333,7 @@ pub fn table_parts(
                 .as_ref()
                 .filter(|_| legacy_msdos)
                 .map(|pp| pp.mbr_type),
-            bootable: legacy_msdos && p.parted.as_ref().is_some_and(|pp| pp.bootable),
+            bootable: legacy_msdos && p.parted.as_ref().is_some_and(|pp| pp.active),
         });
     }
     Ok(parts)
@@ -377,11 +377,13 @@ fn gpt_sectors(
     let end = match p.end {
         Bound::Plus(b) => (start + b / ss).saturating_sub(1),
         Bound::FromEnd(b) => last.saturating_sub(b / ss),
-        Bound::At(b) => (b / ss).saturating_sub(1),
+        // An absolute end is that very sector (sgdisk: "--new=1:1M:128M"
+        // ends at sector 262144, which --align-end leaves as it is).
+        Bound::At(b) => b / ss,
         Bound::Default => last,
     };
-    // --align-end: the sector after the end is aligned.
-    let end = if (end + 1).is_multiple_of(align) {
+    // --align-end: the sector after the end is aligned (relative ends only).
+    let end = if (end + 1).is_multiple_of(align) || matches!(p.end, Bound::At(_)) {
         end
     } else {
         ((end + 1) / align * align).saturating_sub(1)
@@ -1047,37 +1049,14 @@ fn volume_plan(
                     key,
                 });
             }
-            let unique = |mut v: Vec<String>| {
-                let mut seen = std::collections::BTreeSet::new();
-                v.retain(|x| seen.insert(x.clone()));
-                v
-            };
-            if let Some(m) = &b.mountpoint {
-                let mut o = vec!["X-mount.mkdir".to_owned()];
-                o.extend(b.mount_options.clone());
+            for (m, options) in b.mounts() {
                 w.mounts.push(Mount {
                     device: source.clone(),
-                    mountpoint: m.clone(),
+                    mountpoint: m,
                     fs_type: "bcachefs".into(),
-                    options: unique(o),
+                    options,
                     disk: Some(label.clone()),
                 });
-            }
-            for s in &b.subvolumes {
-                if let Some(m) = &s.mountpoint {
-                    let mut o = vec![
-                        "X-mount.mkdir".to_owned(),
-                        format!("X-mount.subdir={}", s.name.trim_start_matches('/')),
-                    ];
-                    o.extend(s.mount_options.clone());
-                    w.mounts.push(Mount {
-                        device: source.clone(),
-                        mountpoint: m.clone(),
-                        fs_type: "bcachefs".into(),
-                        options: unique(o),
-                        disk: Some(label.clone()),
-                    });
-                }
             }
         }
     }
@@ -1090,8 +1069,8 @@ fn volume_plan(
     })
 }
 
-/// zfs_fs.nix `_mount`: a dataset with a mountpoint, unless mountpoint=none
-/// or canmount=off; `zfsutil` unless its mountpoint property is "legacy".
+/// zfs_fs.nix `_mount`: a dataset with a mountpoint, as
+/// [`super::layout::zfs_mount_options`] says.
 fn zfs_mount(
     name: &str,
     mountpoint: Option<&str>,
@@ -1100,16 +1079,12 @@ fn zfs_mount(
     owner: &str,
     w: &mut Walk<'_>,
 ) {
-    let Some(m) = mountpoint else { return };
-    if options.get("mountpoint").map(String::as_str) == Some("none")
-        || options.get("canmount").map(String::as_str) == Some("off")
-    {
+    let (Some(m), Some(o)) = (
+        mountpoint,
+        super::layout::zfs_mount_options(options, mount_options),
+    ) else {
         return;
-    }
-    let mut o = mount_options.to_vec();
-    if options.get("mountpoint").map(String::as_str) != Some("legacy") {
-        o.push("zfsutil".into());
-    }
+    };
     w.mounts.push(Mount {
         device: name.to_owned(),
         mountpoint: m.to_owned(),

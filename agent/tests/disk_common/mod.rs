@@ -19,6 +19,20 @@ pub const LAYOUTS: &[&str] = &[
     "xfs-swap",
 ];
 
+/// Every fixture layout in disko-layouts/ (not broken/), by name.
+pub fn all_layouts() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(repo().join("disko-layouts"))
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            (p.extension().is_some_and(|x| x == "nix"))
+                .then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
