@@ -1411,8 +1411,21 @@ pub async fn read_back(
         });
     }
     for (_, op) in plan.all_ops() {
-        if let Op::LvCreate { vg, name, .. } = op {
-            let node = format!("/dev/{vg}/{name}");
+        if let Op::LvCreate {
+            vg, name, lvm_type, ..
+        } = op
+        {
+            // lvm makes no /dev/VG/LV link for a thin pool (not a volume to use), only its
+            // device-mapper node VG-LV ('-' in either name doubled).
+            let node = if lvm_type.as_deref() == Some("thin-pool") {
+                format!(
+                    "/dev/mapper/{}-{}",
+                    vg.replace('-', "--"),
+                    name.replace('-', "--")
+                )
+            } else {
+                format!("/dev/{vg}/{name}")
+            };
             if !Path::new(&node).exists() {
                 bail!("{node} does not exist after lvcreate");
             }
