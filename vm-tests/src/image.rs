@@ -136,17 +136,21 @@ pub const TPM2_LIBRARIES: &[&str] = &[
     "/lib/x86_64-linux-gnu/cryptsetup/libcryptsetup-token-systemd-tpm2.so",
 ];
 
-/// The storage stack beyond partitions and mkfs, for disko's `mdadm`, `lvm_vg` (thin pools,
-/// RAID LVs) and `f2fs` contents: mdadm (Debian `mdadm`), lvm and dmsetup (`lvm2`), the
-/// thin-provisioning tools (`thin-provisioning-tools`: one `pdata_tools` binary that
-/// dispatches on its name), mkfs.f2fs (`f2fs-tools`). Add them with [`STORAGE_MODULES`]
-/// and [`STORAGE_ALIASES`], or all three with [`ImageSpec::with_storage_stack`].
+/// The storage stack beyond GPTs and mkfs, for disko's `mdadm`, `lvm_vg` (thin pools,
+/// RAID LVs), `f2fs` contents and MBR tables: mdadm (Debian `mdadm`), lvm and dmsetup
+/// (`lvm2`), the thin-provisioning tools (`thin-provisioning-tools`: one `pdata_tools`
+/// binary that dispatches on its name), mkfs.f2fs (`f2fs-tools`), sfdisk (`fdisk`: MBR
+/// types and the active flag) and sgdisk (`gdisk`: hybrid MBRs). Add them with
+/// [`STORAGE_MODULES`] and [`STORAGE_ALIASES`], or all three with
+/// [`ImageSpec::with_storage_stack`].
 pub const STORAGE_PROGRAMS: &[&str] = &[
     "mdadm",
     "lvm",
     "dmsetup",
     "/usr/sbin/pdata_tools",
     "mkfs.f2fs",
+    "sfdisk",
+    "sgdisk",
 ];
 
 /// Programs of [`STORAGE_PROGRAMS`] whose host symlinks come along at the same paths: `lvm`'s
@@ -159,8 +163,8 @@ pub const STORAGE_ALIASES: &[&str] = &["lvm", "/usr/sbin/pdata_tools"];
 /// What [`STORAGE_PROGRAMS`] ask of the kernel, which nothing loads on demand here (no
 /// modprobe; each comes with its dependencies, `modprobe --show-depends`): md with the
 /// RAID levels disko's examples use (0, 1, 5 in raid456), device-mapper with thin pools
-/// (dm-thin-pool: dm-bufio, dm-bio-prison, dm-persistent-data) and LVM's RAID LVs (dm-raid),
-/// and f2fs. dm-crypt is in [`DEFAULT_MODULES`].
+/// (dm-thin-pool: dm-bufio, dm-bio-prison, dm-persistent-data), LVM's RAID and mirror LVs
+/// (dm-raid, dm-mirror), and f2fs. dm-crypt is in [`DEFAULT_MODULES`].
 pub const STORAGE_MODULES: &[&str] = &[
     "md_mod",
     "raid0",
@@ -169,6 +173,7 @@ pub const STORAGE_MODULES: &[&str] = &[
     "dm_mod",
     "dm_thin_pool",
     "dm_raid",
+    "dm_mirror",
     "f2fs",
 ];
 
@@ -927,7 +932,15 @@ mod tests {
                 .unwrap_or_else(|| panic!("{name} not in the image:\n{listing}"))
                 .to_owned()
         };
-        for p in ["mdadm", "lvm", "dmsetup", "pdata_tools", "mkfs.f2fs"] {
+        for p in [
+            "mdadm",
+            "lvm",
+            "dmsetup",
+            "pdata_tools",
+            "mkfs.f2fs",
+            "sfdisk",
+            "sgdisk",
+        ] {
             assert!(entry(&format!("usr/local/sbin/{p}")).starts_with("-rwxr-xr-x"));
         }
         for (alias, target) in [
@@ -965,6 +978,7 @@ mod tests {
         assert!(pos("dm-mod") < pos("dm-thin-pool"));
         assert!(pos("dm-persistent-data") < pos("dm-thin-pool"));
         assert!(pos("raid456") < pos("dm-raid"));
+        assert!(pos("dm-region-hash") < pos("dm-mirror"));
         pos("f2fs");
         let base = Image::build(spec("base")).unwrap();
         let kib = |i: &Image| fs::metadata(&i.initrd).unwrap().len() / 1024;

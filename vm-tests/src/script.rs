@@ -29,10 +29,11 @@ pub struct ScriptRun {
 
 impl ScriptRun {
     /// The script's lines that start with `prefix`, without it.
-    pub fn lines<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn lines(&self, prefix: &str) -> Vec<&str> {
         self.log
             .lines()
-            .filter_map(move |l| l.trim_end_matches('\r').strip_prefix(prefix))
+            .filter_map(|l| l.trim_end_matches('\r').strip_prefix(prefix))
+            .collect()
     }
 }
 

@@ -97,12 +97,8 @@ fn members_of_md_arrays_and_volume_groups_are_refused_before_anything_is_touched
         run.accel.as_str()
     );
     assert_eq!(run.status, 0, "the script failed:\n{log}");
-    let said: Vec<&str> = run.lines("safety: ").collect();
-    let out = |name: &str| -> String {
-        run.lines(&format!("safety-out {name}: "))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let said = run.lines("safety: ");
+    let out = |name: &str| -> String { run.lines(&format!("safety-out {name}: ")).join("\n") };
     let refused = |name: &str, says: &str| {
         // Exit status 1 (an error), no operation started, the refusal names the disk and why.
         assert!(
