@@ -839,3 +839,182 @@ fn partitions_known_with_another_tables_bounds_are_dropped_and_re_added() {
     }
     assert!(!std::path::Path::new(&format!("{dev}p3")).exists());
 }
+
+/// The simple-efi plan for `disk` (apply options from [`options`], `wipe` as given).
+fn simple_efi_on(disk: &LoopDisk, root: &Path, wipe: bool) -> (Plan, ApplyOptions) {
+    let l = layout("simple-efi");
+    let ov = BTreeMap::from([("main".to_string(), disk.dev().to_string())]);
+    let p = plan(
+        &l,
+        &landfall_agent::disk::cli_targets(&l, &ov, &BTreeMap::new()).unwrap(),
+    )
+    .unwrap();
+    let mut o = options(root, Arc::new(Mutex::new(Vec::new())));
+    o.wipe = wipe;
+    (p, o)
+}
+
+/// A disk holding `what` (blkid's TYPE `fs_type` on the whole disk) is data: with the wipe
+/// policy `never` the apply is refused naming it, and not a byte of the disk changes; with
+/// `wipe` it is applied and the signature is gone from the disk and every partition.
+fn member_is_data_until_wiped(disk: &LoopDisk, fs_type: &str, what: &str) {
+    assert_eq!(
+        blkid(disk.dev()).get("TYPE").map(String::as_str),
+        Some(fs_type),
+        "the fixture is not what blkid calls {fs_type}"
+    );
+    let before = disk.hash();
+    let root = tempfile::tempdir().unwrap();
+    let (p, o) = simple_efi_on(disk, root.path(), false);
+    let e = rt().block_on(apply(&p, &o)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(landfall_agent::disk::apply::is_refusal(&e), "{msg}");
+    assert!(
+        msg.contains(&format!("disk main ({}) holds data: {what}", disk.dev()))
+            && msg.contains("wipe policy is `never`"),
+        "{msg}"
+    );
+    assert_eq!(disk.hash(), before, "a refused disk was written to");
+
+    let (p, o) = simple_efi_on(disk, root.path(), true);
+    let applied = rt()
+        .block_on(apply(&p, &o))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut nodes = vec![disk.dev().to_string()];
+    nodes.extend(p.disks[0].partitions.iter().map(|p| p.device.clone()));
+    for n in &nodes {
+        let b = blkid(n);
+        assert_ne!(
+            b.get("TYPE").map(String::as_str),
+            Some(fs_type),
+            "{n} still holds the {what} after the wipe: {b:?}"
+        );
+    }
+    rt().block_on(applied.close()).unwrap();
+}
+
+/// Issue 16: a disk that is a physical volume of a volume group counts as holding data.
+/// Made with the host's lvm2 (metadata only: no device-mapper is needed to create a VG;
+/// the VM test covers an active one), its backups kept out of the host's /etc/lvm.
+#[test]
+fn a_disk_in_a_volume_group_counts_as_data() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(1200 * MIB);
+    let lvm_dir = tempfile::tempdir().unwrap();
+    std::fs::write(lvm_dir.path().join("lvm.conf"), "").unwrap();
+    let lvm = |argv: &[&str]| {
+        let out = std::process::Command::new("lvm")
+            .args(argv)
+            .env("LVM_SYSTEM_DIR", lvm_dir.path())
+            .output()
+            .expect("lvm (Debian: lvm2; ./x installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "lvm {argv:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    lvm(&["pvcreate", "--yes", disk.dev()]);
+    lvm(&["vgcreate", "landfall-test-vg", disk.dev()]);
+    let pvs = |dev: &str| {
+        lvm(&[
+            "pvs",
+            "--noheadings",
+            "-o",
+            "pv_name,vg_name",
+            "--devices",
+            dev,
+        ])
+    };
+    assert!(pvs(disk.dev()).contains("landfall-test-vg"));
+    member_is_data_until_wiped(&disk, "LVM2_member", "LVM physical volume");
+    assert!(
+        !pvs(disk.dev()).contains("landfall-test-vg"),
+        "lvm still sees the volume group after the wipe"
+    );
+}
+
+/// Issue 16: a disk that holds a ZFS pool label counts as holding data. The host has no ZFS
+/// (no module for Debian's kernel in main), so the test writes the four vdev labels as ZFS
+/// lays them out (vdev_impl.h: 256 KiB each, two at the start and two at the end of the
+/// device; in each an XDR nvlist at 16 KiB with the pool's `name` and `pool_guid`, and the
+/// uberblock ring at 128 KiB, 1 KiB each, magic 0x00bab10c), which is what libblkid
+/// recognises as `zfs_member` (it wants 4 uberblocks).
+#[test]
+fn a_disk_with_a_zfs_pool_label_counts_as_data() {
+    require_root();
+    let _s = serial();
+    let disk = LoopDisk::new(1200 * MIB);
+    write_zfs_labels(disk.dev(), 1200 * MIB, "tank", 0x1d5e_a5e0_7a5c_0001);
+    let b = blkid(disk.dev());
+    assert_eq!(b.get("LABEL").map(String::as_str), Some("tank"), "{b:?}");
+    member_is_data_until_wiped(&disk, "zfs_member", "ZFS pool member");
+}
+
+/// Four ZFS vdev labels on `dev` of `size` bytes (see the test above).
+fn write_zfs_labels(dev: &str, size: u64, pool: &str, guid: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    const LABEL: u64 = 256 << 10;
+    // XDR nvlist: encoding and endianness, version and flags, then the pairs (each: encoded
+    // size, decoded size, name length, name padded to 4, type, element count, value), then
+    // a zero size.
+    fn pair(name: &str, value: &[u8]) -> Vec<u8> {
+        let pad = |b: &[u8]| {
+            let mut v = b.to_vec();
+            v.resize(b.len().div_ceil(4) * 4, 0);
+            v
+        };
+        let mut body = pad(name.as_bytes());
+        body.extend_from_slice(value);
+        let size = (12 + body.len()) as u32;
+        let mut out = Vec::new();
+        for v in [size, size, name.len() as u32] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend(body);
+        out
+    }
+    let string = |s: &str| {
+        let mut v = Vec::new();
+        for n in [9u32, 1, s.len() as u32] {
+            v.extend_from_slice(&n.to_be_bytes()); // DATA_TYPE_STRING, 1 element, length
+        }
+        v.extend_from_slice(s.as_bytes());
+        v.resize(12 + s.len().div_ceil(4) * 4, 0);
+        v
+    };
+    let uint64 = |n: u64| {
+        let mut v = Vec::new();
+        for x in [8u32, 1] {
+            v.extend_from_slice(&x.to_be_bytes()); // DATA_TYPE_UINT64, 1 element
+        }
+        v.extend_from_slice(&n.to_be_bytes());
+        v
+    };
+    let mut nvlist = vec![1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    nvlist.extend(pair("version", &uint64(5000)));
+    nvlist.extend(pair("name", &string(pool)));
+    nvlist.extend(pair("pool_guid", &uint64(guid)));
+    nvlist.extend([0; 8]);
+    let mut label = vec![0u8; LABEL as usize];
+    label[16 << 10..(16 << 10) + nvlist.len()].copy_from_slice(&nvlist);
+    for i in 0..4u64 {
+        // ub_magic, ub_version, ub_txg, ub_guid_sum, ub_timestamp (host endian: little)
+        let at = (128 << 10) + (i as usize) * 1024;
+        for (k, v) in [0x00ba_b10c, 5000, 4 + i, guid, 1_700_000_000 + i]
+            .into_iter()
+            .enumerate()
+        {
+            label[at + k * 8..at + k * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).open(dev).unwrap();
+    for offset in [0, LABEL, size - 2 * LABEL, size - LABEL] {
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        f.write_all(&label).unwrap();
+    }
+    f.sync_all().unwrap();
+}

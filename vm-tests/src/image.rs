@@ -136,6 +136,64 @@ pub const TPM2_LIBRARIES: &[&str] = &[
     "/lib/x86_64-linux-gnu/cryptsetup/libcryptsetup-token-systemd-tpm2.so",
 ];
 
+/// The storage stack beyond GPTs and mkfs, for disko's `mdadm`, `lvm_vg` (thin pools,
+/// RAID LVs), `f2fs` contents and MBR tables: mdadm (Debian `mdadm`), lvm and dmsetup
+/// (`lvm2`), the thin-provisioning tools (`thin-provisioning-tools`: one `pdata_tools`
+/// binary that dispatches on its name), mkfs.f2fs (`f2fs-tools`), sfdisk (`fdisk`: MBR
+/// types and the active flag) and sgdisk (`gdisk`: hybrid MBRs). Add them with
+/// [`STORAGE_MODULES`] and [`STORAGE_ALIASES`], or all three with
+/// [`ImageSpec::with_storage_stack`].
+pub const STORAGE_PROGRAMS: &[&str] = &[
+    "mdadm",
+    "lvm",
+    "dmsetup",
+    "/usr/sbin/pdata_tools",
+    "mkfs.f2fs",
+    "sfdisk",
+    "sgdisk",
+];
+
+/// Programs of [`STORAGE_PROGRAMS`] whose host symlinks come along at the same paths: `lvm`'s
+/// command names (`pvcreate`, `vgcreate`, `lvcreate`, `vgchange`, ...) and `pdata_tools`'
+/// (`thin_check`, `thin_repair`, `thin_dump`, ...), which lvm runs by the absolute paths
+/// compiled into it (`lvmconfig --type default global/thin_check_executable`:
+/// /usr/sbin/thin_check).
+pub const STORAGE_ALIASES: &[&str] = &["lvm", "/usr/sbin/pdata_tools"];
+
+/// What [`STORAGE_PROGRAMS`] ask of the kernel, which nothing loads on demand here (no
+/// modprobe; each comes with its dependencies, `modprobe --show-depends`): md with the
+/// RAID levels disko's examples use (0, 1, 5 in raid456), device-mapper with thin pools
+/// (dm-thin-pool: dm-bufio, dm-bio-prison, dm-persistent-data), LVM's RAID and mirror LVs
+/// (dm-raid, dm-mirror), and f2fs. dm-crypt is in [`DEFAULT_MODULES`].
+pub const STORAGE_MODULES: &[&str] = &[
+    "md_mod",
+    "raid0",
+    "raid1",
+    "raid456",
+    "dm_mod",
+    "dm_thin_pool",
+    "dm_raid",
+    "dm_mirror",
+    "f2fs",
+];
+
+/// `/etc/lvm/lvm.conf` of the test image ([`ImageSpec::with_storage_stack`]). The image has
+/// no udev (the real installer runs systemd-udevd, whose rules make the device nodes):
+/// lvm's defaults wait for udev to create `/dev/mapper/VG-LV` and `/dev/VG/LV`, and fail
+/// with "not found: device not cleared"; with these, libdevmapper and lvm make them
+/// themselves, as cryptsetup does when it finds no udev. No dmeventd either, so no
+/// monitoring of thin pools (lvm would warn at every activation).
+pub const LVM_CONF: &str = "# landfall test image: no udev, so lvm makes its device nodes itself
+activation {
+    udev_sync = 0
+    udev_rules = 0
+    monitoring = 0
+}
+devices {
+    obtain_device_list_from_udev = 0
+}
+";
+
 const BUSYBOX: &str = "/bin/busybox";
 
 pub struct ImageSpec {
@@ -161,6 +219,10 @@ pub struct ImageSpec {
     /// Shared libraries of this host that programs dlopen() (so `ldd` does not list
     /// them), placed at the same path with the libraries they need.
     pub host_libraries: Vec<String>,
+    /// Programs of `host_programs` whose symlinks on this host (in the program's own
+    /// directory, e.g. /usr/sbin/pvcreate -> lvm) are placed at the same paths, pointing at
+    /// the copied program: a multi-call binary run by another name.
+    pub host_aliases: Vec<String>,
 }
 
 /// What the agent's disk step calls (util-linux, e2fsprogs, dosfstools), as
@@ -189,7 +251,23 @@ impl ImageSpec {
             kernel_version: None,
             host_programs: Vec::new(),
             host_libraries: Vec::new(),
+            host_aliases: Vec::new(),
         }
+    }
+
+    /// Adds the storage stack ([`STORAGE_PROGRAMS`], [`STORAGE_ALIASES`],
+    /// [`STORAGE_MODULES`]): md RAID, LVM with thin pools, f2fs.
+    pub fn with_storage_stack(mut self) -> Self {
+        let own = |l: &[&str]| l.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        self.host_programs.extend(own(STORAGE_PROGRAMS));
+        self.host_aliases.extend(own(STORAGE_ALIASES));
+        self.modules.extend(own(STORAGE_MODULES));
+        self.extra_data.push((
+            "etc/lvm/lvm.conf".into(),
+            LVM_CONF.as_bytes().to_vec(),
+            0o644,
+        ));
+        self
     }
 
     /// Puts the `nixos-install` TEST DOUBLE ([`crate::doubles`]) on the image's PATH.
@@ -265,8 +343,21 @@ impl Image {
         for name in &spec.host_programs {
             let host = find_program(name)?;
             let file = name.rsplit('/').next().unwrap_or(name);
-            w.file(&format!("usr/local/sbin/{file}"), 0o755, &read_file(&host)?)?;
+            let guest = format!("/usr/local/sbin/{file}");
+            w.file(&guest, 0o755, &read_file(&host)?)?;
             libs.extend(shared_libraries(&host)?);
+            if spec.host_aliases.contains(name) {
+                for alias in host_aliases(&host)? {
+                    w.symlink(alias.trim_start_matches('/'), &guest)?;
+                }
+            }
+        }
+        if let Some(a) = spec
+            .host_aliases
+            .iter()
+            .find(|a| !spec.host_programs.contains(a))
+        {
+            bail!("host_aliases names {a}, which is not one of host_programs");
         }
         for lib in &spec.host_libraries {
             let host = Path::new(lib);
@@ -405,6 +496,26 @@ fn find_program(name: &str) -> Result<PathBuf> {
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file());
     found.with_context(|| format!("{name} is not installed on this host (see PACKAGES in ./x)"))
+}
+
+/// The symlinks in `program`'s directory that resolve to it (/usr/sbin/pvcreate -> lvm), as
+/// absolute host paths in name order.
+fn host_aliases(program: &Path) -> Result<Vec<String>> {
+    let real =
+        fs::canonicalize(program).with_context(|| format!("resolving {}", program.display()))?;
+    let dir = program
+        .parent()
+        .with_context(|| format!("{} has no directory", program.display()))?;
+    let mut found = Vec::new();
+    for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = e?.path();
+        let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link && path != program && fs::canonicalize(&path).is_ok_and(|p| p == real) {
+            found.push(path.to_string_lossy().into_owned());
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// The contents behind `path`, following symlinks (mkfs.ext4 -> mke2fs).
@@ -789,6 +900,94 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    /// The storage stack's programs, their libraries, their other names (lvm's commands,
+    /// the thin tools where lvm runs them) and modules in load order reach the image.
+    #[test]
+    fn the_storage_stack_reaches_the_image_with_libraries_aliases_and_modules_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent.sh");
+        fs::write(&agent, "#!/bin/sh\nexit 0\n").unwrap();
+        // The install tests' image (the disk step's programs), with and without the stack.
+        let spec = |out: &str| {
+            let mut spec = ImageSpec::new(&agent, dir.path().join(out));
+            spec.host_programs = DISK_PROGRAMS.iter().map(|p| p.to_string()).collect();
+            spec
+        };
+        let t = std::time::Instant::now();
+        let image = Image::build(spec("out").with_storage_stack()).unwrap();
+        let took = t.elapsed();
+        let listing = Cmd::new("sh")
+            .arg("-c")
+            .arg(format!("cpio -itv --quiet < {}", image.initrd.display()))
+            .run_blocking()
+            .expect("cpio (Debian: cpio; ./x installs it)")
+            .stdout;
+        // "lrwxrwxrwx ... usr/sbin/thin_check -> /usr/local/sbin/pdata_tools"
+        let entry = |name: &str| {
+            listing
+                .lines()
+                .find(|l| l.split_whitespace().nth(8) == Some(name))
+                .unwrap_or_else(|| panic!("{name} not in the image:\n{listing}"))
+                .to_owned()
+        };
+        for p in [
+            "mdadm",
+            "lvm",
+            "dmsetup",
+            "pdata_tools",
+            "mkfs.f2fs",
+            "sfdisk",
+            "sgdisk",
+        ] {
+            assert!(entry(&format!("usr/local/sbin/{p}")).starts_with("-rwxr-xr-x"));
+        }
+        for (alias, target) in [
+            ("usr/sbin/thin_check", "pdata_tools"),
+            ("usr/sbin/thin_repair", "pdata_tools"),
+            ("usr/sbin/thin_dump", "pdata_tools"),
+            ("usr/sbin/pvcreate", "lvm"),
+            ("usr/sbin/vgcreate", "lvm"),
+            ("usr/sbin/lvcreate", "lvm"),
+            ("usr/sbin/vgchange", "lvm"),
+        ] {
+            // lvm's names are in the directory PATH found it in (/usr/sbin, or /sbin).
+            let line = match listing.contains(&format!(" {alias} -> ")) {
+                true => entry(alias),
+                false => entry(alias.trim_start_matches("usr/")),
+            };
+            assert!(
+                line.ends_with(&format!("-> /usr/local/sbin/{target}")),
+                "{line}"
+            );
+        }
+        for lib in ["libdevmapper.so.1.02.1", "libstdc++.so.6", "libudev.so.1"] {
+            entry(&format!("lib/x86_64-linux-gnu/{lib}"));
+        }
+        let pos = |m: &str| {
+            image
+                .modules
+                .iter()
+                .position(|p| p.ends_with(&format!("/{m}.ko")))
+                .unwrap_or_else(|| panic!("{m} not loaded: {:?}", image.modules))
+        };
+        assert!(pos("md-mod") < pos("raid1"));
+        assert!(pos("md-mod") < pos("raid0"));
+        assert!(pos("raid6_pq") < pos("raid456"));
+        assert!(pos("dm-mod") < pos("dm-thin-pool"));
+        assert!(pos("dm-persistent-data") < pos("dm-thin-pool"));
+        assert!(pos("raid456") < pos("dm-raid"));
+        assert!(pos("dm-region-hash") < pos("dm-mirror"));
+        pos("f2fs");
+        let base = Image::build(spec("base")).unwrap();
+        let kib = |i: &Image| fs::metadata(&i.initrd).unwrap().len() / 1024;
+        eprintln!(
+            "storage image: built in {took:.1?}, initrd {} KiB ({} KiB without the storage stack), {} modules",
+            kib(&image),
+            kib(&base),
+            image.modules.len()
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! - [`qemu::Vm`] boots a QEMU machine (SeaBIOS or OVMF) through the iPXE ROM of its NIC
 //!   against an HTTP bootfile URL, captures the serial console, and never outlives its owner.
 //!
+//! [`script::run`] boots the image with a shell script in place of the agent's service and
+//! the given disks (the agent's CLI and raw tools side by side: storage safety, benchmarks).
+//!
 //! [`tpm::Swtpm`] gives a VM a software TPM 2.0 whose state outlives one boot.
 //!
 //! [`testsrv::TestServer`] is a tiny static HTTP server that records requests, for tests that
@@ -46,6 +49,7 @@ pub mod cpio;
 pub mod doubles;
 pub mod image;
 pub mod qemu;
+pub mod script;
 pub mod testsrv;
 pub mod tpm;
 

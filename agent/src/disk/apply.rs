@@ -1008,14 +1008,45 @@ fn rand_u64() -> Result<u64> {
 /// and forget those partitions. md arrays and volume groups still active on
 /// it (an earlier install: the safety check let them through only with the
 /// wipe policy) are stopped and deactivated first.
+/// `mdadm --stop` an array on a disk being wiped. The disks of one plan are wiped in
+/// parallel, so the wipe of another member's disk may be stopping the same array: a stop
+/// that fails while the array is still there is tried again, and an array that is gone
+/// (`/sys/block/MD`) is stopped.
+async fn stop_md(md: &str) -> Result<()> {
+    let gone = || !Path::new("/sys/block").join(md).exists();
+    Retry {
+        initial: Duration::from_millis(100),
+        cap: Duration::from_secs(1),
+        max_tries: Some(10),
+    }
+    .run(
+        |_| async {
+            match Cmd::new("mdadm")
+                .args(["--stop", &format!("/dev/{md}")])
+                .run()
+                .await
+            {
+                Ok(_) => Attempt::Done(()),
+                Err(_) if gone() => Attempt::Done(()),
+                Err(e) => Attempt::Retry(e),
+            }
+        },
+        |e, n, _| tracing::debug!("stopping {md} (try {n}): {e}"),
+    )
+    .await
+    .map_err(|e| anyhow!("{e}"))
+}
+
 pub async fn wipe(device: &str) -> Result<()> {
     let (_, name) = safety::kernel_name(device)?;
     for stop in safety::stack_above(&name) {
         let (cmd, what) = match &stop {
-            safety::Stacked::Md(md) => (
-                Cmd::new("mdadm").args(["--stop", &format!("/dev/{md}")]),
-                format!("stopping md array {md} on {device}"),
-            ),
+            safety::Stacked::Md(md) => {
+                stop_md(md)
+                    .await
+                    .with_context(|| format!("stopping md array {md} on {device}"))?;
+                continue;
+            }
             safety::Stacked::Vg(vg) => (
                 Cmd::new("vgchange")
                     .args(["-an", vg])
@@ -1411,8 +1442,21 @@ pub async fn read_back(
         });
     }
     for (_, op) in plan.all_ops() {
-        if let Op::LvCreate { vg, name, .. } = op {
-            let node = format!("/dev/{vg}/{name}");
+        if let Op::LvCreate {
+            vg, name, lvm_type, ..
+        } = op
+        {
+            // lvm makes no /dev/VG/LV link for a thin pool (not a volume to use), only its
+            // device-mapper node VG-LV ('-' in either name doubled).
+            let node = if lvm_type.as_deref() == Some("thin-pool") {
+                format!(
+                    "/dev/mapper/{}-{}",
+                    vg.replace('-', "--"),
+                    name.replace('-', "--")
+                )
+            } else {
+                format!("/dev/{vg}/{name}")
+            };
             if !Path::new(&node).exists() {
                 bail!("{node} does not exist after lvcreate");
             }
