@@ -2,8 +2,13 @@
 //! (`./x fuzz` sets it). Every target feeds afl's bytes to a parser of
 //! untrusted input; a panic is a crash.
 
+use std::sync::OnceLock;
+
+use dhcproto::v4::{Message, MessageType};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use landfall::api::artifacts::parse_range;
 use landfall::boot::hold_script;
+use landfall::netboot::{dhcp, tftp, Endpoints, IpxeFiles};
 use landfall_proto::names::normalize_mac;
 
 /// The targets `./x fuzz` runs, with a seed input each.
@@ -17,7 +22,28 @@ pub const TARGETS: &[&str] = &[
     "cmdline",
     "mountinfo",
     "bundle_tar",
+    "dhcp",
+    "tftp",
 ];
+
+/// The served iPXE binaries (names and tiny contents) and where this server is,
+/// for the network boot targets.
+fn netboot() -> &'static (IpxeFiles, Endpoints) {
+    static N: OnceLock<(IpxeFiles, Endpoints)> = OnceLock::new();
+    N.get_or_init(|| {
+        let mut files = tftp::Files::new();
+        for name in ["undionly.kpxe", "snponly.efi", "arm64/snp.efi"] {
+            files.insert(name.to_owned(), name.as_bytes().into());
+        }
+        let ipxe = IpxeFiles {
+            bios: Some("undionly.kpxe".into()),
+            efi_x86_64: Some("snponly.efi".into()),
+            efi_arm64: Some("arm64/snp.efi".into()),
+            files,
+        };
+        (ipxe, Endpoints::new(None, [10, 77, 0, 1].into(), 8080))
+    })
+}
 
 fn run(target: &str, data: &[u8]) {
     let text = String::from_utf8_lossy(data);
@@ -74,6 +100,59 @@ fn run(target: &str, data: &[u8]) {
         }
         "bundle_tar" => {
             let _ = landfall_agent::secrets::bundle::read_tar_bytes(data);
+        }
+        "dhcp" => {
+            // A packet off the wire, as the DHCP server reads it, and the
+            // answers it would get: each must encode into a packet that
+            // decodes again (a client must be able to read it).
+            let Ok((msg, mac)) = dhcp::parse_request(data) else {
+                return;
+            };
+            let (files, ep) = netboot();
+            let boot = dhcp::classify(&msg)
+                .ok()
+                .and_then(|c| dhcp::boot_options(c, &mac, files, ep));
+            let pool = landfall::config::PoolSettings {
+                start: [10, 77, 0, 100].into(),
+                end: [10, 77, 0, 200].into(),
+                prefix_len: 24,
+                router: Some([10, 77, 0, 1].into()),
+                dns: vec![[10, 77, 0, 1].into()],
+                lease_time: std::time::Duration::from_secs(3600),
+            };
+            for (ty, lease) in [
+                (MessageType::Offer, None),
+                (MessageType::Ack, Some(([10, 77, 0, 100].into(), &pool))),
+                (MessageType::Nak, None),
+            ] {
+                let r = dhcp::build_reply(&msg, ty, ep.server_address, boot.as_ref(), lease, true);
+                let mut out = Vec::new();
+                if r.encode(&mut Encoder::new(&mut out)).is_ok() {
+                    Message::decode(&mut Decoder::new(&out))
+                        .expect("an answer this server encodes decodes again");
+                }
+            }
+        }
+        "tftp" => {
+            // A request on the listening port: only a served name is found,
+            // and the options are answered within RFC 2348/2349's bounds.
+            let Some(tftp::Request::Read(r)) = tftp::parse_request(data) else {
+                return;
+            };
+            let (files, _) = netboot();
+            if let Some((name, _)) = tftp::lookup(&files.files, &r.name) {
+                assert!(
+                    files.files.contains_key(name),
+                    "{:?} found as {name:?}",
+                    r.name
+                );
+            }
+            let n = tftp::negotiate(&r.options, 74_213);
+            assert!((tftp::MIN_BLKSIZE..=tftp::MAX_BLKSIZE).contains(&n.blksize));
+            assert!(n
+                .timeout
+                .is_none_or(|t| (1..=255).contains(&t.as_secs())));
+            assert!(n.answered.len() <= r.options.len());
         }
         other => panic!("unknown LANDFALL_FUZZ_TARGET {other:?}; one of {TARGETS:?}"),
     }

@@ -264,6 +264,21 @@ fn proxy_dhcp_answers_netboot_clients_only_with_their_boot_file() {
     let mut boot_reply = discover(mac(7), Some("PXEClient:Arch:00000"), Some(0), false);
     boot_reply.set_opcode(dhcproto::v4::Opcode::BootReply);
     s.send_to(&encode(&boot_reply), broadcast()).unwrap();
+    // Found by `./x fuzz dhcp`: an hlen over 16 (dhcproto's chaddr() slices by
+    // it) and an option of a length dhcproto asserts on (Rapid Commit, 80).
+    let good = encode(&discover(
+        mac(9),
+        Some("PXEClient:Arch:00000"),
+        Some(0),
+        false,
+    ));
+    let mut long_hlen = good.clone();
+    long_hlen[2] = 200;
+    let mut bad_option = good[..good.len() - 1].to_vec();
+    bad_option.extend_from_slice(&[80, 1, 0, 255]);
+    for junk in [long_hlen, bad_option] {
+        s.send_to(&junk, broadcast()).unwrap();
+    }
     assert_eq!(
         ask(
             &s,
@@ -274,7 +289,7 @@ fn proxy_dhcp_answers_netboot_clients_only_with_their_boot_file() {
         .len(),
         1
     );
-    assert_eq!(DhcpStats::get(&srv.dhcp.malformed) - before, 4);
+    assert_eq!(DhcpStats::get(&srv.dhcp.malformed) - before, 6);
 
     // A flood from one MAC: at most RATE_LIMIT answers, the rest counted.
     let flood_mac = mac(0x66);

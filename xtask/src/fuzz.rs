@@ -4,7 +4,9 @@
 //! per target. Not part of `./x test` (CI's budget): the property tests in
 //! the normal suite cover the same parsers briefly.
 //!
-//! Needs `cargo install cargo-afl` (it builds AFL++'s runtime at install).
+//! Installs `cargo-afl` when missing (`cargo install --locked cargo-afl`), and
+//! AFL++'s runtime for the current rustc (`cargo afl config --build`) when
+//! `cargo afl build` asks for it.
 //! The fuzzing binary is `fuzz/` (its own workspace), built into
 //! `target/fuzz`; each run's corpus and findings are under
 //! `target/fuzz/runs/TARGET/out` (crashes in `default/crashes/`).
@@ -50,7 +52,36 @@ fn seeds(root: &Path) -> Result<Vec<(&'static str, Vec<u8>)>> {
             b"36 35 98:0 /mnt1 /mnt/my\\040dir rw,noatime master:1 - ext4 /dev/vda1 rw,errors=continue\n22 1 0:21 / /proc rw - proc proc rw\n".to_vec(),
         ),
         ("bundle_tar", seed_tar(root)?),
+        ("dhcp", seed_dhcp()),
+        (
+            "tftp",
+            b"\x00\x01undionly.kpxe\x00octet\x00blksize\x001468\x00tsize\x000\x00".to_vec(),
+        ),
     ])
+}
+
+/// A PXE DISCOVER as EDK2 sends it (RFC 2131 header, options 53, 60, 93, 97,
+/// 55), written out byte by byte.
+fn seed_dhcp() -> Vec<u8> {
+    let mut p = vec![1, 1, 6, 0]; // BOOTREQUEST, Ethernet, hlen 6, hops
+    p.extend_from_slice(&[0x12, 0x34, 0x56, 0x78]); // xid
+    p.extend_from_slice(&[0, 4, 0x80, 0]); // secs, flags: broadcast
+    p.extend_from_slice(&[0; 16]); // ciaddr, yiaddr, siaddr, giaddr
+    let mut chaddr = [0u8; 16];
+    chaddr[..6].copy_from_slice(&[0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+    p.extend_from_slice(&chaddr);
+    p.extend_from_slice(&[0; 64 + 128]); // sname, file
+    p.extend_from_slice(&[99, 130, 83, 99]); // magic cookie
+    p.extend_from_slice(&[53, 1, 1]); // DISCOVER
+    let class = b"PXEClient:Arch:00007:UNDI:003000";
+    p.extend_from_slice(&[60, class.len() as u8]);
+    p.extend_from_slice(class);
+    p.extend_from_slice(&[93, 2, 0, 7]); // client architecture: x86-64 UEFI
+    p.extend_from_slice(&[97, 17, 0]); // client machine GUID
+    p.extend_from_slice(&[0xab; 16]);
+    p.extend_from_slice(&[55, 5, 1, 3, 43, 60, 67]); // parameter request list
+    p.push(255);
+    p
 }
 
 /// A ustar tar of two small files, from the system's `tar`.
@@ -69,6 +100,30 @@ fn seed_tar(root: &Path) -> Result<Vec<u8>> {
             .arg("."),
     )?;
     Ok(std::fs::read(dir.join("seed.tar"))?)
+}
+
+/// `cargo afl`, installed from crates.io when missing (as `./x` installs its
+/// Debian packages): `cargo install --locked cargo-afl`.
+fn ensure_cargo_afl() -> Result<()> {
+    let present = || {
+        Cmd::new("cargo")
+            .args(["afl", "--version"])
+            .run_blocking()
+            .is_ok()
+    };
+    if present() {
+        return Ok(());
+    }
+    eprintln!("fuzz: `cargo afl` is missing: installing it (cargo install --locked cargo-afl)");
+    build::run(Cmd::new("cargo").args(["install", "--locked", "cargo-afl"]))
+        .context("installing cargo-afl (`cargo install --locked cargo-afl`)")?;
+    if !present() {
+        bail!(
+            "`cargo install cargo-afl` finished but `cargo afl` still does not run: is \
+             ~/.cargo/bin (or $CARGO_HOME/bin) on PATH?"
+        );
+    }
+    Ok(())
 }
 
 struct Outcome {
@@ -103,13 +158,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         }
     }
     let root = build::workspace_root();
-    if Cmd::new("cargo")
-        .args(["afl", "--version"])
-        .run_blocking()
-        .is_err()
-    {
-        bail!("`cargo afl` is missing: install it with `cargo install cargo-afl` (it builds AFL++'s runtime)");
-    }
+    ensure_cargo_afl()?;
     let seeds = seeds(&root)?;
     for t in &only {
         if !seeds.iter().any(|(n, _)| n == t) {
@@ -117,13 +166,25 @@ pub fn run(args: &[&str]) -> Result<()> {
             bail!("no fuzz target {t:?}; the targets: {}", names.join(" "));
         }
     }
-    build::run(
+    let afl_build = || {
         Cmd::new("cargo")
             .args(["afl", "build", "--release", "--manifest-path"])
             .arg(root.join("fuzz/Cargo.toml"))
             .arg("--target-dir")
-            .arg(root.join("target/fuzz")),
-    )?;
+            .arg(root.join("target/fuzz"))
+            .current_dir(&root)
+            .run_blocking()
+    };
+    eprintln!("fuzz: building the fuzzing binary (cargo afl build --release)");
+    if let Err(e) = afl_build() {
+        // cargo-afl builds AFL++'s LLVM runtime once per rustc version, on request.
+        if !e.to_string().contains("afl config --build") {
+            return Err(e).context("cargo afl build");
+        }
+        eprintln!("fuzz: building AFL++'s runtime for this rustc (cargo afl config --build)");
+        build::run(Cmd::new("cargo").args(["afl", "config", "--build"]))?;
+        afl_build().context("cargo afl build")?;
+    }
     let bin = root.join("target/fuzz/release/landfall-fuzz");
     let mut outcomes = Vec::new();
     for (target, seed) in seeds {

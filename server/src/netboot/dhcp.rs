@@ -108,10 +108,92 @@ pub fn classify(msg: &Message) -> Result<Client, NotBoot> {
     }
 }
 
+/// Why a packet is not a request this server reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// Not DHCP (dhcproto cannot decode it), a reply, or no message type.
+    NotRequest,
+    /// Not an Ethernet client (`hlen` other than 6).
+    NoEthernet,
+}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Malformed::NotRequest => "malformed packet",
+            Malformed::NoEthernet => "packet without an Ethernet address",
+        })
+    }
+}
+
+/// A request off the wire (untrusted bytes): decoded by dhcproto, a
+/// BOOTREQUEST with a message type from an Ethernet client, with its MAC.
+pub fn parse_request(bytes: &[u8]) -> Result<(Message, String), Malformed> {
+    if !option_lengths_ok(bytes) {
+        return Err(Malformed::NotRequest);
+    }
+    let msg = match Message::decode(&mut Decoder::new(bytes)) {
+        Ok(m) if m.opcode() == Opcode::BootRequest && m.opts().msg_type().is_some() => m,
+        _ => return Err(Malformed::NotRequest),
+    };
+    let mac = mac_of(&msg).ok_or(Malformed::NoEthernet)?;
+    Ok((msg, mac))
+}
+
+/// dhcproto 0.15 asserts (debug builds) and subtracts (overflow checks) on
+/// the lengths of a few options (`decode_inner`: Rapid Commit, Client Network
+/// Interface, Client FQDN, the bulk lease query ones): a packet with such an
+/// option of another length is malformed, and dropped before it is decoded.
+/// The walk is dhcproto's: after the 240-byte header and cookie, Pad (0) and
+/// End (255) without a length, consecutive options of one code concatenated
+/// (RFC 3396). Found by `./x fuzz dhcp`.
+fn option_lengths_ok(p: &[u8]) -> bool {
+    let ok = |(code, len): (u8, usize)| match code {
+        80 => len == 0,
+        94 => len == 3,
+        81 => len >= 3,
+        151 => len >= 1,
+        152..=155 => len == 4,
+        _ => true,
+    };
+    let mut i = 240;
+    let mut last: Option<(u8, usize)> = None;
+    while let Some(&code) = p.get(i) {
+        if code == 0 || code == 255 {
+            if !last.take().is_none_or(ok) {
+                return false;
+            }
+            if code == 255 {
+                return true;
+            }
+            i += 1;
+            continue;
+        }
+        let Some(len) = p.get(i + 1).map(|l| usize::from(*l)) else {
+            break;
+        };
+        if i + 2 + len > p.len() {
+            break;
+        }
+        last = match last {
+            Some((c, l)) if c == code => Some((c, l + len)),
+            Some(prev) if !ok(prev) => return false,
+            _ => Some((code, len)),
+        };
+        i += 2 + len;
+    }
+    last.is_none_or(ok)
+}
+
 /// The MAC of a message, `aa:bb:...`; `None` unless Ethernet (6 bytes).
+/// `hlen` first: dhcproto's `chaddr()` slices 16 bytes by it (a packet with
+/// `hlen` over 16 would panic, found by `./x fuzz dhcp`).
 fn mac_of(msg: &Message) -> Option<String> {
+    if msg.hlen() != 6 {
+        return None;
+    }
     let c = msg.chaddr();
-    (msg.hlen() == 6 && c.len() >= 6).then(|| {
+    (c.len() >= 6).then(|| {
         c[..6]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -329,18 +411,13 @@ async fn run(sock: UdpSocket, port: Port, s: Arc<Shared>, mut stop: watch::Recei
             _ = stop.changed() => return,
         };
         bump(&s.stats.received);
-        let msg = match Message::decode(&mut Decoder::new(&buf[..len])) {
-            Ok(m) if m.opcode() == Opcode::BootRequest && m.opts().msg_type().is_some() => m,
-            _ => {
+        let (msg, mac) = match parse_request(&buf[..len]) {
+            Ok(x) => x,
+            Err(why) => {
                 bump(&s.stats.malformed);
-                tracing::warn!("DHCP: malformed packet ({len} bytes) from {peer} dropped");
+                tracing::warn!("DHCP: {why} ({len} bytes) from {peer} dropped");
                 continue;
             }
-        };
-        let Some(mac) = mac_of(&msg) else {
-            bump(&s.stats.malformed);
-            tracing::warn!("DHCP: packet from {peer} without an Ethernet address dropped");
-            continue;
         };
         // Full mode reads and writes leases in the store: off the runtime.
         // Proxy mode touches nothing but memory: answered here.
@@ -461,6 +538,47 @@ fn answer(s: &Shared, port: Port, msg: &Message, mac: &str) -> Result<Option<(Me
         tracing::warn!("DHCP: {mac} over {RATE_LIMIT} answers in {RATE_WINDOW:?}: dropped");
         return Ok(None);
     }
+    let lease = match yiaddr {
+        Some(ip) => Some((ip, o.pool.as_ref().context("full mode without a pool")?)),
+        None => None,
+    };
+    let r = build_reply(
+        msg,
+        reply_ty,
+        ours,
+        boot.as_ref().map(|(_, b)| b),
+        lease,
+        port == Port::Pxe,
+    );
+    if let Some((client, b)) = &boot {
+        if reply_ty != MessageType::Nak {
+            tracing::info!("DHCP: {reply_ty:?} to {mac} ({client:?}): {}", b.file);
+        }
+    } else if let Some(ip) = yiaddr {
+        tracing::info!("DHCP: {reply_ty:?} {ip} to {mac}");
+    }
+    Ok(Some((r, dest_of(msg))))
+}
+
+fn dest_of(msg: &Message) -> Dest {
+    if msg.giaddr().is_unspecified() {
+        Dest::Broadcast
+    } else {
+        Dest::Relay(msg.giaddr())
+    }
+}
+
+/// The answer of type `ty` to `msg` from this server (`ours`): the boot
+/// options of `boot`, and in full mode the `lease` (address and pool) it
+/// offers or acknowledges; `boot_port` for an ACK on the PXE boot server port.
+pub fn build_reply(
+    msg: &Message,
+    ty: MessageType,
+    ours: Ipv4Addr,
+    boot: Option<&BootOptions>,
+    lease: Option<(Ipv4Addr, &PoolSettings)>,
+    boot_port: bool,
+) -> Message {
     let mut r = Message::default();
     r.set_opcode(Opcode::BootReply)
         .set_xid(msg.xid())
@@ -468,17 +586,16 @@ fn answer(s: &Shared, port: Port, msg: &Message, mac: &str) -> Result<Option<(Me
         .set_giaddr(msg.giaddr())
         .set_chaddr(msg.chaddr())
         .set_siaddr(ours);
-    if reply_ty == MessageType::Ack && port == Port::Pxe {
+    if ty == MessageType::Ack && boot_port {
         r.set_ciaddr(msg.ciaddr());
     }
-    r.opts_mut().insert(DhcpOption::MessageType(reply_ty));
+    r.opts_mut().insert(DhcpOption::MessageType(ty));
     r.opts_mut().insert(DhcpOption::ServerIdentifier(ours));
-    if reply_ty == MessageType::Nak {
+    if ty == MessageType::Nak {
         r.set_siaddr(Ipv4Addr::UNSPECIFIED);
-        return Ok(Some((r, dest_of(msg))));
+        return r;
     }
-    if let Some(ip) = yiaddr {
-        let pool = o.pool.as_ref().context("full mode without a pool")?;
+    if let Some((ip, pool)) = lease {
         r.set_yiaddr(ip);
         let mask = u32::MAX << (32 - u32::from(pool.prefix_len));
         r.opts_mut()
@@ -493,7 +610,7 @@ fn answer(s: &Shared, port: Port, msg: &Message, mac: &str) -> Result<Option<(Me
         let secs = u32::try_from(pool.lease_time.as_secs()).unwrap_or(u32::MAX);
         r.opts_mut().insert(DhcpOption::AddressLeaseTime(secs));
     }
-    if let Some((client, b)) = boot {
+    if let Some(b) = boot {
         r.opts_mut()
             .insert(DhcpOption::ClassIdentifier(b.class.as_bytes().to_vec()));
         if let Some(guid) = msg.opts().get(OptionCode::ClientMachineIdentifier) {
@@ -512,19 +629,8 @@ fn answer(s: &Shared, port: Port, msg: &Message, mac: &str) -> Result<Option<(Me
         }
         r.opts_mut()
             .insert(DhcpOption::BootfileName(b.file.as_bytes().to_vec()));
-        tracing::info!("DHCP: {reply_ty:?} to {mac} ({client:?}): {}", b.file);
-    } else if let Some(ip) = yiaddr {
-        tracing::info!("DHCP: {reply_ty:?} {ip} to {mac}");
     }
-    Ok(Some((r, dest_of(msg))))
-}
-
-fn dest_of(msg: &Message) -> Dest {
-    if msg.giaddr().is_unspecified() {
-        Dest::Broadcast
-    } else {
-        Dest::Relay(msg.giaddr())
-    }
+    r
 }
 
 fn full_offer(s: &Shared, mac: &str) -> Result<Option<Ipv4Addr>> {
@@ -641,6 +747,40 @@ mod tests {
                 vec![1, 1, 1],
             )));
         assert_eq!(classify(&wire(&m)), Ok(Client::Ipxe));
+    }
+
+    #[test]
+    fn packets_that_would_make_dhcproto_panic_are_malformed() {
+        let mut good = Vec::new();
+        discover(MAC, Some("PXEClient:Arch:00007"), Some(7), false)
+            .encode(&mut Encoder::new(&mut good))
+            .unwrap();
+        assert!(parse_request(&good).is_ok());
+        // hlen over 16: dhcproto's chaddr() would slice out of bounds.
+        let mut p = good.clone();
+        p[2] = 200;
+        assert_eq!(parse_request(&p).err(), Some(Malformed::NoEthernet));
+        // Options whose length dhcproto asserts on, alone and concatenated.
+        let end = good.len() - 1; // before End
+        for (opt, ok) in [
+            (&[80, 1, 0][..], false),
+            (&[80, 0], true),
+            (&[94, 2, 1, 2], false),
+            (&[94, 3, 1, 2, 3], true),
+            (&[81, 1, 0], false),
+            (&[81, 2, 0, 0, 81, 1, 0], true),
+            (&[151, 0], false),
+            (&[152, 3, 0, 0, 0], false),
+            (&[155, 4, 0, 0, 0, 0], true),
+        ] {
+            let mut p = good[..end].to_vec();
+            p.extend_from_slice(opt);
+            p.push(255);
+            assert_eq!(parse_request(&p).is_ok(), ok, "{opt:?}");
+            // Without the End option, too.
+            p.pop();
+            assert_eq!(parse_request(&p).is_ok(), ok, "{opt:?} unterminated");
+        }
     }
 
     #[test]

@@ -32,8 +32,8 @@ const ERROR: u16 = 5;
 const OACK: u16 = 6;
 
 /// RFC 2348's bounds on `blksize`.
-const MIN_BLKSIZE: usize = 8;
-const MAX_BLKSIZE: usize = 65464;
+pub const MIN_BLKSIZE: usize = 8;
+pub const MAX_BLKSIZE: usize = 65464;
 const DEFAULT_BLKSIZE: usize = 512;
 
 /// Limits of one server.
@@ -153,24 +153,26 @@ impl TftpServer {
 
 /// A parsed read request.
 #[derive(Debug, PartialEq, Eq)]
-struct ReadRequest {
-    name: String,
-    mode: String,
+pub struct ReadRequest {
+    pub name: String,
+    /// Lower-cased.
+    pub mode: String,
     /// Options as sent, names lower-cased.
-    options: Vec<(String, String)>,
+    pub options: Vec<(String, String)>,
 }
 
 /// What a packet on the listening port is.
 #[derive(Debug, PartialEq, Eq)]
-enum Request {
+pub enum Request {
     Read(ReadRequest),
     Write,
     /// DATA, ACK, ERROR or OACK: not a request.
     Stray,
 }
 
-/// Parse a request on the listening port; `None` for anything malformed.
-fn parse_request(p: &[u8]) -> Option<Request> {
+/// Parse a request on the listening port (untrusted bytes); `None` for
+/// anything malformed.
+pub fn parse_request(p: &[u8]) -> Option<Request> {
     if p.len() < 4 {
         return None;
     }
@@ -216,21 +218,22 @@ fn parse_request(p: &[u8]) -> Option<Request> {
 
 /// The served name a request asks for: a leading `/` is allowed (PXE ROMs
 /// send both forms); anything else must match a served name exactly.
-fn lookup<'a>(files: &'a Files, name: &str) -> Option<(&'a str, &'a Arc<[u8]>)> {
+pub fn lookup<'a>(files: &'a Files, name: &str) -> Option<(&'a str, &'a Arc<[u8]>)> {
     let name = name.strip_prefix('/').unwrap_or(name);
     files.get_key_value(name).map(|(k, v)| (k.as_str(), v))
 }
 
 /// The options this server accepts, as it answers them in the OACK.
 #[derive(Debug, PartialEq, Eq)]
-struct Negotiated {
-    blksize: usize,
-    timeout: Option<Duration>,
+pub struct Negotiated {
+    pub blksize: usize,
+    pub timeout: Option<Duration>,
     /// The answered options, in the client's order.
-    answered: Vec<(String, String)>,
+    pub answered: Vec<(String, String)>,
 }
 
-fn negotiate(options: &[(String, String)], size: usize) -> Negotiated {
+/// The client's options as this server accepts them for a file of `size` bytes.
+pub fn negotiate(options: &[(String, String)], size: usize) -> Negotiated {
     let mut n = Negotiated {
         blksize: DEFAULT_BLKSIZE,
         timeout: None,
