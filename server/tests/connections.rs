@@ -76,7 +76,7 @@ fn quick_client() -> reqwest::Client {
 async fn slow_and_idle_clients_plain_and_tls_do_not_starve_others_and_are_closed() {
     let (_dir, data, cfg) = setup(
         "listen_tls = \"127.0.0.1:0\"\ntls_sans = [\"127.0.0.1\"]",
-        "header_timeout_secs = 2\nidle_timeout_secs = 3\ntls_handshake_timeout_secs = 2\nsend_timeout_secs = 3",
+        "header_timeout_secs = 5\nidle_timeout_secs = 3\ntls_handshake_timeout_secs = 5\nsend_timeout_secs = 3",
     );
     let mut srv = ServeProcess::start(&cfg, &data);
     let plain = srv.addr();
@@ -134,7 +134,7 @@ async fn slow_and_idle_clients_plain_and_tls_do_not_starve_others_and_are_closed
         crowd.len() + tls_crowd.len()
     );
     assert!(
-        built < Duration::from_millis(1500),
+        built < Duration::from_millis(4000),
         "building the crowd took {built:?}: the checks below assume it is still there"
     );
 
@@ -169,34 +169,34 @@ async fn slow_and_idle_clients_plain_and_tls_do_not_starve_others_and_are_closed
         let took = t.elapsed();
         println!("a normal client's three requests beside the crowd: {took:?}");
         assert!(
-            took < Duration::from_secs(1),
+            took < Duration::from_secs(2),
             "answered in {took:?} beside the crowd"
         );
     }
 
     // Nothing was closed before its timeout...
     for (what, s) in crowd.iter_mut().step_by(25) {
-        if started.elapsed() < Duration::from_millis(1700) {
+        if started.elapsed() < Duration::from_millis(4700) {
             assert!(
                 !closed_within(s, Duration::from_millis(50)).await,
-                "{what} closed before the 2 s timeout"
+                "{what} closed before the 5 s timeout"
             );
         }
     }
-    // ...and every one is closed after it (2 s, plus scheduling slack).
+    // ...and every one is closed after it (5 s, plus scheduling slack).
     let mut checks = Vec::new();
     for (what, mut s) in crowd {
         checks.push(tokio::spawn(async move {
-            (what, closed_within(&mut s, Duration::from_secs(6)).await)
+            (what, closed_within(&mut s, Duration::from_secs(9)).await)
         }));
     }
     for c in checks {
         let (what, closed) = c.await.unwrap();
-        assert!(closed, "{what}: still open 6 s after the 2 s timeout");
+        assert!(closed, "{what}: still open 9 s after the 5 s timeout");
     }
     for mut t in tls_crowd {
         let mut buf = Vec::new();
-        let r = tokio::time::timeout(Duration::from_secs(6), t.read_to_end(&mut buf)).await;
+        let r = tokio::time::timeout(Duration::from_secs(9), t.read_to_end(&mut buf)).await;
         assert!(
             r.is_ok(),
             "a TLS connection with half a request is still open"
