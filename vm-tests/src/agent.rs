@@ -50,6 +50,9 @@ pub fn build_static_agent(target_dir: &Path) -> Result<PathBuf> {
         ])
         .env("CARGO_TARGET_DIR", target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        // A compile cache (sccache) as the wrapper has produced a static agent
+        // that segfaulted at start: this binary is always built by rustc itself.
+        .env("RUSTC_WRAPPER", "")
         .run_blocking()?;
     Ok(target_dir.join(format!("{TARGET}/release/landfall-agent")))
 }
