@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
         _ => Err(anyhow::anyhow!(
-            "usage: ./x (demo [--bios|--uefi] | test | nixcheck | bench [detect] [size] [vm] [disks] [netboot] [ui] [artifacts] | fuzz [--seconds N] [TARGET...])"
+            "usage: ./x (demo [--bios|--uefi] | test | nixcheck | bench [detect] [size] [vm] [disks] [netboot] [ui] [artifacts] [storm [N]] | fuzz [--seconds N] [TARGET...])"
         )),
     };
     match result {

@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod detect;
 pub mod disks;
+pub mod storm;
 
 use anyhow::Result;
 
@@ -16,6 +17,19 @@ pub fn run(which: &[&str]) -> Result<()> {
     let all = which.is_empty();
     if all || which.contains(&"artifacts") {
         artifacts::run()?;
+    }
+    if let Some(i) = which.iter().position(|w| *w == "storm") {
+        // `storm [N]`: N machines.
+        let n = match which
+            .get(i + 1)
+            .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
+        {
+            Some(n) => n.parse().map_err(|e| anyhow::anyhow!("storm N: {e}"))?,
+            None => storm::DEFAULT_MACHINES,
+        };
+        storm::run(n)?;
+    } else if all {
+        storm::run(storm::DEFAULT_MACHINES)?;
     }
     // Only the benches that run the agent build it.
     let agent = if all
