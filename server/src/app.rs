@@ -30,9 +30,6 @@ pub struct App {
     /// Serialises granting retries (mint tokens, then move the machine), so
     /// two waits of one attempt cannot both mint.
     pub retry_lock: tokio::sync::Mutex<()>,
-    /// Serialises choosing and storing a new machine's assignment at its
-    /// first PXE boot (auto-enrolled hostnames are unique).
-    pub enrol_lock: std::sync::Mutex<()>,
     /// The bound port of the HTTPS listener, when TLS is on.
     pub tls_port: Option<u16>,
     /// What `/metrics` answers (the store observes its latency into it).
@@ -64,7 +61,6 @@ impl App {
             changes: Notify::new(),
             stopping: AtomicBool::new(false),
             retry_lock: tokio::sync::Mutex::new(()),
-            enrol_lock: std::sync::Mutex::new(()),
             tls_port: None,
             feed: Default::default(),
         }

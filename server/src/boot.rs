@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use landfall_proto::names::{check_hostname, check_simple_name, normalize_mac};
 use landfall_proto::{Assignment, BootAction, MachineState};
 
-use crate::app::{new_token, token_hash, App, AppState, Peer};
+use crate::app::{new_token, token_hash, AppState, Peer};
 use crate::store::DiscoveredCap;
 use crate::text::Untrusted;
 
@@ -150,6 +150,23 @@ pub fn hold_script(base: &str, why: &str, fix: Option<&str>) -> String {
     )
 }
 
+/// How long `boot.ipxe` waits for the store before it answers [`busy_script`].
+pub const STORE_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// Seconds a machine waits before asking again when the server was busy.
+pub const BUSY_SLEEP: u32 = 5;
+
+/// The answer when the store does not answer in time: wait briefly, ask again.
+pub fn busy_script(base: &str) -> String {
+    format!(
+        "#!ipxe
+         echo landfall: server busy, asking again in {BUSY_SLEEP} seconds
+         sleep {BUSY_SLEEP}
+         chain {base}/{CHAIN_QUERY}
+"
+    )
+}
+
 /// A hold script when there is no base URL to chain to: print why and stop.
 pub fn stop_script(why: &str) -> String {
     format!("#!ipxe\necho landfall: {}\nexit 1\n", sanitize(why))
@@ -221,7 +238,18 @@ pub async fn boot_ipxe(
     };
     let arch = q.get("arch").map(String::as_str).filter(|v| plain(v));
     let platform = q.get("platform").map(String::as_str).filter(|v| plain(v));
-    match decide_and_render(&app, &base, &mac, arch, platform, &client) {
+    let decided = tokio::time::timeout(
+        STORE_WAIT,
+        decide_and_render(&app, &base, &mac, arch, platform, &client),
+    )
+    .await;
+    let Ok(decided) = decided else {
+        // The database is stalled (locked by another process, slow disk):
+        // the machine asks again soon rather than hanging on us.
+        tracing::warn!(%mac, "boot.ipxe: the store did not answer within {STORE_WAIT:?}; answered busy");
+        return script(StatusCode::OK, busy_script(&base));
+    };
+    match decided {
         Ok(s) => script(StatusCode::OK, s),
         Err(e) => {
             tracing::error!(%mac, "boot.ipxe: {e:#}");
@@ -236,31 +264,47 @@ pub async fn boot_ipxe(
 /// What the configuration assigns to `mac` now: its `[[machines]]` entry,
 /// else the role and hostname of an earlier auto-enrolment (if the role still
 /// exists), else the enrolment policy. `None`: nothing (hold as discovered).
-pub fn current_assignment(app: &App, mac: &str) -> anyhow::Result<Option<Assignment>> {
-    let settings = &app.settings;
+pub async fn current_assignment(app: &AppState, mac: &str) -> anyhow::Result<Option<Assignment>> {
+    if app.settings.machines.contains_key(mac) {
+        return Ok(app.settings.assignment_for(mac));
+    }
+    let (a, mac) = (app.clone(), mac.to_owned());
+    app.store
+        .read(move |tx| assignment_in(&a.settings, tx, &mac))
+        .await
+}
+
+/// [`current_assignment`] inside a store transaction.
+fn assignment_in(
+    settings: &crate::config::Settings,
+    tx: &mut crate::store::Tx<'_>,
+    mac: &str,
+) -> anyhow::Result<Option<Assignment>> {
     Ok(if settings.machines.contains_key(mac) {
         settings.assignment_for(mac)
     } else {
         // Known from an earlier auto-enrolment (keeps its hostname), else the enrol policy.
-        app.store
+        let known = tx
             .machine(mac)?
             .and_then(|r| Some((r.hostname?, r.role?)))
-            .and_then(|(h, r)| settings.role_assignment_checked(&r, &h))
-            .or_else(|| {
-                settings.enrolment_for(mac, &|name| match app.store.hostname_owner(name) {
-                    Ok(owner) => owner.is_some_and(|o| o != mac),
-                    // Unsure: take a longer name rather than risk a clash.
-                    Err(e) => {
-                        tracing::warn!(%mac, "looking up hostname {name}: {e:#}");
-                        true
-                    }
-                })
-            })
+            .and_then(|(h, r)| settings.role_assignment_checked(&r, &h));
+        if known.is_some() {
+            return Ok(known);
+        }
+        let tx = std::cell::RefCell::new(tx);
+        settings.enrolment_for(mac, &|name| match tx.borrow_mut().hostname_owner(name) {
+            Ok(owner) => owner.is_some_and(|o| o != mac),
+            // Unsure: take a longer name rather than risk a clash.
+            Err(e) => {
+                tracing::warn!(%mac, "looking up hostname {name}: {e:#}");
+                true
+            }
+        })
     })
 }
 
-fn decide_and_render(
-    app: &App,
+async fn decide_and_render(
+    app: &AppState,
     base: &str,
     mac: &str,
     arch: Option<&str>,
@@ -270,16 +314,29 @@ fn decide_and_render(
     let settings = &app.settings;
     let now = crate::store::now();
     let row = {
-        // An auto-enrolled name is chosen free and stored in one step, so
-        // two new machines booting at once cannot both take it.
-        let _one_at_a_time = app.enrol_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let assignment = current_assignment(app, mac)?;
+        // An auto-enrolled name is chosen free and stored in one write
+        // transaction (one writer at a time), so two new machines booting
+        // at once cannot both take it.
         let cap = DiscoveredCap {
             max: settings.limits.max_discovered,
             per_minute: settings.limits.max_discovered_per_minute,
         };
+        let a = app.clone();
+        let mac = mac.to_owned();
+        let (arch, platform) = (arch.map(str::to_owned), platform.map(str::to_owned));
         app.store
-            .record_boot(mac, assignment.as_ref(), arch, platform, now, cap)?
+            .write(move |tx| {
+                let assignment = assignment_in(&a.settings, tx, &mac)?;
+                tx.record_boot(
+                    &mac,
+                    assignment.as_ref(),
+                    arch.as_deref(),
+                    platform.as_deref(),
+                    now,
+                    cap,
+                )
+            })
+            .await?
     };
     let Some(row) = row else {
         // Once a minute at most: a flood must not flood the log instead.
@@ -338,8 +395,10 @@ fn decide_and_render(
                 Ok(s) => s,
                 Err(e) => return Ok(hold_script(base, &format!("{mac}: {e}"), None)),
             };
+            let (m, hash, ttl) = (mac.to_owned(), token_hash(&token), settings.boot_token_ttl);
             app.store
-                .add_boot_token(mac, &token_hash(&token), now, settings.boot_token_ttl)?;
+                .write(move |tx| tx.add_boot_token(&m, &hash, now, ttl))
+                .await?;
             if row.state == MachineState::Installing {
                 // A reboot mid-install, or someone asking with this MAC: the
                 // hello decides (a new attempt, or an alarm while the current

@@ -233,7 +233,7 @@ pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<Serv
                 ipxe.clone(),
                 public_url.as_deref(),
                 addr,
-                Store::open(&opts.data.join(DB_FILE))?,
+                app.store.clone(),
             )
             .await?,
         )

@@ -66,8 +66,21 @@ const STEP_BUCKETS: [f64; 14] = [
     0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
 ];
 
+/// How long a scrape waits for the store's counts before it shows the last ones.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// What a scrape reads from the store.
+#[derive(Debug, Clone, Default)]
+struct StoreSnapshot {
+    counts: Vec<crate::store::MachineCount>,
+    deliveries: Vec<(landfall_proto::notify::DeliveryStatus, u64)>,
+    known: std::collections::HashSet<String>,
+}
+
 /// The metrics of one server.
 pub struct Metrics {
+    /// The store's counts of the last scrape that read them.
+    last_snapshot: Mutex<Option<StoreSnapshot>>,
     registry: Registry,
     /// One scrape at a time: a scrape refreshes the store's gauges, then renders.
     scrape: Mutex<()>,
@@ -103,6 +116,7 @@ impl Metrics {
             installs_failed: Family::default(),
             step_seconds: Family::new_with_constructor(|| Histogram::new(STEP_BUCKETS)),
             events_stored: Counter::default(),
+            last_snapshot: Mutex::new(None),
             hello_answers: Family::default(),
             verify_answers: Family::default(),
             // 50 µs .. ~1.6 s.
@@ -253,12 +267,45 @@ impl Metrics {
             .inc();
     }
 
-    /// The text `GET /metrics` answers: the store's counts read now, then
+    /// The text `GET /metrics` answers: the store's counts read now (the
+    /// last ones read, when the store does not answer within
+    /// [`SNAPSHOT_WAIT`]: a stalled database never stalls a scrape), then
     /// every metric.
-    pub fn render(&self, store: &Store, settings: &Settings) -> Result<String> {
-        let counts = store.machine_counts()?;
-        let deliveries = store.delivery_counts()?;
-        let known = store.known_macs(settings.machines.keys().map(String::as_str))?;
+    pub async fn render(&self, store: &Store, settings: &Settings) -> Result<String> {
+        let macs: Vec<String> = settings.machines.keys().cloned().collect();
+        let read = store.read(move |tx| {
+            Ok(StoreSnapshot {
+                counts: tx.machine_counts()?,
+                deliveries: tx.delivery_counts()?,
+                known: tx.known_macs(&macs)?,
+            })
+        });
+        let snapshot = match tokio::time::timeout(SNAPSHOT_WAIT, read).await {
+            Ok(r) => {
+                let s = r?;
+                *self.last_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
+                s
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "/metrics: the store did not answer in time; the last counts are shown"
+                );
+                self.last_snapshot
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_default()
+            }
+        };
+        self.render_snapshot(snapshot, settings)
+    }
+
+    fn render_snapshot(&self, snapshot: StoreSnapshot, settings: &Settings) -> Result<String> {
+        let StoreSnapshot {
+            counts,
+            deliveries,
+            known,
+        } = snapshot;
         let expected = settings
             .machines
             .iter()
@@ -491,7 +538,10 @@ mod tests {
         let settings = crate::config::Config::demo()
             .validate(std::path::Path::new("."))
             .unwrap();
-        let text = m.render(&store, &settings).unwrap();
+        let text = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(m.render(&store, &settings))
+            .unwrap();
         for line in [
             "landfall_installs_finished_total{role=\"ws\"} 1",
             "landfall_installs_failed_total{role=\"ws\",step=\"install\",class=\"build\"} 1",

@@ -126,32 +126,43 @@ async fn look(
     clients: &HashMap<String, reqwest::Client>,
     pruned_at: &mut i64,
 ) -> Result<()> {
-    let targets: Vec<WebhookTarget<'_>> = app
-        .settings
-        .webhooks
-        .iter()
-        .map(|w| WebhookTarget {
-            url: &w.url,
-            states: &w.states,
-            roles: &w.roles,
-        })
-        .collect();
-    let base = dashboard_base(app);
-    let link = |m: &NotifiedMachine| base.as_deref().map(|b| dashboard_link(b, m));
     // Bounded: a burst larger than this goes on at the next look.
     for _ in 0..10 {
-        if app.store.fan_out(&targets, &link, FAN_OUT)? < FAN_OUT as usize {
+        let a = app.clone();
+        let taken = app
+            .store
+            .write(move |tx| {
+                let targets: Vec<WebhookTarget<'_>> = a
+                    .settings
+                    .webhooks
+                    .iter()
+                    .map(|w| WebhookTarget {
+                        url: &w.url,
+                        states: &w.states,
+                        roles: &w.roles,
+                    })
+                    .collect();
+                let base = dashboard_base(&a);
+                let link = |m: &NotifiedMachine| base.as_deref().map(|b| dashboard_link(b, m));
+                tx.fan_out(&targets, &link, FAN_OUT)
+            })
+            .await?;
+        if taken < FAN_OUT as usize {
             break;
         }
     }
     let t = now();
     if t - *pruned_at >= 3600 {
         app.store
-            .prune_deliveries(t - KEEP.as_secs() as i64)
+            .write(move |tx| tx.prune_deliveries(t - KEEP.as_secs() as i64))
+            .await
             .context("forgetting old deliveries")?;
         *pruned_at = t;
     }
-    let due = app.store.claim_due(t, LEASE_SECS, BATCH)?;
+    let due = app
+        .store
+        .write(move |tx| tx.claim_due(t, LEASE_SECS, BATCH))
+        .await?;
     let mut sends = tokio::task::JoinSet::new();
     for d in due {
         let client = clients.get(&d.url).cloned();
@@ -196,7 +207,9 @@ async fn look(
                 }
             }
         };
-        app.store.record_send(d.id, &recorded, now)?;
+        app.store
+            .write(move |tx| tx.record_send(d.id, &recorded, now))
+            .await?;
     }
     Ok(())
 }

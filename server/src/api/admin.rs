@@ -19,7 +19,7 @@ pub async fn list(
     State(app): State<AppState>,
     _auth: AdminAuth,
 ) -> Result<Json<Vec<MachineSummary>>, ApiError> {
-    let mut list = app.store.summaries()?;
+    let mut list = app.store.read(|tx| tx.summaries()).await?;
     let expected: Vec<MachineSummary> = app
         .settings
         .machines
@@ -65,8 +65,9 @@ pub fn expected(app: &App, mac: &str) -> Option<MachineSummary> {
 
 /// The stored machine `key` names (MAC or hostname); 409 for a configured
 /// one that never booted, 404 for none.
-pub fn find_key(app: &App, key: &str) -> Result<MachineRow, ApiError> {
-    if let Some(row) = app.store.find_machine(key)? {
+pub async fn find_key(app: &App, key: &str) -> Result<MachineRow, ApiError> {
+    let k = key.to_owned();
+    if let Some(row) = app.store.read(move |tx| tx.find_machine(&k)).await? {
         return Ok(row);
     }
     if let Some(mac) = configured_mac(app, key) {
@@ -81,9 +82,9 @@ pub fn find_key(app: &App, key: &str) -> Result<MachineRow, ApiError> {
     Err(not_found(key))
 }
 
-fn find(app: &App, key: Result<Path<String>, PathRejection>) -> Result<MachineRow, ApiError> {
+async fn find(app: &App, key: Result<Path<String>, PathRejection>) -> Result<MachineRow, ApiError> {
     let Path(key) = key.map_err(ApiError::from_rejection)?;
-    find_key(app, &key)
+    find_key(app, &key).await
 }
 
 fn not_found(key: &str) -> ApiError {
@@ -122,7 +123,11 @@ pub async fn detail(
         after: q.events_after,
         limit: q.limit.unwrap_or(MAX_EVENTS_PAGE).min(MAX_EVENTS_PAGE),
     };
-    let Some(row) = app.store.find_machine(&key)? else {
+    let found = {
+        let key = key.clone();
+        app.store.read(move |tx| tx.find_machine(&key)).await?
+    };
+    let Some(row) = found else {
         let summary = configured_mac(&app, &key)
             .and_then(|mac| expected(&app, &mac))
             .ok_or_else(|| not_found(&key))?;
@@ -134,9 +139,11 @@ pub async fn detail(
             identity: None,
         }));
     };
+    let mac = row.mac.clone();
     let detail = app
         .store
-        .detail(&row.mac, &page)?
+        .read(move |tx| tx.detail(&mac, &page))
+        .await?
         .ok_or_else(|| vanished(&row.mac))?;
     Ok(Json(detail))
 }
@@ -146,12 +153,14 @@ pub async fn reinstall(
     _auth: AdminAuth,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<MachineSummary>, ApiError> {
-    reinstall_machine(&app, find(&app, key)?).map(Json)
+    reinstall_machine(&app, find(&app, key).await?)
+        .await
+        .map(Json)
 }
 
 /// `POST .../reinstall` (the CLI's and the dashboard's): the machine
 /// installs from scratch at its next PXE boot.
-pub fn reinstall_machine(app: &App, row: MachineRow) -> Result<MachineSummary, ApiError> {
+pub async fn reinstall_machine(app: &App, row: MachineRow) -> Result<MachineSummary, ApiError> {
     if row.assignment().is_none() {
         return Err(ApiError::coded(
             ErrorCode::NoAssignment,
@@ -162,10 +171,13 @@ pub fn reinstall_machine(app: &App, row: MachineRow) -> Result<MachineSummary, A
             ),
         ));
     }
-    app.store.request_reinstall(&row.mac, now())?;
+    let mac = row.mac.clone();
+    app.store
+        .write(move |tx| tx.request_reinstall(&mac, now()))
+        .await?;
     app.machines_changed();
     tracing::info!(mac = %row.mac, from = %row.state, "reinstall requested");
-    summary_of(app, &row.mac)
+    summary_of(app, &row.mac).await
 }
 
 /// `identity_held` -> `reinstall_requested`: the identity the held hello
@@ -176,12 +188,19 @@ pub async fn approve(
     _auth: AdminAuth,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<MachineSummary>, ApiError> {
-    approve_machine(&app, find(&app, key)?).map(Json)
+    approve_machine(&app, find(&app, key).await?)
+        .await
+        .map(Json)
 }
 
 /// `POST .../approve` (the CLI's and the dashboard's).
-pub fn approve_machine(app: &App, row: MachineRow) -> Result<MachineSummary, ApiError> {
-    if !app.store.approve_identity(&row.mac, now())? {
+pub async fn approve_machine(app: &App, row: MachineRow) -> Result<MachineSummary, ApiError> {
+    let mac = row.mac.clone();
+    if !app
+        .store
+        .write(move |tx| tx.approve_identity(&mac, now()))
+        .await?
+    {
         return Err(ApiError::coded(
             ErrorCode::Conflict,
             StatusCode::CONFLICT,
@@ -195,7 +214,7 @@ pub fn approve_machine(app: &App, row: MachineRow) -> Result<MachineSummary, Api
     }
     app.machines_changed();
     tracing::info!(mac = %row.mac, "identity approved and pinned again; it installs on its next PXE boot");
-    summary_of(app, &row.mac)
+    summary_of(app, &row.mac).await
 }
 
 /// `failed` -> `retry_requested`: the agent still waiting on the failed
@@ -207,13 +226,18 @@ pub async fn retry(
     _auth: AdminAuth,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RetryResponse>, ApiError> {
-    retry_machine(&app, find(&app, key)?).map(Json)
+    retry_machine(&app, find(&app, key).await?).await.map(Json)
 }
 
 /// `POST .../retry` (the CLI's and the dashboard's).
-pub fn retry_machine(app: &App, row: MachineRow) -> Result<RetryResponse, ApiError> {
+pub async fn retry_machine(app: &App, row: MachineRow) -> Result<RetryResponse, ApiError> {
     let name = row.hostname.clone().unwrap_or_else(|| row.mac.clone());
-    match app.store.request_retry(&row.mac, now())? {
+    let mac = row.mac.clone();
+    match app
+        .store
+        .write(move |tx| tx.request_retry(&mac, now()))
+        .await?
+    {
         RetryOutcome::Requested => {}
         RetryOutcome::NotFound => return Err(vanished(&row.mac)),
         RetryOutcome::WrongState(now_row) => {
@@ -232,20 +256,24 @@ pub fn retry_machine(app: &App, row: MachineRow) -> Result<RetryResponse, ApiErr
         }
     }
     app.machines_changed();
+    let mac = row.mac.clone();
     let installer = app
         .store
-        .installer_wait(&row.mac, now(), super::agent::WAIT_GRACE_SECS)?;
+        .read(move |tx| tx.installer_wait(&mac, now(), super::agent::WAIT_GRACE_SECS))
+        .await?;
     tracing::info!(mac = %row.mac, waiting = installer.waiting, "retry requested");
-    let machine = summary_of(app, &row.mac)?;
+    let machine = summary_of(app, &row.mac).await?;
     Ok(RetryResponse { machine, installer })
 }
 
 /// The machine's summary after a change (404 if it was deleted meanwhile).
-fn summary_of(app: &App, mac: &str) -> Result<MachineSummary, ApiError> {
+async fn summary_of(app: &App, mac: &str) -> Result<MachineSummary, ApiError> {
     let no_events = EventPage::default();
+    let m = mac.to_owned();
     let detail = app
         .store
-        .detail(mac, &no_events)?
+        .read(move |tx| tx.detail(&m, &no_events))
+        .await?
         .ok_or_else(|| vanished(mac))?;
     Ok(detail.summary)
 }

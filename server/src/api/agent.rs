@@ -47,19 +47,34 @@ pub async fn hello(
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .map(token_hash);
-    let outcome = app.store.hello(&HelloInput {
-        boot_token_hash: &token_hash(req.boot_token.trim()),
-        agent_token_hash: &token_hash(&agent_token),
-        new_attempt_id: &new_attempt_id,
-        agent_version: &req.agent_version,
-        protocol: req.protocol,
-        inventory: &req.inventory,
-        nonce_hash: nonce_hash.as_deref(),
-        client: &client,
-        alive_secs: i64::try_from(app.settings.agent_alive_secs).unwrap_or(i64::MAX),
-        pin_identity: &|role| app.settings.pin_identity(role),
-        now: now(),
-    })?;
+    let outcome = {
+        let app = app.clone();
+        let boot_token_hash = token_hash(req.boot_token.trim());
+        let agent_token_hash = token_hash(&agent_token);
+        let new_attempt_id = new_attempt_id.clone();
+        let agent_version = req.agent_version.clone();
+        let protocol = req.protocol;
+        let inventory = req.inventory.clone();
+        let client = client.clone();
+        let store = app.store.clone();
+        store
+            .write(move |tx| {
+                tx.hello(&HelloInput {
+                    boot_token_hash: &boot_token_hash,
+                    agent_token_hash: &agent_token_hash,
+                    new_attempt_id: &new_attempt_id,
+                    agent_version: &agent_version,
+                    protocol,
+                    inventory: &inventory,
+                    nonce_hash: nonce_hash.as_deref(),
+                    client: &client,
+                    alive_secs: i64::try_from(app.settings.agent_alive_secs).unwrap_or(i64::MAX),
+                    pin_identity: &|role| app.settings.pin_identity(role),
+                    now: now(),
+                })
+            })
+            .await?
+    };
     // Every refused hello is logged with the client's address too.
     match &outcome {
         HelloOutcome::BadToken => {
@@ -239,7 +254,7 @@ async fn issue_assignment(
     assignment: &mut landfall_proto::Assignment,
 ) -> Result<(), ApiError> {
     app.settings.complete(assignment, mac);
-    super::verify::mint_token(app, attempt_id, assignment)?;
+    super::verify::mint_token(app, attempt_id, assignment).await?;
     mint_vault(app, attempt_id, mac, assignment).await
 }
 
@@ -269,7 +284,12 @@ async fn mint_vault(
     };
     // A retried hello or a granted retry: the previous wrap token and its
     // secret_id are replaced.
-    let previous = app.store.take_vault_mints(attempt_id, now())?;
+    let previous = {
+        let attempt_id = attempt_id.to_owned();
+        app.store
+            .write(move |tx| tx.take_vault_mints(&attempt_id, now()))
+            .await?
+    };
     revoke_mints(app, mac, &previous, "a new mint replaces it").await;
     match orch
         .mint(
@@ -288,7 +308,13 @@ async fn mint_vault(
                     wrap_accessor: a.wrap_accessor.clone(),
                     secret_id_accessor: a.secret_id_accessor.clone(),
                 };
-                if !app.store.add_vault_mint(&mint, now())? {
+                let added = {
+                    let mint = mint.clone();
+                    app.store
+                        .write(move |tx| tx.add_vault_mint(&mint, now()))
+                        .await?
+                };
+                if !added {
                     // An alarm killed the attempt while we minted.
                     revoke_mints(app, mac, &[mint], "security alarm").await;
                     return Err(ApiError::coded(
@@ -336,7 +362,7 @@ fn same_attempt(attempt: &crate::store::AttemptRow, attempt_id: &str) -> Result<
 pub async fn events(
     State(app): State<AppState>,
     AgentAuth(attempt): AgentAuth,
-    Json(req): Json<EventsRequest>,
+    Json(mut req): Json<EventsRequest>,
 ) -> Result<Json<EventsResponse>, ApiError> {
     same_attempt(&attempt, &req.attempt_id)?;
     if req.events.len() > MAX_EVENTS {
@@ -369,10 +395,20 @@ pub async fn events(
         max_events: limits.max_events_per_attempt,
         max_bytes: limits.max_event_bytes_per_attempt,
     };
-    let stored = match app
-        .store
-        .store_events(&attempt, &req.events, now(), quota)?
-    {
+    let stored = {
+        let attempt = attempt.clone();
+        // The events go back to the feed after the store: shared, not copied.
+        let events = std::sync::Arc::new(std::mem::take(&mut req.events));
+        let stored = {
+            let events = events.clone();
+            app.store
+                .write(move |tx| tx.store_events(&attempt, &events, now(), quota))
+                .await?
+        };
+        req.events = std::sync::Arc::try_unwrap(events).unwrap_or_else(|a| (*a).clone());
+        stored
+    };
+    let stored = match stored {
         Ok(s) => s,
         Err(over) => {
             tracing::warn!(
@@ -401,7 +437,7 @@ pub async fn events(
     app.metrics.events_stored(stored.inserted);
     if let Some(state) = stored.new_state {
         tracing::info!(mac = %attempt.mac, attempt = %attempt.id, %state, "install attempt ended");
-        super::metrics::install_ended(&app, &attempt.mac, state, &req.events);
+        super::metrics::install_ended(&app, &attempt.mac, state, &req.events).await;
     }
     tracing::debug!(
         mac = %attempt.mac,
@@ -436,13 +472,17 @@ pub async fn wait(
     same_attempt(&attempt, &req.attempt_id)?;
     let held = Duration::from_secs(req.timeout_secs).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + held;
-    let _noted = WaitNoted::begin(&app, &attempt.id, held)?;
+    let _noted = WaitNoted::begin(&app, &attempt.id, held).await?;
     loop {
         // Registered before looking, so a change made while we look still wakes us.
         let changed = app.changes.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        match app.store.wait_check(&attempt)? {
+        let check = {
+            let attempt = attempt.clone();
+            app.store.read(move |tx| tx.wait_check(&attempt)).await?
+        };
+        match check {
             WaitCheck::Stop => {
                 tracing::info!(mac = %attempt.mac, attempt = %attempt.id, "wait: stop");
                 return Ok(Json(WaitResponse {
@@ -486,10 +526,12 @@ struct WaitNoted<'a> {
 }
 
 impl<'a> WaitNoted<'a> {
-    fn begin(app: &'a App, attempt_id: &'a str, held: Duration) -> Result<Self, ApiError> {
+    async fn begin(app: &'a App, attempt_id: &'a str, held: Duration) -> Result<Self, ApiError> {
         let now = now();
+        let id = attempt_id.to_owned();
         app.store
-            .note_wait(attempt_id, now, now + held.as_secs() as i64)?;
+            .write(move |tx| tx.note_wait(&id, now, now + held.as_secs() as i64))
+            .await?;
         Ok(Self { app, attempt_id })
     }
 }
@@ -497,9 +539,13 @@ impl<'a> WaitNoted<'a> {
 impl Drop for WaitNoted<'_> {
     fn drop(&mut self) {
         let now = now();
-        if let Err(e) = self.app.store.note_wait(self.attempt_id, now, now) {
-            tracing::warn!(attempt = %self.attempt_id, "recording the end of a wait: {e:#}");
-        }
+        let id = self.attempt_id.to_owned();
+        // Not awaited (a drop cannot): the writer records it soon after.
+        self.app
+            .store
+            .write_detached("recording the end of a wait", move |tx| {
+                tx.note_wait(&id, now, now)
+            });
     }
 }
 
@@ -510,12 +556,17 @@ impl Drop for WaitNoted<'_> {
 /// the agent's next wait tries again.
 async fn grant_retry(app: &AppState, attempt: &AttemptRow) -> Result<Option<Assignment>, ApiError> {
     let _one_at_a_time = app.retry_lock.lock().await;
-    let WaitCheck::Retry(row) = app.store.wait_check(attempt)? else {
+    let check = {
+        let attempt = attempt.clone();
+        app.store.read(move |tx| tx.wait_check(&attempt)).await?
+    };
+    let WaitCheck::Retry(row) = check else {
         return Ok(None);
     };
     let from = row.state;
-    let Some(mut assignment) =
-        crate::boot::current_assignment(app, &attempt.mac)?.or_else(|| row.assignment())
+    let Some(mut assignment) = crate::boot::current_assignment(app, &attempt.mac)
+        .await?
+        .or_else(|| row.assignment())
     else {
         return Err(ApiError::coded(
             ErrorCode::NoAssignment,
@@ -527,10 +578,13 @@ async fn grant_retry(app: &AppState, attempt: &AttemptRow) -> Result<Option<Assi
         ));
     };
     issue_assignment(app, &attempt.id, &attempt.mac, &mut assignment).await?;
-    if !app
-        .store
-        .resume_attempt(&attempt.mac, &attempt.id, &assignment, now())?
-    {
+    let resumed = {
+        let (mac, id, a) = (attempt.mac.clone(), attempt.id.clone(), assignment.clone());
+        app.store
+            .write(move |tx| tx.resume_attempt(&mac, &id, &a, now()))
+            .await?
+    };
+    if !resumed {
         return Ok(None);
     }
     tracing::info!(

@@ -31,7 +31,7 @@ pub async fn metrics(
             ));
         }
     }
-    let text = app.metrics.render(&app.store, &app.settings)?;
+    let text = app.metrics.render(&app.store, &app.settings).await?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
@@ -61,8 +61,9 @@ pub async fn count_answers(State(app): State<AppState>, req: Request, next: Next
 
 /// An install attempt of `mac` ended in `state` with these events: count it
 /// under the machine's role.
-pub fn install_ended(app: &AppState, mac: &str, state: MachineState, events: &[Event]) {
-    let role = match app.store.machine(mac) {
+pub async fn install_ended(app: &AppState, mac: &str, state: MachineState, events: &[Event]) {
+    let mac_owned = mac.to_owned();
+    let role = match app.store.read(move |tx| tx.machine(&mac_owned)).await {
         Ok(m) => m.and_then(|m| m.role),
         Err(e) => {
             tracing::warn!(%mac, "reading the role for the metrics: {e:#}");

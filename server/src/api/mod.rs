@@ -293,13 +293,24 @@ impl FromRequestParts<AppState> for AgentAuth {
                 format!("agent token {why}; say hello again with the boot token"),
             )
         };
-        let Some(a) = app.store.attempt_by_agent_token(&token_hash(t))? else {
+        let hash = token_hash(t);
+        let found = app
+            .store
+            .read(move |tx| tx.attempt_by_agent_token(&hash))
+            .await?;
+        let Some(a) = found else {
             return Err(invalid("unknown or revoked"));
         };
         let now = crate::store::now();
         if a.superseded {
             let client = crate::app::peer_of(parts);
-            if let Some(alarm) = app.store.superseded_use(&a, &client, now)? {
+            let alarm = {
+                let (a, client) = (a.clone(), client.clone());
+                app.store
+                    .write(move |tx| tx.superseded_use(&a, &client, now))
+                    .await?
+            };
+            if let Some(alarm) = alarm {
                 return Err(agent::sound_alarm(app, alarm, &client).await);
             }
             return Err(invalid(

@@ -36,5 +36,7 @@ pub async fn list(
         status: q.status,
         limit: q.limit.unwrap_or(MAX_LIST).min(MAX_LIST),
     };
-    Ok(Json(app.store.deliveries(&filter)?))
+    Ok(Json(
+        app.store.read(move |tx| tx.deliveries(&filter)).await?,
+    ))
 }

@@ -18,14 +18,16 @@ const MAX_DETAIL: usize = 1000;
 
 /// Mint this attempt's verify token into the assignment (every hello, a
 /// retried one included, replaces the previous token).
-pub fn mint_token(
+pub async fn mint_token(
     app: &AppState,
     attempt_id: &str,
     assignment: &mut Assignment,
 ) -> Result<(), ApiError> {
     let token = new_token()?;
+    let (id, hash) = (attempt_id.to_owned(), token_hash(&token));
     app.store
-        .set_verify_token(attempt_id, &token_hash(&token))?;
+        .write(move |tx| tx.set_verify_token(&id, &hash))
+        .await?;
     assignment.verify_token = Some(SecretString::new(token));
     Ok(())
 }
@@ -44,7 +46,12 @@ impl FromRequestParts<AppState> for VerifyTokenAuth {
                 "missing verify token: send Authorization: Bearer <token from /etc/landfall/verify.json>",
             ));
         };
-        match app.store.attempt_by_verify_token(&token_hash(t))? {
+        let hash = token_hash(t);
+        match app
+            .store
+            .read(move |tx| tx.attempt_by_verify_token(&hash))
+            .await?
+        {
             Some(a) => Ok(Self(a)),
             None => Err(ApiError::coded(
                 ErrorCode::VerifyTokenInvalid,
@@ -98,7 +105,13 @@ pub async fn verify(
         })
         .collect();
     let hostname = cut(&req.hostname, MAX_NAME);
-    match app.store.record_verify(&auth, &hostname, &checks, now())? {
+    let outcome = {
+        let (auth, hostname, checks) = (auth.clone(), hostname.clone(), checks.clone());
+        app.store
+            .write(move |tx| tx.record_verify(&auth, &hostname, &checks, now()))
+            .await?
+    };
+    match outcome {
         VerifyOutcome::Done(state) => {
             let failed: Vec<&str> = checks
                 .iter()

@@ -79,8 +79,8 @@ const COLUMNS: [(&str, &str); 6] = [
 ];
 
 /// The whole fleet: stored machines and `[[machines]]` never booted.
-pub fn rows(app: &App) -> anyhow::Result<Vec<FleetRow>> {
-    let mut rows = app.store.fleet_rows()?;
+pub async fn rows(app: &App) -> anyhow::Result<Vec<FleetRow>> {
+    let mut rows = app.store.read(|tx| tx.fleet_rows()).await?;
     let known: std::collections::HashSet<&str> = rows.iter().map(|r| r.mac.as_str()).collect();
     let expected: Vec<FleetRow> = app
         .settings

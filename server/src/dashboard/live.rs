@@ -31,7 +31,7 @@ pub async fn stream(
     user: User,
     Path(key): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, PageError> {
-    let row = admin::find_key(&d.app, &key)?;
+    let row = admin::find_key(&d.app, &key).await?;
     let (tx, rx) = mpsc::channel::<SseEvent>(8);
     tokio::spawn(async move {
         let mac = row.mac.clone();
@@ -97,7 +97,8 @@ async fn run(
         let state_changed = viewer.take_state_change() || wake == Wake::Timeout;
         let taken = viewer.take();
         last_sent = Instant::now();
-        let Some(row) = app.store.machine(&mac)? else {
+        let m = mac.clone();
+        let Some(row) = app.store.read(move |tx| tx.machine(&m)).await? else {
             let _ = tx.send(ev("reload", maud::html! {})).await;
             return Ok(());
         };
@@ -143,8 +144,8 @@ async fn run(
             }
         }
         if state_changed || failure_changed {
-            let h =
-                views::summary(&ctx, &head(app, &row)?, shown.panel.failure.as_ref()).into_string();
+            let h = views::summary(&ctx, &head(app, &row).await?, shown.panel.failure.as_ref())
+                .into_string();
             if h != shown.head_html {
                 if tx
                     .send(SseEvent::default().event("summary").data(h.clone()))
@@ -168,12 +169,14 @@ async fn full(
     tx: &mpsc::Sender<SseEvent>,
 ) -> anyhow::Result<Option<Shown>> {
     let app = &d.app;
-    let Some(row) = app.store.machine(mac)? else {
+    let m = mac.to_owned();
+    let Some(row) = app.store.read(move |tx| tx.machine(&m)).await? else {
         let _ = tx.send(ev("reload", maud::html! {})).await;
         return Ok(None);
     };
-    let (panel, output) = load_attempt(app, row.current_attempt.as_deref())?;
-    let head_html = views::summary(ctx, &head(app, &row)?, panel.failure.as_ref()).into_string();
+    let (panel, output) = load_attempt(app, row.current_attempt.as_deref()).await?;
+    let head_html =
+        views::summary(ctx, &head(app, &row).await?, panel.failure.as_ref()).into_string();
     let seen = panel.last_seq;
     let sends = [
         SseEvent::default().event("summary").data(head_html.clone()),

@@ -72,7 +72,7 @@ pub async fn fleet(
     let mut session = user.session;
     session.flash = d.sessions.take_flash(&user.cookie);
     let app = &d.app;
-    let mut rows = fleet::rows(app)?;
+    let mut rows = fleet::rows(app).await?;
     let total = rows.len();
     let counts = fleet::counts(&rows);
     let mut roles: Vec<String> = app.settings.roles.keys().cloned().collect();
@@ -84,11 +84,11 @@ pub async fn fleet(
     roles.sort();
     fleet::select(&mut rows, &q);
     let (page, pages, per, shown) = fleet::paginate(&rows, &q);
-    let attempts: Vec<&str> = shown
+    let attempts: Vec<String> = shown
         .iter()
-        .filter_map(|r| r.current_attempt.as_deref())
+        .filter_map(|r| r.current_attempt.clone())
         .collect();
-    let last = app.store.last_events(&attempts)?;
+    let last = app.store.read(move |tx| tx.last_events(&attempts)).await?;
     let ctx = Ctx { session: &session };
     let body = fleet::view(
         &ctx,
@@ -282,13 +282,15 @@ pub struct MachineQuery {
 }
 
 /// What the top of a machine's page shows, from its row.
-pub fn head<'a>(app: &App, row: &'a MachineRow) -> anyhow::Result<Head<'a>> {
+pub async fn head<'a>(app: &App, row: &'a MachineRow) -> anyhow::Result<Head<'a>> {
+    let mac = row.mac.clone();
+    let state_since = app.store.read(move |tx| tx.state_since(&mac)).await?;
     Ok(Head {
         mac: &row.mac,
         hostname: row.hostname.as_deref(),
         state: row.state,
         error: row.error.as_deref(),
-        state_since: app.store.state_since(&row.mac)?,
+        state_since,
         now: now(),
         assigned: row.assignment().is_some(),
         stored: true,
@@ -296,7 +298,7 @@ pub fn head<'a>(app: &App, row: &'a MachineRow) -> anyhow::Result<Head<'a>> {
 }
 
 /// The step panel and the output tail of an attempt, from the store.
-pub fn load_attempt(
+pub async fn load_attempt(
     app: &App,
     attempt: Option<&str>,
 ) -> anyhow::Result<(Panel, Vec<landfall_proto::Event>)> {
@@ -304,10 +306,19 @@ pub fn load_attempt(
     let Some(a) = attempt else {
         return Ok((panel, Vec::new()));
     };
-    for e in app.store.attempt_milestones(a)? {
+    let a = a.to_owned();
+    let (milestones, tail) = app
+        .store
+        .read(move |tx| {
+            Ok((
+                tx.attempt_milestones(&a)?,
+                tx.attempt_tail(&a, 0, 2 * OUTPUT_LINES as u64)?,
+            ))
+        })
+        .await?;
+    for e in milestones {
         panel.apply(&e);
     }
-    let tail = app.store.attempt_tail(a, 0, 2 * OUTPUT_LINES as u64)?;
     if let Some(last) = tail.last() {
         panel.last_seq = panel.last_seq.max(last.seq);
     }
@@ -328,7 +339,11 @@ pub async fn machine(
     let flash = d.sessions.take_flash(&user.cookie);
     session.flash = None;
     let ctx = Ctx { session: &session };
-    let Some(row) = app.store.find_machine(&key)? else {
+    let found = {
+        let key = key.clone();
+        app.store.read(move |tx| tx.find_machine(&key)).await?
+    };
+    let Some(row) = found else {
         // A `[[machines]]` entry that never booted: what is known of it.
         let summary = admin::configured_mac(app, &key)
             .and_then(|mac| admin::expected(app, &mac))
@@ -372,31 +387,37 @@ pub async fn machine(
         after: 0,
         limit: 0,
     };
-    let detail = app.store.detail(&row.mac, &no_events)?.ok_or_else(|| {
-        PageError::from(page_error(StatusCode::NOT_FOUND, "the machine vanished"))
-    })?;
-    let (panel, output) = load_attempt(app, row.current_attempt.as_deref())?;
+    let m = row.mac.clone();
+    let detail = app
+        .store
+        .read(move |tx| tx.detail(&m, &no_events))
+        .await?
+        .ok_or_else(|| {
+            PageError::from(page_error(StatusCode::NOT_FOUND, "the machine vanished"))
+        })?;
+    let (panel, output) = load_attempt(app, row.current_attempt.as_deref()).await?;
     let selected_id = q
         .attempt
         .clone()
         .or_else(|| row.current_attempt.clone())
         .or_else(|| detail.attempts.last().map(|a| a.attempt_id.clone()));
     let selected: Option<AttemptDetail> = match &selected_id {
-        Some(id) => app
-            .store
-            .detail(
-                &row.mac,
-                &EventPage {
-                    attempt: Some(id.clone()),
-                    after: q.after,
-                    limit: EVENTS_PAGE,
-                },
-            )?
-            .and_then(|d| d.attempts.into_iter().next()),
+        Some(id) => {
+            let m = row.mac.clone();
+            let page = EventPage {
+                attempt: Some(id.clone()),
+                after: q.after,
+                limit: EVENTS_PAGE,
+            };
+            app.store
+                .read(move |tx| tx.detail(&m, &page))
+                .await?
+                .and_then(|d| d.attempts.into_iter().next())
+        }
         None => None,
     };
     let page = MachinePage {
-        head: head(app, &row)?,
+        head: head(app, &row).await?,
         detail: &detail,
         panel: &panel,
         output: output.iter().collect(),
@@ -487,7 +508,7 @@ pub async fn confirm(
 ) -> Result<Response, PageError> {
     let action = Action::parse(&action)?;
     operator_only(&user)?;
-    let row = admin::find_key(&d.app, &key)?;
+    let row = admin::find_key(&d.app, &key).await?;
     let name = row.hostname.clone().unwrap_or_else(|| row.mac.clone());
     let ctx = Ctx {
         session: &user.session,
@@ -520,12 +541,18 @@ pub async fn act(
     check_csrf(&user.session, &csrf)?;
     operator_only(&user)?;
     let app = &d.app;
-    let row = admin::find_key(app, &key)?;
+    let row = admin::find_key(app, &key).await?;
     let mac = row.mac.clone();
     let result = match action {
-        Action::Retry => admin::retry_machine(app, row).map(|r| admin::retry_text(&r)),
-        Action::Reinstall => admin::reinstall_machine(app, row).map(|s| admin::reinstall_text(&s)),
-        Action::Approve => admin::approve_machine(app, row).map(|s| admin::approve_text(&s)),
+        Action::Retry => admin::retry_machine(app, row)
+            .await
+            .map(|r| admin::retry_text(&r)),
+        Action::Reinstall => admin::reinstall_machine(app, row)
+            .await
+            .map(|s| admin::reinstall_text(&s)),
+        Action::Approve => admin::approve_machine(app, row)
+            .await
+            .map(|s| admin::approve_text(&s)),
     };
     tracing::info!(
         user = %user.session.user,

@@ -510,7 +510,8 @@ fn answer(s: &Shared, port: Port, msg: &Message, mac: &str) -> Result<Option<(Me
         (DhcpMode::Full, _, MessageType::Request) => {
             if server_id.is_some_and(|id| id != ours) {
                 // It chose another server: our offer is free again.
-                o.store.lease_release(mac)?;
+                let m = mac.to_owned();
+                o.store.write_blocking(move |tx| tx.lease_release(&m))?;
                 return Ok(None);
             }
             let wanted = match msg.opts().get(OptionCode::RequestedIpAddress) {
@@ -519,7 +520,10 @@ fn answer(s: &Shared, port: Port, msg: &Message, mac: &str) -> Result<Option<(Me
             };
             let pool = o.pool.as_ref().context("full mode without a pool")?;
             let until = crate::store::now() + pool.lease_time.as_secs() as i64;
-            if o.store.lease_ack(mac, wanted, until)? {
+            let m = mac.to_owned();
+            if o.store
+                .write_blocking(move |tx| tx.lease_ack(&m, wanted, until))?
+            {
                 (MessageType::Ack, Some(wanted))
             } else {
                 bump(&s.stats.naks);
@@ -528,7 +532,8 @@ fn answer(s: &Shared, port: Port, msg: &Message, mac: &str) -> Result<Option<(Me
             }
         }
         (DhcpMode::Full, _, MessageType::Release | MessageType::Decline) => {
-            o.store.lease_release(mac)?;
+            let m = mac.to_owned();
+            o.store.write_blocking(move |tx| tx.lease_release(&m))?;
             return Ok(None);
         }
         _ => return Ok(None),
@@ -636,9 +641,10 @@ pub fn build_reply(
 fn full_offer(s: &Shared, mac: &str) -> Result<Option<Ipv4Addr>> {
     let pool = s.o.pool.as_ref().context("full mode without a pool")?;
     let now = crate::store::now();
+    let (m, range) = (mac.to_owned(), (pool.start, pool.end));
     let ip =
         s.o.store
-            .lease_offer(mac, (pool.start, pool.end), now, now + OFFER_HOLD_SECS)?;
+            .write_blocking(move |tx| tx.lease_offer(&m, range, now, now + OFFER_HOLD_SECS))?;
     if ip.is_none() {
         bump(&s.stats.pool_exhausted);
         tracing::warn!(

@@ -1,11 +1,10 @@
 //! Boot tokens, attempts and events: the agent side of the store.
 
+use super::{state_str, MachineRow, Tx};
+use crate::params;
 use anyhow::Result;
 use landfall_proto::admin::{IdentityFacts, InstallerWait};
 use landfall_proto::{Assignment, Event, EventKind, FailureData, Inventory, MachineState, Step};
-use rusqlite::{params, OptionalExtension};
-
-use super::{machines, state_str, MachineRow, Store};
 
 /// What `hello` found for a boot token.
 #[derive(Debug)]
@@ -126,23 +125,23 @@ pub struct OverQuota {
     pub bytes: u64,
 }
 
-impl Store {
+impl Tx<'_> {
     /// Store a freshly minted boot token for `mac`. Unexchanged tokens minted
     /// earlier for the same MAC are revoked (only the newest script boots), and
     /// expired tokens of every machine are swept.
-    pub fn add_boot_token(&self, mac: &str, hash: &str, now: i64, ttl: u64) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        tx.execute("DELETE FROM boot_tokens WHERE expires_at <= ?1", [now])?;
-        tx.execute(
-            "DELETE FROM boot_tokens WHERE mac = ?1 AND attempt_id IS NULL",
-            [mac],
+    pub fn add_boot_token(&mut self, mac: &str, hash: &str, now: i64, ttl: u64) -> Result<()> {
+        self.exec(
+            "DELETE FROM boot_tokens WHERE expires_at <= ?1",
+            params![now],
         )?;
-        tx.execute(
+        self.exec(
+            "DELETE FROM boot_tokens WHERE mac = ?1 AND attempt_id IS NULL",
+            params![mac],
+        )?;
+        self.exec(
             "INSERT INTO boot_tokens (hash, mac, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
             params![hash, mac, now, now.saturating_add(ttl as i64)],
         )?;
-        tx.commit()?;
         Ok(())
     }
 
@@ -151,24 +150,21 @@ impl Store {
     /// token replaced by the new one) only with the first claimant's nonce,
     /// and only while its attempt is current and the machine `installing`.
     /// Any other claimant raises an [`Alarm`] (docs/security.md).
-    pub fn hello(&self, h: &HelloInput<'_>) -> Result<HelloOutcome> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let token: Option<(String, Option<String>, Option<String>)> = tx
-            .query_row(
-                "SELECT mac, attempt_id, nonce_hash FROM boot_tokens
-                  WHERE hash = ?1 AND expires_at > ?2",
-                params![h.boot_token_hash, h.now],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let Some((mac, exchanged, first_nonce)) = token else {
+    pub fn hello(&mut self, h: &HelloInput<'_>) -> Result<HelloOutcome> {
+        let Some(token) = self.query_opt(
+            "SELECT mac, attempt_id, nonce_hash FROM boot_tokens
+              WHERE hash = ?1 AND expires_at > ?2",
+            params![h.boot_token_hash, h.now],
+        )?
+        else {
             return Ok(HelloOutcome::BadToken);
         };
+        let (mac, exchanged, first_nonce): (String, Option<String>, Option<String>) =
+            (token.get(0)?, token.get(1)?, token.get(2)?);
         if h.inventory.nic_by_mac(&mac).is_none() {
             return Ok(HelloOutcome::MacMismatch { token_mac: mac });
         }
-        let Some(machine) = machines::get(&tx, &mac)? else {
+        let Some(machine) = self.machine(&mac)? else {
             return Ok(HelloOutcome::NoAssignment { mac });
         };
         let Some(assignment) = machine.assignment() else {
@@ -177,7 +173,7 @@ impl Store {
         let inventory = serde_json::to_string(h.inventory)?;
 
         if let Some(attempt_id) = exchanged {
-            let first = attempt_client(&tx, &attempt_id)?;
+            let first = self.attempt_client(&attempt_id)?;
             let same_claimant = first_nonce.is_some() && first_nonce.as_deref() == h.nonce_hash;
             if !same_claimant {
                 let message = format!(
@@ -191,8 +187,7 @@ impl Store {
                     },
                     or_unrecorded(&first),
                 );
-                return alarm_outcome(
-                    tx,
+                return self.alarm_outcome(
                     AlarmKind::TokenClaimed,
                     &mac,
                     vec![attempt_id],
@@ -210,10 +205,9 @@ impl Store {
                      but attempt {newer} (from {}) took the machine over",
                     or_unrecorded(&first),
                     h.client,
-                    or_unrecorded(&attempt_client(&tx, &newer)?),
+                    or_unrecorded(&self.attempt_client(&newer)?),
                 );
-                return alarm_outcome(
-                    tx,
+                return self.alarm_outcome(
                     AlarmKind::TakenOver,
                     &mac,
                     vec![attempt_id, newer],
@@ -226,20 +220,20 @@ impl Store {
                 // The exchanged token died with its attempt.
                 return Ok(HelloOutcome::BadToken);
             }
-            tx.execute(
+            self.exec(
                 "UPDATE attempts SET agent_token_hash = ?2, last_seen_at = ?3 WHERE id = ?1",
                 params![attempt_id, h.agent_token_hash, h.now],
             )?;
-            tx.execute(
+            self.exec(
                 "UPDATE machines SET inventory = ?2 WHERE mac = ?1",
                 params![mac, inventory],
             )?;
-            let max_seq: i64 = tx.query_row(
-                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE attempt_id = ?1",
-                params![attempt_id],
-                |r| r.get(0),
-            )?;
-            tx.commit()?;
+            let max_seq: i64 = self
+                .value(
+                    "SELECT COALESCE(MAX(seq), 0) FROM events WHERE attempt_id = ?1",
+                    params![attempt_id],
+                )?
+                .unwrap_or(0);
             return Ok(HelloOutcome::Ok {
                 attempt_id,
                 mac,
@@ -253,9 +247,9 @@ impl Store {
         // reboot (the agent spoke moments ago), a second claimant.
         if let (MachineState::Installing, Some(live)) = (machine.state, &machine.current_attempt) {
             let last: Option<i64> =
-                nullable(&tx, "SELECT last_seen_at FROM attempts WHERE id = ?1", live)?;
+                self.nullable("SELECT last_seen_at FROM attempts WHERE id = ?1", live)?;
             if last.is_some_and(|t| h.now - t < h.alive_secs) {
-                let first = attempt_client(&tx, live)?;
+                let first = self.attempt_client(live)?;
                 let message = format!(
                     "security alarm: {} said hello for {mac} with a new boot token while \
                      attempt {live} (from {}) is installing and its agent was heard from {}s ago",
@@ -263,12 +257,11 @@ impl Store {
                     or_unrecorded(&first),
                     h.now - last.unwrap_or(h.now),
                 );
-                tx.execute(
+                self.exec(
                     "DELETE FROM boot_tokens WHERE hash = ?1",
-                    [h.boot_token_hash],
+                    params![h.boot_token_hash],
                 )?;
-                return alarm_outcome(
-                    tx,
+                return self.alarm_outcome(
                     AlarmKind::AttemptAlive,
                     &mac,
                     vec![live.clone()],
@@ -281,11 +274,8 @@ impl Store {
 
         // A new attempt of a machine installed before: the same machine?
         if (h.pin_identity)(&assignment.role) {
-            let pinned: Option<String> = tx.query_row(
-                "SELECT pinned_identity FROM machines WHERE mac = ?1",
-                [&mac],
-                |r| r.get(0),
-            )?;
+            let pinned: Option<String> =
+                self.nullable("SELECT pinned_identity FROM machines WHERE mac = ?1", &mac)?;
             if let Some(pinned) =
                 pinned.and_then(|p| serde_json::from_str::<IdentityFacts>(&p).ok())
             {
@@ -293,7 +283,7 @@ impl Store {
                 let differences = presented.differences(&pinned);
                 if !differences.is_empty() {
                     let differences = differences.join("; ");
-                    tx.execute(
+                    self.exec(
                         "UPDATE machines SET state = ?2, error = ?3, presented_identity = ?4,
                                 updated_at = ?5 WHERE mac = ?1",
                         params![
@@ -308,7 +298,6 @@ impl Store {
                             h.now
                         ],
                     )?;
-                    tx.commit()?;
                     return Ok(HelloOutcome::IdentityHeld { mac, differences });
                 }
             }
@@ -316,12 +305,12 @@ impl Store {
 
         // A reboot: the previous attempt is superseded, its agent token dies.
         if let Some(old) = &machine.current_attempt {
-            tx.execute(
+            self.exec(
                 "UPDATE attempts SET superseded_at = ?2 WHERE id = ?1 AND superseded_at IS NULL",
                 params![old, h.now],
             )?;
         }
-        tx.execute(
+        self.exec(
             "INSERT INTO attempts (id, mac, agent_token_hash, agent_version, protocol, started_at,
                                    client_addr, last_seen_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6)",
@@ -335,11 +324,11 @@ impl Store {
                 h.client,
             ],
         )?;
-        tx.execute(
+        self.exec(
             "UPDATE boot_tokens SET attempt_id = ?2, nonce_hash = ?3 WHERE hash = ?1",
             params![h.boot_token_hash, h.new_attempt_id, h.nonce_hash],
         )?;
-        tx.execute(
+        self.exec(
             "UPDATE machines SET state = ?2, error = NULL, current_attempt = ?3, inventory = ?4,
                     updated_at = ?5 WHERE mac = ?1",
             params![
@@ -350,7 +339,6 @@ impl Store {
                 h.now
             ],
         )?;
-        tx.commit()?;
         Ok(HelloOutcome::Ok {
             attempt_id: h.new_attempt_id.to_owned(),
             mac,
@@ -363,18 +351,14 @@ impl Store {
     /// Record the accessors of a Vault mint for an attempt. False when an
     /// alarm killed the attempt meanwhile (the mint raced it): then the mint
     /// is stored as revoked, and the caller must revoke it in Vault.
-    pub fn add_vault_mint(&self, m: &VaultMint, now: i64) -> Result<bool> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let alive: bool = tx
-            .query_row(
+    pub fn add_vault_mint(&mut self, m: &VaultMint, now: i64) -> Result<bool> {
+        let alive: bool = self
+            .value(
                 "SELECT agent_token_hash NOT LIKE 'revoked:%' FROM attempts WHERE id = ?1",
-                [&m.attempt_id],
-                |r| r.get(0),
-            )
-            .optional()?
+                params![m.attempt_id],
+            )?
             .unwrap_or(false);
-        tx.execute(
+        self.exec(
             "INSERT INTO vault_mints (attempt_id, approle, wrap_accessor, secret_id_accessor,
                                       minted_at, revoked_at)
              VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?6 THEN NULL ELSE ?5 END)",
@@ -387,21 +371,17 @@ impl Store {
                 alive
             ],
         )?;
-        tx.commit()?;
         Ok(alive)
     }
 
     /// The attempt's Vault mints not yet revoked, now marked revoked: a new
     /// mint (retried hello, granted retry) replaces them.
-    pub fn take_vault_mints(&self, attempt_id: &str, now: i64) -> Result<Vec<VaultMint>> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let mints = unrevoked_mints(&tx, attempt_id)?;
-        tx.execute(
+    pub fn take_vault_mints(&mut self, attempt_id: &str, now: i64) -> Result<Vec<VaultMint>> {
+        let mints = self.unrevoked_mints(attempt_id)?;
+        self.exec(
             "UPDATE vault_mints SET revoked_at = ?2 WHERE attempt_id = ?1 AND revoked_at IS NULL",
             params![attempt_id, now],
         )?;
-        tx.commit()?;
         Ok(mints)
     }
 
@@ -410,14 +390,12 @@ impl Store {
     /// that agent is alive, so the newer one was no reboot: an alarm over
     /// both attempts. Otherwise `None` (the caller refuses the token).
     pub fn superseded_use(
-        &self,
+        &mut self,
         attempt: &AttemptRow,
         client: &str,
         now: i64,
     ) -> Result<Option<Alarm>> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let Some(machine) = machines::get(&tx, &attempt.mac)? else {
+        let Some(machine) = self.machine(&attempt.mac)? else {
             return Ok(None);
         };
         let Some(newer) = machine.current_attempt.clone() else {
@@ -426,16 +404,15 @@ impl Store {
         if machine.state != MachineState::Installing || newer == attempt.id {
             return Ok(None);
         }
-        let first = attempt_client(&tx, &attempt.id)?;
+        let first = self.attempt_client(&attempt.id)?;
         let message = format!(
             "security alarm: the agent of superseded attempt {} ({}) still speaks, from {client}, \
              while attempt {newer} (from {}) installs the machine: that was no reboot",
             attempt.id,
             or_unrecorded(&first),
-            or_unrecorded(&attempt_client(&tx, &newer)?),
+            or_unrecorded(&self.attempt_client(&newer)?),
         );
-        let alarm = raise_alarm(
-            &tx,
+        let alarm = self.raise_alarm(
             AlarmKind::TakenOver,
             &attempt.mac,
             vec![attempt.id.clone(), newer],
@@ -444,28 +421,25 @@ impl Store {
             client,
             now,
         )?;
-        tx.commit()?;
         Ok(Some(alarm))
     }
 
-    pub fn attempt_by_agent_token(&self, hash: &str) -> Result<Option<AttemptRow>> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT id, mac, acked_seq, superseded_at, last_seen_at FROM attempts
-                  WHERE agent_token_hash = ?1",
-                [hash],
-                |r| {
-                    Ok(AttemptRow {
-                        id: r.get(0)?,
-                        mac: r.get(1)?,
-                        acked_seq: r.get::<_, i64>(2)?.max(0) as u64,
-                        superseded: r.get::<_, Option<i64>>(3)?.is_some(),
-                        last_seen_at: r.get(4)?,
-                    })
-                },
-            )
-            .optional()?)
+    pub fn attempt_by_agent_token(&mut self, hash: &str) -> Result<Option<AttemptRow>> {
+        self.query_opt(
+            "SELECT id, mac, acked_seq, superseded_at, last_seen_at FROM attempts
+              WHERE agent_token_hash = ?1",
+            params![hash],
+        )?
+        .map(|r| {
+            Ok(AttemptRow {
+                id: r.get(0)?,
+                mac: r.get(1)?,
+                acked_seq: r.get(2)?,
+                superseded: r.get::<Option<i64>>(3)?.is_some(),
+                last_seen_at: r.get(4)?,
+            })
+        })
+        .transpose()
     }
 
     /// Store each (attempt, seq) once (the first copy wins), advance the
@@ -474,42 +448,39 @@ impl Store {
     /// All of a batch or none: one that would take the attempt past `quota`
     /// stores nothing ([`OverQuota`]).
     pub fn store_events(
-        &self,
+        &mut self,
         attempt: &AttemptRow,
         events: &[Event],
         now: i64,
         quota: EventQuota,
     ) -> Result<Result<StoredEvents, OverQuota>> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
         let mut inserted = 0;
         let mut inserted_bytes = 0;
         let mut terminal: Option<&Event> = None;
-        {
-            let mut ins = tx.prepare(
-                "INSERT OR IGNORE INTO events (attempt_id, seq, mac, body, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for e in events {
-                let body = serde_json::to_string(e)?;
-                let n = ins.execute(params![attempt.id, e.seq as i64, attempt.mac, body, now])?;
-                inserted += n;
-                if n == 1 {
-                    inserted_bytes += body.len();
-                }
-                if n == 1 && e.is_terminal() {
-                    terminal = Some(e);
-                }
+        for e in events {
+            let body = serde_json::to_string(e)?;
+            let n = self.exec(
+                "INSERT INTO events (attempt_id, seq, mac, body, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![attempt.id, e.seq, attempt.mac, body, now],
+            )? as usize;
+            inserted += n;
+            if n == 1 {
+                inserted_bytes += body.len();
+            }
+            if n == 1 && e.is_terminal() {
+                terminal = Some(e);
             }
         }
-        let (count, bytes): (i64, i64) = tx.query_row(
+        let counted = self.query_one(
             "UPDATE attempts SET event_count = event_count + ?2, event_bytes = event_bytes + ?3
               WHERE id = ?1 RETURNING event_count, event_bytes",
-            params![attempt.id, inserted as i64, inserted_bytes as i64],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            params![attempt.id, inserted, inserted_bytes],
         )?;
+        let (count, bytes): (i64, i64) = (counted.get(0)?, counted.get(1)?);
         if count as u64 > quota.max_events || bytes as u64 > quota.max_bytes {
-            // Dropping `tx` rolls the batch back.
+            // Nothing of the batch stays.
+            self.roll_back();
             return Ok(Err(OverQuota {
                 events: (count as u64).saturating_sub(inserted as u64),
                 bytes: (bytes as u64).saturating_sub(inserted_bytes as u64),
@@ -517,35 +488,32 @@ impl Store {
         }
 
         let mut acked = attempt.acked_seq;
-        {
-            let mut q = tx.prepare(
-                "SELECT seq FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq",
-            )?;
-            let seqs = q.query_map(params![attempt.id, acked as i64], |r| r.get::<_, i64>(0))?;
-            for s in seqs {
-                if s? as u64 == acked + 1 {
-                    acked += 1;
-                } else {
-                    break;
-                }
+        for r in self.query(
+            "SELECT seq FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq",
+            params![attempt.id, acked],
+        )? {
+            if r.get::<u64>(0)? == acked + 1 {
+                acked += 1;
+            } else {
+                break;
             }
         }
-        tx.execute(
+        self.exec(
             "UPDATE attempts SET acked_seq = ?2 WHERE id = ?1 AND acked_seq < ?2",
             params![attempt.id, acked as i64],
         )?;
-        tx.execute(
+        self.exec(
             "UPDATE attempts SET last_seen_at = ?2 WHERE id = ?1",
             params![attempt.id, now],
         )?;
 
         let mut new_state = None;
-        let machine = machines::get(&tx, &attempt.mac)?;
+        let machine = self.machine(&attempt.mac)?;
         let current = machine
             .as_ref()
             .is_some_and(|m| m.current_attempt.as_deref() == Some(&attempt.id));
         if current && inserted > 0 {
-            tx.execute(
+            self.exec(
                 "UPDATE machines SET updated_at = ?2 WHERE mac = ?1",
                 params![attempt.mac, now],
             )?;
@@ -560,17 +528,16 @@ impl Store {
                     ),
                     _ => (MachineState::Failed, Some(failure_text(e))),
                 };
-                tx.execute(
+                self.exec(
                     "UPDATE machines SET state = ?2, error = ?3, updated_at = ?4 WHERE mac = ?1",
                     params![attempt.mac, state_str(state), error, now],
                 )?;
                 if state == MachineState::Installed {
-                    pin_identity_once(&tx, &attempt.mac)?;
+                    self.pin_identity_once(&attempt.mac)?;
                 }
                 new_state = Some(state);
             }
         }
-        tx.commit()?;
         Ok(Ok(StoredEvents {
             acked_seq: acked,
             inserted,
@@ -593,11 +560,11 @@ pub enum WaitCheck {
     Stop,
 }
 
-impl Store {
+impl Tx<'_> {
     /// An agent of `attempt_id` is asking `POST /agent/wait` now, held until
     /// `ends_at` at the latest (at its end, `ends_at` is `now`).
-    pub fn note_wait(&self, attempt_id: &str, now: i64, ends_at: i64) -> Result<()> {
-        self.lock().execute(
+    pub fn note_wait(&mut self, attempt_id: &str, now: i64, ends_at: i64) -> Result<()> {
+        self.exec(
             "UPDATE attempts SET last_wait_at = ?2, wait_ends_at = ?3, last_seen_at = ?2
               WHERE id = ?1",
             params![attempt_id, now, ends_at],
@@ -608,17 +575,15 @@ impl Store {
     /// Whether the agent of `mac`'s current attempt is waiting for an
     /// operator's answer at `now`: a wait is open, or ended less than
     /// `grace` seconds ago (the agent asks again at once).
-    pub fn installer_wait(&self, mac: &str, now: i64, grace: i64) -> Result<InstallerWait> {
-        let conn = self.lock();
-        let row: Option<(Option<i64>, Option<i64>)> = conn
-            .query_row(
-                "SELECT a.last_wait_at, a.wait_ends_at FROM machines m
-                   JOIN attempts a ON a.id = m.current_attempt WHERE m.mac = ?1",
-                [mac],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let (last, ends) = row.unwrap_or((None, None));
+    pub fn installer_wait(&mut self, mac: &str, now: i64, grace: i64) -> Result<InstallerWait> {
+        let (last, ends): (Option<i64>, Option<i64>) = match self.query_opt(
+            "SELECT a.last_wait_at, a.wait_ends_at FROM machines m
+               JOIN attempts a ON a.id = m.current_attempt WHERE m.mac = ?1",
+            params![mac],
+        )? {
+            Some(r) => (r.get(0)?, r.get(1)?),
+            None => (None, None),
+        };
         Ok(InstallerWait {
             waiting: ends.is_some_and(|e| now <= e + grace),
             last_wait_at: last.map(super::rfc3339),
@@ -626,9 +591,8 @@ impl Store {
     }
 
     /// Where the machine of a waiting attempt stands.
-    pub fn wait_check(&self, attempt: &AttemptRow) -> Result<WaitCheck> {
-        let conn = self.lock();
-        let Some(m) = machines::get(&conn, &attempt.mac)? else {
+    pub fn wait_check(&mut self, attempt: &AttemptRow) -> Result<WaitCheck> {
+        let Some(m) = self.machine(&attempt.mac)? else {
             return Ok(WaitCheck::Stop);
         };
         if m.current_attempt.as_deref() != Some(attempt.id.as_str()) {
@@ -640,7 +604,7 @@ impl Store {
             // Installing again while the attempt's last event is still its
             // failed terminal event: a retry was granted and the agent has
             // reported nothing since, so it lost the answer.
-            MachineState::Installing if last_event_failed_terminal(&conn, &attempt.id)? => {
+            MachineState::Installing if self.last_event_failed_terminal(&attempt.id)? => {
                 WaitCheck::Retry(Box::new(m))
             }
             _ => WaitCheck::Wait,
@@ -653,13 +617,13 @@ impl Store {
     /// and the assignment's hostname, role, layout and wipe stored. False
     /// when the machine moved on meanwhile (nothing changed).
     pub fn resume_attempt(
-        &self,
+        &mut self,
         mac: &str,
         attempt_id: &str,
         a: &Assignment,
         now: i64,
     ) -> Result<bool> {
-        let n = self.lock().execute(
+        let n = self.exec(
             "UPDATE machines SET state = ?3, error = NULL, hostname = ?4, role = ?5, layout = ?6,
                     wipe = ?7, updated_at = ?8
              WHERE mac = ?1 AND current_attempt = ?2 AND state IN (?9, ?3)",
@@ -679,177 +643,159 @@ impl Store {
     }
 }
 
-/// Pin the machine's identity from its stored inventory (the one of its
-/// current attempt's hello) unless one is pinned already.
-fn pin_identity_once(conn: &rusqlite::Connection, mac: &str) -> Result<()> {
-    let inventory: Option<String> = nullable(
-        conn,
-        "SELECT inventory FROM machines WHERE mac = ?1 AND pinned_identity IS NULL",
-        mac,
-    )?;
-    if let Some(inv) = inventory.and_then(|i| serde_json::from_str::<Inventory>(&i).ok()) {
-        conn.execute(
-            "UPDATE machines SET pinned_identity = ?2 WHERE mac = ?1",
-            params![
-                mac,
-                serde_json::to_string(&IdentityFacts::from_inventory(&inv))?
-            ],
-        )?;
-    }
-    Ok(())
-}
-
-/// The Vault mints of an attempt not yet revoked.
-fn unrevoked_mints(conn: &rusqlite::Connection, attempt_id: &str) -> Result<Vec<VaultMint>> {
-    let mut q = conn.prepare(
-        "SELECT approle, wrap_accessor, secret_id_accessor FROM vault_mints
-          WHERE attempt_id = ?1 AND revoked_at IS NULL ORDER BY id",
-    )?;
-    let mints = q.query_map([attempt_id], |r| {
-        Ok(VaultMint {
-            attempt_id: attempt_id.to_owned(),
-            approle: r.get(0)?,
-            wrap_accessor: r.get(1)?,
-            secret_id_accessor: r.get(2)?,
-        })
-    })?;
-    Ok(mints.collect::<rusqlite::Result<_>>()?)
-}
-
-/// The client address of an attempt's first hello, when recorded.
 /// A recorded client address, or what a message says without one.
 fn or_unrecorded(addr: &Option<String>) -> &str {
     addr.as_deref().unwrap_or("an unrecorded address")
 }
 
-fn attempt_client(conn: &rusqlite::Connection, attempt_id: &str) -> Result<Option<String>> {
-    nullable(
-        conn,
-        "SELECT client_addr FROM attempts WHERE id = ?1",
-        attempt_id,
-    )
-}
-
-/// One nullable column of the row `sql` finds by `key`: `None` when there
-/// is no row or the column is NULL.
-fn nullable<T: rusqlite::types::FromSql>(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    key: &str,
-) -> Result<Option<T>> {
-    Ok(conn
-        .query_row(sql, [key], |r| r.get::<_, Option<T>>(0))
-        .optional()?
-        .flatten())
-}
-
-/// [`raise_alarm`] for a hello, then commit: what `hello` answers.
-fn alarm_outcome(
-    tx: rusqlite::Transaction<'_>,
-    kind: AlarmKind,
-    mac: &str,
-    attempts: Vec<String>,
-    first_client: Option<String>,
-    message: String,
-    h: &HelloInput<'_>,
-) -> Result<HelloOutcome> {
-    let alarm = raise_alarm(
-        &tx,
-        kind,
-        mac,
-        attempts,
-        first_client,
-        message,
-        h.client,
-        h.now,
-    )?;
-    tx.commit()?;
-    Ok(HelloOutcome::Alarm(alarm))
-}
-
-/// The alarm, inside `hello`'s transaction: the machine goes `compromised`
-/// with `message` as its error; each attempt's agent and verify tokens and
-/// its exchanged boot tokens die; each attempt gets an event saying what
-/// happened (both clients' addresses); its Vault mints not yet revoked are
-/// marked revoked and returned, for the caller to revoke in Vault.
-#[allow(clippy::too_many_arguments)]
-fn raise_alarm(
-    tx: &rusqlite::Transaction<'_>,
-    kind: AlarmKind,
-    mac: &str,
-    attempts: Vec<String>,
-    first_client: Option<String>,
-    message: String,
-    client: &str,
-    now: i64,
-) -> Result<Alarm> {
-    tx.execute(
-        "UPDATE machines SET state = ?2, error = ?3, updated_at = ?4 WHERE mac = ?1",
-        params![mac, state_str(MachineState::Compromised), message, now],
-    )?;
-    let mut revoke = Vec::new();
-    for id in &attempts {
-        tx.execute(
-            "UPDATE attempts SET agent_token_hash = 'revoked:' || id, verify_token_hash = NULL
-              WHERE id = ?1",
-            [id],
+impl Tx<'_> {
+    /// Pin the machine's identity from its stored inventory (the one of its
+    /// current attempt's hello) unless one is pinned already.
+    fn pin_identity_once(&mut self, mac: &str) -> Result<()> {
+        let inventory: Option<String> = self.nullable(
+            "SELECT inventory FROM machines WHERE mac = ?1 AND pinned_identity IS NULL",
+            mac,
         )?;
-        tx.execute("DELETE FROM boot_tokens WHERE attempt_id = ?1", [id])?;
-        let seq: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE attempt_id = ?1",
-            [id],
-            |r| r.get(0),
-        )?;
-        let event = Event {
-            seq: seq.max(1) as u64,
-            time: super::rfc3339(now),
-            step: Step::Register,
-            kind: EventKind::Failed,
-            progress: None,
-            message: message.clone(),
-            data: landfall_proto::FailureData {
-                security: true,
-                alarm: Some(format!("{kind:?}")),
-                first_client: first_client.clone(),
-                second_client: Some(client.to_owned()),
-                recorded_by: Some("server".to_owned()),
-                ..Default::default()
-            }
-            .to_data(),
-        };
-        tx.execute(
-            "INSERT OR IGNORE INTO events (attempt_id, seq, mac, body, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, seq, mac, serde_json::to_string(&event)?, now],
-        )?;
-        revoke.extend(unrevoked_mints(tx, id)?);
-        tx.execute(
-            "UPDATE vault_mints SET revoked_at = ?2 WHERE attempt_id = ?1 AND revoked_at IS NULL",
-            params![id, now],
-        )?;
+        if let Some(inv) = inventory.and_then(|i| serde_json::from_str::<Inventory>(&i).ok()) {
+            self.exec(
+                "UPDATE machines SET pinned_identity = ?2 WHERE mac = ?1",
+                params![
+                    mac,
+                    serde_json::to_string(&IdentityFacts::from_inventory(&inv))?
+                ],
+            )?;
+        }
+        Ok(())
     }
-    Ok(Alarm {
-        kind,
-        mac: mac.to_owned(),
-        attempts,
-        first_client,
-        message,
-        revoke,
-    })
-}
 
-/// The attempt's highest-seq event is a terminal failure (`done failed`).
-fn last_event_failed_terminal(conn: &rusqlite::Connection, attempt_id: &str) -> Result<bool> {
-    let body: Option<String> = conn
-        .query_row(
+    /// The Vault mints of an attempt not yet revoked.
+    fn unrevoked_mints(&mut self, attempt_id: &str) -> Result<Vec<VaultMint>> {
+        self.query(
+            "SELECT approle, wrap_accessor, secret_id_accessor FROM vault_mints
+              WHERE attempt_id = ?1 AND revoked_at IS NULL ORDER BY id",
+            params![attempt_id],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(VaultMint {
+                attempt_id: attempt_id.to_owned(),
+                approle: r.get(0)?,
+                wrap_accessor: r.get(1)?,
+                secret_id_accessor: r.get(2)?,
+            })
+        })
+        .collect()
+    }
+
+    /// The client address of an attempt's first hello, when recorded.
+    fn attempt_client(&mut self, attempt_id: &str) -> Result<Option<String>> {
+        self.nullable("SELECT client_addr FROM attempts WHERE id = ?1", attempt_id)
+    }
+
+    /// One nullable column of the row `sql` finds by `key`: `None` when there
+    /// is no row or the column is NULL.
+    fn nullable<T: super::FromValue>(&mut self, sql: &str, key: &str) -> Result<Option<T>> {
+        Ok(self.value::<Option<T>>(sql, params![key])?.flatten())
+    }
+
+    /// [`Tx::raise_alarm`] for a hello: what `hello` answers.
+    #[allow(clippy::too_many_arguments)]
+    fn alarm_outcome(
+        &mut self,
+        kind: AlarmKind,
+        mac: &str,
+        attempts: Vec<String>,
+        first_client: Option<String>,
+        message: String,
+        h: &HelloInput<'_>,
+    ) -> Result<HelloOutcome> {
+        let alarm =
+            self.raise_alarm(kind, mac, attempts, first_client, message, h.client, h.now)?;
+        Ok(HelloOutcome::Alarm(alarm))
+    }
+
+    /// The alarm, inside `hello`'s transaction: the machine goes `compromised`
+    /// with `message` as its error; each attempt's agent and verify tokens and
+    /// its exchanged boot tokens die; each attempt gets an event saying what
+    /// happened (both clients' addresses); its Vault mints not yet revoked are
+    /// marked revoked and returned, for the caller to revoke in Vault.
+    #[allow(clippy::too_many_arguments)]
+    fn raise_alarm(
+        &mut self,
+        kind: AlarmKind,
+        mac: &str,
+        attempts: Vec<String>,
+        first_client: Option<String>,
+        message: String,
+        client: &str,
+        now: i64,
+    ) -> Result<Alarm> {
+        self.exec(
+            "UPDATE machines SET state = ?2, error = ?3, updated_at = ?4 WHERE mac = ?1",
+            params![mac, state_str(MachineState::Compromised), message, now],
+        )?;
+        let mut revoke = Vec::new();
+        for id in &attempts {
+            self.exec(
+                "UPDATE attempts SET agent_token_hash = 'revoked:' || id, verify_token_hash = NULL
+                  WHERE id = ?1",
+                params![id],
+            )?;
+            self.exec("DELETE FROM boot_tokens WHERE attempt_id = ?1", params![id])?;
+            let seq: i64 = self
+                .value(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE attempt_id = ?1",
+                    params![id],
+                )?
+                .unwrap_or(1);
+            let event = Event {
+                seq: seq.max(1) as u64,
+                time: super::rfc3339(now),
+                step: Step::Register,
+                kind: EventKind::Failed,
+                progress: None,
+                message: message.clone(),
+                data: landfall_proto::FailureData {
+                    security: true,
+                    alarm: Some(format!("{kind:?}")),
+                    first_client: first_client.clone(),
+                    second_client: Some(client.to_owned()),
+                    recorded_by: Some("server".to_owned()),
+                    ..Default::default()
+                }
+                .to_data(),
+            };
+            self.exec(
+                "INSERT INTO events (attempt_id, seq, mac, body, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![id, seq, mac, serde_json::to_string(&event)?, now],
+            )?;
+            revoke.extend(self.unrevoked_mints(id)?);
+            self.exec(
+                "UPDATE vault_mints SET revoked_at = ?2 WHERE attempt_id = ?1 AND revoked_at IS NULL",
+                params![id, now],
+            )?;
+        }
+        Ok(Alarm {
+            kind,
+            mac: mac.to_owned(),
+            attempts,
+            first_client,
+            message,
+            revoke,
+        })
+    }
+
+    /// The attempt's highest-seq event is a terminal failure (`done failed`).
+    fn last_event_failed_terminal(&mut self, attempt_id: &str) -> Result<bool> {
+        let body: Option<String> = self.value(
             "SELECT body FROM events WHERE attempt_id = ?1 ORDER BY seq DESC LIMIT 1",
-            [attempt_id],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(body
-        .and_then(|b| serde_json::from_str::<Event>(&b).ok())
-        .is_some_and(|e| e.is_terminal() && e.kind == EventKind::Failed))
+            params![attempt_id],
+        )?;
+        Ok(body
+            .and_then(|b| serde_json::from_str::<Event>(&b).ok())
+            .is_some_and(|e| e.is_terminal() && e.kind == EventKind::Failed))
+    }
 }
 
 /// A failure whose data says `security` (e.g. an intercepted Vault wrap

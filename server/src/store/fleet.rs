@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 
+use super::Tx;
+use crate::params;
 use anyhow::Result;
-use landfall_proto::{Event, MachineState};
-use rusqlite::params;
-
-use super::Store;
+use landfall_proto::{Event, EventKind, MachineState};
 
 /// One machine of the fleet page, without its events.
 #[derive(Debug, Clone)]
@@ -39,60 +38,51 @@ fn parse(body: &str) -> Option<Event> {
     serde_json::from_str(body).ok()
 }
 
-impl Store {
+impl Tx<'_> {
     /// Every stored machine, light: the fleet page filters, sorts and pages
     /// these and reads events for the shown page only.
-    pub fn fleet_rows(&self) -> Result<Vec<FleetRow>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
+    pub fn fleet_rows(&mut self) -> Result<Vec<FleetRow>> {
+        self.query(
             "SELECT mac, hostname, role, state, error, updated_at,
                     COALESCE(state_since, created_at), current_attempt
                FROM machines",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(FleetRow {
-                    mac: r.get(0)?,
-                    hostname: r.get(1)?,
-                    role: r.get(2)?,
-                    state: MachineState::parse(&r.get::<_, String>(3)?),
-                    error: r.get(4)?,
-                    updated_at: r.get(5)?,
-                    state_since: r.get(6)?,
-                    current_attempt: r.get(7)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+            params![],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(FleetRow {
+                mac: r.get(0)?,
+                hostname: r.get(1)?,
+                role: r.get(2)?,
+                state: MachineState::parse(&r.get::<String>(3)?),
+                error: r.get(4)?,
+                updated_at: r.get(5)?,
+                state_since: r.get(6)?,
+                current_attempt: r.get(7)?,
+            })
+        })
+        .collect()
     }
 
     /// When `mac` entered its current state (unix seconds).
-    pub fn state_since(&self, mac: &str) -> Result<Option<i64>> {
-        use rusqlite::OptionalExtension;
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT COALESCE(state_since, created_at) FROM machines WHERE mac = ?1",
-                [mac],
-                |r| r.get(0),
-            )
-            .optional()?)
+    pub fn state_since(&mut self, mac: &str) -> Result<Option<i64>> {
+        self.value(
+            "SELECT COALESCE(state_since, created_at) FROM machines WHERE mac = ?1",
+            params![mac],
+        )
     }
 
     /// The last event of each of `attempts` that has one.
-    pub fn last_events(&self, attempts: &[&str]) -> Result<HashMap<String, LastEvent>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT body FROM events WHERE attempt_id = ?1 ORDER BY seq DESC LIMIT ?2",
-        )?;
+    pub fn last_events(&mut self, attempts: &[String]) -> Result<HashMap<String, LastEvent>> {
         let mut out = HashMap::new();
         for a in attempts {
             let mut last = None;
             let mut progress = None;
-            let mut rows = stmt.query(params![a, PROGRESS_LOOKBACK])?;
-            while let Some(r) = rows.next()? {
-                let body: String = r.get(0)?;
-                let Some(e) = parse(&body) else {
+            for r in self.query(
+                "SELECT body FROM events WHERE attempt_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                params![a, PROGRESS_LOOKBACK],
+            )? {
+                let Some(e) = parse(&r.get::<String>(0)?) else {
                     continue;
                 };
                 if progress.is_none() {
@@ -106,7 +96,7 @@ impl Store {
                 }
             }
             if let Some(event) = last {
-                out.insert((*a).to_owned(), LastEvent { event, progress });
+                out.insert(a.clone(), LastEvent { event, progress });
             }
         }
         Ok(out)
@@ -114,35 +104,34 @@ impl Store {
 
     /// An attempt's events other than output lines (`log`), by seq: what
     /// the step list is folded from.
-    pub fn attempt_milestones(&self, attempt: &str) -> Result<Vec<Event>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT body FROM events WHERE attempt_id = ?1
-                AND json_extract(body, '$.kind') != 'log' ORDER BY seq",
+    pub fn attempt_milestones(&mut self, attempt: &str) -> Result<Vec<Event>> {
+        let rows = self.query(
+            "SELECT body FROM events WHERE attempt_id = ?1 ORDER BY seq",
+            params![attempt],
         )?;
-        let bodies = stmt
-            .query_map([attempt], |r| r.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(bodies.iter().filter_map(|b| parse(b)).collect())
+        let mut out = Vec::new();
+        for r in rows {
+            if let Some(e) = parse(&r.get::<String>(0)?) {
+                if e.kind != EventKind::Log {
+                    out.push(e);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The last `n` events of an attempt with a seq above `after`, by seq.
-    pub fn attempt_tail(&self, attempt: &str, after: u64, n: u64) -> Result<Vec<Event>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
+    pub fn attempt_tail(&mut self, attempt: &str, after: u64, n: u64) -> Result<Vec<Event>> {
+        let rows = self.query(
             "SELECT body FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3",
+            params![attempt, after.min(i64::MAX as u64), n.min(100_000)],
         )?;
-        let mut bodies = stmt
-            .query_map(
-                params![
-                    attempt,
-                    after.min(i64::MAX as u64) as i64,
-                    n.min(100_000) as i64
-                ],
-                |r| r.get::<_, String>(0),
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        bodies.reverse();
-        Ok(bodies.iter().filter_map(|b| parse(b)).collect())
+        let mut out = Vec::new();
+        for r in rows.iter().rev() {
+            if let Some(e) = parse(&r.get::<String>(0)?) {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 }

@@ -4,10 +4,9 @@
 
 use std::net::Ipv4Addr;
 
+use super::Tx;
+use crate::params;
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
-
-use super::Store;
 
 /// A lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,68 +16,66 @@ pub struct Lease {
     pub expires_at: i64,
 }
 
-impl Store {
+impl Tx<'_> {
     /// The address for `mac`: its own lease (even expired, while nobody took
     /// it), else the first pool address no live lease holds. Held for `mac`
     /// until `hold_until`, or longer if its lease already runs longer.
     /// `None` when the pool is exhausted.
     pub fn lease_offer(
-        &self,
+        &mut self,
         mac: &str,
         pool: (Ipv4Addr, Ipv4Addr),
         now: i64,
         hold_until: i64,
     ) -> Result<Option<Ipv4Addr>> {
-        let conn = self.lock();
-        let tx = conn.unchecked_transaction()?;
-        let own: Option<(String, i64)> = tx
-            .query_row(
-                "SELECT ip, expires_at FROM dhcp_leases WHERE mac = ?1",
-                [mac],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        let own = self.query_opt(
+            "SELECT ip, expires_at FROM dhcp_leases WHERE mac = ?1",
+            params![mac],
+        )?;
         let (lo, hi) = (u32::from(pool.0), u32::from(pool.1));
         let in_pool = |ip: &Ipv4Addr| (lo..=hi).contains(&u32::from(*ip));
-        if let Some((ip, exp)) = own {
+        if let Some(own) = own {
+            let (ip, exp): (String, i64) = (own.get(0)?, own.get(1)?);
             if let Ok(ip) = ip.parse::<Ipv4Addr>() {
                 if in_pool(&ip) {
-                    tx.execute(
+                    self.exec(
                         "UPDATE dhcp_leases SET expires_at = ?2 WHERE mac = ?1",
                         params![mac, exp.max(hold_until)],
                     )?;
-                    tx.commit()?;
                     return Ok(Some(ip));
                 }
             }
-            tx.execute("DELETE FROM dhcp_leases WHERE mac = ?1", [mac])?;
+            self.exec("DELETE FROM dhcp_leases WHERE mac = ?1", params![mac])?;
         }
         let mut taken = std::collections::HashSet::new();
-        {
-            let mut st = tx.prepare("SELECT ip FROM dhcp_leases WHERE expires_at > ?1")?;
-            for ip in st.query_map([now], |r| r.get::<_, String>(0))? {
-                if let Ok(ip) = ip?.parse::<Ipv4Addr>() {
-                    taken.insert(u32::from(ip));
-                }
+        for r in self.query(
+            "SELECT ip FROM dhcp_leases WHERE expires_at > ?1",
+            params![now],
+        )? {
+            if let Ok(ip) = r.get::<String>(0)?.parse::<Ipv4Addr>() {
+                taken.insert(u32::from(ip));
             }
         }
         let Some(free) = (lo..=hi).find(|ip| !taken.contains(ip)).map(Ipv4Addr::from) else {
+            self.roll_back();
             return Ok(None);
         };
         // An expired lease of another MAC on this address gives way.
-        tx.execute("DELETE FROM dhcp_leases WHERE ip = ?1", [free.to_string()])?;
-        tx.execute(
+        self.exec(
+            "DELETE FROM dhcp_leases WHERE ip = ?1",
+            params![free.to_string()],
+        )?;
+        self.exec(
             "INSERT INTO dhcp_leases (mac, ip, expires_at) VALUES (?1, ?2, ?3)",
             params![mac, free.to_string(), hold_until],
         )?;
-        tx.commit()?;
         Ok(Some(free))
     }
 
     /// Confirm `mac`'s request for `ip` until `expires_at`: true when `ip` is
     /// the address held for `mac`.
-    pub fn lease_ack(&self, mac: &str, ip: Ipv4Addr, expires_at: i64) -> Result<bool> {
-        let n = self.lock().execute(
+    pub fn lease_ack(&mut self, mac: &str, ip: Ipv4Addr, expires_at: i64) -> Result<bool> {
+        let n = self.exec(
             "UPDATE dhcp_leases SET expires_at = ?3 WHERE mac = ?1 AND ip = ?2",
             params![mac, ip.to_string(), expires_at],
         )?;
@@ -86,26 +83,20 @@ impl Store {
     }
 
     /// Give `mac`'s address back (DHCPRELEASE, DHCPDECLINE).
-    pub fn lease_release(&self, mac: &str) -> Result<()> {
-        self.lock()
-            .execute("DELETE FROM dhcp_leases WHERE mac = ?1", [mac])?;
+    pub fn lease_release(&mut self, mac: &str) -> Result<()> {
+        self.exec("DELETE FROM dhcp_leases WHERE mac = ?1", params![mac])?;
         Ok(())
     }
 
     /// Every lease, by address.
-    pub fn leases(&self) -> Result<Vec<Lease>> {
-        let conn = self.lock();
-        let mut st = conn.prepare("SELECT mac, ip, expires_at FROM dhcp_leases")?;
+    pub fn leases(&mut self) -> Result<Vec<Lease>> {
         let mut out = Vec::new();
-        for r in st.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
-        })? {
-            let (mac, ip, expires_at) = r?;
-            if let Ok(ip) = ip.parse() {
+        for r in self.query("SELECT mac, ip, expires_at FROM dhcp_leases", params![])? {
+            if let Ok(ip) = r.get::<String>(1)?.parse() {
                 out.push(Lease {
-                    mac,
+                    mac: r.get(0)?,
                     ip,
-                    expires_at,
+                    expires_at: r.get(2)?,
                 });
             }
         }
@@ -117,6 +108,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     #[test]
     fn leases_are_kept_per_mac_and_survive_a_reopen() {
@@ -127,26 +119,40 @@ mod tests {
             "10.77.0.101".parse().unwrap(),
         );
         let s = Store::open(&db).unwrap();
-        let a = s.lease_offer("aa", pool, 0, 60).unwrap().unwrap();
+        let a = s
+            .write_blocking(move |tx| tx.lease_offer("aa", pool, 0, 60))
+            .unwrap()
+            .unwrap();
         assert_eq!(a, pool.0);
         assert_eq!(
-            s.lease_offer("aa", pool, 1, 61).unwrap(),
+            s.write_blocking(move |tx| tx.lease_offer("aa", pool, 1, 61))
+                .unwrap(),
             Some(a),
             "same MAC, same address"
         );
-        let b = s.lease_offer("bb", pool, 1, 61).unwrap().unwrap();
+        let b = s
+            .write_blocking(move |tx| tx.lease_offer("bb", pool, 1, 61))
+            .unwrap()
+            .unwrap();
         assert_eq!(b, pool.1);
         assert_eq!(
-            s.lease_offer("cc", pool, 2, 62).unwrap(),
+            s.write_blocking(move |tx| tx.lease_offer("cc", pool, 2, 62))
+                .unwrap(),
             None,
             "pool exhausted"
         );
-        assert!(s.lease_ack("aa", a, 3600).unwrap());
-        assert!(!s.lease_ack("aa", b, 3600).unwrap(), "not its address");
+        assert!(s
+            .write_blocking(move |tx| tx.lease_ack("aa", a, 3600))
+            .unwrap());
+        assert!(
+            !s.write_blocking(move |tx| tx.lease_ack("aa", b, 3600))
+                .unwrap(),
+            "not its address"
+        );
         drop(s);
         let s = Store::open(&db).unwrap();
         assert_eq!(
-            s.leases().unwrap(),
+            s.read_blocking(|tx| tx.leases()).unwrap(),
             vec![
                 Lease {
                     mac: "aa".into(),
@@ -161,8 +167,16 @@ mod tests {
             ]
         );
         // bb's offer expired: cc takes its address; aa's lease holds.
-        assert_eq!(s.lease_offer("cc", pool, 100, 160).unwrap(), Some(b));
-        s.lease_release("aa").unwrap();
-        assert_eq!(s.lease_offer("dd", pool, 100, 160).unwrap(), Some(a));
+        assert_eq!(
+            s.write_blocking(move |tx| tx.lease_offer("cc", pool, 100, 160))
+                .unwrap(),
+            Some(b)
+        );
+        s.write_blocking(move |tx| tx.lease_release("aa")).unwrap();
+        assert_eq!(
+            s.write_blocking(move |tx| tx.lease_offer("dd", pool, 100, 160))
+                .unwrap(),
+            Some(a)
+        );
     }
 }

@@ -1,11 +1,10 @@
 //! Machines: recorded on every boot.ipxe hit, read by the admin API.
 
+use super::{rfc3339, state_str, wipe_parse, wipe_str, Row, Tx};
+use crate::params;
 use anyhow::Result;
 use landfall_proto::admin::{AttemptDetail, IdentityCheck, MachineDetail, MachineSummary};
 use landfall_proto::{Assignment, Event, Inventory, MachineState, WipePolicy};
-use rusqlite::{params, Connection, OptionalExtension, Row};
-
-use super::{rfc3339, state_str, wipe_parse, wipe_str, Store};
 
 #[derive(Debug, Clone)]
 pub struct MachineRow {
@@ -63,14 +62,14 @@ pub enum RetryOutcome {
 const COLUMNS: &str =
     "mac, hostname, role, layout, wipe, state, error, current_attempt, updated_at, last_seen";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<MachineRow> {
+fn from_row(r: &Row) -> Result<MachineRow> {
     Ok(MachineRow {
         mac: r.get(0)?,
         hostname: r.get(1)?,
         role: r.get(2)?,
         layout: r.get(3)?,
-        wipe: wipe_parse(&r.get::<_, String>(4)?),
-        state: MachineState::parse(&r.get::<_, String>(5)?),
+        wipe: wipe_parse(&r.get::<String>(4)?),
+        state: MachineState::parse(&r.get::<String>(5)?),
         error: r.get(6)?,
         current_attempt: r.get(7)?,
         updated_at: r.get(8)?,
@@ -78,45 +77,39 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<MachineRow> {
     })
 }
 
-pub(super) fn get(conn: &Connection, mac: &str) -> rusqlite::Result<Option<MachineRow>> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM machines WHERE mac = ?1"),
-        [mac],
-        from_row,
-    )
-    .optional()
-}
-
-impl Store {
-    pub fn machine(&self, mac: &str) -> Result<Option<MachineRow>> {
-        Ok(get(&self.lock(), mac)?)
+impl Tx<'_> {
+    pub fn machine(&mut self, mac: &str) -> Result<Option<MachineRow>> {
+        self.query_opt(
+            &format!("SELECT {COLUMNS} FROM machines WHERE mac = ?1"),
+            params![mac],
+        )?
+        .as_ref()
+        .map(from_row)
+        .transpose()
     }
 
     /// Find a machine by MAC (any accepted spelling) or hostname.
-    pub fn find_machine(&self, key: &str) -> Result<Option<MachineRow>> {
+    pub fn find_machine(&mut self, key: &str) -> Result<Option<MachineRow>> {
         if let Some(mac) = landfall_proto::names::normalize_mac(key) {
             return self.machine(&mac);
         }
-        let conn = self.lock();
-        Ok(conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM machines WHERE hostname = ?1 ORDER BY updated_at DESC LIMIT 1"),
-                [key],
-                from_row,
-            )
-            .optional()?)
+        self.query_opt(
+            &format!(
+                "SELECT {COLUMNS} FROM machines WHERE hostname = ?1 ORDER BY updated_at DESC LIMIT 1"
+            ),
+            params![key],
+        )?
+        .as_ref()
+        .map(from_row)
+        .transpose()
     }
 
     /// The MAC of the machine stored with `hostname`, if any.
-    pub fn hostname_owner(&self, hostname: &str) -> Result<Option<String>> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT mac FROM machines WHERE hostname = ?1 LIMIT 1",
-                [hostname],
-                |r| r.get(0),
-            )
-            .optional()?)
+    pub fn hostname_owner(&mut self, hostname: &str) -> Result<Option<String>> {
+        self.value(
+            "SELECT mac FROM machines WHERE hostname = ?1 LIMIT 1",
+            params![hostname],
+        )
     }
 
     /// Record a boot.ipxe hit: create the machine (assigned when an assignment is
@@ -125,7 +118,7 @@ impl Store {
     /// not recorded), and the least recently seen discovered machines past
     /// `cap.max` are deleted.
     pub fn record_boot(
-        &self,
+        &mut self,
         mac: &str,
         assignment: Option<&Assignment>,
         arch: Option<&str>,
@@ -133,17 +126,16 @@ impl Store {
         now: i64,
         cap: DiscoveredCap,
     ) -> Result<Option<MachineRow>> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        match get(&tx, mac)? {
+        match self.machine(mac)? {
             None => {
                 let discovered = state_str(MachineState::Discovered);
                 if assignment.is_none() {
-                    let recent: i64 = tx.query_row(
-                        "SELECT COUNT(*) FROM machines WHERE state = ?1 AND created_at > ?2",
-                        params![discovered, now - 60],
-                        |r| r.get(0),
-                    )?;
+                    let recent: i64 = self
+                        .value(
+                            "SELECT COUNT(*) FROM machines WHERE state = ?1 AND created_at > ?2",
+                            params![discovered, now - 60],
+                        )?
+                        .unwrap_or(0);
                     if recent as u64 >= cap.per_minute {
                         return Ok(None);
                     }
@@ -153,7 +145,7 @@ impl Store {
                 } else {
                     MachineState::Discovered
                 };
-                tx.execute(
+                self.exec(
                     "INSERT INTO machines (mac, hostname, role, layout, wipe, state, arch, platform,
                                            created_at, updated_at, last_seen)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9)",
@@ -170,16 +162,17 @@ impl Store {
                     ],
                 )?;
                 if assignment.is_none() {
-                    tx.execute(
+                    self.exec(
                         "DELETE FROM machines WHERE mac IN (
                            SELECT mac FROM machines WHERE state = ?1
-                            ORDER BY last_seen DESC, rowid DESC LIMIT -1 OFFSET ?2)",
-                        params![discovered, cap.max as i64],
+                            ORDER BY last_seen DESC, rowid DESC
+                            LIMIT 9223372036854775807 OFFSET ?2)",
+                        params![discovered, cap.max.min(i64::MAX as u64)],
                     )?;
                 }
             }
             Some(row) => {
-                tx.execute(
+                self.exec(
                     "UPDATE machines SET last_seen = ?2, arch = COALESCE(?3, arch),
                             platform = COALESCE(?4, platform) WHERE mac = ?1",
                     params![mac, now, arch, platform],
@@ -190,14 +183,14 @@ impl Store {
                         || row.layout != a.layout
                         || row.wipe != a.wipe;
                     if changed {
-                        tx.execute(
+                        self.exec(
                             "UPDATE machines SET hostname = ?2, role = ?3, layout = ?4, wipe = ?5,
                                     updated_at = ?6 WHERE mac = ?1",
                             params![mac, a.hostname, a.role, a.layout, wipe_str(a.wipe), now],
                         )?;
                     }
                     if row.state == MachineState::Discovered {
-                        tx.execute(
+                        self.exec(
                             "UPDATE machines SET state = ?2, updated_at = ?3 WHERE mac = ?1",
                             params![mac, state_str(MachineState::Assigned), now],
                         )?;
@@ -205,8 +198,9 @@ impl Store {
                 }
             }
         }
-        let row = get(&tx, mac)?.ok_or_else(|| anyhow::anyhow!("machine {mac} vanished"))?;
-        tx.commit()?;
+        let row = self
+            .machine(mac)?
+            .ok_or_else(|| anyhow::anyhow!("machine {mac} vanished"))?;
         Ok(Some(row))
     }
 
@@ -214,8 +208,8 @@ impl Store {
     /// the pinned ones and the machine installs at its next PXE boot
     /// (`reinstall_requested`). False (nothing changed) unless it was
     /// `identity_held`.
-    pub fn approve_identity(&self, mac: &str, now: i64) -> Result<bool> {
-        let n = self.lock().execute(
+    pub fn approve_identity(&mut self, mac: &str, now: i64) -> Result<bool> {
+        let n = self.exec(
             "UPDATE machines SET pinned_identity = COALESCE(presented_identity, pinned_identity),
                     presented_identity = NULL, state = ?2, error = NULL, updated_at = ?3
               WHERE mac = ?1 AND state = ?4",
@@ -230,11 +224,12 @@ impl Store {
     }
 
     /// Ask for a reinstall: the next PXE boot installs again.
-    pub fn request_reinstall(&self, mac: &str, now: i64) -> Result<()> {
-        self.lock().execute(
+    pub fn request_reinstall(&mut self, mac: &str, now: i64) -> Result<()> {
+        self.exec(
             "UPDATE machines SET state = ?2, error = NULL, updated_at = ?3 WHERE mac = ?1",
             params![mac, state_str(MachineState::ReinstallRequested), now],
         )?;
+        self.wake_waiters();
         Ok(())
     }
 
@@ -242,65 +237,54 @@ impl Store {
     /// to run again from the failed step: `failed` -> `retry_requested` (the
     /// error is kept until the agent picks the retry up). Any other state is
     /// refused and returned.
-    pub fn request_retry(&self, mac: &str, now: i64) -> Result<RetryOutcome> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let Some(row) = get(&tx, mac)? else {
+    pub fn request_retry(&mut self, mac: &str, now: i64) -> Result<RetryOutcome> {
+        let Some(row) = self.machine(mac)? else {
             return Ok(RetryOutcome::NotFound);
         };
         if row.state != MachineState::Failed {
             return Ok(RetryOutcome::WrongState(row));
         }
-        tx.execute(
+        self.exec(
             "UPDATE machines SET state = ?2, updated_at = ?3 WHERE mac = ?1",
             params![mac, state_str(MachineState::RetryRequested), now],
         )?;
-        tx.commit()?;
+        self.wake_waiters();
         Ok(RetryOutcome::Requested)
     }
 
-    pub fn summaries(&self) -> Result<Vec<MachineSummary>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM machines ORDER BY hostname IS NULL, hostname, mac"
-        ))?;
-        let rows = stmt
-            .query_map([], from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.iter().map(|r| summary(&conn, r)).collect()
+    pub fn summaries(&mut self) -> Result<Vec<MachineSummary>> {
+        let rows = self.query(
+            &format!("SELECT {COLUMNS} FROM machines ORDER BY hostname IS NULL, hostname, mac"),
+            params![],
+        )?;
+        let rows = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+        rows.iter().map(|r| self.summary(r)).collect()
     }
 
     /// A machine with its inventory, attempts and one page of their events
     /// ([`EventPage`]): never every event at once.
-    pub fn detail(&self, mac: &str, page: &EventPage) -> Result<Option<MachineDetail>> {
-        let conn = self.lock();
-        let Some(row) = get(&conn, mac)? else {
+    pub fn detail(&mut self, mac: &str, page: &EventPage) -> Result<Option<MachineDetail>> {
+        let Some(row) = self.machine(mac)? else {
             return Ok(None);
         };
-        let summary = summary(&conn, &row)?;
-        let inventory: Option<String> = conn.query_row(
-            "SELECT inventory FROM machines WHERE mac = ?1",
-            [mac],
-            |r| r.get(0),
-        )?;
+        let summary = self.summary(&row)?;
+        let inventory: Option<String> = self
+            .value(
+                "SELECT inventory FROM machines WHERE mac = ?1",
+                params![mac],
+            )?
+            .flatten();
         let inventory: Option<Inventory> = inventory.and_then(|s| serde_json::from_str(&s).ok());
-        let mut stmt = conn.prepare(
+        let attempts = self.query(
             "SELECT id, started_at, acked_seq, last_wait_at FROM attempts WHERE mac = ?1
               ORDER BY started_at, rowid",
+            params![mac],
         )?;
-        let attempts = stmt
-            .query_map([mac], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::new();
         let limit = page.limit.min(i64::MAX as u64 - 1) as i64;
-        for (id, started, acked, last_wait) in attempts {
+        for a in attempts {
+            let (id, started, acked, last_wait): (String, i64, u64, Option<i64>) =
+                (a.get(0)?, a.get(1)?, a.get(2)?, a.get(3)?);
             if page.attempt.as_ref().is_some_and(|a| *a != id) {
                 continue;
             }
@@ -309,15 +293,14 @@ impl Store {
             } else {
                 0
             };
-            let mut ev = conn.prepare(
-                "SELECT body FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )?;
-            let mut bodies = ev
-                .query_map(
-                    params![&id, after.min(i64::MAX as u64) as i64, limit + 1],
-                    |r| r.get::<_, String>(0),
+            let mut bodies = self
+                .query(
+                    "SELECT body FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    params![&id, after.min(i64::MAX as u64), limit + 1],
                 )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                .iter()
+                .map(|r| r.get::<String>(0))
+                .collect::<Result<Vec<_>>>()?;
             let more_events = bodies.len() as i64 > limit;
             bodies.truncate(limit as usize);
             let events = bodies
@@ -327,18 +310,18 @@ impl Store {
             out.push(AttemptDetail {
                 attempt_id: id,
                 started_at: rfc3339(started),
-                acked_seq: acked.max(0) as u64,
+                acked_seq: acked,
                 events,
                 more_events,
                 last_wait_at: last_wait.map(rfc3339),
             });
         }
-        let verify = super::verify::last(&conn, mac)?;
-        let (pinned, presented): (Option<String>, Option<String>) = conn.query_row(
+        let verify = self.last_verify(mac)?;
+        let ids = self.query_one(
             "SELECT pinned_identity, presented_identity FROM machines WHERE mac = ?1",
-            [mac],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            params![mac],
         )?;
+        let (pinned, presented): (Option<String>, Option<String>) = (ids.get(0)?, ids.get(1)?);
         let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
         let identity = IdentityCheck {
             pinned: parse(pinned),
@@ -352,27 +335,25 @@ impl Store {
             identity: (identity != IdentityCheck::default()).then_some(identity),
         }))
     }
-}
 
-fn summary(conn: &Connection, row: &MachineRow) -> Result<MachineSummary> {
-    let last_event = match &row.current_attempt {
-        None => None,
-        Some(a) => conn
-            .query_row(
-                "SELECT body FROM events WHERE attempt_id = ?1 ORDER BY seq DESC LIMIT 1",
-                [a],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()?
-            .and_then(|b| serde_json::from_str::<Event>(&b).ok()),
-    };
-    Ok(MachineSummary {
-        mac: row.mac.clone(),
-        hostname: row.hostname.clone(),
-        role: row.role.clone(),
-        state: row.state,
-        error: row.error.clone(),
-        last_event,
-        updated_at: rfc3339(row.updated_at),
-    })
+    fn summary(&mut self, row: &MachineRow) -> Result<MachineSummary> {
+        let last_event = match &row.current_attempt {
+            None => None,
+            Some(a) => self
+                .value::<String>(
+                    "SELECT body FROM events WHERE attempt_id = ?1 ORDER BY seq DESC LIMIT 1",
+                    params![a],
+                )?
+                .and_then(|b| serde_json::from_str::<Event>(&b).ok()),
+        };
+        Ok(MachineSummary {
+            mac: row.mac.clone(),
+            hostname: row.hostname.clone(),
+            role: row.role.clone(),
+            state: row.state,
+            error: row.error.clone(),
+            last_event,
+            updated_at: rfc3339(row.updated_at),
+        })
+    }
 }

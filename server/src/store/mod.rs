@@ -1,24 +1,39 @@
-//! The server's state in SQLite (rusqlite, bundled): machines, boot tokens,
-//! attempts and events. One connection behind a std `Mutex`, held briefly.
+//! The server's state: machines, boot tokens, attempts and events, in
+//! embedded SQLite (the default) or PostgreSQL (several servers, one state).
 //!
-//! Tokens are never stored, only their SHA-256 (hex). Times are unix seconds.
+//! The store never blocks the async runtime: one writer thread owns the
+//! write connection and runs queued write closures together in one
+//! transaction (group commit; each closure under its own savepoint), and a
+//! few reader threads own read connections. Handlers hand closures over and
+//! await the answer:
+//!
+//! ```ignore
+//! let row = app.store.read(move |tx| tx.machine(&mac)).await?;
+//! app.store.write(move |tx| tx.request_reinstall(&mac, now)).await?;
+//! ```
+//!
+//! Store functions are `impl Tx<'_>` methods written once in portable SQL
+//! ([`sql`]). Tokens are never stored, only their SHA-256 (hex). Times are
+//! unix seconds.
 
 mod agent;
 mod fleet;
-mod latency;
 mod leases;
 mod machines;
 mod outbox;
+pub mod sql;
+mod sqlite;
 mod stats;
 mod verify;
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use landfall_proto::{MachineState, WipePolicy};
-use rusqlite::Connection;
+use prometheus_client::metrics::histogram::Histogram;
 
 pub use agent::{
     Alarm, AlarmKind, AttemptRow, EventQuota, HelloInput, HelloOutcome, OverQuota, StoredEvents,
@@ -28,249 +43,364 @@ pub use fleet::{FleetRow, LastEvent};
 pub use leases::Lease;
 pub use machines::{DiscoveredCap, EventPage, MachineRow, RetryOutcome};
 pub use outbox::{DeliveryFilter, DueDelivery, SendResult, WebhookTarget};
+pub use sql::{Dialect, FromValue, Row, ToValue, Tx, Value};
 pub use stats::MachineCount;
 pub use verify::{VerifyAuth, VerifyOutcome};
 
-/// Schema migrations; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[
-    // 1: the initial schema.
-    r#"
-    CREATE TABLE machines (
-        mac             TEXT PRIMARY KEY,
-        hostname        TEXT,
-        role            TEXT,
-        layout          TEXT,
-        wipe            TEXT NOT NULL DEFAULT 'never',
-        state           TEXT NOT NULL,
-        error           TEXT,
-        current_attempt TEXT,
-        inventory       TEXT,
-        arch            TEXT,
-        platform        TEXT,
-        created_at      INTEGER NOT NULL,
-        updated_at      INTEGER NOT NULL,
-        last_seen       INTEGER NOT NULL
-    );
-    CREATE INDEX machines_hostname ON machines(hostname);
-    CREATE TABLE boot_tokens (
-        hash        TEXT PRIMARY KEY,
-        mac         TEXT NOT NULL,
-        created_at  INTEGER NOT NULL,
-        expires_at  INTEGER NOT NULL,
-        attempt_id  TEXT
-    );
-    CREATE INDEX boot_tokens_mac ON boot_tokens(mac);
-    CREATE TABLE attempts (
-        id               TEXT PRIMARY KEY,
-        mac              TEXT NOT NULL,
-        agent_token_hash TEXT NOT NULL UNIQUE,
-        agent_version    TEXT NOT NULL,
-        protocol         INTEGER NOT NULL,
-        started_at       INTEGER NOT NULL,
-        acked_seq        INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX attempts_mac ON attempts(mac);
-    CREATE TABLE events (
-        attempt_id  TEXT NOT NULL,
-        seq         INTEGER NOT NULL,
-        mac         TEXT NOT NULL,
-        body        TEXT NOT NULL,
-        received_at INTEGER NOT NULL,
-        PRIMARY KEY (attempt_id, seq)
-    );
-    "#,
-    // 2: first-boot verification: a verify token per attempt (its hash), and
-    // every verification a machine reported.
-    r#"
-    ALTER TABLE attempts ADD COLUMN verify_token_hash TEXT;
-    CREATE UNIQUE INDEX attempts_verify_token ON attempts(verify_token_hash);
-    CREATE TABLE verifications (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        mac         TEXT NOT NULL,
-        attempt_id  TEXT NOT NULL,
-        hostname    TEXT NOT NULL,
-        ok          INTEGER NOT NULL,
-        checks      TEXT NOT NULL,
-        received_at INTEGER NOT NULL
-    );
-    CREATE INDEX verifications_mac ON verifications(mac);
-    "#,
-    // 3: when the agent of an attempt last asked `POST /agent/wait`, and
-    // until when its open wait is held (`landfall retry` tells whether
-    // anybody is waiting).
-    r#"
-    ALTER TABLE attempts ADD COLUMN last_wait_at INTEGER;
-    ALTER TABLE attempts ADD COLUMN wait_ends_at INTEGER;
-    "#,
-    // 4: install identity (issue 12): the hash of the nonce the first
-    // claimant of a boot token sent, the client address of each attempt's
-    // first hello, when its agent was last heard from, when a newer attempt
-    // superseded it (its agent token died then), the identity pinned at a
-    // machine's first install and the one a held hello presented, and the accessors
-    // (not secrets) of every Vault mint, so an alarm can revoke them all.
-    r#"
-    ALTER TABLE boot_tokens ADD COLUMN nonce_hash TEXT;
-    ALTER TABLE attempts ADD COLUMN client_addr TEXT;
-    ALTER TABLE attempts ADD COLUMN last_seen_at INTEGER;
-    ALTER TABLE attempts ADD COLUMN superseded_at INTEGER;
-    ALTER TABLE machines ADD COLUMN pinned_identity TEXT;
-    ALTER TABLE machines ADD COLUMN presented_identity TEXT;
-    CREATE TABLE vault_mints (
-        id                 INTEGER PRIMARY KEY AUTOINCREMENT,
-        attempt_id         TEXT NOT NULL,
-        approle            TEXT NOT NULL,
-        wrap_accessor      TEXT NOT NULL,
-        secret_id_accessor TEXT NOT NULL,
-        minted_at          INTEGER NOT NULL,
-        revoked_at         INTEGER
-    );
-    CREATE INDEX vault_mints_attempt ON vault_mints(attempt_id);
-    "#,
-    // 5: caps (issue 12 item 6): new discovered machines per minute, and an
-    // attempt's stored events and their bytes, counted as they are stored.
-    r#"
-    CREATE INDEX machines_state_created ON machines(state, created_at);
-    ALTER TABLE attempts ADD COLUMN event_count INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE attempts ADD COLUMN event_bytes INTEGER NOT NULL DEFAULT 0;
-    UPDATE attempts SET
-        event_count = (SELECT COUNT(*) FROM events e WHERE e.attempt_id = attempts.id),
-        event_bytes = (SELECT COALESCE(SUM(LENGTH(e.body)), 0) FROM events e
-                        WHERE e.attempt_id = attempts.id);
-    "#,
-    // 6: the addresses `[netboot] dhcp = "full"` handed out (issue 13).
-    r#"
-    CREATE TABLE dhcp_leases (
-        mac        TEXT PRIMARY KEY,
-        ip         TEXT NOT NULL UNIQUE,
-        expires_at INTEGER NOT NULL
-    );
-    "#,
-    // 7: notifications (issue 15): every change of a machine's state is
-    // journaled by a trigger, in the transaction that made it, whichever
-    // statement made it; the notifier fans each change out into one
-    // delivery per matching `[[webhooks]]` entry, sent from this outbox with
-    // backoff until the receiver takes it (store/outbox.rs).
-    r#"
-    CREATE TABLE state_changes (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        mac         TEXT NOT NULL,
-        hostname    TEXT,
-        role        TEXT,
-        state       TEXT NOT NULL,
-        previous    TEXT,
-        error       TEXT,
-        attempt_id  TEXT,
-        at          INTEGER NOT NULL
-    );
-    CREATE TRIGGER machines_state_inserted AFTER INSERT ON machines
-    BEGIN
-        INSERT INTO state_changes (mac, hostname, role, state, previous, error, attempt_id, at)
-        VALUES (NEW.mac, NEW.hostname, NEW.role, NEW.state, NULL, NEW.error,
-                NEW.current_attempt, NEW.updated_at);
-    END;
-    CREATE TRIGGER machines_state_changed AFTER UPDATE OF state ON machines
-    WHEN NEW.state IS NOT OLD.state
-    BEGIN
-        INSERT INTO state_changes (mac, hostname, role, state, previous, error, attempt_id, at)
-        VALUES (NEW.mac, NEW.hostname, NEW.role, NEW.state, OLD.state, NEW.error,
-                NEW.current_attempt, NEW.updated_at);
-    END;
-    CREATE TABLE webhook_deliveries (
-        id            INTEGER PRIMARY KEY AUTOINCREMENT,
-        change_id     INTEGER NOT NULL,
-        url           TEXT NOT NULL,
-        mac           TEXT NOT NULL,
-        hostname      TEXT,
-        state         TEXT NOT NULL,
-        body          TEXT NOT NULL,
-        created_at    INTEGER NOT NULL,
-        attempts      INTEGER NOT NULL DEFAULT 0,
-        next_at       INTEGER NOT NULL,
-        claimed_until INTEGER NOT NULL DEFAULT 0,
-        last_status   INTEGER,
-        last_error    TEXT,
-        delivered_at  INTEGER,
-        failed_at     INTEGER,
-        UNIQUE (change_id, url)
-    );
-    CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_at)
-        WHERE delivered_at IS NULL AND failed_at IS NULL;
-    "#,
-    // 8: when a machine entered its state (the dashboard's "time in state"),
-    // kept by a trigger so no writer has to; NULL: since created_at.
-    r#"
-    ALTER TABLE machines ADD COLUMN state_since INTEGER;
-    UPDATE machines SET state_since = updated_at;
-    CREATE TRIGGER machines_state_since AFTER UPDATE OF state ON machines
-      FOR EACH ROW WHEN NEW.state IS NOT OLD.state
-      BEGIN
-        UPDATE machines SET state_since = NEW.updated_at WHERE mac = NEW.mac;
-      END;
-    "#,
-];
+/// Reader threads (each with its own connection).
+const READERS: usize = 4;
+/// Most write closures committed together.
+const GROUP_MAX: usize = 128;
+/// How long the writer keeps trying to begin a transaction while the
+/// database is locked (another process holds the write lock) before the
+/// queued writes fail.
+const BEGIN_PATIENCE: Duration = Duration::from_secs(60);
 
+/// The store: a handle to its threads (cheap to clone).
+#[derive(Clone)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    inner: Arc<Inner>,
     /// Observes each call's latency (`/metrics`), when set.
-    latency: Option<prometheus_client::metrics::histogram::Histogram>,
+    latency: Option<Histogram>,
 }
 
+struct Inner {
+    writer: mpsc::Sender<Box<dyn WriteJob>>,
+    readers: mpsc::Sender<Box<dyn ReadJob>>,
+    dialect: Dialect,
+}
+
+/// A connection of a store thread.
+type Conn = Box<dyn sql::Backend + Send>;
+
 impl Store {
-    /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    /// Open (creating if needed) the SQLite database at `path`, bring its
+    /// schema up to date and start the store's threads.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)
-            .with_context(|| format!("opening database {}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .context("enabling WAL mode")?;
-        tracing::debug!(journal_mode = %mode, "database opened");
-        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
-        migrate(&conn).with_context(|| format!("migrating database {}", path.display()))?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-            latency: None,
-        })
+        let mut conn = sqlite::connect(path, false)?;
+        sqlite::migrate(&mut conn)
+            .with_context(|| format!("migrating database {}", path.display()))?;
+        let mut readers: Vec<Conn> = Vec::new();
+        for _ in 0..READERS {
+            readers.push(Box::new(sqlite::connect(path, true)?));
+        }
+        Ok(Self::start(Box::new(conn), readers, Dialect::Sqlite))
     }
 
-    /// Observe every call's latency (waiting for the connection and using
-    /// it) into `h`.
-    pub fn with_latency(mut self, h: prometheus_client::metrics::histogram::Histogram) -> Self {
+    fn start(writer: Conn, readers: Vec<Conn>, dialect: Dialect) -> Self {
+        let (wtx, wrx) = mpsc::channel::<Box<dyn WriteJob>>();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(writer, wrx))
+            .expect("spawning the store writer thread");
+        let (rtx, rrx) = mpsc::channel::<Box<dyn ReadJob>>();
+        let rrx = Arc::new(Mutex::new(rrx));
+        for (i, conn) in readers.into_iter().enumerate() {
+            let rrx = rrx.clone();
+            std::thread::Builder::new()
+                .name(format!("store-reader-{i}"))
+                .spawn(move || read_loop(conn, rrx))
+                .expect("spawning a store reader thread");
+        }
+        Self {
+            inner: Arc::new(Inner {
+                writer: wtx,
+                readers: rtx,
+                dialect,
+            }),
+            latency: None,
+        }
+    }
+
+    /// Observe every call's latency (queued and run) into `h`.
+    pub fn with_latency(mut self, h: Histogram) -> Self {
         self.latency = Some(h);
         self
     }
 
-    fn lock(&self) -> latency::Timed<'_> {
+    pub fn dialect(&self) -> Dialect {
+        self.inner.dialect
+    }
+
+    /// Run `f` in a read transaction on a reader thread.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
         let since = Instant::now();
-        // A panic while holding the lock cannot leave SQLite inconsistent (each
-        // change is a transaction), so a poisoned lock is still usable.
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        latency::Timed {
-            conn,
-            since,
-            latency: self.latency.as_ref(),
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit_read(f, move |r| drop(tx.send(r)))?;
+        let r = rx
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("a store read panicked")));
+        self.observe(since);
+        r
+    }
+
+    /// Run `f` in the writer's transaction (with the writes queued beside
+    /// it); answers once committed.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let since = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit_write(f, move |r| drop(tx.send(r)))?;
+        let r = rx
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("a store write panicked")));
+        self.observe(since);
+        r
+    }
+
+    /// [`Store::read`] for threads that are not async (CLI, DHCP, tests).
+    /// Never call it on an async worker.
+    pub fn read_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let since = Instant::now();
+        let (tx, rx) = mpsc::channel();
+        self.submit_read(f, move |r| drop(tx.send(r)))?;
+        let r = rx
+            .recv()
+            .unwrap_or_else(|_| Err(anyhow!("a store read panicked")));
+        self.observe(since);
+        r
+    }
+
+    /// [`Store::write`] for threads that are not async (CLI, DHCP, tests).
+    /// Never call it on an async worker.
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let since = Instant::now();
+        let (tx, rx) = mpsc::channel();
+        self.submit_write(f, move |r| drop(tx.send(r)))?;
+        let r = rx
+            .recv()
+            .unwrap_or_else(|_| Err(anyhow!("a store write panicked")));
+        self.observe(since);
+        r
+    }
+
+    /// Queue a write nobody awaits (a `Drop`, a best-effort note); its
+    /// error is logged with `what`.
+    pub fn write_detached<F>(&self, what: &'static str, f: F)
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<()> + Send + 'static,
+    {
+        let logged = move |r: Result<()>| {
+            if let Err(e) = r {
+                tracing::warn!("{what}: {e:#}");
+            }
+        };
+        if let Err(e) = self.submit_write(f, logged) {
+            tracing::warn!("{what}: {e:#}");
+        }
+    }
+
+    fn observe(&self, since: Instant) {
+        if let Some(h) = &self.latency {
+            h.observe(since.elapsed().as_secs_f64());
+        }
+    }
+
+    fn submit_read<T, F, R>(&self, f: F, reply: R) -> Result<()>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+        R: FnOnce(Result<T>) + Send + 'static,
+    {
+        self.inner
+            .readers
+            .send(Box::new(Job { f, reply }))
+            .map_err(|_| anyhow!("the store's reader threads are gone"))
+    }
+
+    fn submit_write<T, F, R>(&self, f: F, reply: R) -> Result<()>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+        R: FnOnce(Result<T>) + Send + 'static,
+    {
+        self.inner
+            .writer
+            .send(Box::new(Job { f, reply }))
+            .map_err(|_| anyhow!("the store's writer thread is gone"))
+    }
+}
+
+/// A queued closure and where its answer goes.
+struct Job<F, R> {
+    f: F,
+    reply: R,
+}
+
+/// What the writer calls once the batch committed (or failed to).
+type Deliver = Box<dyn FnOnce(Option<&anyhow::Error>) + Send>;
+
+trait WriteJob: Send {
+    /// Run inside the batch's transaction: whether to keep its work, and
+    /// how to deliver the answer after the commit.
+    fn run(self: Box<Self>, tx: &mut Tx<'_>) -> (bool, Deliver);
+    /// The batch never began: answer `e`.
+    fn fail(self: Box<Self>, e: &anyhow::Error);
+}
+
+trait ReadJob: Send {
+    fn run(self: Box<Self>, conn: &mut dyn sql::Backend);
+}
+
+fn run_guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(anyhow!("a store call panicked")))
+}
+
+impl<T, F, R> WriteJob for Job<F, R>
+where
+    F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    T: Send + 'static,
+    R: FnOnce(Result<T>) + Send + 'static,
+{
+    fn run(self: Box<Self>, tx: &mut Tx<'_>) -> (bool, Deliver) {
+        let Job { f, reply } = *self;
+        let r = run_guarded(|| f(tx));
+        let keep = r.is_ok() && !tx.rollback;
+        let deliver = move |commit: Option<&anyhow::Error>| {
+            reply(match commit {
+                Some(e) => Err(anyhow!("committing: {e:#}")),
+                None => r,
+            })
+        };
+        (keep, Box::new(deliver))
+    }
+
+    fn fail(self: Box<Self>, e: &anyhow::Error) {
+        (self.reply)(Err(anyhow!("{e:#}")))
+    }
+}
+
+impl<T, F, R> ReadJob for Job<F, R>
+where
+    F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    T: Send + 'static,
+    R: FnOnce(Result<T>) + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &mut dyn sql::Backend) {
+        let Job { f, reply } = *self;
+        let begin = match conn.dialect() {
+            Dialect::Sqlite => "BEGIN",
+            Dialect::Postgres => "BEGIN READ ONLY",
+        };
+        if let Err(e) = conn.batch(begin) {
+            return reply(Err(e.context("beginning a read transaction")));
+        }
+        let r = run_guarded(|| f(&mut Tx::new(conn)));
+        // Nothing to keep: ROLLBACK ends a read as well as COMMIT does.
+        if let Err(e) = conn.batch("ROLLBACK") {
+            tracing::warn!("ending a read transaction: {e:#}");
+        }
+        reply(r)
+    }
+}
+
+fn read_loop(mut conn: Conn, jobs: Arc<Mutex<mpsc::Receiver<Box<dyn ReadJob>>>>) {
+    loop {
+        let job = {
+            let rx = jobs.lock().unwrap_or_else(|p| p.into_inner());
+            match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            }
+        };
+        job.run(conn.as_mut());
+    }
+}
+
+/// The writer: take every queued write (up to [`GROUP_MAX`]), run them in
+/// one transaction, each under a savepoint, commit once, then answer each.
+fn write_loop(mut conn: Conn, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_MAX {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = begin_write(conn.as_mut()) {
+            tracing::error!(writes = batch.len(), "store: {e:#}");
+            for j in batch {
+                j.fail(&e);
+            }
+            continue;
+        }
+        let mut delivers = Vec::with_capacity(batch.len());
+        let mut broken = None;
+        for j in batch {
+            if let Some(e) = &broken {
+                j.fail(e);
+                continue;
+            }
+            if let Err(e) = conn.batch("SAVEPOINT w") {
+                let e = e.context("opening a savepoint");
+                j.fail(&e);
+                broken = Some(e);
+                continue;
+            }
+            let (keep, deliver) = j.run(&mut Tx::new(conn.as_mut()));
+            let end = if keep {
+                "RELEASE w"
+            } else {
+                "ROLLBACK TO w; RELEASE w"
+            };
+            if let Err(e) = conn.batch(end) {
+                broken = Some(e.context("closing a savepoint"));
+            }
+            delivers.push(deliver);
+        }
+        let commit = match broken {
+            Some(e) => Err(e),
+            None => conn.batch("COMMIT").context("COMMIT"),
+        };
+        match commit {
+            Ok(()) => delivers.into_iter().for_each(|d| d(None)),
+            Err(e) => {
+                tracing::error!("store: {e:#}");
+                let _ = conn.batch("ROLLBACK");
+                delivers.into_iter().for_each(|d| d(Some(&e)));
+            }
         }
     }
 }
 
-fn migrate(conn: &Connection) -> Result<()> {
-    let version: usize =
-        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
-    if version > MIGRATIONS.len() {
-        anyhow::bail!(
-            "database schema version {version} is newer than this landfall ({}); upgrade landfall",
-            MIGRATIONS.len()
-        );
+/// Begin a write transaction, waiting (up to [`BEGIN_PATIENCE`]) while
+/// another connection holds the write lock.
+fn begin_write(conn: &mut dyn sql::Backend) -> Result<()> {
+    let begin = match conn.dialect() {
+        Dialect::Sqlite => "BEGIN IMMEDIATE",
+        // One writer at a time across servers, as SQLite has: a write that
+        // reads first never races another server's.
+        Dialect::Postgres => "BEGIN; SELECT pg_advisory_xact_lock(7346001)",
+    };
+    let since = Instant::now();
+    loop {
+        match conn.batch(begin) {
+            Ok(()) => return Ok(()),
+            Err(e) if since.elapsed() < BEGIN_PATIENCE => {
+                tracing::warn!("store: beginning a write: {e:#}; trying again");
+                let _ = conn.batch("ROLLBACK");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.context("beginning a write transaction")),
+        }
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(sql)
-            .with_context(|| format!("applying migration {}", i + 1))?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
-        tracing::info!(version = i + 1, "database schema migrated");
-    }
-    Ok(())
 }
 
 /// Current unix time in seconds.
@@ -305,9 +435,20 @@ fn state_str(s: MachineState) -> &'static str {
     s.as_str()
 }
 
+/// A migrated SQLite connection in a tempdir, for unit tests that drive a
+/// [`Tx`] directly (each statement commits by itself).
+#[cfg(test)]
+pub(crate) fn test_conn() -> (tempfile::TempDir, rusqlite::Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = sqlite::connect(&dir.path().join("db.sqlite"), false).unwrap();
+    sqlite::migrate(&mut c).unwrap();
+    (dir, c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params;
     use landfall_proto::admin;
 
     #[test]
@@ -317,44 +458,93 @@ mod tests {
         drop(Store::open(&p).unwrap());
         let s = Store::open(&p).unwrap();
         let v: i64 = s
-            .lock()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .read_blocking(|tx| tx.value("PRAGMA user_version", params![]))
+            .unwrap()
             .unwrap();
-        assert_eq!(v as usize, MIGRATIONS.len());
+        assert_eq!(v as usize, sqlite::MIGRATIONS.len());
         let mode: String = s
-            .lock()
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .read_blocking(|tx| tx.value("PRAGMA journal_mode", params![]))
+            .unwrap()
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    /// Writes queued together commit together; one that fails (or rolls
+    /// back) leaves the others' work in place; readers refuse writes.
+    #[tokio::test]
+    async fn group_commit_isolates_each_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let mut writes = Vec::new();
+        for i in 0..50u32 {
+            let s = s.clone();
+            writes.push(tokio::spawn(async move {
+                s.write(move |tx| {
+                    tx.exec(
+                        "INSERT INTO dhcp_leases (mac, ip, expires_at) VALUES (?1, ?2, 0)",
+                        params![format!("m{i}"), format!("10.0.0.{i}")],
+                    )?;
+                    match i % 10 {
+                        3 => anyhow::bail!("refused {i}"),
+                        7 => tx.roll_back(),
+                        _ => {}
+                    }
+                    Ok(i)
+                })
+                .await
+            }));
+        }
+        let mut failed = 0;
+        for w in writes {
+            if w.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 5);
+        let n: i64 = s
+            .read(|tx| tx.value("SELECT COUNT(*) FROM dhcp_leases", params![]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 40, "the 5 failed and the 5 rolled back are gone");
+        let e = s
+            .read(|tx| tx.exec("DELETE FROM dhcp_leases", params![]))
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("readonly"), "{e:#}");
     }
 
     #[test]
     fn an_installer_waits_while_its_wait_is_open_and_for_the_grace_after() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("db.sqlite")).unwrap();
-        s.lock()
-            .execute_batch(
+        s.write_blocking(|tx| {
+            tx.batch(
                 "INSERT INTO machines (mac, state, current_attempt, created_at, updated_at, last_seen)
                    VALUES ('52:54:00:00:00:01', 'failed', 'a1', 0, 0, 0);
                  INSERT INTO attempts (id, mac, agent_token_hash, agent_version, protocol, started_at)
                    VALUES ('a1', '52:54:00:00:00:01', 'h', 'v', 1, 0);",
             )
-            .unwrap();
+        })
+        .unwrap();
         let mac = "52:54:00:00:00:01";
-        let w = |now| s.installer_wait(mac, now, 30).unwrap();
+        let w = |now| {
+            s.read_blocking(move |tx| tx.installer_wait(mac, now, 30))
+                .unwrap()
+        };
         assert_eq!(w(100), admin::InstallerWait::default(), "never asked");
         // A wait opened at 100, held until 160 at most.
-        s.note_wait("a1", 100, 160).unwrap();
+        s.write_blocking(|tx| tx.note_wait("a1", 100, 160)).unwrap();
         assert!(w(150).waiting);
         assert!(w(190).waiting, "the grace after the latest end");
         assert!(!w(191).waiting);
         // It ended (answered or dropped) at 120.
-        s.note_wait("a1", 120, 120).unwrap();
+        s.write_blocking(|tx| tx.note_wait("a1", 120, 120)).unwrap();
         assert!(w(150).waiting);
         assert!(!w(151).waiting);
         assert_eq!(w(151).last_wait_at.as_deref(), Some("1970-01-01T00:02:00Z"));
         assert!(
-            !s.installer_wait("52:54:00:00:00:09", 0, 30)
+            !s.read_blocking(|tx| tx.installer_wait("52:54:00:00:00:09", 0, 30))
                 .unwrap()
                 .waiting
         );

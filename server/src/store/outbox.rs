@@ -7,12 +7,11 @@
 //! is never claimed again; one claimed by a server that died is claimable
 //! again when its lease ends.
 
+use super::{rfc3339, Tx};
+use crate::params;
 use anyhow::Result;
 use landfall_proto::notify::{Delivery, DeliveryStatus, NotifiedMachine, StateChange};
 use landfall_proto::MachineState;
-use rusqlite::params;
-
-use super::{rfc3339, Store};
 
 /// A configured webhook, as the fan-out matches changes against it.
 #[derive(Debug, Clone, Copy)]
@@ -72,57 +71,54 @@ pub struct DeliveryFilter {
 const STATUS_SQL: &str = "CASE WHEN delivered_at IS NOT NULL THEN 'delivered'
                                WHEN failed_at IS NOT NULL THEN 'failed' ELSE 'pending' END";
 
-impl Store {
+impl Tx<'_> {
     /// Turn up to `limit` journaled state changes, oldest first, into one
     /// delivery each per target that wants it, the body a [`StateChange`]
     /// with `link`'s dashboard URL. The changes leave the journal in the
     /// same transaction. Answers how many changes were taken.
     pub fn fan_out(
-        &self,
+        &mut self,
         targets: &[WebhookTarget<'_>],
         link: &dyn Fn(&NotifiedMachine) -> Option<String>,
         limit: u64,
     ) -> Result<usize> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let changes = {
-            let mut q = tx.prepare(
-                "SELECT id, mac, hostname, role, state, previous, error, attempt_id, at
-                   FROM state_changes ORDER BY id LIMIT ?1",
-            )?;
-            let rows = q.query_map([limit.min(i64::MAX as u64) as i64], |r| {
-                let machine = NotifiedMachine {
-                    mac: r.get(1)?,
-                    hostname: r.get(2)?,
-                    role: r.get(3)?,
-                };
-                Ok((
-                    r.get::<_, i64>(8)?,
-                    StateChange {
-                        id: r.get::<_, i64>(0)?.max(0) as u64,
-                        time: rfc3339(r.get(8)?),
-                        dashboard_url: link(&machine),
-                        machine,
-                        state: MachineState::parse(&r.get::<_, String>(4)?),
-                        previous_state: r
-                            .get::<_, Option<String>>(5)?
-                            .map(|s| MachineState::parse(&s)),
-                        error: r.get(6)?,
-                        attempt_id: r.get(7)?,
-                    },
-                ))
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        };
+        let rows = self.query(
+            "SELECT id, mac, hostname, role, state, previous, error, attempt_id, at
+               FROM state_changes ORDER BY id LIMIT ?1",
+            params![limit.min(i64::MAX as u64)],
+        )?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let machine = NotifiedMachine {
+                mac: r.get(1)?,
+                hostname: r.get(2)?,
+                role: r.get(3)?,
+            };
+            let at: i64 = r.get(8)?;
+            changes.push((
+                at,
+                StateChange {
+                    id: r.get(0)?,
+                    time: rfc3339(at),
+                    dashboard_url: link(&machine),
+                    machine,
+                    state: MachineState::parse(&r.get::<String>(4)?),
+                    previous_state: r.get::<Option<String>>(5)?.map(|s| MachineState::parse(&s)),
+                    error: r.get(6)?,
+                    attempt_id: r.get(7)?,
+                },
+            ));
+        }
         for (at, c) in &changes {
             let body = serde_json::to_string(c)?;
             for t in targets.iter().filter(|t| t.wants(c)) {
-                tx.execute(
-                    "INSERT OR IGNORE INTO webhook_deliveries
+                self.exec(
+                    "INSERT INTO webhook_deliveries
                        (change_id, url, mac, hostname, state, body, created_at, next_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+                     ON CONFLICT DO NOTHING",
                     params![
-                        c.id as i64,
+                        c.id,
                         t.url,
                         c.machine.mac,
                         c.machine.hostname,
@@ -132,48 +128,42 @@ impl Store {
                     ],
                 )?;
             }
-            tx.execute("DELETE FROM state_changes WHERE id = ?1", [c.id as i64])?;
+            self.exec("DELETE FROM state_changes WHERE id = ?1", params![c.id])?;
         }
-        tx.commit()?;
         Ok(changes.len())
     }
 
     /// Claim up to `limit` deliveries due at `now` (pending, their time
     /// come, not claimed by a live lease) for `lease` seconds.
-    pub fn claim_due(&self, now: i64, lease: i64, limit: u64) -> Result<Vec<DueDelivery>> {
-        let conn = self.lock();
-        let mut q = conn.prepare(
+    pub fn claim_due(&mut self, now: i64, lease: i64, limit: u64) -> Result<Vec<DueDelivery>> {
+        let rows = self.query(
             "UPDATE webhook_deliveries SET claimed_until = ?2
               WHERE id IN (SELECT id FROM webhook_deliveries
                             WHERE delivered_at IS NULL AND failed_at IS NULL
                               AND next_at <= ?1 AND claimed_until <= ?1
                             ORDER BY id LIMIT ?3)
               RETURNING id, url, body, attempts, created_at",
+            params![now, now.saturating_add(lease), limit.min(i64::MAX as u64)],
         )?;
-        let rows = q.query_map(
-            params![
-                now,
-                now.saturating_add(lease),
-                limit.min(i64::MAX as u64) as i64
-            ],
-            |r| {
+        let mut due = rows
+            .iter()
+            .map(|r| {
                 Ok(DueDelivery {
-                    id: r.get::<_, i64>(0)?.max(0) as u64,
+                    id: r.get(0)?,
                     url: r.get(1)?,
                     body: r.get(2)?,
-                    attempts: r.get::<_, i64>(3)?.clamp(0, u32::MAX as i64) as u32,
+                    attempts: r.get::<u64>(3)?.min(u32::MAX as u64) as u32,
                     created_at: r.get(4)?,
                 })
-            },
-        )?;
-        let mut due = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            })
+            .collect::<Result<Vec<_>>>()?;
         due.sort_by_key(|d| d.id);
         Ok(due)
     }
 
     /// Record the result of sending delivery `id` and end its claim. A
     /// delivery already recorded delivered or failed is left as it is.
-    pub fn record_send(&self, id: u64, result: &SendResult, now: i64) -> Result<()> {
+    pub fn record_send(&mut self, id: u64, result: &SendResult, now: i64) -> Result<()> {
         let (status, error, next_at, delivered, failed) = match result {
             SendResult::Delivered { status } => (Some(*status), None, None, Some(now), None),
             SendResult::Retry {
@@ -185,105 +175,104 @@ impl Store {
                 (*status, Some(error.as_str()), None, None, Some(now))
             }
         };
-        self.lock().execute(
+        self.exec(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, claimed_until = 0,
                     last_status = ?2, last_error = ?3, next_at = COALESCE(?4, next_at),
                     delivered_at = ?5, failed_at = ?6
               WHERE id = ?1 AND delivered_at IS NULL AND failed_at IS NULL",
-            params![id as i64, status, error, next_at, delivered, failed],
+            params![id, status, error, next_at, delivered, failed],
         )?;
         Ok(())
     }
 
     /// The deliveries, newest first.
-    pub fn deliveries(&self, f: &DeliveryFilter) -> Result<Vec<Delivery>> {
-        let conn = self.lock();
-        let mut q = conn.prepare(&format!(
-            "SELECT id, change_id, url, mac, hostname, state, created_at, attempts, next_at,
-                    delivered_at, last_status, last_error, {STATUS_SQL}
-               FROM webhook_deliveries
-              WHERE ?1 IS NULL OR {STATUS_SQL} = ?1
-              ORDER BY id DESC LIMIT ?2"
-        ))?;
-        let rows = q.query_map(
-            params![
-                f.status.map(DeliveryStatus::as_str),
-                f.limit.min(i64::MAX as u64) as i64
-            ],
-            |r| {
-                let status = match r.get::<_, String>(12)?.as_str() {
-                    "delivered" => DeliveryStatus::Delivered,
-                    "failed" => DeliveryStatus::Failed,
-                    _ => DeliveryStatus::Pending,
-                };
+    pub fn deliveries(&mut self, f: &DeliveryFilter) -> Result<Vec<Delivery>> {
+        let limit = f.limit.min(i64::MAX as u64);
+        let rows = match f.status {
+            None => self.query(
+                &format!(
+                    "SELECT id, change_id, url, mac, hostname, state, created_at, attempts, next_at,
+                            delivered_at, last_status, last_error, {STATUS_SQL}
+                       FROM webhook_deliveries ORDER BY id DESC LIMIT ?1"
+                ),
+                params![limit],
+            )?,
+            Some(st) => self.query(
+                &format!(
+                    "SELECT id, change_id, url, mac, hostname, state, created_at, attempts, next_at,
+                            delivered_at, last_status, last_error, {STATUS_SQL}
+                       FROM webhook_deliveries WHERE {STATUS_SQL} = ?1
+                      ORDER BY id DESC LIMIT ?2"
+                ),
+                params![st.as_str(), limit],
+            )?,
+        };
+        rows.iter()
+            .map(|r| {
+                let status = status_parse(&r.get::<String>(12)?);
                 Ok(Delivery {
-                    id: r.get::<_, i64>(0)?.max(0) as u64,
-                    change_id: r.get::<_, i64>(1)?.max(0) as u64,
+                    id: r.get(0)?,
+                    change_id: r.get(1)?,
                     url: r.get(2)?,
                     mac: r.get(3)?,
                     hostname: r.get(4)?,
-                    state: MachineState::parse(&r.get::<_, String>(5)?),
+                    state: MachineState::parse(&r.get::<String>(5)?),
                     created_at: rfc3339(r.get(6)?),
-                    attempts: r.get::<_, i64>(7)?.clamp(0, u32::MAX as i64) as u32,
+                    attempts: r.get::<u64>(7)?.min(u32::MAX as u64) as u32,
                     next_attempt_at: (status == DeliveryStatus::Pending)
-                        .then(|| r.get::<_, i64>(8).map(rfc3339))
+                        .then(|| r.get::<i64>(8).map(rfc3339))
                         .transpose()?,
-                    delivered_at: r.get::<_, Option<i64>>(9)?.map(rfc3339),
+                    delivered_at: r.get::<Option<i64>>(9)?.map(rfc3339),
                     last_status: r
-                        .get::<_, Option<i64>>(10)?
+                        .get::<Option<i64>>(10)?
                         .and_then(|s| u16::try_from(s).ok()),
                     last_error: r.get(11)?,
                     status,
                 })
-            },
-        )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .collect()
     }
 
     /// How many deliveries are pending, delivered and failed.
-    pub fn delivery_counts(&self) -> Result<Vec<(DeliveryStatus, u64)>> {
-        let conn = self.lock();
-        let mut q = conn.prepare(&format!(
-            "SELECT {STATUS_SQL}, COUNT(*) FROM webhook_deliveries GROUP BY 1"
-        ))?;
-        let rows = q.query_map([], |r| {
-            let status = match r.get::<_, String>(0)?.as_str() {
-                "delivered" => DeliveryStatus::Delivered,
-                "failed" => DeliveryStatus::Failed,
-                _ => DeliveryStatus::Pending,
-            };
-            Ok((status, r.get::<_, i64>(1)?.max(0) as u64))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    pub fn delivery_counts(&mut self) -> Result<Vec<(DeliveryStatus, u64)>> {
+        self.query(
+            &format!("SELECT {STATUS_SQL}, COUNT(*) FROM webhook_deliveries GROUP BY 1"),
+            params![],
+        )?
+        .iter()
+        .map(|r| Ok((status_parse(&r.get::<String>(0)?), r.get(1)?)))
+        .collect()
     }
 
     /// Forget the deliveries that ended (delivered or failed) before `before`.
-    pub fn prune_deliveries(&self, before: i64) -> Result<usize> {
-        Ok(self.lock().execute(
+    pub fn prune_deliveries(&mut self, before: i64) -> Result<usize> {
+        Ok(self.exec(
             "DELETE FROM webhook_deliveries
               WHERE COALESCE(delivered_at, failed_at) < ?1",
-            [before],
-        )?)
+            params![before],
+        )? as usize)
+    }
+}
+
+fn status_parse(s: &str) -> DeliveryStatus {
+    match s {
+        "delivered" => DeliveryStatus::Delivered,
+        "failed" => DeliveryStatus::Failed,
+        _ => DeliveryStatus::Pending,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::test_conn;
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("db.sqlite")).unwrap();
-        (dir, s)
-    }
-
-    fn set_state(s: &Store, mac: &str, state: &str, at: i64) {
-        s.lock()
-            .execute(
-                "UPDATE machines SET state = ?2, updated_at = ?3 WHERE mac = ?1",
-                params![mac, state, at],
-            )
-            .unwrap();
+    fn set_state(s: &mut Tx<'_>, mac: &str, state: &str, at: i64) {
+        s.exec(
+            "UPDATE machines SET state = ?2, updated_at = ?3 WHERE mac = ?1",
+            params![mac, state, at],
+        )
+        .unwrap();
     }
 
     /// Every change of state is journaled by the database itself, a repeated
@@ -291,19 +280,19 @@ mod tests {
     /// journal.
     #[test]
     fn changes_fan_out_to_the_webhooks_that_want_them() {
-        let (_d, s) = store();
-        s.lock()
-            .execute_batch(
-                "INSERT INTO machines (mac, hostname, role, state, created_at, updated_at, last_seen)
+        let (_d, mut c) = test_conn();
+        let s = &mut Tx::new(&mut c);
+        s.batch(
+            "INSERT INTO machines (mac, hostname, role, state, created_at, updated_at, last_seen)
                    VALUES ('52:54:00:00:00:01', 'ws-01', 'workstation', 'assigned', 10, 10, 10),
                           ('52:54:00:00:00:02', 'srv-01', 'server', 'assigned', 10, 10, 10);",
-            )
-            .unwrap();
-        set_state(&s, "52:54:00:00:00:01", "installing", 11);
-        set_state(&s, "52:54:00:00:00:01", "failed", 12);
-        set_state(&s, "52:54:00:00:00:01", "failed", 13);
-        set_state(&s, "52:54:00:00:00:02", "installing", 11);
-        set_state(&s, "52:54:00:00:00:02", "installed", 14);
+        )
+        .unwrap();
+        set_state(s, "52:54:00:00:00:01", "installing", 11);
+        set_state(s, "52:54:00:00:00:01", "failed", 12);
+        set_state(s, "52:54:00:00:00:01", "failed", 13);
+        set_state(s, "52:54:00:00:00:02", "installing", 11);
+        set_state(s, "52:54:00:00:00:02", "installed", 14);
         let failed = [MachineState::Failed, MachineState::Installed];
         let ws = ["workstation".to_owned()];
         let targets = [
@@ -356,14 +345,14 @@ mod tests {
     /// final; a retry waits for its time.
     #[test]
     fn claims_leases_and_results() {
-        let (_d, s) = store();
-        s.lock()
-            .execute_batch(
-                "INSERT INTO machines (mac, role, state, created_at, updated_at, last_seen)
+        let (_d, mut c) = test_conn();
+        let s = &mut Tx::new(&mut c);
+        s.batch(
+            "INSERT INTO machines (mac, role, state, created_at, updated_at, last_seen)
                    VALUES ('52:54:00:00:00:01', 'r', 'failed', 10, 10, 10),
                           ('52:54:00:00:00:02', 'r', 'failed', 10, 10, 10);",
-            )
-            .unwrap();
+        )
+        .unwrap();
         let states = [MachineState::Failed];
         let t = [WebhookTarget {
             url: "http://a/",

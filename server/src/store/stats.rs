@@ -3,7 +3,7 @@
 use anyhow::Result;
 use landfall_proto::MachineState;
 
-use super::Store;
+use super::Tx;
 
 /// How many machines are in one state with one role.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,36 +14,33 @@ pub struct MachineCount {
     pub count: u64,
 }
 
-impl Store {
+impl Tx<'_> {
     /// The machines by state and role.
-    pub fn machine_counts(&self) -> Result<Vec<MachineCount>> {
-        let conn = self.lock();
-        let mut q = conn.prepare(
+    pub fn machine_counts(&mut self) -> Result<Vec<MachineCount>> {
+        self.query(
             "SELECT state, role, COUNT(*) FROM machines GROUP BY state, role ORDER BY state, role",
-        )?;
-        let rows = q.query_map([], |r| {
+            crate::params![],
+        )?
+        .iter()
+        .map(|r| {
             Ok(MachineCount {
-                state: MachineState::parse(&r.get::<_, String>(0)?),
+                state: MachineState::parse(&r.get::<String>(0)?),
                 role: r.get(1)?,
-                count: r.get::<_, i64>(2)?.max(0) as u64,
+                count: r.get(2)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .collect()
     }
-}
 
-impl Store {
-    /// Which of `macs` the store knows (one lock, one prepared lookup each).
-    pub fn known_macs<'a>(
-        &self,
-        macs: impl IntoIterator<Item = &'a str>,
-    ) -> Result<std::collections::HashSet<&'a str>> {
-        let conn = self.lock();
-        let mut q = conn.prepare_cached("SELECT 1 FROM machines WHERE mac = ?1")?;
+    /// Which of `macs` the store knows.
+    pub fn known_macs(&mut self, macs: &[String]) -> Result<std::collections::HashSet<String>> {
         let mut known = std::collections::HashSet::new();
         for mac in macs {
-            if q.exists([mac])? {
-                known.insert(mac);
+            if self
+                .query_opt("SELECT 1 FROM machines WHERE mac = ?1", crate::params![mac])?
+                .is_some()
+            {
+                known.insert(mac.clone());
             }
         }
         Ok(known)

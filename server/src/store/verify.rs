@@ -1,12 +1,11 @@
 //! First-boot verification: verify tokens (hash per attempt) and the
 //! verifications machines report.
 
+use super::{rfc3339, state_str, Tx};
+use crate::params;
 use anyhow::Result;
 use landfall_proto::verify::{CheckResult, VerifySummary};
 use landfall_proto::MachineState;
-use rusqlite::{params, Connection, OptionalExtension};
-
-use super::{machines, rfc3339, state_str, Store};
 
 /// The attempt a verify token belongs to.
 #[derive(Debug, Clone)]
@@ -26,30 +25,28 @@ pub enum VerifyOutcome {
     WrongState(MachineState),
 }
 
-impl Store {
+impl Tx<'_> {
     /// Replace the verify token of an attempt (every hello mints a new one).
-    pub fn set_verify_token(&self, attempt_id: &str, hash: &str) -> Result<()> {
-        self.lock().execute(
+    pub fn set_verify_token(&mut self, attempt_id: &str, hash: &str) -> Result<()> {
+        self.exec(
             "UPDATE attempts SET verify_token_hash = ?2 WHERE id = ?1",
             params![attempt_id, hash],
         )?;
         Ok(())
     }
 
-    pub fn attempt_by_verify_token(&self, hash: &str) -> Result<Option<VerifyAuth>> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT id, mac FROM attempts WHERE verify_token_hash = ?1",
-                [hash],
-                |r| {
-                    Ok(VerifyAuth {
-                        attempt_id: r.get(0)?,
-                        mac: r.get(1)?,
-                    })
-                },
-            )
-            .optional()?)
+    pub fn attempt_by_verify_token(&mut self, hash: &str) -> Result<Option<VerifyAuth>> {
+        self.query_opt(
+            "SELECT id, mac FROM attempts WHERE verify_token_hash = ?1",
+            params![hash],
+        )?
+        .map(|r| {
+            Ok(VerifyAuth {
+                attempt_id: r.get(0)?,
+                mac: r.get(1)?,
+            })
+        })
+        .transpose()
     }
 
     /// Store a verification and move the machine: `installed`, `ready` or
@@ -57,15 +54,13 @@ impl Store {
     /// `error` naming the failed checks. Repeated reports are allowed; the
     /// state follows the latest.
     pub fn record_verify(
-        &self,
+        &mut self,
         auth: &VerifyAuth,
         hostname: &str,
         checks: &[CheckResult],
         now: i64,
     ) -> Result<VerifyOutcome> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let Some(m) = machines::get(&tx, &auth.mac)? else {
+        let Some(m) = self.machine(&auth.mac)? else {
             return Ok(VerifyOutcome::NotCurrent);
         };
         if m.current_attempt.as_deref() != Some(auth.attempt_id.as_str()) {
@@ -90,7 +85,7 @@ impl Store {
                 Some(format!("failed checks: {}", failed.join(", "))),
             )
         };
-        tx.execute(
+        self.exec(
             "INSERT INTO verifications (mac, attempt_id, hostname, ok, checks, received_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
@@ -102,40 +97,29 @@ impl Store {
                 now
             ],
         )?;
-        tx.execute(
+        self.exec(
             "UPDATE machines SET state = ?2, error = ?3, updated_at = ?4 WHERE mac = ?1",
             params![auth.mac, state_str(state), error, now],
         )?;
-        tx.commit()?;
         Ok(VerifyOutcome::Done(state))
     }
-}
 
-/// The machine's last verification, for the admin detail.
-pub(super) fn last(conn: &Connection, mac: &str) -> Result<Option<VerifySummary>> {
-    let row = conn
-        .query_row(
+    /// The machine's last verification, for the admin detail.
+    pub(super) fn last_verify(&mut self, mac: &str) -> Result<Option<VerifySummary>> {
+        let Some(r) = self.query_opt(
             "SELECT attempt_id, received_at, hostname, ok, checks FROM verifications
              WHERE mac = ?1 ORDER BY id DESC LIMIT 1",
-            [mac],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, bool>(3)?,
-                    r.get::<_, String>(4)?,
-                ))
-            },
-        )
-        .optional()?;
-    Ok(
-        row.map(|(attempt_id, at, hostname, ok, checks)| VerifySummary {
-            attempt_id,
-            received_at: rfc3339(at),
-            hostname,
-            ok,
-            checks: serde_json::from_str(&checks).unwrap_or_default(),
-        }),
-    )
+            params![mac],
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(VerifySummary {
+            attempt_id: r.get(0)?,
+            received_at: rfc3339(r.get(1)?),
+            hostname: r.get(2)?,
+            ok: r.get(3)?,
+            checks: serde_json::from_str(&r.get::<String>(4)?).unwrap_or_default(),
+        }))
+    }
 }
