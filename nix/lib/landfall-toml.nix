@@ -32,6 +32,7 @@ toTOML {
     layouts = optString (cfg.layouts or null);
     kernel_args = nonEmpty (if isList kernelArgs then concatStringsSep " " kernelArgs else kernelArgs);
     boot_token_ttl = cfg.bootTokenTtl or null;
+    event_retention = cfg.eventRetention or null;
     # HTTPS (docs/security.md, TLS): `listenTls` is "ADDRESS:PORT" or null.
     listen_tls = tls.listen or null;
     tls_cert = optString (tls.certFile or null);

@@ -87,7 +87,7 @@ let
     else cfg.listenAddress;
 
   renderArgs = {
-    inherit (cfg) publicUrl bootTokenTtl enroll roles machines webhooks;
+    inherit (cfg) publicUrl bootTokenTtl eventRetention enroll roles machines webhooks;
     metrics = { inherit (cfg.metrics) tokenFile plainHttp; };
     tls = {
       listen = tlsListen;
@@ -491,6 +491,17 @@ in
       type = types.ints.positive;
       default = 3600;
       description = "Lifetime of a boot token in seconds (`server.boot_token_ttl`).";
+    };
+
+    eventRetention = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "30d";
+      description = ''
+        How long the events of an install attempt that is over are kept
+        (`server.event_retention`): a duration such as "30d" or "12h" (at
+        least "1h"), or "forever". Null: the server's default, 90 days.
+      '';
     };
 
     enroll = {

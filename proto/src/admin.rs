@@ -19,6 +19,34 @@ pub struct MachineSummary {
     pub updated_at: String,
 }
 
+/// The query of `GET /api/v1/machines`: one page of the list, filtered.
+/// The order is fixed: machines with a hostname by hostname, then MAC; then
+/// those without one by MAC. An answer with more after it carries
+/// `Link: <URL>; rel="next"` (the same query with `cursor`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineListQuery {
+    /// Machines per page: 1 to [`MAX_MACHINES_PAGE`], default
+    /// [`DEFAULT_MACHINES_PAGE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// Where the page starts: the `cursor` of the previous answer's `next` link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Only machines in this state (`MachineState`'s snake_case name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Only machines of this role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Only machines whose hostname, MAC or role contains this text (any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+}
+
+pub const DEFAULT_MACHINES_PAGE: u64 = 100;
+pub const MAX_MACHINES_PAGE: u64 = 1000;
+
 /// `GET /api/v1/machines/{mac}`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MachineDetail {
@@ -137,6 +165,11 @@ pub struct AttemptDetail {
     /// answer after a failure (`POST /agent/wait`); `None`: it never did.
     #[serde(default)]
     pub last_wait_at: Option<String>,
+    /// RFC 3339 time the attempt's events were deleted, the attempt being
+    /// over for longer than `[server] event_retention`; `events` is then
+    /// empty. `None`: its events are all kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_pruned_at: Option<String>,
 }
 
 /// `POST /api/v1/machines/{mac}/retry`: the machine after the request, and

@@ -8,7 +8,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 
-use landfall_proto::admin::{AttemptDetail, MachineDetail, MachineSummary, RetryResponse};
+use landfall_proto::admin::{
+    AttemptDetail, MachineDetail, MachineListQuery, MachineSummary, RetryResponse,
+    MAX_MACHINES_PAGE,
+};
 use landfall_proto::agent::ErrorBody;
 use landfall_proto::notify::{Delivery, DeliveryStatus};
 use landfall_proto::Event;
@@ -31,10 +34,22 @@ pub struct Cli {
 pub enum Command {
     /// Run the provisioning server (iPXE scripts, artifacts, agent and admin API).
     Serve(ServeArgs),
-    /// List the machines the server knows.
+    /// List the machines the server knows (every page of the admin API's list).
     Machines {
         #[command(flatten)]
         client: ClientArgs,
+        /// Only machines in this state (e.g. failed, installing).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only machines of this role.
+        #[arg(long)]
+        role: Option<String>,
+        /// Only machines whose hostname, MAC or role contains this text.
+        #[arg(long)]
+        search: Option<String>,
+        /// At most this many machines (default: all).
+        #[arg(long)]
+        limit: Option<u64>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -169,8 +184,39 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{}", crate::dashboard::auth::hash_password_from_stdin()?);
             Ok(())
         }
-        Command::Machines { client, json } => {
-            let list: Vec<MachineSummary> = Client::new(&client)?.get("/api/v1/machines").await?;
+        Command::Machines {
+            client,
+            json,
+            state,
+            role,
+            search,
+            limit,
+        } => {
+            let client = Client::new(&client)?;
+            let query = MachineListQuery {
+                limit: Some(limit.unwrap_or(u64::MAX).clamp(1, MAX_MACHINES_PAGE)),
+                cursor: None,
+                state,
+                role,
+                q: search,
+            };
+            let mut list: Vec<MachineSummary> = Vec::new();
+            let mut next = Some(format!(
+                "/api/v1/machines?{}",
+                serde_urlencoded_query(&query)?
+            ));
+            // Page after page, as the Link rel="next" headers lead.
+            while let Some(path) = next.take() {
+                if limit.is_some_and(|l| list.len() as u64 >= l) {
+                    break;
+                }
+                let (page, link): (Vec<MachineSummary>, _) = client.get_page(&path).await?;
+                list.extend(page);
+                next = link;
+            }
+            if let Some(l) = limit {
+                list.truncate(l as usize);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -493,6 +539,41 @@ impl Client {
             .await
     }
 
+    /// GET a page: the answer and the path of its `Link: <...>; rel="next"`.
+    async fn get_page<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<(T, Option<String>)> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("requesting {url}"))?;
+        let next = resp
+            .headers()
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(next_link);
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .with_context(|| format!("reading the answer of {url}"))?;
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            bail!("{url}: server answered {status}: {msg}");
+        }
+        let v = serde_json::from_slice(&body)
+            .with_context(|| format!("parsing the answer of {url}"))?;
+        Ok((v, next))
+    }
+
     async fn post<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.http.post(format!("{}{path}", self.base)))
             .await
@@ -522,6 +603,36 @@ impl Client {
         }
         serde_json::from_slice(&body).with_context(|| format!("parsing the answer of {url}"))
     }
+}
+
+/// The target of a `Link` header value's `rel="next"` entry, when it is a
+/// path on the same server.
+pub fn next_link(value: &str) -> Option<String> {
+    value.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once('>')?;
+        let target = target.strip_prefix('<')?;
+        let next = params
+            .split(';')
+            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"));
+        (next && target.starts_with('/')).then(|| target.to_owned())
+    })
+}
+
+/// `q` as a URL query string.
+fn serde_urlencoded_query(q: &MachineListQuery) -> Result<String> {
+    let url = reqwest::Url::parse_with_params(
+        "http://x/",
+        [
+            ("limit", q.limit.map(|l| l.to_string())),
+            ("state", q.state.clone()),
+            ("role", q.role.clone()),
+            ("q", q.q.clone()),
+            ("cursor", q.cursor.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?))),
+    )?;
+    Ok(url.query().unwrap_or_default().to_owned())
 }
 
 /// The `landfall machines` table.
@@ -731,6 +842,12 @@ fn attempt_text(a: &AttemptDetail) -> String {
     if let Some(t) = &a.last_wait_at {
         out.push_str(&format!(
             "  installer last asked for an operator's answer at {}\n",
+            esc(t)
+        ));
+    }
+    if let Some(t) = &a.events_pruned_at {
+        out.push_str(&format!(
+            "  its events were deleted at {} (over for longer than server.event_retention)\n",
             esc(t)
         ));
     }

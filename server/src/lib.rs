@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod netboot;
 pub mod notify;
 pub mod orchestrator;
+pub mod retention;
 pub mod store;
 pub mod text;
 pub mod tls;
@@ -59,6 +60,8 @@ pub struct ServerHandle {
     netboot: Option<netboot::Netboot>,
     /// The webhook notifier (it stops with the server).
     notifier: Option<JoinHandle<()>>,
+    /// The event retention task (`[server] event_retention`).
+    retention: Option<JoinHandle<()>>,
 }
 
 /// What `landfall serve`'s options change in `[netboot]`.
@@ -106,6 +109,9 @@ impl ServerHandle {
         }
         if let Some(n) = self.notifier.take() {
             let _ = n.await;
+        }
+        if let Some(r) = self.retention.take() {
+            let _ = r.await;
         }
         r.context("server task panicked")?.context("serving HTTP")
     }
@@ -249,6 +255,7 @@ pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<Serv
     // listener: the firmware cannot do HTTPS.
     let ipxe_http = netboot::http_router(ipxe);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let retention = retention::start(app.clone(), stop_rx.clone());
     let notifier = notify::start(app.clone(), stop_rx)?;
     let listeners = match tls {
         None => vec![(
@@ -289,6 +296,7 @@ pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<Serv
         task,
         netboot,
         notifier: Some(notifier),
+        retention,
     })
 }
 

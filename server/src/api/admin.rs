@@ -4,39 +4,190 @@
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use landfall_proto::admin::{MachineDetail, MachineSummary, RetryResponse};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use landfall_proto::admin::{
+    MachineDetail, MachineListQuery, MachineSummary, RetryResponse, DEFAULT_MACHINES_PAGE,
+    MAX_MACHINES_PAGE,
+};
 
 use super::{AdminAuth, ApiError, App, AppState, Json};
 use landfall_proto::names::normalize_mac;
 use landfall_proto::{ErrorCode, MachineState};
 
-use crate::store::{now, EventPage, MachineRow, RetryOutcome};
+use crate::store::{now, EventPage, ListKey, MachineFilter, MachineRow, RetryOutcome};
 
-/// Every machine the database knows and the `[[machines]]` entries that
-/// never booted, as `expected`.
+/// `GET /api/v1/machines?limit=N&cursor=C&state=S&role=R&q=TEXT`: one page
+/// of the machines the database knows and the `[[machines]]` entries that
+/// never booted (as `expected`), filtered, in the list's order
+/// ([`ListKey`]). More after it: `Link: <...>; rel="next"`.
 pub async fn list(
     State(app): State<AppState>,
     _auth: AdminAuth,
-) -> Result<Json<Vec<MachineSummary>>, ApiError> {
-    let mut list = app.store.read(|tx| tx.summaries()).await?;
-    let expected: Vec<MachineSummary> = app
+    query: Result<Query<MachineListQuery>, QueryRejection>,
+) -> Result<(HeaderMap, Json<Vec<MachineSummary>>), ApiError> {
+    let Query(q) = query.map_err(ApiError::from_rejection)?;
+    let (filter, after, limit) = list_params(&q)?;
+    // One more than the page: whether a next page exists.
+    let want = limit as usize + 1;
+    let (f, a) = (filter.clone(), after.clone());
+    let stored = app
+        .store
+        .read(move |tx| tx.machine_page(&f, a.as_ref(), want as u64))
+        .await?;
+    let expected = expected_page(&app, &filter, after.as_ref(), want).await?;
+    let mut page: Vec<(ListKey, MachineSummary)> = stored
+        .into_iter()
+        .chain(expected)
+        .map(|s| (ListKey::new(s.hostname.as_deref(), &s.mac), s))
+        .collect();
+    page.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut headers = HeaderMap::new();
+    if page.len() > limit as usize {
+        page.truncate(limit as usize);
+        let last = &page.last().expect("limit is at least 1").0;
+        let next = MachineListQuery {
+            limit: Some(limit),
+            cursor: Some(last.cursor()),
+            ..q
+        };
+        let link = format!("</api/v1/machines?{}>; rel=\"next\"", query_string(&next));
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            headers.insert(header::LINK, v);
+        }
+    }
+    Ok((headers, Json(page.into_iter().map(|(_, s)| s).collect())))
+}
+
+/// The list's parameters checked: a 400 naming the parameter and the fix.
+fn list_params(q: &MachineListQuery) -> Result<(MachineFilter, Option<ListKey>, u64), ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let given = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_MACHINES_PAGE);
+    if !(1..=MAX_MACHINES_PAGE).contains(&limit) {
+        return Err(bad(format!(
+            "limit={limit}: ask for 1 to {MAX_MACHINES_PAGE} machines per page \
+             (default {DEFAULT_MACHINES_PAGE}); follow the Link rel=\"next\" header for more"
+        )));
+    }
+    let state = match given(&q.state) {
+        None => None,
+        Some(s) => match MachineState::parse(&s) {
+            MachineState::Unknown => {
+                let names: Vec<&str> = crate::dashboard::fleet::STATE_ORDER
+                    .iter()
+                    .filter(|s| **s != MachineState::Unknown)
+                    .map(|s| s.as_str())
+                    .collect();
+                return Err(bad(format!(
+                    "state={s:?} is not a machine state; use one of {}",
+                    names.join(", ")
+                )));
+            }
+            st => Some(st),
+        },
+    };
+    let role = given(&q.role);
+    if let Some(r) = &role {
+        landfall_proto::names::check_simple_name("role", r)
+            .map_err(|e| bad(format!("role={r:?}: {e}")))?;
+    }
+    let text = given(&q.q).map(|t| t.to_lowercase());
+    if let Some(t) = &text {
+        if t.chars().count() > 100 || t.chars().any(char::is_control) {
+            return Err(bad(
+                "q: the search text must be at most 100 characters without control characters"
+                    .into(),
+            ));
+        }
+    }
+    let after = match given(&q.cursor) {
+        None => None,
+        Some(c) => Some(ListKey::parse(&c).ok_or_else(|| {
+            bad(format!(
+                "cursor={c:?} is not a cursor this server gave out; start without `cursor` \
+                 and follow the Link rel=\"next\" header of each answer"
+            ))
+        })?),
+    };
+    Ok((MachineFilter { state, role, text }, after, limit))
+}
+
+/// The first `want` `[[machines]]` entries that never booted (`expected`),
+/// passing `filter`, after `after`, in the list's order.
+async fn expected_page(
+    app: &App,
+    filter: &MachineFilter,
+    after: Option<&ListKey>,
+    want: usize,
+) -> Result<Vec<MachineSummary>, ApiError> {
+    let mut candidates: Vec<(ListKey, String)> = app
         .settings
         .machines
-        .keys()
-        .filter(|mac| !list.iter().any(|s| s.mac == **mac))
-        .filter_map(|mac| expected(&app, mac))
+        .iter()
+        .filter(|(mac, m)| {
+            filter.matches(
+                mac,
+                Some(&m.hostname),
+                Some(&m.role),
+                MachineState::Expected,
+            )
+        })
+        .map(|(mac, m)| (ListKey::new(Some(&m.hostname), mac), mac.clone()))
+        .filter(|(k, _)| after.is_none_or(|a| k > a))
         .collect();
-    list.extend(expected);
-    // The database's order: named machines by hostname, then the rest by MAC.
-    list.sort_by(|a, b| {
-        (a.hostname.is_none(), &a.hostname, &a.mac).cmp(&(
-            b.hostname.is_none(),
-            &b.hostname,
-            &b.mac,
-        ))
-    });
-    Ok(Json(list))
+    candidates.sort();
+    let mut out = Vec::new();
+    // Those the database stores are not expected: asked a chunk at a time
+    // until the page is full.
+    for chunk in candidates.chunks(want.max(64)) {
+        let macs: Vec<String> = chunk.iter().map(|(_, m)| m.clone()).collect();
+        let stored = app.store.read(move |tx| tx.stored_macs(&macs)).await?;
+        out.extend(
+            chunk
+                .iter()
+                .filter(|(_, m)| !stored.contains(m))
+                .filter_map(|(_, m)| expected(app, m)),
+        );
+        if out.len() >= want {
+            out.truncate(want);
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// `q` as a URL query string (each value percent-encoded).
+fn query_string(q: &MachineListQuery) -> String {
+    let enc = |v: &str| {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let mut parts = Vec::new();
+    if let Some(l) = q.limit {
+        parts.push(format!("limit={l}"));
+    }
+    for (k, v) in [
+        ("state", &q.state),
+        ("role", &q.role),
+        ("q", &q.q),
+        ("cursor", &q.cursor),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            parts.push(format!("{k}={}", enc(v)));
+        }
+    }
+    parts.join("&")
 }
 
 /// A `[[machines]]` entry the database does not know yet, by MAC or hostname.

@@ -114,6 +114,9 @@ pub struct Settings {
     pub dashboard: DashboardSettings,
     /// `[server.http]`: connection timeouts and caps.
     pub http: HttpSettings,
+    /// `[server] event_retention`: how long an ended attempt's events are
+    /// kept; `None`: forever.
+    pub event_retention: Option<Duration>,
 }
 
 /// `[server] listen_tls` and its certificate, validated.

@@ -244,6 +244,11 @@ pub struct ServerSection {
     /// Most bytes of events (as stored, JSON) for one install attempt.
     #[serde(default = "default_max_event_bytes_per_attempt")]
     pub max_event_bytes_per_attempt: u64,
+    /// How long the events of an attempt are kept once it is over (not its
+    /// machine's current attempt, and its agent silent this long): a
+    /// duration such as "30d", "12h", "90d" (the default), or "forever".
+    #[serde(default)]
+    pub event_retention: Option<String>,
     /// `[server.http]`: connection timeouts and caps, sendfile.
     #[serde(default)]
     pub http: HttpSection,
@@ -384,6 +389,7 @@ impl Default for ServerSection {
             max_discovered_per_minute: Limits::default().max_discovered_per_minute,
             max_events_per_attempt: Limits::default().max_events_per_attempt,
             max_event_bytes_per_attempt: Limits::default().max_event_bytes_per_attempt,
+            event_retention: None,
             http: HttpSection::default(),
         }
     }

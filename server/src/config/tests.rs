@@ -979,3 +979,28 @@ fn netboot_refusals_name_the_field_and_the_fix() {
         assert!(e.contains(want), "{pool}: {e}");
     }
 }
+
+#[test]
+fn event_retention_is_a_duration_of_an_hour_or_more_or_forever() {
+    let retention = |text: &str| check(text).unwrap().event_retention;
+    assert_eq!(
+        retention(""),
+        Some(super::validate::DEFAULT_EVENT_RETENTION),
+        "90 days by default"
+    );
+    assert_eq!(
+        retention("[server]\nevent_retention = \"30d\"\n"),
+        Some(std::time::Duration::from_secs(30 * 86_400))
+    );
+    assert_eq!(retention("[server]\nevent_retention = \"forever\"\n"), None);
+    for (v, words) in [
+        ("soon", &["server.event_retention", "\"soon\"", "30d"][..]),
+        ("5m", &["server.event_retention", "under an hour"]),
+        ("", &["server.event_retention"]),
+    ] {
+        let e = err(&format!("[server]\nevent_retention = \"{v}\"\n"));
+        for w in words {
+            assert!(e.contains(w), "{v}: {e}");
+        }
+    }
+}

@@ -58,6 +58,7 @@ impl Config {
             max_events_per_attempt: s.max_events_per_attempt,
             max_event_bytes_per_attempt: s.max_event_bytes_per_attempt,
         };
+        let event_retention = check_event_retention(self.server.event_retention.as_deref())?;
         if self.server.boot_token_ttl == 0 {
             bail!("server.boot_token_ttl must be at least 1 (seconds); the default is {DEFAULT_BOOT_TOKEN_TTL}");
         }
@@ -261,6 +262,7 @@ impl Config {
             tls,
             http,
             limits,
+            event_retention,
             netboot,
             checks,
             vault,
@@ -277,6 +279,32 @@ impl Config {
             machines,
         })
     }
+}
+
+/// The default `[server] event_retention`.
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+
+/// `[server] event_retention`: a duration of at least an hour, or "forever".
+fn check_event_retention(v: Option<&str>) -> Result<Option<Duration>> {
+    let Some(v) = v.map(str::trim) else {
+        return Ok(Some(DEFAULT_EVENT_RETENTION));
+    };
+    if v == "forever" {
+        return Ok(None);
+    }
+    let d = humantime::parse_duration(v).map_err(|e| {
+        anyhow::anyhow!(
+            "server.event_retention = {v:?} is not a duration ({e}); write e.g. \"30d\", \"12h\" \
+             or \"forever\" (the default is 90d)"
+        )
+    })?;
+    if d < Duration::from_secs(3600) {
+        bail!(
+            "server.event_retention = {v:?} is under an hour; keep events at least \"1h\" \
+             (e.g. \"30d\"), or \"forever\""
+        );
+    }
+    Ok(Some(d))
 }
 
 /// `scheme://host[:port]`, https unless `insecure_http`; without a trailing slash.

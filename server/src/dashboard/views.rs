@@ -358,10 +358,16 @@ pub fn attempts(
                     }
                     " started " (a.started_at) ", events acknowledged up to " (a.acked_seq)
                     @if let Some(t) = &a.last_wait_at { ", installer last waited for an operator at " (t) }
+                    @if let Some(t) = &a.events_pruned_at { ", events deleted at " (t) " (older than server.event_retention)" }
                 }
             }
         }
-        @if let Some(s) = selected {
+        @if let Some(s) = selected.filter(|s| s.events_pruned_at.is_some()) {
+            h3 { "Events of attempt " code { (s.attempt_id) } }
+            p.pruned { "This attempt's events were deleted at " (s.events_pruned_at.as_deref().unwrap_or_default())
+                ": it was over for longer than server.event_retention." }
+        }
+        @if let Some(s) = selected.filter(|s| s.events_pruned_at.is_none()) {
             h3 { "Events of attempt " code { (s.attempt_id) }
                 @if after > 0 { " after #" (after) } }
             div.scroll {

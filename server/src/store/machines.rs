@@ -1,6 +1,6 @@
 //! Machines: recorded on every boot.ipxe hit, read by the admin API.
 
-use super::{rfc3339, state_str, wipe_parse, wipe_str, Row, Tx};
+use super::{rfc3339, state_str, wipe_parse, wipe_str, Row, Tx, Value};
 use crate::params;
 use anyhow::Result;
 use landfall_proto::admin::{AttemptDetail, IdentityCheck, MachineDetail, MachineSummary};
@@ -48,6 +48,82 @@ pub struct EventPage {
     pub attempt: Option<String>,
     pub after: u64,
     pub limit: u64,
+}
+
+/// Which machines a list page holds (`GET /api/v1/machines`).
+#[derive(Debug, Clone, Default)]
+pub struct MachineFilter {
+    pub state: Option<MachineState>,
+    pub role: Option<String>,
+    /// Lower-case text the hostname, the MAC or the role contains.
+    pub text: Option<String>,
+}
+
+impl MachineFilter {
+    /// Whether a machine passes (the same test as the SQL of `machine_page`).
+    pub fn matches(
+        &self,
+        mac: &str,
+        hostname: Option<&str>,
+        role: Option<&str>,
+        state: MachineState,
+    ) -> bool {
+        let has = |v: Option<&str>, t: &str| v.is_some_and(|v| v.to_lowercase().contains(t));
+        self.state.is_none_or(|s| s == state)
+            && self.role.as_deref().is_none_or(|r| role == Some(r))
+            && self
+                .text
+                .as_deref()
+                .is_none_or(|t| has(hostname, t) || has(Some(mac), t) || has(role, t))
+    }
+}
+
+/// A machine's place in the list: those with a hostname by hostname, then
+/// MAC; then those without one by MAC. A page starts after a key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListKey {
+    pub unnamed: bool,
+    pub hostname: String,
+    pub mac: String,
+}
+
+impl ListKey {
+    pub fn new(hostname: Option<&str>, mac: &str) -> Self {
+        Self {
+            unnamed: hostname.is_none(),
+            hostname: hostname.unwrap_or_default().to_owned(),
+            mac: mac.to_owned(),
+        }
+    }
+
+    /// The `cursor` parameter naming this key: `HOSTNAME/MAC`, or `/MAC`.
+    pub fn cursor(&self) -> String {
+        format!("{}/{}", self.hostname, self.mac)
+    }
+
+    /// A cursor this server gave out; `None` for anything else.
+    pub fn parse(cursor: &str) -> Option<Self> {
+        let (host, mac) = cursor.rsplit_once('/')?;
+        let mac = landfall_proto::names::normalize_mac(mac)?;
+        if host.is_empty() {
+            return Some(Self::new(None, &mac));
+        }
+        landfall_proto::names::check_hostname(host).ok()?;
+        Some(Self::new(Some(host), &mac))
+    }
+}
+
+/// `text` as a LIKE pattern (escape character `!`) finding it anywhere.
+fn like_anywhere(text: &str) -> String {
+    let mut p = String::from("%");
+    for c in text.chars() {
+        if matches!(c, '!' | '%' | '_') {
+            p.push('!');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 /// What `request_retry` did.
@@ -252,13 +328,76 @@ impl Tx<'_> {
         Ok(RetryOutcome::Requested)
     }
 
-    pub fn summaries(&mut self) -> Result<Vec<MachineSummary>> {
-        let rows = self.query(
-            &format!("SELECT {COLUMNS} FROM machines ORDER BY hostname IS NULL, hostname, mac"),
-            params![],
-        )?;
+    /// One page of the stored machines passing `filter`, in the list's order
+    /// ([`ListKey`]), those after `after`; at most `limit`. Portable SQL:
+    /// LOWER and LIKE with an explicit escape read alike on SQLite and
+    /// PostgreSQL.
+    pub fn machine_page(
+        &mut self,
+        filter: &MachineFilter,
+        after: Option<&ListKey>,
+        limit: u64,
+    ) -> Result<Vec<MachineSummary>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM machines WHERE 1 = 1");
+        let mut args: Vec<Value> = Vec::new();
+        // The next placeholder, bound to `v`.
+        let arg = |args: &mut Vec<Value>, v: &str| {
+            args.push(Value::Text(v.to_owned()));
+            format!("?{}", args.len())
+        };
+        if let Some(state) = filter.state {
+            sql += &format!(" AND state = {}", arg(&mut args, state_str(state)));
+        }
+        if let Some(role) = &filter.role {
+            sql += &format!(" AND role = {}", arg(&mut args, role));
+        }
+        if let Some(text) = &filter.text {
+            let p = arg(&mut args, &like_anywhere(&text.to_lowercase()));
+            sql += &format!(
+                " AND (LOWER(hostname) LIKE {p} ESCAPE '!' OR LOWER(mac) LIKE {p} ESCAPE '!'
+                       OR LOWER(role) LIKE {p} ESCAPE '!')"
+            );
+        }
+        match after {
+            None => {}
+            Some(k) if k.unnamed => {
+                sql += &format!(" AND hostname IS NULL AND mac > {}", arg(&mut args, &k.mac));
+            }
+            Some(k) => {
+                let (h, m) = (arg(&mut args, &k.hostname), arg(&mut args, &k.mac));
+                sql += &format!(
+                    " AND (hostname IS NULL OR hostname > {h} OR (hostname = {h} AND mac > {m}))"
+                );
+            }
+        }
+        args.push(Value::Int(limit.min(i64::MAX as u64) as i64));
+        sql += &format!(
+            " ORDER BY hostname IS NULL, hostname, mac LIMIT ?{}",
+            args.len()
+        );
+        let rows = self.query(&sql, &args)?;
         let rows = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
         rows.iter().map(|r| self.summary(r)).collect()
+    }
+
+    /// Which of `macs` the database stores.
+    pub fn stored_macs(&mut self, macs: &[String]) -> Result<std::collections::HashSet<String>> {
+        let mut out = std::collections::HashSet::new();
+        // At most 500 parameters a statement (SQLite's old limit is 999).
+        for chunk in macs.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("?{i}")).collect();
+            let args: Vec<Value> = chunk.iter().map(|m| Value::Text(m.clone())).collect();
+            for r in self.query(
+                &format!(
+                    "SELECT mac FROM machines WHERE mac IN ({})",
+                    marks.join(", ")
+                ),
+                &args,
+            )? {
+                out.insert(r.get::<String>(0)?);
+            }
+        }
+        Ok(out)
     }
 
     /// A machine with its inventory, attempts and one page of their events
@@ -276,8 +415,8 @@ impl Tx<'_> {
             .flatten();
         let inventory: Option<Inventory> = inventory.and_then(|s| serde_json::from_str(&s).ok());
         let attempts = self.query(
-            "SELECT id, started_at, acked_seq, last_wait_at FROM attempts WHERE mac = ?1
-              ORDER BY started_at, rowid",
+            "SELECT id, started_at, acked_seq, last_wait_at, events_pruned_at FROM attempts
+              WHERE mac = ?1 ORDER BY started_at, rowid",
             params![mac],
         )?;
         let mut out = Vec::new();
@@ -285,6 +424,7 @@ impl Tx<'_> {
         for a in attempts {
             let (id, started, acked, last_wait): (String, i64, u64, Option<i64>) =
                 (a.get(0)?, a.get(1)?, a.get(2)?, a.get(3)?);
+            let pruned: Option<i64> = a.get(4)?;
             if page.attempt.as_ref().is_some_and(|a| *a != id) {
                 continue;
             }
@@ -314,6 +454,7 @@ impl Tx<'_> {
                 events,
                 more_events,
                 last_wait_at: last_wait.map(rfc3339),
+                events_pruned_at: pruned.map(rfc3339),
             });
         }
         let verify = self.last_verify(mac)?;

@@ -21,6 +21,7 @@ mod fleet;
 mod leases;
 mod machines;
 mod outbox;
+mod retention;
 pub mod sql;
 mod sqlite;
 mod stats;
@@ -41,8 +42,9 @@ pub use agent::{
 };
 pub use fleet::{FleetRow, LastEvent};
 pub use leases::Lease;
-pub use machines::{DiscoveredCap, EventPage, MachineRow, RetryOutcome};
+pub use machines::{DiscoveredCap, EventPage, ListKey, MachineFilter, MachineRow, RetryOutcome};
 pub use outbox::{DeliveryFilter, DueDelivery, SendResult, WebhookTarget};
+pub use retention::Pruned;
 pub use sql::{Dialect, FromValue, Row, ToValue, Tx, Value};
 pub use stats::MachineCount;
 pub use verify::{VerifyAuth, VerifyOutcome};

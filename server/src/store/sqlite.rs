@@ -285,4 +285,11 @@ pub const MIGRATIONS: &[&str] = &[
         UPDATE machines SET state_since = NEW.updated_at WHERE mac = NEW.mac;
       END;
     "#,
+    // 9: event retention (issue 14): when an attempt's events were deleted
+    // for `[server] event_retention`; machines found by their current
+    // attempt (which attempts are over).
+    r#"
+    ALTER TABLE attempts ADD COLUMN events_pruned_at INTEGER;
+    CREATE INDEX machines_current_attempt ON machines(current_attempt);
+    "#,
 ];
