@@ -149,6 +149,11 @@ pub struct ServeArgs {
     /// Directory of boot artifacts (vmlinuz, initrd); overrides server.artifacts.
     #[arg(long)]
     pub artifacts: Option<PathBuf>,
+    /// PostgreSQL URL (postgres://user:password@host:port/db) shared by
+    /// several servers; overrides server.database. Default: embedded SQLite
+    /// in the data directory.
+    #[arg(long, env = "LANDFALL_DATABASE")]
+    pub database: Option<String>,
     /// Validate the configuration and exit (0 when valid, 1 otherwise).
     #[arg(long)]
     pub check_config: bool,
@@ -417,6 +422,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             data: a.data,
             listen,
             artifacts: a.artifacts,
+            database: a.database,
         },
         crate::NetbootOverrides { dhcp: a.dhcp },
     )

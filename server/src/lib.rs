@@ -47,6 +47,9 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Overrides `server.artifacts` and the default `DATA/artifacts`.
     pub artifacts: Option<PathBuf>,
+    /// `--database`: a PostgreSQL URL; overrides `server.database`. Neither:
+    /// SQLite in the data directory.
+    pub database: Option<String>,
 }
 
 /// A running server.
@@ -149,17 +152,28 @@ pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<Serv
     }
     prepare_data_dir(&opts.data)?;
     let admin_token_hash = api::token_hash(&admin_token(&opts.data)?);
-    let db = opts.data.join(DB_FILE);
-    private_db_file(&db)?;
-    let store = Store::open(&db)?;
-    // SQLite gives -wal and -shm the database's mode; an older landfall's may
-    // be there from before, with their own.
-    for f in [
-        DB_FILE,
-        &format!("{DB_FILE}-wal"),
-        &format!("{DB_FILE}-shm"),
-    ] {
-        enforce_mode(&opts.data.join(f), 0o600)?;
+    let database = match &opts.database {
+        Some(url) => store::Database::parse("--database", url)?,
+        None => settings
+            .database
+            .clone()
+            .unwrap_or_else(|| store::Database::Sqlite(opts.data.join(DB_FILE))),
+    };
+    if let store::Database::Sqlite(db) = &database {
+        private_db_file(db)?;
+    }
+    let store = Store::connect(&database)?;
+    tracing::info!(database = %database.describe(), "store open");
+    if matches!(database, store::Database::Sqlite(_)) {
+        // SQLite gives -wal and -shm the database's mode; an older landfall's may
+        // be there from before, with their own.
+        for f in [
+            DB_FILE,
+            &format!("{DB_FILE}-wal"),
+            &format!("{DB_FILE}-shm"),
+        ] {
+            enforce_mode(&opts.data.join(f), 0o600)?;
+        }
     }
 
     let artifacts = opts
@@ -219,6 +233,21 @@ pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<Serv
         app = app.with_tls_port(a.port());
     }
     let app = Arc::new(app);
+    {
+        // A write that wakes waiting agents, made here or by another server
+        // on the same PostgreSQL (NOTIFY): they look at their machines again.
+        let changes = app.store.changes();
+        let app = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            loop {
+                changes.notified().await;
+                match app.upgrade() {
+                    Some(a) => a.machines_changed(),
+                    None => return,
+                }
+            }
+        });
+    }
     tracing::info!("landfall listening on http://{addr}");
     if let Some(a) = tls_addr {
         let fp = match &ca_file {

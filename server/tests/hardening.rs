@@ -357,6 +357,7 @@ fn serve_opts(data: &Path) -> landfall::ServeOptions {
         data: data.to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
         artifacts: None,
+        database: None,
     }
 }
 

@@ -54,6 +54,7 @@ fn serve_in(ns: &str, config: &Path, data: &Path) -> Running {
                     data,
                     listen: SocketAddr::from(([0, 0, 0, 0], HTTP_PORT)),
                     artifacts: None,
+                    database: None,
                 },
                 NetbootOverrides::default(),
             )

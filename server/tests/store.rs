@@ -247,3 +247,81 @@ async fn two_servers_on_one_sqlite_file_answer_without_5xx() {
         "{logs:#?}"
     );
 }
+
+/// Two servers on one PostgreSQL: the agent of a failed install waits on
+/// server A; `landfall retry` through server B wakes it at once (NOTIFY),
+/// not at A's 2 s fallback poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_postgres_pass_the_retry_wait_flow() {
+    let db = common::pg::new_database();
+    let a = Server::start_with_database(Some(CONFIG), Some(db.clone())).await;
+    let b = Server::start_with_database(Some(CONFIG), Some(db)).await;
+
+    // Booted from B, installing through A.
+    let token = b.boot_token(MAC1).await;
+    let r = a.hello(&token, MAC1).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let attempt = v["attempt_id"].as_str().unwrap().to_owned();
+    let agent = v["agent_token"].as_str().unwrap().to_owned();
+    let mut failed = event(
+        1,
+        Step::Done,
+        EventKind::Failed,
+        "nixos-install exited with 1",
+    );
+    failed.data = Some(serde_json::json!({ "step": "install" }));
+    assert_eq!(b.ack(&agent, &attempt, &[failed]).await, 1);
+    assert_eq!(a.state_of(MAC1).await, "failed");
+
+    // The agent waits on A.
+    let pending = {
+        let http = a.http.clone();
+        let url = a.url("/api/v1/agent/wait");
+        let (agent, attempt) = (agent.clone(), attempt.clone());
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(agent)
+                .json(&serde_json::json!({ "attempt_id": attempt, "timeout_secs": 30 }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let w: landfall_proto::WaitResponse = r.json().await.unwrap();
+            (w, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The operator asks B.
+    let retried_at = Instant::now();
+    let r = b
+        .http
+        .post(b.url("/api/v1/machines/ws-01/retry"))
+        .bearer_auth(b.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["installer"]["waiting"], true,
+        "B sees A's waiting agent: {v}"
+    );
+    let (w, answered_at) = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = answered_at.saturating_duration_since(retried_at);
+    eprintln!("retry through B answered A's wait {took:?} later");
+    assert_eq!(w.action, landfall_proto::WaitAction::Retry);
+    assert!(w.assignment.is_some());
+    assert!(
+        took < Duration::from_millis(1000),
+        "woken by the 2 s poll, not NOTIFY: {took:?}"
+    );
+    assert_eq!(b.state_of(MAC1).await, "installing");
+    a.stop().await;
+    b.stop().await;
+}

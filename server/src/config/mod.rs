@@ -105,6 +105,8 @@ pub struct Settings {
     pub limits: Limits,
     /// `server.listen`, when set.
     pub listen: Option<std::net::SocketAddr>,
+    /// `server.database`, when set (else SQLite in the data directory).
+    pub database: Option<crate::store::Database>,
     /// HTTPS, when `server.listen_tls` is set.
     pub tls: Option<TlsSettings>,
     /// `[metrics]` and `[[webhooks]]`, validated.

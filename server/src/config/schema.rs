@@ -211,6 +211,11 @@ pub struct ServerSection {
     /// TLS on it serves only what iPXE fetches: boot scripts and artifacts.
     #[serde(default)]
     pub listen: Option<String>,
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`) of the state
+    /// several servers share; unset: embedded SQLite in the data directory.
+    /// `serve --database` / `LANDFALL_DATABASE` win.
+    #[serde(default)]
+    pub database: Option<String>,
     /// HTTPS address, e.g. "0.0.0.0:8443": setting it turns TLS on (the
     /// agent and admin API are then served there only).
     #[serde(default)]
@@ -380,6 +385,7 @@ impl Default for ServerSection {
             agent_alive_secs: DEFAULT_AGENT_ALIVE_SECS,
             agent_token_idle_secs: DEFAULT_AGENT_TOKEN_IDLE_SECS,
             listen: None,
+            database: None,
             listen_tls: None,
             tls_cert: None,
             tls_key: None,

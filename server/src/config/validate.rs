@@ -41,6 +41,12 @@ impl Config {
             );
         }
         let (listen, tls) = check_listen_and_tls(&self.server, public_url.as_deref(), base_dir)?;
+        let database = self
+            .server
+            .database
+            .as_deref()
+            .map(|u| crate::store::Database::parse("server.database", u))
+            .transpose()?;
         let s = &self.server;
         for (field, v) in [
             ("max_discovered", s.max_discovered),
@@ -255,6 +261,7 @@ impl Config {
         let http = check_http(&self.server.http)?;
 
         Ok(Settings {
+            database,
             metrics,
             webhooks,
             dashboard,

@@ -339,6 +339,8 @@ impl Tx<'_> {
                 h.now
             ],
         )?;
+        // A waiting agent of the previous attempt must stop.
+        self.wake_waiters();
         Ok(HelloOutcome::Ok {
             attempt_id: h.new_attempt_id.to_owned(),
             mac,
@@ -361,7 +363,7 @@ impl Tx<'_> {
         self.exec(
             "INSERT INTO vault_mints (attempt_id, approle, wrap_accessor, secret_id_accessor,
                                       minted_at, revoked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?6 THEN NULL ELSE ?5 END)",
+             VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?6 = 1 THEN NULL ELSE CAST(?5 AS BIGINT) END)",
             params![
                 m.attempt_id,
                 m.approle,

@@ -21,6 +21,7 @@ mod fleet;
 mod leases;
 mod machines;
 mod outbox;
+pub mod postgres;
 mod retention;
 pub mod sql;
 mod sqlite;
@@ -29,6 +30,7 @@ mod verify;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,6 +60,38 @@ const GROUP_MAX: usize = 128;
 /// queued writes fail.
 const BEGIN_PATIENCE: Duration = Duration::from_secs(60);
 
+/// Where the state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// Embedded SQLite in this file (the default: `DATA/landfall.sqlite`).
+    Sqlite(std::path::PathBuf),
+    /// PostgreSQL at this URL (`postgres://user:password@host:port/db`).
+    Postgres(String),
+}
+
+impl Database {
+    /// A `--database` / `[server] database` value: a `postgres://` URL.
+    pub fn parse(field: &str, url: &str) -> Result<Self> {
+        let url = url.trim();
+        if postgres::is_postgres_url(url) {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        anyhow::bail!(
+            "{field} = {:?} is not a PostgreSQL URL; write postgres://USER:PASSWORD@HOST:PORT/DATABASE \
+             (leave it unset for the embedded SQLite database in the data directory)",
+            postgres::redacted(url)
+        )
+    }
+
+    /// For messages (no password).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(p) => format!("SQLite {}", p.display()),
+            Self::Postgres(u) => format!("PostgreSQL {}", postgres::redacted(u)),
+        }
+    }
+}
+
 /// The store: a handle to its threads (cheap to clone).
 #[derive(Clone)]
 pub struct Store {
@@ -70,48 +104,121 @@ struct Inner {
     writer: mpsc::Sender<Box<dyn WriteJob>>,
     readers: mpsc::Sender<Box<dyn ReadJob>>,
     dialect: Dialect,
+    /// Woken after a committed write that asked to wake waiting agents
+    /// ([`Tx::wake_waiters`]), here or (PostgreSQL) on another server.
+    changes: Arc<tokio::sync::Notify>,
+    /// Set when the last handle goes: the listener thread ends.
+    closed: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
 }
 
 /// A connection of a store thread.
 type Conn = Box<dyn sql::Backend + Send>;
+/// Opens a new connection when one is lost.
+type Connect = Arc<dyn Fn() -> Result<Conn> + Send + Sync>;
 
 impl Store {
     /// Open (creating if needed) the SQLite database at `path`, bring its
     /// schema up to date and start the store's threads.
     pub fn open(path: &Path) -> Result<Self> {
-        let mut conn = sqlite::connect(path, false)?;
-        sqlite::migrate(&mut conn)
-            .with_context(|| format!("migrating database {}", path.display()))?;
-        let mut readers: Vec<Conn> = Vec::new();
-        for _ in 0..READERS {
-            readers.push(Box::new(sqlite::connect(path, true)?));
-        }
-        Ok(Self::start(Box::new(conn), readers, Dialect::Sqlite))
+        Self::connect(&Database::Sqlite(path.to_owned()))
     }
 
-    fn start(writer: Conn, readers: Vec<Conn>, dialect: Dialect) -> Self {
+    /// Open `db`, bring its schema up to date and start the store's threads.
+    pub fn connect(db: &Database) -> Result<Self> {
+        match db {
+            Database::Sqlite(path) => {
+                let mut conn = sqlite::connect(path, false)?;
+                sqlite::migrate(&mut conn)
+                    .with_context(|| format!("migrating database {}", path.display()))?;
+                let p = path.clone();
+                let reader: Connect =
+                    Arc::new(move || Ok(Box::new(sqlite::connect(&p, true)?) as Conn));
+                let p = path.clone();
+                let writer: Connect =
+                    Arc::new(move || Ok(Box::new(sqlite::connect(&p, false)?) as Conn));
+                Self::start(Box::new(conn), writer, reader, Dialect::Sqlite, None)
+            }
+            // The sync client runs its own runtime: never on an async
+            // worker's thread (startup is called from async code).
+            Database::Postgres(url) => std::thread::scope(|s| {
+                s.spawn(|| Self::connect_postgres(url))
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("connecting to PostgreSQL panicked")))
+            }),
+        }
+    }
+
+    fn connect_postgres(url: &str) -> Result<Self> {
+        let mut conn = postgres::connect(url)?;
+        postgres::migrate(&mut conn)
+            .with_context(|| format!("migrating database {}", postgres::redacted(url)))?;
+        let u = url.to_owned();
+        let connect: Connect = Arc::new(move || Ok(Box::new(postgres::connect(&u)?) as Conn));
+        Self::start(
+            Box::new(conn),
+            connect.clone(),
+            connect,
+            Dialect::Postgres,
+            Some(url.to_owned()),
+        )
+    }
+
+    fn start(
+        writer: Conn,
+        connect_writer: Connect,
+        connect_reader: Connect,
+        dialect: Dialect,
+        listen: Option<String>,
+    ) -> Result<Self> {
+        let changes = Arc::new(tokio::sync::Notify::new());
+        let closed = Arc::new(AtomicBool::new(false));
         let (wtx, wrx) = mpsc::channel::<Box<dyn WriteJob>>();
+        let woken = changes.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(writer, wrx))
-            .expect("spawning the store writer thread");
+            .spawn(move || write_loop(writer, connect_writer, wrx, woken))
+            .context("spawning the store writer thread")?;
         let (rtx, rrx) = mpsc::channel::<Box<dyn ReadJob>>();
         let rrx = Arc::new(Mutex::new(rrx));
-        for (i, conn) in readers.into_iter().enumerate() {
-            let rrx = rrx.clone();
+        for i in 0..READERS {
+            let conn = connect_reader()?;
+            let (rrx, connect) = (rrx.clone(), connect_reader.clone());
             std::thread::Builder::new()
                 .name(format!("store-reader-{i}"))
-                .spawn(move || read_loop(conn, rrx))
-                .expect("spawning a store reader thread");
+                .spawn(move || read_loop(conn, connect, rrx))
+                .context("spawning a store reader thread")?;
         }
-        Self {
+        if let Some(url) = listen {
+            let mut first = postgres::connect(&url)?;
+            first.batch_execute(&format!("LISTEN {}", postgres::CHANNEL))?;
+            let (woken, closed) = (changes.clone(), closed.clone());
+            std::thread::Builder::new()
+                .name("store-listener".into())
+                .spawn(move || listen_loop(first, &url, &woken, &closed))
+                .context("spawning the store listener thread")?;
+        }
+        Ok(Self {
             inner: Arc::new(Inner {
                 writer: wtx,
                 readers: rtx,
                 dialect,
+                changes,
+                closed,
             }),
             latency: None,
-        }
+        })
+    }
+
+    /// Woken (`notify_one`) after a committed write that wakes waiting
+    /// agents, made by this server or (PostgreSQL) another one.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.changes.clone()
     }
 
     /// Observe every call's latency (queued and run) into `h`.
@@ -312,7 +419,7 @@ where
     }
 }
 
-fn read_loop(mut conn: Conn, jobs: Arc<Mutex<mpsc::Receiver<Box<dyn ReadJob>>>>) {
+fn read_loop(mut conn: Conn, connect: Connect, jobs: Arc<Mutex<mpsc::Receiver<Box<dyn ReadJob>>>>) {
     loop {
         let job = {
             let rx = jobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -321,14 +428,77 @@ fn read_loop(mut conn: Conn, jobs: Arc<Mutex<mpsc::Receiver<Box<dyn ReadJob>>>>)
                 Err(_) => return,
             }
         };
+        reconnect_if_broken(&mut conn, &connect);
         job.run(conn.as_mut());
+    }
+}
+
+/// A lost connection (PostgreSQL restarted) is replaced before the next use.
+fn reconnect_if_broken(conn: &mut Conn, connect: &Connect) {
+    if conn.is_broken() {
+        match connect() {
+            Ok(c) => {
+                tracing::info!("store: reconnected to the database");
+                *conn = c;
+            }
+            Err(e) => tracing::warn!("store: reconnecting: {e:#}"),
+        }
+    }
+}
+
+/// PostgreSQL: wake this server's waiting agents when another server (or
+/// this one) sends `NOTIFY landfall_changes`.
+fn listen_loop(
+    mut conn: ::postgres::Client,
+    url: &str,
+    woken: &tokio::sync::Notify,
+    closed: &AtomicBool,
+) {
+    while !closed.load(Ordering::SeqCst) {
+        let got = {
+            let mut n = conn.notifications();
+            let mut it = n.timeout_iter(Duration::from_secs(1));
+            use ::postgres::fallible_iterator::FallibleIterator;
+            match it.next() {
+                Ok(Some(_)) => Ok(true),
+                Ok(None) => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        match got {
+            Ok(true) => woken.notify_one(),
+            Ok(false) if !conn.is_closed() => {}
+            r => {
+                if let Err(e) = r {
+                    tracing::warn!("store: listening for changes: {e}");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                match postgres::connect(url).and_then(|mut c| {
+                    c.batch_execute(&format!("LISTEN {}", postgres::CHANNEL))?;
+                    Ok(c)
+                }) {
+                    Ok(c) => {
+                        conn = c;
+                        // Something may have changed while we were away.
+                        woken.notify_one();
+                    }
+                    Err(e) => tracing::warn!("store: listening for changes: {e:#}"),
+                }
+            }
+        }
     }
 }
 
 /// The writer: take every queued write (up to [`GROUP_MAX`]), run them in
 /// one transaction, each under a savepoint, commit once, then answer each.
-fn write_loop(mut conn: Conn, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
+fn write_loop(
+    mut conn: Conn,
+    connect: Connect,
+    jobs: mpsc::Receiver<Box<dyn WriteJob>>,
+    woken: Arc<tokio::sync::Notify>,
+) {
     while let Ok(first) = jobs.recv() {
+        reconnect_if_broken(&mut conn, &connect);
         let mut batch = vec![first];
         while batch.len() < GROUP_MAX {
             match jobs.try_recv() {
@@ -345,6 +515,7 @@ fn write_loop(mut conn: Conn, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
         }
         let mut delivers = Vec::with_capacity(batch.len());
         let mut broken = None;
+        let mut wake = false;
         for j in batch {
             if let Some(e) = &broken {
                 j.fail(e);
@@ -356,7 +527,9 @@ fn write_loop(mut conn: Conn, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
                 broken = Some(e);
                 continue;
             }
-            let (keep, deliver) = j.run(&mut Tx::new(conn.as_mut()));
+            let mut tx = Tx::new(conn.as_mut());
+            let (keep, deliver) = j.run(&mut tx);
+            wake |= keep && tx.wake;
             let end = if keep {
                 "RELEASE w"
             } else {
@@ -367,12 +540,23 @@ fn write_loop(mut conn: Conn, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
             }
             delivers.push(deliver);
         }
+        if wake && broken.is_none() && conn.dialect() == Dialect::Postgres {
+            // Delivered to every listening server when (and if) this commits.
+            if let Err(e) = conn.batch(&format!("NOTIFY {}", postgres::CHANNEL)) {
+                broken = Some(e.context("NOTIFY"));
+            }
+        }
         let commit = match broken {
             Some(e) => Err(e),
             None => conn.batch("COMMIT").context("COMMIT"),
         };
         match commit {
-            Ok(()) => delivers.into_iter().for_each(|d| d(None)),
+            Ok(()) => {
+                if wake {
+                    woken.notify_one();
+                }
+                delivers.into_iter().for_each(|d| d(None))
+            }
             Err(e) => {
                 tracing::error!("store: {e:#}");
                 let _ = conn.batch("ROLLBACK");

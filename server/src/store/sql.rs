@@ -182,6 +182,10 @@ pub(crate) trait Backend {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>>;
     /// Run statements without parameters (tests, savepoints).
     fn batch(&mut self, sql: &str) -> Result<()>;
+    /// The connection is lost (the store threads open a new one).
+    fn is_broken(&self) -> bool {
+        false
+    }
 }
 
 /// One transaction: a store function's whole view of the database.

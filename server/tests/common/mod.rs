@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod dash;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 
@@ -46,11 +47,20 @@ pub struct Server {
     pub base: String,
     pub http: reqwest::Client,
     pub config: Option<PathBuf>,
+    /// The PostgreSQL database (`LANDFALL_TEST_DATABASE=postgres`), else
+    /// `None`: SQLite in the data directory.
+    pub database: Option<String>,
 }
 
 impl Server {
     /// Start with `config` (None = demo mode) in a fresh data dir.
     pub async fn start(config: Option<&str>) -> Self {
+        Self::start_with_database(config, pg::suite_database()).await
+    }
+
+    /// [`Server::start`] on `database` (a PostgreSQL URL; `None`: SQLite in
+    /// the data dir), e.g. two servers on one database.
+    pub async fn start_with_database(config: Option<&str>, database: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = config.map(|c| {
             let layouts = dir.path().join("layouts");
@@ -66,6 +76,7 @@ impl Server {
             base: String::new(),
             http: reqwest::Client::new(),
             config,
+            database,
         };
         s.restart().await;
         s
@@ -89,6 +100,7 @@ impl Server {
             data: self.data(),
             listen: "127.0.0.1:0".parse().unwrap(),
             artifacts: None,
+            database: self.database.clone(),
         })
         .await
         .unwrap();
