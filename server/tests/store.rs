@@ -13,17 +13,31 @@ use serde_json::Value;
 /// How long the outside connection holds the write lock.
 const LOCK_HELD: Duration = Duration::from_secs(8);
 
-/// Hold `BEGIN EXCLUSIVE` on the database file for `held` from another
-/// connection (as another process would); answers when the lock is taken.
-fn hold_write_lock(db: std::path::PathBuf, held: Duration) -> std::thread::JoinHandle<()> {
+/// Hold the write lock for `held` from another connection (as another
+/// process would): SQLite's `BEGIN EXCLUSIVE` on the file, or on PostgreSQL
+/// the advisory lock every landfall write transaction takes first. Answers
+/// when the lock is taken.
+fn hold_write_lock(s: &Server, held: Duration) -> std::thread::JoinHandle<()> {
     let (taken_tx, taken_rx) = std::sync::mpsc::channel();
-    let t = std::thread::spawn(move || {
-        let c = rusqlite::Connection::open(&db).unwrap();
-        c.busy_timeout(Duration::from_secs(10)).unwrap();
-        c.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        taken_tx.send(()).unwrap();
-        std::thread::sleep(held);
-        c.execute_batch("COMMIT").unwrap();
+    let db = s.data().join("landfall.sqlite");
+    let pg = s.database.clone();
+    let t = std::thread::spawn(move || match pg {
+        None => {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::from_secs(10)).unwrap();
+            c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            taken_tx.send(()).unwrap();
+            std::thread::sleep(held);
+            c.execute_batch("COMMIT").unwrap();
+        }
+        Some(url) => {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let key = landfall::store::postgres::WRITE_LOCK;
+            c.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
+            taken_tx.send(()).unwrap();
+            std::thread::sleep(held);
+            c.execute("SELECT pg_advisory_unlock($1)", &[&key]).unwrap();
+        }
     });
     taken_rx.recv().unwrap();
     t
@@ -35,7 +49,7 @@ async fn an_outside_write_lock_delays_only_what_writes() {
     write(&s.artifacts().join("vmlinuz"), &vec![7u8; 1 << 20]);
     let (attempt, agent) = s.start_attempt(MAC1).await;
 
-    let lock = hold_write_lock(s.data().join("landfall.sqlite"), LOCK_HELD);
+    let lock = hold_write_lock(&s, LOCK_HELD);
     let locked_at = Instant::now();
 
     // A write issued during the lock: it waits, then lands (no 5xx).

@@ -571,7 +571,10 @@ fn begin_write(conn: &mut dyn sql::Backend) -> Result<()> {
         Dialect::Sqlite => "BEGIN IMMEDIATE",
         // One writer at a time across servers, as SQLite has: a write that
         // reads first never races another server's.
-        Dialect::Postgres => "BEGIN; SELECT pg_advisory_xact_lock(7346001)",
+        Dialect::Postgres => {
+            const { assert!(postgres::WRITE_LOCK == 7_346_001) };
+            "BEGIN; SELECT pg_advisory_xact_lock(7346001)"
+        }
     };
     let since = Instant::now();
     loop {

@@ -16,6 +16,9 @@ use super::sql::{dollar_placeholders, Backend, Dialect, Row, Value};
 
 /// The channel servers wake each other's waiting agents on.
 pub const CHANNEL: &str = "landfall_changes";
+/// `pg_advisory_xact_lock` key every write transaction takes first: one
+/// writer at a time across servers.
+pub const WRITE_LOCK: i64 = 7_346_001;
 /// `pg_advisory_lock` key held while migrating.
 const MIGRATION_LOCK: i64 = 7_346_002;
 
