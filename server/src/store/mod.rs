@@ -157,9 +157,10 @@ impl Store {
         postgres::migrate(&mut conn)
             .with_context(|| format!("migrating database {}", postgres::redacted(url)))?;
         let u = url.to_owned();
-        let connect: Connect = Arc::new(move || Ok(Box::new(postgres::connect(&u)?) as Conn));
+        let connect: Connect =
+            Arc::new(move || Ok(Box::new(postgres::Conn::new(postgres::connect(&u)?)) as Conn));
         Self::start(
-            Box::new(conn),
+            Box::new(postgres::Conn::new(conn)),
             connect.clone(),
             connect,
             Dialect::Postgres,
