@@ -339,3 +339,28 @@ async fn two_servers_on_one_postgres_pass_the_retry_wait_flow() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Servers starting together on one new PostgreSQL database: each
+/// migration is applied once (the advisory lock), and both open.
+#[test]
+fn servers_starting_together_on_postgres_migrate_once() {
+    let url = common::pg::new_database();
+    let db = landfall::store::Database::Postgres(url.clone());
+    let opened: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            std::thread::spawn(move || landfall::store::Store::connect(&db).map(|_| ()))
+        })
+        .collect();
+    for o in opened {
+        o.join().unwrap().unwrap();
+    }
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let rows = c.query("SELECT version FROM landfall_schema", &[]).unwrap();
+    assert_eq!(rows.len(), 1, "one version row");
+    let version: i64 = rows[0].get(0);
+    assert_eq!(
+        version as usize,
+        landfall::store::postgres::MIGRATIONS.len()
+    );
+}
