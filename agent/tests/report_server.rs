@@ -34,6 +34,7 @@ impl Server {
             data: dir.path().join("data"),
             listen,
             artifacts: None,
+            database: None,
         })
         .await
         .unwrap();
@@ -464,6 +465,7 @@ async fn a_failed_step_waits_for_retry_then_reinstall_stops_it() {
         data: dir.path().join("data"),
         listen: "127.0.0.1:0".parse().unwrap(),
         artifacts: None,
+        database: None,
     })
     .await
     .unwrap();
@@ -616,6 +618,7 @@ async fn the_bundle_named_on_the_kernel_line_is_the_one_opened() {
         data: dir.path().join("data"),
         listen: "127.0.0.1:0".parse().unwrap(),
         artifacts: None,
+        database: None,
     })
     .await
     .unwrap();

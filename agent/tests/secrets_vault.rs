@@ -189,6 +189,7 @@ role = "ws"
         data: dir.path().join("data"),
         listen: "127.0.0.1:0".parse().unwrap(),
         artifacts: None,
+        database: None,
     })
     .await
     .unwrap();

@@ -42,6 +42,7 @@ impl Tls {
             data: dir.path().join("data"),
             listen: "127.0.0.1:0".parse().unwrap(),
             artifacts: None,
+            database: None,
         })
         .await
         .unwrap();

@@ -311,6 +311,7 @@ impl Landfall {
             data: data.clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
             artifacts: None,
+            database: None,
         })
         .await
         .unwrap();

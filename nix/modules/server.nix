@@ -355,6 +355,29 @@ in
       description = "Open `port` in the firewall (machines fetch boot.ipxe, artifacts and call the API on it).";
     };
 
+    # Several servers (one per rack or building) sharing one state
+    # (landfall's docs/operator-guide.md, "Several servers, one PostgreSQL").
+    database = mkOption {
+      type = types.nullOr (types.strMatching "postgres(ql)?://.*");
+      default = null;
+      example = "postgres://landfall@db.lan:5432/landfall";
+      description = ''
+        PostgreSQL URL of the state several landfall servers share (`serve --database`);
+        null: embedded SQLite in `dataDir`. It lands in the Nix store: no password here
+        (use `databaseEnvironmentFile`, or password-less authentication).
+      '';
+    };
+    databaseEnvironmentFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/landfall-database.env";
+      description = ''
+        A file with `LANDFALL_DATABASE=postgres://landfall:PASSWORD@db.lan/landfall`
+        (systemd `EnvironmentFile`), read by the service: the URL with its password stays
+        out of the Nix store. `database`, when set too, wins.
+      '';
+    };
+
     # HTTPS for the agent and admin API (docs/security.md, TLS); `port` keeps
     # serving boot scripts and artifacts in clear for the firmware's iPXE.
     tls = {
@@ -843,7 +866,9 @@ in
         User = cfg.user;
         Group = cfg.group;
         ExecStartPre = "${lib.getExe cfg.package} serve --check-config --config ${configFile} --data ${cfg.dataDir}";
-        ExecStart = "${lib.getExe cfg.package} serve --config ${configFile} --data ${cfg.dataDir} --listen ${listen}";
+        ExecStart = "${lib.getExe cfg.package} serve --config ${configFile} --data ${cfg.dataDir} --listen ${listen}"
+          + lib.optionalString (cfg.database != null) " --database ${lib.escapeShellArg cfg.database}";
+        EnvironmentFile = mkIf (cfg.databaseEnvironmentFile != null) cfg.databaseEnvironmentFile;
         Restart = "on-failure";
         RestartSec = 2;
         # Connections: the server keeps its connection cap below this

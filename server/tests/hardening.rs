@@ -453,7 +453,9 @@ fn mode(p: &Path) -> u32 {
 
 #[tokio::test]
 async fn the_data_directory_and_its_files_are_private_at_every_start() {
-    let mut s = Server::start(Some(CONFIG)).await;
+    // The database files in the data directory are SQLite's: on SQLite
+    // whatever LANDFALL_TEST_DATABASE says.
+    let mut s = Server::start_with_database(Some(CONFIG), None).await;
     let data = s.data();
     let db = data.join("landfall.sqlite");
     let files = [

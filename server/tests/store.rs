@@ -13,17 +13,31 @@ use serde_json::Value;
 /// How long the outside connection holds the write lock.
 const LOCK_HELD: Duration = Duration::from_secs(8);
 
-/// Hold `BEGIN EXCLUSIVE` on the database file for `held` from another
-/// connection (as another process would); answers when the lock is taken.
-fn hold_write_lock(db: std::path::PathBuf, held: Duration) -> std::thread::JoinHandle<()> {
+/// Hold the write lock for `held` from another connection (as another
+/// process would): SQLite's `BEGIN EXCLUSIVE` on the file, or on PostgreSQL
+/// the advisory lock every landfall write transaction takes first. Answers
+/// when the lock is taken.
+fn hold_write_lock(s: &Server, held: Duration) -> std::thread::JoinHandle<()> {
     let (taken_tx, taken_rx) = std::sync::mpsc::channel();
-    let t = std::thread::spawn(move || {
-        let c = rusqlite::Connection::open(&db).unwrap();
-        c.busy_timeout(Duration::from_secs(10)).unwrap();
-        c.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        taken_tx.send(()).unwrap();
-        std::thread::sleep(held);
-        c.execute_batch("COMMIT").unwrap();
+    let db = s.data().join("landfall.sqlite");
+    let pg = s.database.clone();
+    let t = std::thread::spawn(move || match pg {
+        None => {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::from_secs(10)).unwrap();
+            c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            taken_tx.send(()).unwrap();
+            std::thread::sleep(held);
+            c.execute_batch("COMMIT").unwrap();
+        }
+        Some(url) => {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let key = landfall::store::postgres::WRITE_LOCK;
+            c.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
+            taken_tx.send(()).unwrap();
+            std::thread::sleep(held);
+            c.execute("SELECT pg_advisory_unlock($1)", &[&key]).unwrap();
+        }
     });
     taken_rx.recv().unwrap();
     t
@@ -35,7 +49,7 @@ async fn an_outside_write_lock_delays_only_what_writes() {
     write(&s.artifacts().join("vmlinuz"), &vec![7u8; 1 << 20]);
     let (attempt, agent) = s.start_attempt(MAC1).await;
 
-    let lock = hold_write_lock(s.data().join("landfall.sqlite"), LOCK_HELD);
+    let lock = hold_write_lock(&s, LOCK_HELD);
     let locked_at = Instant::now();
 
     // A write issued during the lock: it waits, then lands (no 5xx).
@@ -324,4 +338,29 @@ async fn two_servers_on_one_postgres_pass_the_retry_wait_flow() {
     assert_eq!(b.state_of(MAC1).await, "installing");
     a.stop().await;
     b.stop().await;
+}
+
+/// Servers starting together on one new PostgreSQL database: each
+/// migration is applied once (the advisory lock), and both open.
+#[test]
+fn servers_starting_together_on_postgres_migrate_once() {
+    let url = common::pg::new_database();
+    let db = landfall::store::Database::Postgres(url.clone());
+    let opened: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            std::thread::spawn(move || landfall::store::Store::connect(&db).map(|_| ()))
+        })
+        .collect();
+    for o in opened {
+        o.join().unwrap().unwrap();
+    }
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let rows = c.query("SELECT version FROM landfall_schema", &[]).unwrap();
+    assert_eq!(rows.len(), 1, "one version row");
+    let version: i64 = rows[0].get(0);
+    assert_eq!(
+        version as usize,
+        landfall::store::postgres::MIGRATIONS.len()
+    );
 }

@@ -328,6 +328,7 @@ fn install(s: Scenario) -> Vec<Part> {
             // slirp's 10.0.2.2 is the host's loopback.
             listen: "127.0.0.1:0".parse().unwrap(),
             artifacts: Some(artifacts),
+            database: None,
         }))
         .unwrap();
     let port = server.local_addr().port();
@@ -1059,6 +1060,7 @@ role = "vmtest"
             data: data.clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
             artifacts: Some(artifacts),
+            database: None,
         }))
         .unwrap();
     let port = server.local_addr().port();

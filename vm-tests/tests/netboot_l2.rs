@@ -402,6 +402,7 @@ prefix_len = 24
             data: data.clone(),
             listen: format!("{SERVER_IP}:8080").parse().unwrap(),
             artifacts: Some(artifacts),
+            database: None,
         }))
         .unwrap();
     let admin = common::Admin::new(&format!("http://{SERVER_IP}:8080"), &data);

@@ -160,6 +160,7 @@ fn agent_killed_mid_disks_and_mid_install_resumes_and_installs_once() {
             data: data.clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
             artifacts: Some(artifacts),
+            database: None,
         }))
         .unwrap();
     let port = server.local_addr().port();

@@ -23,5 +23,11 @@ pub fn run_all() -> Result<()> {
     run(Cmd::new("cargo")
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("LANDFALL_TEST_AGENT", &agent))?;
+    // The server suite again with its servers on PostgreSQL (a throwaway
+    // cluster, server/tests/common/pg.rs): both store backends pass it.
+    eprintln!("xtask: cargo test -p landfall on PostgreSQL (LANDFALL_TEST_DATABASE=postgres)");
+    run(Cmd::new("cargo")
+        .args(["test", "-p", "landfall", "--no-fail-fast"])
+        .env("LANDFALL_TEST_DATABASE", "postgres"))?;
     Ok(())
 }

@@ -331,6 +331,28 @@ fn kernel_args_and_public_url_are_checked() {
     assert!(e.contains("server.boot_token_ttl"), "{e}");
 }
 
+#[test]
+fn the_database_is_a_postgres_url_or_unset() {
+    assert_eq!(
+        check("").unwrap().database,
+        None,
+        "SQLite in the data directory"
+    );
+    let s = check("[server]\ndatabase = \"postgres://landfall:pw@db.lan/landfall\"\n").unwrap();
+    assert_eq!(
+        s.database,
+        Some(crate::store::Database::Postgres(
+            "postgres://landfall:pw@db.lan/landfall".into()
+        ))
+    );
+    let e = err("[server]\ndatabase = \"mysql://root:pw@db.lan/x\"\n");
+    assert!(
+        e.contains("server.database") && e.contains("postgres://"),
+        "{e}"
+    );
+    assert!(!e.contains(":pw@"), "no password in the message: {e}");
+}
+
 /// `[vault]` with a token file beside the config.
 fn vault_cfg(extra: &str) -> String {
     format!(

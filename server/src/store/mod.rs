@@ -159,9 +159,10 @@ impl Store {
         postgres::migrate(&mut conn)
             .with_context(|| format!("migrating database {}", postgres::redacted(url)))?;
         let u = url.to_owned();
-        let connect: Connect = Arc::new(move || Ok(Box::new(postgres::connect(&u)?) as Conn));
+        let connect: Connect =
+            Arc::new(move || Ok(Box::new(postgres::Conn::new(postgres::connect(&u)?)) as Conn));
         Self::start(
-            Box::new(conn),
+            Box::new(postgres::Conn::new(conn)),
             connect.clone(),
             connect,
             Dialect::Postgres,
@@ -573,7 +574,10 @@ fn begin_write(conn: &mut dyn sql::Backend) -> Result<()> {
         Dialect::Sqlite => "BEGIN IMMEDIATE",
         // One writer at a time across servers, as SQLite has: a write that
         // reads first never races another server's.
-        Dialect::Postgres => "BEGIN; SELECT pg_advisory_xact_lock(7346001)",
+        Dialect::Postgres => {
+            const { assert!(postgres::WRITE_LOCK == 7_346_001) };
+            "BEGIN; SELECT pg_advisory_xact_lock(7346001)"
+        }
     };
     let since = Instant::now();
     loop {

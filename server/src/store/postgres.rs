@@ -16,6 +16,9 @@ use super::sql::{dollar_placeholders, Backend, Dialect, Row, Value};
 
 /// The channel servers wake each other's waiting agents on.
 pub const CHANNEL: &str = "landfall_changes";
+/// `pg_advisory_xact_lock` key every write transaction takes first: one
+/// writer at a time across servers.
+pub const WRITE_LOCK: i64 = 7_346_001;
 /// `pg_advisory_lock` key held while migrating.
 const MIGRATION_LOCK: i64 = 7_346_002;
 
@@ -109,23 +112,48 @@ fn column(row: &postgres::Row, i: usize) -> Result<Value> {
     .unwrap_or(Value::Null))
 }
 
-impl Backend for Client {
+/// A store thread's connection: the client and its prepared statements
+/// (one round trip per statement after the first, as rusqlite's cache).
+pub struct Conn {
+    client: Client,
+    prepared: std::collections::HashMap<String, postgres::Statement>,
+}
+
+impl Conn {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            prepared: Default::default(),
+        }
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement> {
+        if let Some(st) = self.prepared.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.client.prepare(&dollar_placeholders(sql))?;
+        self.prepared.insert(sql.to_owned(), st.clone());
+        Ok(st)
+    }
+}
+
+impl Backend for Conn {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
     }
 
     fn exec(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        let sql = dollar_placeholders(sql);
+        let st = self.statement(sql)?;
         let params: Vec<Param<'_>> = params.iter().map(Param).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        Ok(self.execute(sql.as_str(), &refs)?)
+        Ok(self.client.execute(&st, &refs)?)
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let sql = dollar_placeholders(sql);
+        let st = self.statement(sql)?;
         let params: Vec<Param<'_>> = params.iter().map(Param).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let rows = Client::query(self, sql.as_str(), &refs)?;
+        let rows = self.client.query(&st, &refs)?;
         rows.iter()
             .map(|r| {
                 (0..r.len())
@@ -137,11 +165,11 @@ impl Backend for Client {
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
-        Ok(self.batch_execute(sql)?)
+        Ok(self.client.batch_execute(sql)?)
     }
 
     fn is_broken(&self) -> bool {
-        self.is_closed()
+        self.client.is_closed()
     }
 }
 
