@@ -251,6 +251,20 @@ async fn bad_list_parameters_answer_400_naming_the_parameter_and_the_fix() {
 }
 
 #[tokio::test]
+async fn a_detail_event_page_without_its_attempt_answers_400() {
+    let s = fleet().await;
+    let (status, body, _) = get(&s, "/api/v1/machines/ws-01?events_after=5").await;
+    assert_eq!(status, 400, "{body}");
+    let msg = body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("events_after=5") && msg.contains("attempt=ID"),
+        "{msg}"
+    );
+    let (status, body, _) = get(&s, "/api/v1/machines/ws-01?events_after=0").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
 async fn landfall_machines_follows_the_pages_and_passes_the_filters() {
     let s = fleet().await;
     let tf = s.data().join("admin.token");

@@ -269,6 +269,16 @@ pub async fn detail(
 ) -> Result<Json<MachineDetail>, ApiError> {
     let Path(key) = key.map_err(ApiError::from_rejection)?;
     let Query(q) = query.map_err(ApiError::from_rejection)?;
+    if q.events_after > 0 && q.attempt.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "events_after={} needs attempt=ID: the page of which attempt (its attempt_id \
+                 from the detail's attempts)",
+                q.events_after
+            ),
+        ));
+    }
     let page = EventPage {
         attempt: q.attempt,
         after: q.events_after,
