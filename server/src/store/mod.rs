@@ -257,6 +257,18 @@ impl Store {
     {
         let since = Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        // A caller that stopped waiting (boot.ipxe answered "busy", the
+        // client went away, shutdown) had its answer already: its queued
+        // write is skipped rather than done late, so an overloaded store
+        // does not also work through what nobody waits for.
+        let gone = Arc::new(AtomicBool::new(false));
+        let _abandon = Abandon(gone.clone());
+        let f = move |t: &mut Tx<'_>| {
+            if gone.load(Ordering::Acquire) {
+                anyhow::bail!("{ABANDONED}");
+            }
+            f(t)
+        };
         self.submit_write(f, move |r| drop(tx.send(r)))?;
         let r = rx
             .await
@@ -347,6 +359,18 @@ impl Store {
 }
 
 /// A queued closure and where its answer goes.
+/// The error a skipped write answers (to nobody: its caller is gone).
+const ABANDONED: &str = "the caller stopped waiting before the write ran: skipped";
+
+/// Marks a [`Store::write`] abandoned when its future is dropped unfinished.
+struct Abandon(Arc<AtomicBool>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 struct Job<F, R> {
     f: F,
     reply: R,
@@ -702,6 +726,60 @@ mod tests {
             .await
             .unwrap_err();
         assert!(format!("{e:#}").contains("readonly"), "{e:#}");
+    }
+
+    /// A write whose caller stopped waiting before the writer reached it
+    /// is skipped; one still awaited right behind it is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_nobody_waits_for_any_more_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        // Hold the writer thread busy until released.
+        let (release, held) = mpsc::channel::<()>();
+        let (started, running) = mpsc::channel::<()>();
+        let blocker = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                s.write_blocking(move |_| {
+                    started.send(()).unwrap();
+                    held.recv().unwrap();
+                    Ok(())
+                })
+            })
+        };
+        running.recv().unwrap();
+        let insert = |mac: &'static str| {
+            move |tx: &mut Tx<'_>| {
+                tx.exec(
+                    "INSERT INTO dhcp_leases (mac, ip, expires_at) VALUES (?1, ?1, 0)",
+                    params![mac],
+                )
+            }
+        };
+        let given_up =
+            tokio::time::timeout(Duration::from_millis(50), s.write(insert("gone"))).await;
+        assert!(
+            given_up.is_err(),
+            "the writer is held: the write cannot have run"
+        );
+        let awaited = {
+            let s = s.clone();
+            tokio::spawn(async move { s.write(insert("kept")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).unwrap();
+        blocker.join().unwrap().unwrap();
+        assert_eq!(awaited.await.unwrap().unwrap(), 1);
+        let macs: Vec<String> = s
+            .read(|tx| {
+                tx.query("SELECT mac FROM dhcp_leases ORDER BY mac", params![])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
+            })
+            .await
+            .unwrap();
+        assert_eq!(macs, ["kept"]);
     }
 
     #[test]
