@@ -5,9 +5,11 @@
 //!
 //! Cheap for the writer: with nobody watching, a publish is one atomic
 //! load; with viewers of the machine, one map lookup, the batch moved into
-//! a bounded ring and a version bumped. Viewers take what is new at their
-//! own pace (the dashboard coalesces to a few updates a second), so 100
-//! viewers cost the event ingestion nothing per viewer.
+//! a bounded ring and a version bumped; it never waits for a reader. The
+//! reader of a machine is one: the dashboard's hub of that machine
+//! (`live.rs`), which takes what is new a few times a second and renders it
+//! once for all the people watching, so 100 viewers cost the event
+//! ingestion nothing per viewer.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
