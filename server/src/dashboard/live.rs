@@ -58,15 +58,6 @@ impl Hubs {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How many machines have a hub now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The hub of `mac` and a subscription to it, made (from the store) if
     /// nobody watches it yet. `None`: the machine is not stored.
     fn join(&self, d: &DashState, mac: &str) -> anyhow::Result<Option<(Arc<Hub>, Rx)>> {
