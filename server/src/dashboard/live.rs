@@ -9,7 +9,8 @@
 //! at most once per [`TICK`], reads the store only when the state or the
 //! attempt changed, renders each fragment once and broadcasts the encoded
 //! SSE bytes (`Bytes`, shared, not copied) to every viewer. The summary is
-//! rendered twice, once per role (an operator sees the action links).
+//! rendered twice, once per role (an operator sees the action links). An
+//! update adds at most [`APPEND_LINES`] output lines: in a burst the newest.
 //!
 //! Nobody waits on a viewer: the agent API's publish only fills the feed's
 //! ring; the renderer's broadcast never blocks; a viewer too slow to keep up
@@ -46,6 +47,10 @@ pub const TICK: Duration = Duration::from_millis(250);
 const IDLE: Duration = Duration::from_secs(10);
 /// Frames a viewer may fall behind before it is resynced (16 s of ticks).
 const BACKLOG: usize = 64;
+/// Most output lines one update adds (200 a second): in a faster burst the
+/// newest are shown and the rest skipped (every line is under Attempts), so
+/// a storm of output costs each viewer's connection a bounded rate.
+pub const APPEND_LINES: usize = 50;
 
 /// The hubs of the machines being watched, by MAC.
 #[derive(Default)]
@@ -348,7 +353,7 @@ fn tick(
         st.panel_html = views::panel(&st.panel).into_string().into();
         sse(&mut common, "panel", &st.panel_html);
     }
-    let extra = new_lines.len().saturating_sub(OUTPUT_LINES);
+    let extra = new_lines.len().saturating_sub(APPEND_LINES);
     let added: Vec<Arc<str>> = new_lines[extra..].iter().map(|e| line_html(e)).collect();
     if !added.is_empty() {
         let html: String = added.iter().map(|l| &**l).collect();
