@@ -23,6 +23,21 @@ let
   nb = cfg.netbootSection or { };
   pool = nb.pool or null;
   metrics = cfg.metrics or { };
+  dashboard = cfg.dashboard or { };
+  dashboardSection = {
+    # true is the server's default: only `false` is written.
+    enabled = if (dashboard.enabled or true) then null else false;
+    session_ttl = dashboard.sessionTtl or null;
+    max_failed_logins = dashboard.maxFailedLogins or null;
+    login_window = dashboard.loginWindow or null;
+    users = nonEmpty (map
+      (u: {
+        inherit (u) name role;
+        password_hash = u.passwordHash or null;
+        password_hash_file = optString (u.passwordHashFile or null);
+      })
+      (dashboard.users or [ ]));
+  };
 in
 toTOML {
   server = {
@@ -96,6 +111,9 @@ toTOML {
       token_file = optString (metrics.tokenFile or null);
       plain_http = metrics.plainHttp or null;
     };
+  # `[dashboard]` only when something differs from the server's defaults;
+  # `[[dashboard.users]]` as listed.
+  dashboard = if builtins.all (v: v == null) (builtins.attrValues dashboardSection) then null else dashboardSection;
   webhooks = nonEmpty (map
     (w: {
       inherit (w) url;

@@ -89,6 +89,12 @@ let
   renderArgs = {
     inherit (cfg) publicUrl bootTokenTtl eventRetention enroll roles machines webhooks;
     metrics = { inherit (cfg.metrics) tokenFile plainHttp; };
+    dashboard = {
+      inherit (cfg.dashboard) sessionTtl maxFailedLogins loginWindow;
+      enabled = cfg.dashboard.enable;
+      # Users are keyed by name in Nix; landfall.toml lists them.
+      users = lib.mapAttrsToList (name: u: { inherit name; inherit (u) role passwordHash passwordHashFile; }) cfg.dashboard.users;
+    };
     tls = {
       listen = tlsListen;
       inherit (cfg.tls) certFile keyFile sans publicUrl;
@@ -130,10 +136,11 @@ let
     if artifactsOnServer then renderToml (renderArgs // { artifacts = "artifacts-stand-in"; }) else rendered;
 
   # Checked at build time by the server itself, so `nixos-rebuild build` fails on
-  # a configuration the server would refuse. Not with [vault], a metrics token or
-  # webhooks: the check reads their token and key files, which exist only on the
-  # server at run time.
-  runtimeFiles = cfg.vault.address != null || cfg.metrics.tokenFile != null || cfg.webhooks != [ ];
+  # a configuration the server would refuse. Not with [vault], a metrics token,
+  # webhooks or dashboard users' hash files: the check reads their token, key
+  # and hash files, which exist only on the server at run time.
+  runtimeFiles = cfg.vault.address != null || cfg.metrics.tokenFile != null || cfg.webhooks != [ ]
+    || lib.any (u: u.passwordHashFile != null) (lib.attrValues cfg.dashboard.users);
   configFile =
     if cfg.checkConfig && !runtimeFiles then
       pkgs.runCommand "landfall.toml"
@@ -733,6 +740,78 @@ in
       };
     };
 
+    # `[dashboard]` (server/src/config/dashboard.rs): the web dashboard under
+    # /ui/ (landfall's docs/operator-guide.md, "The dashboard").
+    dashboard = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Serve the technicians' dashboard under `/ui/` (`[dashboard] enabled`); on the
+          HTTPS port when `tls.port` is set. The admin token (`dataDir`/admin.token) logs
+          in as an operator; `users` adds password logins.
+        '';
+      };
+      sessionTtl = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "12h";
+        description = "How long a login lasts (`session_ttl`, 1m to 30d); null: the server's default, 8h.";
+      };
+      maxFailedLogins = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        example = 10;
+        description = ''
+          Failed logins allowed per client address and per user name in `loginWindow`
+          (`max_failed_logins`); past it every try waits for the window's end. null: 5.
+        '';
+      };
+      loginWindow = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "15m";
+        description = "The window of `maxFailedLogins` (`login_window`, 10s to 1d); null: 5m.";
+      };
+      users = mkOption {
+        type = types.attrsOf (types.submodule {
+          options = {
+            role = mkOption {
+              type = types.enum [ "viewer" "operator" ];
+              description = "`viewer` reads every page; `operator` also retries, reinstalls and approves machines.";
+            };
+            passwordHashFile = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              example = "/run/secrets/landfall-dashboard-tech";
+              description = ''
+                File with the user's argon2 hash (PHC string, as `landfall hash-password`
+                prints it), readable by `user` (`password_hash_file`). A string so the hash
+                stays out of the Nix store; read at every start.
+              '';
+            };
+            passwordHash = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              example = "$argon2id$v=19$m=19456,t=2,p=1$...";
+              description = ''
+                The argon2 hash itself (`password_hash`). It ends up in the world-readable
+                Nix store: prefer `passwordHashFile`.
+              '';
+            };
+          };
+        });
+        default = { };
+        example = lib.literalExpression ''
+          {
+            tech = { role = "viewer"; passwordHashFile = "/run/secrets/landfall-tech"; };
+            lead = { role = "operator"; passwordHashFile = "/run/secrets/landfall-lead"; };
+          }
+        '';
+        description = "Dashboard users by login name (`[[dashboard.users]]`), each with one of `passwordHashFile` or `passwordHash`.";
+      };
+    };
+
     webhooks = mkOption {
       type = types.listOf (types.submodule {
         options = {
@@ -773,8 +852,8 @@ in
       default = true;
       description = ''
         Run `landfall serve --check-config` on the rendered landfall.toml at build
-        time (skipped with `vault.address`, `metrics.tokenFile` or `webhooks`: the check
-        reads their token and key files).
+        time (skipped with `vault.address`, `metrics.tokenFile`, `webhooks` or a dashboard
+        user's `passwordHashFile`: the check reads their token, key and hash files).
         The service checks it again before every start.
       '';
     };
@@ -814,6 +893,10 @@ in
       {
         assertion = cfg.vault.address == null || cfg.vault.tokenFile != null;
         message = "services.landfall.vault.address needs services.landfall.vault.tokenFile.";
+      }
+      {
+        assertion = lib.all (u: (u.passwordHash == null) != (u.passwordHashFile == null)) (lib.attrValues cfg.dashboard.users);
+        message = "services.landfall.dashboard.users: give each user exactly one of passwordHashFile or passwordHash.";
       }
       {
         assertion = lib.all (m: cfg.roles ? ${m.role}) (lib.attrValues cfg.machines);

@@ -55,6 +55,17 @@
     tokenFile = "metrics.token";
     plainHttp = false;
   };
+  # `[dashboard]`: nixcheck writes the hash file beside the rendered landfall.toml
+  # (the module passes users as a list, the attribute name as `name`).
+  dashboard = {
+    enabled = true;
+    sessionTtl = "12h";
+    maxFailedLogins = 10;
+    loginWindow = "15m";
+    users = [
+      { name = "tech"; role = "viewer"; passwordHash = null; passwordHashFile = "tech.hash"; }
+    ];
+  };
   webhooks = [
     {
       url = "https://hooks.lan/landfall";

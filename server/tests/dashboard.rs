@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::dash::{https_server, post_login};
 use common::{event, inventory, Server};
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use landfall_proto::{Event, EventKind, FailureClass, FailureData, HelloRequest, Step};
 use serde_json::{json, Value};
@@ -464,6 +466,18 @@ fn shots_dir(tmp: &Path) -> PathBuf {
     }
 }
 
+/// Press and release one key in the focused element.
+async fn press(c: &Client, key: Key) {
+    let k: char = key.into();
+    c.perform_actions(
+        KeyActions::new("keyboard".into())
+            .then(KeyAction::Down { value: k })
+            .then(KeyAction::Up { value: k }),
+    )
+    .await
+    .unwrap();
+}
+
 async fn screenshot(c: &Client, path: &Path) {
     let png = c.screenshot().await.unwrap();
     assert!(
@@ -623,7 +637,67 @@ async fn chromium_login_live_install_retry_viewer_csrf_logout() {
     c.goto(&format!("{base}/ui/machines/{MAC2}")).await.unwrap();
     wait_text(c, "#summary", "Retry ws-02").await;
     screenshot(c, &shots.join("dashboard-phone.png")).await;
+    // Readable on a phone: the page is no wider than the screen (wide
+    // tables scroll inside their own box).
+    let widths = c
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (page_w, screen_w) = (widths[0].as_i64().unwrap(), widths[1].as_i64().unwrap());
+    assert!(
+        page_w <= screen_w,
+        "the machine page is {page_w} px wide on a {screen_w} px phone"
+    );
+    // Nothing is fetched from elsewhere: every resource the page loaded
+    // (style, script, the live stream) is the server's own.
+    let loaded = c
+        .execute(
+            "return performance.getEntriesByType('resource').map(e => e.name);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let loaded: Vec<&str> = loaded
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert!(
+        loaded.iter().any(|u| u.ends_with("/ui/static/style.css")),
+        "{loaded:?}"
+    );
+    for u in &loaded {
+        assert!(
+            u.starts_with(&format!("{base}/ui/")),
+            "{u} is not the server's"
+        );
+    }
     c.set_window_size(1280, 900).await.unwrap();
+
+    // Keyboard: the first Tab reaches the skip link, Enter follows it; Tabs
+    // then reach the actions, and Enter on one opens its confirmation.
+    press(c, Key::Tab).await;
+    let focused = c.active_element().await.unwrap().text().await.unwrap();
+    assert_eq!(focused, "Skip to content");
+    press(c, Key::Enter).await;
+    assert_eq!(c.current_url().await.unwrap().fragment(), Some("main"));
+    let mut reached = false;
+    for _ in 0..20 {
+        press(c, Key::Tab).await;
+        let t = c.active_element().await.unwrap().text().await.unwrap();
+        if t.starts_with("Reinstall ws-02") {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "Tab never reached the Reinstall action");
+    press(c, Key::Enter).await;
+    wait_text(c, "h1", "Reinstall ws-02?").await;
+    assert_eq!(s.state_of(MAC2).await, "failed", "a confirmation only asks");
 
     // Log out: the login page, and the old cookie is worth nothing.
     c.find(Locator::Css("form.logout button"))

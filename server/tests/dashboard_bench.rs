@@ -43,7 +43,7 @@ fn size() -> Size {
             viewers: 100,
             batches: 1_000,
             batch: 20,
-            rounds: 3,
+            rounds: 5,
         },
         _ => Size {
             stored: 450,

@@ -324,6 +324,28 @@ fn proxy_dhcp_answers_netboot_clients_only_with_their_boot_file() {
         1
     );
     assert_eq!(TftpStats::get(&srv.tftp.requests), 0);
+
+    // The same counters in `GET /metrics` (Prometheus text format), as the
+    // server's own count has them.
+    let metrics = String::from_utf8(http_get(SERVER_IP, "/metrics")).unwrap();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
+    };
+    for (name, c) in [
+        ("landfall_dhcp_received_total", &srv.dhcp.received),
+        ("landfall_dhcp_answered_total", &srv.dhcp.answered),
+        ("landfall_dhcp_malformed_total", &srv.dhcp.malformed),
+        ("landfall_dhcp_rate_limited_total", &srv.dhcp.rate_limited),
+    ] {
+        assert_eq!(value(name), DhcpStats::get(c) as f64, "{name}");
+    }
+    assert_eq!(value("landfall_dhcp_rate_limited_total"), 20.0);
+    assert!(value("landfall_dhcp_answered_total") >= 6.0);
+    assert_eq!(value("landfall_tftp_requests_total"), 0.0);
     srv.stop();
 }
 

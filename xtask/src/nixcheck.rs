@@ -97,11 +97,18 @@ pub fn run() -> Result<()> {
     // 4. The rendered landfall.toml against the real server. The sample fleet's
     //    [vault] names `vault.token` beside the config; the server reads it at load,
     //    and checks that the `artifacts` directory beside it exists.
-    //    Its [metrics] token and [[webhooks]] key files too.
+    //    Its [metrics] token and [[webhooks]] key files too, and the argon2
+    //    hash file of its [[dashboard.users]] entry (made by the server's own
+    //    `hash-password` code, so the check sees a real PHC string).
+    let tech_hash = format!(
+        "{}\n",
+        landfall::dashboard::auth::hash_password("nixcheck-tech")?
+    );
     for (name, text) in [
         ("vault.token", "s.nixcheck-placeholder\n"),
         ("metrics.token", "nixcheck-metrics-token\n"),
         ("webhook.key", "nixcheck-webhook-key-0123456789\n"),
+        ("tech.hash", tech_hash.as_str()),
     ] {
         let f = work.join(name);
         std::fs::write(&f, text).with_context(|| format!("writing {}", f.display()))?;

@@ -1,6 +1,7 @@
 //! `[dashboard]`: the web dashboard's sessions, login limits and users
 //! (server/src/dashboard/). As written, and after validation.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -25,13 +26,26 @@ pub struct DashboardSection {
     pub login_window: Option<String>,
     /// `[[dashboard.users]]`: who may log in with a password.
     #[serde(default)]
-    pub users: Vec<DashboardUser>,
+    pub users: Vec<DashboardUserSection>,
 }
 
-/// `[[dashboard.users]]`: a name, a role and an argon2 password hash (PHC
-/// string, as `landfall hash-password` prints it).
+/// `[[dashboard.users]]` as written: a name, a role and an argon2 password
+/// hash (PHC string, as `landfall hash-password` prints it), inline or in a
+/// file (`password_hash_file`, relative to the config's directory; read at
+/// start, so it can stay out of a world-readable config or the Nix store).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct DashboardUserSection {
+    pub name: String,
+    pub role: Role,
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub password_hash_file: Option<String>,
+}
+
+/// A `[[dashboard.users]]` entry after validation: its hash read and checked.
+#[derive(Debug, Clone)]
 pub struct DashboardUser {
     pub name: String,
     pub role: Role,
@@ -101,7 +115,8 @@ fn duration(field: &str, value: &str, min: Duration, max: Duration) -> Result<Du
 }
 
 impl DashboardSection {
-    pub fn check(self) -> Result<DashboardSettings> {
+    /// `base`: the config's directory (`password_hash_file` is relative to it).
+    pub fn check(self, base: &Path) -> Result<DashboardSettings> {
         let d = DashboardSettings::default();
         let session_ttl = match &self.session_ttl {
             Some(v) => duration(
@@ -125,6 +140,7 @@ impl DashboardSection {
         if max_failed_logins == 0 {
             bail!("dashboard.max_failed_logins = 0 would lock everybody out; use at least 1 (default 5)");
         }
+        let mut users = Vec::with_capacity(self.users.len());
         for (i, u) in self.users.iter().enumerate() {
             let at = format!("dashboard.users[{i}]");
             if !valid_name(&u.name) {
@@ -139,20 +155,42 @@ impl DashboardSection {
                     u.name
                 );
             }
-            check_hash(&u.password_hash).with_context(|| {
+            let (field, hash) = match (&u.password_hash, &u.password_hash_file) {
+                (Some(h), None) => ("password_hash", h.clone()),
+                (None, Some(f)) => {
+                    let key = format!("{at}.password_hash_file");
+                    let text = super::files::read(&key, &base.join(f), "")?;
+                    ("password_hash_file", text.trim().to_owned())
+                }
+                (Some(_), Some(_)) => bail!(
+                    "{at} (user {:?}) has both password_hash and password_hash_file; keep one",
+                    u.name
+                ),
+                (None, None) => bail!(
+                    "{at} (user {:?}) has no password_hash or password_hash_file; make a hash \
+                     with `landfall hash-password` (it reads the password on stdin)",
+                    u.name
+                ),
+            };
+            check_hash(&hash).with_context(|| {
                 format!(
-                    "{at}.password_hash (user {:?}): make one with `landfall hash-password` \
+                    "{at}.{field} (user {:?}): make one with `landfall hash-password` \
                      (it reads the password on stdin)",
                     u.name
                 )
             })?;
+            users.push(DashboardUser {
+                name: u.name.clone(),
+                role: u.role,
+                password_hash: hash,
+            });
         }
         Ok(DashboardSettings {
             enabled: self.enabled.unwrap_or(true),
             session_ttl,
             max_failed_logins,
             login_window,
-            users: self.users,
+            users,
         })
     }
 }
@@ -186,7 +224,7 @@ mod tests {
             hash("pw")
         ))
         .unwrap();
-        let s = ok.check().unwrap();
+        let s = ok.check(Path::new(".")).unwrap();
         assert_eq!(s.session_ttl, Duration::from_secs(3600));
         assert_eq!(s.users[0].role, Role::Operator);
 
@@ -194,7 +232,7 @@ mod tests {
             "[[users]]\nname = \"bob\"\nrole = \"viewer\"\npassword_hash = \"hunter2\"\n",
         )
         .unwrap();
-        let e = format!("{:#}", bad.check().unwrap_err());
+        let e = format!("{:#}", bad.check(Path::new(".")).unwrap_err());
         assert!(
             e.contains("dashboard.users[0].password_hash") && e.contains("landfall hash-password"),
             "{e}"
@@ -213,11 +251,64 @@ mod tests {
             h = hash("x")
         ))
         .unwrap();
-        let e = format!("{:#}", twice.check().unwrap_err());
+        let e = format!("{:#}", twice.check(Path::new(".")).unwrap_err());
         assert!(e.contains("dashboard.users[1].name"), "{e}");
 
         let short: DashboardSection = toml::from_str("session_ttl = \"5s\"").unwrap();
-        let e = format!("{:#}", short.check().unwrap_err());
+        let e = format!("{:#}", short.check(Path::new(".")).unwrap_err());
         assert!(e.contains("dashboard.session_ttl"), "{e}");
+    }
+
+    #[test]
+    fn a_hash_comes_from_a_file_beside_the_config_and_one_source_is_required() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tech.hash"), format!("{}\n", hash("pw"))).unwrap();
+        let from_file: DashboardSection = toml::from_str(
+            "[[users]]\nname = \"tech\"\nrole = \"viewer\"\npassword_hash_file = \"tech.hash\"\n",
+        )
+        .unwrap();
+        let s = from_file.check(dir.path()).unwrap();
+        let h = &s.users[0].password_hash;
+        assert!(
+            h.starts_with("$argon2id$") && !h.ends_with('\n'),
+            "read and trimmed: {h:?}"
+        );
+
+        let missing: DashboardSection = toml::from_str(
+            "[[users]]\nname = \"tech\"\nrole = \"viewer\"\npassword_hash_file = \"nope.hash\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", missing.check(dir.path()).unwrap_err());
+        assert!(
+            e.contains("dashboard.users[0].password_hash_file") && e.contains("nope.hash"),
+            "{e}"
+        );
+
+        std::fs::write(dir.path().join("bad.hash"), "hunter2\n").unwrap();
+        let bad: DashboardSection = toml::from_str(
+            "[[users]]\nname = \"tech\"\nrole = \"viewer\"\npassword_hash_file = \"bad.hash\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", bad.check(dir.path()).unwrap_err());
+        assert!(
+            e.contains("dashboard.users[0].password_hash_file") && e.contains("not a PHC"),
+            "{e}"
+        );
+
+        let neither: DashboardSection =
+            toml::from_str("[[users]]\nname = \"tech\"\nrole = \"viewer\"\n").unwrap();
+        let e = format!("{:#}", neither.check(dir.path()).unwrap_err());
+        assert!(
+            e.contains("dashboard.users[0]") && e.contains("password_hash_file"),
+            "{e}"
+        );
+
+        let both: DashboardSection = toml::from_str(&format!(
+            "[[users]]\nname = \"tech\"\nrole = \"viewer\"\npassword_hash = \"{}\"\npassword_hash_file = \"tech.hash\"\n",
+            hash("pw")
+        ))
+        .unwrap();
+        let e = format!("{:#}", both.check(dir.path()).unwrap_err());
+        assert!(e.contains("both"), "{e}");
     }
 }

@@ -27,7 +27,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use landfall_proto::NamedCheck;
 
-pub use dashboard::{DashboardSection, DashboardSettings, DashboardUser, Role};
+pub use dashboard::{
+    DashboardSection, DashboardSettings, DashboardUser, DashboardUserSection, Role,
+};
 pub use observe::{MetricsSettings, WebhookSettings, DEFAULT_WEBHOOK_STATES};
 pub use resolve::{auto_hostname, expand_template, InstallKeys, Layer, Mergeable};
 pub use schema::*;

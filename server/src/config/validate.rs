@@ -256,7 +256,7 @@ impl Config {
         let (metrics, webhooks) =
             super::observe::check(&self.metrics, &self.webhooks, &self.roles, base_dir)?;
 
-        let dashboard = self.dashboard.check()?;
+        let dashboard = self.dashboard.check(base_dir)?;
 
         let http = check_http(&self.server.http)?;
 

@@ -5,19 +5,24 @@
 //!
 //! Cheap for the writer: with nobody watching, a publish is one atomic
 //! load; with viewers of the machine, one map lookup, the batch moved into
-//! a bounded ring and a version bumped. Viewers take what is new at their
-//! own pace (the dashboard coalesces to a few updates a second), so 100
-//! viewers cost the event ingestion nothing per viewer.
+//! a bounded ring and a version bumped; it never waits for a reader. The
+//! reader of a machine is one: the dashboard's hub of that machine
+//! (`live.rs`), which takes what is new a few times a second and renders it
+//! once for all the people watching, so 100 viewers cost the event
+//! ingestion nothing per viewer.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use landfall_proto::Event;
+use landfall_proto::{Event, EventKind};
 use tokio::sync::watch;
 
-/// Events kept per watched machine for viewers that fall behind; one
-/// further behind catches up from the store.
+/// Events kept per watched machine for its reader, of each kind: the
+/// steps' events (what the step list is folded from; a reader further
+/// behind than these catches up from the store), and output lines (`log`;
+/// older ones are dropped without a word: the page shows only the last few
+/// hundred, and every event is in the store).
 pub const RING: usize = 4096;
 
 pub struct Feed {
@@ -47,8 +52,11 @@ struct Watched {
 
 #[derive(Default)]
 struct Ring {
-    /// (number, attempt, event), numbered from 1 without a gap.
-    events: VecDeque<(u64, Arc<str>, Arc<Event>)>,
+    /// (number, attempt, event), numbered from 1 across both queues.
+    steps: VecDeque<(u64, Arc<str>, Arc<Event>)>,
+    lines: VecDeque<(u64, Arc<str>, Arc<Event>)>,
+    /// The number of the newest steps' event dropped.
+    dropped: u64,
     next: u64,
 }
 
@@ -56,8 +64,9 @@ struct Ring {
 #[derive(Debug, Default)]
 pub struct Taken {
     pub events: Vec<(Arc<str>, Arc<Event>)>,
-    /// Events were dropped from the ring before the viewer took them: it
-    /// must read the store again.
+    /// Steps' events were dropped from the ring before the viewer took
+    /// them: it must read the store again. (Dropped output lines are not
+    /// told.)
     pub lagged: bool,
 }
 
@@ -87,11 +96,20 @@ impl Feed {
             let mut ring = w.ring.lock().unwrap_or_else(|p| p.into_inner());
             for e in events {
                 ring.next += 1;
-                let n = ring.next;
-                ring.events.push_back((n, attempt.clone(), Arc::new(e)));
+                let item = (ring.next, attempt.clone(), Arc::new(e));
+                if item.2.kind == EventKind::Log {
+                    ring.lines.push_back(item);
+                } else {
+                    ring.steps.push_back(item);
+                }
             }
-            let extra = ring.events.len().saturating_sub(RING);
-            ring.events.drain(..extra);
+            let extra = ring.lines.len().saturating_sub(RING);
+            ring.lines.drain(..extra);
+            let extra = ring.steps.len().saturating_sub(RING);
+            if extra > 0 {
+                ring.dropped = ring.steps[extra - 1].0;
+                ring.steps.drain(..extra);
+            }
             ring.next
         };
         w.version.send_replace(newest);
@@ -190,14 +208,15 @@ impl Viewer {
     pub fn take(&mut self) -> Taken {
         self.version.mark_unchanged();
         let ring = self.watched.ring.lock().unwrap_or_else(|p| p.into_inner());
-        let oldest = ring.events.front().map_or(ring.next + 1, |e| e.0);
-        let lagged = oldest > self.cursor + 1;
-        let events = ring
-            .events
-            .iter()
-            .filter(|e| e.0 > self.cursor)
-            .map(|(_, a, e)| (a.clone(), e.clone()))
+        let lagged = ring.dropped > self.cursor;
+        let mut new: Vec<_> = [&ring.steps, &ring.lines]
+            .into_iter()
+            .flat_map(|q| q.range(q.partition_point(|e| e.0 <= self.cursor)..))
+            .cloned()
             .collect();
+        // In the order of arrival.
+        new.sort_unstable_by_key(|e| e.0);
+        let events = new.into_iter().map(|(_, a, e)| (a, e)).collect();
         self.cursor = ring.next;
         Taken { events, lagged }
     }
@@ -266,9 +285,36 @@ mod tests {
             Wake::StateChanged
         );
         assert!(v.take_state_change());
+        // More output lines than the ring holds: the newest, and no word
+        // of it (only the last lines are shown).
         let t = v.take();
-        assert!(t.lagged, "more than the ring holds came in");
+        assert!(!t.lagged);
         assert_eq!(t.events.len(), RING);
+        assert_eq!(t.events[0].1.seq, 15);
+
+        // Steps' events and lines come in the order they arrived.
+        let step = |seq: u64| Event {
+            kind: EventKind::Progress,
+            ..ev(seq)
+        };
+        feed.publish("m1", "a", vec![ev(20_000), step(20_001), ev(20_002)], false);
+        let t = v.take();
+        assert_eq!(
+            t.events.iter().map(|e| e.1.seq).collect::<Vec<_>>(),
+            vec![20_000, 20_001, 20_002]
+        );
+        // More steps' events than the ring holds: the reader must read
+        // the store.
+        feed.publish(
+            "m1",
+            "a",
+            (30_000..30_000 + RING as u64 + 1).map(step).collect(),
+            false,
+        );
+        let t = v.take();
+        assert!(t.lagged, "more steps' events than the ring holds came in");
+        assert_eq!(t.events.len(), RING);
+        assert!(!v.take().lagged, "told once");
 
         drop(other);
         assert_eq!(feed.watched_machines(), 1);

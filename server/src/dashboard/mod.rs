@@ -12,7 +12,7 @@
 pub mod auth;
 pub mod feed;
 pub mod fleet;
-mod live;
+pub mod live;
 mod pages;
 pub mod panel;
 pub mod views;
@@ -35,6 +35,8 @@ pub struct Dash {
     pub app: AppState,
     pub sessions: Sessions,
     pub limiter: LoginLimiter,
+    /// One live-update hub per watched machine (`live`).
+    pub hubs: live::Hubs,
     /// Cookies carry `Secure`: the dashboard is served over TLS.
     pub secure: bool,
 }
@@ -55,6 +57,7 @@ pub fn router(app: AppState) -> Router {
     let dash = Arc::new(Dash {
         sessions: Sessions::new(s.session_ttl),
         limiter: LoginLimiter::new(s.max_failed_logins, s.login_window),
+        hubs: live::Hubs::default(),
         secure: app.tls_port.is_some(),
         app,
     });

@@ -124,7 +124,8 @@ pub struct Head<'a> {
     pub stored: bool,
 }
 
-pub fn summary(ctx: &Ctx<'_>, h: &Head<'_>, failure: Option<&Failure>) -> Markup {
+/// `operator`: the viewer may act (the actions are linked).
+pub fn summary(operator: bool, h: &Head<'_>, failure: Option<&Failure>) -> Markup {
     let name = h.hostname.unwrap_or(h.mac);
     html! {
         p.statusline {
@@ -140,7 +141,7 @@ pub fn summary(ctx: &Ctx<'_>, h: &Head<'_>, failure: Option<&Failure>) -> Markup
             (None, None) => {},
         }
         @if h.stored {
-            @if ctx.operator() {
+            @if operator {
                 nav.actions aria-label="Actions" {
                     @if h.state == MachineState::Failed {
                         a.button href={ (machine_url(h.mac)) "/retry" } { "Retry " (name) "…" }
@@ -423,7 +424,7 @@ pub fn machine(ctx: &Ctx<'_>, p: &MachinePage<'_>) -> Markup {
             }
             (flash(p.flash.as_ref()))
             section #summary-s aria-label="State" {
-                div #summary { (summary(ctx, &p.head, p.panel.failure.as_ref())) }
+                div #summary { (summary(ctx.operator(), &p.head, p.panel.failure.as_ref())) }
             }
             section aria-labelledby="progress-h" {
                 h2 #progress-h { "Install progress" }
