@@ -1,7 +1,8 @@
 //! `apply()`: execute a [`Plan`]. Safety first (every target probed and
 //! checked before anything is written), then each disk's operations — disks
-//! in parallel — then the volumes (md arrays, volume groups, pools, bcachefs)
-//! wave by wave, the volumes of a wave in parallel, then the mounts in
+//! in parallel — and each volume's (md arrays, volume groups, pools,
+//! bcachefs) as soon as the disks and volumes making its members are done,
+//! in parallel with whatever does not depend on it, then the mounts in
 //! order, then the read-back (what the disks hold now, compared with the plan).
 //! On failure: unmount, close LUKS, deactivate volume groups, stop md arrays,
 //! export pools, wipe the new tables so a half-made disk never boots, and
@@ -356,66 +357,94 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
         root: opts.root.clone(),
     });
 
-    // Stage 0: each disk's operations, disks in parallel; then the volumes,
-    // wave by wave, the volumes of a wave in parallel.
-    let mut stages: Vec<Vec<Unit>> = vec![Vec::new()];
+    // Each disk and each volume is one unit of work, its operations in
+    // order (disko's order within a device: a LUKS volume is opened before
+    // what it holds is made). A unit starts once every unit it waits for
+    // ([`super::plan::VolumePlan::after`]: those making its members) has
+    // finished; units with no dependency between them run in parallel.
+    let mut pending: Vec<(usize, Unit, Vec<String>)> = Vec::new();
     let mut base = 0;
     for d in &plan.disks {
-        stages[0].push(Unit {
-            name: d.name.clone(),
-            disk: Some(d.clone()),
-            ops: d.ops.clone(),
-            base,
-        });
+        pending.push((
+            pending.len(),
+            Unit {
+                name: d.name.clone(),
+                disk: Some(d.clone()),
+                ops: d.ops.clone(),
+                base,
+            },
+            Vec::new(),
+        ));
         base += d.ops.len();
     }
     for v in &plan.volumes {
-        while stages.len() <= v.wave {
-            stages.push(Vec::new());
-        }
-        stages[v.wave].push(Unit {
-            name: v.label.clone(),
-            disk: None,
-            ops: v.ops.clone(),
-            base,
-        });
+        pending.push((
+            pending.len(),
+            Unit {
+                name: v.label.clone(),
+                disk: None,
+                ops: v.ops.clone(),
+                base,
+            },
+            v.after.clone(),
+        ));
         base += v.ops.len();
     }
     let mut holders: Vec<Holder> = Vec::new();
     let mut written: Vec<String> = Vec::new();
     let mut nested: Vec<DiskPlan> = Vec::new();
     let mut failure: Option<anyhow::Error> = None;
-    for stage in stages {
-        let mut set = tokio::task::JoinSet::new();
-        for (i, unit) in stage.into_iter().enumerate() {
-            let ctx = ctx.clone();
-            set.spawn(async move {
-                let mut out = UnitOut::default();
-                let r = run_unit(&unit, &ctx, &mut out).await;
-                (i, unit, r, out)
-            });
-        }
-        let mut done = Vec::new();
-        while let Some(joined) = set.join_next().await {
-            done.push(joined.map_err(|e| anyhow!("a disk task panicked: {e}"))?);
-        }
-        // In plan order, so that holders close in a stable order.
-        done.sort_by_key(|(i, ..)| *i);
-        for (_, unit, r, out) in done {
-            holders.extend(out.holders);
-            nested.extend(out.nested);
-            if out.wrote {
-                if let Some(d) = &unit.disk {
-                    written.push(d.target.device.clone());
-                }
+    let mut finished: std::collections::BTreeSet<String> = Default::default();
+    let mut set = tokio::task::JoinSet::new();
+    loop {
+        if failure.is_none() {
+            let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut pending)
+                .into_iter()
+                .partition(|(_, _, after)| after.iter().all(|a| finished.contains(a)));
+            pending = rest;
+            for (i, unit, _) in ready {
+                let ctx = ctx.clone();
+                set.spawn(async move {
+                    let mut out = UnitOut::default();
+                    let r = run_unit(&unit, &ctx, &mut out).await;
+                    (i, unit, r, out)
+                });
             }
-            if let Err(e) = r {
+        }
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
+        let (_, unit, r, out) = match joined {
+            Ok(j) => j,
+            Err(e) => {
+                failure.get_or_insert(anyhow!("a disk task panicked: {e}"));
+                continue;
+            }
+        };
+        // In the order units finish: a unit finishes after those it waits
+        // for, so holders close (in reverse) before what they stand on.
+        holders.extend(out.holders);
+        nested.extend(out.nested);
+        if out.wrote {
+            if let Some(d) = &unit.disk {
+                written.push(d.target.device.clone());
+            }
+        }
+        match r {
+            Ok(()) => {
+                finished.insert(unit.name.clone());
+            }
+            Err(e) => {
                 failure.get_or_insert(e);
             }
         }
-        if failure.is_some() {
-            break;
-        }
+    }
+    if failure.is_none() && !pending.is_empty() {
+        let names: Vec<&str> = pending.iter().map(|(_, u, _)| u.name.as_str()).collect();
+        failure = Some(anyhow!(
+            "the plan's units {} wait for units that never ran (a plan error)",
+            names.join(", ")
+        ));
     }
     let mut mounts: Vec<MountGuard> = Vec::new();
     if failure.is_none() {
