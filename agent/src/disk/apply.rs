@@ -1089,6 +1089,7 @@ pub async fn wipe(device: &str) -> Result<()> {
     for p in safety::kernel_partitions(&name) {
         let node = format!("/dev/{p}");
         if Path::new(&node).exists() {
+            clear_zfs_labels(&node)?;
             Cmd::new("wipefs")
                 .args(["--all", "--force", "--quiet", &node])
                 .run()
@@ -1099,11 +1100,46 @@ pub async fn wipe(device: &str) -> Result<()> {
     if !safety::kernel_partitions(&name).is_empty() {
         let _ = Cmd::new("partx").args(["-d", device]).run().await;
     }
+    clear_zfs_labels(device)?;
     Cmd::new("wipefs")
         .args(["--all", "--force", "--quiet", device])
         .run()
         .await?;
     Ok(())
+}
+
+/// Size of one ZFS vdev label (`vdev_label_t`): two at the start of a
+/// vdev, two at its end (the device's size rounded down to a multiple of it).
+const ZFS_LABEL: u64 = 256 << 10;
+
+/// Zero the four places a ZFS vdev label can be on `device`. wipefs erases
+/// only the uberblock magic libblkid reports (one of each label's 128), and
+/// `zpool import` still finds the pool in the labels' nvlists; zeroed, the
+/// disk is no pool member for either.
+pub fn clear_zfs_labels(device: &str) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(device)
+        .with_context(|| format!("opening {device} to clear ZFS labels"))?;
+    let size = f
+        .seek(SeekFrom::End(0))
+        .with_context(|| format!("the size of {device}"))?;
+    let end = size / ZFS_LABEL * ZFS_LABEL;
+    let zeros = vec![0u8; (2 * ZFS_LABEL) as usize];
+    let mut spans = vec![(0, (2 * ZFS_LABEL).min(size))];
+    if end >= 4 * ZFS_LABEL {
+        spans.push((end - 2 * ZFS_LABEL, 2 * ZFS_LABEL));
+    } else if end > 2 * ZFS_LABEL {
+        spans.push((2 * ZFS_LABEL, end - 2 * ZFS_LABEL));
+    }
+    for (at, len) in spans {
+        f.seek(SeekFrom::Start(at))
+            .and_then(|_| f.write_all(&zeros[..len as usize]))
+            .with_context(|| format!("zeroing {len} bytes at {at} of {device} (ZFS labels)"))?;
+    }
+    f.sync_all()
+        .with_context(|| format!("syncing {device} after clearing ZFS labels"))
 }
 
 /// Make the kernel see the new table: BLKRRPART (`blockdev --rereadpt`,
