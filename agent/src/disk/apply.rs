@@ -373,7 +373,7 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
                 ops: d.ops.clone(),
                 base,
             },
-            Vec::new(),
+            d.after.clone(),
         ));
         base += d.ops.len();
     }
@@ -847,6 +847,8 @@ fn nested_plan(op: &Op) -> Result<DiskPlan> {
         partitions: parts,
         disk_guid: disk_guid.clone(),
         ops: Vec::new(),
+        after: Vec::new(),
+        uses: Vec::new(),
     })
 }
 

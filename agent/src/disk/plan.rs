@@ -129,7 +129,7 @@ impl Plan {
     pub fn units(&self) -> Vec<(&str, &[String])> {
         self.disks
             .iter()
-            .map(|d| (d.name.as_str(), &[][..]))
+            .map(|d| (d.name.as_str(), d.after.as_slice()))
             .chain(
                 self.volumes
                     .iter()
@@ -210,8 +210,18 @@ pub struct DiskPlan {
     /// pinned ([`plan_pinned`]); else the writer picks one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_guid: Option<String>,
-    /// Operations for this disk, in order. Disks are independent: they run in parallel.
+    /// Operations for this disk, in order. It runs in parallel with the
+    /// other disks, unless its operations use a device another disk or
+    /// volume makes (`after`).
     pub ops: Vec<Op>,
+    /// The disks and volumes making a device this disk's operations use
+    /// (`uses`: a btrfs over two LUKS volumes on two disks names the other
+    /// disk's mapping in its mkfs arguments): it starts when they finished.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Devices made by other disks or volumes that this unit's operations use.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub uses: Vec<String>,
 }
 
 /// An md array, volume group, ZFS pool or bcachefs filesystem, and what is made on it.
@@ -225,9 +235,13 @@ pub struct VolumePlan {
     /// a member in wave N-1 (disko's `sortDevicesByDependencies` depth).
     pub wave: usize,
     /// The disks and volumes (by name: a disk's name, a volume's label)
-    /// whose operations make this volume's members: it starts when they
-    /// have all finished, and waits for nothing else.
+    /// whose operations make this volume's members or another device its
+    /// operations use: it starts when they have all finished, and waits for
+    /// nothing else.
     pub after: Vec<String>,
+    /// Devices made by other disks or volumes that this volume's operations use.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub uses: Vec<String>,
     pub ops: Vec<Op>,
 }
 
@@ -584,6 +598,8 @@ fn plan_with(
             partitions: parts,
             disk_guid: table.and(disk_guid),
             ops,
+            after: Vec::new(),
+            uses: Vec::new(),
         });
     }
     let mut volumes = Vec::new();
@@ -601,6 +617,7 @@ fn plan_with(
             disk: None,
         });
     }
+    link_units(&mut disks, &mut volumes);
     // disko mounts in mountpoint order: a parent sorts before its children.
     w.mounts.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
     let nixos = nixos::derive(layout, &w.sites, |name| {
@@ -614,6 +631,62 @@ fn plan_with(
         mounts: w.mounts,
         nixos,
     })
+}
+
+/// The devices an operation makes (besides a disk's own partitions).
+fn makes(op: &Op) -> Vec<String> {
+    match op {
+        Op::LuksOpen { name, .. } => vec![format!("/dev/mapper/{name}")],
+        Op::MdCreate { device, .. } => vec![device.clone()],
+        Op::LvCreate { vg, name, .. } => vec![format!("/dev/{vg}/{name}")],
+        Op::NestedTable { partitions, .. } => partitions.clone(),
+        Op::ZfsVolume { name, .. } => vec![format!("/dev/zvol/{name}")],
+        _ => Vec::new(),
+    }
+}
+
+/// What each disk and volume waits for beyond its members: every device
+/// its operations' command lines name that another unit makes (disko runs
+/// the disks one after another, so a layout may name an earlier disk's
+/// device, e.g. btrfs `extraArgs = [ "-d raid1" "/dev/mapper/p1" ]`).
+fn link_units(disks: &mut [DiskPlan], volumes: &mut [VolumePlan]) {
+    let mut maker: BTreeMap<String, String> = BTreeMap::new();
+    for d in disks.iter() {
+        for p in &d.partitions {
+            maker.insert(p.device.clone(), d.name.clone());
+        }
+        for m in d.ops.iter().flat_map(makes) {
+            maker.insert(m, d.name.clone());
+        }
+    }
+    for v in volumes.iter() {
+        for m in v.ops.iter().flat_map(makes) {
+            maker.insert(m, v.label.clone());
+        }
+    }
+    let used = |me: &str, ops: &[Op]| {
+        let mut after = std::collections::BTreeSet::new();
+        let mut uses = std::collections::BTreeSet::new();
+        for word in ops.iter().flat_map(|o| o.argv().unwrap_or_default()) {
+            if let Some(m) = maker.get(&word).filter(|m| *m != me) {
+                after.insert(m.clone());
+                uses.insert(word);
+            }
+        }
+        (after, uses)
+    };
+    for d in disks.iter_mut() {
+        let (after, uses) = used(&d.name, &d.ops);
+        d.after = after.into_iter().collect();
+        d.uses = uses.into_iter().collect();
+    }
+    for v in volumes.iter_mut() {
+        let (after, uses) = used(&v.label, &v.ops);
+        let mut all: std::collections::BTreeSet<String> = v.after.iter().cloned().collect();
+        all.extend(after);
+        v.after = all.into_iter().collect();
+        v.uses = uses.into_iter().collect();
+    }
 }
 
 /// gpt `hybrid` (disko gpt.nix `_create`): `sgdisk -h` over the hybrid
@@ -1129,6 +1202,7 @@ fn volume_plan(
             .get(v)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default(),
+        uses: Vec::new(),
         ops,
     })
 }
@@ -1273,7 +1347,7 @@ impl fmt::Display for Plan {
             writeln!(
                 f,
                 "  operations, in this order; {}:",
-                order_note(self, &d.name, &[])
+                order_note(self, &d.name, &d.after, &d.uses)
             )?;
             for op in &d.ops {
                 n += 1;
@@ -1285,7 +1359,7 @@ impl fmt::Display for Plan {
                 f,
                 "{} (operations in this order; {}):",
                 v.label,
-                order_note(self, &v.label, &v.after)
+                order_note(self, &v.label, &v.after, &v.uses)
             )?;
             for op in &v.ops {
                 n += 1;
@@ -1319,14 +1393,15 @@ impl fmt::Display for Plan {
 }
 
 /// What a unit of the printed plan waits for and what runs beside it.
-fn order_note(plan: &Plan, name: &str, after: &[String]) -> String {
+fn order_note(plan: &Plan, name: &str, after: &[String], uses: &[String]) -> String {
     let list = |v: &[String]| v.join(", ");
     let starts = if after.is_empty() {
         "starts at once".to_owned()
     } else {
         format!(
-            "starts when {} finished (they make its members)",
-            list(after)
+            "starts when {} finished (made there: {})",
+            list(after),
+            list(uses)
         )
     };
     let beside = plan.parallel_with(name);
@@ -1525,8 +1600,8 @@ mod tests {
         let text = p.to_string();
         for want in [
             "  operations, in this order; starts at once; may run in parallel with b:",
-            "mdadm.boot (operations in this order; starts when a, b finished (they make its members); may run in parallel with mdadm.raid1, lvm_vg.pool):",
-            "lvm_vg.pool (operations in this order; starts when mdadm.raid1 finished (they make its members); may run in parallel with mdadm.boot):",
+            "mdadm.boot (operations in this order; starts when a, b finished (made there: /dev/vda1, /dev/vdb1); may run in parallel with mdadm.raid1, lvm_vg.pool):",
+            "lvm_vg.pool (operations in this order; starts when mdadm.raid1 finished (made there: /dev/mapper/crypted); may run in parallel with mdadm.boot):",
             "mounts (in this order, below the target root; after every disk and volume above):",
         ] {
             assert!(text.contains(want), "{want:?} not in:\n{text}");
@@ -1573,9 +1648,46 @@ mod tests {
         assert!(p.parallel_with("lvm_vg.pool").is_empty());
         let text = p.to_string();
         assert!(
-            text.contains("lvm_vg.pool (operations in this order; starts when one, two finished (they make its members); nothing runs beside it):"),
+            text.contains("lvm_vg.pool (operations in this order; starts when one, two finished (made there: /dev/mapper/crypt1, /dev/mapper/crypt2); nothing runs beside it):"),
             "{text}"
         );
+    }
+
+    /// disko makes the disks one after another, so a layout may name an
+    /// earlier disk's device: btrfs over two LUKS volumes names the first
+    /// disk's mapping in its mkfs arguments (disko's luks-btrfs-raid). That
+    /// disk waits for the other; the plan says so.
+    #[test]
+    fn a_disk_naming_another_disks_device_waits_for_it() {
+        let l = Layout::from_json(&json!({"disk": {
+            "disk1": {"type": "disk", "device": "auto", "content": {"type": "gpt", "partitions": {
+                "p1": {"size": "100%", "content": {"type": "luks", "name": "p1",
+                    "passwordFile": "/run/landfall/secrets/luks.key"}}}}},
+            "disk2": {"type": "disk", "device": "auto", "content": {"type": "gpt", "partitions": {
+                "p2": {"size": "100%", "content": {"type": "luks", "name": "p2",
+                    "passwordFile": "/run/landfall/secrets/luks.key",
+                    "content": {"type": "btrfs", "extraArgs": ["-d raid1", "/dev/mapper/p1"],
+                        "mountpoint": "/"}}}}}}}}))
+        .unwrap();
+        let p = plan(&l, &targets(&["disk1", "disk2"])).unwrap();
+        assert!(p.disks[0].after.is_empty());
+        assert_eq!(p.disks[1].after, ["disk1"]);
+        assert_eq!(p.disks[1].uses, ["/dev/mapper/p1"]);
+        assert!(p.parallel_with("disk1").is_empty());
+        let text = p.to_string();
+        assert!(
+            text.contains("  operations, in this order; starts when disk1 finished (made there: /dev/mapper/p1); nothing runs beside it:"),
+            "{text}"
+        );
+        // Two disks without such a name stay parallel.
+        let l = Layout::from_json(&json!({"disk": {
+            "one": {"type": "disk", "device": "auto", "content": {"type": "gpt", "partitions": {
+                "r": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}}}},
+            "two": {"type": "disk", "device": "auto", "content": {"type": "gpt", "partitions": {
+                "h": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/home"}}}}}}}))
+        .unwrap();
+        let p = plan(&l, &targets(&["one", "two"])).unwrap();
+        assert_eq!(p.parallel_with("one"), ["two"]);
     }
 
     #[test]
