@@ -1114,27 +1114,46 @@ pub async fn wipe(device: &str) -> Result<()> {
 /// vdev, two at its end (the device's size rounded down to a multiple of it).
 const ZFS_LABEL: u64 = 256 << 10;
 
-/// Zero the four places a ZFS vdev label can be on `device`. wipefs erases
-/// only the uberblock magic libblkid reports (one of each label's 128), and
-/// `zpool import` still finds the pool in the labels' nvlists; zeroed, the
-/// disk is no pool member for either.
+/// Zero the four places a ZFS vdev label can be on `device` when one of
+/// them holds an uberblock (magic 0x00bab10c, either byte order, at a 1 KiB
+/// step in the label's second half). wipefs erases only the uberblock magic
+/// libblkid reports (one of each label's 128), and `zpool import` still finds
+/// the pool in the labels' nvlists; zeroed, the disk is no pool member for
+/// either. Devices without a label are only read (1 MiB).
 pub fn clear_zfs_labels(device: &str) -> Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
+    use std::io::{Read, Seek, SeekFrom, Write};
     let mut f = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .open(device)
-        .with_context(|| format!("opening {device} to clear ZFS labels"))?;
+        .with_context(|| format!("opening {device} to look for ZFS labels"))?;
     let size = f
         .seek(SeekFrom::End(0))
         .with_context(|| format!("the size of {device}"))?;
     let end = size / ZFS_LABEL * ZFS_LABEL;
-    let zeros = vec![0u8; (2 * ZFS_LABEL) as usize];
     let mut spans = vec![(0, (2 * ZFS_LABEL).min(size))];
     if end >= 4 * ZFS_LABEL {
         spans.push((end - 2 * ZFS_LABEL, 2 * ZFS_LABEL));
     } else if end > 2 * ZFS_LABEL {
         spans.push((2 * ZFS_LABEL, end - 2 * ZFS_LABEL));
     }
+    let magic = [0x00ba_b10c_u64.to_le_bytes(), 0x00ba_b10c_u64.to_be_bytes()];
+    let mut found = false;
+    for &(at, len) in &spans {
+        let mut buf = vec![0u8; len as usize];
+        f.seek(SeekFrom::Start(at))
+            .and_then(|_| f.read_exact(&mut buf))
+            .with_context(|| format!("reading {len} bytes at {at} of {device} (ZFS labels)"))?;
+        found |= buf.chunks(ZFS_LABEL as usize).any(|label| {
+            (ZFS_LABEL as usize / 2..label.len().saturating_sub(8))
+                .step_by(1024)
+                .any(|o| magic.iter().any(|m| label[o..o + 8] == *m))
+        });
+    }
+    if !found {
+        return Ok(());
+    }
+    let zeros = vec![0u8; (2 * ZFS_LABEL) as usize];
     for (at, len) in spans {
         f.seek(SeekFrom::Start(at))
             .and_then(|_| f.write_all(&zeros[..len as usize]))
