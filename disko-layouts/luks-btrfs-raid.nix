@@ -1,8 +1,9 @@
 # A btrfs RAID 1 over two LUKS volumes: the first volume is only opened (no
 # content), the second holds the btrfs whose mkfs arguments name the first
 # mapping as its second device ("-d raid1" is split into words, as disko's
-# shell does). Disks are prepared in name order, so disk1's mapping exists
-# when disk2's mkfs runs. disko's example/luks-btrfs-raid.nix.
+# shell does). disko prepares the disks in name order; landfall in parallel,
+# except that disk2 waits for disk1, which makes the /dev/mapper/p1 its mkfs
+# names. disko's example/luks-btrfs-raid.nix.
 {
   disko.devices = {
     disk.disk1 = {

@@ -71,6 +71,10 @@ enum Command {
         /// Write LUKS headers but do not open them (hosts without device-mapper).
         #[arg(long)]
         no_open_luks: bool,
+        /// An extra `cryptsetup luksFormat` argument, before the device
+        /// (tests and benchmarks on emulated CPUs: `--pbkdf pbkdf2`). Repeatable.
+        #[arg(long = "luks-format-arg", allow_hyphen_values = true)]
+        luks_format_args: Vec<String>,
         #[command(flatten)]
         unlock: UnlockArgs,
         /// Print the result (read-back and NixOS configuration) as JSON, and
@@ -369,6 +373,7 @@ fn real_main(cli: Cli) -> Result<()> {
             root,
             no_mount,
             no_open_luks,
+            luks_format_args,
             unlock,
             json,
         } => {
@@ -383,6 +388,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 wipe,
                 no_mount_formats: no_mount,
                 open_luks: !no_open_luks,
+                luks_format_args,
                 // One line per operation event on stderr: JSON lines with --json.
                 progress: Some(std::sync::Arc::new(move |e: &disk::OpEvent| {
                     if json {

@@ -114,6 +114,52 @@ fn the_fixtures_cover_every_feature_of_every_disko_example() {
     }
 }
 
+/// The fixtures the VM tests apply: `storage_layouts.rs`'s FIXTURES and the layouts the
+/// install scenarios of `install.rs` install.
+fn vm_applied() -> BTreeSet<String> {
+    let read = |f: &str| std::fs::read_to_string(repo().join("vm-tests/tests").join(f)).unwrap();
+    let storage = read("storage_layouts.rs");
+    let list = storage
+        .split("const FIXTURES: &[&str] = &[")
+        .nth(1)
+        .and_then(|r| r.split("];").next())
+        .expect("storage_layouts.rs has its FIXTURES list");
+    let mut out: BTreeSet<String> = list
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    let install = read("install.rs");
+    out.extend(
+        install
+            .split("layout: \"")
+            .skip(1)
+            .filter_map(|r| r.split('"').next())
+            .map(str::to_owned),
+    );
+    out
+}
+
+/// An example marked applied in the VM has a fixture a VM test applies.
+#[test]
+fn examples_marked_applied_in_the_vm_have_a_fixture_a_vm_test_applies() {
+    let vm = vm_applied();
+    assert!(
+        vm.contains("mdadm-raid1") && vm.contains("simple-efi"),
+        "{vm:?}"
+    );
+    let wrong: Vec<String> = examples()
+        .iter()
+        .filter(|e| e.applied == "vm" && !e.fixtures.iter().any(|f| vm.contains(f)))
+        .map(|e| format!("{} ({:?})", e.example, e.fixtures))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "marked applied in the VM, but no VM test applies their fixtures: {wrong:?} (VM tests apply {vm:?})"
+    );
+}
+
 /// The rows of docs/disks.md's "disko examples" table.
 fn table_rows() -> Vec<String> {
     examples()

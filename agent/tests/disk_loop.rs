@@ -952,12 +952,32 @@ fn a_disk_with_a_zfs_pool_label_counts_as_data() {
     let b = blkid(disk.dev());
     assert_eq!(b.get("LABEL").map(String::as_str), Some("tank"), "{b:?}");
     member_is_data_until_wiped(&disk, "zfs_member", "ZFS pool member");
+    // Not only what libblkid reports (one uberblock magic): none of the four labels keeps
+    // its nvlist or an uberblock, which `zpool import` would still find.
+    let raw = std::fs::read(disk.dev()).unwrap();
+    let size = raw.len() as u64;
+    assert_eq!(size, 1200 * MIB);
+    for at in [0, ZFS_LABEL, size - 2 * ZFS_LABEL, size - ZFS_LABEL] {
+        let label = &raw[at as usize..(at + ZFS_LABEL) as usize];
+        let magic = 0x00ba_b10c_u64.to_le_bytes();
+        let uberblocks = (128usize << 10..ZFS_LABEL as usize)
+            .step_by(1024)
+            .filter(|o| label[*o..*o + 8] == magic)
+            .count();
+        let nvlist = label.windows(9).any(|w| w == b"pool_guid");
+        assert!(
+            uberblocks == 0 && !nvlist,
+            "the ZFS label at {at} survived the wipe: {uberblocks} uberblocks, nvlist: {nvlist}"
+        );
+    }
 }
+
+const ZFS_LABEL: u64 = 256 << 10;
 
 /// Four ZFS vdev labels on `dev` of `size` bytes (see the test above).
 fn write_zfs_labels(dev: &str, size: u64, pool: &str, guid: u64) {
     use std::io::{Seek, SeekFrom, Write};
-    const LABEL: u64 = 256 << 10;
+    const LABEL: u64 = ZFS_LABEL;
     // XDR nvlist: encoding and endianness, version and flags, then the pairs (each: encoded
     // size, decoded size, name length, name padded to 4, type, element count, value), then
     // a zero size.

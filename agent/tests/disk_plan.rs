@@ -609,6 +609,20 @@ fn legacy_tables_in_image_files_match_parted_running_diskos_commands() {
             ],
         ),
     ));
+    // The MBR type flags parted sets (0xef esp, 0x82 swap, 0x8e lvm, 0xfd raid), each
+    // over an fs-type that would give another type.
+    layouts.push((
+        "type flags (msdos)".into(),
+        extra(
+            "msdos",
+            &[
+                ("1MiB", "20MiB", Some("fat32"), false, &["esp"]),
+                ("20MiB", "40MiB", Some("ext4"), false, &["swap"]),
+                ("40MiB", "60MiB", Some("linux-swap"), false, &["lvm"]),
+                ("60MiB", "100%", None, true, &["raid"]),
+            ],
+        ),
+    ));
     for (name, l) in &layouts {
         let disk = &l.disks["main"];
         let t = disk.table().unwrap();
@@ -656,6 +670,15 @@ fn legacy_tables_in_image_files_match_parted_running_diskos_commands() {
             let b = sfdisk_parts(&theirs, &[]);
             let what = format!("{name} on {size} bytes");
             assert_eq!(a, b, "{what}: our table differs from parted's");
+            if name == "type flags (msdos)" {
+                let tys: Vec<(&str, bool)> =
+                    a.iter().map(|p| (p.ty.as_str(), p.bootable)).collect();
+                assert_eq!(
+                    tys,
+                    [("EF", false), ("82", false), ("8E", false), ("FD", true)],
+                    "{what}"
+                );
+            }
             assert_plan_written(dp, &a, &what);
         }
     }

@@ -16,7 +16,10 @@
 #   --flake REF#ATTR or --system /nix/store/HASH-nixos-system-HOST-VERSION;
 #   /mnt is a mount point (/proc/mounts); /mnt/etc/nixos/hardware-configuration.nix
 #   exists and is not empty; with --flake /mnt/etc/nixos/flake.nix exists;
-#   /mnt/etc/landfall/verify.json has mode 600 in a 700 directory.
+#   /mnt/etc/landfall/verify.json has mode 600 in a 700 directory; an active md array
+#   (/proc/mdstat) needs boot.swraid.enable and an ARRAY line, an active thin pool
+#   (dmsetup table) services.lvm.boot.thin.enable, an f2fs mount under /mnt "f2fs" in
+#   boot.supportedFilesystems (recorded as the marker's "storage").
 #
 # Failure modes, kernel parameter landfall_test.nixos_install=MODE (from
 # /proc/cmdline): ok (default), fail-KIND, fail-once-KIND with KIND one of
@@ -113,6 +116,37 @@ mode=$(stat -c %a "$v")
 [ "$mode" = 600 ] || die "/mnt/etc/landfall/verify.json has mode $mode, want 600"
 mode=$(stat -c %a "$mnt/etc/landfall")
 [ "$mode" = 700 ] || die "/mnt/etc/landfall has mode $mode, want 700"
+
+# ---- the storage stack (issue 16) ----------------------------------
+# What the installed system needs to assemble what the agent made, as the real
+# nixos-install would build it in: an active md array needs boot.swraid (and an ARRAY
+# line in its mdadmConf), a thin pool services.lvm.boot.thin, an f2fs mount under /mnt
+# boot.supportedFilesystems (or the initrd cannot mount it). Recorded in the marker.
+hw=$mnt/etc/nixos/hardware-configuration.nix
+storage=
+has() { grep -q "$1" "$hw"; }
+for md in $(awk '$2 == ":" && $3 == "active" { print $1 }' "$P/proc/mdstat" 2>/dev/null); do
+    has 'boot\.swraid\.enable = true;' ||
+        die "md array $md is active but hardware-configuration.nix lacks boot.swraid.enable = true: the installed system would not assemble it"
+    has 'ARRAY /dev/md/' ||
+        die "md array $md is active but boot.swraid.mdadmConf has no ARRAY line"
+    storage="$storage${storage:+, }$(json "md:$md")"
+done
+if [ -n "$P" ]; then dmtable=$(cat "$P/dmsetup-table" 2>/dev/null); else dmtable=$(dmsetup table 2>/dev/null); fi
+if printf '%s\n' "$dmtable" | grep -q ' thin-pool '; then
+    has 'services\.lvm\.boot\.thin\.enable = true;' ||
+        die "a thin pool is active but hardware-configuration.nix lacks services.lvm.boot.thin.enable = true"
+    storage="$storage${storage:+, }$(json lvm-thin)"
+fi
+for fs in $(awk '$2 ~ "^/mnt(/|$)" { print $3 }' "$P/proc/mounts" | sort -u); do
+    case "$fs" in
+    f2fs)
+        has 'supportedFilesystems = \[.*"f2fs"' ||
+            die "an f2fs filesystem is mounted under /mnt but boot.supportedFilesystems lacks \"f2fs\""
+        storage="$storage${storage:+, }$(json fs:f2fs)"
+        ;;
+    esac
+done
 
 # ---- the failure mode -----------------------------------------------
 fail= hold=
@@ -312,6 +346,7 @@ tick
     json "$attr"
     printf ', "toplevel": '
     json "${system:-$sys}"
+    printf ', "storage": [%s]' "$storage"
     printf ', "run": %s}\n' "$runs"
 } >"$mnt/etc/landfall-test-double.json"
 

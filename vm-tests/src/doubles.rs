@@ -195,6 +195,69 @@ mod tests {
         assert_eq!(m["run"], 1);
     }
 
+    /// Issue 16: what the agent made must be assembled by the installed system: an active
+    /// md array needs boot.swraid with an ARRAY line, an active thin pool
+    /// services.lvm.boot.thin, an f2fs mount "f2fs" in boot.supportedFilesystems.
+    #[test]
+    fn the_storage_the_agent_made_is_declared_for_the_installed_system() {
+        let f = Fake::new();
+        f.write(
+            "proc/mdstat",
+            "Personalities : [raid1]\nmd127 : active raid1 vdb3[1] vda3[0]\n      1046528 blocks super 1.2 [2/2] [UU]\n\nunused devices: <none>\n",
+            0o444,
+        );
+        f.write(
+            "dmsetup-table",
+            "mainpool-thinpool-tpool: 0 524288 thin-pool 253:1 253:2 128 0 0 \n",
+            0o444,
+        );
+        f.write(
+            "proc/mounts",
+            "/dev/md127p1 /mnt ext4 rw 0 0\n/dev/mainpool/data /mnt/data f2fs rw 0 0\n",
+            0o444,
+        );
+        let hw = "mnt/etc/nixos/hardware-configuration.nix";
+        assert_contract_error(
+            f.run(FLAKE_ARGS),
+            "md array md127 is active but hardware-configuration.nix lacks boot.swraid.enable = true",
+        );
+        let swraid = "  boot.swraid.enable = true;\n";
+        f.write(hw, &format!("{{ ... }}: {{\n{swraid}}}\n"), 0o644);
+        assert_contract_error(f.run(FLAKE_ARGS), "boot.swraid.mdadmConf has no ARRAY line");
+        let conf = "  boot.swraid.mdadmConf = ''\n    ARRAY /dev/md/raid1 name=any:raid1\n    MAILADDR root\n  '';\n";
+        f.write(hw, &format!("{{ ... }}: {{\n{swraid}{conf}}}\n"), 0o644);
+        assert_contract_error(
+            f.run(FLAKE_ARGS),
+            "a thin pool is active but hardware-configuration.nix lacks services.lvm.boot.thin.enable = true",
+        );
+        let thin = "  services.lvm.boot.thin.enable = true;\n";
+        f.write(
+            hw,
+            &format!("{{ ... }}: {{\n{swraid}{conf}{thin}}}\n"),
+            0o644,
+        );
+        assert_contract_error(
+            f.run(FLAKE_ARGS),
+            "an f2fs filesystem is mounted under /mnt but boot.supportedFilesystems lacks \"f2fs\"",
+        );
+        let fs = "  boot.supportedFilesystems = [ \"f2fs\" ];\n";
+        f.write(
+            hw,
+            &format!("{{ ... }}: {{\n{swraid}{conf}{thin}{fs}}}\n"),
+            0o644,
+        );
+        let (code, out, err) = f.run(FLAKE_ARGS);
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert_eq!(
+            f.marker()["storage"],
+            serde_json::json!(["md:md127", "lvm-thin", "fs:f2fs"])
+        );
+        // Nothing of the kind: nothing asked, nothing recorded.
+        let plain = Fake::new();
+        assert_eq!(plain.run(FLAKE_ARGS).0, 0);
+        assert_eq!(plain.marker()["storage"], serde_json::json!([]));
+    }
+
     /// The installed initrd's view (`stage1`) of each LUKS unlock method, from a hardware
     /// file shaped as the agent writes it: the keyFile; `tpm2` only with the systemd
     /// initrd (nixpkgs reads crypttabExtraOpts there only); else a prompt (`-`).

@@ -21,8 +21,12 @@ pub fn output(argv: &[&str]) -> Result<String> {
     Ok(Cmd::new(argv[0]).args(&argv[1..]).run_blocking()?.stdout)
 }
 
-/// `landfall-agent` as the image ships it (release, static), in `target/`.
+/// `landfall-agent` as the image ships it (release, static), in `target/`; or the
+/// one `LANDFALL_TEST_AGENT` names (already built, e.g. by a VM test run).
 pub fn static_agent() -> Result<PathBuf> {
+    if std::env::var_os(landfall_vm_tests::agent::AGENT_ENV).is_some() {
+        return landfall_vm_tests::agent::static_agent();
+    }
     landfall_vm_tests::agent::build_static_agent(&workspace_root().join("target"))
 }
 

@@ -1,7 +1,8 @@
 //! `apply()`: execute a [`Plan`]. Safety first (every target probed and
 //! checked before anything is written), then each disk's operations — disks
-//! in parallel — then the volumes (md arrays, volume groups, pools, bcachefs)
-//! wave by wave, the volumes of a wave in parallel, then the mounts in
+//! in parallel — and each volume's (md arrays, volume groups, pools,
+//! bcachefs) as soon as the disks and volumes making its members are done,
+//! in parallel with whatever does not depend on it, then the mounts in
 //! order, then the read-back (what the disks hold now, compared with the plan).
 //! On failure: unmount, close LUKS, deactivate volume groups, stop md arrays,
 //! export pools, wipe the new tables so a half-made disk never boots, and
@@ -356,66 +357,94 @@ pub async fn apply(plan: &Plan, opts: &ApplyOptions) -> Result<Applied> {
         root: opts.root.clone(),
     });
 
-    // Stage 0: each disk's operations, disks in parallel; then the volumes,
-    // wave by wave, the volumes of a wave in parallel.
-    let mut stages: Vec<Vec<Unit>> = vec![Vec::new()];
+    // Each disk and each volume is one unit of work, its operations in
+    // order (disko's order within a device: a LUKS volume is opened before
+    // what it holds is made). A unit starts once every unit it waits for
+    // ([`super::plan::VolumePlan::after`]: those making its members) has
+    // finished; units with no dependency between them run in parallel.
+    let mut pending: Vec<(usize, Unit, Vec<String>)> = Vec::new();
     let mut base = 0;
     for d in &plan.disks {
-        stages[0].push(Unit {
-            name: d.name.clone(),
-            disk: Some(d.clone()),
-            ops: d.ops.clone(),
-            base,
-        });
+        pending.push((
+            pending.len(),
+            Unit {
+                name: d.name.clone(),
+                disk: Some(d.clone()),
+                ops: d.ops.clone(),
+                base,
+            },
+            d.after.clone(),
+        ));
         base += d.ops.len();
     }
     for v in &plan.volumes {
-        while stages.len() <= v.wave {
-            stages.push(Vec::new());
-        }
-        stages[v.wave].push(Unit {
-            name: v.label.clone(),
-            disk: None,
-            ops: v.ops.clone(),
-            base,
-        });
+        pending.push((
+            pending.len(),
+            Unit {
+                name: v.label.clone(),
+                disk: None,
+                ops: v.ops.clone(),
+                base,
+            },
+            v.after.clone(),
+        ));
         base += v.ops.len();
     }
     let mut holders: Vec<Holder> = Vec::new();
     let mut written: Vec<String> = Vec::new();
     let mut nested: Vec<DiskPlan> = Vec::new();
     let mut failure: Option<anyhow::Error> = None;
-    for stage in stages {
-        let mut set = tokio::task::JoinSet::new();
-        for (i, unit) in stage.into_iter().enumerate() {
-            let ctx = ctx.clone();
-            set.spawn(async move {
-                let mut out = UnitOut::default();
-                let r = run_unit(&unit, &ctx, &mut out).await;
-                (i, unit, r, out)
-            });
-        }
-        let mut done = Vec::new();
-        while let Some(joined) = set.join_next().await {
-            done.push(joined.map_err(|e| anyhow!("a disk task panicked: {e}"))?);
-        }
-        // In plan order, so that holders close in a stable order.
-        done.sort_by_key(|(i, ..)| *i);
-        for (_, unit, r, out) in done {
-            holders.extend(out.holders);
-            nested.extend(out.nested);
-            if out.wrote {
-                if let Some(d) = &unit.disk {
-                    written.push(d.target.device.clone());
-                }
+    let mut finished: std::collections::BTreeSet<String> = Default::default();
+    let mut set = tokio::task::JoinSet::new();
+    loop {
+        if failure.is_none() {
+            let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut pending)
+                .into_iter()
+                .partition(|(_, _, after)| after.iter().all(|a| finished.contains(a)));
+            pending = rest;
+            for (i, unit, _) in ready {
+                let ctx = ctx.clone();
+                set.spawn(async move {
+                    let mut out = UnitOut::default();
+                    let r = run_unit(&unit, &ctx, &mut out).await;
+                    (i, unit, r, out)
+                });
             }
-            if let Err(e) = r {
+        }
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
+        let (_, unit, r, out) = match joined {
+            Ok(j) => j,
+            Err(e) => {
+                failure.get_or_insert(anyhow!("a disk task panicked: {e}"));
+                continue;
+            }
+        };
+        // In the order units finish: a unit finishes after those it waits
+        // for, so holders close (in reverse) before what they stand on.
+        holders.extend(out.holders);
+        nested.extend(out.nested);
+        if out.wrote {
+            if let Some(d) = &unit.disk {
+                written.push(d.target.device.clone());
+            }
+        }
+        match r {
+            Ok(()) => {
+                finished.insert(unit.name.clone());
+            }
+            Err(e) => {
                 failure.get_or_insert(e);
             }
         }
-        if failure.is_some() {
-            break;
-        }
+    }
+    if failure.is_none() && !pending.is_empty() {
+        let names: Vec<&str> = pending.iter().map(|(_, u, _)| u.name.as_str()).collect();
+        failure = Some(anyhow!(
+            "the plan's units {} wait for units that never ran (a plan error)",
+            names.join(", ")
+        ));
     }
     let mut mounts: Vec<MountGuard> = Vec::new();
     if failure.is_none() {
@@ -818,6 +847,8 @@ fn nested_plan(op: &Op) -> Result<DiskPlan> {
         partitions: parts,
         disk_guid: disk_guid.clone(),
         ops: Vec::new(),
+        after: Vec::new(),
+        uses: Vec::new(),
     })
 }
 
@@ -1060,6 +1091,7 @@ pub async fn wipe(device: &str) -> Result<()> {
     for p in safety::kernel_partitions(&name) {
         let node = format!("/dev/{p}");
         if Path::new(&node).exists() {
+            clear_zfs_labels(&node)?;
             Cmd::new("wipefs")
                 .args(["--all", "--force", "--quiet", &node])
                 .run()
@@ -1070,11 +1102,65 @@ pub async fn wipe(device: &str) -> Result<()> {
     if !safety::kernel_partitions(&name).is_empty() {
         let _ = Cmd::new("partx").args(["-d", device]).run().await;
     }
+    clear_zfs_labels(device)?;
     Cmd::new("wipefs")
         .args(["--all", "--force", "--quiet", device])
         .run()
         .await?;
     Ok(())
+}
+
+/// Size of one ZFS vdev label (`vdev_label_t`): two at the start of a
+/// vdev, two at its end (the device's size rounded down to a multiple of it).
+const ZFS_LABEL: u64 = 256 << 10;
+
+/// Zero the four places a ZFS vdev label can be on `device` when one of
+/// them holds an uberblock (magic 0x00bab10c, either byte order, at a 1 KiB
+/// step in the label's second half). wipefs erases only the uberblock magic
+/// libblkid reports (one of each label's 128), and `zpool import` still finds
+/// the pool in the labels' nvlists; zeroed, the disk is no pool member for
+/// either. Devices without a label are only read (1 MiB).
+pub fn clear_zfs_labels(device: &str) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .with_context(|| format!("opening {device} to look for ZFS labels"))?;
+    let size = f
+        .seek(SeekFrom::End(0))
+        .with_context(|| format!("the size of {device}"))?;
+    let end = size / ZFS_LABEL * ZFS_LABEL;
+    let mut spans = vec![(0, (2 * ZFS_LABEL).min(size))];
+    if end >= 4 * ZFS_LABEL {
+        spans.push((end - 2 * ZFS_LABEL, 2 * ZFS_LABEL));
+    } else if end > 2 * ZFS_LABEL {
+        spans.push((2 * ZFS_LABEL, end - 2 * ZFS_LABEL));
+    }
+    let magic = [0x00ba_b10c_u64.to_le_bytes(), 0x00ba_b10c_u64.to_be_bytes()];
+    let mut found = false;
+    for &(at, len) in &spans {
+        let mut buf = vec![0u8; len as usize];
+        f.seek(SeekFrom::Start(at))
+            .and_then(|_| f.read_exact(&mut buf))
+            .with_context(|| format!("reading {len} bytes at {at} of {device} (ZFS labels)"))?;
+        found |= buf.chunks(ZFS_LABEL as usize).any(|label| {
+            (ZFS_LABEL as usize / 2..label.len().saturating_sub(8))
+                .step_by(1024)
+                .any(|o| magic.iter().any(|m| label[o..o + 8] == *m))
+        });
+    }
+    if !found {
+        return Ok(());
+    }
+    let zeros = vec![0u8; (2 * ZFS_LABEL) as usize];
+    for (at, len) in spans {
+        f.seek(SeekFrom::Start(at))
+            .and_then(|_| f.write_all(&zeros[..len as usize]))
+            .with_context(|| format!("zeroing {len} bytes at {at} of {device} (ZFS labels)"))?;
+    }
+    f.sync_all()
+        .with_context(|| format!("syncing {device} after clearing ZFS labels"))
 }
 
 /// Make the kernel see the new table: BLKRRPART (`blockdev --rereadpt`,

@@ -120,6 +120,53 @@ impl Plan {
         Ok(())
     }
 
+    /// Every unit of work, in the plan's printed order: each disk (its
+    /// table, then what its partitions hold, in order) and each volume
+    /// (created, then what it holds), with the units it waits for. A disk
+    /// waits for nothing; a volume for the disks and volumes that make its
+    /// members. Apply starts a unit as soon as all it waits for have
+    /// finished: units with no path between them run in parallel.
+    pub fn units(&self) -> Vec<(&str, &[String])> {
+        self.disks
+            .iter()
+            .map(|d| (d.name.as_str(), d.after.as_slice()))
+            .chain(
+                self.volumes
+                    .iter()
+                    .map(|v| (v.label.as_str(), v.after.as_slice())),
+            )
+            .collect()
+    }
+
+    /// Every unit `name` waits for, directly or through another one.
+    pub fn waits_for(&self, name: &str) -> std::collections::BTreeSet<String> {
+        let units = self.units();
+        let mut out = std::collections::BTreeSet::new();
+        let mut todo = vec![name.to_owned()];
+        while let Some(n) = todo.pop() {
+            if let Some((_, after)) = units.iter().find(|(u, _)| *u == n) {
+                for a in after.iter() {
+                    if out.insert(a.clone()) {
+                        todo.push(a.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The units that may run at the same time as `name`: neither waits
+    /// for the other, directly or indirectly.
+    pub fn parallel_with(&self, name: &str) -> Vec<String> {
+        let mine = self.waits_for(name);
+        self.units()
+            .iter()
+            .map(|(u, _)| *u)
+            .filter(|u| *u != name && !mine.contains(*u) && !self.waits_for(u).contains(name))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Whether applying needs this machine's TPM2.
     pub fn needs_tpm2(&self) -> bool {
         self.all_ops()
@@ -163,8 +210,18 @@ pub struct DiskPlan {
     /// pinned ([`plan_pinned`]); else the writer picks one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_guid: Option<String>,
-    /// Operations for this disk, in order. Disks are independent: they run in parallel.
+    /// Operations for this disk, in order. It runs in parallel with the
+    /// other disks, unless its operations use a device another disk or
+    /// volume makes (`after`).
     pub ops: Vec<Op>,
+    /// The disks and volumes making a device this disk's operations use
+    /// (`uses`: a btrfs over two LUKS volumes on two disks names the other
+    /// disk's mapping in its mkfs arguments): it starts when they finished.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Devices made by other disks or volumes that this unit's operations use.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub uses: Vec<String>,
 }
 
 /// An md array, volume group, ZFS pool or bcachefs filesystem, and what is made on it.
@@ -175,9 +232,16 @@ pub struct VolumePlan {
     /// "mdadm.raid1", as reports name it.
     pub label: String,
     /// 1 for volumes whose members are all on the disks; N for those with
-    /// a member in wave N-1. Volumes of one wave run in parallel, after
-    /// every disk and every earlier wave.
+    /// a member in wave N-1 (disko's `sortDevicesByDependencies` depth).
     pub wave: usize,
+    /// The disks and volumes (by name: a disk's name, a volume's label)
+    /// whose operations make this volume's members or another device its
+    /// operations use: it starts when they have all finished, and waits for
+    /// nothing else.
+    pub after: Vec<String>,
+    /// Devices made by other disks or volumes that this volume's operations use.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub uses: Vec<String>,
     pub ops: Vec<Op>,
 }
 
@@ -261,6 +325,8 @@ struct Walk<'a> {
     ids: Option<&'a Ids>,
     /// Volume -> its members in creation order: (content field path, device).
     members: BTreeMap<VolumeRef, Vec<(String, String)>>,
+    /// Volume -> the disks and volumes whose operations make its members.
+    makers: BTreeMap<VolumeRef, std::collections::BTreeSet<String>>,
     mounts: Vec<Mount>,
     /// Content field path -> how the installed system names its device.
     sites: Sites,
@@ -448,6 +514,7 @@ fn plan_with(
     let mut w = Walk {
         ids,
         members: BTreeMap::new(),
+        makers: BTreeMap::new(),
         mounts: Vec::new(),
         sites: Sites::default(),
     };
@@ -531,6 +598,8 @@ fn plan_with(
             partitions: parts,
             disk_guid: table.and(disk_guid),
             ops,
+            after: Vec::new(),
+            uses: Vec::new(),
         });
     }
     let mut volumes = Vec::new();
@@ -548,6 +617,7 @@ fn plan_with(
             disk: None,
         });
     }
+    link_units(&mut disks, &mut volumes);
     // disko mounts in mountpoint order: a parent sorts before its children.
     w.mounts.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
     let nixos = nixos::derive(layout, &w.sites, |name| {
@@ -561,6 +631,62 @@ fn plan_with(
         mounts: w.mounts,
         nixos,
     })
+}
+
+/// The devices an operation makes (besides a disk's own partitions).
+fn makes(op: &Op) -> Vec<String> {
+    match op {
+        Op::LuksOpen { name, .. } => vec![format!("/dev/mapper/{name}")],
+        Op::MdCreate { device, .. } => vec![device.clone()],
+        Op::LvCreate { vg, name, .. } => vec![format!("/dev/{vg}/{name}")],
+        Op::NestedTable { partitions, .. } => partitions.clone(),
+        Op::ZfsVolume { name, .. } => vec![format!("/dev/zvol/{name}")],
+        _ => Vec::new(),
+    }
+}
+
+/// What each disk and volume waits for beyond its members: every device
+/// its operations' command lines name that another unit makes (disko runs
+/// the disks one after another, so a layout may name an earlier disk's
+/// device, e.g. btrfs `extraArgs = [ "-d raid1" "/dev/mapper/p1" ]`).
+fn link_units(disks: &mut [DiskPlan], volumes: &mut [VolumePlan]) {
+    let mut maker: BTreeMap<String, String> = BTreeMap::new();
+    for d in disks.iter() {
+        for p in &d.partitions {
+            maker.insert(p.device.clone(), d.name.clone());
+        }
+        for m in d.ops.iter().flat_map(makes) {
+            maker.insert(m, d.name.clone());
+        }
+    }
+    for v in volumes.iter() {
+        for m in v.ops.iter().flat_map(makes) {
+            maker.insert(m, v.label.clone());
+        }
+    }
+    let used = |me: &str, ops: &[Op]| {
+        let mut after = std::collections::BTreeSet::new();
+        let mut uses = std::collections::BTreeSet::new();
+        for word in ops.iter().flat_map(|o| o.argv().unwrap_or_default()) {
+            if let Some(m) = maker.get(&word).filter(|m| *m != me) {
+                after.insert(m.clone());
+                uses.insert(word);
+            }
+        }
+        (after, uses)
+    };
+    for d in disks.iter_mut() {
+        let (after, uses) = used(&d.name, &d.ops);
+        d.after = after.into_iter().collect();
+        d.uses = uses.into_iter().collect();
+    }
+    for v in volumes.iter_mut() {
+        let (after, uses) = used(&v.label, &v.ops);
+        let mut all: std::collections::BTreeSet<String> = v.after.iter().cloned().collect();
+        all.extend(after);
+        v.after = all.into_iter().collect();
+        v.uses = uses.into_iter().collect();
+    }
 }
 
 /// gpt `hybrid` (disko gpt.nix `_create`): `sgdisk -h` over the hybrid
@@ -673,9 +799,11 @@ fn content_ops(
             ops.push(Op::PvCreate {
                 device: device.to_owned(),
             });
-            register(c, device, w);
+            register(c, device, owner, w);
         }
-        Content::MdRaid(_) | Content::Zfs(_) | Content::Bcachefs(_) => register(c, device, w),
+        Content::MdRaid(_) | Content::Zfs(_) | Content::Bcachefs(_) => {
+            register(c, device, owner, w)
+        }
     }
     Ok(())
 }
@@ -691,8 +819,12 @@ fn content_path(c: &Content) -> String {
     }
 }
 
-fn register(c: &Content, device: &str, w: &mut Walk<'_>) {
+fn register(c: &Content, device: &str, owner: &str, w: &mut Walk<'_>) {
     if let Some(v) = c.member_of() {
+        w.makers
+            .entry(v.clone())
+            .or_default()
+            .insert(owner.to_owned());
         w.members
             .entry(v)
             .or_default()
@@ -1065,6 +1197,12 @@ fn volume_plan(
         name: v.name.clone(),
         label,
         wave,
+        after: w
+            .makers
+            .get(v)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default(),
+        uses: Vec::new(),
         ops,
     })
 }
@@ -1208,7 +1346,8 @@ impl fmt::Display for Plan {
             }
             writeln!(
                 f,
-                "  operations (this disk's run in parallel with the other disks'):"
+                "  operations, in this order; {}:",
+                order_note(self, &d.name, &d.after, &d.uses)
             )?;
             for op in &d.ops {
                 n += 1;
@@ -1218,10 +1357,9 @@ impl fmt::Display for Plan {
         for v in &self.volumes {
             writeln!(
                 f,
-                "{} (wave {}: after the disks{}; in parallel with the wave's other volumes):",
+                "{} (operations in this order; {}):",
                 v.label,
-                v.wave,
-                if v.wave > 1 { " and earlier waves" } else { "" }
+                order_note(self, &v.label, &v.after, &v.uses)
             )?;
             for op in &v.ops {
                 n += 1;
@@ -1229,7 +1367,10 @@ impl fmt::Display for Plan {
             }
         }
         if !self.mounts.is_empty() {
-            writeln!(f, "mounts (in this order, below the target root):")?;
+            writeln!(
+                f,
+                "mounts (in this order, below the target root; after every disk and volume above):"
+            )?;
             for m in &self.mounts {
                 n += 1;
                 writeln!(
@@ -1248,6 +1389,26 @@ impl fmt::Display for Plan {
             let _ = writeln!(s, "    {l}");
         }
         f.write_str(&s)
+    }
+}
+
+/// What a unit of the printed plan waits for and what runs beside it.
+fn order_note(plan: &Plan, name: &str, after: &[String], uses: &[String]) -> String {
+    let list = |v: &[String]| v.join(", ");
+    let starts = if after.is_empty() {
+        "starts at once".to_owned()
+    } else {
+        format!(
+            "starts when {} finished (made there: {})",
+            list(after),
+            list(uses)
+        )
+    };
+    let beside = plan.parallel_with(name);
+    if beside.is_empty() {
+        format!("{starts}; nothing runs beside it")
+    } else {
+        format!("{starts}; may run in parallel with {}", list(&beside))
     }
 }
 
@@ -1313,6 +1474,220 @@ mod tests {
         assert!(p.boot_warnings(FirmwareMode::Uefi).is_empty());
         let w = p.boot_warnings(FirmwareMode::Bios);
         assert!(w[0].contains("no BIOS boot partition (type EF02)"), "{w:?}");
+    }
+
+    fn targets(names: &[&str]) -> BTreeMap<String, Target> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    n.to_string(),
+                    Target {
+                        device: format!("/dev/vd{}", (b'a' + i as u8) as char),
+                        size_bytes: 2 << 30,
+                        sector_size: 512,
+                        by_id: None,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Where `pred` first matches in `ops`.
+    fn at(ops: &[Op], what: &str, pred: impl Fn(&Op) -> bool) -> usize {
+        ops.iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("no {what} in {ops:#?}"))
+    }
+
+    /// LUKS on an md array holding an LVM physical volume, beside a second
+    /// array for /boot: the partitions (each disk's unit, the disks in
+    /// parallel), then each array once both disks are done, the LUKS
+    /// container on the array after the array and the physical volume in
+    /// the mapping after the mapping (the array's unit, in that order), then
+    /// the volume group after that array only: it may run beside the /boot
+    /// array, which it does not need. The printed plan says so.
+    #[test]
+    fn luks_on_md_waits_for_the_array_and_lvm_for_the_mapping() {
+        let disk = json!({"type": "disk", "device": "auto", "content": {"type": "gpt", "partitions": {
+            "boot": {"size": "256M", "content": {"type": "mdraid", "name": "boot"}},
+            "data": {"size": "100%", "content": {"type": "mdraid", "name": "raid1"}}}}});
+        let l = Layout::from_json(&json!({
+            "disk": {"a": disk.clone(), "b": disk},
+            "mdadm": {
+                "boot": {"type": "mdadm", "level": 1, "metadata": "1.0", "content": {
+                    "type": "filesystem", "format": "vfat", "mountpoint": "/boot"}},
+                "raid1": {"type": "mdadm", "level": 1, "content": {"type": "luks", "name": "crypted",
+                    "passwordFile": "/run/landfall/secrets/luks.key",
+                    "content": {"type": "lvm_pv", "vg": "pool"}}}},
+            "lvm_vg": {"pool": {"type": "lvm_vg", "lvs": {"root": {"size": "100%", "content": {
+                "type": "filesystem", "format": "ext4", "mountpoint": "/"}}}}}
+        }))
+        .unwrap();
+        let p = plan(&l, &targets(&["a", "b"])).unwrap();
+        let units: Vec<(&str, Vec<&str>)> = p
+            .units()
+            .into_iter()
+            .map(|(n, a)| (n, a.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            units,
+            [
+                ("a", vec![]),
+                ("b", vec![]),
+                ("mdadm.boot", vec!["a", "b"]),
+                ("mdadm.raid1", vec!["a", "b"]),
+                ("lvm_vg.pool", vec!["mdadm.raid1"]),
+            ]
+        );
+        // Each disk's unit: its table, nothing of the arrays.
+        for d in &p.disks {
+            assert!(
+                d.ops.iter().all(|o| matches!(
+                    o,
+                    Op::Wipe { .. } | Op::WriteGpt { .. } | Op::Reread { .. }
+                )),
+                "{:#?}",
+                d.ops
+            );
+        }
+        let raid = &p
+            .volumes
+            .iter()
+            .find(|v| v.label == "mdadm.raid1")
+            .unwrap()
+            .ops;
+        let md = at(raid, "mdadm --create", |o| matches!(o, Op::MdCreate { .. }));
+        let format = at(
+            raid,
+            "luksFormat",
+            |o| matches!(o, Op::LuksFormat { device, .. } if device == "/dev/md/raid1"),
+        );
+        let open = at(
+            raid,
+            "luksOpen",
+            |o| matches!(o, Op::LuksOpen { name, .. } if name == "crypted"),
+        );
+        let pv = at(
+            raid,
+            "pvcreate",
+            |o| matches!(o, Op::PvCreate { device } if device == "/dev/mapper/crypted"),
+        );
+        assert!(md < format && format < open && open < pv, "{raid:#?}");
+        // The volume group: its logical volumes, then their filesystems.
+        let vg = &p
+            .volumes
+            .iter()
+            .find(|v| v.label == "lvm_vg.pool")
+            .unwrap()
+            .ops;
+        let lv = at(vg, "lvcreate", |o| matches!(o, Op::LvCreate { .. }));
+        let mkfs = at(
+            vg,
+            "mkfs",
+            |o| matches!(o, Op::Mkfs { device, .. } if device == "/dev/pool/root"),
+        );
+        assert!(matches!(vg[0], Op::VgCreate { .. }) && lv < mkfs, "{vg:#?}");
+
+        assert_eq!(
+            p.waits_for("lvm_vg.pool").into_iter().collect::<Vec<_>>(),
+            ["a", "b", "mdadm.raid1"]
+        );
+        assert_eq!(p.parallel_with("a"), ["b"]);
+        assert_eq!(p.parallel_with("mdadm.raid1"), ["mdadm.boot"]);
+        assert_eq!(p.parallel_with("lvm_vg.pool"), ["mdadm.boot"]);
+        let text = p.to_string();
+        for want in [
+            "  operations, in this order; starts at once; may run in parallel with b:",
+            "mdadm.boot (operations in this order; starts when a, b finished (made there: /dev/vda1, /dev/vdb1); may run in parallel with mdadm.raid1, lvm_vg.pool):",
+            "lvm_vg.pool (operations in this order; starts when mdadm.raid1 finished (made there: /dev/mapper/crypted); may run in parallel with mdadm.boot):",
+            "mounts (in this order, below the target root; after every disk and volume above):",
+        ] {
+            assert!(text.contains(want), "{want:?} not in:\n{text}");
+        }
+        // Mounts: parents first.
+        let m: Vec<&str> = p.mounts.iter().map(|m| m.mountpoint.as_str()).collect();
+        assert_eq!(m, ["/", "/boot"]);
+    }
+
+    /// LVM on LUKS across two disks: each disk opens its LUKS volume and
+    /// makes the physical volume in the mapping (in that order, the disks in
+    /// parallel); the volume group waits for both, and nothing runs beside it.
+    #[test]
+    fn lvm_on_luks_across_disks_waits_for_both_mappings() {
+        let disk = |name: &str| {
+            json!({"type": "disk", "device": "auto", "content": {"type": "gpt", "partitions": {
+                "luks": {"size": "100%", "content": {"type": "luks", "name": name,
+                    "passwordFile": "/run/landfall/secrets/luks.key",
+                    "content": {"type": "lvm_pv", "vg": "pool"}}}}}})
+        };
+        let l = Layout::from_json(&json!({
+            "disk": {"one": disk("crypt1"), "two": disk("crypt2")},
+            "lvm_vg": {"pool": {"type": "lvm_vg", "lvs": {"root": {"size": "100%", "content": {
+                "type": "filesystem", "format": "ext4", "mountpoint": "/"}}}}}
+        }))
+        .unwrap();
+        let p = plan(&l, &targets(&["one", "two"])).unwrap();
+        for (d, name) in p.disks.iter().zip(["crypt1", "crypt2"]) {
+            let table = at(&d.ops, "the GPT", |o| matches!(o, Op::WriteGpt { .. }));
+            let open = at(
+                &d.ops,
+                "luksOpen",
+                |o| matches!(o, Op::LuksOpen { name: n, .. } if n == name),
+            );
+            let pv = at(
+                &d.ops,
+                "pvcreate",
+                |o| matches!(o, Op::PvCreate { device } if *device == format!("/dev/mapper/{name}")),
+            );
+            assert!(table < open && open < pv, "{:#?}", d.ops);
+        }
+        assert_eq!(p.volumes[0].after, ["one", "two"]);
+        assert_eq!(p.parallel_with("one"), ["two"]);
+        assert!(p.parallel_with("lvm_vg.pool").is_empty());
+        let text = p.to_string();
+        assert!(
+            text.contains("lvm_vg.pool (operations in this order; starts when one, two finished (made there: /dev/mapper/crypt1, /dev/mapper/crypt2); nothing runs beside it):"),
+            "{text}"
+        );
+    }
+
+    /// disko makes the disks one after another, so a layout may name an
+    /// earlier disk's device: btrfs over two LUKS volumes names the first
+    /// disk's mapping in its mkfs arguments (disko's luks-btrfs-raid). That
+    /// disk waits for the other; the plan says so.
+    #[test]
+    fn a_disk_naming_another_disks_device_waits_for_it() {
+        let l = Layout::from_json(&json!({"disk": {
+            "disk1": {"type": "disk", "device": "auto", "content": {"type": "gpt", "partitions": {
+                "p1": {"size": "100%", "content": {"type": "luks", "name": "p1",
+                    "passwordFile": "/run/landfall/secrets/luks.key"}}}}},
+            "disk2": {"type": "disk", "device": "auto", "content": {"type": "gpt", "partitions": {
+                "p2": {"size": "100%", "content": {"type": "luks", "name": "p2",
+                    "passwordFile": "/run/landfall/secrets/luks.key",
+                    "content": {"type": "btrfs", "extraArgs": ["-d raid1", "/dev/mapper/p1"],
+                        "mountpoint": "/"}}}}}}}}))
+        .unwrap();
+        let p = plan(&l, &targets(&["disk1", "disk2"])).unwrap();
+        assert!(p.disks[0].after.is_empty());
+        assert_eq!(p.disks[1].after, ["disk1"]);
+        assert_eq!(p.disks[1].uses, ["/dev/mapper/p1"]);
+        assert!(p.parallel_with("disk1").is_empty());
+        let text = p.to_string();
+        assert!(
+            text.contains("  operations, in this order; starts when disk1 finished (made there: /dev/mapper/p1); nothing runs beside it:"),
+            "{text}"
+        );
+        // Two disks without such a name stay parallel.
+        let l = Layout::from_json(&json!({"disk": {
+            "one": {"type": "disk", "device": "auto", "content": {"type": "gpt", "partitions": {
+                "r": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}}}},
+            "two": {"type": "disk", "device": "auto", "content": {"type": "gpt", "partitions": {
+                "h": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/home"}}}}}}}))
+        .unwrap();
+        let p = plan(&l, &targets(&["one", "two"])).unwrap();
+        assert_eq!(p.parallel_with("one"), ["two"]);
     }
 
     #[test]

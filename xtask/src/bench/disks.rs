@@ -12,6 +12,16 @@
 //!    (wipefs, sfdisk, partx, mkfs.vfat, mkfs.ext4, mount) in a plain
 //!    script. Goal: the agent's overhead (safety probe, read-back) <= 5%.
 //!
+//! 3. In a VM (this host's kernel has neither md nor device-mapper): the
+//!    test image with the storage stack, booted directly with two 1 GiB
+//!    virtio disks, a script running, round after round, the fixtures
+//!    `mdadm-raid1` (two RAID 1 arrays over two disks, a GPT on one),
+//!    `lvm-sizes` (four logical volumes) and `lvm-thin` (a thin pool with two
+//!    thin volumes) through `landfall-agent apply`, and the same operations
+//!    as a plain sequential script (sfdisk, mdadm, lvm, mkfs, mount), blank
+//!    disks for each (the cleanup is not timed). Reported: the agent's time
+//!    over the raw commands'.
+//!
 //! Every measurement gets fresh sparse files and loop devices (not timed);
 //! vfat is made but not mounted by either side (this kernel has no vfat).
 //! Rounds alternate agent/script; medians are reported, and the minimum of
@@ -33,9 +43,185 @@ pub fn run(agent: &Path) -> Result<()> {
     }
     let dir = std::env::temp_dir().join(format!("landfall-bench-disks-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = bench(agent, &dir);
+    let result = bench(agent, &dir).and_then(|()| vm_cases(agent, &dir));
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Rounds of each VM case (each side).
+const VM_ROUNDS: usize = 5;
+
+/// The VM cases: (fixture, its disks, the raw commands it amounts to).
+const VM_CASES: &[(&str, &str, &str)] = &[
+    (
+        "mdadm-raid1",
+        "--disk one=/dev/vda --disk two=/dev/vdb",
+        r#"for d in /dev/vda /dev/vdb; do
+    n=$([ $d = /dev/vda ] && echo one || echo two)
+    wipefs --all --force --quiet $d
+    printf "label: gpt\nsize=1MiB, type=$BIOS, name=disk-$n-boot\nsize=256MiB, type=$ESP, name=disk-$n-ESP\nsize=+, type=$LINUX, name=disk-$n-mdadm\n" | sfdisk -q $d
+done
+echo y | mdadm --create /dev/md/boot --level=1 --raid-devices=2 --metadata=1.0 --force --homehost=any /dev/vda2 /dev/vdb2 2>/dev/null
+wipefs --all --force --quiet /dev/md/boot
+mkfs.vfat /dev/md/boot >/dev/null
+echo y | mdadm --create /dev/md/raid1 --level=1 --raid-devices=2 --metadata=default --force --homehost=any /dev/vda3 /dev/vdb3 2>/dev/null
+wipefs --all --force --quiet /dev/md/raid1
+printf "label: gpt\nsize=+, type=$LINUX, name=mdadm-raid1-primary\n" | sfdisk -q /dev/md/raid1
+md=$(readlink -f /dev/md/raid1)
+mkfs.ext4 -F -q ${md}p1
+mount -t ext4 ${md}p1 /mnt && mkdir -p /mnt/boot && mount -t vfat -o umask=0077 /dev/md/boot /mnt/boot"#,
+    ),
+    (
+        "lvm-sizes",
+        "--disk one=/dev/vda",
+        r#"wipefs --all --force --quiet /dev/vda
+printf "label: gpt\nsize=500MiB, type=$ESP, name=disk-one-boot\nsize=+, type=$LINUX, name=disk-one-primary\n" | sfdisk -q /dev/vda
+mkfs.vfat /dev/vda1 >/dev/null
+pvcreate -q /dev/vda2 && vgcreate -q pool /dev/vda2
+lvcreate -q --yes -L 4M -n aaa pool && lvcreate -q --yes -L 256M -n root pool
+lvcreate -q --yes -L 4M -n zzz pool && lvcreate -q --yes -l 100%FREE -n home pool
+mkfs.ext4 -F -q /dev/pool/root && mkfs.ext4 -F -q /dev/pool/home
+mount -t ext4 /dev/pool/root /mnt && mkdir -p /mnt/boot /mnt/home
+mount -t vfat -o umask=0077 /dev/vda1 /mnt/boot && mount -t ext4 /dev/pool/home /mnt/home"#,
+    ),
+    (
+        "lvm-thin",
+        "--disk main=/dev/vda",
+        r#"wipefs --all --force --quiet /dev/vda
+printf "label: gpt\nsize=500MiB, type=$ESP, name=disk-main-ESP\nsize=+, type=$LINUX, name=disk-main-primary\n" | sfdisk -q /dev/vda
+mkfs.vfat /dev/vda1 >/dev/null
+pvcreate -q /dev/vda2 && vgcreate -q mainpool /dev/vda2
+lvcreate -q --yes -L 256M -n thinpool --type=thin-pool mainpool
+lvcreate -q --yes -V 64M -n home --thinpool=thinpool mainpool
+lvcreate -q --yes -L 16M -n raw mainpool
+lvcreate -q --yes -V 128M -n root --thinpool=thinpool mainpool
+mkfs.ext4 -F -q /dev/mainpool/home && mkfs.ext4 -F -q /dev/mainpool/root
+mount -t ext4 /dev/mainpool/root /mnt && mkdir -p /mnt/boot /mnt/home
+mount -t vfat -o umask=0077 /dev/vda1 /mnt/boot && mount -t ext4 /dev/mainpool/home /mnt/home"#,
+    ),
+];
+
+/// The VM's script: per round and case, the agent then the raw commands, each on blank
+/// disks, timed with /proc/uptime (10 ms; the cases take seconds under TCG).
+fn vm_script() -> String {
+    let mut s = String::from(
+        r#"#!/bin/sh
+export LVM_SUPPRESS_FD_WARNINGS=1
+ESP=C12A7328-F81F-11D2-BA4B-00A0C93EC93B
+LINUX=0FC63DAF-8483-4772-8E79-3D69D8477DE4
+BIOS=21686148-6449-6E6F-744E-656564454649
+mkdir -p /mnt
+now() { cut -d ' ' -f 1 /proc/uptime; }
+blank() {
+    for m in $(awk '$2 ~ "^/mnt(/|$)" {print $2}' /proc/mounts | sort -r); do umount "$m"; done
+    for vg in $(lvm vgs --noheadings -o vg_name 2>/dev/null); do lvm vgchange -q -an "$vg" >/dev/null; done
+    mdadm --stop --scan 2>/dev/null
+    for d in /dev/vda /dev/vdb; do
+        for p in $d[0-9]*; do [ -e "$p" ] && wipefs --all --force --quiet "$p"; done
+        wipefs --all --force --quiet "$d"
+        blockdev --rereadpt "$d" 2>/dev/null
+    done
+    sync
+}
+"#,
+    );
+    for (i, (name, disks, raw)) in VM_CASES.iter().enumerate() {
+        s.push_str(&format!(
+            "raw{i}() {{
+set -e
+{raw}
+}}
+agent{i}() {{
+/bin/landfall-agent apply --wipe --root /mnt --layout /etc/landfall-bench/{name}.json {disks} >/tmp/out 2>&1 || {{ cat /tmp/out; return 1; }}
+}}
+"
+        ));
+    }
+    s.push_str(&format!(
+        "for round in $(seq {VM_ROUNDS}); do
+"
+    ));
+    for (i, (name, ..)) in VM_CASES.iter().enumerate() {
+        for side in ["agent", "raw"] {
+            s.push_str(&format!(
+                "    blank; t0=$(now); ( {side}{i} ) || {{ echo \"bench-failed {name} {side}\"; exit 1; }}; t1=$(now)
+    echo \"bench-vm {name} {side} $t0 $t1\"
+"
+            ));
+        }
+    }
+    s.push_str(
+        "done
+blank
+",
+    );
+    s
+}
+
+/// The mdadm and LVM cases, in a VM (see the module documentation).
+fn vm_cases(agent: &Path, dir: &Path) -> Result<()> {
+    use landfall_vm_tests::{image, script, ImageSpec};
+    let layouts = build::workspace_root().join("disko-layouts");
+    let mut spec = ImageSpec::new(agent, dir.join("artifacts")).with_storage_stack();
+    spec.host_programs
+        .extend(image::DISK_PROGRAMS.iter().map(|p| p.to_string()));
+    for (name, ..) in VM_CASES {
+        let json = landfall_cmd::nix::render_json_blocking(&layouts.join(format!("{name}.nix")))?;
+        spec.extra_data.push((
+            format!("etc/landfall-bench/{name}.json"),
+            json.into_bytes(),
+            0o644,
+        ));
+    }
+    eprintln!("bench disks: the mdadm and LVM cases in a VM ({VM_ROUNDS} rounds)");
+    let run = script::run(
+        spec,
+        &vm_script(),
+        &[("LFBENCH-A", 1 << 30), ("LFBENCH-B", 1 << 30)],
+        &dir.join("vm"),
+        Duration::from_secs(3600),
+    )?;
+    if run.status != 0 {
+        bail!("the VM bench script failed:\n{}", run.log);
+    }
+    println!(
+        "bench disks, VM ({}, 2 x 1 GiB virtio disks, {VM_ROUNDS} rounds, same run; median / min; blank disks each time)",
+        run.accel.as_str()
+    );
+    for (name, ..) in VM_CASES {
+        let times = |side: &str| -> Vec<Duration> {
+            run.lines(&format!("bench-vm {name} {side} "))
+                .iter()
+                .filter_map(|l| {
+                    let mut f = l.split_whitespace().map(|x| x.parse::<f64>().ok());
+                    let (a, b) = (f.next()??, f.next()??);
+                    Some(Duration::from_secs_f64((b - a).max(0.0)))
+                })
+                .collect()
+        };
+        let (a, r) = (times("agent"), times("raw"));
+        if a.len() != VM_ROUNDS || r.len() != VM_ROUNDS {
+            bail!(
+                "{name}: {} agent and {} raw times:\n{}",
+                a.len(),
+                r.len(),
+                run.log
+            );
+        }
+        let min = |v: &[Duration]| v.iter().min().copied().unwrap_or_default();
+        let (am, rm) = (min(&a), min(&r));
+        let (a, r) = (median(a), median(r));
+        println!(
+            "  {name:<12} landfall-agent apply {:>8.0} / {:>8.0} ms   raw commands {:>8.0} / {:>8.0} ms   ratio agent / raw {:.2} / {:.2}",
+            ms(a),
+            ms(am),
+            ms(r),
+            ms(rm),
+            a.as_secs_f64() / r.as_secs_f64(),
+            am.as_secs_f64() / rm.as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 fn bench(agent: &Path, dir: &Path) -> Result<()> {
