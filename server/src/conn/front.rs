@@ -385,29 +385,45 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8], limit: Duration) -> io:
     Ok(())
 }
 
+/// Most bytes one sendfile(2) call is asked for (nginx's
+/// `sendfile_max_chunk`, 2 MiB by default): after that many the connection
+/// goes to the back of the queue, so that one fast reader does not keep the
+/// worker from every other connection.
+const SENDFILE_CHUNK: u64 = 2 << 20;
+
 /// sendfile(2) the range to the socket. A page-cache miss makes the call
 /// read the disk on this worker thread (as nginx without `aio` does); boot
 /// artifacts are read by every machine and stay cached.
+///
+/// One timer for the whole range, not one per call: when it fires, the
+/// send ends if nothing was sent for `limit`, else it is set again to
+/// `limit` after the last progress (`send_timeout`'s meaning is kept).
 async fn send_file(stream: &TcpStream, range: &FileRange, limit: Duration) -> io::Result<()> {
     let (mut at, mut left) = (range.start, range.len);
+    let mut progress = tokio::time::Instant::now();
+    let deadline = tokio::time::sleep_until(progress + limit);
+    tokio::pin!(deadline);
     while left > 0 {
-        // At most 1 GiB a call (Linux sends at most 2 GiB - 4 KiB anyway).
-        let want = left.min(1 << 30) as usize;
-        let sent = tokio::time::timeout(
-            limit,
-            stream.async_io(Interest::WRITABLE, || {
-                let mut off = at as i64;
-                nix::sys::sendfile::sendfile64(
-                    stream.as_fd(),
-                    range.file.as_fd(),
-                    Some(&mut off),
-                    want,
-                )
+        let want = left.min(SENDFILE_CHUNK) as usize;
+        // Tried at once while the socket is known writable; a wait for
+        // readiness only after it answered EAGAIN.
+        let call = stream.async_io(Interest::WRITABLE, || {
+            let mut off = at as i64;
+            nix::sys::sendfile::sendfile64(stream.as_fd(), range.file.as_fd(), Some(&mut off), want)
                 .map_err(io::Error::from)
-            }),
-        )
-        .await
-        .map_err(|_| timed_out(limit))??;
+        });
+        let sent = tokio::select! {
+            biased;
+            r = call => r?,
+            () = &mut deadline => {
+                let by = progress + limit;
+                if tokio::time::Instant::now() >= by {
+                    return Err(timed_out(limit));
+                }
+                deadline.as_mut().reset(by);
+                continue;
+            }
+        };
         if sent == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -416,6 +432,12 @@ async fn send_file(stream: &TcpStream, range: &FileRange, limit: Duration) -> io
         }
         at += sent as u64;
         left -= sent as u64;
+        progress = tokio::time::Instant::now();
+        if sent == want && left > 0 {
+            // A whole chunk went: the others' turn (nginx posts the write
+            // event to its next loop the same way).
+            tokio::task::yield_now().await;
+        }
     }
     Ok(())
 }
@@ -434,22 +456,19 @@ mod tests {
 
     /// A server of `router` through the front, on 127.0.0.1.
     async fn start(router: Router) -> SocketAddr {
+        start_with(router, HttpSettings::default()).await
+    }
+
+    async fn start_with(router: Router, http: HttpSettings) -> SocketAddr {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
                 let (s, peer) = l.accept().await.unwrap();
                 let r = router.clone();
-                tokio::spawn(async move {
-                    serve(
-                        s,
-                        peer,
-                        r,
-                        &HttpSettings::default(),
-                        &CancellationToken::new(),
-                    )
-                    .await
-                });
+                tokio::spawn(
+                    async move { serve(s, peer, r, &http, &CancellationToken::new()).await },
+                );
             }
         });
         addr
@@ -529,7 +548,8 @@ mod tests {
     #[tokio::test]
     async fn one_connection_carries_every_kind_of_request_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let file: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        // Larger than a sendfile chunk: several calls, each from where the last ended.
+        let file: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.path().join("f"), &file).unwrap();
         let addr = start(router(dir.path().to_owned())).await;
         // Pipelined: all sent at once, answered in order on one connection;
@@ -539,7 +559,7 @@ mod tests {
             b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n\
               GET /stream HTTP/1.1\r\nHost: x\r\n\r\n\
               HEAD /small HTTP/1.1\r\nHost: x\r\n\r\n\
-              GET /artifacts/f HTTP/1.1\r\nHost: x\r\nRange: bytes=299990-\r\n\r\n\
+              GET /artifacts/f HTTP/1.1\r\nHost: x\r\nRange: bytes=4999990-\r\n\r\n\
               GET /peer HTTP/1.1\r\nHost: x\r\n\r\n\
               POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
               GET /small HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -549,7 +569,7 @@ mod tests {
             closed,
             "the server kept the connection after `Connection: close`"
         );
-        let tail: String = file[299_990..].iter().map(|&b| b as char).collect();
+        let tail: String = file[4_999_990..].iter().map(|&b| b as char).collect();
         in_order(
             &out,
             &[
@@ -561,7 +581,7 @@ mod tests {
                 "HTTP/1.1 200 OK\r\n",
                 "content-length: 5\r\n",
                 "HTTP/1.1 206 Partial Content\r\n",
-                "content-range: bytes 299990-299999/300000\r\n",
+                "content-range: bytes 4999990-4999999/5000000\r\n",
                 &format!("\r\n{tail}"),
                 "peer:127.0.0.1:",
                 "echo:abc",
@@ -641,5 +661,73 @@ mod tests {
         )
         .await;
         assert!(out.contains("echo:hi"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn send_timeout_ends_a_stalled_sendfile_not_a_slow_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file: Vec<u8> = (0..4_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(dir.path().join("f"), &file).unwrap();
+        let http = HttpSettings {
+            send_timeout: Duration::from_secs(1),
+            ..HttpSettings::default()
+        };
+        let addr = start_with(router(dir.path().to_owned()), http).await;
+        // A small receive buffer, so that the server waits on the client.
+        let connect = || async {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.set_recv_buffer_size(64 * 1024).unwrap();
+            let mut s = sock.connect(addr).await.unwrap();
+            s.write_all(b"GET /artifacts/f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            s
+        };
+        // Slow but steady: 2.4 s in all, more than the send timeout, never
+        // 1 s without reading. It gets the whole file.
+        let mut s = connect().await;
+        let mut out = Vec::new();
+        let started = std::time::Instant::now();
+        let mut buf = vec![0u8; 512 * 1024];
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut got = 0;
+            while got < buf.len() {
+                match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf[got..])).await
+                {
+                    Ok(Ok(0)) | Err(_) => break,
+                    Ok(Ok(n)) => got += n,
+                    Ok(Err(e)) => panic!("reading: {e}"),
+                }
+            }
+            out.extend_from_slice(&buf[..got]);
+            if got == 0 && out.len() > file.len() {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "still reading");
+        }
+        assert!(
+            started.elapsed() > Duration::from_secs(2),
+            "the client read too fast to test anything ({:?})",
+            started.elapsed()
+        );
+        let body_at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(
+            out[body_at..] == file[..],
+            "the slow client got {} bytes of {}",
+            out.len() - body_at,
+            file.len()
+        );
+        // Stalled: nothing read for more than the send timeout. The server
+        // closes; the client then finds less than the file, then the end.
+        let mut s = connect().await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let mut out = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        assert!(r.is_ok(), "the stalled connection is still open");
+        assert!(
+            out.len() < file.len(),
+            "a stalled client got the whole file"
+        );
     }
 }
