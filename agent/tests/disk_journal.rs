@@ -254,3 +254,46 @@ fn a_failed_apply_leaves_a_journal_a_retry_starts_over_from() {
     );
     rt().block_on(again.close()).unwrap();
 }
+
+/// An install pins every id (plan_pinned): an MBR entry has no GUID of its
+/// own, its PARTUUID is the pinned disk id and the entry's number. The
+/// read-back used to expect a GUID for each MBR entry and failed every
+/// install of an msdos table (issue 16, the mbr-table VM test).
+#[test]
+fn a_pinned_mbr_table_reads_back_with_the_disk_ids_partuuids() {
+    require_root();
+    let _g = serial();
+    let disk = LoopDisk::new(2048 * MIB);
+    let l = layout("mbr-table");
+    let overrides = BTreeMap::from([("main".to_string(), disk.dev().to_string())]);
+    let targets = landfall_agent::disk::cli_targets(&l, &overrides, &BTreeMap::new()).unwrap();
+    let plan = plan_pinned(&l, &targets, &Ids::from_seed(&[3; 32])).unwrap();
+    let d = &plan.disks[0];
+    let id = d.disk_guid.clone().unwrap();
+    assert_eq!(id.len(), 8, "an MBR disk id is 8 hex digits: {id}");
+    assert!(d.partitions.iter().all(|p| p.guid.is_none()), "{d:?}");
+    let root = tempfile::tempdir().unwrap();
+    let o = ApplyOptions {
+        root: root.path().to_path_buf(),
+        no_mount_formats: ["vfat", "ext4"]
+            .iter()
+            .filter(|f| !mountable(f))
+            .map(|f| f.to_string())
+            .collect(),
+        ..Default::default()
+    };
+    let a = rt()
+        .block_on(apply(&plan, &o))
+        .unwrap_or_else(|e| panic!("apply: {e:#}"));
+    assert_eq!(ptuuid(disk.dev()), id);
+    for p in &d.partitions {
+        assert_eq!(
+            blkid(&p.device).get("PART_ENTRY_UUID").cloned(),
+            Some(format!("{id}-{:02x}", p.number)),
+            "{}",
+            p.device
+        );
+    }
+    assert_eq!(a.read_back.partitions.len(), 3);
+    rt().block_on(a.close()).unwrap();
+}

@@ -87,6 +87,11 @@ impl Scenario {
     fn luks(&self) -> bool {
         self.layout == "luks-btrfs"
     }
+    /// The layout is an MBR (mbr-table: disko's legacy msdos `table`): no partition names;
+    /// the installed system names the root `/dev/disk/by-id/...-part2`.
+    fn mbr(&self) -> bool {
+        self.layout == "mbr-table"
+    }
 }
 
 /// The `[server]` kernel arguments and the secrets half of `landfall.toml`.
@@ -615,7 +620,7 @@ fn install(s: Scenario) -> Vec<Part> {
     } else {
         let root_part = parts
             .iter()
-            .find(|p| p.name == "disk-main-root")
+            .find(|p| p.name == "disk-main-root" || (s.mbr() && p.fs.as_deref() == Some("ext4")))
             .expect("a root partition");
         let root = Ext4::partition(&disk_image, root_part);
         assert_eq!(
@@ -641,10 +646,13 @@ fn install(s: Scenario) -> Vec<Part> {
         let (_, hw_text) = root.file("/etc/nixos/hardware-configuration.nix");
         assert_nix_parses("hardware-configuration.nix", &hw_text);
         let hw = eval_hardware_configuration(&hw_text);
-        assert_eq!(
-            hw["fileSystems"]["/"]["device"], "/dev/disk/by-partlabel/disk-main-root",
-            "{hw_text}"
-        );
+        let root_device = if s.mbr() {
+            assert_eq!(root_part.type_guid, "83", "{parts:?}");
+            format!("/dev/disk/by-id/virtio-{serial}-part{}", root_part.number)
+        } else {
+            "/dev/disk/by-partlabel/disk-main-root".to_owned()
+        };
+        assert_eq!(hw["fileSystems"]["/"]["device"], root_device, "{hw_text}");
         assert_eq!(hw["fileSystems"]["/"]["fsType"], "ext4", "{hw_text}");
         assert_eq!(hw["fileSystems"]["/boot"]["fsType"], "vfat", "{hw_text}");
         assert!(
@@ -898,6 +906,33 @@ fn summary(parts: &[Part]) -> Vec<(&str, &str, Option<&str>)> {
         .iter()
         .map(|p| (p.name.as_str(), p.type_guid.as_str(), p.fs.as_deref()))
         .collect()
+}
+
+/// Issue 16: disko's legacy msdos `table` (mbr-table: an active FAT32 /boot, ext4 root,
+/// swap at the end) on a BIOS machine, installed and verified `ready` at its first boot.
+#[test]
+fn bios_machine_installs_an_mbr_table_and_verifies_ready() {
+    let parts = install(Scenario {
+        firmware: Firmware::Bios,
+        mac: "52:54:00:4c:46:16",
+        serial: "LFMBR0016",
+        hostname: "vm-mbr",
+        layout: "mbr-table",
+        secrets: Secrets::Bundle,
+        nixos_install: None,
+        first_boot: true,
+        tpm2: false,
+    });
+    let s = summary(&parts);
+    assert_eq!(
+        s,
+        [
+            ("", "c", Some("vfat")),
+            ("", "83", Some("ext4")),
+            ("", "82", Some("swap"))
+        ],
+        "{parts:?}"
+    );
 }
 
 #[test]

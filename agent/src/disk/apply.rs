@@ -1563,6 +1563,15 @@ pub async fn read_back(
     Ok(v)
 }
 
+/// The PARTUUID blkid and udev give an MBR entry: the disk id (8 hex
+/// digits) and the entry's number in two hex digits.
+fn mbr_partuuid(disk_id: &str, number: u32) -> String {
+    format!(
+        "{:0>8}-{number:02x}",
+        disk_id.trim_start_matches("0x").to_ascii_lowercase()
+    )
+}
+
 fn read_back_partition(d: &DiskPlan, p: &super::plan::PartPlan) -> Result<ReadBackPart> {
     let found =
         super::probe::probe(&p.device).with_context(|| format!("reading back {}", p.device))?;
@@ -1605,9 +1614,15 @@ fn read_back_partition(d: &DiskPlan, p: &super::plan::PartPlan) -> Result<ReadBa
             p.device
         );
     }
-    if let Some(g) = &p.guid {
+    // An MBR entry's PARTUUID is the disk id and its number (blkid: SSSSSSSS-NN).
+    let want_uuid = match (msdos, &d.disk_guid) {
+        (true, Some(id)) => Some(mbr_partuuid(id, p.number)),
+        (true, None) => None,
+        (false, _) => p.guid.clone(),
+    };
+    if let Some(g) = want_uuid {
         let found = get("PART_ENTRY_UUID");
-        if !found.eq_ignore_ascii_case(g) {
+        if !found.eq_ignore_ascii_case(&g) {
             bail!("{}: PARTUUID is {found}, the plan says {g}", p.device);
         }
     }

@@ -539,10 +539,15 @@ fn plan_with(
         let stable = stable_disk(name);
         let table = disk.table();
         if let Some(table) = table {
+            // An MBR entry has no GUID of its own: its PARTUUID is the disk
+            // id and the entry's number (SSSSSSSS-NN), pinned by `disk_guid`.
             let guids: Vec<Option<String>> = table
                 .partitions
                 .iter()
-                .map(|p| ids.map(|i| i.uuid(&format!("part {name} {}", p.number)).to_string()))
+                .map(|p| {
+                    ids.filter(|_| table.kind != TableKind::Msdos)
+                        .map(|i| i.uuid(&format!("part {name} {}", p.number)).to_string())
+                })
                 .collect();
             parts = table_parts(table, t, &guids, |p| {
                 stable_partition(table, p, &stable, None)
@@ -765,10 +770,11 @@ fn content_ops(
                 device: device.to_owned(),
                 owner: owner.to_owned(),
                 table: bare,
-                disk_guid: w
-                    .ids
-                    .map(|i| i.uuid(&format!("table {device}")).to_string()),
-                guids: match w.ids {
+                disk_guid: w.ids.map(|i| match t.kind {
+                    TableKind::Msdos => i.volume_id(&format!("table {device}")),
+                    _ => i.uuid(&format!("table {device}")).to_string(),
+                }),
+                guids: match w.ids.filter(|_| t.kind != TableKind::Msdos) {
                     Some(i) => t
                         .partitions
                         .iter()

@@ -167,7 +167,8 @@ pub fn inspect(image: &Path) -> Vec<Part> {
     );
     let table: Value = serde_json::from_slice(&out.stdout).unwrap();
     let t = &table["partitiontable"];
-    assert_eq!(t["label"], "gpt", "{table:#}");
+    // GPT, or an MBR (disko's legacy msdos `table`: no names, types as bytes).
+    assert!(t["label"] == "gpt" || t["label"] == "dos", "{table:#}");
     let sector = t["sectorsize"].as_u64().unwrap_or(512);
     t["partitions"]
         .as_array()
