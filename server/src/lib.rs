@@ -206,16 +206,13 @@ pub async fn serve_with(opts: ServeOptions, ov: NetbootOverrides) -> Result<Serv
         Some(v) => Some(orchestrator::Orchestrator::new(v)?),
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("listening on {}", opts.listen))?;
+    let listener = listen(opts.listen).with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let tls = match &settings.tls {
         None => None,
         Some(t) => {
             let identity = tls::load_identity(&opts.data, &t.cert)?;
-            let tcp = tokio::net::TcpListener::bind(t.listen)
-                .await
+            let tcp = listen(t.listen)
                 .with_context(|| format!("listening on {} (server.listen_tls)", t.listen))?;
             Some((
                 tcp,
@@ -430,4 +427,23 @@ fn new_admin_token(path: &Path) -> Result<String> {
     }
     tracing::info!("admin token written to {} (mode 0600)", path.display());
     Ok(token)
+}
+
+/// The accept queue of a listening socket: a boot storm's new connections
+/// wait here (not in SYN retransmits, 1 s then 3 s) while the accept loop
+/// catches up. The kernel caps it at net.core.somaxconn (4096 by default
+/// since Linux 5.4); tokio's own `bind` asks for 1,024.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind and listen on `addr` with [`LISTEN_BACKLOG`] (SO_REUSEADDR, as
+/// tokio's `TcpListener::bind` sets).
+fn listen(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(LISTEN_BACKLOG)?)
 }

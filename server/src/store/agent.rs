@@ -474,21 +474,7 @@ impl Tx<'_> {
                 terminal = Some(e);
             }
         }
-        let counted = self.query_one(
-            "UPDATE attempts SET event_count = event_count + ?2, event_bytes = event_bytes + ?3
-              WHERE id = ?1 RETURNING event_count, event_bytes",
-            params![attempt.id, inserted, inserted_bytes],
-        )?;
-        let (count, bytes): (i64, i64) = (counted.get(0)?, counted.get(1)?);
-        if count as u64 > quota.max_events || bytes as u64 > quota.max_bytes {
-            // Nothing of the batch stays.
-            self.roll_back();
-            return Ok(Err(OverQuota {
-                events: (count as u64).saturating_sub(inserted as u64),
-                bytes: (bytes as u64).saturating_sub(inserted_bytes as u64),
-            }));
-        }
-
+        // The gap-free acked seq, this batch's rows included.
         let mut acked = attempt.acked_seq;
         for r in self.query(
             "SELECT seq FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq",
@@ -500,28 +486,43 @@ impl Tx<'_> {
                 break;
             }
         }
-        self.exec(
-            "UPDATE attempts SET acked_seq = ?2 WHERE id = ?1 AND acked_seq < ?2",
-            params![attempt.id, acked as i64],
+        // One UPDATE of the attempt: its counts, acked_seq (never lowered)
+        // and last_seen_at.
+        let counted = self.query_one(
+            "UPDATE attempts SET event_count = event_count + ?2, event_bytes = event_bytes + ?3,
+                    acked_seq = CASE WHEN acked_seq < ?4 THEN ?4 ELSE acked_seq END,
+                    last_seen_at = ?5
+              WHERE id = ?1 RETURNING event_count, event_bytes",
+            params![attempt.id, inserted, inserted_bytes, acked as i64, now],
         )?;
-        self.exec(
-            "UPDATE attempts SET last_seen_at = ?2 WHERE id = ?1",
-            params![attempt.id, now],
-        )?;
+        let (count, bytes): (i64, i64) = (counted.get(0)?, counted.get(1)?);
+        if count as u64 > quota.max_events || bytes as u64 > quota.max_bytes {
+            // Nothing of the batch stays.
+            self.roll_back();
+            return Ok(Err(OverQuota {
+                events: (count as u64).saturating_sub(inserted as u64),
+                bytes: (bytes as u64).saturating_sub(inserted_bytes as u64),
+            }));
+        }
 
         let mut new_state = None;
-        let machine = self.machine(&attempt.mac)?;
-        let current = machine
-            .as_ref()
-            .is_some_and(|m| m.current_attempt.as_deref() == Some(&attempt.id));
-        if current && inserted > 0 {
-            self.exec(
-                "UPDATE machines SET updated_at = ?2 WHERE mac = ?1",
-                params![attempt.mac, now],
-            )?;
+        if inserted == 0 {
+            // A resend: nothing new for the machine.
+            return Ok(Ok(StoredEvents {
+                acked_seq: acked,
+                inserted,
+                new_state,
+            }));
         }
-        if let (Some(e), Some(m)) = (terminal, &machine) {
-            if current && m.state == MachineState::Installing {
+        // The machine's row changes only when this is its current attempt;
+        // one statement touches it and answers its state.
+        let state = self.value::<String>(
+            "UPDATE machines SET updated_at = ?2 WHERE mac = ?1 AND current_attempt = ?3
+              RETURNING state",
+            params![attempt.mac, now, attempt.id],
+        )?;
+        if let (Some(e), Some(state)) = (terminal, state) {
+            if state == state_str(MachineState::Installing) {
                 let (state, error) = match e.kind {
                     EventKind::Finished => (MachineState::Installed, None),
                     _ if is_security_alarm(e) => (

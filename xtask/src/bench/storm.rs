@@ -19,6 +19,12 @@
 //! server(s) run on CPU 0 (taskset) and the load generator (this process,
 //! one thread) on CPU 1; its own CPU use is printed so a saturated generator
 //! is visible.
+//!
+//! The load generator speaks HTTP/1.1 through hyper's client connection
+//! directly (no pool, no per-request client machinery): each machine keeps
+//! one keep-alive connection for hello and its events, as an agent does,
+//! and each `boot.ipxe` opens (and closes) a connection of its own. Bodies
+//! are serialized once per request, not once per try.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +34,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{header, Method, StatusCode};
 use landfall_proto::inventory::Nic;
 use landfall_proto::{
     Event, EventKind, EventsRequest, EventsResponse, HelloRequest, HelloResponse, Inventory, Step,
@@ -308,11 +318,8 @@ struct KillAt {
 }
 
 struct Shared {
-    bases: Vec<String>,
-    /// No idle connections kept: every boot.ipxe opens a new one.
-    boot: reqwest::Client,
-    /// The agents' client: keep-alive connections, as an agent keeps one.
-    agent: reqwest::Client,
+    /// The servers' `host:port`.
+    addrs: Vec<String>,
     stats: Mutex<Stats>,
     acked_events: AtomicU64,
     /// A server killed: its index (usize::MAX: none).
@@ -326,14 +333,10 @@ async fn storm(servers: &[Server], n: usize, kill: Option<(KillAt, Child)>) -> R
         .context("getconf CLK_TCK")?;
     let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
     let shared = Arc::new(Shared {
-        bases: servers.iter().map(|s| s.base.clone()).collect(),
-        boot: reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        agent: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?,
+        addrs: servers
+            .iter()
+            .map(|s| s.base.trim_start_matches("http://").to_owned())
+            .collect(),
         stats: Mutex::new(Stats::default()),
         acked_events: AtomicU64::new(0),
         killed: AtomicUsize::new(usize::MAX),
@@ -413,20 +416,24 @@ async fn storm(servers: &[Server], n: usize, kill: Option<(KillAt, Child)>) -> R
 /// it stopped.
 async fn machine(sh: &Shared, i: usize) -> Result<u64, (u64, anyhow::Error)> {
     let mac = mac(i);
-    let mut at = i % sh.bases.len();
+    let mut at = i % sh.addrs.len();
     let mut acked = 0;
+    // The agent's keep-alive connection (None: open one on the next request).
+    let mut conn = None;
     let run = async {
         // boot.ipxe until it answers an install script.
+        let boot = Req {
+            method: Method::GET,
+            path: format!(
+                "/boot.ipxe?mac={}&arch=x86_64&platform=efi",
+                mac.replace(':', "%3A")
+            ),
+            auth: None,
+            body: Bytes::new(),
+        };
         let token = loop {
-            let mac = mac.clone();
-            let script = request(sh, Kind::Boot, &mut at, |c, base| {
-                c.get(format!("{base}/boot.ipxe")).query(&[
-                    ("mac", mac.as_str()),
-                    ("arch", "x86_64"),
-                    ("platform", "efi"),
-                ])
-            })
-            .await?;
+            let script = request(sh, Kind::Boot, &mut at, &mut None, &boot).await?;
+            let script = String::from_utf8_lossy(&script);
             match script
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("landfall.token="))
@@ -454,11 +461,15 @@ async fn machine(sh: &Shared, i: usize) -> Result<u64, (u64, anyhow::Error)> {
             },
             nonce: Some(format!("{:064x}", i + 1)),
         };
-        let body = request(sh, Kind::Hello, &mut at, |c, base| {
-            c.post(format!("{base}/api/v1/agent/hello")).json(&hello)
-        })
-        .await?;
-        let h: HelloResponse = serde_json::from_str(&body).context("reading hello's answer")?;
+        let hello = Req {
+            method: Method::POST,
+            path: "/api/v1/agent/hello".into(),
+            auth: None,
+            body: serde_json::to_vec(&hello)?.into(),
+        };
+        let body = request(sh, Kind::Hello, &mut at, &mut conn, &hello).await?;
+        let h: HelloResponse = serde_json::from_slice(&body).context("reading hello's answer")?;
+        let auth = format!("Bearer {}", h.agent_token);
         for seq in h.next_seq..=LAST_SEQ {
             let terminal = seq == LAST_SEQ;
             let event = Event {
@@ -478,6 +489,12 @@ async fn machine(sh: &Shared, i: usize) -> Result<u64, (u64, anyhow::Error)> {
                 attempt_id: h.attempt_id.clone(),
                 events: vec![event],
             };
+            let req = Req {
+                method: Method::POST,
+                path: "/api/v1/agent/events".into(),
+                auth: Some(auth.clone()),
+                body: serde_json::to_vec(&req)?.into(),
+            };
             let kind = if terminal {
                 Kind::Terminal
             } else {
@@ -488,14 +505,9 @@ async fn machine(sh: &Shared, i: usize) -> Result<u64, (u64, anyhow::Error)> {
                 st.first_event.get_or_insert_with(Instant::now);
             }
             loop {
-                let body = request(sh, kind, &mut at, |c, base| {
-                    c.post(format!("{base}/api/v1/agent/events"))
-                        .bearer_auth(&h.agent_token)
-                        .json(&req)
-                })
-                .await?;
+                let body = request(sh, kind, &mut at, &mut conn, &req).await?;
                 let r: EventsResponse =
-                    serde_json::from_str(&body).context("reading the events answer")?;
+                    serde_json::from_slice(&body).context("reading the events answer")?;
                 if r.acked_seq >= seq {
                     acked = r.acked_seq;
                     break;
@@ -521,20 +533,74 @@ fn hold_sleep(script: &str) -> u64 {
         .unwrap_or(1)
 }
 
-/// Send until answered 2xx: the body. A transport error moves to the next
-/// server; a 5xx is asked again after 100 ms; another status is an error
-/// (the bench's machines never deserve one).
+/// One request, built once and sent on every try.
+struct Req {
+    method: Method,
+    /// Path and query.
+    path: String,
+    /// `Authorization` value.
+    auth: Option<String>,
+    /// JSON (empty: none).
+    body: Bytes,
+}
+
+/// How long one try may take before it counts as a transport error.
+const TRY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A new HTTP/1.1 connection to `addr` (TCP_NODELAY, as an agent's).
+async fn connect(addr: &str) -> Result<SendRequest<Full<Bytes>>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
+
+/// One try on `conn` (opened first when None; kept open after a 2xx or
+/// 5xx answer unless the server closes it): status and body.
+async fn send_once(
+    addr: &str,
+    conn: &mut Option<SendRequest<Full<Bytes>>>,
+    req: &Req,
+) -> Result<(StatusCode, Bytes)> {
+    let send = match conn {
+        Some(c) => c,
+        None => conn.insert(connect(addr).await?),
+    };
+    send.ready().await?;
+    let mut r = hyper::Request::builder()
+        .method(req.method.clone())
+        .uri(req.path.as_str())
+        .header(header::HOST, addr);
+    if let Some(a) = &req.auth {
+        r = r.header(header::AUTHORIZATION, a.as_str());
+    }
+    if !req.body.is_empty() {
+        r = r.header(header::CONTENT_TYPE, "application/json");
+    }
+    let answer = send
+        .send_request(r.body(Full::new(req.body.clone()))?)
+        .await?;
+    let status = answer.status();
+    let body = answer.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+/// Send until answered 2xx: the body. `conn` is the machine's keep-alive
+/// connection (`&mut None` for a new connection per try, as `boot.ipxe`).
+/// A transport error moves to the next server; a 5xx is asked again after
+/// 100 ms; another status is an error (the bench's machines never deserve
+/// one).
 async fn request(
     sh: &Shared,
     kind: Kind,
     at: &mut usize,
-    build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
-) -> Result<String> {
-    let client = if kind == Kind::Boot {
-        &sh.boot
-    } else {
-        &sh.agent
-    };
+    conn: &mut Option<SendRequest<Full<Bytes>>>,
+    req: &Req,
+) -> Result<Bytes> {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -542,13 +608,14 @@ async fn request(
             bail!("{kind:?}: no 2xx answer after 200 tries");
         }
         let t = Instant::now();
-        let answer = async {
-            let r = build(client, &sh.bases[*at]).send().await?;
-            let status = r.status();
-            Ok::<_, reqwest::Error>((status, r.text().await?))
-        }
-        .await;
+        let answer = tokio::time::timeout(TRY_TIMEOUT, send_once(&sh.addrs[*at], conn, req))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in {TRY_TIMEOUT:?}")));
         let took = t.elapsed();
+        if kind == Kind::Boot {
+            // iPXE: one connection per fetch.
+            *conn = None;
+        }
         match answer {
             Ok((status, body)) if status.is_success() => {
                 sh.stats
@@ -568,7 +635,7 @@ async fn request(
                     .entry(kind)
                     .or_default() += 1;
                 if !status.is_server_error() {
-                    bail!("{kind:?}: {status}: {body}");
+                    bail!("{kind:?}: {status}: {}", String::from_utf8_lossy(&body));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -579,7 +646,8 @@ async fn request(
                     .errors
                     .entry(kind)
                     .or_default() += 1;
-                *at = (*at + 1) % sh.bases.len();
+                *conn = None;
+                *at = (*at + 1) % sh.addrs.len();
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
